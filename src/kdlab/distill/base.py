@@ -1,0 +1,76 @@
+"""The one interface every distillation method implements.
+
+A method is a small ``nn.Module`` subclass of :class:`Distiller`, registered by name. It
+owns its extra trainable modules (connectors, regressors, translators): they are its
+sub-modules, so the training loop puts ``distiller.parameters()`` into the optimizer and
+``distiller.state_dict()`` into the checkpoint without knowing what they are. Its
+``forward`` returns *named, already weighted* float32 loss terms; the loop sums them into
+``distill_loss`` and logs each one per epoch. The loop never branches on a method's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+
+class Preempted(Exception):
+    """Raised when a stop was requested (SIGTERM/SIGUSR1) and progress has been saved."""
+
+
+@dataclass
+class PretrainContext:
+    """What a method with a stage before student training (factor transfer) is given.
+
+    ``train_batches(epoch)`` yields augmented, normalised ``(images, labels)`` batches on
+    ``device`` drawn deterministically from the run's seed and ``epoch``;
+    ``should_stop()`` turns True once the scheduler asked the job to stop: save progress
+    and raise :class:`Preempted`. ``save(path, obj)`` writes atomically.
+    """
+
+    teacher: nn.Module
+    train_batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    device: torch.device
+    run_dir: Path
+    seed: int
+    should_stop: Callable[[], bool]
+    log: Callable[[str], None]
+    save: Callable[[Path, Any], None]
+
+
+class Distiller(nn.Module):
+    """Base class. Subclasses set ``name``, ``defaults`` (option -> default, every option the
+    method accepts, each default's source documented in the subclass) and implement
+    ``forward``."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    citation: ClassVar[str] = ""
+
+    def __init__(self, student_shapes: list[tuple[int, ...]],
+                 teacher_shapes: list[tuple[int, ...]], options: dict[str, Any]) -> None:
+        """``student_shapes``/``teacher_shapes``: shapes without batch of the four model
+        outputs ``[layer1, layer2, layer3, logits]``; ``options``: complete option dict
+        (defaults already merged and validated by the registry)."""
+        super().__init__()
+        self.student_shapes = student_shapes
+        self.teacher_shapes = teacher_shapes
+        self.options = dict(options)
+
+    def forward(self, student_outputs: list[torch.Tensor], teacher_outputs: list[torch.Tensor],
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named, weighted float32 scalar loss terms; their sum is the distillation loss."""
+        raise NotImplementedError
+
+    # ---- optional stage before the student is trained (factor transfer's paraphraser) ----
+    def pretrain(self, context: PretrainContext) -> None:
+        """Run (or resume, or skip when already done) a stage before student training."""
+        return None
+
+    def frozen_state_files(self) -> list[str]:
+        """Files in the run directory this method writes besides the loop's own."""
+        return []

@@ -1,0 +1,155 @@
+"""State files of a run directory: atomic writes, reading with clear errors, run states.
+
+``status.json``   status (queued | in_progress | completed | failed), epoch, max_acc, config,
+                  job_id / scheduler (set at submission), reason (for failures), updated_at.
+``metrics.json``  per-epoch arrays (train_loss, train_acc, test_loss, test_acc, epoch_seconds,
+                  one train_{term} per loss term) and config.
+
+Every write of a state file goes through :func:`atomic_write_bytes`: a temporary file in
+the same directory, flushed and fsynced, then renamed over the target, so a reader (or a
+kill at any instant) sees either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "checkpoint.pth"
+BEST_FILE = "best.pth"
+
+QUEUED = "queued"
+IN_PROGRESS = "in_progress"
+COMPLETED = "completed"
+FAILED = "failed"
+STATES = (QUEUED, IN_PROGRESS, COMPLETED, FAILED)
+
+# Key of the scheduler job id; the earlier research code wrote "pbs_job_id".
+JOB_ID_KEYS = ("job_id", "pbs_job_id", "slurm_job_id")
+
+
+class StateFileError(Exception):
+    """A state file exists but cannot be read or parsed; the message names the file."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through the atomic writer (serialised in memory first)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _json_default(value: Any):
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a state file")
+
+
+def read_json(path: str | Path) -> dict | None:
+    """The JSON object in ``path``; None if the file does not exist; StateFileError if unreadable."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise StateFileError(f"{path}: cannot read ({error.strerror or error})") from error
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StateFileError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(obj, dict):
+        raise StateFileError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def read_status(run_dir: str | Path) -> dict | None:
+    """The run's status.json (None if absent). Raises StateFileError when malformed."""
+    path = Path(run_dir) / STATUS_FILE
+    status = read_json(path)
+    if status is None:
+        return None
+    state = status.get("status")
+    if state not in STATES:
+        raise StateFileError(f"{path}: 'status' is {state!r}, expected one of {', '.join(STATES)}")
+    return status
+
+
+def read_metrics(run_dir: str | Path) -> dict | None:
+    return read_json(Path(run_dir) / METRICS_FILE)
+
+
+def job_id_of(status: dict | None) -> str | None:
+    """The scheduler job id recorded in a status (new or legacy key), as text."""
+    if not status:
+        return None
+    for key in JOB_ID_KEYS:
+        value = status.get(key)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def write_status(run_dir: str | Path, status: dict) -> dict:
+    """Write a whole status.json atomically, stamping ``updated_at`` (unix seconds)."""
+    status = dict(status)
+    status["updated_at"] = time.time()
+    atomic_write_json(Path(run_dir) / STATUS_FILE, status)
+    return status
+
+
+def update_status(run_dir: str | Path, **changes: Any) -> dict:
+    """Merge ``changes`` into the existing status.json (keys set to None are removed)."""
+    current = read_status(run_dir) or {}
+    for key, value in changes.items():
+        if value is None:
+            current.pop(key, None)
+        else:
+            current[key] = value
+    return write_status(run_dir, current)

@@ -1,0 +1,365 @@
+"""Study files: load a TOML study, validate it, expand it into the runs of its grid.
+
+A study names a grid (data sets x methods x alphas x seeds, one teacher and one student
+model), the training settings, where runs live, and how jobs are submitted. See
+``studies/charlie.toml`` for a fully commented example. Relative paths in a study are
+relative to the directory kdlab is run from.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_MOMENTUM,
+                     DEFAULT_TEMPERATURE, DEFAULT_WEIGHT_DECAY, TrainConfig)
+from .errors import UserError
+from .layout import PURE, RunSpec
+
+# Known names, kept here (not imported from models/data) so planning never imports torch.
+# tests/test_study.py checks that they agree with the real registries.
+KNOWN_DATASETS = ("Cifar10", "Cifar100", "SVHN", "TinyImageNet", "Digits")
+KNOWN_MODELS = ("ResNet8", "ResNet20", "ResNet56", "ResNet110", "ResNet112")
+KNOWN_METHODS = ("logit", "factor_transfer", "attention_transfer", "fitnets", "rkd", "nst")
+BACKENDS = ("local", "slurm", "pbs")
+
+_MISSING = object()
+
+
+@dataclass
+class SchedulerSettings:
+    backend: str = "local"
+    max_live_jobs: int = 2
+    walltime: str = "02:00:00"          # HH:MM:SS
+    cpus: int = 1
+    memory: str = "4GB"
+    gpus: int = 0
+    queue: str | None = None            # PBS queue / Slurm partition
+    account: str | None = None          # PBS project / Slurm account
+    extra_directives: list[str] = field(default_factory=list)  # raw '#PBS ...'/'#SBATCH ...' bodies
+    setup: list[str] = field(default_factory=list)             # shell lines: module load, venv
+    template: str | None = None         # user job-script template file (str.format fields)
+    signal_seconds: int = 300           # warn the job this long before the walltime kill
+    kdlab_command: str = "kdlab"        # how the job invokes kdlab (e.g. 'python -m kdlab')
+
+    def walltime_seconds(self) -> int:
+        parts = [int(part) for part in self.walltime.split(":")]
+        while len(parts) < 3:
+            parts.insert(0, 0)
+        hours, minutes, seconds = parts
+        return hours * 3600 + minutes * 60 + seconds
+
+
+@dataclass
+class SyncSettings:
+    host: str | None = None             # ssh host (None: the "remote" is this machine)
+    user: str | None = None
+    remote_dir: str | None = None       # project directory on the remote
+    local_dir: str = "."                # project directory here
+    remote_setup: list[str] = field(default_factory=list)  # lines run before remote kdlab
+    ssh_options: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=lambda: [
+        "data/", "experiments/", "analysis/", ".venv/", "venv/", "__pycache__/", ".git/"])
+    log_file: str = "sync.log"
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    datasets: list[str]
+    teacher: str
+    student: str
+    methods: list[str]
+    alphas: list[float]
+    seeds: list[int]
+    experiments_dir: Path
+    data_root: Path
+    analysis_dir: Path
+    training: dict[str, Any]
+    method_options: dict[str, dict[str, Any]]
+    scheduler: SchedulerSettings
+    cluster: dict[str, Any]
+    sync: SyncSettings
+
+    # ---- the grid ---------------------------------------------------------------------
+    def teacher_runs(self) -> list[RunSpec]:
+        return [RunSpec(d, self.teacher, s) for d in self.datasets for s in self.seeds]
+
+    def pure_student_runs(self) -> list[RunSpec]:
+        return [RunSpec(d, self.student, s) for d in self.datasets for s in self.seeds]
+
+    def kd_runs(self) -> list[RunSpec]:
+        return [RunSpec(d, self.student, s, method=m, teacher=self.teacher, alpha=a)
+                for d in self.datasets for m in self.methods for a in self.alphas
+                for s in self.seeds]
+
+    def runs(self) -> list[RunSpec]:
+        """Every run of the grid in priority order: teachers, pure students, then KD runs."""
+        return self.teacher_runs() + self.pure_student_runs() + self.kd_runs()
+
+    def role_of(self, spec: RunSpec) -> str:
+        """'teacher', 'pure' (baseline student) or 'kd'."""
+        if not spec.is_pure:
+            return "kd"
+        return "teacher" if spec.model == self.teacher else "pure"
+
+    def train_config(self, spec: RunSpec) -> TrainConfig:
+        training = self.training
+        return TrainConfig(
+            dataset=spec.dataset, model=spec.model, seed=spec.seed,
+            epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"],
+            momentum=training["momentum"], weight_decay=training["weight_decay"],
+            label_smoothing=training.get("label_smoothing"),
+            distillation=spec.method, teacher_model=spec.teacher, alpha=spec.alpha,
+            temperature=training["temperature"],
+            method_options=dict(self.method_options.get(spec.method, {})),
+            data_root=str(self.data_root), experiments_dir=str(self.experiments_dir),
+            device=training["device"])
+
+    def train_command(self, spec: RunSpec) -> list[str]:
+        """Arguments after ``kdlab`` that train ``spec`` exactly as the study says."""
+        config = self.train_config(spec)
+        args = ["train", "--dataset", config.dataset, "--model", config.model,
+                "--seed", str(config.seed), "--epochs", str(config.epochs),
+                "--batch-size", str(config.batch_size), "--lr", repr(config.lr),
+                "--momentum", repr(config.momentum), "--weight-decay", repr(config.weight_decay),
+                "--data-root", str(config.data_root),
+                "--experiments-dir", str(config.experiments_dir), "--device", config.device]
+        if config.label_smoothing is not None:
+            args += ["--label-smoothing", repr(config.label_smoothing)]
+        if not spec.is_pure:
+            args += ["--distillation", spec.method, "--teacher-model", spec.teacher,
+                     "--alpha", repr(spec.alpha), "--temperature", repr(config.temperature)]
+            for key, value in sorted(config.method_options.items()):
+                args += ["--option", f"{key}={_option_text(value)}"]
+        return args
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if not isinstance(value, float) else repr(value)
+
+
+# ---- loading and validation ----------------------------------------------------------------
+
+_TOP_KEYS = {"name", "datasets", "teacher", "student", "methods", "alphas", "seeds",
+             "experiments_dir", "data_root", "analysis_dir", "training", "method_options",
+             "scheduler", "cluster", "sync", "description"}
+_TRAINING_DEFAULTS = {"epochs": DEFAULT_EPOCHS, "batch_size": DEFAULT_BATCH_SIZE,
+                      "lr": DEFAULT_LR, "momentum": DEFAULT_MOMENTUM,
+                      "weight_decay": DEFAULT_WEIGHT_DECAY, "label_smoothing": None,
+                      "temperature": DEFAULT_TEMPERATURE, "device": "auto"}
+_CLUSTER_KEYS = {"name": str, "scheduler": str, "gpu_type": str, "gpus_total": int,
+                 "nodes": int, "gpus_per_job": int, "cpus_per_job": int,
+                 "memory_per_job": str, "deterministic_cudnn": bool, "notes": str,
+                 "multi_gpu": str, "site": str}
+
+
+class _Checker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, expected: str, found: Any = _MISSING) -> None:
+        found_text = "" if found is _MISSING else f", found {found!r}"
+        raise UserError(f"{self.path}: key '{key}': expected {expected}{found_text}")
+
+    def get(self, table: dict, key: str, kind, where: str, default: Any = _MISSING):
+        full = f"{where}.{key}" if where else key
+        if key not in table:
+            if default is _MISSING:
+                self.fail(full, f"a value ({_kind_name(kind)}); it is required")
+            return default
+        value = table[key]
+        if not _is_kind(value, kind):
+            self.fail(full, _kind_name(kind), value)
+        return value
+
+    def no_unknown(self, table: dict, allowed, where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                full = f"{where}.{key}" if where else key
+                self.fail(full, f"one of the known keys ({', '.join(sorted(allowed))}); "
+                                "this key is unknown")
+
+    def names(self, values: list, known, key: str) -> None:
+        for value in values:
+            if value not in known:
+                self.fail(key, f"names from {', '.join(known)}", value)
+
+
+def _is_kind(value: Any, kind) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(kind, tuple) and kind[0] is list:
+        return isinstance(value, list) and all(_is_kind(item, kind[1]) for item in value)
+    if kind == "optional_str":
+        return value is None or isinstance(value, str)
+    return isinstance(value, kind)
+
+
+def _kind_name(kind) -> str:
+    if isinstance(kind, tuple) and kind[0] is list:
+        return f"a list of {_kind_name(kind[1])}s"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            dict: "a table"}.get(kind, str(kind))
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file. Every problem is one UserError line naming the key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"study file {path} does not exist") from None
+    except OSError as error:
+        raise UserError(f"study file {path}: cannot read ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: not valid TOML ({error})") from None
+    check = _Checker(path)
+    check.no_unknown(raw, _TOP_KEYS, "")
+
+    name = check.get(raw, "name", str, "")
+    if not name or any(ch in name for ch in "/\\ "):
+        check.fail("name", "a non-empty name without spaces or slashes", name)
+    datasets = check.get(raw, "datasets", (list, str), "")
+    check.names(datasets, KNOWN_DATASETS, "datasets")
+    teacher = check.get(raw, "teacher", str, "")
+    student = check.get(raw, "student", str, "")
+    check.names([teacher], KNOWN_MODELS, "teacher")
+    check.names([student], KNOWN_MODELS, "student")
+    methods = check.get(raw, "methods", (list, str), "", [])
+    check.names(methods, KNOWN_METHODS, "methods")
+    alphas = [float(a) for a in check.get(raw, "alphas", (list, float), "", [])]
+    for alpha in alphas:
+        if not 0.0 <= alpha <= 1.0:
+            check.fail("alphas", "numbers in [0, 1]", alpha)
+    if methods and not alphas:
+        check.fail("alphas", "at least one alpha when methods are given", [])
+    seeds = check.get(raw, "seeds", (list, int), "")
+    if not seeds or not datasets:
+        check.fail("seeds" if not seeds else "datasets", "a non-empty list", [])
+    for key, values in (("datasets", datasets), ("methods", methods), ("alphas", alphas),
+                        ("seeds", seeds)):
+        if len(set(values)) != len(values):
+            check.fail(key, "no repeated entries", values)
+
+    training_raw = check.get(raw, "training", dict, "", {})
+    check.no_unknown(training_raw, set(_TRAINING_DEFAULTS), "training")
+    training = dict(_TRAINING_DEFAULTS)
+    for key in ("epochs", "batch_size"):
+        training[key] = check.get(training_raw, key, int, "training", training[key])
+        if training[key] < 1:
+            check.fail(f"training.{key}", "a positive integer", training[key])
+    for key in ("lr", "momentum", "weight_decay", "temperature"):
+        training[key] = float(check.get(training_raw, key, float, "training", training[key]))
+    if "label_smoothing" in training_raw:
+        training["label_smoothing"] = float(check.get(training_raw, "label_smoothing", float,
+                                                      "training"))
+    training["device"] = check.get(training_raw, "device", str, "training", "auto")
+    if training["device"] not in ("auto", "cpu", "cuda"):
+        check.fail("training.device", "'auto', 'cpu' or 'cuda'", training["device"])
+
+    method_options = check.get(raw, "method_options", dict, "", {})
+    for method, options in method_options.items():
+        if method not in KNOWN_METHODS:
+            check.fail(f"method_options.{method}", f"a method from {', '.join(KNOWN_METHODS)}")
+        if not isinstance(options, dict):
+            check.fail(f"method_options.{method}", "a table of options", options)
+        _validate_method_options(check, method, options)
+
+    scheduler = _load_scheduler(check, check.get(raw, "scheduler", dict, "", {}))
+    cluster = check.get(raw, "cluster", dict, "", {})
+    check.no_unknown(cluster, set(_CLUSTER_KEYS), "cluster")
+    for key, kind in _CLUSTER_KEYS.items():
+        check.get(cluster, key, kind, "cluster", None)
+    sync = _load_sync(check, check.get(raw, "sync", dict, "", {}))
+
+    return Study(
+        name=name, path=path, datasets=list(datasets), teacher=teacher, student=student,
+        methods=list(methods), alphas=alphas, seeds=list(seeds),
+        experiments_dir=Path(check.get(raw, "experiments_dir", str, "", "experiments")),
+        data_root=Path(check.get(raw, "data_root", str, "", "data")),
+        analysis_dir=Path(check.get(raw, "analysis_dir", str, "", "analysis")),
+        training=training, method_options={k: dict(v) for k, v in method_options.items()},
+        scheduler=scheduler, cluster=dict(cluster), sync=sync)
+
+
+def _validate_method_options(check: _Checker, method: str, options: dict) -> None:
+    """Unknown option names are reported here, against the method's registered defaults,
+    when the distillation registry is importable (it needs torch)."""
+    try:
+        from .distill import method_defaults
+    except ImportError:  # planning without torch: the training job validates instead
+        return
+    defaults = method_defaults(method)
+    check.no_unknown(options, set(defaults), f"method_options.{method}")
+    for key, value in options.items():
+        default = defaults[key]
+        expected = type(default)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if default is not None and not isinstance(value, expected):
+            check.fail(f"method_options.{method}.{key}", _kind_name(expected), value)
+
+
+def _load_scheduler(check: _Checker, table: dict) -> SchedulerSettings:
+    defaults = SchedulerSettings()
+    allowed = set(SchedulerSettings.__dataclass_fields__)
+    check.no_unknown(table, allowed, "scheduler")
+    settings = SchedulerSettings(
+        backend=check.get(table, "backend", str, "scheduler", defaults.backend),
+        max_live_jobs=check.get(table, "max_live_jobs", int, "scheduler", defaults.max_live_jobs),
+        walltime=check.get(table, "walltime", str, "scheduler", defaults.walltime),
+        cpus=check.get(table, "cpus", int, "scheduler", defaults.cpus),
+        memory=check.get(table, "memory", str, "scheduler", defaults.memory),
+        gpus=check.get(table, "gpus", int, "scheduler", defaults.gpus),
+        queue=check.get(table, "queue", str, "scheduler", None),
+        account=check.get(table, "account", str, "scheduler", None),
+        extra_directives=check.get(table, "extra_directives", (list, str), "scheduler", []),
+        setup=check.get(table, "setup", (list, str), "scheduler", []),
+        template=check.get(table, "template", str, "scheduler", None),
+        signal_seconds=check.get(table, "signal_seconds", int, "scheduler",
+                                 defaults.signal_seconds),
+        kdlab_command=check.get(table, "kdlab_command", str, "scheduler",
+                                defaults.kdlab_command),
+    )
+    if settings.backend not in BACKENDS:
+        check.fail("scheduler.backend", f"one of {', '.join(BACKENDS)}", settings.backend)
+    if settings.max_live_jobs < 1:
+        check.fail("scheduler.max_live_jobs", "a positive integer", settings.max_live_jobs)
+    try:
+        parts = [int(part) for part in settings.walltime.split(":")]
+        if not 1 <= len(parts) <= 3 or any(part < 0 for part in parts):
+            raise ValueError
+    except ValueError:
+        check.fail("scheduler.walltime", "HH:MM:SS", settings.walltime)
+    if settings.template is not None:
+        template_path = Path(settings.template)
+        if not template_path.is_absolute():
+            template_path = check.path.parent / template_path
+        if not template_path.is_file():
+            check.fail("scheduler.template", "an existing job-script template file",
+                       str(template_path))
+        settings.template = str(template_path)
+    return settings
+
+
+def _load_sync(check: _Checker, table: dict) -> SyncSettings:
+    defaults = SyncSettings()
+    check.no_unknown(table, set(SyncSettings.__dataclass_fields__), "sync")
+    return SyncSettings(
+        host=check.get(table, "host", str, "sync", None),
+        user=check.get(table, "user", str, "sync", None),
+        remote_dir=check.get(table, "remote_dir", str, "sync", None),
+        local_dir=check.get(table, "local_dir", str, "sync", defaults.local_dir),
+        remote_setup=check.get(table, "remote_setup", (list, str), "sync", []),
+        ssh_options=check.get(table, "ssh_options", (list, str), "sync", []),
+        exclude=check.get(table, "exclude", (list, str), "sync", defaults.exclude),
+        log_file=check.get(table, "log_file", str, "sync", defaults.log_file),
+    )
