@@ -1,0 +1,102 @@
+"""Pieces shared by the operations commands: accuracy tables over a study's runs and
+plain-text table formatting."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+from ..layout import format_alpha
+from ..status import COMPLETED, RunState
+from ..study import Study
+
+
+@dataclass
+class AccuracyGroup:
+    """Best test accuracies (percent) of the completed runs of one grid cell: a data set ×
+    (teacher | pure student | method × alpha). ``accuracies`` in seed order."""
+
+    dataset: str
+    role: str                 # 'teacher' | 'pure' | 'kd'
+    method: str               # 'teacher' / 'pure' for pure runs, else the KD method
+    alpha: float | None
+    accuracies: list[float]
+    planned: int              # runs of this cell in the grid (completed or not)
+
+    @property
+    def n(self) -> int:
+        return len(self.accuracies)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.accuracies) if self.accuracies else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (n-1); None below two runs."""
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else None
+
+    def label(self, study: Study) -> str:
+        if self.role == "teacher":
+            return f"teacher ({study.teacher})"
+        if self.role == "pure":
+            return f"pure student ({study.student})"
+        return f"{self.method} α={format_alpha(self.alpha)}"
+
+    def mean_std_text(self) -> str:
+        if self.mean is None:
+            return "—"
+        if self.std is None:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+def accuracy_groups(study: Study, states: list[RunState]) -> list[AccuracyGroup]:
+    """One group per data set × row of the grid, in the study's order (data set, then
+    teacher, pure student, each method × alpha); only completed runs with a recorded
+    ``max_acc`` contribute accuracies."""
+    groups: dict[tuple, AccuracyGroup] = {}
+    order = []
+    for dataset in study.datasets:
+        order.append((dataset, "teacher", "teacher", None))
+        order.append((dataset, "pure", "pure", None))
+        for method in study.methods:
+            for alpha in study.alphas:
+                order.append((dataset, "kd", method, alpha))
+    for key in order:
+        groups[key] = AccuracyGroup(key[0], key[1], key[2], key[3], [], 0)
+    for state in states:
+        key = group_key(state)
+        group = groups.get(key)
+        if group is None:
+            continue
+        group.planned += 1
+        if state.state == COMPLETED and state.max_acc is not None:
+            group.accuracies.append(state.max_acc)
+    return [groups[key] for key in order]
+
+
+def group_key(state: RunState) -> tuple:
+    spec = state.spec
+    if state.role == "kd":
+        return (spec.dataset, "kd", spec.method, spec.alpha)
+    return (spec.dataset, state.role, state.role, None)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table (``|`` in cells escaped)."""
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def time_text(unix_seconds: float | None) -> str:
+    """Local time as ``YYYY-MM-DD HH:MM`` ('—' when unknown)."""
+    if unix_seconds is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(unix_seconds))
