@@ -119,6 +119,203 @@ def study_run_states(study: Study) -> list[RunState]:
     return states
 
 
+# ---- liveness of the jobs of running and queued runs -----------------------------------------
+
+def check_liveness(states: list[RunState], default_backend: str,
+                   scheduler_factory=None) -> dict[Path, bool | str]:
+    """Ask the schedulers about the jobs of running and queued runs that record a job id.
+
+    Returns run dir -> True (job pending or running), False (job gone) or a string saying
+    why liveness is unknown (scheduler command missing or failing). A job is asked of the
+    backend recorded in its status.json (``scheduler``; legacy ``pbs_job_id`` means PBS),
+    else of ``default_backend``. Runs without a job id are not in the answer."""
+    from .schedulers import SchedulerError, backend_of_status, get_scheduler
+
+    factory = scheduler_factory or get_scheduler
+    by_backend: dict[str, list[RunState]] = {}
+    for state in states:
+        if state.state in (RUNNING, QUEUED) and state.job_id is not None:
+            backend = backend_of_status(state.status, default_backend)
+            by_backend.setdefault(backend, []).append(state)
+    answers: dict[Path, bool | str] = {}
+    for backend, runs in by_backend.items():
+        scheduler = factory(backend)
+        problem = scheduler.available()
+        if problem is not None:
+            for state in runs:
+                answers[state.run_dir] = f"{backend}: {problem}"
+            continue
+        alive = scheduler.alive_jobs(sorted({state.job_id for state in runs}))
+        for state in runs:
+            answer = alive.get(state.job_id)
+            if isinstance(answer, SchedulerError):
+                answers[state.run_dir] = str(answer)
+            elif answer is None:
+                answers[state.run_dir] = f"{backend}: no answer about job {state.job_id}"
+            else:
+                answers[state.run_dir] = bool(answer)
+    return answers
+
+
+# ---- the status report -------------------------------------------------------------------------
+
+_COUNT_COLUMNS = (COMPLETED, RUNNING, QUEUED, FAILED, WAITING, NOT_STARTED, UNREADABLE)
+
+
+def _group_key(state: RunState) -> tuple[str, str, float | None]:
+    """(data set, row, alpha): row is 'teacher', 'pure' or the KD method."""
+    spec = state.spec
+    if state.role == "kd":
+        return spec.dataset, spec.method, spec.alpha
+    return spec.dataset, state.role, None
+
+
+def status_report(study: Study, states: list[RunState] | None = None,
+                  liveness: dict[Path, bool | str] | None = None,
+                  check_jobs: bool = True) -> dict[str, Any]:
+    """Everything ``kdlab status`` shows, as plain JSON-able data.
+
+    ``liveness`` (run dir -> True / False / why unknown) defaults to asking the schedulers
+    when ``check_jobs``; without it, running and queued runs have liveness 'not checked'."""
+    if states is None:
+        states = study_run_states(study)
+    if liveness is None:
+        liveness = check_liveness(states, study.scheduler.backend) if check_jobs else {}
+    total = len(states)
+    counts = {name: 0 for name in RUN_STATES}
+    groups: dict[tuple, dict[str, Any]] = {}
+    accuracies: dict[tuple, list[float]] = {}
+    epochs_done = epochs_planned = 0
+    for state in states:
+        counts[state.state] += 1
+        key = _group_key(state)
+        if key not in groups:
+            groups[key] = {"dataset": key[0], "method": key[1], "alpha": key[2],
+                           "model": state.spec.model, "runs": 0,
+                           **{name: 0 for name in _COUNT_COLUMNS}}
+            accuracies[key] = []
+        groups[key]["runs"] += 1
+        groups[key][state.state] += 1
+        if state.state == COMPLETED and state.max_acc is not None:
+            accuracies[key].append(state.max_acc)
+        planned = _planned_epochs(state, study)
+        epochs_planned += planned
+        epochs_done += planned if state.state == COMPLETED else min(_epoch(state), planned)
+    for key, group in groups.items():
+        group["mean_max_acc"] = _mean(accuracies[key])
+        group["completed_with_accuracy"] = len(accuracies[key])
+    all_accuracies = [acc for values in accuracies.values() for acc in values]
+
+    failed, stuck, unknown, unreadable = [], [], [], []
+    for state in states:
+        entry = {"run": state.spec.name, "run_dir": str(state.run_dir), "detail": state.detail}
+        if state.state == FAILED:
+            failed.append({**entry, "reason": (state.status or {}).get("reason")
+                           or "no reason recorded"})
+        elif state.state == UNREADABLE:
+            unreadable.append(entry)
+        elif state.state in (RUNNING, QUEUED):
+            job_id = state.job_id
+            alive = liveness.get(state.run_dir)
+            if job_id is None:
+                unknown.append({**entry, "job_id": None,
+                                "reason": "no job id recorded (started by hand?)"})
+            elif alive is False:
+                stuck.append({**entry, "job_id": job_id,
+                              "reason": f"job {job_id} is gone but status.json says "
+                                        f"{state.status['status']}; kdlab queue resubmits it"})
+            elif alive is not True:
+                unknown.append({**entry, "job_id": job_id,
+                                "reason": f"liveness unknown ({alive or 'not checked'})"})
+
+    runs = []
+    for state in states:
+        status = state.status or {}
+        alive = liveness.get(state.run_dir)
+        runs.append({"run": state.spec.name, "dataset": state.spec.dataset,
+                     "model": state.spec.model, "method": state.spec.method,
+                     "teacher": state.spec.teacher, "alpha": state.spec.alpha,
+                     "seed": state.spec.seed, "role": state.role, "state": state.state,
+                     "detail": state.detail, "job_id": state.job_id,
+                     "job_alive": alive if isinstance(alive, bool) else None,
+                     "epoch": status.get("epoch"), "epochs": _planned_epochs(state, study),
+                     "max_acc": state.max_acc, "run_dir": str(state.run_dir)})
+    return {
+        "study": study.name, "study_file": str(study.path),
+        "experiments_dir": str(study.experiments_dir), "backend": study.scheduler.backend,
+        "total": total, "counts": counts,
+        "progress_percent": 100.0 * counts[COMPLETED] / total if total else 0.0,
+        "epoch_progress_percent": 100.0 * epochs_done / epochs_planned if epochs_planned else 0.0,
+        "mean_max_acc_completed": _mean(all_accuracies),
+        "groups": list(groups.values()), "failed": failed, "stuck": stuck,
+        "liveness_unknown": unknown, "unreadable": unreadable, "runs": runs,
+    }
+
+
+def _planned_epochs(state: RunState, study: Study) -> int:
+    status = state.status or {}
+    value = status.get("epochs")
+    if value is None and isinstance(status.get("config"), dict):
+        value = status["config"].get("epochs")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return int(study.training["epochs"])
+
+
+def _epoch(state: RunState) -> int:
+    value = (state.status or {}).get("epoch")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as the text ``kdlab status`` prints: the table, totals, problem runs."""
+    headers = ["data set", "runs of", "alpha", "done", "running", "queued", "failed",
+               "waiting", "to do", "unreadable", "mean acc %"]
+    rows = []
+    for group in report["groups"]:
+        label = (f"{group['method']} {group['model']}" if group["method"] in ("teacher", "pure")
+                 else group["method"])
+        accuracy = group["mean_max_acc"]
+        rows.append([group["dataset"], label, _alpha_text(group["alpha"]),
+                     *(str(group[name]) for name in _COUNT_COLUMNS),
+                     "-" if accuracy is None else f"{accuracy:.2f}"])
+    lines = [f"study {report['study']} ({report['study_file']}): {report['total']} runs in "
+             f"{report['experiments_dir']}, backend {report['backend']}", ""]
+    lines += _table(headers, rows)
+    counts = report["counts"]
+    accuracy = report["mean_max_acc_completed"]
+    lines += ["", f"progress: {counts[COMPLETED]}/{report['total']} runs completed "
+                  f"({report['progress_percent']:.1f}%), {report['epoch_progress_percent']:.1f}% "
+                  "of all epochs; "
+                  + ", ".join(f"{counts[name]} {name.replace('_', ' ')}" for name in RUN_STATES
+                              if name != COMPLETED),
+              "accuracy of completed runs: "
+              + ("-" if accuracy is None else f"{accuracy:.2f}% (mean of best test accuracy)")]
+    for title, key, field in (("failed", "failed", "reason"), ("stuck", "stuck", "reason"),
+                              ("liveness unknown", "liveness_unknown", "reason"),
+                              ("unreadable status.json", "unreadable", "detail")):
+        if report[key]:
+            lines += ["", f"{title} ({len(report[key])}):"]
+            lines += [f"  {entry['run']}: {entry[field]}" for entry in report[key]]
+    return "\n".join(lines)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    def line(cells):
+        return "  ".join(str(cell).ljust(width) if i < 3 else str(cell).rjust(width)
+                         for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+    return [line(headers), line(["-" * width for width in widths]), *(line(row) for row in rows)]
+
+
+def _alpha_text(alpha: float | None) -> str:
+    return "-" if alpha is None else format_alpha(alpha)
+
+
 # ---- the status command ----------------------------------------------------------------------
 
 def command(args) -> int:
@@ -129,18 +326,3 @@ def command(args) -> int:
     else:
         print(format_report(report))
     return 0
-
-
-def status_report(study: Study, states: list[RunState] | None = None,
-                  liveness=None) -> dict[str, Any]:
-    """Placeholder filled in below by the full implementation."""
-    raise NotImplementedError
-
-
-def format_report(report: dict[str, Any]) -> str:
-    raise NotImplementedError
-
-
-def _alpha_text(alpha: float | None) -> str:
-    return "-" if alpha is None else format_alpha(alpha)
-

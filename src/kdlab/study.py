@@ -8,6 +8,7 @@ relative to the directory kdlab is run from.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,25 @@ class SchedulerSettings:
             parts.insert(0, 0)
         hours, minutes, seconds = parts
         return hours * 3600 + minutes * 60 + seconds
+
+    def memory_megabytes(self) -> int:
+        """``memory`` in megabytes (1024-based units: '24GB', '24 GB', '512M', '1.5G')."""
+        return memory_megabytes(self.memory)
+
+
+_MEMORY_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def memory_megabytes(text: str) -> int:
+    """Megabytes of a memory size such as '24GB', '24 GB', '512MB', '1.5G' or '4096' (MB).
+    Raises ValueError when the text is not a size."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTkmgt]?)(?:i?[Bb])?\s*", text)
+    if not match:
+        raise ValueError(f"not a memory size: {text!r}")
+    value = float(match[1]) * _MEMORY_UNITS[(match[2] or "M").upper()]
+    if value < 1:
+        raise ValueError(f"less than one megabyte: {text!r}")
+    return int(round(value))
 
 
 @dataclass
@@ -339,6 +359,10 @@ def _load_scheduler(check: _Checker, table: dict) -> SchedulerSettings:
             raise ValueError
     except ValueError:
         check.fail("scheduler.walltime", "HH:MM:SS", settings.walltime)
+    try:
+        settings.memory_megabytes()
+    except ValueError:
+        check.fail("scheduler.memory", "a memory size such as '24GB' or '512MB'", settings.memory)
     if settings.template is not None:
         template_path = Path(settings.template)
         if not template_path.is_absolute():

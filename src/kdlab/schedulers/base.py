@@ -1,0 +1,205 @@
+"""The one small interface behind which local processes, Slurm and PBS look the same.
+
+A scheduler backend does three things: ``submit`` a run's ``kdlab train`` command and
+return a job id, tell whether a job id ``is_alive`` (pending or running), and ``cancel``
+a job. ``submit`` takes a ``record`` callback that it calls with the new job id *after*
+the job exists and *before* it can start (jobs are submitted held and released after the
+callback), so that the job id is in the run's status.json before the job itself, or
+anything else, can look at it.
+
+Batch backends (Slurm, PBS) write a job script into the run directory. Its text comes
+from :func:`script_fields`: the same named fields fill kdlab's generated scripts and a
+user's own template (study key ``scheduler.template``, Python ``str.format`` syntax, so a
+literal brace in the shell script is written twice: ``${{HOME}}``). The fields are:
+
+``job_name``          the run's name (``RunSpec.name``)
+``run_dir``           absolute run directory; job output and error files go here
+``workdir``           absolute directory ``kdlab queue`` ran in (relative paths of the study)
+``output_file``       absolute path of the job's standard output file
+``error_file``        absolute path of the job's standard error file
+``walltime``          HH:MM:SS
+``walltime_seconds``  the same in seconds
+``cpus``, ``gpus``    counts from the study
+``memory``            as written in the study (e.g. ``24GB``)
+``memory_mb``         the same in megabytes (integer)
+``queue``, ``account``  queue/partition and account/project ('' when not set)
+``signal_seconds``    seconds before the walltime at which training is told to checkpoint
+``directives``        the whole block of ``#SBATCH``/``#PBS`` lines kdlab would write
+``extra_directives``  the study's extra directive lines, each already prefixed
+``setup``             the study's setup lines (module loads, venv activation), one per line
+``command``           the shell-quoted training command, to be ``exec``-ed
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..errors import UserError
+from ..study import SchedulerSettings
+
+TEMPLATE_FIELDS = ("job_name", "run_dir", "workdir", "output_file", "error_file", "walltime",
+                   "walltime_seconds", "cpus", "gpus", "memory", "memory_mb", "queue", "account",
+                   "signal_seconds", "directives", "extra_directives", "setup", "command")
+
+# Scheduler commands get this long to answer before kdlab gives up on them.
+COMMAND_TIMEOUT_SECONDS = 60
+
+
+class SchedulerError(Exception):
+    """A scheduler command failed or could not be run (the message says which and why).
+
+    Raised by ``is_alive`` when the scheduler cannot tell (then a job must be treated as
+    'liveness unknown', never as gone) and by ``submit``/``cancel`` when they fail."""
+
+
+class Scheduler(ABC):
+    """A backend. ``name`` is what status.json records under ``scheduler``."""
+
+    name: str = ""
+    commands: tuple[str, ...] = ()   # executables the backend needs on PATH
+
+    def available(self) -> str | None:
+        """None when the backend can be used here, else why not (one line)."""
+        missing = [command for command in self.commands if shutil.which(command) is None]
+        if missing:
+            return f"{', '.join(missing)} not found on PATH"
+        return None
+
+    def argv(self, settings: SchedulerSettings, train_arguments: list[str]) -> list[str]:
+        """The argv of a job's training process: ``kdlab_command`` + ``train_arguments``."""
+        return training_argv(settings, train_arguments)
+
+    @abstractmethod
+    def submit(self, run_name: str, command: list[str], run_dir: Path,
+               settings: SchedulerSettings, record: Callable[[str], None]) -> str:
+        """Start ``command`` (argv of the training process) as a job named ``run_name``,
+        with its output in ``run_dir``; call ``record(job_id)`` before the job can start;
+        return the job id. If ``record`` raises, the job is cancelled and the error passed
+        on. Raises :class:`SchedulerError` when submission fails."""
+
+    @abstractmethod
+    def is_alive(self, job_id: str) -> bool:
+        """True while the job is pending or running; False once it is gone (finished,
+        killed, unknown to the scheduler). :class:`SchedulerError` when the scheduler
+        cannot tell."""
+
+    def alive_jobs(self, job_ids: Iterable[str]) -> dict[str, bool | SchedulerError]:
+        """``is_alive`` of many jobs at once: job id -> bool, or the error for that job."""
+        answers: dict[str, bool | SchedulerError] = {}
+        for job_id in job_ids:
+            try:
+                answers[job_id] = self.is_alive(job_id)
+            except SchedulerError as error:
+                answers[job_id] = error
+        return answers
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Stop the job (training saves a checkpoint on the signal, when it can)."""
+
+
+def run_command(argv: list[str], what: str, input_text: str | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a scheduler command, capturing its output. Raises SchedulerError if the program
+    is missing or does not answer in time; the caller judges the exit status."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, input=input_text,
+                              timeout=COMMAND_TIMEOUT_SECONDS, env=env)
+    except FileNotFoundError:
+        raise SchedulerError(f"{what}: {argv[0]} not found on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{what}: {argv[0]} did not answer within "
+                             f"{COMMAND_TIMEOUT_SECONDS} s") from None
+    except OSError as error:
+        raise SchedulerError(f"{what}: cannot run {argv[0]} ({error.strerror})") from None
+
+
+def command_failure(argv: list[str], result: subprocess.CompletedProcess) -> str:
+    """One line describing a failed command: the program, its exit status, its message."""
+    message = " ".join((result.stderr or result.stdout or "").split())
+    return f"{shlex.join(argv)} exited with {result.returncode}: {message or 'no message'}"
+
+
+def training_argv(settings: SchedulerSettings, train_arguments: list[str]) -> list[str]:
+    """The full argv of a training job: the study's ``kdlab_command`` + ``train ...``."""
+    return shlex.split(settings.kdlab_command) + list(train_arguments)
+
+
+def next_script_path(run_dir: Path, stem: str, suffix: str) -> tuple[Path, int]:
+    """``run_dir/{stem}-{n}{suffix}`` with the first unused n (1, 2, ...): every submission
+    keeps its own job script and log files, nothing is overwritten."""
+    attempt = 1
+    while (run_dir / f"{stem}-{attempt}{suffix}").exists():
+        attempt += 1
+    return run_dir / f"{stem}-{attempt}{suffix}", attempt
+
+
+def script_fields(run_name: str, command: list[str], run_dir: Path, settings: SchedulerSettings,
+                  output_file: Path, error_file: Path, directives: list[str],
+                  extra_directives: list[str]) -> dict[str, object]:
+    """The named fields of a job script (documented in this module's docstring)."""
+    return {
+        "job_name": run_name,
+        "run_dir": str(run_dir),
+        "workdir": os.getcwd(),
+        "output_file": str(output_file),
+        "error_file": str(error_file),
+        "walltime": settings.walltime,
+        "walltime_seconds": settings.walltime_seconds(),
+        "cpus": settings.cpus,
+        "gpus": settings.gpus,
+        "memory": settings.memory,
+        "memory_mb": settings.memory_megabytes(),
+        "queue": settings.queue or "",
+        "account": settings.account or "",
+        "signal_seconds": settings.signal_seconds,
+        "directives": "\n".join(directives),
+        "extra_directives": "\n".join(extra_directives),
+        "setup": "\n".join(settings.setup),
+        "command": shlex.join(command),
+    }
+
+
+def render_script(fields: dict[str, object], settings: SchedulerSettings,
+                  default_body: str) -> str:
+    """The job script: the user's template filled with ``fields`` when the study names one,
+    else kdlab's own script ``default_body`` (already filled)."""
+    if settings.template is None:
+        return default_body
+    path = Path(settings.template)
+    try:
+        template = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"job-script template {path}: cannot read ({error.strerror})") from None
+    try:
+        return template.format(**fields)
+    except KeyError as error:
+        raise UserError(f"job-script template {path}: unknown field {{{error.args[0]}}}: "
+                        f"expected one of {', '.join(TEMPLATE_FIELDS)} "
+                        "(write a literal brace twice: {{ }})") from None
+    except (ValueError, IndexError) as error:
+        raise UserError(f"job-script template {path}: {error} "
+                        "(str.format syntax; write a literal brace twice: {{ }})") from None
+
+
+def script_body(shebang_and_directives: list[str], fields: dict[str, object],
+                wrap_command: list[str] | None = None) -> str:
+    """kdlab's own job script: directives, setup lines, ``cd`` to the submission directory,
+    then ``exec`` the training command, so that the scheduler's signals reach the training
+    process itself (it checkpoints on SIGTERM/SIGUSR1) instead of a waiting shell."""
+    command = str(fields["command"])
+    if wrap_command:
+        command = f"{shlex.join(wrap_command)} {command}"
+    lines = list(shebang_and_directives)
+    lines += ["", "# Environment of the job (study: scheduler.setup)."]
+    lines += [str(line) for line in str(fields["setup"]).splitlines()] or ["true"]
+    lines += ["", f"cd {shlex.quote(str(fields['workdir']))}",
+              "# exec: the training process replaces this shell and receives the signals.",
+              f"exec {command}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""PBS backend (PBS Pro / OpenPBS): a generated ``#PBS`` script, ``qsub``, ``qstat``.
+
+The script (``run_dir/pbs-job-N.sh``) names the job after the run, asks for
+``select=1:ncpus=..:ngpus=..:mem=..``, the walltime, queue (``-q``) and project (``-P``),
+writes output and error to ``run_dir/pbs-N.out``/``.err`` and runs the study's setup lines.
+PBS has no pre-timeout signal: at the walltime it sends SIGTERM, then SIGKILL after the
+server's kill delay. So the training command runs under ``timeout --signal=USR1``, which
+sends USR1 ``signal_seconds`` before the walltime (training checkpoints and exits 75) and
+passes a SIGTERM from PBS straight on to training; the script ``exec``s it, so no shell
+sits in between. Jobs are submitted held (``qsub -h``) and released (``qrls``) once their
+id is in status.json.
+
+Liveness: ``qstat -f -F json ID`` (``job_state``), falling back to plain ``qstat -f ID``
+where JSON output is not offered or not parseable. "Unknown Job Id" and "Job has
+finished" mean the job is gone; so does state F (finished), X (finished sub-job) or
+C (completed, Torque).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+from ..runstate import atomic_write_text
+from ..study import SchedulerSettings
+from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
+                   run_command, script_body, script_fields)
+
+ALIVE_STATES = frozenset("QRHWEBTSUM")  # queued, running, held, waiting, exiting, begun,
+#                                          transit, suspended, user-suspended, moved
+GONE_STATES = frozenset("FXC")
+_GONE_MESSAGES = ("unknown job id", "job has finished")
+
+
+def directives(run_name: str, run_dir: Path, settings: SchedulerSettings, output_file: Path,
+               error_file: Path) -> tuple[list[str], list[str]]:
+    """(kdlab's #PBS lines, the study's extra directive lines), each a full line."""
+    select = f"select=1:ncpus={settings.cpus}"
+    if settings.gpus > 0:
+        select += f":ngpus={settings.gpus}"
+    select += f":mem={settings.memory_megabytes()}mb"
+    lines = [f"#PBS -N {run_name}", f"#PBS -l {select}", f"#PBS -l walltime={settings.walltime}"]
+    if settings.queue:
+        lines.append(f"#PBS -q {settings.queue}")
+    if settings.account:
+        lines.append(f"#PBS -P {settings.account}")
+    lines += [f"#PBS -o {output_file}", f"#PBS -e {error_file}"]
+    extra = [line if line.lstrip().startswith("#") else f"#PBS {line}"
+             for line in settings.extra_directives]
+    return lines, extra
+
+
+def job_script(run_name: str, command: list[str], run_dir: Path, settings: SchedulerSettings,
+               attempt: int = 1) -> str:
+    """The text of the job script of one submission (``attempt`` numbers its log files)."""
+    run_dir = Path(run_dir).resolve()
+    output_file, error_file = run_dir / f"pbs-{attempt}.out", run_dir / f"pbs-{attempt}.err"
+    kdlab_lines, extra = directives(run_name, run_dir, settings, output_file, error_file)
+    fields = script_fields(run_name, command, run_dir, settings, output_file, error_file,
+                           directives=kdlab_lines + extra, extra_directives=extra)
+    warn_after = settings.walltime_seconds() - settings.signal_seconds
+    wrap = (["timeout", "--preserve-status", "--signal=USR1", f"{warn_after}s"]
+            if settings.signal_seconds > 0 and warn_after > 0 else None)
+    default = script_body(["#!/bin/bash", *kdlab_lines, *extra], fields, wrap_command=wrap)
+    return render_script(fields, settings, default)
+
+
+def parse_qsub_output(text: str) -> str:
+    """The job id printed by ``qsub`` ('1234.server')."""
+    job_id = text.strip().splitlines()[-1].strip() if text.strip() else ""
+    if not re.fullmatch(r"\d+(\[\d*\])?(\.[\w.-]+)?", job_id):
+        raise SchedulerError(f"qsub: expected a job id such as 1234.server, got {text.strip()!r}")
+    return job_id
+
+
+def _matching_job(jobs: dict, job_id: str):
+    """The entry of ``job_id`` among qstat's jobs (ids may differ in the server suffix)."""
+    if job_id in jobs:
+        return jobs[job_id]
+    number = job_id.split(".")[0]
+    for key, value in jobs.items():
+        if key.split(".")[0] == number:
+            return value
+    return None
+
+
+def parse_qstat_json(text: str, job_id: str) -> str | None:
+    """job_state of ``job_id`` in ``qstat -f -F json`` output; None if the job is not listed.
+    Raises ValueError when the text is not the expected JSON."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("qstat JSON is not an object")
+    jobs = data.get("Jobs") or {}  # PBS leaves out "Jobs" when no job matches
+    job = _matching_job(jobs, job_id)
+    if job is None:
+        return None
+    state = job.get("job_state")
+    if not isinstance(state, str) or not state:
+        raise ValueError(f"job {job_id} has no job_state")
+    return state
+
+
+_JOB_BLOCK = re.compile(r"^Job Id:\s*(\S+)\s*$", re.MULTILINE)
+_JOB_STATE = re.compile(r"^\s+job_state\s*=\s*(\S+)\s*$", re.MULTILINE)
+
+
+def parse_qstat_full(text: str, job_id: str) -> str | None:
+    """job_state of ``job_id`` in plain ``qstat -f`` output; None if the job is not listed."""
+    starts = list(_JOB_BLOCK.finditer(text))
+    blocks = {}
+    for index, match in enumerate(starts):
+        end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
+        blocks[match[1]] = text[match.end():end]
+    block = _matching_job(blocks, job_id)
+    if block is None:
+        return None
+    state = _JOB_STATE.search(block)
+    return state[1] if state else None
+
+
+def _says_gone(result) -> bool:
+    message = f"{result.stderr}\n{result.stdout}".lower()
+    return any(phrase in message for phrase in _GONE_MESSAGES)
+
+
+def _alive_from_state(state: str | None, job_id: str) -> bool:
+    if state is None:
+        return False
+    letter = state.strip()[:1].upper()
+    if letter in ALIVE_STATES:
+        return True
+    if letter in GONE_STATES:
+        return False
+    raise SchedulerError(f"qstat: job {job_id} has unknown job_state {state!r}")
+
+
+class PbsScheduler(Scheduler):
+    name = "pbs"
+    commands = ("qsub", "qstat", "qdel", "qrls")
+
+    def submit(self, run_name: str, command: list[str], run_dir: Path,
+               settings: SchedulerSettings, record: Callable[[str], None]) -> str:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        script_path, attempt = next_script_path(run_dir, "pbs-job", ".sh")
+        atomic_write_text(script_path, job_script(run_name, command, run_dir, settings, attempt))
+        argv = ["qsub", "-h", str(script_path)]
+        result = run_command(argv, "pbs submit")
+        if result.returncode != 0:
+            raise SchedulerError(command_failure(argv, result))
+        job_id = parse_qsub_output(result.stdout)
+        try:
+            record(job_id)
+        except BaseException:
+            self._cancel_quietly(job_id)
+            raise
+        release = ["qrls", job_id]
+        result = run_command(release, "pbs release")
+        if result.returncode != 0:
+            # A job left held would look alive for ever: delete it, so that the next
+            # `kdlab queue` sees it gone and submits the run again.
+            self._cancel_quietly(job_id)
+            raise SchedulerError(command_failure(release, result))
+        return job_id
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            self.cancel(job_id)
+        except SchedulerError:
+            pass
+
+    def is_alive(self, job_id: str) -> bool:
+        argv = ["qstat", "-f", "-F", "json", job_id]
+        result = run_command(argv, "pbs liveness")
+        if result.returncode == 0:
+            try:
+                return _alive_from_state(parse_qstat_json(result.stdout, job_id), job_id)
+            except ValueError:
+                pass  # some PBS versions write invalid JSON; the plain format still works
+        elif _says_gone(result):
+            return False
+        # Older PBS/Torque without -F json, or JSON that did not parse: plain full format.
+        plain = ["qstat", "-f", job_id]
+        result = run_command(plain, "pbs liveness")
+        if result.returncode == 0:
+            return _alive_from_state(parse_qstat_full(result.stdout, job_id), job_id)
+        if _says_gone(result):
+            return False
+        raise SchedulerError(command_failure(plain, result))
+
+    def cancel(self, job_id: str) -> None:
+        argv = ["qdel", job_id]
+        result = run_command(argv, "pbs cancel")
+        if result.returncode != 0 and not _says_gone(result):
+            raise SchedulerError(command_failure(argv, result))

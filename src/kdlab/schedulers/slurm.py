@@ -1,0 +1,154 @@
+"""Slurm backend: a generated batch script per submission, ``sbatch``, ``squeue``.
+
+The script (``run_dir/slurm-job-N.sh``) names the job after the run, writes its output
+and error files into the run directory (``slurm-JOBID.out``/``.err``), asks for the
+study's resources and for ``--signal=B:USR1@signal_seconds`` (the batch shell gets USR1
+that long before the time limit; the script ``exec``s the training process, so it is the
+one that receives it and checkpoints). Jobs are submitted held (``--hold``) and released
+(``scontrol release``) once their id is in status.json.
+
+Liveness: ``squeue -h -t all -o '%i %T' -j IDS`` lists the jobs the controller still
+remembers (for ``MinJobAge`` after they end); a job it does not list is gone (without an
+accounting daemon nothing else knows about it), and the run's status.json decides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..runstate import atomic_write_text
+from ..study import SchedulerSettings
+from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
+                   run_command, script_body, script_fields)
+
+# Job states (squeue %T) of a job that is still pending, running or about to.
+ALIVE_STATES = frozenset({
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
+    "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
+    "RESV_DEL_HOLD", "POWER_UP_NODE", "UPDATE_DB"})
+# For reference: COMPLETED CANCELLED FAILED TIMEOUT NODE_FAIL PREEMPTED BOOT_FAIL DEADLINE
+# OUT_OF_MEMORY SPECIAL_EXIT REVOKED are ended jobs.
+
+
+def directives(run_name: str, run_dir: Path, settings: SchedulerSettings) -> tuple[list[str], list[str]]:
+    """(kdlab's #SBATCH lines, the study's extra directive lines), each a full line."""
+    lines = [f"#SBATCH --job-name={run_name}",
+             f"#SBATCH --output={run_dir}/slurm-%j.out",
+             f"#SBATCH --error={run_dir}/slurm-%j.err",
+             f"#SBATCH --time={settings.walltime}",
+             "#SBATCH --nodes=1",
+             "#SBATCH --ntasks=1",
+             f"#SBATCH --cpus-per-task={settings.cpus}",
+             f"#SBATCH --mem={settings.memory_megabytes()}M"]
+    if settings.gpus > 0:
+        lines.append(f"#SBATCH --gres=gpu:{settings.gpus}")
+    if settings.queue:
+        lines.append(f"#SBATCH --partition={settings.queue}")
+    if settings.account:
+        lines.append(f"#SBATCH --account={settings.account}")
+    if settings.signal_seconds > 0:
+        lines.append(f"#SBATCH --signal=B:USR1@{settings.signal_seconds}")
+    extra = [line if line.lstrip().startswith("#") else f"#SBATCH {line}"
+             for line in settings.extra_directives]
+    return lines, extra
+
+
+def job_script(run_name: str, command: list[str], run_dir: Path,
+               settings: SchedulerSettings) -> str:
+    """The text of the batch script of one submission."""
+    run_dir = Path(run_dir).resolve()
+    kdlab_lines, extra = directives(run_name, run_dir, settings)
+    fields = script_fields(run_name, command, run_dir, settings,
+                           output_file=run_dir / "slurm-%j.out",
+                           error_file=run_dir / "slurm-%j.err",
+                           directives=kdlab_lines + extra, extra_directives=extra)
+    default = script_body(["#!/bin/bash", *kdlab_lines, *extra], fields)
+    return render_script(fields, settings, default)
+
+
+def parse_sbatch_output(text: str) -> str:
+    """The job id printed by ``sbatch --parsable`` ('123' or '123;cluster')."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    job_id = first.split(";")[0].strip()
+    if not job_id.isdigit():
+        raise SchedulerError(f"sbatch: expected a job id, got {text.strip()!r}")
+    return job_id
+
+
+def parse_squeue_states(text: str) -> dict[str, str]:
+    """Job id -> state from ``squeue -h -o '%i %T'`` lines."""
+    states: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            states[parts[0]] = parts[1].upper()
+    return states
+
+
+class SlurmScheduler(Scheduler):
+    name = "slurm"
+    commands = ("sbatch", "squeue", "scancel", "scontrol")
+
+    def submit(self, run_name: str, command: list[str], run_dir: Path,
+               settings: SchedulerSettings, record: Callable[[str], None]) -> str:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        script_path, _ = next_script_path(run_dir, "slurm-job", ".sh")
+        atomic_write_text(script_path, job_script(run_name, command, run_dir, settings))
+        argv = ["sbatch", "--parsable", "--hold", str(script_path)]
+        result = run_command(argv, "slurm submit")
+        if result.returncode != 0:
+            raise SchedulerError(command_failure(argv, result))
+        job_id = parse_sbatch_output(result.stdout)
+        try:
+            record(job_id)
+        except BaseException:
+            self._cancel_quietly(job_id)
+            raise
+        release = ["scontrol", "release", job_id]
+        result = run_command(release, "slurm release")
+        if result.returncode != 0:
+            # A job left held would look alive for ever: cancel it, so that the next
+            # `kdlab queue` sees it gone and submits the run again.
+            self._cancel_quietly(job_id)
+            raise SchedulerError(command_failure(release, result))
+        return job_id
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            self.cancel(job_id)
+        except SchedulerError:
+            pass
+
+    def alive_jobs(self, job_ids: Iterable[str]) -> dict[str, bool | SchedulerError]:
+        """One ``squeue`` call for all ``job_ids``; keys are the ids as given."""
+        given = {str(job_id): str(job_id).split(";")[0] for job_id in job_ids}
+        if not given:
+            return {}
+        argv = ["squeue", "-h", "-t", "all", "-o", "%i %T", "-j",
+                ",".join(sorted(set(given.values())))]
+        try:
+            result = run_command(argv, "slurm liveness")
+        except SchedulerError as error:
+            return {job_id: error for job_id in given}
+        if result.returncode != 0:
+            # squeue says this when the only id it was asked about is unknown to it.
+            if "Invalid job id" in f"{result.stderr}{result.stdout}" and len(set(given.values())) == 1:
+                return {job_id: False for job_id in given}
+            error = SchedulerError(command_failure(argv, result))
+            return {job_id: error for job_id in given}
+        states = parse_squeue_states(result.stdout)
+        return {job_id: states.get(bare) in ALIVE_STATES for job_id, bare in given.items()}
+
+    def is_alive(self, job_id: str) -> bool:
+        answer = self.alive_jobs([job_id])[str(job_id)]
+        if isinstance(answer, SchedulerError):
+            raise answer
+        return answer
+
+    def cancel(self, job_id: str) -> None:
+        argv = ["scancel", str(job_id).split(";")[0]]
+        result = run_command(argv, "slurm cancel")
+        if result.returncode != 0:
+            raise SchedulerError(command_failure(argv, result))
