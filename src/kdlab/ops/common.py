@@ -84,6 +84,20 @@ def group_key(state: RunState) -> tuple:
     return (spec.dataset, state.role, state.role, None)
 
 
+def effective_method_options(study: Study, method: str) -> dict:
+    """The options a run of ``method`` trains with: the method's defaults, the study's
+    training temperature for methods that take one (as ``kdlab train`` does), then the
+    study's ``method_options``. Without torch (no registry): the study's options only."""
+    options = dict(study.method_options.get(method, {}))
+    try:
+        from ..distill import method_defaults, resolve_options
+    except ImportError:
+        return options
+    if "temperature" in method_defaults(method):
+        options.setdefault("temperature", study.training["temperature"])
+    return resolve_options(method, options)
+
+
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured Markdown table (``|`` in cells escaped)."""
     def cell(text) -> str:
