@@ -1,0 +1,73 @@
+"""Attention transfer (Zagoruyko & Komodakis 2017): match the spatial attention maps of the
+student and the teacher after each layer group."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..models import LAYER_NAMES
+from . import register
+from .base import Distiller
+
+
+def parse_layers(text: str, method: str) -> list[int]:
+    """``"layer1,layer3"`` -> ``[0, 2]`` (indices into the model outputs)."""
+    names = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not names or any(name not in LAYER_NAMES for name in names) or len(set(names)) != len(names):
+        raise UserError(f"option layers={text!r} for method {method!r}: expected a comma-"
+                        f"separated list of distinct names from {', '.join(LAYER_NAMES)}")
+    return [LAYER_NAMES.index(name) for name in names]
+
+
+def match_spatial_size(student: torch.Tensor, teacher: torch.Tensor):
+    """Average-pool the larger of two ``[B, C, H, W]`` maps to the other's size (RepDistiller)."""
+    if student.shape[2:] == teacher.shape[2:]:
+        return student, teacher
+    if student.shape[2] > teacher.shape[2]:
+        return F.adaptive_avg_pool2d(student, teacher.shape[2:]), teacher
+    return student, F.adaptive_avg_pool2d(teacher, student.shape[2:])
+
+
+def attention_map(feature: torch.Tensor, p: float) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, H·W]``: channel mean of ``f^p``, L2-normalised over H·W
+    (``F.normalize`` divides by ``max(‖·‖, 1e-12)``, so an all-zero map gives 0, not NaN)."""
+    return F.normalize(feature.pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+@register
+class AttentionTransferDistiller(Distiller):
+    """``attention = weight · Σ_layers mean_{B·H·W} (Q_s − Q_t)²`` (RepDistiller ``Attention``,
+    mdistiller ``AT``: ``(at(s) − at(t)).pow(2).mean()`` per layer, summed)."""
+
+    name = "attention_transfer"
+    citation = ("Zagoruyko & Komodakis (2017), Paying More Attention to Attention: Improving the "
+                "Performance of Convolutional Neural Networks via Attention Transfer, ICLR 2017, "
+                "arXiv:1612.03928")
+    defaults = {
+        "p": 2.0,                            # the paper's and RepDistiller's p
+        "weight": 1000.0,                    # RepDistiller's --beta for AT; mdistiller 1000
+        "layers": "layer1,layer2,layer3",    # RepDistiller: every group of the CIFAR ResNets
+    }
+
+    def __init__(self, student_shapes, teacher_shapes, options) -> None:
+        super().__init__(student_shapes, teacher_shapes, options)
+        self.layer_indices = parse_layers(self.options["layers"], self.name)
+        self.p = float(self.options["p"])
+        if not self.p >= 1:
+            # f^p with p < 1 has an infinite slope at 0, and ReLU maps are 0 in many places.
+            raise UserError(f"option p={self.p} for method {self.name!r}: expected a number >= 1")
+        self.weight = float(self.options["weight"])
+
+    def forward(self, student_outputs, teacher_outputs, labels):
+        """Feature maps ``[B, C, H, W]`` -> ``{"attention": scalar}``."""
+        device_type = student_outputs[0].device.type
+        with torch.autocast(device_type, enabled=False):
+            total = student_outputs[0].new_zeros((), dtype=torch.float32)
+            for index in self.layer_indices:
+                student, teacher = match_spatial_size(student_outputs[index].float(),
+                                                      teacher_outputs[index].float().detach())
+                difference = attention_map(student, self.p) - attention_map(teacher, self.p)
+                total = total + difference.pow(2).mean()
+            return {"attention": self.weight * total}

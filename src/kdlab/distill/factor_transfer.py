@@ -1,0 +1,243 @@
+"""Factor transfer (Kim, Park & Kwak 2018), two stages.
+
+1. A *paraphraser* (conv encoder from the teacher's layer3 to ``rate · C`` channels and a
+   mirrored decoder) is trained as an autoencoder on the frozen teacher's layer3 maps
+   (reconstruction MSE). Its result, ``paraphraser.pth``, lives in the run directory, and
+   ``paraphraser_checkpoint.pth`` after every epoch lets a killed stage 1 resume.
+2. With the paraphraser frozen, a *translator* (conv encoder on the student's layer3 to the
+   same factor width) is trained with the student so that its factors match the teacher's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from . import register
+from .attention import match_spatial_size
+from .base import Distiller, Preempted, PretrainContext
+
+PARAPHRASER_FILE = "paraphraser.pth"
+PARAPHRASER_CHECKPOINT_FILE = "paraphraser_checkpoint.pth"
+# Stage-1 optimiser of the FT authors' train_Paraphraser.py: SGD, momentum 0.9, weight decay
+# 5e-4, constant learning rate (its decay milestones lie beyond its epochs).
+PARAPHRASER_MOMENTUM = 0.9
+PARAPHRASER_WEIGHT_DECAY = 5e-4
+LEAKY_SLOPE = 0.1  # LeakyReLU(0.1) after every conv, as in the FT authors' modules
+
+
+def _conv_block(conv: nn.Module, channels: int, batch_norm: bool) -> list[nn.Module]:
+    return [conv, nn.BatchNorm2d(channels) if batch_norm else nn.Identity(),
+            nn.LeakyReLU(LEAKY_SLOPE)]
+
+
+def _encoder(in_channels: int, factor_channels: int, batch_norm: bool) -> nn.Sequential:
+    """Three 3×3 convs (stride 1): C -> C -> factor -> factor."""
+    return nn.Sequential(
+        *_conv_block(nn.Conv2d(in_channels, in_channels, 3, padding=1), in_channels, batch_norm),
+        *_conv_block(nn.Conv2d(in_channels, factor_channels, 3, padding=1), factor_channels,
+                     batch_norm),
+        *_conv_block(nn.Conv2d(factor_channels, factor_channels, 3, padding=1), factor_channels,
+                     batch_norm))
+
+
+class Paraphraser(nn.Module):
+    """``encoder``: teacher map ``[B, C, H, W]`` -> factor ``[B, F, H, W]``; ``decoder``: the
+    mirror image with 3×3 transposed convs, back to ``[B, C, H, W]``."""
+
+    def __init__(self, channels: int, factor_channels: int, batch_norm: bool) -> None:
+        super().__init__()
+        self.encoder = _encoder(channels, factor_channels, batch_norm)
+        self.decoder = nn.Sequential(
+            *_conv_block(nn.ConvTranspose2d(factor_channels, factor_channels, 3, padding=1),
+                         factor_channels, batch_norm),
+            *_conv_block(nn.ConvTranspose2d(factor_channels, channels, 3, padding=1), channels,
+                         batch_norm),
+            *_conv_block(nn.ConvTranspose2d(channels, channels, 3, padding=1), channels,
+                         batch_norm))
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of ``feature`` through the factor bottleneck."""
+        return self.decoder(self.encoder(feature))
+
+
+def factor_vector(factor: torch.Tensor) -> torch.Tensor:
+    """``[B, F, H, W]`` -> ``[B, F·H·W]``, each row L2-normalised (FT authors' ``utils.FT``)."""
+    return F.normalize(factor.flatten(1), dim=1)
+
+
+@register
+class FactorTransferDistiller(Distiller):
+    """``factor = weight · mean_{B·F·H·W} |FT(T_s(student)) − FT(P_enc(teacher))|``.
+
+    The paper writes the per-sample L1 norm of the difference of the normalised factors; the
+    FT authors' code (``nn.L1Loss()`` on ``utils.FT`` vectors) takes the mean over all B·F·H·W
+    entries, and RepDistiller's ``FactorTransfer`` does the same (``.abs().mean()``): that
+    reduction is used here, so ``weight`` = 500 means what it means in their code.
+    """
+
+    name = "factor_transfer"
+    citation = ("Kim, Park & Kwak (2018), Paraphrasing Complex Network: Network Compression via "
+                "Factor Transfer, NeurIPS 2018, arXiv:1802.04977")
+    defaults = {
+        "rate": 0.5,                # paraphrase rate k: the paper's and the FT authors' default
+        "paraphraser_epochs": 30,   # RepDistiller's --init_epochs (the earlier round: 2 stages)
+        "paraphraser_lr": 0.1,      # FT authors' train_Paraphraser.py --lr (SGD, constant)
+        "weight": 500.0,            # FT authors' --beta (train_student.py)
+        "batch_norm": False,        # FT authors' modules have their BN layers commented out
+    }
+
+    def __init__(self, student_shapes, teacher_shapes, options) -> None:
+        super().__init__(student_shapes, teacher_shapes, options)
+        rate = float(self.options["rate"])
+        if not rate > 0:
+            raise UserError(f"option rate={rate} for method {self.name!r}: expected a positive "
+                            "number")
+        if int(self.options["paraphraser_epochs"]) < 1:
+            raise UserError(f"option paraphraser_epochs={self.options['paraphraser_epochs']} for "
+                            f"method {self.name!r}: expected at least 1")
+        self.teacher_channels = int(teacher_shapes[2][0])
+        self.factor_channels = max(1, int(round(self.teacher_channels * rate)))
+        batch_norm = bool(self.options["batch_norm"])
+        self.paraphraser = Paraphraser(self.teacher_channels, self.factor_channels, batch_norm)
+        self.paraphraser.requires_grad_(False)
+        self.paraphraser.eval()
+        self.translator = _encoder(int(student_shapes[2][0]), self.factor_channels, batch_norm)
+        self.weight = float(self.options["weight"])
+        # Set once stage 1 is done (or loaded): a forward with an untrained paraphraser
+        # would train the student towards noise without any visible error.
+        self.paraphraser_ready = False
+
+    def train(self, mode: bool = True):
+        """Train/eval the translator; the frozen paraphraser always stays in eval mode."""
+        super().train(mode)
+        self.paraphraser.eval()
+        return self
+
+    def frozen_state_files(self) -> list[str]:
+        return [PARAPHRASER_FILE, PARAPHRASER_CHECKPOINT_FILE]
+
+    def forward(self, student_outputs, teacher_outputs, labels):
+        """Layer3 maps ``[B, C, H, W]`` -> ``{"factor": scalar}``."""
+        if not self.paraphraser_ready:
+            raise RuntimeError("factor_transfer: pretrain() must run (or load paraphraser.pth) "
+                               "before the student is trained")
+        device_type = student_outputs[2].device.type
+        with torch.autocast(device_type, enabled=False):
+            student_factor = self.translator(student_outputs[2].float())
+            with torch.no_grad():
+                teacher_factor = self.paraphraser.encoder(teacher_outputs[2].float())
+            student_factor, teacher_factor = match_spatial_size(student_factor, teacher_factor)
+            difference = factor_vector(student_factor) - factor_vector(teacher_factor)
+            return {"factor": self.weight * difference.abs().mean()}
+
+    # ------------------------------------------------------------------ stage 1
+    def stage_settings(self) -> dict:
+        """What determines the paraphraser; a stored file made with other settings is stale."""
+        return {"teacher_channels": self.teacher_channels, "factor_channels": self.factor_channels,
+                "paraphraser_epochs": int(self.options["paraphraser_epochs"]),
+                "paraphraser_lr": float(self.options["paraphraser_lr"]),
+                "batch_norm": bool(self.options["batch_norm"])}
+
+    def load_paraphraser(self, path: Path) -> bool:
+        """Load a finished ``paraphraser.pth``; False if it was made with other settings."""
+        payload = _load(path)
+        if payload.get("settings") != self.stage_settings():
+            return False
+        try:
+            self.paraphraser.load_state_dict(payload["weights"])
+        except (KeyError, RuntimeError) as error:
+            raise UserError(f"{path} does not fit the factor_transfer paraphraser: {error}; "
+                            "delete it to retrain stage 1") from None
+        self.paraphraser_ready = True
+        return True
+
+    def pretrain(self, context: PretrainContext) -> None:
+        """Stage 1: train the paraphraser for ``paraphraser_epochs`` epochs over
+        ``context.train_batches(epoch)``, resuming from ``paraphraser_checkpoint.pth``
+        (written after every finished epoch) and skipped when ``paraphraser.pth`` exists.
+
+        A stop request between batches raises :class:`Preempted`; the checkpoint on disk is
+        then the last finished epoch, and the interrupted epoch is redone on resume with the
+        same batches (they depend only on seed and epoch), so the result is the same."""
+        run_dir = Path(context.run_dir)
+        final_path = run_dir / PARAPHRASER_FILE
+        checkpoint_path = run_dir / PARAPHRASER_CHECKPOINT_FILE
+        if final_path.exists():
+            if self.load_paraphraser(final_path):
+                context.log(f"factor_transfer: stage 1 already done ({final_path.name} loaded)")
+                return
+            context.log(f"factor_transfer: {final_path.name} was made with other settings; "
+                        "training the paraphraser again")
+
+        settings = self.stage_settings()
+        epochs = settings["paraphraser_epochs"]
+        trainee = self._fresh_paraphraser(context.seed).to(context.device)
+        optimizer = torch.optim.SGD(trainee.parameters(), lr=settings["paraphraser_lr"],
+                                    momentum=PARAPHRASER_MOMENTUM,
+                                    weight_decay=PARAPHRASER_WEIGHT_DECAY)
+        start_epoch = 0
+        if checkpoint_path.exists():
+            payload = _load(checkpoint_path, context.device)
+            if payload.get("settings") == settings:
+                trainee.load_state_dict(payload["paraphraser"])
+                optimizer.load_state_dict(payload["optimizer"])
+                start_epoch = int(payload["epoch"])
+                context.log(f"factor_transfer: resuming stage 1 after epoch {start_epoch}/{epochs}")
+            else:
+                context.log(f"factor_transfer: ignoring {checkpoint_path.name} (other settings)")
+
+        teacher = context.teacher
+        teacher.eval()
+        for epoch in range(start_epoch, epochs):
+            trainee.train()
+            loss_sum, sample_count = 0.0, 0
+            for images, _labels in context.train_batches(epoch):
+                if context.should_stop():
+                    raise Preempted(f"factor_transfer stage 1 stopped in epoch {epoch + 1}; "
+                                    f"{checkpoint_path.name} holds {epoch} finished epochs")
+                with torch.inference_mode():
+                    features = teacher(images)[2]
+                # Out of inference mode so that autograd may use them as the target.
+                features = features.float().clone()
+                loss = F.mse_loss(trainee(features), features)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"factor_transfer stage 1: non-finite reconstruction "
+                                             f"loss in epoch {epoch + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * images.shape[0]
+                sample_count += images.shape[0]
+            context.save(checkpoint_path, {"paraphraser": trainee.state_dict(),
+                                           "optimizer": optimizer.state_dict(),
+                                           "epoch": epoch + 1, "settings": settings})
+            context.log(f"factor_transfer stage 1: epoch {epoch + 1}/{epochs} reconstruction "
+                        f"MSE {loss_sum / max(sample_count, 1):.5f}")
+
+        context.save(final_path, {"weights": trainee.state_dict(), "settings": settings})
+        self.paraphraser.load_state_dict(trainee.state_dict())
+        self.paraphraser_ready = True
+
+    def _fresh_paraphraser(self, seed: int) -> Paraphraser:
+        """A newly initialised paraphraser drawn from ``seed`` alone (the global RNG is left
+        as it was, so stage 1 does not shift the student's random stream)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return Paraphraser(self.teacher_channels, self.factor_channels,
+                               bool(self.options["batch_norm"]))
+
+
+def _load(path: Path, device=None) -> dict:
+    try:
+        payload = torch.load(path, map_location=device or "cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise UserError(f"{path} is unreadable or corrupt ({type(error).__name__}); delete it "
+                        "to redo factor_transfer stage 1") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{path}: expected a dict, found {type(payload).__name__}")
+    return payload

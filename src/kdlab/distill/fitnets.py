@@ -1,0 +1,85 @@
+"""FitNets (Romero et al. 2015): a regressor maps the student's guided layer onto the
+teacher's hint layer; the student learns to make that regression small."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..models import LAYER_NAMES
+from . import register
+from .base import Distiller
+
+
+def regressor_conv(student_shape, teacher_shape) -> nn.Module:
+    """The convolution that maps a guided map ``student_shape = (C_s, H_s, W_s)`` to the hint's
+    ``teacher_shape = (C_t, H_t, W_t)``, as RepDistiller's ``ConvReg`` chooses it:
+
+    * same size: 1×1 conv (ConvReg's ``kernel 1 + H_s - H_t`` = 1), stride 1;
+    * student larger: 3×3 conv, padding 1, stride ``s = ceil(H_s / H_t)`` (ConvReg: stride 2
+      when ``H_s = 2 H_t``; the ResNets downsample the same way, so ``(H_s - 1) // s + 1``
+      equals ``H_t`` for their odd sizes too);
+    * student half the size: 4×4 transposed conv, stride 2, padding 1 (ConvReg).
+    """
+    s_channels, s_height, s_width = student_shape
+    t_channels, t_height, t_width = teacher_shape
+    if (s_height, s_width) == (t_height, t_width):
+        return nn.Conv2d(s_channels, t_channels, kernel_size=1, stride=1)
+    if s_height > t_height and s_width > t_width:
+        stride = math.ceil(s_height / t_height)
+        if ((s_height - 1) // stride + 1, (s_width - 1) // stride + 1) == (t_height, t_width):
+            return nn.Conv2d(s_channels, t_channels, kernel_size=3, stride=stride, padding=1)
+    if (2 * s_height, 2 * s_width) == (t_height, t_width):
+        return nn.ConvTranspose2d(s_channels, t_channels, kernel_size=4, stride=2, padding=1)
+    raise UserError(f"fitnets: cannot regress a {s_height}x{s_width} guided map onto a "
+                    f"{t_height}x{t_width} hint: expected the same size, an integer "
+                    "downsampling, or the student map at half the hint's size")
+
+
+@register
+class FitNetsDistiller(Distiller):
+    """``hint = weight · mean((R(guided_student) - hint_teacher)²)`` over all B·C·H·W elements
+    (RepDistiller ``HintLoss`` = ``nn.MSELoss()``), R = conv (size-matching) -> BN [-> ReLU]."""
+
+    name = "fitnets"
+    citation = ("Romero et al. (2015), FitNets: Hints for Thin Deep Nets, ICLR 2015, "
+                "arXiv:1412.6550")
+    defaults = {
+        "student_layer": "layer1",  # the earlier round's guided layer
+        "hint_layer": "layer2",     # the earlier round's hint layer
+        "weight": 100.0,            # RepDistiller's --beta for FitNets (train_student.py)
+        # RepDistiller / mdistiller ConvReg(use_relu=True): the hints are post-ReLU maps,
+        # so a non-negative regressor output can match their zeros exactly.
+        "regressor_relu": True,
+    }
+
+    def __init__(self, student_shapes, teacher_shapes, options) -> None:
+        super().__init__(student_shapes, teacher_shapes, options)
+        self.student_index = _layer_index(self.options["student_layer"], "student_layer")
+        self.hint_index = _layer_index(self.options["hint_layer"], "hint_layer")
+        student_shape = tuple(student_shapes[self.student_index])
+        teacher_shape = tuple(teacher_shapes[self.hint_index])
+        layers = [regressor_conv(student_shape, teacher_shape), nn.BatchNorm2d(teacher_shape[0])]
+        if self.options["regressor_relu"]:
+            layers.append(nn.ReLU())
+        self.regressor = nn.Sequential(*layers)
+        self.weight = float(self.options["weight"])
+
+    def forward(self, student_outputs, teacher_outputs, labels):
+        """Feature maps ``[B, C, H, W]`` -> ``{"hint": scalar}``."""
+        guided = student_outputs[self.student_index]
+        with torch.autocast(guided.device.type, enabled=False):
+            regressed = self.regressor(guided.float())
+            hint = teacher_outputs[self.hint_index].float().detach()
+            return {"hint": self.weight * F.mse_loss(regressed, hint)}
+
+
+def _layer_index(value: str, option: str) -> int:
+    if value not in LAYER_NAMES:
+        raise UserError(f"option {option}={value!r} for method 'fitnets': expected one of "
+                        f"{', '.join(LAYER_NAMES)}")
+    return LAYER_NAMES.index(value)

@@ -1,0 +1,50 @@
+"""Logit distillation (Hinton, Vinyals & Dean 2015): match the teacher's softened outputs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from . import register
+from .base import Distiller
+
+
+@register
+class LogitDistiller(Distiller):
+    """``kl = weight · T² · KL(softmax(t/T) ‖ softmax(s/T))``, summed over classes, mean over
+    the batch (RepDistiller ``DistillKL``: ``kl_div(sum) · T² / B``; mdistiller ``kd_loss``:
+    ``kl_div(none).sum(1).mean() · T²``). The T² keeps the gradient scale independent of T."""
+
+    name = "logit"
+    citation = ("Hinton, Vinyals & Dean (2015), Distilling the Knowledge in a Neural Network, "
+                "arXiv:1503.02531")
+    defaults = {
+        "temperature": 4.0,  # the earlier round's T (also RepDistiller's and mdistiller's default)
+        "weight": 1.0,       # the paper weighs the soft term only through T² and alpha
+    }
+
+    def __init__(self, student_shapes, teacher_shapes, options) -> None:
+        super().__init__(student_shapes, teacher_shapes, options)
+        if student_shapes[-1] != teacher_shapes[-1]:
+            raise UserError(f"logit distillation: student has {student_shapes[-1][0]} classes, "
+                            f"teacher {teacher_shapes[-1][0]}: expected the same class count")
+        self.temperature = float(self.options["temperature"])
+        if not self.temperature > 0:
+            raise UserError(f"option temperature={self.temperature} for method 'logit': "
+                            "expected a positive number")
+        self.weight = float(self.options["weight"])
+
+    def forward(self, student_outputs, teacher_outputs, labels):
+        """Logits ``[B, K]`` (last entry of each output list) -> ``{"kl": scalar}``."""
+        device_type = student_outputs[-1].device.type
+        with torch.autocast(device_type, enabled=False):
+            student_logits = student_outputs[-1].float()
+            teacher_logits = teacher_outputs[-1].float().detach()
+            temperature = self.temperature
+            log_p_student = F.log_softmax(student_logits / temperature, dim=1)
+            log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+            # KL in log space on both sides: finite even where a teacher probability
+            # underflows to 0 (target 0 · log 0 would otherwise give NaN).
+            kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+            return {"kl": self.weight * temperature ** 2 * kl}
