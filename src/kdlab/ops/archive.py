@@ -216,8 +216,13 @@ def copy_verify_remove(source: Path, destination: Path, journal: Path,
             ok = (dst.is_file() and dst.stat().st_size == src.stat().st_size
                   and _sha256(dst) == source_digests[relative])
         if not ok:
+            # Every destination file was either copied by this archive or found equal to
+            # its source a moment ago, so a mismatching one is a bad copy of ours: drop it
+            # (the source stays) so that the next run copies it again.
+            if dst.is_symlink() or dst.is_file():
+                _remove_file(dst)
             raise UserError(f"archive: the copy {dst} does not match {src} (size or SHA-256); "
-                            "nothing was removed: run kdlab archive again")
+                            "no source file was removed: run kdlab archive again")
     log(f"verified {len(files)} files (size and SHA-256)")
 
     _write_journal(journal, phase="removing")

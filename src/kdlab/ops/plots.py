@@ -199,7 +199,17 @@ def _grid_rows(study: Study) -> list[tuple[str, str, list[float | None]]]:
     return rows
 
 
-def _title_counts(study: Study, states: list[RunState], made: float) -> str:
+def progress_cells(study: Study, states: list[RunState]) -> dict[tuple, str]:
+    """State of every square of the progress grid, keyed (data set, row, alpha, seed) with
+    row 'teacher', 'pure' or the method name and alpha None for the pure rows."""
+    cells = {}
+    for state in states:
+        row = state.role if state.role in ("teacher", "pure") else state.spec.method
+        cells[(state.spec.dataset, row, state.spec.alpha, state.spec.seed)] = state.state
+    return cells
+
+
+def progress_title(study: Study, states: list[RunState], made: float) -> str:
     counts = {name: 0 for name in RUN_STATES}
     for state in states:
         counts[state.state] += 1
@@ -214,11 +224,7 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
     per alpha (sub-rows) × seed (sub-columns), coloured by state."""
     from matplotlib.patches import Patch, Rectangle
 
-    state_of = {}
-    for state in states:
-        key = "teacher" if state.role == "teacher" else "pure" if state.role == "pure" \
-            else state.spec.method
-        state_of[(state.spec.dataset, key, state.spec.alpha, state.spec.seed)] = state.state
+    state_of = progress_cells(study, states)
     rows = _grid_rows(study)
     seeds = list(study.seeds)
     cell_width = len(seeds) + 1.0        # squares + gap
@@ -261,7 +267,7 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
                for name in RUN_STATES]
     axes.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False,
                 bbox_to_anchor=(0.5, 0.0))
-    figure.text(0.5, 0.995, _title_counts(study, states, made), ha="center", va="top",
+    figure.text(0.5, 0.995, progress_title(study, states, made), ha="center", va="top",
                 fontsize=10, wrap=True)
     save_figure(figure, path)
 
