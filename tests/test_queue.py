@@ -1,0 +1,374 @@
+"""Every decision of ``kdlab queue`` with the local backend, against jobs of a stand-in
+trainer (a small script that takes ``kdlab train``'s arguments, records what it saw and
+writes status.json like the real loop), so that the decisions are tested in seconds. The
+real ``kdlab train`` under the queue is in test_queue_e2e.py; Slurm in test_queue_slurm.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kdlab import runstate
+from kdlab.cli import main
+from kdlab.layout import RunSpec, run_dir
+from kdlab.queue import (DONE, ERROR, FAILED_ACTION, LATER, LIVE, MAX_MISSED_STARTS, SUBMIT,
+                         UNKNOWN, WAIT, plan_queue, queue_lock, run_queue)
+from kdlab.schedulers.local import LocalScheduler, _boot_id, process_start_ticks
+from kdlab.status import study_run_states
+from kdlab.study import load_study
+
+# Stand-in for `kdlab train`: parses the same arguments, records (pid, the status.json it
+# found at start) in starts.jsonl, then acts as FAKE_MODES[run name] (default 'complete')
+# says: 'complete' after FAKE_SECONDS, 'fail', 'hang' (in progress until SIGTERM: exit 75
+# like the real loop), 'die' (exit 2 before training begins, writing nothing).
+FAKE_TRAIN = """\
+import json, os, signal, sys, time
+from kdlab.cli import build_parser
+from kdlab.config import TrainConfig
+from kdlab import runstate
+from kdlab.layout import run_dir
+
+args = build_parser().parse_args(sys.argv[1:])
+config = TrainConfig(  # kdlab.train would import torch: too slow for a stand-in
+    dataset=args.dataset, model=args.model, seed=args.seed, epochs=args.epochs,
+    distillation=args.distillation, teacher_model=args.teacher_model, alpha=args.alpha,
+    experiments_dir=args.experiments_dir, data_root=args.data_root or "data")
+spec = config.run_spec()
+directory = run_dir(config.experiments_dir, spec)
+seen = runstate.read_status(directory)
+with open(directory / "starts.jsonl", "a") as log:
+    log.write(json.dumps({"pid": os.getpid(), "seen": seen}) + "\\n")
+modes = json.loads(os.environ.get("FAKE_MODES", "{}"))
+mode = modes.get(spec.name, "complete")
+if mode == "die":
+    sys.exit(2)
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+runstate.update_status(directory, status="in_progress", epoch=0, epochs=config.epochs,
+                       max_acc=0.0, config=config.to_dict())
+deadline = time.time() + float(os.environ.get("FAKE_SECONDS", "0"))
+while mode == "hang" or time.time() < deadline:
+    if stop:
+        sys.exit(75)
+    time.sleep(0.05)
+if mode == "fail":
+    runstate.update_status(directory, status="failed", reason="loss is NaN at epoch 1")
+    sys.exit(1)
+runstate.update_status(directory, status="completed", epoch=config.epochs, max_acc=91.5)
+"""
+
+
+def write_study(tmp_path: Path, *, max_live_jobs: int = 10, methods=("logit", "nst"),
+                alphas=(0.5,), seeds=(0,), backend: str = "local", extra: str = "") -> Path:
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    study = tmp_path / "study.toml"
+    study.write_text(textwrap.dedent(f"""\
+        name = "qtest"
+        datasets = ["Digits"]
+        teacher = "ResNet20"
+        student = "ResNet8"
+        methods = {json.dumps(list(methods))}
+        alphas = {json.dumps(list(alphas))}
+        seeds = {json.dumps(list(seeds))}
+        experiments_dir = "{tmp_path / 'experiments'}"
+        data_root = "{tmp_path / 'data'}"
+
+        [training]
+        epochs = 2
+        device = "cpu"
+
+        [scheduler]
+        backend = "{backend}"
+        max_live_jobs = {max_live_jobs}
+        kdlab_command = "{sys.executable} {fake}"
+        """) + extra)
+    return study
+
+
+def wait_for_jobs(study, timeout=60.0) -> None:
+    """Until no run of the study has a live local job."""
+    scheduler = LocalScheduler()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        live = [state for state in study_run_states(study)
+                if state.job_id and state.state in ("queued", "running")
+                and state.status.get("scheduler") == "local" and scheduler.is_alive(state.job_id)]
+        if not live:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"jobs still alive after {timeout} s: {[s.spec.name for s in live]}")
+
+
+def starts(directory: Path) -> list[dict]:
+    path = directory / "starts.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def quiet_queue(study, **kwargs):
+    lines = []
+    decisions, code = run_queue(study, say=lines.append, **kwargs)
+    return decisions, code, lines
+
+
+def by_name(decisions):
+    return {decision.run.spec.name: decision for decision in decisions}
+
+
+def dead_local_job_id() -> str:
+    """The job id of a process that has ended (pid and start time were real)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    ticks = process_start_ticks(child.pid)[0]
+    child.wait()
+    return f"{child.pid}-{ticks}-{_boot_id()}"
+
+
+def test_whole_study_runs_to_completion_teachers_first(tmp_path):
+    study = load_study(write_study(tmp_path, seeds=(0, 1)))
+    assert len(study.runs()) == 8
+    decisions, code, lines = quiet_queue(study)
+    assert code == 0
+    actions = by_name(decisions)
+    teachers_and_pure = [spec.name for spec in study.teacher_runs() + study.pure_student_runs()]
+    assert {name for name, d in actions.items() if d.action == SUBMIT} == set(teachers_and_pure)
+    assert all(d.action == WAIT for d in decisions if d.run.role == "kd")
+    assert len(lines) == 9 and lines[-1].startswith("study qtest: 8 runs")
+    # The job id was in status.json before the job itself looked at it.
+    for decision in decisions:
+        if decision.action == SUBMIT:
+            status = runstate.read_status(decision.run.run_dir)
+            assert status["job_id"] == decision.job_id and status["scheduler"] == "local"
+            assert isinstance(status["submitted_at"], float)
+    wait_for_jobs(study)
+    for decision in decisions:
+        if decision.action == SUBMIT:
+            (start,) = starts(decision.run.run_dir)
+            assert start["seen"]["status"] == "queued"
+            assert start["seen"]["job_id"] == decision.job_id
+            assert runstate.read_status(decision.run.run_dir)["job_id"] == decision.job_id
+    decisions, _, _ = quiet_queue(study)
+    assert all(d.action == DONE for d in decisions if d.run.role != "kd")
+    assert all(d.action == SUBMIT for d in decisions if d.run.role == "kd")
+    wait_for_jobs(study)
+    decisions, _, lines = quiet_queue(study)
+    assert all(d.action == DONE for d in decisions)
+    assert "8 completed" in lines[-1]
+    # Every run trained exactly once.
+    assert all(len(starts(state.run_dir)) == 1 for state in study_run_states(study))
+
+
+def test_live_jobs_are_left_alone_and_the_limit_holds(tmp_path, monkeypatch):
+    study = load_study(write_study(tmp_path, seeds=(0, 1, 2), max_live_jobs=4))
+    names = [spec.name for spec in study.runs()]
+    monkeypatch.setenv("FAKE_MODES", json.dumps({name: "hang" for name in names}))
+    decisions, _, _ = quiet_queue(study)
+    submitted = [d for d in decisions if d.action == SUBMIT]
+    held_back = [d for d in decisions if d.action == LATER]
+    # Priority order: the three teachers, then the first pure student.
+    assert [d.run.spec for d in submitted] == (study.teacher_runs() + study.pure_student_runs())[:4]
+    assert [d.run.spec for d in held_back] == study.pure_student_runs()[1:]
+    assert all("held back: 4 of 4" in d.reason for d in held_back)
+    try:
+        decisions, _, _ = quiet_queue(study)
+        assert [d.run.spec for d in decisions if d.action == LIVE] == [d.run.spec for d in submitted]
+        assert not [d for d in decisions if d.action == SUBMIT]
+        # One job ends (killed: no completed status): its slot and the run go back in.
+        scheduler = LocalScheduler()
+        first = submitted[0]
+        scheduler.cancel(first.job_id)
+        for _ in range(200):
+            if not scheduler.is_alive(first.job_id):
+                break
+            time.sleep(0.05)
+        decisions, _, _ = quiet_queue(study)
+        again = [d for d in decisions if d.action == SUBMIT]
+        assert [d.run.spec for d in again] == [first.run.spec]
+        assert "is gone" in again[0].reason
+        status = runstate.read_status(first.run.run_dir)
+        assert status["job_history"] == [first.job_id] and status["job_id"] == again[0].job_id
+        assert status["submissions"] == 2
+    finally:
+        for state in study_run_states(study):
+            if state.job_id:
+                LocalScheduler().cancel(state.job_id)
+        wait_for_jobs(study)
+
+
+def test_gone_in_progress_run_is_resubmitted_and_keeps_its_state(tmp_path):
+    study = load_study(write_study(tmp_path, methods=(), alphas=()))
+    teacher = study.teacher_runs()[0]
+    directory = run_dir(study.experiments_dir, teacher)
+    old_job = dead_local_job_id()
+    runstate.write_status(directory, {"status": "in_progress", "epoch": 1, "epochs": 2,
+                                      "max_acc": 40.0, "job_id": old_job, "scheduler": "local"})
+    decisions, _, lines = quiet_queue(study)
+    decision = by_name(decisions)[teacher.name]
+    assert decision.action == SUBMIT
+    assert f"job {old_job} is gone" in decision.reason and "resumes" in decision.reason
+    status = runstate.read_status(directory)
+    assert status["status"] == "queued" and status["epoch"] == 1 and status["max_acc"] == 40.0
+    assert status["job_history"] == [old_job]
+    wait_for_jobs(study)
+
+
+def test_failed_runs_are_reported_and_only_retried_when_asked(tmp_path):
+    study = load_study(write_study(tmp_path, methods=(), alphas=()))
+    teacher = study.teacher_runs()[0]
+    directory = run_dir(study.experiments_dir, teacher)
+    runstate.write_status(directory, {"status": "failed", "epoch": 1, "epochs": 2,
+                                      "reason": "loss is NaN at epoch 2", "job_id": "7-7-x"})
+    before = (directory / "status.json").read_bytes()
+    decisions, _, lines = quiet_queue(study)
+    decision = by_name(decisions)[teacher.name]
+    assert decision.action == FAILED_ACTION
+    assert "loss is NaN at epoch 2" in decision.reason and "--retry-failed" in decision.reason
+    assert any(line.startswith("failed") and "loss is NaN" in line for line in lines)
+    assert (directory / "status.json").read_bytes() == before
+    decisions, _, _ = quiet_queue(study, retry_failed=True)
+    assert by_name(decisions)[teacher.name].action == SUBMIT
+    status = runstate.read_status(directory)
+    assert status["status"] == "queued" and "reason" not in status
+    assert status["previous_reason"] == "loss is NaN at epoch 2"
+    wait_for_jobs(study)
+
+
+def test_kd_runs_wait_for_a_completed_teacher(tmp_path):
+    study = load_study(write_study(tmp_path, methods=("logit",), seeds=(0, 1, 2)))
+    teachers = study.teacher_runs()
+    runstate.write_status(run_dir(study.experiments_dir, teachers[0]),
+                          {"status": "completed", "epoch": 2, "max_acc": 90.0})
+    runstate.write_status(run_dir(study.experiments_dir, teachers[1]),
+                          {"status": "failed", "reason": "diverged"})
+    runstate.write_status(run_dir(study.experiments_dir, teachers[2]),
+                          {"status": "in_progress", "epoch": 1, "job_id": dead_local_job_id(),
+                           "scheduler": "local"})
+    # A KD run that was running but whose teacher is being retrained: wait, not resubmit.
+    kd = study.kd_runs()
+    runstate.write_status(run_dir(study.experiments_dir, kd[2]),
+                          {"status": "in_progress", "epoch": 1, "job_id": dead_local_job_id(),
+                           "scheduler": "local"})
+    plan = by_name(plan_queue(study, liveness={
+        run_dir(study.experiments_dir, teachers[2]): False,
+        run_dir(study.experiments_dir, kd[2]): False}))
+    assert plan[kd[0].name].action == SUBMIT
+    assert plan[kd[1].name].action == WAIT and "is failed" in plan[kd[1].name].reason
+    assert plan[kd[2].name].action == WAIT and "is running" in plan[kd[2].name].reason
+
+
+def test_unreadable_status_is_reported_and_left_alone(tmp_path):
+    study = load_study(write_study(tmp_path, methods=(), alphas=()))
+    teacher, pure = study.teacher_runs()[0], study.pure_student_runs()[0]
+    directory = run_dir(study.experiments_dir, teacher)
+    directory.mkdir(parents=True)
+    (directory / "status.json").write_text('{"status": "in_progress", "epoch": ')
+    other = run_dir(study.experiments_dir, pure)
+    other.mkdir(parents=True)
+    (other / "status.json").write_text('{"status": "paused"}')
+    decisions, code, lines = quiet_queue(study)
+    assert code == 0
+    first, second = by_name(decisions)[teacher.name], by_name(decisions)[pure.name]
+    assert first.action == ERROR and second.action == ERROR
+    assert str(directory / "status.json") in first.reason and "not valid JSON" in first.reason
+    assert "'paused'" in second.reason
+    assert (directory / "status.json").read_text() == '{"status": "in_progress", "epoch": '
+    assert sorted(p.name for p in directory.iterdir()) == ["status.json"]
+    assert "2 errors" in lines[-1]
+
+
+def test_dry_run_submits_and_writes_nothing(tmp_path):
+    study = load_study(write_study(tmp_path))
+    decisions, code, lines = quiet_queue(study, dry_run=True)
+    assert code == 0
+    assert [d.action for d in decisions].count(SUBMIT) == 2
+    assert all(line.split()[0] in ("would-submit", "wait") for line in lines[:-1])
+    assert lines[-1].startswith("dry run: ")
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_liveness_unknown_is_left_alone_and_counts_as_live(tmp_path, monkeypatch):
+    # Jobs recorded by Slurm and PBS (legacy key), neither installed here.
+    monkeypatch.setenv("PATH", "/nonexistent")
+    study = load_study(write_study(tmp_path, methods=(), alphas=(), seeds=(0, 1),
+                                   max_live_jobs=3))
+    t0, t1 = study.teacher_runs()
+    runstate.write_status(run_dir(study.experiments_dir, t0),
+                          {"status": "in_progress", "epoch": 1, "job_id": "4242",
+                           "scheduler": "slurm"})
+    runstate.write_status(run_dir(study.experiments_dir, t1),
+                          {"status": "queued", "pbs_job_id": "4101237.sched01"})
+    decisions, _, _ = quiet_queue(study)
+    plan = by_name(decisions)
+    assert plan[t0.name].action == UNKNOWN and "sbatch" in plan[t0.name].reason
+    assert plan[t1.name].action == UNKNOWN and "qsub" in plan[t1.name].reason
+    # Two possibly-live jobs of a limit of three: one submission, one held back.
+    assert [d.action for d in decisions if d.run.role == "pure"] == [SUBMIT, LATER]
+    wait_for_jobs(study)
+
+
+def test_a_job_that_never_starts_is_given_up_after_a_few_tries(tmp_path, monkeypatch):
+    study = load_study(write_study(tmp_path, methods=(), alphas=()))
+    teacher = study.teacher_runs()[0]
+    monkeypatch.setenv("FAKE_MODES", json.dumps({teacher.name: "die"}))
+    directory = run_dir(study.experiments_dir, teacher)
+    for attempt in range(1, MAX_MISSED_STARTS + 1):
+        decisions, _, _ = quiet_queue(study)
+        wait_for_jobs(study)
+        assert by_name(decisions)[teacher.name].action == SUBMIT, attempt
+    assert len(starts(directory)) == MAX_MISSED_STARTS
+    decisions, _, _ = quiet_queue(study)
+    decision = by_name(decisions)[teacher.name]
+    assert decision.action == FAILED_ACTION and "never began" in decision.reason
+    decisions, _, _ = quiet_queue(study, retry_failed=True)
+    assert by_name(decisions)[teacher.name].action == SUBMIT
+    wait_for_jobs(study)
+
+
+def test_in_progress_without_job_id_is_not_touched(tmp_path):
+    study = load_study(write_study(tmp_path, methods=(), alphas=()))
+    teacher = study.teacher_runs()[0]
+    directory = run_dir(study.experiments_dir, teacher)
+    runstate.write_status(directory, {"status": "in_progress", "epoch": 1})
+    plan = by_name(plan_queue(study))
+    assert plan[teacher.name].action == UNKNOWN and "no job id" in plan[teacher.name].reason
+
+
+def test_lock_waits_for_the_holder_and_times_out(tmp_path):
+    experiments = tmp_path / "experiments"
+    messages = []
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import sys, time
+        from kdlab.queue import queue_lock
+        with queue_lock({str(experiments)!r}):
+            print("held", flush=True)
+            time.sleep(1.5)
+        """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    from kdlab.errors import UserError
+    with pytest.raises(UserError, match="another kdlab queue"):
+        with queue_lock(experiments, timeout=0.2, say=messages.append):
+            pass
+    assert messages and "waiting for another kdlab queue" in messages[0]
+    with queue_lock(experiments, timeout=30, say=messages.append):
+        assert holder.poll() == 0  # the lock came free only once the holder had finished
+    holder.wait()
+
+
+def test_cli_queue_and_bad_study(tmp_path, capsys):
+    study_path = write_study(tmp_path, methods=(), alphas=())
+    assert main(["queue", str(study_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would-submit Digits-pure-ResNet20-s0: not started" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(study_path.read_text().replace('"local"', '"condor"'))
+    assert main(["queue", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scheduler.backend" in err and "condor" in err
