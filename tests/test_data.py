@@ -545,3 +545,16 @@ def test_test_batches_in_order_and_unaugmented():
     assert torch.equal(images, normalize(torch.from_numpy(arrays.test_images), TEST_INFO))
     np.testing.assert_array_equal(labels.numpy(), arrays.test_labels)
     np.testing.assert_array_equal(denormalize(images, TEST_INFO), arrays.test_images)
+
+
+def test_batches_leave_the_model_its_threads():
+    _, device_data = make_device_data(40)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in device_data.train_batches(8, torch.Generator().manual_seed(0)):
+            assert torch.get_num_threads() == 2
+        for _ in device_data.test_batches(3):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
