@@ -208,6 +208,7 @@ def copy_verify_remove(source: Path, destination: Path, journal: Path,
     log(f"copied {copied} of {len(files)} files to {destination} (the rest were already there)")
 
     _write_journal(journal, phase="verifying")
+    bad = []
     for relative in files:
         src, dst = source / relative, destination / relative
         if src.is_symlink():
@@ -216,13 +217,16 @@ def copy_verify_remove(source: Path, destination: Path, journal: Path,
             ok = (dst.is_file() and dst.stat().st_size == src.stat().st_size
                   and _sha256(dst) == source_digests[relative])
         if not ok:
+            bad.append(relative)
             # Every destination file was either copied by this archive or found equal to
             # its source a moment ago, so a mismatching one is a bad copy of ours: drop it
             # (the source stays) so that the next run copies it again.
             if dst.is_symlink() or dst.is_file():
                 _remove_file(dst)
-            raise UserError(f"archive: the copy {dst} does not match {src} (size or SHA-256); "
-                            "no source file was removed: run kdlab archive again")
+    if bad:
+        raise UserError(f"archive: {len(bad)} copied file(s) do not match their source (size "
+                        f"or SHA-256), e.g. {destination / bad[0]}; the bad copies were "
+                        "dropped and no source file was removed: run kdlab archive again")
     log(f"verified {len(files)} files (size and SHA-256)")
 
     _write_journal(journal, phase="removing")
