@@ -1,0 +1,209 @@
+"""Study files: the shipped studies, the grid and its order, validation errors (one line
+naming the file and the key), agreement with the registries, and train commands that the
+CLI reads back into the same run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kdlab import study as study_module
+from kdlab.cli import build_parser, main
+from kdlab.errors import UserError
+from kdlab.layout import RunSpec
+from kdlab.study import load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+CHARLIE = ROOT / "studies" / "charlie.toml"
+DEMO = ROOT / "studies" / "demo.toml"
+
+
+def test_charlie_is_the_thesis_grid_in_priority_order():
+    study = load_study(CHARLIE)
+    runs = study.runs()
+    assert len(runs) == 240 and len(set(runs)) == 240
+    kd = [spec for spec in runs if not spec.is_pure]
+    pure = [spec for spec in runs if spec.is_pure]
+    assert len(kd) == 216 and len(pure) == 24
+    # Teachers first, then pure students, then every KD run.
+    roles = [study.role_of(spec) for spec in runs]
+    assert roles == ["teacher"] * 12 + ["pure"] * 12 + ["kd"] * 216
+    assert {spec.dataset for spec in runs} == {"Cifar10", "Cifar100", "SVHN", "TinyImageNet"}
+    assert {spec.model for spec in runs if study.role_of(spec) == "teacher"} == {"ResNet112"}
+    assert {spec.model for spec in runs if study.role_of(spec) != "teacher"} == {"ResNet56"}
+    assert {spec.method for spec in kd} == set(study_module.KNOWN_METHODS)
+    assert {spec.alpha for spec in kd} == {0.25, 0.5, 0.75}
+    assert {spec.seed for spec in runs} == {0, 1, 2}
+    # Every KD run's teacher run is a run of the grid, earlier in the order.
+    position = {spec: index for index, spec in enumerate(runs)}
+    for spec in kd:
+        assert position[spec.teacher_run()] < position[spec]
+    assert study.training["epochs"] == 150
+    scheduler = study.scheduler
+    assert (scheduler.backend, scheduler.max_live_jobs, scheduler.gpus, scheduler.cpus) == \
+        ("pbs", 10, 1, 8)
+    assert scheduler.memory_megabytes() == 24 * 1024
+    assert scheduler.walltime_seconds() == 2 * 3600
+    assert study.cluster["name"] == "CHPC Lengau" and study.cluster["gpus_total"] == 30
+    assert study.cluster["deterministic_cudnn"] is True
+    assert "PLACEHOLDER" in CHARLIE.read_text()  # the sync example says what it is
+
+
+def test_demo_is_small_local_and_relative():
+    study = load_study(DEMO)
+    assert study.datasets == ["Digits"] and study.training["device"] == "cpu"
+    assert study.scheduler.backend == "local" and study.scheduler.max_live_jobs == 2
+    assert set(study.methods) == set(study_module.KNOWN_METHODS)
+    assert len(study.runs()) == 2 + 6 * len(study.alphas) * len(study.seeds)
+    assert study.training["epochs"] <= 5
+    assert study.method_options["factor_transfer"]["paraphraser_epochs"] <= 2
+    for path in (study.experiments_dir, study.data_root, study.analysis_dir):
+        assert not path.is_absolute()
+
+
+def test_known_names_agree_with_the_registries():
+    from kdlab.data import DATASET_NAMES
+    from kdlab.distill import METHOD_NAMES
+    from kdlab.models import MODEL_NAMES
+
+    assert set(study_module.KNOWN_MODELS) == set(MODEL_NAMES)
+    assert set(study_module.KNOWN_DATASETS) == set(DATASET_NAMES)
+    assert set(study_module.KNOWN_METHODS) == set(METHOD_NAMES)
+
+
+MINIMAL = """\
+name = "t"
+datasets = ["Digits"]
+teacher = "ResNet20"
+student = "ResNet8"
+methods = ["logit"]
+alphas = [0.5]
+seeds = [0]
+
+[training]
+epochs = 2
+
+[scheduler]
+backend = "local"
+"""
+
+# (change applied to MINIMAL, key the error must name, words it must contain)
+BAD_STUDIES = [
+    (('name = "t"', 'colour = "blue"\nname = "t"'), "colour", "unknown"),
+    (('epochs = 2', 'epochs = 2\nwarmup = 3'), "training.warmup", "unknown"),
+    (('backend = "local"', 'backend = "local"\nnodes = 2'), "scheduler.nodes", "unknown"),
+    (('epochs = 2', 'epochs = "two"'), "training.epochs", "integer"),
+    (('epochs = 2', 'epochs = 0'), "training.epochs", "positive"),
+    (('seeds = [0]', 'seeds = [0.5]'), "seeds", "integer"),
+    (('seeds = [0]', 'seeds = "0"'), "seeds", "list"),
+    (('methods = ["logit"]', 'methods = ["logit", "dark_knowledge"]'), "methods",
+     "dark_knowledge"),
+    (('teacher = "ResNet20"', 'teacher = "ResNet18"'), "teacher", "ResNet18"),
+    (('student = "ResNet8"', 'student = "VGG8"'), "student", "VGG8"),
+    (('datasets = ["Digits"]', 'datasets = ["MNIST"]'), "datasets", "MNIST"),
+    (('alphas = [0.5]', 'alphas = [0.5, 1.5]'), "alphas", "[0, 1]"),
+    (('alphas = [0.5]', 'alphas = [-0.25]'), "alphas", "[0, 1]"),
+    (('alphas = [0.5]', 'alphas = ["half"]'), "alphas", "number"),
+    (('alphas = [0.5]', 'alphas = [0.5, 0.5]'), "alphas", "repeated"),
+    (('backend = "local"', 'backend = "condor"'), "scheduler.backend", "condor"),
+    (('backend = "local"', 'backend = "local"\nmax_live_jobs = 0'), "scheduler.max_live_jobs",
+     "positive"),
+    (('backend = "local"', 'backend = "local"\nmemory = "lots"'), "scheduler.memory", "lots"),
+    (('backend = "local"', 'backend = "local"\nwalltime = "2h"'), "scheduler.walltime",
+     "HH:MM:SS"),
+    (('backend = "local"', 'backend = "local"\ncpus = "8"'), "scheduler.cpus", "integer"),
+    (('backend = "local"', 'backend = "local"\ntemplate = "missing.tmpl"'),
+     "scheduler.template", "missing.tmpl"),
+    (("", '[method_options.logit]\nsharpness = 2\n'), "method_options.logit.sharpness",
+     "unknown"),
+    (("", '[method_options.logit]\nweight = "heavy"\n'), "method_options.logit.weight",
+     "number"),
+    (("", '[method_options.dark_knowledge]\nweight = 1\n'), "method_options.dark_knowledge",
+     "method"),
+    (("", '[cluster]\nrack = "A"\n'), "cluster.rack", "unknown"),
+    (("", '[cluster]\ngpus_total = "thirty"\n'), "cluster.gpus_total", "integer"),
+    (('name = "t"', 'name = "my study"'), "name", "spaces"),
+    (('name = "t"\n', ''), "name", "required"),
+]
+
+
+@pytest.mark.parametrize("change,key,words", BAD_STUDIES,
+                         ids=[case[1] + "-" + case[2] for case in BAD_STUDIES])
+def test_every_validation_error_is_one_line_naming_file_and_key(tmp_path, change, key, words):
+    old, new = change
+    text = MINIMAL.replace(old, new, 1) if old else MINIMAL + new
+    assert text != MINIMAL
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as caught:
+        load_study(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+    assert f"'{key}'" in message, message
+    assert words in message, message
+
+
+def test_unreadable_study_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_study(tmp_path / "nowhere.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text('name = "t"\ndatasets = [\n')
+    with pytest.raises(UserError, match=re.escape(str(broken)) + ": not valid TOML"):
+        load_study(broken)
+
+
+def test_bad_study_through_the_cli_is_exit_2_and_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(MINIMAL.replace('alphas = [0.5]', 'alphas = [2]'))
+    assert main(["status", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "alphas" in err and str(path) in err
+
+
+@pytest.mark.parametrize("study_file", [DEMO, CHARLIE])
+def test_train_command_round_trips_through_the_cli(study_file):
+    from kdlab.distill import resolve_options
+    from kdlab.train import config_from_args
+
+    study = load_study(study_file)
+    runs = study.runs()
+    # Every pure run and one KD run per method and alpha (the seed changes nothing else).
+    sample = [spec for spec in runs if spec.is_pure or spec.seed == study.seeds[0]]
+    parser = build_parser()
+    for spec in sample:
+        arguments = study.train_command(spec)
+        assert arguments[0] == "train"
+        parsed = config_from_args(parser.parse_args(arguments))
+        expected = study.train_config(spec)
+        assert parsed.run_spec() == spec
+        if not spec.is_pure:
+            # Options travel as text; the method's registry turns them back into values.
+            assert resolve_options(spec.method, parsed.method_options) == \
+                resolve_options(spec.method, expected.method_options)
+            parsed.method_options = expected.method_options
+        assert parsed == expected, spec.name
+
+
+def test_role_of_and_teacher_run():
+    study = load_study(DEMO)
+    teacher = RunSpec("Digits", "ResNet20", 0)
+    kd = RunSpec("Digits", "ResNet8", 0, method="nst", teacher="ResNet20", alpha=0.5)
+    assert study.role_of(teacher) == "teacher"
+    assert study.role_of(RunSpec("Digits", "ResNet8", 0)) == "pure"
+    assert study.role_of(kd) == "kd" and kd.teacher_run() == teacher
+
+
+@pytest.mark.parametrize("text,megabytes", [("24GB", 24576), ("24 GB", 24576), ("512MB", 512),
+                                             ("1.5G", 1536), ("4096", 4096), ("2gb", 2048),
+                                             ("1TiB", 1024 * 1024)])
+def test_memory_sizes(text, megabytes):
+    assert study_module.memory_megabytes(text) == megabytes
+
+
+@pytest.mark.parametrize("text", ["lots", "", "24 GBs", "10KB", "-1G"])
+def test_bad_memory_sizes(text):
+    with pytest.raises(ValueError):
+        study_module.memory_megabytes(text)
