@@ -290,7 +290,7 @@ def format_report(report: dict[str, Any]) -> str:
     accuracy = report["mean_max_acc_completed"]
     lines += ["", f"progress: {counts[COMPLETED]}/{report['total']} runs completed "
                   f"({report['progress_percent']:.1f}%), {report['epoch_progress_percent']:.1f}% "
-                  "of all epochs; "
+                  "of all epochs trained; "
                   + ", ".join(f"{counts[name]} {name.replace('_', ' ')}" for name in RUN_STATES
                               if name != COMPLETED),
               "accuracy of completed runs: "

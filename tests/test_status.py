@@ -1,0 +1,222 @@
+"""``kdlab status``: classifying every run from its state files (new and legacy trees), the
+table's counts and accuracies, failed / stuck / liveness-unknown runs, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kdlab import runstate
+from kdlab.cli import main
+from kdlab.layout import run_dir
+from kdlab.schedulers.base import Scheduler, SchedulerError
+from kdlab.status import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
+                          UNREADABLE, WAITING, check_liveness, format_report, status_report,
+                          study_run_states)
+from kdlab.study import load_study
+
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
+
+# What tests/fixtures/legacy/README.md says the tree holds, run by run.
+LEGACY_STATES = {
+    "Cifar10-pure-ResNet112-s0": COMPLETED, "Cifar10-pure-ResNet112-s1": COMPLETED,
+    "Cifar10-pure-ResNet56-s0": COMPLETED, "Cifar10-pure-ResNet56-s1": RUNNING,
+    "Cifar10-logit-a0.5-ResNet112_to_ResNet56-s0": COMPLETED,
+    "Cifar10-logit-a0.5-ResNet112_to_ResNet56-s1": FAILED,
+    "Cifar10-fitnets-a0.5-ResNet112_to_ResNet56-s0": COMPLETED,
+    "Cifar10-fitnets-a0.5-ResNet112_to_ResNet56-s1": NOT_STARTED,
+    "SVHN-pure-ResNet112-s0": COMPLETED, "SVHN-pure-ResNet112-s1": NOT_STARTED,
+    "SVHN-pure-ResNet56-s0": NOT_STARTED, "SVHN-pure-ResNet56-s1": NOT_STARTED,
+    "SVHN-logit-a0.5-ResNet112_to_ResNet56-s0": UNREADABLE,
+    "SVHN-logit-a0.5-ResNet112_to_ResNet56-s1": WAITING,
+    "SVHN-fitnets-a0.5-ResNet112_to_ResNet56-s0": NOT_STARTED,
+    "SVHN-fitnets-a0.5-ResNet112_to_ResNet56-s1": WAITING,
+}
+
+
+@pytest.fixture
+def legacy(tmp_path, monkeypatch):
+    """A copy of the legacy tree, the working directory set to it (the study's paths are
+    relative)."""
+    copy = tmp_path / "legacy"
+    shutil.copytree(LEGACY, copy)
+    monkeypatch.chdir(copy)
+    return load_study(copy / "study.toml")
+
+
+class FakeScheduler(Scheduler):
+    """Answers liveness from a dict: job id -> True / False / an error message."""
+
+    name = "fake"
+
+    def __init__(self, answers, problem=None):
+        self.answers, self.problem, self.asked = answers, problem, []
+
+    def available(self):
+        return self.problem
+
+    def submit(self, *args, **kwargs):
+        raise AssertionError("status never submits")
+
+    def is_alive(self, job_id):
+        self.asked.append(job_id)
+        answer = self.answers.get(job_id, False)
+        if isinstance(answer, str):
+            raise SchedulerError(answer)
+        return answer
+
+    def cancel(self, job_id):
+        raise AssertionError("status never cancels")
+
+
+def test_legacy_tree_is_classified_run_by_run(legacy):
+    states = study_run_states(legacy)
+    assert [state.spec for state in states] == legacy.runs()
+    assert {state.spec.name: state.state for state in states} == LEGACY_STATES
+    by_name = {state.spec.name: state for state in states}
+    running = by_name["Cifar10-pure-ResNet56-s1"]
+    assert running.job_id == "4101237.sched01"
+    assert "epoch 7/12" in running.detail  # epochs from the legacy config
+    unreadable = by_name["SVHN-logit-a0.5-ResNet112_to_ResNet56-s0"]
+    assert unreadable.status is None
+    assert str(Path("experiments/SVHN/logit/alpha_0.5/ResNet112_to_ResNet56/0/status.json")) \
+        in unreadable.detail and "not valid JSON" in unreadable.detail
+    waiting = by_name["SVHN-logit-a0.5-ResNet112_to_ResNet56-s1"]
+    assert "SVHN-pure-ResNet112-s1" in waiting.detail
+    assert [state.role for state in states[:2]] == ["teacher", "teacher"]
+    assert by_name["Cifar10-pure-ResNet112-s0"].max_acc == 90.94
+
+
+def test_report_counts_and_accuracies_match_an_independent_count(legacy):
+    states = study_run_states(legacy)
+    fake = FakeScheduler({"4101237.sched01": False})
+    liveness = check_liveness(states, "pbs", scheduler_factory=lambda name: fake)
+    assert fake.asked == ["4101237.sched01"]
+    report = status_report(legacy, states, liveness)
+    expected_counts = {name: list(LEGACY_STATES.values()).count(name) for name in RUN_STATES}
+    assert report["counts"] == expected_counts and report["total"] == 16
+    assert report["progress_percent"] == pytest.approx(100 * 6 / 16)
+    completed_accuracies = []
+    for name, state in LEGACY_STATES.items():
+        if state == COMPLETED:
+            spec = next(s for s in legacy.runs() if s.name == name)
+            completed_accuracies.append(
+                json.loads((run_dir(legacy.experiments_dir, spec) / "status.json")
+                           .read_text())["max_acc"])
+    assert report["mean_max_acc_completed"] == pytest.approx(statistics.fmean(completed_accuracies))
+    groups = {(g["dataset"], g["method"], g["alpha"]): g for g in report["groups"]}
+    assert len(groups) == 2 * (2 + 2)   # data sets x (teacher, pure, logit 0.5, fitnets 0.5)
+    teacher = groups[("Cifar10", "teacher", None)]
+    assert (teacher["completed"], teacher["runs"]) == (2, 2)
+    assert teacher["mean_max_acc"] == pytest.approx((90.94 + 89.9) / 2)
+    logit = groups[("Cifar10", "logit", 0.5)]
+    assert (logit["completed"], logit["failed"], logit["mean_max_acc"]) == (1, 1, 88.61)
+    svhn_logit = groups[("SVHN", "logit", 0.5)]
+    assert (svhn_logit["unreadable"], svhn_logit["waiting"], svhn_logit["mean_max_acc"]) == \
+        (1, 1, None)
+    # Epochs trained: completed runs whole, the running one 7 of 12, the failed one 3.
+    assert report["epoch_progress_percent"] == pytest.approx(100 * (6 * 12 + 7 + 3) / (16 * 12))
+    # Problems, with reasons.
+    assert [entry["run"] for entry in report["failed"]] == \
+        ["Cifar10-logit-a0.5-ResNet112_to_ResNet56-s1"]
+    assert report["failed"][0]["reason"] == "no reason recorded"
+    (stuck,) = report["stuck"]
+    assert stuck["run"] == "Cifar10-pure-ResNet56-s1" and "4101237.sched01 is gone" in stuck["reason"]
+    assert [entry["run"] for entry in report["unreadable"]] == \
+        ["SVHN-logit-a0.5-ResNet112_to_ResNet56-s0"]
+    text = format_report(report)
+    assert "stuck (1):" in text and "failed (1):" in text and "unreadable status.json (1):" in text
+    assert "6/16 runs completed" in text
+
+
+def test_liveness_unknown_when_the_scheduler_is_missing_or_failing(legacy):
+    states = study_run_states(legacy)
+    missing = FakeScheduler({}, problem="qstat not found on PATH")
+    liveness = check_liveness(states, "pbs", scheduler_factory=lambda name: missing)
+    report = status_report(legacy, states, liveness)
+    assert report["stuck"] == []
+    (entry,) = report["liveness_unknown"]
+    assert "liveness unknown (pbs: qstat not found on PATH)" in entry["reason"]
+    failing = FakeScheduler({"4101237.sched01": "qstat: cannot connect to server"})
+    liveness = check_liveness(states, "pbs", scheduler_factory=lambda name: failing)
+    (entry,) = status_report(legacy, states, liveness)["liveness_unknown"]
+    assert "cannot connect" in entry["reason"]
+    alive = FakeScheduler({"4101237.sched01": True})
+    liveness = check_liveness(states, "pbs", scheduler_factory=lambda name: alive)
+    report = status_report(legacy, states, liveness)
+    assert report["stuck"] == [] and report["liveness_unknown"] == []
+
+
+def test_cli_status_on_the_legacy_tree_without_qstat(legacy, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["status", "study.toml", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"][RUNNING] == 1 and report["counts"][COMPLETED] == 6
+    (entry,) = report["liveness_unknown"]
+    assert "qstat" in entry["reason"]
+    runs = {run["run"]: run for run in report["runs"]}
+    assert runs["Cifar10-pure-ResNet56-s1"]["job_id"] == "4101237.sched01"
+    assert runs["Cifar10-pure-ResNet56-s1"]["job_alive"] is None
+    assert main(["status", "study.toml"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("data set"))
+    assert "done" in header and "waiting" in header and "mean acc %" in header
+    row = next(line for line in lines if line.startswith("Cifar10") and "logit" in line)
+    assert row.split()[:5] == ["Cifar10", "logit", "0.5", "1", "0"]
+    assert "liveness unknown (1):" in text
+
+
+def test_stuck_runs_from_a_real_scheduler_answer(tmp_path, monkeypatch):
+    """A fake qstat on PATH that says the legacy job is unknown: the run is stuck."""
+    copy = tmp_path / "legacy"
+    shutil.copytree(LEGACY, copy)
+    monkeypatch.chdir(copy)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("qsub", "qdel", "qrls"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "qstat").write_text("#!/bin/sh\necho \"qstat: Unknown Job Id $5\" >&2\nexit 153\n")
+    for path in bin_dir.iterdir():
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    report = status_report(load_study("study.toml"))
+    assert [entry["run"] for entry in report["stuck"]] == ["Cifar10-pure-ResNet56-s1"]
+
+
+def test_new_style_states_and_no_job_id(tmp_path):
+    study_path = tmp_path / "study.toml"
+    study_path.write_text(textwrap.dedent(f"""\
+        name = "s"
+        datasets = ["Digits"]
+        teacher = "ResNet20"
+        student = "ResNet8"
+        methods = ["logit"]
+        alphas = [0.5]
+        seeds = [0]
+        experiments_dir = "{tmp_path / 'experiments'}"
+        [training]
+        epochs = 4
+        """))
+    study = load_study(study_path)
+    teacher, pure, kd = study.runs()
+    runstate.write_status(run_dir(study.experiments_dir, teacher),
+                          {"status": "queued", "job_id": "17", "scheduler": "fake"})
+    runstate.write_status(run_dir(study.experiments_dir, pure),
+                          {"status": "in_progress", "epoch": 2, "epochs": 4})
+    states = study_run_states(study)
+    assert [state.state for state in states] == [QUEUED, RUNNING, WAITING]
+    assert "teacher Digits-pure-ResNet20-s0 is queued" == states[2].detail
+    report = status_report(study, states, liveness={states[0].run_dir: True})
+    assert report["stuck"] == []
+    (entry,) = report["liveness_unknown"]
+    assert entry["run"] == pure.name and "no job id" in entry["reason"]
+    assert report["epoch_progress_percent"] == pytest.approx(100 * 2 / 12)
+    assert report["mean_max_acc_completed"] is None
