@@ -1,0 +1,262 @@
+"""The training loop on the embedded Digits data set (ResNet8, CPU): determinism, resume
+after kills, signals, guards, and the CLI's errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlab import runstate
+from kdlab.cli import main
+from kdlab.config import TrainConfig
+from kdlab.errors import EXIT_PREEMPTED
+from kdlab.layout import RunSpec, run_dir
+from kdlab.train import _guard, train_run
+
+EPOCHS = 3
+
+
+def config(tmp_path, epochs=EPOCHS, **changes) -> TrainConfig:
+    base = dict(dataset="Digits", model="ResNet8", seed=1, epochs=epochs, batch_size=128,
+                experiments_dir=str(tmp_path / "experiments"), data_root=str(tmp_path / "data"),
+                device="cpu")
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def train_args(tmp_path, epochs=EPOCHS, *extra):
+    return ["train", "--dataset", "Digits", "--model", "ResNet8", "--seed", "1", "--epochs",
+            str(epochs), "--experiments-dir", str(tmp_path / "experiments"), "--data-root",
+            str(tmp_path / "data"), "--device", "cpu", *extra]
+
+
+def the_run_dir(tmp_path) -> Path:
+    return run_dir(tmp_path / "experiments", RunSpec("Digits", "ResNet8", 1))
+
+
+def comparable(metrics: dict) -> dict:
+    """Everything but wall-clock figures and paths."""
+    return {key: value for key, value in metrics.items() if key not in ("epoch_seconds", "config")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: metrics and best weights."""
+    root = tmp_path_factory.mktemp("reference")
+    assert train_run(config(root), quiet=True) == runstate.COMPLETED
+    directory = the_run_dir(root)
+    return {"metrics": runstate.read_metrics(directory),
+            "best": torch.load(directory / "best.pth")["weights"],
+            "status": runstate.read_status(directory)}
+
+
+def test_run_writes_state_files(reference):
+    metrics, status = reference["metrics"], reference["status"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "train_ce"):
+        assert len(metrics[key]) == EPOCHS
+    assert status["status"] == "completed" and status["epoch"] == EPOCHS
+    assert status["max_acc"] == max(metrics["test_acc"])
+    assert status["config"]["label_smoothing"] is None and metrics["config"]["model"] == "ResNet8"
+    assert metrics["test_acc"][-1] > 30  # three epochs learn digits far above chance (10%)
+
+
+def test_same_seed_is_bit_identical(tmp_path, reference):
+    train_run(config(tmp_path), quiet=True)
+    assert comparable(runstate.read_metrics(the_run_dir(tmp_path))) == comparable(
+        reference["metrics"])
+
+
+def test_completed_run_is_not_retrained(tmp_path, capsys):
+    train_run(config(tmp_path, epochs=1), quiet=True)
+    before = (the_run_dir(tmp_path) / "checkpoint.pth").stat().st_mtime_ns
+    assert main(train_args(tmp_path, 1)) == 0
+    assert "already completed" in capsys.readouterr().out
+    assert (the_run_dir(tmp_path) / "checkpoint.pth").stat().st_mtime_ns == before
+
+
+def _spawn(tmp_path, *extra, env_extra=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "kdlab", *train_args(tmp_path, EPOCHS, *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for_epoch(tmp_path, epoch, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status = runstate.read_status(the_run_dir(tmp_path))
+        except runstate.StateFileError:
+            status = None
+        if status and status.get("epoch", 0) >= epoch:
+            return
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("the run made no progress")
+
+
+def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path, reference):
+    process = _spawn(tmp_path, "--quiet")
+    _wait_for_epoch(tmp_path, 1, process)
+    time.sleep(0.3)  # somewhere inside epoch 2
+    process.kill()
+    process.wait()
+    status = runstate.read_status(the_run_dir(tmp_path))
+    assert status["status"] == "in_progress"
+    assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
+    directory = the_run_dir(tmp_path)
+    assert comparable(runstate.read_metrics(directory)) == comparable(reference["metrics"])
+    best = torch.load(directory / "best.pth")["weights"]
+    assert all(torch.equal(best[key], value) for key, value in reference["best"].items())
+
+
+_DIE_IN_CHECKPOINT_WRITE = """
+import os, sys
+from kdlab import runstate
+real_fsync = os.fsync
+calls = {"n": 0}
+def dying_fsync(fd):
+    name = os.readlink(f"/proc/self/fd/{fd}")
+    if os.path.basename(name).startswith(".checkpoint.pth."):
+        calls["n"] += 1
+        if calls["n"] == 2:   # the second epoch's checkpoint: bytes written, not yet renamed
+            os._exit(9)
+    real_fsync(fd)
+runstate.os.fsync = dying_fsync
+from kdlab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_kill_inside_checkpoint_write(tmp_path, reference):
+    result = subprocess.run([sys.executable, "-c", _DIE_IN_CHECKPOINT_WRITE,
+                             *train_args(tmp_path, EPOCHS, "--quiet")], capture_output=True)
+    assert result.returncode == 9
+    directory = the_run_dir(tmp_path)
+    leftovers = [p.name for p in directory.iterdir() if p.name.startswith(".checkpoint.pth.")]
+    assert leftovers, "the kill should leave a half-written temporary file behind"
+    checkpoint = torch.load(directory / "checkpoint.pth", weights_only=False)
+    assert checkpoint["epoch"] == 1  # the previous, complete checkpoint is intact
+    assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
+    assert comparable(runstate.read_metrics(directory)) == comparable(reference["metrics"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signal_saves_and_exits_distinctly(tmp_path, reference, signum):
+    process = _spawn(tmp_path)
+    _wait_for_epoch(tmp_path, 1, process)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == EXIT_PREEMPTED, output
+    status = runstate.read_status(the_run_dir(tmp_path))
+    assert status["status"] == "in_progress"
+    assert status["stopped_by"] == signal.Signals(signum).name
+    assert "resumes from there" in output
+    assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
+    assert comparable(runstate.read_metrics(the_run_dir(tmp_path))) == comparable(
+        reference["metrics"])
+
+
+def test_scheduler_fields_survive_training(tmp_path):
+    directory = the_run_dir(tmp_path)
+    runstate.write_status(directory, {"status": "queued", "job_id": "4242", "scheduler": "slurm"})
+    train_run(config(tmp_path, epochs=1), quiet=True)
+    status = runstate.read_status(directory)
+    assert status["status"] == "completed" and status["job_id"] == "4242"
+    assert status["scheduler"] == "slurm"
+
+
+def test_non_finite_loss_fails_the_run_with_a_reason(tmp_path, monkeypatch):
+    import kdlab.models as models
+
+    real_forward = models.CifarResNet.forward
+
+    def exploding_forward(self, x):
+        outputs = real_forward(self, x)
+        if self.training:
+            outputs[-1] = outputs[-1] * float("nan")
+        return outputs
+
+    monkeypatch.setattr(models.CifarResNet, "forward", exploding_forward)
+    assert train_run(config(tmp_path), quiet=True) == runstate.FAILED
+    status = runstate.read_status(the_run_dir(tmp_path))
+    assert status["status"] == "failed" and status["failed_epoch"] == 1
+    assert "non-finite loss in 12 of 12 steps of epoch 1" in status["reason"]
+    assert len(runstate.read_metrics(the_run_dir(tmp_path))["train_loss"]) == 1
+
+
+def test_guard_stops_an_epoch_whose_steps_were_skipped():
+    stats = {"nonfinite": 0, "steps": 12, "skipped": 11, "terms": {"ce": 2.3}}
+    assert "skipped 11 of 12 steps in epoch 4" in _guard(stats, 3)
+    assert _guard({**stats, "skipped": 2}, 3) is None
+
+
+def test_failed_run_exit_code(tmp_path, monkeypatch):
+    import kdlab.train as train_module
+
+    monkeypatch.setattr(train_module, "_guard", lambda stats, epoch: "forced failure")
+    assert main(train_args(tmp_path, 1, "--quiet")) == 1
+    assert runstate.read_status(the_run_dir(tmp_path))["reason"] == "forced failure"
+
+
+def _error_line(capsys, args) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad_dataset = train_args(tmp_path, 1)
+    bad_dataset[bad_dataset.index("Digits")] = "MNIST"
+    assert "Cifar10" in _error_line(capsys, bad_dataset)
+    bad_model = train_args(tmp_path, 1)
+    bad_model[bad_model.index("ResNet8")] = "VGG16"
+    assert "ResNet56" in _error_line(capsys, bad_model)
+    assert "--alpha" in _error_line(capsys, train_args(tmp_path, 1, "--alpha", "0.5"))
+    assert "positive" in _error_line(capsys, train_args(tmp_path, 0))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = train_args(tmp_path, 1)
+    unwritable[unwritable.index("--experiments-dir") + 1] = str(blocker / "experiments")
+    assert "cannot write the run directory" in _error_line(capsys, unwritable)
+
+
+def test_missing_dataset_files_is_one_line(tmp_path, capsys):
+    args = train_args(tmp_path, 1)
+    args[args.index("Digits")] = "Cifar10"
+    line = _error_line(capsys, args)
+    assert "cifar-10-batches-py" in line and str(tmp_path / "data") in line
+
+
+def test_corrupt_checkpoint_is_kept_until_force_restart(tmp_path, capsys):
+    directory = the_run_dir(tmp_path)
+    directory.mkdir(parents=True)
+    (directory / "checkpoint.pth").write_bytes(b"\x00garbage")
+    line = _error_line(capsys, train_args(tmp_path, 1))
+    assert "corrupt" in line and "--force-restart" in line
+    assert (directory / "checkpoint.pth").read_bytes() == b"\x00garbage"
+    assert main(train_args(tmp_path, 1, "--quiet", "--force-restart")) == 0
+    assert runstate.read_status(directory)["status"] == "completed"
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, capsys):
+    train_run(config(tmp_path, epochs=2), quiet=True)
+    directory = the_run_dir(tmp_path)
+    status = runstate.read_status(directory)
+    status["status"] = "in_progress"
+    runstate.write_status(directory, status)
+    line = _error_line(capsys, train_args(tmp_path, 1, "--lr", "0.05"))
+    assert "other settings" in line and "lr" in line
+
+
+def test_per_epoch_progress_line(tmp_path, capsys):
+    assert main(train_args(tmp_path, 1)) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "img/s" in out and "test_acc" in out
+    assert json.loads((the_run_dir(tmp_path) / "metrics.json").read_text())["epochs"] == 1
