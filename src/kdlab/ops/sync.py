@@ -1,0 +1,331 @@
+"""``kdlab sync STUDY``: keep a remote cluster busy from a laptop's cron.
+
+Steps, in order, all configured by the study's ``[sync]`` table (nothing hard-coded):
+
+1. ``pull``  rsync the remote experiments tree here (over ssh; never deletes anything here).
+2. ``plot``  regenerate the progress figures from the local copy.
+3. ``push``  rsync the code to the remote, without data, experiments, analysis, virtual
+   environments (``sync.exclude`` plus the study's own data/experiments/analysis paths).
+4. ``queue`` run ``kdlab queue STUDY`` on the remote, after ``sync.remote_setup``.
+
+A failed step is logged and reported; the steps that do not depend on it still run (only
+``queue`` depends on ``push``: it must not run against half-pushed code). The exit code
+is non-zero when any step failed. A lock file stops overlapping runs (a second sync while
+one is running logs that and exits 0). Every line goes to ``sync.log_file`` with a
+timestamp.
+
+Paths: the study's relative paths are relative to the project directory — ``local_dir``
+here, ``remote_dir`` on the remote. With ``host`` unset the "remote" is this machine
+(rsync between two local directories, the queue command run locally through bash): that is
+how the tests run it.
+
+``--install-cron [--every MINUTES]`` / ``--remove-cron`` edit the user's crontab through
+the ``crontab`` command, idempotently: the entry carries a marker comment naming the study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+from ..study import Study, load_study
+
+STEP_TIMEOUT_SECONDS = 3 * 3600
+# The atomic writers' temporary files: never worth copying.
+_TEMP_PATTERN = ".*.tmp"
+
+
+@dataclass
+class StepResult:
+    name: str
+    ok: bool
+    message: str
+    skipped: bool = False
+
+
+class SyncPlan:
+    """Every path and command of one study's sync, derived from its ``[sync]`` table."""
+
+    def __init__(self, study: Study) -> None:
+        settings = study.sync
+        if not settings.remote_dir:
+            raise UserError(f"{study.path}: key 'sync.remote_dir': expected the project "
+                            "directory on the remote; it is required for kdlab sync")
+        self.study = study
+        self.settings = settings
+        self.local_dir = Path(settings.local_dir).resolve()
+        if not self.local_dir.is_dir():
+            raise UserError(f"{study.path}: key 'sync.local_dir': {self.local_dir} is not a "
+                            "directory; expected the project directory here")
+        self.remote_dir = settings.remote_dir.rstrip("/") or "/"
+        try:
+            self.study_relative = Path(study.path).resolve().relative_to(self.local_dir)
+        except ValueError:
+            raise UserError(f"study file {study.path} is outside sync.local_dir "
+                            f"{self.local_dir}: expected it inside the project, so that it is "
+                            "pushed with the code") from None
+        log_path = Path(settings.log_file)
+        self.log_path = log_path if log_path.is_absolute() else self.local_dir / log_path
+        self.lock_path = self.local_dir / f".kdlab-sync-{study.name}.lock"
+
+    # ---- paths on either side ----
+    def local_path(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.local_dir / path
+
+    def remote_path(self, path: Path) -> str:
+        return str(path) if path.is_absolute() else f"{self.remote_dir}/{path.as_posix()}"
+
+    def remote_spec(self, remote_path: str) -> str:
+        """rsync's name of a remote path: ``[user@]host:path``, or the plain path when the
+        remote is this machine."""
+        if self.settings.host is None:
+            return remote_path
+        return f"{self.ssh_target()}:{remote_path}"
+
+    def ssh_target(self) -> str:
+        host = self.settings.host
+        return f"{self.settings.user}@{host}" if self.settings.user else host
+
+    def ssh_argv(self) -> list[str]:
+        options = list(self.settings.ssh_options)
+        # cron cannot answer a password prompt: fail instead of hanging
+        if not any("BatchMode" in option for option in options):
+            options += ["-o", "BatchMode=yes"]
+        return ["ssh", *options]
+
+    def rsync_base(self) -> list[str]:
+        argv = ["rsync", "-a", f"--exclude={_TEMP_PATTERN}"]
+        if self.settings.host is not None:
+            argv += ["-e", shlex.join(self.ssh_argv())]
+        return argv
+
+    # ---- the commands of the steps ----
+    def pull_argv(self) -> list[str]:
+        source = self.remote_spec(self.remote_path(self.study.experiments_dir))
+        target = self.local_path(self.study.experiments_dir)
+        return self.rsync_base() + [source.rstrip("/") + "/", f"{target}/"]
+
+    def push_excludes(self) -> list[str]:
+        excludes = list(self.settings.exclude)
+        for path in (self.study.data_root, self.study.experiments_dir, self.study.analysis_dir):
+            if not path.is_absolute():
+                excludes.append(f"/{path.as_posix().strip('/')}/")   # anchored at the project
+        for own in (self.log_path, self.lock_path):
+            try:
+                excludes.append("/" + own.relative_to(self.local_dir).as_posix())
+            except ValueError:
+                pass
+        return excludes
+
+    def push_argv(self) -> list[str]:
+        argv = self.rsync_base() + [f"--exclude={pattern}" for pattern in self.push_excludes()]
+        return argv + [f"{self.local_dir}/", self.remote_spec(self.remote_dir) + "/"]
+
+    def queue_script(self) -> str:
+        lines = ["set -e", f"cd {shlex.quote(self.remote_dir)}"]
+        lines += list(self.settings.remote_setup)
+        lines.append(f"{self.study.scheduler.kdlab_command} queue "
+                     f"{shlex.quote(self.study_relative.as_posix())}")
+        return "\n".join(lines)
+
+    def queue_argv(self) -> list[str]:
+        if self.settings.host is None:
+            return ["bash", "-c", self.queue_script()]
+        return self.ssh_argv() + [self.ssh_target(), "bash -c " + shlex.quote(self.queue_script())]
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+class SyncLog:
+    """Timestamped lines appended to the log file (and echoed unless quiet)."""
+
+    def __init__(self, path: Path, quiet: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "a", encoding="utf-8", buffering=1)
+        self.quiet = quiet
+
+    def __call__(self, message: str, echo: bool = True) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for line in message.splitlines() or [""]:
+            self.handle.write(f"{stamp} {line}\n")
+        if echo and not self.quiet:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _run_step(name: str, argv: list[str], log: SyncLog, cwd: Path) -> StepResult:
+    log(f"[{name}] {shlex.join(argv)}", echo=False)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=cwd,
+                                timeout=STEP_TIMEOUT_SECONDS)
+    except FileNotFoundError:
+        return StepResult(name, False, f"{argv[0]} not found on PATH")
+    except subprocess.TimeoutExpired:
+        return StepResult(name, False, f"no answer within {STEP_TIMEOUT_SECONDS} s")
+    output = (result.stdout + result.stderr).strip()
+    if output:
+        log("\n".join(f"[{name}]   {line}" for line in output.splitlines()), echo=False)
+    if result.returncode != 0:
+        last = " ".join(output.splitlines()[-1:]) or "no message"
+        return StepResult(name, False, f"exit status {result.returncode}: {last}")
+    return StepResult(name, True, "ok")
+
+
+def _plot_step(plan: SyncPlan, log: SyncLog) -> StepResult:
+    from .plots import format_report, plot_study
+
+    local_study = dataclasses.replace(
+        plan.study, experiments_dir=plan.local_path(plan.study.experiments_dir),
+        analysis_dir=plan.local_path(plan.study.analysis_dir))
+    try:
+        report = plot_study(local_study)
+    except Exception as error:  # a plotting bug must not stop the push and the queue
+        return StepResult("plot", False, f"{type(error).__name__}: {error}")
+    log("\n".join(f"[plot]   {line}" for line in format_report(report).splitlines()[:3]),
+        echo=False)
+    return StepResult("plot", True, f"{len(report.written)} curves drawn, "
+                                    f"{len(report.unchanged)} unchanged")
+
+
+def run_sync(study: Study, *, quiet: bool = False,
+             step_runner: Callable[..., StepResult] = _run_step) -> list[StepResult] | None:
+    """Run the four steps under the lock; the results, or None when another sync of this
+    study holds the lock."""
+    plan = SyncPlan(study)
+    log = SyncLog(plan.log_path, quiet)
+    lock = open(plan.lock_path, "a")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"sync {study.name}: another sync of this study is running "
+                f"(lock {plan.lock_path}); skipped")
+            return None
+        log(f"sync {study.name}: start")
+        results = []
+        local_experiments = plan.local_path(study.experiments_dir)
+        local_experiments.mkdir(parents=True, exist_ok=True)
+        if shutil.which("rsync") is None:
+            pull = StepResult("pull", False, "rsync not found on PATH")
+        else:
+            pull = step_runner("pull", plan.pull_argv(), log, plan.local_dir)
+        results.append(pull)
+        log(f"pull: {pull.message}")
+        plot = _plot_step(plan, log)
+        results.append(plot)
+        log(f"plot: {plot.message}")
+        if shutil.which("rsync") is None:
+            push = StepResult("push", False, "rsync not found on PATH")
+        else:
+            push = step_runner("push", plan.push_argv(), log, plan.local_dir)
+        results.append(push)
+        log(f"push: {push.message}")
+        if push.ok:
+            queue = step_runner("queue", plan.queue_argv(), log, plan.local_dir)
+        else:
+            queue = StepResult("queue", False, "skipped: the code push failed, so the remote "
+                                               "would queue with stale or half-copied code",
+                               skipped=True)
+        results.append(queue)
+        log(f"queue: {queue.message}")
+        failed = [r.name for r in results if not r.ok]
+        log(f"sync {study.name}: " + (f"FAILED steps: {', '.join(failed)}" if failed
+                                      else "all steps ok"))
+        return results
+    finally:
+        lock.close()   # releases the lock
+        log.close()
+
+
+# ---- cron ----------------------------------------------------------------------------------------
+
+def cron_marker(study: Study) -> str:
+    return f"# kdlab-sync:{study.name}"
+
+
+def cron_schedule(every_minutes: int) -> str:
+    """Cron time fields for 'every N minutes' (N < 60, or whole hours up to a day)."""
+    if 1 <= every_minutes < 60:
+        return f"*/{every_minutes} * * * *"
+    if every_minutes >= 60 and every_minutes % 60 == 0 and every_minutes <= 24 * 60:
+        hours = every_minutes // 60
+        return "0 0 * * *" if hours == 24 else f"0 */{hours} * * *"
+    raise UserError(f"--every {every_minutes}: expected 1-59 minutes or whole hours up to "
+                    "1440 (cron cannot express other intervals)")
+
+
+def cron_line(study: Study, every_minutes: int) -> str:
+    plan = SyncPlan(study)
+    command = (f"cd {shlex.quote(str(plan.local_dir))} && {shlex.quote(sys.executable)} -m kdlab "
+               f"sync {shlex.quote(str(Path(study.path).resolve()))} --quiet "
+               f">> {shlex.quote(str(plan.log_path))} 2>&1")
+    return f"{cron_schedule(every_minutes)} {command} {cron_marker(study)}"
+
+
+def _read_crontab() -> str:
+    if shutil.which("crontab") is None:
+        raise UserError("crontab not found on PATH: install cron to schedule kdlab sync")
+    result = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    if result.returncode != 0:
+        if "no crontab" in (result.stderr + result.stdout).lower():
+            return ""
+        raise UserError(f"crontab -l failed: {result.stderr.strip() or result.returncode}")
+    return result.stdout
+
+
+def _write_crontab(text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".cron", delete=False) as handle:
+        handle.write(text)
+        name = handle.name
+    try:
+        result = subprocess.run(["crontab", name], capture_output=True, text=True)
+    finally:
+        os.unlink(name)
+    if result.returncode != 0:
+        raise UserError(f"crontab could not install the new table: "
+                        f"{result.stderr.strip() or result.returncode}")
+
+
+def edit_crontab(study: Study, every_minutes: int | None) -> str | None:
+    """Remove the study's entry, then (``every_minutes`` given) add it again. Returns the
+    installed line (None when removed). Lines of other studies and users are kept."""
+    marker = cron_marker(study)
+    kept = [line for line in _read_crontab().splitlines() if not line.endswith(marker)]
+    line = cron_line(study, every_minutes) if every_minutes is not None else None
+    if line is not None:
+        kept.append(line)
+        # the entry appends its output to the log: its folder must exist before the first run
+        SyncPlan(study).log_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_crontab("\n".join(kept) + ("\n" if kept else ""))
+    return line
+
+
+def command(args) -> int:
+    study = load_study(args.study)
+    if args.install_cron and args.remove_cron:
+        raise UserError("--install-cron and --remove-cron: expected one of them, not both")
+    if args.install_cron:
+        line = edit_crontab(study, args.every)
+        print(f"crontab entry installed (every {args.every} min):\n{line}")
+        return 0
+    if args.remove_cron:
+        edit_crontab(study, None)
+        print(f"crontab entry of {study.name} removed (if there was one)")
+        return 0
+    results = run_sync(study, quiet=getattr(args, "quiet", False))
+    if results is None:
+        return 0
+    return 0 if all(result.ok for result in results) else 1

@@ -1,0 +1,233 @@
+"""kdlab sync against a local "remote" (rsync between two directories, the remote queue
+command run through bash), its lock and log, failures of single steps, and the crontab
+entry through a fake ``crontab`` executable."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdlab import cli
+from kdlab.layout import RunSpec, run_dir
+from kdlab.ops import sync
+from kdlab.ops.plots import CURVES_FILE
+from kdlab.study import load_study
+from legacy_tree import write_run
+
+pytestmark = pytest.mark.skipif(shutil.which("rsync") is None,
+                                reason="rsync is not installed (apt-get install rsync)")
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def make_project(tmp_path: Path, *, remote_runs: bool = True) -> tuple[Path, Path, Path]:
+    """(local project, remote project, study file). The remote holds every run of the grid,
+    completed, so that the real ``kdlab queue`` there has nothing to submit."""
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    remote.mkdir()
+    study_text = f"""
+name = "syncstudy"
+datasets = ["Digits"]
+teacher = "ResNet20"
+student = "ResNet8"
+methods = ["logit"]
+alphas = [0.5]
+seeds = [0]
+
+[training]
+epochs = 2
+device = "cpu"
+
+[scheduler]
+backend = "local"
+kdlab_command = "{sys.executable} -m kdlab"
+
+[sync]
+remote_dir = "{remote}"
+local_dir = "{local}"
+remote_setup = ["export KDLAB_SYNC_TEST=1"]
+log_file = "logs/sync.log"
+"""
+    study_path = local / "studies" / "sync.toml"
+    study_path.parent.mkdir()
+    study_path.write_text(study_text)
+    (local / "src").mkdir()
+    (local / "src" / "code.py").write_text("print('new code')\n")
+    (local / "data").mkdir()
+    (local / "data" / "big.bin").write_bytes(b"\0" * 1000)
+    (local / ".venv").mkdir()
+    (local / ".venv" / "python").write_text("not for the remote")
+    (local / "analysis").mkdir()
+    (local / "analysis" / "local.txt").write_text("local analysis")
+    if remote_runs:
+        for spec in (RunSpec("Digits", "ResNet20", 0), RunSpec("Digits", "ResNet8", 0),
+                     RunSpec("Digits", "ResNet8", 0, "logit", "ResNet20", 0.5)):
+            write_run(remote / "experiments", spec, epochs=2)
+    return local, remote, study_path
+
+
+def test_sync_pulls_plots_pushes_and_queues(tmp_path, monkeypatch):
+    local, remote, study_path = make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)   # not the project: every path must come from [sync]
+    assert cli.main(["sync", str(study_path), "--quiet"]) == 0
+
+    # pulled: the remote's runs, byte for byte, with curves drawn here
+    study = load_study(study_path)
+    for spec in study.runs():
+        remote_run = run_dir(remote / "experiments", spec)
+        local_run = run_dir(local / "experiments", spec)
+        for name in ("status.json", "metrics.json"):
+            assert (local_run / name).read_bytes() == (remote_run / name).read_bytes()
+        assert (local_run / CURVES_FILE).exists()
+        assert not (remote_run / CURVES_FILE).exists()   # plots are not pushed
+    assert (local / "analysis" / "experiment_syncstudy" / "progress").is_dir()
+    # pushed: code and study, without data, experiments, analysis, venv, log
+    assert (remote / "src" / "code.py").read_text() == "print('new code')\n"
+    assert (remote / "studies" / "sync.toml").exists()
+    for excluded in ("data", ".venv", "analysis", "logs/sync.log",
+                     ".kdlab-sync-syncstudy.lock"):
+        assert not (remote / excluded).exists(), excluded
+    # the log has a timestamped line per step; the real kdlab queue ran on the remote
+    log = (local / "logs" / "sync.log").read_text().splitlines()
+    assert all(line[:4].isdigit() and line[4] == "-" for line in log)
+    for summary in ("pull: ok", "plot: 3 curves drawn, 0 unchanged", "push: ok", "queue: ok"):
+        assert sum(line.endswith(f" {summary}") for line in log) == 1, summary
+    # the queue's own output (it ran in the remote project, on the pushed study file)
+    assert any(line.split(" ", 2)[2].startswith("[queue]   ") and "syncstudy" in line
+               for line in log)
+    assert log[-1].endswith("sync syncstudy: all steps ok")
+
+
+def test_failed_step_is_reported_and_independent_steps_still_run(tmp_path, capsys):
+    local, remote, study_path = make_project(tmp_path, remote_runs=False)
+    # no experiments on the remote yet: the pull fails, the rest still runs
+    assert cli.main(["sync", str(study_path)]) == 1
+    out = capsys.readouterr().out
+    assert "pull: exit status" in out
+    assert "plot: 0 curves drawn" in out
+    assert "push: ok" in out and "queue: ok" in out
+    assert "FAILED steps: pull" in out
+    assert (remote / "src" / "code.py").exists()
+
+
+def test_queue_is_skipped_when_the_push_fails(tmp_path):
+    local, remote, study_path = make_project(tmp_path)
+    calls = []
+
+    def runner(name, argv, log, cwd):
+        calls.append(name)
+        if name == "push":
+            return sync.StepResult(name, False, "exit status 12: connection closed")
+        return sync._run_step(name, argv, log, cwd)
+
+    results = sync.run_sync(load_study(study_path), quiet=True, step_runner=runner)
+    assert calls == ["pull", "push"]
+    by_name = {r.name: r for r in results}
+    assert by_name["pull"].ok and by_name["plot"].ok and not by_name["push"].ok
+    assert by_name["queue"].skipped and "push failed" in by_name["queue"].message
+
+
+def test_lock_stops_an_overlapping_sync(tmp_path):
+    local, remote, study_path = make_project(tmp_path)
+    study = load_study(study_path)
+    plan = sync.SyncPlan(study)
+    with open(plan.lock_path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert sync.run_sync(study, quiet=True) is None
+        assert cli.main(["sync", str(study_path), "--quiet"]) == 0
+    assert not (local / "experiments" / "Digits").exists()   # nothing was pulled
+    log = plan.log_path.read_text()
+    assert log.count("another sync of this study is running") == 2
+
+
+def test_remote_commands_over_ssh_come_from_the_study(tmp_path):
+    local, remote, study_path = make_project(tmp_path)
+    text = study_path.read_text().replace(
+        "[sync]\n", '[sync]\nhost = "cluster.example.org"\nuser = "researcher"\n'
+                    'ssh_options = ["-p", "2222"]\n')
+    study_path.write_text(text)
+    plan = sync.SyncPlan(load_study(study_path))
+    pull = plan.pull_argv()
+    assert pull[:2] == ["rsync", "-a"]
+    assert pull[pull.index("-e") + 1] == "ssh -p 2222 -o BatchMode=yes"
+    assert pull[-2:] == [f"researcher@cluster.example.org:{remote}/experiments/",
+                         f"{local}/experiments/"]
+    push = plan.push_argv()
+    assert push[-2:] == [f"{local}/", f"researcher@cluster.example.org:{remote}/"]
+    for pattern in ("data/", ".venv/", "/experiments/", "/analysis/", "/data/",
+                    "/logs/sync.log"):
+        assert f"--exclude={pattern}" in push
+    queue = plan.queue_argv()
+    assert queue[:-1] == ["ssh", "-p", "2222", "-o", "BatchMode=yes",
+                          "researcher@cluster.example.org"]
+    script = shlex.split(queue[-1])
+    assert script[:2] == ["bash", "-c"]
+    assert script[2].splitlines() == [
+        "set -e", f"cd {remote}", "export KDLAB_SYNC_TEST=1",
+        f"{sys.executable} -m kdlab queue studies/sync.toml"]
+
+
+# ---- cron ------------------------------------------------------------------------------------
+
+FAKE_CRONTAB = """#!/bin/sh
+if [ "$1" = "-l" ]; then
+  if [ -f "$FAKE_CRONTAB_FILE" ]; then cat "$FAKE_CRONTAB_FILE"; exit 0; fi
+  echo "no crontab for tester" >&2; exit 1
+fi
+cat "$1" > "$FAKE_CRONTAB_FILE"
+"""
+
+
+@pytest.fixture
+def fake_crontab(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "crontab").write_text(FAKE_CRONTAB)
+    (bin_dir / "crontab").chmod(0o755)
+    table = tmp_path / "crontab.txt"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_CRONTAB_FILE", str(table))
+    return table
+
+
+def test_install_and_remove_cron_idempotently(tmp_path, fake_crontab, capsys):
+    local, remote, study_path = make_project(tmp_path)
+    assert cli.main(["sync", str(study_path), "--install-cron", "--every", "30"]) == 0
+    fake_crontab.write_text("0 3 * * * backup.sh\n" + fake_crontab.read_text())
+    assert cli.main(["sync", str(study_path), "--install-cron", "--every", "120"]) == 0
+    assert cli.main(["sync", str(study_path), "--install-cron", "--every", "20"]) == 0
+    lines = fake_crontab.read_text().splitlines()
+    assert lines[0] == "0 3 * * * backup.sh"
+    entries = [line for line in lines if line.endswith("# kdlab-sync:syncstudy")]
+    assert len(entries) == 1 and entries[0].startswith("*/20 * * * * cd ")
+
+    # the installed command itself runs a sync (as cron would, through a shell)
+    command = entries[0][len("*/20 * * * * "):-len(" # kdlab-sync:syncstudy")]
+    subprocess.run(["bash", "-c", command], check=True, cwd="/", timeout=300)
+    assert (local / "experiments" / "Digits" / "pure").is_dir()
+    assert "sync syncstudy: all steps ok" in (local / "logs" / "sync.log").read_text()
+
+    assert cli.main(["sync", str(study_path), "--remove-cron"]) == 0
+    assert cli.main(["sync", str(study_path), "--remove-cron"]) == 0
+    assert fake_crontab.read_text().splitlines() == ["0 3 * * * backup.sh"]
+    capsys.readouterr()
+    assert cli.main(["sync", str(study_path), "--install-cron", "--every", "90"]) == 2
+    assert "--every 90" in capsys.readouterr().err
+
+
+def test_cron_schedules():
+    assert sync.cron_schedule(15) == "*/15 * * * *"
+    assert sync.cron_schedule(60) == "0 */1 * * *"
+    assert sync.cron_schedule(180) == "0 */3 * * *"
+    assert sync.cron_schedule(1440) == "0 0 * * *"
+    for bad in (0, 61, 1500):
+        with pytest.raises(Exception, match=f"--every {bad}"):
+            sync.cron_schedule(bad)
