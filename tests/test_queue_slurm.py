@@ -1,0 +1,190 @@
+"""The slurm backend against a real one-node Slurm cluster on this machine.
+
+Real ``kdlab train`` jobs (Digits, ResNet20 teacher, ResNet8 student, 2 epochs, CPU) are
+submitted by ``kdlab queue``, one is cancelled mid-run with ``scancel``, the next
+``kdlab queue`` submits it again and it resumes from its checkpoint; repeated queue calls
+take the study to completion. The cluster comes from ``tests/slurm_cluster.sh`` (started
+by .ci/run; started here when Slurm is installed but not running); without Slurm these
+tests are skipped, saying why."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kdlab import runstate
+from kdlab.cli import main
+from kdlab.status import study_run_states
+from kdlab.study import load_study
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SCRIPT = Path(__file__).resolve().parent / "slurm_cluster.sh"
+SLURM_DIR = Path(os.environ.get("KDLAB_SLURM_DIR", "/tmp/kdlab-slurm"))
+DEADLINE_SECONDS = 900  # for the whole study under a loaded machine; never a timing assertion
+
+
+def _read_env_file() -> dict[str, str]:
+    path = SLURM_DIR / "env"
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """SLURM_CONF of a running cluster, in os.environ for the module (skip without Slurm)."""
+    if shutil.which("sbatch") is None or not (shutil.which("slurmctld")
+                                              or Path("/usr/sbin/slurmctld").exists()):
+        pytest.skip("Slurm is not installed (apt-get install slurmctld slurmd slurm-client "
+                    "munge; .ci/run does this)")
+    started_here = False
+    status = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, text=True)
+    if status.returncode != 0:
+        start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True,
+                               timeout=120)
+        if start.returncode != 0:
+            pytest.skip(f"Slurm is installed but the test cluster did not start: "
+                        f"{start.stderr.strip().splitlines()[-1:]}")
+        started_here = True
+    env = _read_env_file()
+    if "SLURM_CONF" not in env:
+        pytest.skip(f"no SLURM_CONF in {SLURM_DIR / 'env'}")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    try:
+        yield env["SLURM_CONF"]
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        if started_here:
+            subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
+
+
+def write_study(tmp_path: Path) -> Path:
+    study = tmp_path / "study.toml"
+    study.write_text(textwrap.dedent(f"""\
+        name = "slurmtest"
+        datasets = ["Digits"]
+        teacher = "ResNet20"
+        student = "ResNet8"
+        methods = ["logit"]
+        alphas = [0.5]
+        seeds = [0]
+        experiments_dir = "{tmp_path / 'experiments'}"
+        data_root = "{tmp_path / 'data'}"
+
+        [training]
+        epochs = 2
+        device = "cpu"
+
+        [scheduler]
+        backend = "slurm"
+        max_live_jobs = 2
+        cpus = 1
+        memory = "1GB"
+        walltime = "00:30:00"
+        signal_seconds = 120
+        setup = ["export OMP_NUM_THREADS=1"]
+        kdlab_command = "{sys.executable} -m kdlab"
+        """))
+    return study
+
+
+def squeue_state(job_id: str) -> str:
+    result = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%T", "-j", job_id],
+                            capture_output=True, text=True)
+    return result.stdout.strip() or f"unknown ({result.stderr.strip()})"
+
+
+def queue(study_path: Path, capsys) -> list[str]:
+    assert main(["queue", str(study_path)]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def wait_until(predicate, what: str, timeout: float = DEADLINE_SECONDS, every: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"gave up waiting for {what} after {timeout} s")
+
+
+def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp_path, capsys):
+    study_path = write_study(tmp_path)
+    study = load_study(study_path)
+    teacher, pure, kd = study.runs()
+    lines = queue(study_path, capsys)
+    words = {line.split()[1].rstrip(":"): line.split()[0] for line in lines[:-1]}
+    assert words == {teacher.name: "submit", pure.name: "submit", kd.name: "wait"}, lines
+    states = {state.spec: state for state in study_run_states(study)}
+    for spec in (teacher, pure):
+        status = states[spec].status
+        assert status["scheduler"] == "slurm" and status["job_id"].isdigit()
+        assert squeue_state(status["job_id"]) in ("PENDING", "CONFIGURING", "RUNNING",
+                                                  "COMPLETING", "COMPLETED")
+    pure_dir = states[pure].run_dir
+    first_job = states[pure].status["job_id"]
+
+    # Cancel the pure student's job once it has finished its first epoch.
+    def after_first_epoch():
+        status = runstate.read_status(pure_dir) or {}
+        return status.get("status") == "in_progress" and status.get("epoch", 0) >= 1 and status
+    status = wait_until(after_first_epoch, "the first epoch of the pure student", every=0.1)
+    assert status["job_id"] == first_job  # training kept the job id the queue recorded
+    subprocess.run(["scancel", first_job], check=True)
+    wait_until(lambda: squeue_state(first_job) == "CANCELLED", "the cancelled job to end")
+    # SIGTERM: training saves its checkpoint and leaves the run in progress, not failed.
+    wait_until(lambda: (runstate.read_status(pure_dir) or {}).get("stopped_by") == "SIGTERM"
+               or (runstate.read_status(pure_dir) or {}).get("status") != "in_progress",
+               "training to record the stop", timeout=120)
+    stopped = runstate.read_status(pure_dir)
+    assert stopped["status"] == "in_progress", stopped
+    epochs_before = stopped["epoch"]
+    assert epochs_before >= 1
+    metrics_before = runstate.read_metrics(pure_dir)
+    assert (pure_dir / runstate.CHECKPOINT_FILE).exists()
+
+    lines = queue(study_path, capsys)
+    resubmitted = [line for line in lines if pure.name in line]
+    assert resubmitted[0].startswith("submit") and f"job {first_job} is gone" in resubmitted[0]
+
+    # Repeated queue calls (as cron would) until every run is completed.
+    def all_completed():
+        queue(study_path, capsys)
+        return all(state.state == "completed" for state in study_run_states(study))
+    wait_until(all_completed, "the study to complete", every=2.0)
+
+    final = runstate.read_status(pure_dir)
+    assert final["job_history"] == [first_job] and final["submissions"] == 2
+    assert final["job_id"] != first_job
+    metrics = runstate.read_metrics(pure_dir)
+    assert len(metrics["train_loss"]) == study.training["epochs"]
+    # Resumed, not restarted: the epochs trained before the cancel are kept as they were.
+    assert metrics["train_loss"][:epochs_before] == metrics_before["train_loss"][:epochs_before]
+    second_log = (pure_dir / f"slurm-{final['job_id']}.out").read_text()
+    assert f"resuming after epoch {epochs_before}/" in second_log
+    # The KD run was submitted only after its teacher had completed.
+    teacher_status = runstate.read_status(states[teacher].run_dir)
+    kd_status = runstate.read_status(states[kd].run_dir)
+    assert kd_status["submitted_at"] > teacher_status["completed_at"]
+    assert kd_status["submissions"] == 1 and teacher_status["submissions"] == 1
+    # Each submission kept its own script; outputs landed in the run directories.
+    assert sorted(p.name for p in pure_dir.glob("slurm-job-*.sh")) == ["slurm-job-1.sh",
+                                                                       "slurm-job-2.sh"]
+    assert (pure_dir / f"slurm-{first_job}.out").exists()
+    lines = queue(study_path, capsys)
+    assert "3 completed" in lines[-1]
