@@ -98,7 +98,8 @@ def assert_arrays(arrays: DatasetArrays, expected, name: str):
 def test_cifar10_round_trip(tmp_path):
     expected = make_cifar10(tmp_path)
     arrays = load_arrays("Cifar10", tmp_path)
-    assert arrays.train_images.shape == (15, 3, 32, 32) and arrays.test_images.shape == (4, 3, 32, 32)
+    assert arrays.train_images.shape == (15, 3, 32, 32)
+    assert arrays.test_images.shape == (4, 3, 32, 32)
     assert_arrays(arrays, expected, "Cifar10")
 
 
@@ -198,7 +199,8 @@ def test_tiny_imagenet_round_trip(tmp_path):
     arrays = load_arrays("TinyImageNet", tmp_path)
     assert snapshot(base) == before  # the user's tree is read in place, never changed
     label_of = {wnid: label for label, wnid in enumerate(sorted(wnids))}
-    assert arrays.train_images.shape == (203, 3, 64, 64) and arrays.test_images.shape == (4, 3, 64, 64)
+    assert arrays.train_images.shape == (203, 3, 64, 64)
+    assert arrays.test_images.shape == (4, 3, 64, 64)
     assert arrays.train_images.dtype == np.uint8 and arrays.train_labels.dtype == np.int64
     # Every train picture appears once, with its class = rank of its wnid in sorted order.
     decoded = {}
@@ -473,7 +475,8 @@ def test_augment_without_flip_and_without_pad():
 def test_normalize_values():
     info = DATASETS["Cifar10"]
     images = random_images(4)
-    expected = (images / 255.0 - np.array(info.mean)[:, None, None]) / np.array(info.std)[:, None, None]
+    mean, std = np.array(info.mean)[:, None, None], np.array(info.std)[:, None, None]
+    expected = (images / 255.0 - mean) / std
     result = normalize(torch.from_numpy(images), info)
     assert result.dtype == torch.float32 and result.shape == images.shape
     np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-5)
