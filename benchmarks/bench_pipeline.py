@@ -8,10 +8,11 @@ normalisation) of the same synthetic CIFAR-shaped uint8 images:
   torchvision  Dataset of PIL images + RandomCrop/RandomHorizontalFlip/ToTensor/Normalize,
                DataLoader with num_workers 0 and 2
 
-The pipelines are measured interleaved (round robin, order rotated every round) so that
-other load on a shared machine affects them alike. Prints figures; asserts nothing.
+The pipelines are measured interleaved (one training step each in turn, order rotated every
+round) so that other load on a shared machine affects them alike. Prints figures; asserts
+nothing.
 
-    python benchmarks/bench_pipeline.py [--images 4096] [--steps 8] [--rounds 3]
+    python benchmarks/bench_pipeline.py [--images 4096] [--steps 24] [--threads 1]
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import statistics
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -95,40 +97,38 @@ class Contender:
         self.model = model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
                                          weight_decay=5e-4)
-        self.train_images = self.train_seconds = 0.0
-        self.pipeline_batches = self.pipeline_images = self.pipeline_seconds = 0.0
+        self.step_seconds: list[float] = []
+        self.pipeline_batches = self.pipeline_seconds = 0.0
 
-    def step(self) -> int:
+    def step(self) -> None:
         images, labels = next(self.batches)
         loss = F.cross_entropy(self.model(images)[-1], labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return len(labels)
 
-    def fetch(self) -> int:
-        return len(next(self.batches)[1])
-
-    def timed(self, steps: int, warmup: int, action: Callable[[], int]) -> tuple[int, float]:
-        for _ in range(warmup):
-            action()
+    def timed_step(self) -> None:
         synchronize(self.device)
         start = time.perf_counter()
-        images = sum(action() for _ in range(steps))
+        self.step()
         synchronize(self.device)
-        return images, time.perf_counter() - start
+        self.step_seconds.append(time.perf_counter() - start)
 
-    def train_round(self, steps: int, warmup: int) -> None:
-        self.model.train()
-        images, seconds = self.timed(steps, warmup, self.step)
-        self.train_images += images
-        self.train_seconds += seconds
-
-    def pipeline_round(self, batches: int, warmup: int) -> None:
-        images, seconds = self.timed(batches, warmup, self.fetch)
+    def pipeline_block(self, batches: int, drain: int) -> None:
+        for _ in range(drain):
+            next(self.batches)
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(self.batches)
+        synchronize(self.device)
+        self.pipeline_seconds += time.perf_counter() - start
         self.pipeline_batches += batches
-        self.pipeline_images += images
-        self.pipeline_seconds += seconds
+
+
+def rotated(items: list, shift: int) -> list:
+    shift %= len(items)
+    return items[shift:] + items[:shift]
 
 
 def main() -> None:
@@ -136,10 +136,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4096, help="synthetic training images")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--model", default="ResNet56")
-    parser.add_argument("--steps", type=int, default=8, help="timed training steps per round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--pipeline-batches", type=int, default=30,
-                        help="timed batches per round of the pipeline-only measurement")
+    parser.add_argument("--steps", type=int, default=24,
+                        help="timed training steps per pipeline (alternated one by one)")
+    parser.add_argument("--pipeline-rounds", type=int, default=6)
+    parser.add_argument("--pipeline-batches", type=int, default=10,
+                        help="timed batches per round of the pipeline-alone measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None,
@@ -161,40 +162,57 @@ def main() -> None:
             f"torchvision DataLoader, {workers} workers",
             torchvision_batches(dataset, args.batch_size, workers, device),
             copy.deepcopy(base_model), device))
-    # A DataLoader prefetches 2 batches per worker while the other pipelines run: fetching
-    # that many (without the model) first keeps them out of the timed steps.
-    drain = 2 + 2 * max(args.workers, default=0)
+    # A DataLoader prefetches 2 batches per worker while the other pipelines run: those are
+    # fetched untimed before each block of the pipeline-alone measurement.
+    drain = 2 * max(args.workers, default=0)
     print(f"device {device}, torch threads {torch.get_num_threads()}, {args.model}, "
-          f"batch {args.batch_size}, {args.images} synthetic images, {args.rounds} rounds x "
-          f"{args.steps} timed training steps per pipeline (after 1 warm-up step), "
-          f"{args.pipeline_batches} timed batches of pipeline alone per round", flush=True)
+          f"batch {args.batch_size}, {args.images} synthetic images", flush=True)
 
-    for round_index in range(args.rounds):
-        shift = round_index % len(contenders)
-        for contender in contenders[shift:] + contenders[:shift]:
-            contender.pipeline_round(args.pipeline_batches, warmup=drain)
-            contender.train_round(args.steps, warmup=1)
-            print(f"  round {round_index + 1}: {contender.name:<34} "
-                  f"train {contender.train_images / contender.train_seconds:8.1f} img/s so far",
-                  flush=True)
+    print(f"pipeline alone: {args.pipeline_rounds} rounds x {args.pipeline_batches} batches "
+          f"per pipeline, interleaved", flush=True)
+    for round_index in range(args.pipeline_rounds):
+        for contender in rotated(contenders, round_index):
+            contender.pipeline_block(args.pipeline_batches, drain)
 
-    kdlab = contenders[0]
-    kdlab_rate = kdlab.train_images / kdlab.train_seconds
+    print(f"training: 1 warm-up step each, then {args.steps} rounds of one timed step per "
+          f"pipeline, order rotated every round", flush=True)
+    for contender in contenders:
+        contender.model.train()
+        contender.step()
+    for round_index in range(args.steps):
+        for contender in rotated(contenders, round_index):
+            contender.timed_step()
+        if (round_index + 1) % 4 == 0 or round_index + 1 == args.steps:
+            print(f"  {round_index + 1}/{args.steps}: " + ", ".join(
+                f"{1000 * statistics.median(c.step_seconds):.0f}" for c in contenders)
+                + " ms/step (median so far)", flush=True)
+
+    batch = args.batch_size
     print("\npipeline alone (no model):")
     for contender in contenders:
-        seconds = contender.pipeline_seconds
-        print(f"  {contender.name:<34} {contender.pipeline_batches / seconds:9.1f} batches/s"
-              f"  {contender.pipeline_images / seconds:10.0f} img/s")
+        rate = contender.pipeline_batches / contender.pipeline_seconds
+        print(f"  {contender.name:<34} {rate:9.1f} batches/s  {rate * batch:10.0f} img/s  "
+              f"{1000 / rate:7.2f} ms/batch")
+    kdlab = contenders[0]
+    kdlab_rate = batch * len(kdlab.step_seconds) / sum(kdlab.step_seconds)
+    kdlab_median = statistics.median(kdlab.step_seconds)
     print(f"\n{args.model} training steps fed by each pipeline:")
     for contender in contenders:
-        rate = contender.train_images / contender.train_seconds
-        ms_per_step = 1000 * contender.train_seconds / (contender.train_images / args.batch_size)
-        ratio = "" if contender is kdlab else f"   kdlab is {kdlab_rate / rate:.2f}x faster"
-        print(f"  {contender.name:<34} {rate:8.1f} img/s  {ms_per_step:7.1f} ms/step{ratio}")
-    kdlab_ms = 1000 * args.batch_size / (kdlab.pipeline_images / kdlab.pipeline_seconds)
-    step_ms = 1000 * kdlab.train_seconds / (kdlab.train_images / args.batch_size)
-    print(f"\nwhere the time goes with kdlab: {kdlab_ms:.2f} ms of {step_ms:.1f} ms per step "
-          f"is the pipeline ({100 * kdlab_ms / step_ms:.1f}%), the rest is the model")
+        rate = batch * len(contender.step_seconds) / sum(contender.step_seconds)
+        median = statistics.median(contender.step_seconds)
+        ratio = ("" if contender is kdlab else
+                 f"   kdlab/this: {kdlab_rate / rate:.2f}x (mean), {median / kdlab_median:.2f}x "
+                 f"(median)")
+        print(f"  {contender.name:<34} {rate:8.1f} img/s  median {1000 * median:7.1f} ms/step"
+              f"{ratio}")
+    pipeline_ms = 1000 * kdlab.pipeline_seconds / kdlab.pipeline_batches
+    print(f"\nwhere the time goes with kdlab: {pipeline_ms:.2f} ms of a median "
+          f"{1000 * kdlab_median:.1f} ms per step is the pipeline "
+          f"({100 * pipeline_ms / (1000 * kdlab_median):.1f}%), the rest is the model")
+    if args.workers and max(args.workers) > 0:
+        print("note: DataLoader workers prepare batches in the background while the other "
+              "pipelines' steps run, so their CPU time partly lands in those steps (a bias in "
+              "the workers' favour)")
 
 
 if __name__ == "__main__":
