@@ -1,0 +1,202 @@
+"""``kdlab extract STUDY``: save the representations of every finished run of a study.
+
+Runs are discovered by walking the experiments tree (:func:`kdlab.layout.iter_run_dirs`),
+not from a list of models: a run is finished when its status is ``completed`` and it has a
+``best.pth``. Each finished run of the study's teacher/student on one of its data sets is
+evaluated on the test split (no augmentation, eval mode, inference mode); the outputs of
+the three ResNet stages are global-average-pooled and saved with the logits and labels in
+one ``.npz`` per run (see :mod:`kdlab.analysis.store`). A representation newer than its
+``best.pth`` is kept; unfinished, failed or corrupt runs are skipped with a one-line reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import layout, runstate
+from ..errors import UserError
+from ..layout import RunSpec
+from ..study import Study, load_study
+from . import store
+
+DEFAULT_BATCH_SIZE = 500
+
+
+@dataclass
+class ExtractReport:
+    """What one extraction pass did: files written, files already up to date, and
+    (run name, reason) for every run skipped."""
+
+    extracted: list[Path] = field(default_factory=list)
+    up_to_date: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    not_in_study: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        line = (f"{len(self.extracted)} extracted, {len(self.up_to_date)} up to date, "
+                f"{len(self.skipped)} skipped")
+        if self.not_in_study:
+            notes = ", ".join(f"{count} {reason}" for reason, count in
+                              sorted(self.not_in_study.items()))
+            line += f"; ignored runs not in this study: {notes}"
+        return line
+
+
+def _roles(study: Study, spec: RunSpec) -> list[str]:
+    """Representation roles of a run: a pure run of a model the study uses both as teacher
+    and as student is written as both."""
+    role = study.role_of(spec)
+    if role == "teacher" and spec.model == study.student:
+        return ["teacher", "pure"]
+    return [role]
+
+
+def _outside_study(study: Study, spec: RunSpec) -> str | None:
+    """Why a discovered run does not belong to the study (a short category), or None."""
+    if spec.dataset not in study.datasets:
+        return f"data set {spec.dataset}"
+    if spec.model not in (study.teacher, study.student):
+        return f"model {spec.model}"
+    if not spec.is_pure:
+        if spec.model != study.student or spec.teacher != study.teacher:
+            return f"pair {spec.teacher}->{spec.model}"
+        if spec.method not in study.methods:
+            return f"method {spec.method}"
+        if spec.alpha not in study.alphas:
+            return f"alpha {layout.format_alpha(spec.alpha)}"
+    if spec.seed not in study.seeds:
+        return f"seed {spec.seed}"
+    return None
+
+
+def _unfinished_reason(run_dir: Path) -> str | None:
+    """Why the run in ``run_dir`` cannot be extracted yet (None when it can)."""
+    try:
+        status = runstate.read_status(run_dir)
+    except runstate.StateFileError as error:
+        return f"corrupt status.json ({error})"
+    if status is None:
+        return "no status.json (never started)"
+    state = status["status"]
+    if state == runstate.FAILED:
+        return f"failed: {status.get('reason') or 'no reason recorded'}"
+    if state != runstate.COMPLETED:
+        progress = ""
+        if status.get("epoch") is not None and status.get("epochs") is not None:
+            progress = f" (epoch {status['epoch']}/{status['epochs']})"
+        return f"not finished: {state}{progress}"
+    if not (run_dir / runstate.BEST_FILE).is_file():
+        return f"completed but {runstate.BEST_FILE} is missing"
+    return None
+
+
+def _is_up_to_date(targets: list[Path], weights_path: Path) -> bool:
+    """Every target exists, is a complete representation and is not older than the weights."""
+    weights_mtime = weights_path.stat().st_mtime_ns
+    for target in targets:
+        try:
+            if target.stat().st_mtime_ns < weights_mtime:
+                return False
+        except FileNotFoundError:
+            return False
+        if not store.is_readable(target):
+            return False
+    return True
+
+
+def representations_of(model, device_data, batch_size: int = DEFAULT_BATCH_SIZE
+                       ) -> dict[str, np.ndarray]:
+    """Evaluate ``model`` on ``device_data``'s test split in order.
+
+    Returns ``layer1..3`` [N, channels] (feature maps averaged over height and width),
+    ``logits`` [N, C] as float32 and ``labels`` [N] int64 on the host."""
+    import torch
+
+    model.eval()
+    outputs: dict[str, list] = {key: [] for key in store.KEYS}
+    with torch.inference_mode():
+        for images, labels in device_data.test_batches(batch_size):
+            *feature_maps, logits = model(images)
+            for name, feature_map in zip(store.LAYERS, feature_maps):
+                outputs[name].append(feature_map.float().mean(dim=(2, 3)).cpu())
+            outputs["logits"].append(logits.float().cpu())
+            outputs["labels"].append(labels.cpu())
+    return {key: torch.cat(parts).numpy() for key, parts in outputs.items()}
+
+
+def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+                  log: Callable[[str], None] = print) -> ExtractReport:
+    """Extract every finished run of ``study`` that has no up-to-date representation.
+
+    Prints one line per run written or skipped (through ``log``)."""
+    from .. import data as kdata
+    from ..models import build_model, load_weights_file
+    from ..train import resolve_device
+
+    experiments_dir = Path(study.experiments_dir)
+    if not experiments_dir.is_dir():
+        raise UserError(f"experiments directory {experiments_dir} (study {study.path}, key "
+                        f"experiments_dir) does not exist: expected the folder the study's "
+                        f"runs are trained into")
+    report = ExtractReport()
+    work: list[tuple[RunSpec, Path, list[Path]]] = []
+    for spec, run_dir in layout.iter_run_dirs(experiments_dir):
+        outside = _outside_study(study, spec)
+        if outside is not None:
+            report.not_in_study[outside] += 1
+            continue
+        reason = _unfinished_reason(run_dir)
+        if reason is not None:
+            report.skipped.append((spec.name, reason))
+            log(f"skip {spec.name}: {reason}")
+            continue
+        targets = [layout.representation_path(study.analysis_dir, study.name, spec, role)
+                   for role in _roles(study, spec)]
+        if _is_up_to_date(targets, run_dir / runstate.BEST_FILE):
+            report.up_to_date.extend(targets)
+            continue
+        work.append((spec, run_dir, targets))
+
+    torch_device = resolve_device(device) if work else None
+    data_of: dict[str, object] = {}  # data set -> DeviceData, or the UserError text
+    for index, (spec, run_dir, targets) in enumerate(sorted(work, key=lambda w: w[0]), 1):
+        if spec.dataset not in data_of:
+            data_of.clear()  # one data set on the device at a time
+            try:
+                arrays = kdata.load_arrays(spec.dataset, study.data_root)
+                data_of[spec.dataset] = kdata.DeviceData(arrays, torch_device)
+            except UserError as error:
+                data_of[spec.dataset] = str(error)
+        device_data = data_of[spec.dataset]
+        if isinstance(device_data, str):
+            report.skipped.append((spec.name, f"test data unavailable: {device_data}"))
+            log(f"skip {spec.name}: test data unavailable: {device_data}")
+            continue
+        model = build_model(spec.model, device_data.info.num_classes)
+        try:
+            load_weights_file(model, run_dir / runstate.BEST_FILE, what="best weights")
+        except UserError as error:
+            report.skipped.append((spec.name, f"corrupt: {error}"))
+            log(f"skip {spec.name}: corrupt: {error}")
+            continue
+        arrays = representations_of(model.to(torch_device), device_data, batch_size)
+        for target in targets:
+            store.save_representation(target, arrays)
+            report.extracted.append(target)
+        log(f"[{index}/{len(work)}] extracted {spec.name} -> {targets[0]}"
+            + (f" (+{len(targets) - 1} more)" if len(targets) > 1 else "")
+            + f" ({arrays['labels'].shape[0]} samples)")
+    return report
+
+
+def command(args) -> int:
+    """``kdlab extract STUDY [--device]``."""
+    study = load_study(args.study)
+    report = extract_study(study, device=args.device)
+    print(f"extract {study.name}: {report.summary()}")
+    return 0

@@ -1,0 +1,184 @@
+"""``report.html``: one self-contained page per study linking every table and figure.
+
+Readable offline (no scripts, no external style sheets, relative links only) and it links
+only files that exist when it is written.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import time
+from pathlib import Path
+
+from .. import layout
+from ..runstate import atomic_write_text
+from .store import LAYERS
+
+# One sentence per metric (also the legend of metrics.csv's 'metric' column).
+METRIC_DESCRIPTIONS = [
+    ("test_acc", "Top-1 accuracy (%) on the test split, from the stored logits of the run's "
+                 "best weights."),
+    ("pca_cumvar_k", "Fraction of the layer's variance captured by its first k principal "
+                     "components (PCA of the global-average-pooled features)."),
+    ("effective_dim_90 / effective_dim_95", "Number of principal components needed to "
+                                            "explain 90% / 95% of the variance."),
+    ("participation_ratio", "(Σλ)² / Σλ² of the PCA eigenvalues λ: how many directions the "
+                            "variance is spread over (Gao et al. 2017)."),
+    ("numerical_rank", "Number of principal components with non-negligible variance (dead "
+                       "channels lower it)."),
+    ("cka_linear", "Linear centred kernel alignment with the teacher at the same layer, "
+                   "1 = same representation up to rotation and scale (Kornblith et al. 2019)."),
+    ("cka_linear_vs_teacher_LAYER", "Linear CKA of this student layer against the named "
+                                    "teacher layer (the 3 × 3 cross-layer matrix)."),
+    ("cka_rbf / cka_rbf_minus_linear", "CKA with a Gaussian kernel (bandwidth 0.8 × median "
+                                       "distance, 2,000-sample subsample), and how far it "
+                                       "exceeds linear CKA (non-linear similarity)."),
+    ("principal_angle_i / principal_angle_mean", "Angles (degrees) between the spans of the "
+                                                 "top-10 principal-component scores of student "
+                                                 "and teacher; 0° = same subspace (Björck & "
+                                                 "Golub 1973)."),
+    ("ica_matched_r_mean / ica_matched_above_0.5", "FastICA components (10, fixed seed) of "
+                                                   "student and teacher matched one-to-one by "
+                                                   "the Hungarian algorithm on |correlation|: "
+                                                   "mean matched |r| and the count above 0.5."),
+    ("ica_converged / ica_pair_converged / ica_iterations", "Whether FastICA converged for "
+                                                            "this model (pair: both models), "
+                                                            "and its iterations; "
+                                                            "non-converged fits are flagged, "
+                                                            "not dropped."),
+    ("fisher", "Fisher criterion tr(S_B)/tr(S_W): between-class over within-class scatter "
+               "of the features; higher = classes more separable (Fisher 1936)."),
+    ("twonn_dim", "Intrinsic dimension by TwoNN, from ratios of second to first "
+                  "nearest-neighbour distances on 5,000 samples (Facco et al. 2017)."),
+    ("rsa_spearman", "Representational similarity: Spearman correlation of student and "
+                     "teacher pairwise-distance matrices on 1,000 samples (Kriegeskorte et al. "
+                     "2008)."),
+    ("knn_acc", "Accuracy (%) of a 5-nearest-neighbour probe on the layer's features (fixed "
+                "half/half split of the test split)."),
+]
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em auto; max-width: 1400px; color: #222; }
+h1, h2, h3 { font-weight: 600; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0 1em; }
+td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }
+td.na { color: #999; } .gallery { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; max-width: 640px; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #444; } dt { font-weight: 600; font-family: monospace; }
+dd { margin: 0 0 0.5em 1.5em; } .note { color: #7a4b00; } .problem { color: #a00; }
+"""
+
+
+def _link(path: Path, root: Path, text: str | None = None) -> str:
+    relative = Path(os.path.relpath(path, root)).as_posix()
+    return f'<a href="{html.escape(relative)}">{html.escape(text or relative)}</a>'
+
+
+def _figure(path: Path, root: Path) -> str:
+    relative = html.escape(Path(os.path.relpath(path, root)).as_posix())
+    caption = html.escape(path.stem.replace("_", " "))
+    return (f'<figure><a href="{relative}"><img src="{relative}" alt="{caption}" '
+            f'loading="lazy"></a><figcaption>{caption}</figcaption></figure>')
+
+
+def _accuracy_html(accuracy, dataset: str) -> str:
+    from .tables import format_mean_std
+
+    rows = ["<table><tr><th>method</th><th>alpha</th><th>accuracy (%)</th><th>seeds</th></tr>"]
+    for row in accuracy[accuracy["dataset"] == dataset].itertuples():
+        alpha = "—" if math.isnan(row.alpha) else layout.format_alpha(row.alpha)
+        cell = format_mean_std(row.accuracy_mean, row.accuracy_std, row.n_seeds)
+        css = ' class="na"' if row.n_seeds == 0 else ""
+        rows.append(f"<tr><td>{html.escape(row.method)}</td><td>{alpha}</td>"
+                    f"<td{css}>{html.escape(cell)}</td>"
+                    f"<td>{row.n_seeds}/{row.seeds_expected}</td></tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _gallery(paths: list[Path], root: Path) -> str:
+    existing = [path for path in paths if path.is_file()]
+    if not existing:
+        return '<p class="note">no figures</p>'
+    return '<div class="gallery">' + "\n".join(_figure(p, root) for p in existing) + "</div>"
+
+
+def write_report(study, result, accuracy) -> Path:
+    """Write ``report.html`` in the study's analysis folder; return its path.
+
+    ``result``: the :class:`~kdlab.analysis.analyze.AnalysisReport` of this pass;
+    ``accuracy``: the accuracy table (:func:`kdlab.analysis.tables.accuracy_table`)."""
+    from .figures import figure_files, sweep_metrics
+
+    root = layout.analysis_dir(study.analysis_dir, study.name)
+    groups = figure_files(study)
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>kdlab analysis: {html.escape(study.name)}</title>"
+             f"<style>{_STYLE}</style></head><body>",
+             f"<h1>Representation analysis — study {html.escape(study.name)}</h1>",
+             f"<p>Teacher {html.escape(study.teacher)}, student {html.escape(study.student)}; "
+             f"data sets {html.escape(', '.join(study.datasets))}; methods "
+             f"{html.escape(', '.join(study.methods) or 'none')}; alphas "
+             f"{html.escape(', '.join(layout.format_alpha(a) for a in study.alphas) or 'none')}; "
+             f"seeds {html.escape(', '.join(str(s) for s in study.seeds))}. "
+             f"Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
+             f"{len(result.available)} of {len(result.available) + len(result.missing)} "
+             f"expected representations analysed.</p>"]
+
+    tables = [(root / name, text) for name, text in (
+        ("metrics.csv", "metrics.csv — every metric, one row per data set × method × alpha × "
+                        "seed × layer × metric"),
+        ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds"),
+        ("accuracy.md", "accuracy.md — the same as Markdown"))]
+    existing_tables = [(path, text) for path, text in tables if path.is_file()]
+    if existing_tables:
+        parts.append("<h2>Tables</h2><ul>" + "".join(
+            f"<li>{_link(path, root, text)}</li>" for path, text in existing_tables) + "</ul>")
+
+    if result.problems or result.notes or result.missing:
+        parts.append("<h2>Notes</h2><ul>")
+        parts += [f'<li class="problem">{html.escape(p)}</li>' for p in result.problems]
+        parts += [f'<li class="note">{html.escape(n)}</li>' for n in dict.fromkeys(result.notes)]
+        parts.append("</ul>")
+        if result.missing:
+            parts.append(f"<details><summary>{len(result.missing)} run(s) of the grid have no "
+                         "representation yet (gaps in the figures)</summary><ul>"
+                         + "".join(f"<li>{html.escape(e.label)}</li>" for e in result.missing)
+                         + "</ul></details>")
+
+    parts.append("<h2>Metrics</h2><p>Per model and layer (layers: "
+                 f"{', '.join(LAYERS)}, global-average-pooled), and per teacher–student pair "
+                 "of the same seed. Subsample sizes and seeds are fixed; see "
+                 "<code>kdlab.analysis.compute</code>.</p><dl>")
+    parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>"
+              for name, text in METRIC_DESCRIPTIONS]
+    parts.append("</dl>")
+
+    for dataset in study.datasets:
+        parts.append(f"<h2>{html.escape(dataset)}</h2>")
+        parts.append("<h3>Test accuracy</h3>" + _accuracy_html(accuracy, dataset))
+        summary = groups.get(f"{dataset}/summary", [])
+        sweep_groups = [f"{dataset}/sweeps/{metric}" for metric, *_ in sweep_metrics()]
+        sweep_groups.append(f"{dataset}/sweeps/accuracy_vs_alignment")
+        sweeps = [path for group_id in sweep_groups for path in groups.get(group_id, [])]
+        if not (summary or sweeps or any(groups.get(f"{dataset}/per_method/{m}")
+                                         for m in study.methods)):
+            parts.append('<p class="note">no figures for this data set (no representations '
+                         'yet)</p>')
+            continue
+        parts.append("<h3>Summary</h3>" + _gallery(summary, root))
+        parts.append("<h3>Alpha sweeps</h3>"
+                     + _gallery([p for p in sweeps if p.stem.startswith("sweep_")], root))
+        parts.append("<h3>Method × alpha heatmaps</h3>"
+                     + _gallery([p for p in sweeps if p.stem.startswith("heatmap_")], root))
+        parts.append("<h3>Accuracy against alignment</h3>"
+                     + _gallery([p for p in sweeps if p.stem.startswith("accuracy_vs")], root))
+        for method in study.methods:
+            parts.append(f"<h3>Per method: {html.escape(method)}</h3>"
+                         + _gallery(groups.get(f"{dataset}/per_method/{method}", []), root))
+    parts.append("</body></html>")
+    path = root / "report.html"
+    atomic_write_text(path, "\n".join(parts) + "\n")
+    return path

@@ -1,0 +1,88 @@
+"""Representation files: one ``.npz`` per run, written atomically, read with clear errors.
+
+Keys: ``layer1`` [N,16], ``layer2`` [N,32], ``layer3`` [N,64] (global-average-pooled
+outputs of the three ResNet stages), ``logits`` [N,C] (float32) and ``labels`` [N] (int64),
+rows in the order of the data set's test split. Where a file lives is decided by
+:func:`kdlab.layout.representation_path`.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..runstate import atomic_write_bytes
+
+LAYERS = ("layer1", "layer2", "layer3")
+FEATURE_KEYS = LAYERS + ("logits",)
+KEYS = FEATURE_KEYS + ("labels",)
+
+
+def validate_representation(arrays: dict, where: str) -> dict[str, np.ndarray]:
+    """Check keys, ranks, dtypes and that every array has the same N; return the arrays as
+    float32 features and int64 labels. UserError naming ``where`` otherwise."""
+    missing = [key for key in KEYS if key not in arrays]
+    if missing:
+        raise UserError(f"representation {where}: missing array(s) {', '.join(missing)}; "
+                        f"expected {', '.join(KEYS)}")
+    labels = np.asarray(arrays["labels"])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"representation {where}: 'labels' must be integer [N], found "
+                        f"{labels.dtype} {labels.shape}")
+    result = {"labels": labels.astype(np.int64, copy=False)}
+    for key in FEATURE_KEYS:
+        array = np.asarray(arrays[key])
+        if array.ndim != 2 or array.shape[0] != labels.shape[0] or array.shape[1] < 1:
+            raise UserError(f"representation {where}: '{key}' must be [{labels.shape[0]}, d], "
+                            f"found {array.shape}")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise UserError(f"representation {where}: '{key}' must be float, found {array.dtype}")
+        result[key] = array.astype(np.float32, copy=False)
+    return result
+
+
+def save_representation(path: str | Path, arrays: dict) -> None:
+    """Validate ``arrays`` (see module docstring) and write them to ``path`` atomically."""
+    arrays = validate_representation(arrays, str(path))
+    buffer = io.BytesIO()
+    np.savez(buffer, **{key: arrays[key] for key in KEYS})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_representation(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of one representation file. UserError naming the file when it is missing,
+    unreadable, corrupt or malformed."""
+    try:
+        with _open_archive(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise UserError(f"representation {path} does not exist") from None
+    except _READ_ERRORS as error:
+        raise UserError(f"representation {path} is unreadable or corrupt "
+                        f"({type(error).__name__}: {error})") from None
+    return validate_representation(arrays, str(path))
+
+
+# What numpy and zipfile raise for a truncated, garbled or non-npz file.
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, TypeError)
+
+
+def _open_archive(path: str | Path):
+    archive = np.load(path, allow_pickle=False)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError("a single .npy array, expected an .npz archive")
+    return archive
+
+
+def is_readable(path: str | Path) -> bool:
+    """True when ``path`` is a complete representation file (all keys present). Cheap: reads
+    the archive's directory, not the arrays."""
+    try:
+        with _open_archive(path) as archive:
+            return all(key in archive.files for key in KEYS)
+    except _READ_ERRORS:
+        return False

@@ -1,0 +1,313 @@
+"""`kdlab analyze` end to end on a small study with gaps, written as synthetic
+representation files in the real on-disk format."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdlab import layout
+from kdlab.analysis import analyze, compute, figures, metrics
+from kdlab.analysis.store import LAYERS, load_representation, save_representation
+from kdlab.cli import main
+from kdlab.errors import UserError
+from kdlab.study import load_study
+
+N_SAMPLES = 300
+CLASSES = 10
+STUDY_TEXT = """
+name = "mini"
+datasets = ["Digits", "SVHN"]
+teacher = "ResNet56"
+student = "ResNet20"
+methods = ["logit", "rkd"]
+alphas = [0.5, 0.9]
+seeds = [0, 1]
+experiments_dir = "experiments"
+analysis_dir = "analysis"
+"""
+# Grid runs left out (SVHN has none at all); rkd a0.5 s1 is written corrupt.
+MISSING = {("Digits", "teacher", None, 1), ("Digits", "logit", 0.5, 1),
+           ("Digits", "rkd", 0.9, 0), ("Digits", "rkd", 0.9, 1)}
+CORRUPT = ("Digits", "rkd", 0.5, 1)
+
+
+def synthetic_representation(seed: int, closeness: float) -> dict:
+    """Features that share a common component with weight ``closeness`` (1: the teacher),
+    with class structure and logits whose accuracy grows with ``closeness``."""
+    shared_rng = np.random.default_rng(1234)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(N_SAMPLES) % CLASSES
+    arrays = {"labels": labels.astype(np.int64)}
+    for layer, width in zip(LAYERS, (16, 32, 64)):
+        shared = shared_rng.normal(size=(N_SAMPLES, width))
+        class_means = shared_rng.normal(size=(CLASSES, width))
+        own = rng.normal(size=(N_SAMPLES, width))
+        arrays[layer] = (closeness * shared + (1 - closeness) * own
+                         + class_means[labels]).astype(np.float32)
+    logits = rng.normal(size=(N_SAMPLES, CLASSES))
+    logits[np.arange(N_SAMPLES), labels] += 0.5 + 2.0 * closeness
+    arrays["logits"] = logits.astype(np.float32)
+    return arrays
+
+
+def _key(entry):
+    return (entry.dataset, entry.method, entry.alpha, entry.seed)
+
+
+def write_study(root: Path, skip=MISSING) -> tuple:
+    (root / "study.toml").write_text(STUDY_TEXT)
+    study = load_study(root / "study.toml")
+    study.experiments_dir = root / "experiments"
+    study.analysis_dir = root / "analysis"
+    for index, entry in enumerate(analyze.expected_entries(study)):
+        if entry.dataset != "Digits" or _key(entry) in skip:
+            continue
+        if _key(entry) == CORRUPT:
+            entry.path.parent.mkdir(parents=True, exist_ok=True)
+            entry.path.write_bytes(b"not an npz archive")
+            continue
+        closeness = {"teacher": 1.0, "pure": 0.2}.get(entry.method, 0.2 + 0.7 * (entry.alpha or 0))
+        save_representation(entry.path, synthetic_representation(100 + index, closeness))
+    return study
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyze")
+    study = write_study(root)
+    lines = []
+    report = analyze.analyze_study(study, jobs=2, log=lines.append, show_progress=False)
+    return root, study, report, lines
+
+
+def _path(study, dataset, method, alpha, seed):
+    for entry in analyze.expected_entries(study):
+        if _key(entry) == (dataset, method, alpha, seed):
+            return entry.path
+    raise KeyError((dataset, method, alpha, seed))
+
+
+def test_inventory_counts_missing_and_corrupt_runs(analysed):
+    _, study, report, lines = analysed
+    expected = len(analyze.expected_entries(study))
+    assert expected == 2 * (2 + 2 * 2) * 2
+    assert len(report.missing) == len(MISSING) + (2 + 2 * 2) * 2  # SVHN entirely missing
+    assert len(report.available) == expected - len(report.missing)
+    assert any("rkd a0.5 s1" in problem and "corrupt" in problem for problem in report.problems)
+    assert any("Digits seed 1: no teacher representation" in note for note in report.notes)
+    assert any("SVHN: no representations yet" in note for note in report.notes)
+    assert lines and lines[0].startswith("analyze mini:")
+
+
+def test_metrics_csv_rows_match_independent_computations(analysed):
+    root, study, _, _ = analysed
+    frame = pd.read_csv(layout.analysis_dir(study.analysis_dir, "mini") / "metrics.csv")
+    assert list(frame.columns) == analyze.COLUMNS
+    assert set(frame["dataset"]) == {"Digits"}
+    # teacher and pure rows have the role as method and no alpha
+    assert frame.loc[frame["method"].isin(["teacher", "pure"]), "alpha"].isna().all()
+    assert frame.loc[frame["method"].isin(["logit", "rkd"]), "alpha"].notna().all()
+    # one row per data set x method x alpha x seed x layer x metric
+    keys = frame[["dataset", "method", "alpha", "seed", "layer", "metric"]].astype(str)
+    assert not keys.duplicated().any()
+
+    teacher = load_representation(_path(study, "Digits", "teacher", None, 0))
+    student = load_representation(_path(study, "Digits", "logit", 0.9, 0))
+
+    def value(method, alpha, seed, layer, metric):
+        rows = frame[(frame["method"] == method) & (frame["seed"] == seed)
+                     & (frame["layer"] == layer) & (frame["metric"] == metric)]
+        rows = rows[rows["alpha"].isna()] if alpha is None else rows[rows["alpha"] == alpha]
+        assert len(rows) == 1, (method, alpha, seed, layer, metric)
+        return float(rows["value"].iloc[0])
+
+    accuracy = 100 * np.mean(student["logits"].argmax(1) == student["labels"])
+    assert value("logit", 0.9, 0, "logits", "test_acc") == pytest.approx(accuracy, rel=1e-5)
+    for layer in LAYERS:
+        expected = metrics.linear_cka(teacher[layer], student[layer])
+        assert value("logit", 0.9, 0, layer, "cka_linear") == pytest.approx(expected, rel=1e-5)
+        assert value("logit", 0.9, 0, layer, f"cka_linear_vs_teacher_{layer}") == pytest.approx(
+            expected, rel=1e-5)
+        spectrum = np.linalg.eigvalsh(np.cov(student[layer].astype(float).T))[::-1]
+        assert value("logit", 0.9, 0, layer, "participation_ratio") == pytest.approx(
+            spectrum.sum() ** 2 / np.sum(spectrum ** 2), rel=1e-4)
+    width = {"layer1": 16, "layer2": 32, "layer3": 64}
+    for layer in LAYERS:  # the cumulative PCA curve has one row per component, ending at 1
+        curve = frame[(frame["method"] == "teacher") & (frame["seed"] == 0)
+                      & (frame["layer"] == layer) & frame["metric"].str.startswith("pca_cumvar_")]
+        assert len(curve) == width[layer]
+        assert curve["value"].max() == pytest.approx(1.0)
+    # students of the seed without a teacher have per-model rows but no pair rows
+    seed1 = frame[(frame["method"] == "logit") & (frame["seed"] == 1)]
+    assert "fisher" in set(seed1["metric"]) and "cka_linear" not in set(seed1["metric"])
+    # more alignment with a larger alpha in the synthetic data: the metric sees it
+    assert value("logit", 0.9, 0, "layer3", "cka_linear") > value("logit", 0.5, 0, "layer3",
+                                                                 "cka_linear")
+    assert value("logit", 0.5, 0, "layer3", "cka_linear") > value("pure", None, 0, "layer3",
+                                                                 "cka_linear")
+    assert set(frame.loc[frame["metric"] == "ica_converged", "value"]) <= {0.0, 1.0}
+
+
+def test_accuracy_table_has_every_grid_cell_with_gaps_as_na(analysed):
+    root, study, _, _ = analysed
+    folder = layout.analysis_dir(study.analysis_dir, "mini")
+    table = pd.read_csv(folder / "accuracy.csv")
+    assert len(table) == 2 * (2 + 2 * 2)  # data sets x (teacher, pure, methods x alphas)
+    digits = table[table["dataset"] == "Digits"]
+    rkd_09 = digits[(digits["method"] == "rkd") & (digits["alpha"] == 0.9)]
+    assert int(rkd_09["n_seeds"].iloc[0]) == 0 and math.isnan(rkd_09["accuracy_mean"].iloc[0])
+    pure = digits[digits["method"] == "pure"].iloc[0]
+    accuracies = []
+    for seed in (0, 1):
+        arrays = load_representation(_path(study, "Digits", "pure", None, seed))
+        accuracies.append(100 * np.mean(arrays["logits"].argmax(1) == arrays["labels"]))
+    assert pure["accuracy_mean"] == pytest.approx(np.mean(accuracies), rel=1e-4)
+    assert pure["accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1), rel=1e-3, abs=1e-3)
+    markdown = (folder / "accuracy.md").read_text()
+    assert "| rkd | 0.9 | n/a | 0/2 |" in markdown
+    assert "| teacher | — | " in markdown and "(1 seed) | 1/2 |" in markdown
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("href", "src"):
+                self.targets.append(value)
+
+
+def test_figures_exist_and_report_links_only_existing_files(analysed):
+    root, study, report, _ = analysed
+    folder = layout.analysis_dir(study.analysis_dir, "mini")
+    digits = layout.figures_dir(study.analysis_dir, "mini", "Digits")
+    for method in study.methods:
+        for name in ("pca_variance", "effective_dimensionality", "cka_same_layer",
+                     "cka_cross_layer", "principal_angles", "ica_summary", "fisher"):
+            assert (digits / "per_method" / method / f"{name}.png").is_file()
+    for metric, *_ in figures.sweep_metrics():
+        assert (digits / "sweeps" / f"sweep_{metric}.png").is_file()
+        assert (digits / "sweeps" / f"heatmap_{metric}.png").is_file()
+    assert (digits / "sweeps" / "accuracy_vs_cka_layer3.png").is_file()
+    assert (digits / "summary" / "pca_scatter_layer3.png").is_file()  # 10 classes
+    assert (digits / "summary" / "accuracy_table.png").is_file()
+    assert not layout.figures_dir(study.analysis_dir, "mini", "SVHN").exists()
+    for png in digits.rglob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    html = (folder / "report.html").read_text()
+    parser = _Links()
+    parser.feed(html)
+    assert parser.targets
+    for target in parser.targets:
+        assert not re.match(r"^[a-z]+:|^/", target), f"not a relative link: {target}"
+        assert (folder / target).is_file(), f"report links a missing file: {target}"
+    linked = {(folder / target).resolve() for target in parser.targets}
+    every_output = set(p.resolve() for p in (folder / "figures").rglob("*.png"))
+    every_output |= {(folder / name).resolve() for name in ("metrics.csv", "accuracy.csv",
+                                                             "accuracy.md")}
+    assert every_output <= linked  # and every figure and table is linked
+    assert "Digits logit a0.5 s1" in html  # the missing runs are listed
+    assert "participation_ratio" in html and "Kornblith" in html  # metric descriptions
+    if "umap" not in report.notes:
+        assert "UMAP projection skipped" in html
+
+
+def test_figure_helpers_show_gaps():
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots()
+    figures._heatmap(ax, np.array([[0.5, np.nan], [0.2, 0.9]]), ["a", "b"], ["x", "y"])
+    assert "n/a" in [text.get_text() for text in ax.texts]
+    figure2, ax2 = plt.subplots()
+    figures._grouped_bars(ax2, [("s", "red", [(1.0, 0.1, 2), (math.nan, math.nan, 0),
+                                              (2.0, 0.0, 1)])])
+    assert [text.get_text() for text in ax2.texts] == ["n/a"]
+    plt.close(figure)
+    plt.close(figure2)
+
+
+def test_rerun_recomputes_only_what_a_new_run_touches(analysed, tmp_path, monkeypatch):
+    """Copy the analysed tree (modification times kept, so caches stay valid), add runs, and
+    count what is recomputed. Figure drawing is replaced by a recorder: what matters here
+    is which groups are redrawn; drawing itself is covered above."""
+    source_root, _, _, _ = analysed
+    root = tmp_path / "copy"
+    shutil.copytree(source_root, root, copy_function=shutil.copy2)
+    study = load_study(root / "study.toml")
+    study.experiments_dir = root / "experiments"
+    study.analysis_dir = root / "analysis"
+    drawn = []
+
+    def recorder(kind, grid, frame, payload, out_dir):
+        drawn.append((grid.dataset, kind, payload.get("method") or payload.get("metric")))
+        return {"files": [], "notes": []}
+
+    monkeypatch.setattr(figures, "draw_group", recorder)
+
+    unchanged = analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False)
+    assert unchanged.models_computed == 0 and unchanged.pairs_computed == 0
+    # 8 files of the grid, one corrupt; 4 students of seed 0 have a teacher
+    assert unchanged.models_cached == 7 and unchanged.pairs_cached == 4
+    assert drawn == [] and unchanged.figures_drawn == 0 and unchanged.figures_kept > 40
+
+    save_representation(_path(study, "Digits", "rkd", 0.9, 0), synthetic_representation(7, 0.8))
+    added = analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False)
+    assert (added.models_computed, added.pairs_computed) == (1, 1)
+    assert (added.models_cached, added.pairs_cached) == (7, 4)
+    redrawn_methods = {name for _, kind, name in drawn if kind == "per_method"}
+    assert redrawn_methods == {"rkd"}  # logit's figures do not show rkd
+    assert {dataset for dataset, _, _ in drawn} == {"Digits"}
+
+    drawn.clear()
+    save_representation(_path(study, "Digits", "teacher", None, 1),
+                        synthetic_representation(8, 1.0))
+    teacher_added = analyze.analyze_study(study, jobs=1, log=lambda line: None,
+                                          show_progress=False)
+    # the new teacher, and the pairs of every seed-1 student (pure, logit a0.9)
+    assert teacher_added.models_computed == 1
+    assert teacher_added.pairs_computed == 2
+    assert not any("seed 1: no teacher" in note for note in teacher_added.notes)
+
+
+def test_cached_results_equal_fresh_results(analysed, tmp_path):
+    _, study, _, _ = analysed
+    path = _path(study, "Digits", "logit", 0.9, 0)
+    copy = tmp_path / path.name
+    shutil.copy2(path, copy)
+    fresh = compute.model_task(str(copy), str(tmp_path / "model.npz"))
+    cached = compute.model_task(str(copy), str(tmp_path / "model.npz"))
+    assert not fresh["cached"] and cached["cached"]
+    assert fresh["rows"] == cached["rows"]
+    np.testing.assert_array_equal(fresh["scatter"], cached["scatter"])
+
+
+def test_no_representations_is_a_user_error(tmp_path):
+    (tmp_path / "study.toml").write_text(STUDY_TEXT)
+    study = load_study(tmp_path / "study.toml")
+    study.analysis_dir = tmp_path / "analysis"
+    with pytest.raises(UserError, match="kdlab extract"):
+        analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False)
+    with pytest.raises(UserError, match="--jobs"):
+        analyze.resolve_jobs(-1)
+
+
+def test_cli_analyze_reports_and_exits_zero(analysed, tmp_path, monkeypatch, capsys):
+    source_root, _, _, _ = analysed
+    root = tmp_path / "copy"
+    shutil.copytree(source_root, root, copy_function=shutil.copy2)
+    monkeypatch.chdir(root)  # the study's paths are relative to the working directory
+    assert main(["analyze", "study.toml", "--jobs", "1"]) == 0
+    output = capsys.readouterr().out
+    assert "analyze mini:" in output and "problem: Digits rkd a0.5 s1" in output
+    assert "figures 0 drawn" in output  # all cached from the copied tree
