@@ -383,8 +383,6 @@ STATE["jobs"][argv[0]] = "F"; save()
 # The fake qstat knows the formats; FAKE_QSTAT_MODE picks a PBS flavour.
 QSTAT = """
 mode = os.environ.get("FAKE_QSTAT_MODE", "json")
-job = argv[-1]
-state = STATE.get("jobs", {}).get(job)
 if "-F" in argv and mode in ("nojson",):
     print("qstat: invalid option -- 'F'", file=sys.stderr)
     print("usage: qstat [-f] [-J] [-p] [-t] [-x] [-E] [-F format] [-D delim] [job_identifier...]",
@@ -394,19 +392,32 @@ if mode == "down":
     print("Connection refused", file=sys.stderr)
     print("qstat: cannot connect to server sched01 (errno=15010)", file=sys.stderr)
     sys.exit(1)
-if state is None:
-    print(f"qstat: Unknown Job Id {job}", file=sys.stderr); sys.exit(153)
-if state == "F":
-    print(f"qstat: {job} Job has finished, use -x or -H to obtain historical job information",
-          file=sys.stderr)
-    sys.exit(35)
+ids = [arg for arg in argv if not arg.startswith("-") and arg != "json"]
+code, found = 0, {}
+for job in ids:
+    state = STATE.get("jobs", {}).get(job)
+    if state is None:
+        print(f"qstat: Unknown Job Id {job}", file=sys.stderr); code = 153
+    elif state == "F":
+        print(f"qstat: {job} Job has finished, use -x or -H to obtain historical job information",
+              file=sys.stderr)
+        code = 35
+    else:
+        found[job] = state
 if "-F" in argv:
     if mode == "badjson":
-        print('{"Jobs":{"%s":{"Variable_List":"PATH=C:\\\\x","job_state":"%s"' % (job, state))
+        print('{"Jobs":{"x":{"Variable_List":"PATH=C:\\\\x","job_state":"R"')
+    elif found:
+        data = json.loads(JSON_TEXT % "R")
+        template = data["Jobs"].pop("4101237.sched01")
+        data["Jobs"] = {job: dict(template, job_state=state) for job, state in found.items()}
+        print(json.dumps(data, indent=4))
     else:
-        print(JSON_TEXT.replace("4101237.sched01", job) % state)
+        print(json.dumps({"timestamp": 1, "pbs_version": "2022.1.1", "pbs_server": "sched01"}))
 else:
-    print(FULL_TEXT.replace("4101237.sched01", job) % state)
+    for job, state in found.items():
+        print(FULL_TEXT.replace("4101237.sched01", job) % state)
+sys.exit(code)
 """
 
 
@@ -510,6 +521,20 @@ def test_pbs_liveness_in_every_format(fake_pbs, mode, monkeypatch):
     assert not scheduler.is_alive("99.sched01")  # Unknown Job Id
     if mode != "json":
         assert any(call[1:] == ["-f", "1.sched01"] for call in calls(fake_pbs))
+    # Many jobs at once: one qstat call where JSON works, one call per job where it does not.
+    (fake_pbs / "calls.log").unlink()
+    asked = [*jobs, "99.sched01"]
+    answers = scheduler.alive_jobs(asked)
+    assert answers == {job_id: jobs.get(job_id, "F") not in "FX" for job_id in asked}
+    qstat_calls = [call for call in calls(fake_pbs) if call[0] == "qstat"]
+    if mode == "json":
+        assert len(qstat_calls) == 1
+    else:
+        plain = {call[-1] for call in qstat_calls if "-F" not in call}
+        gone_by_message = {"7.sched01", "99.sched01"}  # finished / unknown: said on stderr
+        # Without -F the first call fails outright: every job is asked alone, in plain form;
+        # with JSON that does not parse, the messages about gone jobs still count.
+        assert plain == (set(asked) if mode == "nojson" else set(asked) - gone_by_message)
 
 
 def test_pbs_liveness_unknown_when_the_server_does_not_answer(fake_pbs, monkeypatch):

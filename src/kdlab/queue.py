@@ -162,10 +162,13 @@ def queue_lock(experiments_dir: Path, timeout: float = LOCK_TIMEOUT_SECONDS,
                say: Callable[[str], None] = print) -> Iterator[None]:
     """Hold the study's queue lock (an exclusive ``flock`` on a file in the experiments
     directory; released by the kernel if the process dies). Waits up to ``timeout`` s."""
-    experiments_dir = Path(experiments_dir)
-    experiments_dir.mkdir(parents=True, exist_ok=True)
-    path = experiments_dir / LOCK_FILE
-    handle = open(path, "a+")
+    path = Path(experiments_dir) / LOCK_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as error:
+        raise UserError(f"{path}: cannot create the queue lock file ({error.strerror}); "
+                        "expected a writable experiments directory") from None
     try:
         deadline = time.monotonic() + timeout
         told = False

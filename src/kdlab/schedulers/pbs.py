@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
@@ -170,6 +170,36 @@ class PbsScheduler(Scheduler):
             self.cancel(job_id)
         except SchedulerError:
             pass
+
+    def alive_jobs(self, job_ids: Iterable[str]) -> dict[str, bool | SchedulerError]:
+        """One ``qstat -f -F json ID...`` call for all jobs; a job that call leaves unexplained
+        (not listed, no message about it, or output that does not parse) is asked alone."""
+        job_ids = [str(job_id) for job_id in job_ids]
+        if len(job_ids) <= 1:
+            return super().alive_jobs(job_ids)
+        answers: dict[str, bool | SchedulerError] = {}
+        argv = ["qstat", "-f", "-F", "json", *job_ids]
+        try:
+            result = run_command(argv, "pbs liveness")
+            data = json.loads(result.stdout) if result.stdout.strip() else {}
+            jobs = (data.get("Jobs") or {}) if isinstance(data, dict) else {}
+        except (SchedulerError, ValueError):
+            jobs, result = {}, None
+        messages = (result.stderr or "").splitlines() if result is not None else []
+        for job_id in job_ids:
+            job = _matching_job(jobs, job_id)
+            if job is not None and isinstance(job.get("job_state"), str):
+                try:
+                    answers[job_id] = _alive_from_state(job["job_state"], job_id)
+                except SchedulerError as error:
+                    answers[job_id] = error
+                continue
+            about = [line.lower() for line in messages if job_id in line]
+            if any(phrase in line for line in about for phrase in _GONE_MESSAGES):
+                answers[job_id] = False
+        unexplained = [job_id for job_id in job_ids if job_id not in answers]
+        answers.update(super().alive_jobs(unexplained))
+        return answers
 
     def is_alive(self, job_id: str) -> bool:
         argv = ["qstat", "-f", "-F", "json", job_id]

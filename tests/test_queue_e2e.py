@@ -1,0 +1,97 @@
+"""The local backend end to end with real ``kdlab train`` processes: ``kdlab queue`` run
+repeatedly (as cron would) takes a small Digits study to completion, teachers before
+students; a job killed outright (SIGKILL, as a node failure would) is noticed as gone,
+submitted again and resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kdlab import runstate
+from kdlab.schedulers.local import parse_job_id
+from kdlab.status import study_run_states
+from kdlab.study import load_study
+
+pytestmark = pytest.mark.slow
+
+DEADLINE_SECONDS = 900  # generous, for a loaded machine; nothing here asserts a duration
+
+
+def queue(study_path: Path, *extra: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-m", "kdlab", "queue", str(study_path), *extra],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def wait_until(predicate, what: str, every: float = 0.2):
+    deadline = time.time() + DEADLINE_SECONDS
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_local_study_completes_and_a_killed_job_resumes(tmp_path):
+    study_path = tmp_path / "study.toml"
+    study_path.write_text(textwrap.dedent(f"""\
+        name = "e2e"
+        datasets = ["Digits"]
+        teacher = "ResNet20"
+        student = "ResNet8"
+        methods = ["logit"]
+        alphas = [0.5]
+        seeds = [0]
+        experiments_dir = "{tmp_path / 'experiments'}"
+        data_root = "{tmp_path / 'data'}"
+
+        [training]
+        epochs = 2
+        device = "cpu"
+
+        [scheduler]
+        backend = "local"
+        max_live_jobs = 2
+        """))
+    study = load_study(study_path)
+    teacher, pure, kd = study.runs()
+    lines = queue(study_path)
+    assert [line.split()[0] for line in lines[:-1]] == ["submit", "submit", "wait"]
+    pure_dir = next(s.run_dir for s in study_run_states(study) if s.spec == pure)
+    first_job = runstate.read_status(pure_dir)["job_id"]
+
+    def after_first_epoch():
+        status = runstate.read_status(pure_dir) or {}
+        return status.get("status") == "in_progress" and status.get("epoch", 0) >= 1 and status
+    status = wait_until(after_first_epoch, "the first epoch of the pure student", every=0.1)
+    assert status["job_id"] == first_job
+    os.kill(parse_job_id(first_job)[0], signal.SIGKILL)  # no chance to save anything
+    epochs_before = status["epoch"]
+    metrics_before = runstate.read_metrics(pure_dir)
+
+    def all_completed():
+        lines = queue(study_path)
+        return all(s.state == "completed" for s in study_run_states(study)) and lines
+    lines = wait_until(all_completed, "the study to complete", every=2.0)
+    assert "3 completed" in lines[-1]
+
+    final = runstate.read_status(pure_dir)
+    assert final["job_history"] == [first_job] and final["submissions"] == 2
+    metrics = runstate.read_metrics(pure_dir)
+    assert len(metrics["train_loss"]) == 2
+    assert metrics["train_loss"][:epochs_before] == metrics_before["train_loss"][:epochs_before]
+    assert f"resuming after epoch {epochs_before}/2" in (pure_dir / "train.log").read_text()
+    states = {s.spec: s for s in study_run_states(study)}
+    teacher_status, kd_status = states[teacher].status, states[kd].status
+    assert kd_status["submitted_at"] > teacher_status["completed_at"]
+    assert teacher_status["submissions"] == 1 and kd_status["submissions"] == 1
