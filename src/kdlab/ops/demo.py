@@ -1,0 +1,184 @@
+"""``kdlab demo``: the whole pipeline on the embedded default, end to end, on this machine.
+
+Runs the demo study (``studies/demo.toml``, shipped inside the package as
+``kdlab/studies/demo.toml``) in a work directory: ``kdlab queue`` is run in a loop with the
+local backend — so the real queue logic decides, submits detached ``kdlab train``
+processes, waits for teachers and respects the live-job limit — until no run is left to
+start or wait for; then ``extract``, ``analyze`` and ``plot``; then it prints where
+``report.html`` is. One line per change of a run's state (and per epoch) shows progress.
+
+Re-running it continues where it left off: completed runs are kept, interrupted ones
+resume from their checkpoints. Ctrl-C stops the training processes it started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+from .. import runstate
+from ..errors import UserError
+from ..layout import analysis_dir
+from ..status import COMPLETED, FAILED, QUEUED, RUNNING, study_run_states
+from ..study import Study, load_study
+
+DEMO_STUDY_FILE = "demo.toml"
+POLL_SECONDS = 2.0
+# Submissions of one run, without a finished epoch in between, before the demo gives up on
+# it (a job that dies at start-up, e.g. from a bug, would otherwise be resubmitted forever).
+MAX_FRUITLESS_SUBMISSIONS = 3
+
+
+def packaged_demo_study() -> str:
+    """Text of the demo study shipped with the package."""
+    resource = importlib.resources.files("kdlab").joinpath("studies", DEMO_STUDY_FILE)
+    try:
+        return resource.read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError):
+        raise UserError("the demo study kdlab/studies/demo.toml is missing from the "
+                        "installed package: expected it as package data (reinstall kdlab)") \
+            from None
+
+
+def prepare_workdir(workdir: str | Path, epochs: int | None = None) -> Study:
+    """Write the demo study into ``workdir`` (epochs overridden when given) and load it with
+    its relative paths anchored in ``workdir``."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    text = packaged_demo_study()
+    if epochs is not None:
+        if epochs < 1:
+            raise UserError(f"--epochs {epochs}: expected a positive number of epochs")
+        text, count = re.subn(r"(?m)^(\s*epochs\s*=\s*)\d+", rf"\g<1>{epochs}", text, count=1)
+        if count == 0:
+            text = text.replace("[training]\n", f"[training]\nepochs = {epochs}\n", 1)
+    study_path = workdir / DEMO_STUDY_FILE
+    runstate.atomic_write_text(study_path, text)
+    study = load_study(study_path)
+    anchored = {key: getattr(study, key) if getattr(study, key).is_absolute()
+                else workdir / getattr(study, key)
+                for key in ("experiments_dir", "data_root", "analysis_dir")}
+    return dataclasses.replace(study, **anchored)
+
+
+def _elapsed(started: float) -> str:
+    minutes, seconds = divmod(int(time.monotonic() - started), 60)
+    return f"{minutes:02d}:{seconds:02d}"
+
+
+def _log_tail(run_dir: Path, lines: int = 1) -> str:
+    try:
+        text = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no train.log"
+    return " | ".join(text[-lines:]) or "empty train.log"
+
+
+def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
+               log: Callable[[str], None] = print) -> dict[str, int]:
+    """Run ``kdlab queue`` until nothing is live and nothing more can be submitted; one line
+    per state change. A run whose jobs keep ending without finishing an epoch is given up
+    after :data:`MAX_FRUITLESS_SUBMISSIONS` submissions (the queue would resubmit it
+    forever). Returns the final count of runs per state."""
+    from ..queue import LATER, LIVE, SUBMIT, UNKNOWN, run_queue
+    from ..schedulers import get_scheduler
+
+    scheduler = get_scheduler(study.scheduler.backend)
+    started = time.monotonic()
+    seen: dict[str, str] = {}
+    fruitless: dict[str, tuple[int, int]] = {}   # run -> (epoch at last submission, count)
+    given_up: set[str] = set()
+    total = len(study.runs())
+    try:
+        while True:
+            decisions, _ = run_queue(study, say=lambda line: None, scheduler=scheduler)
+            for decision in decisions:
+                name = decision.run.spec.name
+                if decision.action != SUBMIT or name in given_up:
+                    continue
+                epoch = int((decision.run.status or {}).get("epoch") or 0)
+                last_epoch, count = fruitless.get(name, (-1, 0))
+                count = count + 1 if epoch == last_epoch else 1
+                fruitless[name] = (epoch, count)
+                if count >= MAX_FRUITLESS_SUBMISSIONS:
+                    given_up.add(name)
+                    log(f"[{_elapsed(started)}] {name}: its jobs ended {count} times without "
+                        f"finishing an epoch; giving up on it (train.log: "
+                        f"{_log_tail(decision.run.run_dir)})")
+            states = study_run_states(study)
+            for state in states:
+                previous = seen.get(state.spec.name)
+                if previous != state.detail:
+                    seen[state.spec.name] = state.detail
+                    if previous is not None or state.state not in ("not_started", "waiting"):
+                        log(f"[{_elapsed(started)}] {state.spec.name}: {state.detail}")
+            active = [d for d in decisions if d.action in (SUBMIT, LIVE, UNKNOWN, LATER)
+                      and d.run.spec.name not in given_up]
+            if not active:
+                break
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        _cancel_live(study, scheduler, None)
+        log("stopped the demo's training processes (they saved checkpoints); run kdlab demo "
+            "again to continue")
+        raise
+    _cancel_live(study, scheduler, given_up)
+    counts: dict[str, int] = {}
+    for state in study_run_states(study):
+        counts[state.state] = counts.get(state.state, 0) + 1
+    log(f"[{_elapsed(started)}] training finished: {counts.get(COMPLETED, 0)}/{total} runs "
+        f"completed" + (f", {counts[FAILED]} failed" if counts.get(FAILED) else "")
+        + (f", {len(given_up)} given up" if given_up else ""))
+    return counts
+
+
+def _cancel_live(study: Study, scheduler, names: set[str] | None) -> None:
+    """Stop the live jobs of the runs named (all runs when ``names`` is None)."""
+    for state in study_run_states(study):
+        if names is not None and state.spec.name not in names:
+            continue
+        if state.state in (RUNNING, QUEUED) and state.job_id:
+            try:
+                scheduler.cancel(state.job_id)
+            except Exception:  # stopping the others matters more than this one
+                pass
+
+
+def run_demo(workdir: str | Path, *, epochs: int | None = None,
+             poll_seconds: float = POLL_SECONDS, jobs: int = 0,
+             log: Callable[[str], None] = print) -> Path:
+    """The whole demo; returns the path of report.html."""
+    from ..analysis.analyze import analyze_study
+    from ..analysis.extract import extract_study
+    from .plots import format_report, plot_study
+
+    started = time.monotonic()
+    study = prepare_workdir(workdir, epochs)
+    log(f"kdlab demo: {len(study.runs())} runs of study '{study.name}' "
+        f"({study.training['epochs']} epochs each, {study.scheduler.max_live_jobs} at a time, "
+        f"local processes) in {Path(workdir).resolve()}")
+    log("step 1/4: train (kdlab queue, repeated until every run is done)")
+    train_grid(study, poll_seconds=poll_seconds, log=log)
+    log("step 2/4: extract representations")
+    extracted = extract_study(study, device="cpu", log=log)
+    log(f"extract: {extracted.summary()}")
+    log("step 3/4: analyze")
+    report = analyze_study(study, jobs=jobs, log=log, show_progress=False)
+    for problem in report.problems:
+        log(f"  problem: {problem}")
+    log("step 4/4: plot")
+    plotted = plot_study(study)
+    log(format_report(plotted).splitlines()[0])
+    report_path = analysis_dir(study.analysis_dir, study.name) / "report.html"
+    log(f"kdlab demo finished in {_elapsed(started)} (min:s)")
+    log(f"report: {report_path}")
+    return report_path
+
+
+def command(args) -> int:
+    run_demo(args.workdir, epochs=args.epochs)
+    return 0

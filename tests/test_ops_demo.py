@@ -1,0 +1,89 @@
+"""kdlab demo: the packaged study equals the repository's, the work directory is prepared
+with the study's paths anchored there, and (slow) the fast variant runs end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdlab import cli
+from kdlab.errors import UserError
+from kdlab.ops import demo
+from kdlab.status import COMPLETED, study_run_states
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_packaged_demo_study_is_the_repository_one():
+    """``src/kdlab/studies/demo.toml`` ships inside the package so an installed kdlab can run
+    the demo; it must stay a copy of ``studies/demo.toml``."""
+    assert (REPO / "src/kdlab/studies/demo.toml").read_text() == \
+        (REPO / "studies/demo.toml").read_text()
+    assert demo.packaged_demo_study() == (REPO / "studies/demo.toml").read_text()
+
+
+def test_prepare_workdir_anchors_paths_and_overrides_epochs(tmp_path):
+    study = demo.prepare_workdir(tmp_path / "work", epochs=1)
+    work = (tmp_path / "work").resolve()
+    assert study.training["epochs"] == 1
+    assert study.experiments_dir == work / "experiments"
+    assert study.analysis_dir == work / "analysis"
+    assert (work / "demo.toml").is_file()
+    assert study.scheduler.backend == "local"
+    assert study.datasets == ["Digits"]
+    assert len(study.methods) == 6
+    # the copy in the work directory is a valid study with the override
+    from kdlab.study import load_study
+    assert load_study(work / "demo.toml").training["epochs"] == 1
+    with pytest.raises(UserError, match="--epochs 0"):
+        demo.prepare_workdir(tmp_path / "other", epochs=0)
+
+
+@pytest.mark.slow
+def test_demo_fast_variant_end_to_end(tmp_path, capsys):
+    """The CI variant: every run of the demo grid for one epoch, through the real queue with
+    the local backend, then extract, analyze and plot."""
+    workdir = tmp_path / "demo"
+    assert cli.main(["demo", "--workdir", str(workdir), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    study = demo.prepare_workdir(workdir, epochs=1)
+    states = study_run_states(study)
+    assert [s.state for s in states] == [COMPLETED] * len(study.runs())
+    report = workdir.resolve() / "analysis" / "experiment_demo" / "report.html"
+    assert report.is_file() and report.stat().st_size > 1000
+    assert out.rstrip().endswith(f"report: {report}")
+    assert f"training finished: {len(states)}/{len(states)} runs completed" in out
+    progress = workdir.resolve() / "analysis" / "experiment_demo" / "progress"
+    assert (progress / "progress_grid.png").is_file()
+    for state in states:
+        assert (state.run_dir / "curves.png").is_file()
+    # running it again does no training: everything is already there
+    assert cli.main(["demo", "--workdir", str(workdir), "--epochs", "1"]) == 0
+    again = capsys.readouterr().out
+    assert "in progress" not in again
+
+
+def test_run_whose_jobs_keep_dying_is_given_up(tmp_path, monkeypatch):
+    """A job that ends at start-up over and over (a bug in training) must not keep the demo
+    looping: after a few fruitless submissions it is given up and the loop ends."""
+    import kdlab.queue as queue
+    from kdlab.schedulers import local
+
+    study = demo.prepare_workdir(tmp_path / "work", epochs=1)
+    submissions = []
+
+    def fake_run_queue(study, say, scheduler):
+        states = study_run_states(study)
+        decisions = [queue.Decision(state, queue.DONE if i else queue.SUBMIT, "test")
+                     for i, state in enumerate(states)]
+        submissions.append(states[0].spec.name)
+        return decisions, 0
+
+    monkeypatch.setattr(queue, "run_queue", fake_run_queue)
+    monkeypatch.setattr(local.LocalScheduler, "cancel", lambda self, job_id: None)
+    lines = []
+    demo.train_grid(study, poll_seconds=0.0, log=lines.append)
+    assert len(submissions) == demo.MAX_FRUITLESS_SUBMISSIONS
+    assert any("giving up on it" in line and submissions[0] in line for line in lines)
+    assert lines[-1].endswith("1 given up")
