@@ -373,9 +373,9 @@ def test_fitnets_regressor_is_a_trainable_submodule():
 class _Context:
     """A PretrainContext over a tiny deterministic data stream; counts batches served."""
 
-    def __init__(self, run_dir, stop_after=None, serve=True):
+    def __init__(self, run_dir, stop_after=None, serve=True, teacher_seed=0):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the same teacher in every context
+            torch.manual_seed(teacher_seed)  # the same teacher in every context
             self.teacher = build_model("ResNet8", 10).eval()
         self.teacher.requires_grad_(False)
         self.batches_served = 0
@@ -458,6 +458,10 @@ def test_paraphraser_with_other_settings_is_retrained(tmp_path):
     distiller.pretrain(fake.context)
     assert fake.batches_served == 4
     assert torch.load(tmp_path / PARAPHRASER_FILE)["settings"]["paraphraser_epochs"] == 2
+    # A teacher retrained since (other weights) makes the stored paraphraser stale too.
+    fake = _Context(tmp_path, teacher_seed=1)
+    distiller.pretrain(fake.context)
+    assert fake.batches_served == 4
 
 
 def test_frozen_paraphraser_stays_in_eval_mode():

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -136,17 +137,20 @@ class FactorTransferDistiller(Distiller):
             return {"factor": self.weight * difference.abs().mean()}
 
     # ------------------------------------------------------------------ stage 1
-    def stage_settings(self) -> dict:
-        """What determines the paraphraser; a stored file made with other settings is stale."""
+    def stage_settings(self, teacher: nn.Module) -> dict:
+        """What determines the paraphraser; a stored file made with other settings, or from
+        another teacher (e.g. one retrained since), is stale."""
         return {"teacher_channels": self.teacher_channels, "factor_channels": self.factor_channels,
                 "paraphraser_epochs": int(self.options["paraphraser_epochs"]),
                 "paraphraser_lr": float(self.options["paraphraser_lr"]),
-                "batch_norm": bool(self.options["batch_norm"])}
+                "batch_norm": bool(self.options["batch_norm"]),
+                "teacher_sha256": weights_fingerprint(teacher)}
 
-    def load_paraphraser(self, path: Path) -> bool:
-        """Load a finished ``paraphraser.pth``; False if it was made with other settings."""
+    def load_paraphraser(self, path: Path, teacher: nn.Module) -> bool:
+        """Load a finished ``paraphraser.pth`` made from ``teacher``; False if it was made
+        with other settings or another teacher."""
         payload = _load(path)
-        if payload.get("settings") != self.stage_settings():
+        if payload.get("settings") != self.stage_settings(teacher):
             return False
         try:
             self.paraphraser.load_state_dict(payload["weights"])
@@ -168,13 +172,13 @@ class FactorTransferDistiller(Distiller):
         final_path = run_dir / PARAPHRASER_FILE
         checkpoint_path = run_dir / PARAPHRASER_CHECKPOINT_FILE
         if final_path.exists():
-            if self.load_paraphraser(final_path):
+            if self.load_paraphraser(final_path, context.teacher):
                 context.log(f"factor_transfer: stage 1 already done ({final_path.name} loaded)")
                 return
             context.log(f"factor_transfer: {final_path.name} was made with other settings; "
                         "training the paraphraser again")
 
-        settings = self.stage_settings()
+        settings = self.stage_settings(context.teacher)
         epochs = settings["paraphraser_epochs"]
         trainee = self._fresh_paraphraser(context.seed).to(context.device)
         optimizer = torch.optim.SGD(trainee.parameters(), lr=settings["paraphraser_lr"],
@@ -230,6 +234,15 @@ class FactorTransferDistiller(Distiller):
             torch.manual_seed(seed)
             return Paraphraser(self.teacher_channels, self.factor_channels,
                                bool(self.options["batch_norm"]))
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names and raw bytes of every tensor)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _load(path: Path, device=None) -> dict:

@@ -1,0 +1,147 @@
+"""Cost of one knowledge-distillation training step relative to a pure step, per method.
+
+A pure step: student forward, cross-entropy, backward, SGD step. A KD step adds the frozen
+teacher's forward (under ``torch.inference_mode()``, outputs cloned out of it as the
+training loop does), the method's loss terms in float32 and the backward through its extra
+modules. Steps of all variants are interleaved round by round, so that a change in machine
+load hits every variant alike; the figure per variant is the median over rounds.
+
+Second figure: the RKD angle term alone (forward + backward) at the batch size, the paper's
+O(B³) triplet form against the earlier round's O(B²) pairwise-cosine form.
+
+Usage: python benchmarks/bench_kd_step.py [--batch-size 128] [--rounds 5] [--threads N]
+Factor transfer's stage 1 (the paraphraser's pre-training) is not part of a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from kdlab.distill import METHOD_NAMES, build_distiller
+from kdlab.distill.rkd import RKDDistiller
+from kdlab.models import build_model, feature_shapes
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", default="ResNet56")
+    parser.add_argument("--teacher", default="ResNet110")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up)")
+    parser.add_argument("--angle-repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    return parser.parse_args()
+
+
+class StepRunner:
+    """One training step of the student, pure (``distiller=None``) or with a method."""
+
+    def __init__(self, args, distiller, teacher, images, labels) -> None:
+        torch.manual_seed(0)
+        self.student = build_model(args.student, args.num_classes).train()
+        self.distiller = distiller
+        self.teacher = teacher
+        self.images, self.labels = images, labels
+        parameters = list(self.student.parameters())
+        if distiller is not None:
+            distiller.train()
+            parameters += list(distiller.parameters())
+        self.optimizer = torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step(self) -> float:
+        """Seconds for one step."""
+        start = time.perf_counter()
+        outputs = self.student(self.images)
+        loss = F.cross_entropy(outputs[-1], self.labels)
+        if self.distiller is not None:
+            with torch.inference_mode():
+                teacher_outputs = self.teacher(self.images)
+            teacher_outputs = [output.clone() for output in teacher_outputs]
+            terms = self.distiller(outputs, teacher_outputs, self.labels)
+            loss = 0.5 * loss + 0.5 * sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return time.perf_counter() - start
+
+
+def time_angle(form: str, embeddings: torch.Tensor, teacher: torch.Tensor, repeats: int) -> float:
+    """Median seconds of forward + backward of the RKD angle term alone."""
+    shapes = [(16, 1, 1), (32, 1, 1), (embeddings.shape[1], 1, 1), (10,)]
+    distiller = RKDDistiller(shapes, shapes, {"distance_weight": 0.0, "angle_weight": 1.0,
+                                              "weight": 1.0, "angle": form})
+    student_maps = embeddings[:, :, None, None]
+    teacher_maps = teacher[:, :, None, None]
+    times = []
+    for index in range(repeats + 1):
+        leaf = student_maps.detach().clone().requires_grad_(True)
+        start = time.perf_counter()
+        distiller([None, None, leaf, None], [None, None, teacher_maps, None], None)[
+            "rkd_angle"].backward()
+        if index:  # the first call warms up
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator)
+    teacher = build_model(args.teacher, args.num_classes).eval()
+    teacher.requires_grad_(False)
+    student_shapes = feature_shapes(args.student, args.num_classes, args.image_size)
+    teacher_shapes = feature_shapes(args.teacher, args.num_classes, args.image_size)
+
+    runners = {"pure": StepRunner(args, None, teacher, images, labels)}
+    for name in methods:
+        distiller = build_distiller(name, student_shapes, teacher_shapes, {})
+        if name == "factor_transfer":
+            distiller.paraphraser_ready = True  # stage 1 is a one-off, not part of a step
+        runners[name] = StepRunner(args, distiller, teacher, images, labels)
+
+    print(f"{args.student} student, {args.teacher} teacher, batch {args.batch_size} x 3 x "
+          f"{args.image_size} x {args.image_size}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} interleaved rounds after 1 warm-up", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(args.rounds + 1):
+        for name, runner in runners.items():
+            seconds = runner.step()
+            if round_index:
+                times[name].append(seconds)
+        print(f"round {round_index}/{args.rounds}: "
+              + "  ".join(f"{name} {runner_times[-1]:.2f}s" if runner_times else f"{name} warm-up"
+                          for name, runner_times in times.items()), flush=True)
+
+    pure = statistics.median(times["pure"])
+    print(f"\n{'variant':<20}{'median step (s)':>16}{'vs pure':>10}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:<20}{median:>16.3f}{median / pure:>9.2f}x")
+
+    embeddings = torch.randn(args.batch_size, student_shapes[2][0], generator=generator)
+    teacher_embeddings = torch.randn(args.batch_size, teacher_shapes[2][0], generator=generator)
+    triplet = time_angle("triplet", embeddings, teacher_embeddings, args.angle_repeats)
+    pairwise = time_angle("pairwise_cosine", embeddings, teacher_embeddings, args.angle_repeats)
+    print(f"\nRKD angle term alone, B = {args.batch_size} (forward + backward, median of "
+          f"{args.angle_repeats}):")
+    print(f"  triplet (B^3 = {args.batch_size ** 3:,} entries)   {1e3 * triplet:8.2f} ms  "
+          f"= {100 * triplet / pure:.1f}% of a pure step")
+    print(f"  pairwise_cosine (B^2 entries)     {1e3 * pairwise:8.2f} ms  "
+          f"= {100 * pairwise / pure:.2f}% of a pure step; triplet/pairwise = "
+          f"{triplet / pairwise:.0f}x")
+
+
+if __name__ == "__main__":
+    main()

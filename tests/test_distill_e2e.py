@@ -1,0 +1,210 @@
+"""`kdlab train` with every distillation method, end to end on the embedded Digits data set
+(ResNet20 teacher, ResNet8 student, CPU): no method collapses at alpha 0.5 or 0.95, factor
+transfer resumes mid-way through either stage with the metrics of an uninterrupted run, and
+the user's mistakes end in one line and exit code 2."""
+
+import math
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+
+from kdlab import runstate
+from kdlab.cli import main
+from kdlab.config import TrainConfig
+from kdlab.distill import METHOD_NAMES
+from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRASER_FILE,
+                                          FactorTransferDistiller, Paraphraser)
+from kdlab.layout import RunSpec, run_dir
+from kdlab.models import build_model
+from kdlab.train import train_run
+
+TEACHER, STUDENT, SEED = "ResNet20", "ResNet8", 0
+TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 2
+# Small batches: Digits has 1,437 training images, and 45 steps per epoch learn far more
+# in two epochs than 12 steps of 128 would.
+BATCH = 32
+STEPS_PER_EPOCH = 45
+PARAPHRASER_EPOCHS = 2
+CHANCE = 10.0            # ten digit classes
+MAX_GAP_TO_PURE = 15.0   # points of test accuracy a distilled student may trail the pure one
+
+
+def train_config(root, model=STUDENT, epochs=STUDENT_EPOCHS, **changes) -> TrainConfig:
+    base = dict(dataset="Digits", model=model, seed=SEED, epochs=epochs, batch_size=BATCH,
+                experiments_dir=str(root / "experiments"), data_root=str(root / "data"),
+                device="cpu")
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def kd_config(root, method, alpha) -> TrainConfig:
+    options = {"paraphraser_epochs": PARAPHRASER_EPOCHS} if method == "factor_transfer" else {}
+    return train_config(root, distillation=method, teacher_model=TEACHER, alpha=alpha,
+                        method_options=options)
+
+
+def directory_of(config: TrainConfig):
+    return run_dir(config.experiments_dir, config.run_spec())
+
+
+def comparable(metrics: dict) -> dict:
+    """Everything but wall-clock figures."""
+    return {key: value for key, value in metrics.items() if key != "epoch_seconds"}
+
+
+def teacher_dir(root):
+    return run_dir(root / "experiments", RunSpec("Digits", TEACHER, SEED))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished pure teacher and the pure student's final test accuracy."""
+    root = tmp_path_factory.mktemp("distill_e2e")
+    assert train_run(train_config(root, TEACHER, TEACHER_EPOCHS), quiet=True) == "completed"
+    pure = train_config(root)
+    assert train_run(pure, quiet=True) == "completed"
+    return {"root": root, "pure_acc": runstate.read_metrics(directory_of(pure))["test_acc"][-1],
+            "teacher_acc": runstate.read_metrics(teacher_dir(root))["test_acc"][-1], "kd": {}}
+
+
+def kd_metrics(trained, method, alpha) -> dict:
+    """Metrics of the distilled run (trained once per module, shared by the tests)."""
+    key = (method, alpha)
+    if key not in trained["kd"]:
+        config = kd_config(trained["root"], method, alpha)
+        assert train_run(config, quiet=True) == "completed"
+        trained["kd"][key] = runstate.read_metrics(directory_of(config))
+    return trained["kd"][key]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha", [0.5, 0.95])
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_no_method_collapses(trained, method, alpha):
+    """Regression test for the earlier round's RKD runs, which sat at chance for 150 epochs."""
+    assert trained["teacher_acc"] > 3 * CHANCE and trained["pure_acc"] > 3 * CHANCE
+    metrics = kd_metrics(trained, method, alpha)
+    final = metrics["test_acc"][-1]
+    assert final > 3 * CHANCE, (method, alpha, metrics["test_acc"])
+    assert final >= trained["pure_acc"] - MAX_GAP_TO_PURE, (method, alpha, final,
+                                                              trained["pure_acc"])
+    # Every loss term is logged per epoch, finite, and the terms add up to the distill loss.
+    terms = [key for key in metrics if key.startswith("train_")
+             and key not in ("train_loss", "train_acc", "train_ce", "train_distill")]
+    assert terms and len(metrics["train_distill"]) == STUDENT_EPOCHS
+    for epoch in range(STUDENT_EPOCHS):
+        values = [metrics[key][epoch] for key in terms]
+        assert all(math.isfinite(value) for value in values)
+        assert sum(values) == pytest.approx(metrics["train_distill"][epoch], rel=1e-6)
+        mixed = (1 - alpha) * metrics["train_ce"][epoch] + alpha * metrics["train_distill"][epoch]
+        assert metrics["train_loss"][epoch] == pytest.approx(mixed, rel=1e-6)
+
+
+def _copy_teacher(trained, root):
+    shutil.copytree(teacher_dir(trained["root"]), teacher_dir(root))
+
+
+def _signal_on_call(monkeypatch, cls, call_number):
+    """Make the ``call_number``-th call of ``cls.forward`` send SIGUSR1 to this process, as a
+    scheduler does ahead of the walltime; the run stops at the next batch boundary."""
+    real_forward = cls.forward
+    calls = {"count": 0}
+
+    def forward(self, *args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == call_number:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", forward)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2])
+def test_factor_transfer_resumes_mid_stage(trained, tmp_path, monkeypatch, stage):
+    reference = kd_metrics(trained, "factor_transfer", 0.5)
+    _copy_teacher(trained, tmp_path)
+    config = kd_config(tmp_path, "factor_transfer", 0.5)
+    directory = directory_of(config)
+    # Stop a few batches into the second epoch of the stage.
+    if stage == 1:
+        _signal_on_call(monkeypatch, Paraphraser, STEPS_PER_EPOCH + 5)
+    else:
+        _signal_on_call(monkeypatch, FactorTransferDistiller, STEPS_PER_EPOCH + 5)
+    assert train_run(config, quiet=True) == "in_progress"
+    assert runstate.read_status(directory)["status"] == "in_progress"
+    if stage == 1:
+        assert torch.load(directory / PARAPHRASER_CHECKPOINT_FILE)["epoch"] == 1
+        assert not (directory / PARAPHRASER_FILE).exists()
+        assert not (directory / runstate.CHECKPOINT_FILE).exists()
+    else:
+        assert (directory / PARAPHRASER_FILE).exists()
+        assert torch.load(directory / runstate.CHECKPOINT_FILE, weights_only=False)["epoch"] == 1
+    monkeypatch.undo()
+
+    assert train_run(config, quiet=True) == "completed"
+    assert comparable(runstate.read_metrics(directory)) == comparable(reference)
+
+
+# ---------------------------------------------------------------- the user's mistakes
+
+def kd_args(root, *extra, method="logit", alpha="0.5"):
+    return ["train", "--dataset", "Digits", "--model", STUDENT, "--seed", str(SEED), "--epochs",
+            "1", "--experiments-dir", str(root / "experiments"), "--data-root",
+            str(root / "data"), "--device", "cpu", "--quiet", "--distillation", method,
+            "--teacher-model", TEACHER, "--alpha", alpha, *extra]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("kdlab train: error: ")
+    return err
+
+
+def fake_teacher(root, status="completed", model=TEACHER, num_classes=10):
+    directory = teacher_dir(root)
+    runstate.write_status(directory, {"status": status, "epoch": 1})
+    runstate.atomic_torch_save({"weights": build_model(model, num_classes).state_dict()},
+                               directory / runstate.BEST_FILE)
+
+
+def test_unknown_method(tmp_path, capsys):
+    assert main(kd_args(tmp_path, method="crd")) == 2
+    assert "unknown distillation method 'crd'" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("alpha", ["1.5", "-0.1", "nan"])
+def test_alpha_outside_unit_interval(tmp_path, capsys, alpha):
+    assert main(kd_args(tmp_path, alpha=alpha)) == 2
+    assert f"--alpha {float(alpha)}: expected a KD strength in [0, 1]" in one_error_line(capsys)
+
+
+def test_unknown_method_option(tmp_path, capsys):
+    fake_teacher(tmp_path)
+    assert main(kd_args(tmp_path, "--option", "beta=2", method="rkd")) == 2
+    assert "unknown option(s) beta for method 'rkd'" in one_error_line(capsys)
+
+
+def test_missing_teacher(tmp_path, capsys):
+    assert main(kd_args(tmp_path)) == 2
+    line = one_error_line(capsys)
+    assert "has no status.json" in line and "train the teacher ResNet20" in line
+
+
+def test_unfinished_teacher(tmp_path, capsys):
+    fake_teacher(tmp_path, status="in_progress")
+    assert main(kd_args(tmp_path)) == 2
+    assert "is 'in_progress'" in one_error_line(capsys)
+    assert not directory_of(kd_config(tmp_path, "logit", 0.5)).joinpath("checkpoint.pth").exists()
+
+
+@pytest.mark.parametrize("model, num_classes", [("ResNet8", 10), (TEACHER, 100)])
+def test_teacher_checkpoint_that_does_not_fit(tmp_path, capsys, model, num_classes):
+    fake_teacher(tmp_path, model=model, num_classes=num_classes)
+    assert main(kd_args(tmp_path)) == 2
+    line = one_error_line(capsys)
+    assert "teacher checkpoint" in line and "does not fit CifarResNet (10 classes)" in line
