@@ -190,16 +190,17 @@ def render_script(fields: dict[str, object], settings: SchedulerSettings,
 
 def script_body(shebang_and_directives: list[str], fields: dict[str, object],
                 wrap_command: list[str] | None = None) -> str:
-    """kdlab's own job script: directives, setup lines, ``cd`` to the submission directory,
+    """kdlab's own job script: directives, ``cd`` to the submission directory, setup lines,
     then ``exec`` the training command, so that the scheduler's signals reach the training
     process itself (it checkpoints on SIGTERM/SIGUSR1) instead of a waiting shell."""
     command = str(fields["command"])
     if wrap_command:
         command = f"{shlex.join(wrap_command)} {command}"
     lines = list(shebang_and_directives)
-    lines += ["", "# Environment of the job (study: scheduler.setup)."]
-    lines += [str(line) for line in str(fields["setup"]).splitlines()] or ["true"]
-    lines += ["", f"cd {shlex.quote(str(fields['workdir']))}",
-              "# exec: the training process replaces this shell and receives the signals.",
+    lines += ["", "# The study's relative paths are relative to where kdlab queue ran.",
+              f"cd {shlex.quote(str(fields['workdir']))}",
+              "", "# Environment of the job (study: scheduler.setup)."]
+    lines += [str(line) for line in str(fields["setup"]).splitlines()]
+    lines += ["", "# exec: the training process replaces this shell and receives the signals.",
               f"exec {command}", ""]
     return "\n".join(lines)
