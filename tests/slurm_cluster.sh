@@ -32,7 +32,10 @@ daemon() {  # the path of a daemon that may live in /usr/sbin (not on a user's P
     command -v "$1" 2>/dev/null || echo "/usr/sbin/$1"
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_alive() {  # the daemon of pid file $1 runs (the file may vanish while we look)
+    local pid
+    pid="$(cat "$1" 2>/dev/null)" && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
 
 cluster_up() {
     [ -f "$CONF" ] && pid_alive "$DIR/slurmctld.pid" && pid_alive "$DIR/slurmd.pid" \
@@ -126,7 +129,7 @@ stop() {
     fi
     for name in slurmd slurmctld munged; do
         if pid_alive "$DIR/$name.pid"; then
-            kill "$(cat "$DIR/$name.pid")" 2>/dev/null || true
+            kill "$(cat "$DIR/$name.pid" 2>/dev/null)" 2>/dev/null || true
             for _ in $(seq 1 20); do
                 pid_alive "$DIR/$name.pid" || break
                 sleep 0.25
