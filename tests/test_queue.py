@@ -6,7 +6,6 @@ real ``kdlab train`` under the queue is in test_queue_e2e.py; Slurm in test_queu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import pytest
 
 from kdlab import runstate
 from kdlab.cli import main
-from kdlab.layout import RunSpec, run_dir
+from kdlab.layout import run_dir
 from kdlab.queue import (DONE, ERROR, FAILED_ACTION, LATER, LIVE, MAX_MISSED_STARTS, SUBMIT,
                          UNKNOWN, WAIT, plan_queue, queue_lock, run_queue)
 from kdlab.schedulers.local import LocalScheduler, _boot_id, process_start_ticks
@@ -93,7 +92,7 @@ def write_study(tmp_path: Path, *, max_live_jobs: int = 10, methods=("logit", "n
     return study
 
 
-def wait_for_jobs(study, timeout=60.0) -> None:
+def wait_for_jobs(study, timeout=300.0) -> None:
     """Until no run of the study has a live local job."""
     scheduler = LocalScheduler()
     deadline = time.time() + timeout
@@ -185,9 +184,8 @@ def test_live_jobs_are_left_alone_and_the_limit_holds(tmp_path, monkeypatch):
         scheduler = LocalScheduler()
         first = submitted[0]
         scheduler.cancel(first.job_id)
-        for _ in range(200):
-            if not scheduler.is_alive(first.job_id):
-                break
+        deadline = time.time() + 120
+        while scheduler.is_alive(first.job_id) and time.time() < deadline:
             time.sleep(0.05)
         decisions, _, _ = quiet_queue(study)
         again = [d for d in decisions if d.action == SUBMIT]
@@ -343,23 +341,27 @@ def test_in_progress_without_job_id_is_not_touched(tmp_path):
 
 def test_lock_waits_for_the_holder_and_times_out(tmp_path):
     experiments = tmp_path / "experiments"
+    finished = tmp_path / "holder-finished"
     messages = []
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
-        import sys, time
+        import pathlib, sys
         from kdlab.queue import queue_lock
         with queue_lock({str(experiments)!r}):
             print("held", flush=True)
-            time.sleep(1.5)
-        """)], stdout=subprocess.PIPE, text=True)
+            sys.stdin.readline()
+            pathlib.Path({str(finished)!r}).write_text("done")
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     from kdlab.errors import UserError
     with pytest.raises(UserError, match="another kdlab queue"):
         with queue_lock(experiments, timeout=0.2, say=messages.append):
             pass
     assert messages and "waiting for another kdlab queue" in messages[0]
-    with queue_lock(experiments, timeout=30, say=messages.append):
-        assert holder.poll() == 0  # the lock came free only once the holder had finished
-    holder.wait()
+    holder.stdin.write("go\n")
+    holder.stdin.close()
+    with queue_lock(experiments, timeout=120, say=messages.append):
+        assert finished.exists()  # only once the holder was done with it
+    assert holder.wait(timeout=60) == 0
 
 
 def test_cli_queue_and_bad_study(tmp_path, capsys):

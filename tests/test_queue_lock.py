@@ -10,9 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-from kdlab import runstate
 from kdlab.status import study_run_states
 from kdlab.study import load_study
 

@@ -74,6 +74,13 @@ def fake_bin(tmp_path, monkeypatch):
 
 # ---- local -------------------------------------------------------------------------------------
 
+def wait_for(condition, timeout: float = 120.0) -> None:
+    """Poll ``condition`` until true or ``timeout`` s (generous: the machine may be loaded)."""
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def test_local_job_lifecycle_and_pid_reuse_guard(tmp_path):
     scheduler = LocalScheduler()
     assert scheduler.available() is None
@@ -97,20 +104,14 @@ def test_local_job_lifecycle_and_pid_reuse_guard(tmp_path):
     assert scheduler.is_alive(job_id)
     # The process leads its own session (it outlives the queue command and its terminal).
     assert os.getsid(pid) == pid
-    for _ in range(200):
-        if marker.exists():
-            break
-        time.sleep(0.05)
+    wait_for(marker.exists)
     assert marker.exists()
     # Same pid, other start time: a recycled pid must not look alive.
     assert not scheduler.is_alive(f"{pid}-{start_ticks + 1}-{job_id.split('-')[2]}")
     # Another boot's job is gone whatever its pid.
     assert not scheduler.is_alive(f"{pid}-{start_ticks}-00000000")
     scheduler.cancel(job_id)
-    for _ in range(200):
-        if not scheduler.is_alive(job_id):
-            break
-        time.sleep(0.05)
+    wait_for(lambda: not scheduler.is_alive(job_id))
     assert not scheduler.is_alive(job_id)
     assert (run_dir / "train.log").exists()
 
@@ -120,10 +121,7 @@ def test_local_job_output_goes_to_train_log_and_exit_is_seen(tmp_path):
     run_dir = tmp_path / "run"
     job_id = scheduler.submit("run-b", [sys.executable, "-c", "print('hello from the job')"],
                               run_dir, settings(backend="local"), lambda job_id: None)
-    for _ in range(200):
-        if not scheduler.is_alive(job_id):
-            break
-        time.sleep(0.05)
+    wait_for(lambda: not scheduler.is_alive(job_id))
     assert not scheduler.is_alive(job_id)
     assert "hello from the job" in (run_dir / "train.log").read_text()
 
@@ -139,7 +137,7 @@ def test_local_record_failure_means_the_command_never_runs(tmp_path):
         scheduler.submit("run-c", [sys.executable, "-c",
                                    f"open({str(marker)!r}, 'w').write('x')"],
                          tmp_path / "run", settings(backend="local"), record)
-    time.sleep(0.3)
+    # submit waited for the child to end: had it run the command, the marker would exist.
     assert not marker.exists()
 
 
@@ -147,11 +145,7 @@ def test_local_dead_and_zombie_processes_are_not_alive(tmp_path):
     scheduler = LocalScheduler()
     # A child that exits but is not reaped stays a zombie ('Z') in /proc.
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    for _ in range(200):
-        info = process_start_ticks(child.pid)
-        if info is None or info[1] == "Z":
-            break
-        time.sleep(0.05)
+    wait_for(lambda: (process_start_ticks(child.pid) or (0, "Z"))[1] == "Z")
     info = process_start_ticks(child.pid)
     assert info is not None and info[1] == "Z"
     assert not scheduler.is_alive(f"{child.pid}-{info[0]}-{_boot_id()}")
@@ -468,11 +462,15 @@ def test_pbs_timeout_wrapper_passes_sigterm_on_and_sends_usr1_early(tmp_path):
             print(signal.Signals(signum).name, flush=True); sys.exit(75)
         signal.signal(signal.SIGUSR1, on); signal.signal(signal.SIGTERM, on)
         print("ready", flush=True)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         time.sleep(30)
         """))
-    early = subprocess.run(["timeout", "--preserve-status", "--signal=USR1", "1s",
+    # USR1 is blocked from before the probe starts until its handler is in place (the mask
+    # is inherited through timeout and exec), so however slow the start, the signal waits.
+    early = subprocess.run(["timeout", "--preserve-status", "--signal=USR1", "0.2s",
                             sys.executable, str(probe)], capture_output=True, text=True,
-                           timeout=30)
+                           timeout=60, preexec_fn=lambda: signal.pthread_sigmask(
+                               signal.SIG_BLOCK, {signal.SIGUSR1}))
     assert early.stdout.split() == ["ready", "SIGUSR1"] and early.returncode == 75
     process = subprocess.Popen(["timeout", "--preserve-status", "--signal=USR1", "60s",
                                 sys.executable, str(probe)], stdout=subprocess.PIPE, text=True)

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import textwrap
 from pathlib import Path
 
