@@ -89,7 +89,7 @@ def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
 
     scheduler = get_scheduler(study.scheduler.backend)
     started = time.monotonic()
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}        # run -> (state, detail) last shown
     fruitless: dict[str, tuple[int, int]] = {}   # run -> (epoch at last submission, count)
     given_up: set[str] = set()
     total = len(study.runs())
@@ -112,10 +112,15 @@ def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
             states = study_run_states(study)
             for state in states:
                 previous = seen.get(state.spec.name)
-                if previous != state.detail:
-                    seen[state.spec.name] = state.detail
-                    if previous is not None or state.state not in ("not_started", "waiting"):
-                        log(f"[{_elapsed(started)}] {state.spec.name}: {state.detail}")
+                if previous == (state.state, state.detail):
+                    continue
+                seen[state.spec.name] = (state.state, state.detail)
+                quiet = ("not_started", "waiting")
+                if previous is None and state.state in quiet:
+                    continue   # the starting point: not news
+                if previous is not None and previous[0] == state.state == "waiting":
+                    continue   # only the teacher's progress changed
+                log(f"[{_elapsed(started)}] {state.spec.name}: {state.detail}")
             active = [d for d in decisions if d.action in (SUBMIT, LIVE, UNKNOWN, LATER)
                       and d.run.spec.name not in given_up]
             if not active:

@@ -230,12 +230,12 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
     cell_width = len(seeds) + 1.0        # squares + gap
     row_heights = [len(alphas) + 0.8 for _, _, alphas in rows]
     total_height = sum(row_heights)
-    width_inches = 2.6 + len(study.datasets) * (0.38 * cell_width + 0.3)
+    width_inches = 3.0 + len(study.datasets) * (0.38 * cell_width + 0.3)
     height_inches = 1.9 + 0.34 * total_height
     figure = _figure(max(width_inches, 7.5), height_inches)
     title_share = 0.55 / height_inches     # room above the grid for a two-line title
     axes = figure.add_axes([0.0, 0.0, 1.0, 1.0 - title_share])
-    axes.set_xlim(-3.2, len(study.datasets) * cell_width + 0.2)
+    axes.set_xlim(-4.0, len(study.datasets) * cell_width + 0.2)
     axes.set_ylim(total_height + 1.4, -2.0)   # y grows downwards, like a table
     axes.axis("off")
 
@@ -248,7 +248,7 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
                       color="#555555")
     y = 0.0
     for (key, label, alphas), height in zip(rows, row_heights):
-        axes.text(-3.1, y + len(alphas) / 2, label, ha="left", va="center", fontsize=9)
+        axes.text(-3.9, y + len(alphas) / 2, label, ha="left", va="center", fontsize=9)
         for sub_row, alpha in enumerate(alphas):
             if alpha is not None:
                 axes.text(-0.15, y + sub_row + 0.5, f"α={format_alpha(alpha)}", ha="right",
