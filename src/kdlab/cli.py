@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("archive", help="close a round: move experiments under analysis/")
     _add_study(p)
+    p.add_argument("--assume-stopped", action="store_true",
+                   help="treat in-progress/queued runs whose liveness cannot be checked here "
+                        "as stopped (after checking their jobs yourself)")
 
     p = sub.add_parser("methodology", help="write the methodology section (Markdown, LaTeX)")
     _add_study(p)
@@ -95,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--install-cron", action="store_true")
     p.add_argument("--every", type=int, default=15, help="minutes between cron runs")
     p.add_argument("--remove-cron", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="write to the sync log only (what the cron entry uses)")
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded Digits data set")
     p.add_argument("--workdir", default="kdlab-demo", help="where runs and results go")
