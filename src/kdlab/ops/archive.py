@@ -75,7 +75,8 @@ def live_runs(study: Study, states: list[RunState]) -> list[LiveRun]:
                                 f"{state.state.replace('_', ' ')} without a recorded job id: "
                                 "cannot tell whether it is still running", False))
             continue
-        by_backend.setdefault(backend_of_status(state.status, study.scheduler.backend), []).append(state)
+        backend = backend_of_status(state.status, study.scheduler.backend)
+        by_backend.setdefault(backend, []).append(state)
     for backend, group in by_backend.items():
         scheduler = _scheduler_named(backend)
         unusable = "kdlab has no scheduler backend of this name" if scheduler is None \
@@ -158,8 +159,6 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
             else:
                 directories.append(base / name)
         files.extend(base / name for name in sorted(file_names))
-    dir_names_symlinked = {f for f in files if (root / f).is_symlink()}
-    directories = [d for d in directories if d not in dir_names_symlinked]
     return directories, files
 
 

@@ -31,7 +31,7 @@ SOFTWARE = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotli
             "kdlab")
 
 
-# ---- a tiny document model ---------------------------------------------------------------------
+# ---- a tiny document model -------------------------------------------------------------------
 
 @dataclass
 class Section:
@@ -109,8 +109,8 @@ def render_latex(title: str, sections: list[Section]) -> str:
                 lines += ["\\end{itemize}", ""]
             else:
                 headers, rows = block[1], block[2]
-                lines += ["\\begin{center}", "\\begin{tabular}{" + _column_spec(headers, rows) + "}",
-                          "\\hline",
+                lines += ["\\begin{center}",
+                          "\\begin{tabular}{" + _column_spec(headers, rows) + "}", "\\hline",
                           " & ".join(latex_escape(h) for h in headers) + " \\\\",
                           "\\hline"]
                 lines += [" & ".join(latex_escape(c) for c in row) + " \\\\" for row in rows]
@@ -118,7 +118,7 @@ def render_latex(title: str, sections: list[Section]) -> str:
     return "\n".join(lines)
 
 
-# ---- facts ----------------------------------------------------------------------------------------
+# ---- facts ---------------------------------------------------------------------------------
 
 def software_versions() -> list[tuple[str, str]]:
     """(package, version) of Python and the packages kdlab runs on, as installed here."""
@@ -191,7 +191,7 @@ def training_times(study: Study, states: list[RunState]) -> list[TimingRow]:
 _ROLE_NAMES = {"teacher": "teacher", "pure": "pure student", "kd": "distilled student"}
 
 
-# ---- the section --------------------------------------------------------------------------------
+# ---- the section -----------------------------------------------------------------------------
 
 def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
     sections = []
