@@ -209,6 +209,15 @@ def main() -> None:
     print(f"\nwhere the time goes with kdlab: {pipeline_ms:.2f} ms of a median "
           f"{1000 * kdlab_median:.1f} ms per step is the pipeline "
           f"({100 * pipeline_ms / (1000 * kdlab_median):.1f}%), the rest is the model")
+    if 0 in args.workers:
+        # In the main process the per-image pipeline runs in series with the model, so this
+        # is the most any pipeline can gain over it on this device with this model.
+        serial = contenders[1 + args.workers.index(0)]
+        model_ms = 1000 * kdlab_median - pipeline_ms
+        serial_ms = 1000 * serial.pipeline_seconds / serial.pipeline_batches
+        print(f"bound: against {serial.name}, even a pipeline that cost nothing could make a "
+              f"step at most {(model_ms + serial_ms) / model_ms:.2f}x faster here "
+              f"(({model_ms:.0f} + {serial_ms:.1f}) ms / {model_ms:.0f} ms)")
     if args.workers and max(args.workers) > 0:
         print("note: DataLoader workers prepare batches in the background while the other "
               "pipelines' steps run, so their CPU time partly lands in those steps (a bias in "
