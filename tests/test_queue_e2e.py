@@ -7,6 +7,7 @@ every decision, KD waiting included, is in test_queue.py.)"""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kdlab import runstate
-from kdlab.schedulers.local import parse_job_id
+from kdlab.schedulers.local import LocalScheduler, parse_job_id
 from kdlab.status import study_run_states
 from kdlab.study import load_study
 
@@ -74,8 +75,12 @@ def test_local_study_completes_and_a_killed_job_resumes(tmp_path):
         return status.get("status") == "in_progress" and status.get("epoch", 0) >= 1 and status
     status = wait_until(after_first_epoch, "the first epoch of the pure student", every=0.1)
     assert status["job_id"] == first_job
-    os.kill(parse_job_id(first_job)[0], signal.SIGKILL)  # no chance to save anything
-    epochs_before = status["epoch"]
+    pid = parse_job_id(first_job)[0]
+    os.kill(pid, signal.SIGKILL)  # no chance to save anything
+    wait_until(lambda: not LocalScheduler().is_alive(first_job), "the killed job to end")
+    stopped = runstate.read_status(pure_dir)
+    assert stopped["status"] == "in_progress", stopped
+    epochs_before = stopped["epoch"]
     metrics_before = runstate.read_metrics(pure_dir)
 
     def all_completed():
@@ -89,6 +94,7 @@ def test_local_study_completes_and_a_killed_job_resumes(tmp_path):
     metrics = runstate.read_metrics(pure_dir)
     assert len(metrics["train_loss"]) == 2
     assert metrics["train_loss"][:epochs_before] == metrics_before["train_loss"][:epochs_before]
-    assert f"resuming after epoch {epochs_before}/2" in (pure_dir / "train.log").read_text()
+    resumed_at = re.search(r"resuming after epoch (\d+)/2", (pure_dir / "train.log").read_text())
+    assert resumed_at and int(resumed_at[1]) >= epochs_before
     teacher_status = next(s.status for s in study_run_states(study) if s.spec == teacher)
     assert teacher_status["submissions"] == 1 and "job_history" not in teacher_status
