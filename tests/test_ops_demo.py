@@ -66,24 +66,47 @@ def test_demo_fast_variant_end_to_end(tmp_path, capsys):
 
 def test_run_whose_jobs_keep_dying_is_given_up(tmp_path, monkeypatch):
     """A job that ends at start-up over and over (a bug in training) must not keep the demo
-    looping: after a few fruitless submissions it is given up and the loop ends."""
+    looping nor hold a job slot: after a few fruitless submissions the run is marked failed
+    with the last line of its train.log, and the loop ends."""
     import kdlab.queue as queue
-    from kdlab.schedulers import local
+    from kdlab import runstate
 
     study = demo.prepare_workdir(tmp_path / "work", epochs=1)
+    first = study.runs()[0]
     submissions = []
 
+    def decide(states):
+        decisions = []
+        for state in states:
+            if state.spec != first:
+                decisions.append(queue.Decision(state, queue.DONE, "test"))
+            elif state.state == "failed":
+                decisions.append(queue.Decision(state, queue.FAILED_ACTION, state.detail))
+            else:
+                decisions.append(queue.Decision(state, queue.SUBMIT, "test"))
+        return decisions
+
     def fake_run_queue(study, say, scheduler):
-        states = study_run_states(study)
-        decisions = [queue.Decision(state, queue.DONE if i else queue.SUBMIT, "test")
-                     for i, state in enumerate(states)]
-        submissions.append(states[0].spec.name)
+        decisions = decide(study_run_states(study))
+        for decision in decisions:
+            if decision.action == queue.SUBMIT:   # a job that dies at once, log and all
+                submissions.append(decision.run.spec.name)
+                decision.job_id = f"job{len(submissions)}"
+                decision.run.run_dir.mkdir(parents=True, exist_ok=True)
+                with open(decision.run.run_dir / "train.log", "a") as log:
+                    log.write(f"Traceback\nRuntimeError: crash {len(submissions)}\n")
         return decisions, 0
 
+    monkeypatch.setattr(queue, "plan_queue", lambda study: decide(study_run_states(study)))
     monkeypatch.setattr(queue, "run_queue", fake_run_queue)
-    monkeypatch.setattr(local.LocalScheduler, "cancel", lambda self, job_id: None)
     lines = []
-    demo.train_grid(study, poll_seconds=0.0, log=lines.append)
-    assert len(submissions) == demo.MAX_FRUITLESS_SUBMISSIONS
-    assert any("giving up on it" in line and submissions[0] in line for line in lines)
-    assert lines[-1].endswith("1 given up")
+    counts = demo.train_grid(study, poll_seconds=0.0, log=lines.append)
+    assert submissions == [first.name] * demo.MAX_FRUITLESS_SUBMISSIONS
+    status = runstate.read_status(study_run_states(study)[0].run_dir)
+    assert status["status"] == "failed"
+    assert status["reason"] == (f"kdlab demo gave up: its jobs ended "
+                                f"{demo.MAX_FRUITLESS_SUBMISSIONS} times without finishing an "
+                                f"epoch (train.log: RuntimeError: crash "
+                                f"{demo.MAX_FRUITLESS_SUBMISSIONS})")
+    assert counts == {"failed": 1, "not_started": 1, "waiting": len(study.kd_runs())}
+    assert lines[-1].endswith("0/14 runs completed, 1 failed (1 given up by the demo)")

@@ -81,36 +81,46 @@ def _log_tail(run_dir: Path, lines: int = 1) -> str:
 def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
                log: Callable[[str], None] = print) -> dict[str, int]:
     """Run ``kdlab queue`` until nothing is live and nothing more can be submitted; one line
-    per state change. A run whose jobs keep ending without finishing an epoch is given up
-    after :data:`MAX_FRUITLESS_SUBMISSIONS` submissions (the queue would resubmit it
-    forever). Returns the final count of runs per state."""
-    from ..queue import LATER, LIVE, SUBMIT, UNKNOWN, run_queue
+    per state change. Returns the final count of runs per state.
+
+    A run whose jobs ended :data:`MAX_FRUITLESS_SUBMISSIONS` times without finishing an
+    epoch (a crash at start-up) is marked failed, with the last line of its train.log as
+    the reason, before the queue would submit it again: otherwise the queue resubmits it
+    forever and it holds one of the few job slots."""
+    from ..queue import LATER, LIVE, SUBMIT, UNKNOWN, plan_queue, run_queue
     from ..schedulers import get_scheduler
 
     scheduler = get_scheduler(study.scheduler.backend)
     started = time.monotonic()
     seen: dict[str, tuple[str, str]] = {}        # run -> (state, detail) last shown
     fruitless: dict[str, tuple[int, int]] = {}   # run -> (epoch at last submission, count)
-    given_up: set[str] = set()
+    given_up = 0
     total = len(study.runs())
     try:
         while True:
-            decisions, _ = run_queue(study, say=lambda line: None, scheduler=scheduler)
-            for decision in decisions:
+            # Only runs without a live job are up for submission, so marking one failed
+            # here cannot race with its own job.
+            for decision in plan_queue(study):
                 name = decision.run.spec.name
-                if decision.action != SUBMIT or name in given_up:
-                    continue
                 epoch = int((decision.run.status or {}).get("epoch") or 0)
                 last_epoch, count = fruitless.get(name, (-1, 0))
-                count = count + 1 if epoch == last_epoch else 1
-                fruitless[name] = (epoch, count)
-                if count >= MAX_FRUITLESS_SUBMISSIONS:
-                    given_up.add(name)
-                    log(f"[{_elapsed(started)}] {name}: its jobs ended {count} times without "
-                        f"finishing an epoch; giving up on it (train.log: "
-                        f"{_log_tail(decision.run.run_dir)})")
-            states = study_run_states(study)
-            for state in states:
+                if (decision.action in (SUBMIT, LATER) and epoch == last_epoch
+                        and count >= MAX_FRUITLESS_SUBMISSIONS):
+                    reason = (f"kdlab demo gave up: its jobs ended {count} times without "
+                              f"finishing an epoch (train.log: {_log_tail(decision.run.run_dir)})")
+                    runstate.update_status(decision.run.run_dir, status=runstate.FAILED,
+                                           reason=reason)
+                    given_up += 1
+                    log(f"[{_elapsed(started)}] {name}: {reason}")
+            decisions, _ = run_queue(study, say=lambda line: None, scheduler=scheduler)
+            for decision in decisions:
+                if decision.action != SUBMIT or decision.job_id is None:
+                    continue
+                name = decision.run.spec.name
+                epoch = int((decision.run.status or {}).get("epoch") or 0)
+                last_epoch, count = fruitless.get(name, (-1, 0))
+                fruitless[name] = (epoch, count + 1 if epoch == last_epoch else 1)
+            for state in study_run_states(study):
                 previous = seen.get(state.spec.name)
                 if previous == (state.state, state.detail):
                     continue
@@ -121,31 +131,26 @@ def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
                 if previous is not None and previous[0] == state.state == "waiting":
                     continue   # only the teacher's progress changed
                 log(f"[{_elapsed(started)}] {state.spec.name}: {state.detail}")
-            active = [d for d in decisions if d.action in (SUBMIT, LIVE, UNKNOWN, LATER)
-                      and d.run.spec.name not in given_up]
-            if not active:
+            if not any(d.action in (SUBMIT, LIVE, UNKNOWN, LATER) for d in decisions):
                 break
             time.sleep(poll_seconds)
     except KeyboardInterrupt:
-        _cancel_live(study, scheduler, None)
+        _cancel_live(study, scheduler)
         log("stopped the demo's training processes (they saved checkpoints); run kdlab demo "
             "again to continue")
         raise
-    _cancel_live(study, scheduler, given_up)
     counts: dict[str, int] = {}
     for state in study_run_states(study):
         counts[state.state] = counts.get(state.state, 0) + 1
     log(f"[{_elapsed(started)}] training finished: {counts.get(COMPLETED, 0)}/{total} runs "
         f"completed" + (f", {counts[FAILED]} failed" if counts.get(FAILED) else "")
-        + (f", {len(given_up)} given up" if given_up else ""))
+        + (f" ({given_up} given up by the demo)" if given_up else ""))
     return counts
 
 
-def _cancel_live(study: Study, scheduler, names: set[str] | None) -> None:
-    """Stop the live jobs of the runs named (all runs when ``names`` is None)."""
+def _cancel_live(study: Study, scheduler) -> None:
+    """Stop every live job of the study (training saves a checkpoint on the signal)."""
     for state in study_run_states(study):
-        if names is not None and state.spec.name not in names:
-            continue
         if state.state in (RUNNING, QUEUED) and state.job_id:
             try:
                 scheduler.cancel(state.job_id)
