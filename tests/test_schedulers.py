@@ -603,3 +603,14 @@ def test_get_scheduler_and_recorded_backend():
     assert backend_of_status({"slurm_job_id": "17"}, "pbs") == "slurm"
     assert backend_of_status({"job_id": "17"}, "pbs") == "pbs"
     assert backend_of_status(None, "local") == "local"
+
+
+def test_local_job_threads_follow_the_study_cpus(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    scheduler = LocalScheduler()
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-c", "import os; print('threads', os.environ['OMP_NUM_THREADS'])"]
+    job_id = scheduler.submit("run-t", command, run_dir, settings(backend="local", cpus=3),
+                              lambda job_id: None)
+    wait_for(lambda: not scheduler.is_alive(job_id))
+    assert "threads 3" in (run_dir / "train.log").read_text()

@@ -67,6 +67,19 @@ def parse_job_id(job_id: str) -> tuple[int, int, str]:
                              "(expected PID-START-BOOT)") from None
 
 
+def job_environment(settings: SchedulerSettings) -> dict[str, str]:
+    """The job's environment: ours, with its thread count set to the study's ``cpus``.
+
+    Several jobs share this machine's cores; with every job running one thread per core,
+    OpenMP threads wait on descheduled siblings and each job slows down many times over.
+    An explicit OMP_NUM_THREADS in the caller's environment wins.
+    """
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, settings.cpus))
+    return env
+
+
 class LocalScheduler(Scheduler):
     name = "local"
 
@@ -92,7 +105,7 @@ class LocalScheduler(Scheduler):
                 process = subprocess.Popen(
                     ["/bin/sh", "-c", _GATE_SCRIPT, f"kdlab-job {run_name}", *command],
                     stdin=gate_read, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True)
+                    start_new_session=True, close_fds=True, env=job_environment(settings))
         except OSError as error:
             os.close(gate_write)
             raise SchedulerError(f"local: cannot start {command[0]} ({error.strerror})") from None
