@@ -110,8 +110,7 @@ def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
                               f"finishing an epoch (train.log: {_log_tail(decision.run.run_dir)})")
                     runstate.update_status(decision.run.run_dir, status=runstate.FAILED,
                                            reason=reason)
-                    given_up += 1
-                    log(f"[{_elapsed(started)}] {name}: {reason}")
+                    given_up += 1   # the state change below shows the reason
             decisions, _ = run_queue(study, say=lambda line: None, scheduler=scheduler)
             for decision in decisions:
                 if decision.action != SUBMIT or decision.job_id is None:
