@@ -230,13 +230,18 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
     cell_width = len(seeds) + 1.0        # squares + gap
     row_heights = [len(alphas) + 0.8 for _, _, alphas in rows]
     total_height = sum(row_heights)
-    width_inches = 3.0 + len(study.datasets) * (0.38 * cell_width + 0.3)
-    height_inches = 1.9 + 0.34 * total_height
-    figure = _figure(max(width_inches, 7.5), height_inches)
-    title_share = 0.55 / height_inches     # room above the grid for a two-line title
-    axes = figure.add_axes([0.0, 0.0, 1.0, 1.0 - title_share])
-    axes.set_xlim(-4.0, len(study.datasets) * cell_width + 0.2)
-    axes.set_ylim(total_height + 1.4, -2.0)   # y grows downwards, like a table
+    x_range = (-7.0, len(study.datasets) * cell_width + 0.2)   # labels on the left
+    y_range = (total_height + 1.8, -2.0)        # y grows downwards, like a table
+    inches_per_unit = 0.3                       # one square is about 0.27 in
+    title_inches = 0.6                          # room above the grid for a two-line title
+    height_inches = inches_per_unit * (y_range[0] - y_range[1]) + title_inches
+    # at least wide enough for the legend and the title
+    width_inches = max(7.5, inches_per_unit * (x_range[1] - x_range[0]))
+    figure = _figure(width_inches, height_inches)
+    axes = figure.add_axes([0.0, 0.0, 1.0, 1.0 - title_inches / height_inches])
+    axes.set_xlim(*x_range)
+    axes.set_ylim(*y_range)
+    axes.set_aspect("equal", adjustable="box")  # squares stay square; the box is centred
     axes.axis("off")
 
     for column, dataset in enumerate(study.datasets):
@@ -248,7 +253,7 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
                       color="#555555")
     y = 0.0
     for (key, label, alphas), height in zip(rows, row_heights):
-        axes.text(-3.9, y + len(alphas) / 2, label, ha="left", va="center", fontsize=9)
+        axes.text(-6.9, y + len(alphas) / 2, label, ha="left", va="center", fontsize=9)
         for sub_row, alpha in enumerate(alphas):
             if alpha is not None:
                 axes.text(-0.15, y + sub_row + 0.5, f"α={format_alpha(alpha)}", ha="right",
