@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import sys
+import types
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -235,6 +237,46 @@ def test_figure_helpers_show_gaps():
     assert [text.get_text() for text in ax2.texts] == ["n/a"]
     plt.close(figure)
     plt.close(figure2)
+
+
+def test_umap_projection_maps_students_into_the_teacher_space(analysed, tmp_path, monkeypatch):
+    """umap-learn is an optional extra; a stand-in module with its interface exercises
+    kdlab's side: the teacher fit, the least-squares map of a student into the teacher's
+    feature space, the figure, and the note when the package is absent."""
+    _, study, _, _ = analysed
+    teacher_path = _path(study, "Digits", "teacher", None, 0)
+    teacher = load_representation(teacher_path)
+    rotation = np.linalg.qr(np.random.default_rng(40).normal(size=(64, 64)))[0]
+    rotated = dict(teacher, layer3=(teacher["layer3"] @ rotation * 3.0 + 1.0).astype(np.float32))
+    student_path = tmp_path / "rotated.npz"
+    save_representation(student_path, rotated)
+    seen = {}
+
+    class StandIn:
+        def __init__(self, n_components, random_state):
+            assert (n_components, random_state) == (2, 0)
+
+        def fit_transform(self, features):
+            seen["fit"] = features
+            return features[:, :2]
+
+        def transform(self, features):
+            seen["transform"] = features
+            return features[:, :2]
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=StandIn))
+    grid = figures.Grid("mini", "Digits", ("logit",), (0.5,), (0,), "ResNet56", "ResNet20")
+    payload = {"umap_teacher": str(teacher_path),
+               "umap_students": [("rotated copy", str(student_path))]}
+    written = figures._umap_figure(grid, payload, tmp_path)
+    assert written == tmp_path / "umap_teacher_layer3.png"
+    assert written.read_bytes()[:4] == b"\x89PNG"
+    # a rotated, scaled, shifted copy maps exactly back onto the teacher's features
+    np.testing.assert_allclose(seen["transform"], seen["fit"], atol=1e-3)
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # import fails as if not installed
+    note = figures._umap_figure(grid, payload, tmp_path)
+    assert isinstance(note, str) and "umap-learn is not installed" in note
 
 
 def test_rerun_recomputes_only_what_a_new_run_touches(analysed, tmp_path, monkeypatch):

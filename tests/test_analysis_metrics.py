@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.linalg import subspace_angles
-from scipy.stats import ortho_group
+from scipy.spatial.distance import pdist
+from scipy.stats import ortho_group, spearmanr
 
 from kdlab.analysis import metrics
 
@@ -277,6 +280,15 @@ def test_rsa_is_one_for_a_similarity_transform_and_matches_an_independent_spearm
     expected = np.corrcoef(rank_a, rank_b)[0, 1]
     assert metrics.rsa_spearman(features, other) == pytest.approx(expected, rel=1e-10)
     assert abs(metrics.rsa_spearman(features, _random(80, 6, 34))) < 0.1
+
+
+def test_rsa_matches_scipy_spearman_with_tied_distances():
+    rng = np.random.default_rng(36)
+    a = rng.integers(0, 3, size=(40, 2)).astype(float)  # many equal distances
+    b = a + rng.integers(0, 2, size=(40, 2))
+    expected = spearmanr(pdist(a, "cityblock"), pdist(b, "cityblock")).statistic
+    assert metrics.rsa_spearman(a, b, metric="cityblock") == pytest.approx(expected, rel=1e-10)
+    assert math.isnan(metrics.rsa_spearman(np.ones((5, 2)), a[:5]))
 
 
 def test_pca_projection_orientation_is_deterministic():

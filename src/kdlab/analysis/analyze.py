@@ -67,7 +67,7 @@ class AnalysisReport:
     pairs_cached: int = 0
     figures_drawn: int = 0
     figures_kept: int = 0
-    metric_seconds: dict[str, float] = field(default_factory=dict)  # summed worker time
+    metric_seconds: dict[str, float] = field(default_factory=dict)  # summed worker CPU time
     step_seconds: dict[str, float] = field(default_factory=dict)    # wall time per step
     outputs: list[Path] = field(default_factory=list)
 
@@ -155,8 +155,15 @@ def analyze_study(study: Study, jobs: int = 0, log: Callable[[str], None] = prin
     jobs = resolve_jobs(jobs)
     root = layout.analysis_dir(study.analysis_dir, study.name)
     result = AnalysisReport(root=root)
-    for entry in expected_entries(study):
+    expected = expected_entries(study)
+    for entry in expected:
         (result.available if entry.path.is_file() else result.missing).append(entry)
+    expected_paths = {entry.path for entry in expected}
+    stray = sorted(path for path in (root / "representations").glob("*/*.npz")
+                   if path not in expected_paths)
+    if stray:
+        result.notes.append(f"{len(stray)} representation file(s) outside the study's grid "
+                            f"ignored (e.g. {stray[0]})")
     if not result.available:
         raise UserError(f"no representations of study {study.name} under "
                         f"{root / 'representations'}: expected .npz files from "
@@ -183,11 +190,10 @@ def analyze_study(study: Study, jobs: int = 0, log: Callable[[str], None] = prin
             f"{result.models_cached} from cache "
             f"({result.step_seconds['per-model metrics']:.1f} s)")
 
-        # 2. per teacher-student pair (same data set and seed)
+        # 2. per teacher-student pair (same data set and seed), one task per teacher
         started = time.perf_counter()
         teachers = {(e.dataset, e.seed): e for e in model_results if e.method == TEACHER}
-        pair_results: dict[Entry, dict] = {}
-        tasks = []
+        students_of: dict[Entry, list[Entry]] = defaultdict(list)
         without_teacher: dict[tuple[str, int], int] = defaultdict(int)
         for entry in model_results:
             if entry.method == TEACHER:
@@ -195,22 +201,29 @@ def analyze_study(study: Study, jobs: int = 0, log: Callable[[str], None] = prin
             teacher = teachers.get((entry.dataset, entry.seed))
             if teacher is None:
                 without_teacher[(entry.dataset, entry.seed)] += 1
-                continue
-            cache = _cache_dir(root, entry.dataset)
-            tasks.append((entry, compute.pair_task, str(teacher.path), str(entry.path),
-                          str(cache / f"model_{teacher.path.stem}.npz"),
-                          str(cache / f"model_{entry.path.stem}.npz"),
-                          str(cache / f"pair_{teacher.path.stem}__{entry.path.stem}.json")))
+            else:
+                students_of[teacher].append(entry)
         for (dataset, seed), count in sorted(without_teacher.items()):
             result.notes.append(f"{dataset} seed {seed}: no teacher representation, so "
                                 f"{count} student run(s) have no teacher-student metrics")
-        for entry, outcome in _run_all(executor, tasks, "teacher-student metrics",
-                                       show_progress):
-            if outcome["error"]:
-                result.problems.append(f"{entry.label}: no pair metrics: {outcome['error']}")
-                continue
-            pair_results[entry] = outcome
-            _count(result, outcome, "pairs")
+        tasks = []
+        for teacher, students in students_of.items():
+            cache = _cache_dir(root, teacher.dataset)
+            tasks.append((teacher, compute.teacher_task, str(teacher.path),
+                          str(cache / f"model_{teacher.path.stem}.npz"),
+                          [(str(student.path), str(cache / f"model_{student.path.stem}.npz"),
+                            str(cache / f"pair_{teacher.path.stem}__{student.path.stem}.json"))
+                           for student in students]))
+        pair_results: dict[Entry, dict] = {}
+        for teacher, outcomes in _run_all(executor, tasks, "teacher-student metrics",
+                                          show_progress):
+            for entry, outcome in zip(students_of[teacher], outcomes):
+                if outcome["error"]:
+                    result.problems.append(f"{entry.label}: no pair metrics: "
+                                           f"{outcome['error']}")
+                    continue
+                pair_results[entry] = outcome
+                _count(result, outcome, "pairs")
         result.step_seconds["pair metrics"] = time.perf_counter() - started
         log(f"  teacher-student metrics: {result.pairs_computed} computed, "
             f"{result.pairs_cached} from cache ({result.step_seconds['pair metrics']:.1f} s)")

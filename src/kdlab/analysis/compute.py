@@ -19,9 +19,14 @@ inputs (:func:`kdlab.analysis.metrics.subsample_indices`):
 * TwoNN on 5,000 samples: nearest-neighbour ratios need no more (Facco et al. use a few
   thousand points); the estimate is of the subsample's scale.
 * k-NN probe (k = 5): fixed half/half split, at most 5,000 train and 5,000 test points.
+* ICA: FastICA fitted on 5,000 samples (10 components of at most 64 dimensions), at most
+  500 iterations; the sources of all samples are then matched. A fit that stops at the
+  limit is flagged (ica_converged = 0), not dropped.
 * 2-D PCA scatter: 2,000 points (PCA fitted on all samples, only the drawing subsampled).
 
-Linear metrics (linear CKA, PCA, principal angles, ICA, Fisher) use every sample.
+Linear metrics (linear CKA, PCA, principal angles, Fisher) use every sample. A teacher's
+share of the pair metrics (RBF Gram matrices, distance ranks) is computed once for all
+its students (:func:`teacher_task`).
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ SETTINGS = {
     "knn_max_train": 5000,
     "knn_max_test": 5000,
     "ica_components": 10,
-    "ica_max_iter": 1000,
+    "ica_fit_samples": 5000,
+    "ica_max_iter": 500,
     "ica_tol": 1e-4,
     "ica_random_state": 0,
     "principal_angle_components": 10,
@@ -75,17 +81,19 @@ def cache_key(*paths: str | Path) -> dict:
 
 
 class _Timer:
-    """Accumulates seconds per metric name."""
+    """Accumulates CPU seconds of this process per metric name (CPU, not wall time, so the
+    figures do not depend on what else the machine runs; a worker uses one BLAS thread,
+    so on an idle core the two agree)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
     def run(self, name: str, function, *args, **kwargs):
-        start = time.perf_counter()
+        start = time.process_time()
         try:
             return function(*args, **kwargs)
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.process_time() - start
 
 
 # ---- per model --------------------------------------------------------------------------
@@ -133,6 +141,7 @@ def _model_rows(arrays: dict, timer: _Timer) -> tuple[list, dict, np.ndarray]:
     n = labels.shape[0]
     seed = SETTINGS["subsample_seed"]
     twonn_index = metrics.subsample_indices(n, SETTINGS["twonn_samples"], seed)
+    ica_index = metrics.subsample_indices(n, SETTINGS["ica_fit_samples"], seed)
     rows.append(("logits", "test_acc",
                  timer.run("accuracy", metrics.accuracy_from_logits, arrays["logits"], labels)))
     for layer in LAYERS:
@@ -156,7 +165,7 @@ def _model_rows(arrays: dict, timer: _Timer) -> tuple[list, dict, np.ndarray]:
             max_train=SETTINGS["knn_max_train"], max_test=SETTINGS["knn_max_test"], seed=seed)))
         components = min(SETTINGS["ica_components"], rank)
         if components >= 1:
-            fit = timer.run("ica_fit", metrics.fit_ica, features, components,
+            fit = timer.run("ica_fit", metrics.fit_ica, features[ica_index], components,
                             random_state=SETTINGS["ica_random_state"],
                             max_iter=SETTINGS["ica_max_iter"], tol=SETTINGS["ica_tol"])
             ica[layer] = fit
@@ -206,30 +215,54 @@ def model_task(representation_path: str, cache_path: str) -> dict:
 
 # ---- per teacher-student pair ------------------------------------------------------------
 
-def _pair_rows(teacher: dict, student: dict, teacher_ica: dict, student_ica: dict,
-               timer: _Timer) -> list:
-    rows: list[tuple[str, str, float]] = []
+def _prepare_teacher(teacher: dict, timer: _Timer) -> dict:
+    """What every pair of one teacher shares, computed once: per layer the float64
+    features, numerical rank, normalised centred RBF Gram matrix of the RBF subsample and
+    the distance ranks of the RSA subsample."""
     n = teacher["labels"].shape[0]
     seed = SETTINGS["subsample_seed"]
     rbf_index = metrics.subsample_indices(n, SETTINGS["rbf_cka_samples"], seed)
     rsa_index = metrics.subsample_indices(n, SETTINGS["rsa_samples"], seed)
+    prepared = {"rbf_index": rbf_index, "rsa_index": rsa_index, "layers": {}}
+    for layer in LAYERS:
+        features = teacher[layer].astype(np.float64)
+        prepared["layers"][layer] = {
+            "features": features,
+            "rank": metrics.numerical_rank(metrics.pca_spectrum(features)),
+            "gram": timer.run("cka_rbf", _rbf_gram, features[rbf_index]),
+            "ranks": timer.run("rsa", metrics.distance_ranks, features[rsa_index],
+                               SETTINGS["rsa_distance"]),
+        }
+    return prepared
+
+
+def _rbf_gram(features: np.ndarray):
+    return metrics.normalized_centered_gram(
+        metrics.rbf_gram(features, SETTINGS["rbf_sigma_fraction"]))
+
+
+def _pair_rows(teacher: dict, student: dict, teacher_ica: dict, student_ica: dict,
+               timer: _Timer) -> list:
+    """Rows (student layer, metric, value) of one teacher-student pair; ``teacher`` from
+    :func:`_prepare_teacher`, ``student`` the student's arrays."""
+    rows: list[tuple[str, str, float]] = []
+    student_layers = {layer: student[layer].astype(np.float64) for layer in LAYERS}
     cross = timer.run("cka_linear", metrics.cross_layer_linear_cka,
-                      [teacher[layer].astype(np.float64) for layer in LAYERS],
-                      [student[layer].astype(np.float64) for layer in LAYERS])
+                      [teacher["layers"][layer]["features"] for layer in LAYERS],
+                      [student_layers[layer] for layer in LAYERS])
     for j, student_layer in enumerate(LAYERS):
         for i, teacher_layer in enumerate(LAYERS):
             rows.append((student_layer, f"cka_linear_vs_teacher_{teacher_layer}",
                          float(cross[i, j])))
     for index, layer in enumerate(LAYERS):
-        a = teacher[layer].astype(np.float64)
-        b = student[layer].astype(np.float64)
+        prepared = teacher["layers"][layer]
+        a, b = prepared["features"], student_layers[layer]
         linear = float(cross[index, index])
-        rbf = timer.run("cka_rbf", metrics.rbf_cka, a[rbf_index], b[rbf_index],
-                        SETTINGS["rbf_sigma_fraction"])
+        student_gram = timer.run("cka_rbf", _rbf_gram, b[teacher["rbf_index"]])
+        rbf = metrics.cka_from_normalized(prepared["gram"], student_gram)
         rows += [(layer, "cka_linear", linear), (layer, "cka_rbf", rbf),
                  (layer, "cka_rbf_minus_linear", rbf - linear)]
-        rank = min(metrics.numerical_rank(metrics.pca_spectrum(a)),
-                   metrics.numerical_rank(metrics.pca_spectrum(b)))
+        rank = min(prepared["rank"], metrics.numerical_rank(metrics.pca_spectrum(b)))
         k = min(SETTINGS["principal_angle_components"], rank)
         if k >= 1:
             angles = np.degrees(timer.run("principal_angles", metrics.principal_angles, a, b, k))
@@ -243,42 +276,76 @@ def _pair_rows(teacher: dict, student: dict, teacher_ica: dict, student_ica: dic
                       float(np.sum(abs_r > MATCH_THRESHOLD))),
                      (layer, "ica_pair_converged",
                       float(teacher_ica[layer].converged and student_ica[layer].converged))]
-        rows.append((layer, "rsa_spearman", timer.run(
-            "rsa", metrics.rsa_spearman, a[rsa_index], b[rsa_index], SETTINGS["rsa_distance"])))
+        student_ranks = timer.run("rsa", metrics.distance_ranks, b[teacher["rsa_index"]],
+                                  SETTINGS["rsa_distance"])
+        rows.append((layer, "rsa_spearman", metrics.rsa_from_ranks(prepared["ranks"],
+                                                                   student_ranks)))
     return rows
 
 
-def pair_task(teacher_path: str, student_path: str, teacher_cache: str, student_cache: str,
-              cache_path: str) -> dict:
-    """Teacher-student pair metrics (rows keyed by the student's layer), cached per pair.
-
-    Needs the model caches of both files (written by :func:`model_task`) for the ICA fits.
-    Returns {'rows', 'timings', 'cached', 'error'} like :func:`model_task`."""
-    cache_path = Path(cache_path)
-    try:
-        key = cache_key(teacher_path, student_path)
-    except FileNotFoundError as error:
-        return {"error": f"representation {error.filename} disappeared"}
+def _read_pair_cache(cache_path: Path, key: dict) -> list | None:
     try:
         cached = read_json(cache_path)
     except StateFileError:
-        cached = None
-    if cached is not None and cached.get("key") == json.loads(json.dumps(key)):
-        return {"rows": [tuple(row) for row in cached["rows"]], "timings": {}, "cached": True,
-                "error": None}
+        return None
+    if cached is None or cached.get("key") != json.loads(json.dumps(key)):
+        return None
+    return [tuple(row) for row in cached["rows"]]
+
+
+def teacher_task(teacher_path: str, teacher_cache: str,
+                 students: list[tuple[str, str, str]]) -> list[dict]:
+    """Teacher-student metrics of every student of one teacher (same data set and seed).
+
+    ``students``: (representation path, model cache path, pair cache path) per student.
+    Pairs whose cache is current are read from it; for the others the teacher's share of
+    the work (RBF Gram matrices, distance ranks) is done once. The model caches (written by
+    :func:`model_task`) supply the ICA fits. Returns one {'rows', 'timings', 'cached',
+    'error'} per student, in order; rows are keyed by the student's layer."""
+    outcomes: list[dict | None] = [None] * len(students)
+    keys: dict[int, dict] = {}
+    for index, (student_path, _, pair_cache) in enumerate(students):
+        try:
+            keys[index] = cache_key(teacher_path, student_path)
+        except FileNotFoundError as error:
+            outcomes[index] = {"error": f"representation {error.filename} disappeared"}
+            continue
+        rows = _read_pair_cache(Path(pair_cache), keys[index])
+        if rows is not None:
+            outcomes[index] = {"rows": rows, "timings": {}, "cached": True, "error": None}
+    todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    if not todo:
+        return outcomes
     timer = _Timer()
     try:
         teacher = timer.run("load", load_representation, teacher_path)
-        student = timer.run("load", load_representation, student_path)
     except UserError as error:
-        return {"error": str(error)}
-    if not np.array_equal(teacher["labels"], student["labels"]):
-        return {"error": f"labels of {student_path} differ from its teacher's {teacher_path}: "
-                         "expected both extracted from the same test split"}
+        return [outcome or {"error": str(error)} for outcome in outcomes]
     teacher_model = _read_model_cache(Path(teacher_cache), cache_key(teacher_path))
-    student_model = _read_model_cache(Path(student_cache), cache_key(student_path))
-    if teacher_model is None or student_model is None:
-        return {"error": f"per-model results of {teacher_path} or {student_path} are missing"}
-    rows = _pair_rows(teacher, student, teacher_model["ica"], student_model["ica"], timer)
-    atomic_write_json(cache_path, {"key": key, "rows": rows})
-    return {"rows": rows, "timings": timer.seconds, "cached": False, "error": None}
+    if teacher_model is None:
+        message = f"per-model results of {teacher_path} are missing"
+        return [outcome or {"error": message} for outcome in outcomes]
+    prepared = _prepare_teacher(teacher, timer)
+    for index in todo:
+        student_path, student_cache, pair_cache = students[index]
+        try:
+            student = timer.run("load", load_representation, student_path)
+        except UserError as error:
+            outcomes[index] = {"error": str(error)}
+            continue
+        if not np.array_equal(teacher["labels"], student["labels"]):
+            outcomes[index] = {"error": f"labels of {student_path} differ from its teacher's "
+                                        f"{teacher_path}: expected both extracted from the "
+                                        "same test split"}
+            continue
+        student_model = _read_model_cache(Path(student_cache), cache_key(student_path))
+        if student_model is None:
+            outcomes[index] = {"error": f"per-model results of {student_path} are missing"}
+            continue
+        rows = _pair_rows(prepared, student, teacher_model["ica"], student_model["ica"], timer)
+        atomic_write_json(pair_cache, {"key": keys[index], "rows": rows})
+        # the group's time (teacher preparation included) goes with its first pair
+        outcomes[index] = {"rows": rows, "timings": timer.seconds, "cached": False,
+                           "error": None}
+        timer = _Timer()
+    return outcomes

@@ -164,9 +164,11 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
 
     torch_device = resolve_device(device) if work else None
     data_of: dict[str, object] = {}  # data set -> DeviceData, or the UserError text
-    for index, (spec, run_dir, targets) in enumerate(sorted(work, key=lambda w: w[0]), 1):
+    # grouped by data set (stable: walk order within one), one data set in memory at a time
+    for index, (spec, run_dir, targets) in enumerate(sorted(work, key=lambda w: w[0].dataset),
+                                                     1):
         if spec.dataset not in data_of:
-            data_of.clear()  # one data set on the device at a time
+            data_of.clear()
             try:
                 arrays = kdata.load_arrays(spec.dataset, study.data_root)
                 data_of[spec.dataset] = kdata.DeviceData(arrays, torch_device)

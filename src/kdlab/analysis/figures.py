@@ -200,6 +200,9 @@ def _grouped_bars(ax, series, layers=LAYERS) -> None:
 def _heatmap(ax, matrix: np.ndarray, row_labels, column_labels, vmin=None, vmax=None,
              cmap="viridis", digits: int = 2):
     """Annotated heatmap; NaN cells drawn light grey and labelled 'n/a'."""
+    if matrix.size == 0:
+        _no_data(ax, "nothing to show")
+        return None
     masked = np.ma.masked_invalid(matrix)
     colour_map = plt.get_cmap(cmap).with_extremes(bad=MISSING_COLOUR)
     finite = matrix[np.isfinite(matrix)]
@@ -769,18 +772,22 @@ def draw_study(study, frame, scatter: dict, executor, result, show_progress: boo
                     tuple(study.seeds), study.teacher, study.student)
         base = layout.figures_dir(study.analysis_dir, study.name, dataset)
         groups = []
-        for method in study.methods:
+        if not (study.methods and study.alphas):
+            notes.append(f"{dataset}: the study has no KD methods / alphas, so no per-method "
+                         "figures and no alpha sweeps")
+        for method in study.methods if study.alphas else []:
             subset = data[data["method"].isin([method, TEACHER, PURE])].reset_index(drop=True)
             groups.append((f"{dataset}/per_method/{method}", "per_method", subset,
                            {"method": method}, base / "per_method" / method))
-        for metric, *_ in sweep_metrics():
+        for metric, *_ in sweep_metrics() if study.methods and study.alphas else []:
             groups.append((f"{dataset}/sweeps/{metric}", "sweep",
                            data[data["metric"] == metric].reset_index(drop=True),
                            {"metric": metric}, base / "sweeps"))
-        groups.append((f"{dataset}/sweeps/accuracy_vs_alignment", "accuracy_vs_alignment",
-                       data[((data["metric"] == "cka_linear") & (data["layer"] == "layer3"))
-                            | (data["metric"] == "test_acc")].reset_index(drop=True),
-                       {}, base / "sweeps"))
+        if study.methods and study.alphas:
+            groups.append((f"{dataset}/sweeps/accuracy_vs_alignment", "accuracy_vs_alignment",
+                           data[((data["metric"] == "cka_linear") & (data["layer"] == "layer3"))
+                                | (data["metric"] == "test_acc")].reset_index(drop=True),
+                           {}, base / "sweeps"))
         dataset_scatter = {entry: value for entry, value in scatter.items()
                            if entry.dataset == dataset}
         panels, chosen = _scatter_panels(grid, dataset_scatter)

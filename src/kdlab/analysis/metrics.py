@@ -3,8 +3,8 @@
 Conventions: a representation is ``features`` [n_samples, n_features] (float); rows of two
 representations compared with each other are the same inputs in the same order; ``labels``
 is [n_samples] (int). Nothing here reads or writes files. Library routines are used where
-they exist (sklearn PCA / FastICA / k-NN, scipy's assignment, subspace angles, Spearman
-correlation and pairwise distances); CKA, effective dimensionality, participation ratio,
+they exist (sklearn PCA / FastICA / k-NN, scipy's assignment, subspace angles, ranks and
+pairwise distances); CKA, effective dimensionality, participation ratio,
 the Fisher criterion, TwoNN and RSA are written out here after their papers.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from scipy.linalg import subspace_angles
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import pdist
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
@@ -55,11 +55,19 @@ def subsample_indices(n_samples: int, size: int, seed: int = 0) -> np.ndarray:
 
 # ---- spectrum: PCA, effective dimensionality, participation ratio ---------------------------
 
+def _pca(array: np.ndarray, n_components: int | None = None) -> PCA:
+    """sklearn's PCA; through the d x d covariance when n >> d (exact up to round-off and
+    ~100x faster than an SVD of the n x d matrix for a 10,000 x 64 representation)."""
+    solver = "covariance_eigh" if array.shape[0] >= 4 * array.shape[1] else "full"
+    return PCA(n_components=n_components, svd_solver=solver)
+
+
 def pca_spectrum(features) -> np.ndarray:
     """Variances [min(n_samples, n_features)] of the principal components, largest first
     (eigenvalues of the sample covariance, ddof=1). Pearson 1901 / Hotelling 1933."""
     array = _as_features(features)
-    return PCA(svd_solver="full").fit(array).explained_variance_
+    spectrum = _pca(array).fit(array).explained_variance_
+    return np.clip(spectrum, 0.0, None)  # round-off can make a zero variance slightly negative
 
 
 def explained_variance_ratio(spectrum) -> np.ndarray:
@@ -134,13 +142,7 @@ def _center_gram(gram: np.ndarray) -> np.ndarray:
 def gram_cka(gram_a, gram_b) -> float:
     """CKA of two Gram (kernel) matrices [n, n]: HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))
     with the biased HSIC estimator tr(KHLH) (Kornblith et al. 2019, eq. 3-4)."""
-    k = _center_gram(np.asarray(gram_a, dtype=np.float64))
-    l = _center_gram(np.asarray(gram_b, dtype=np.float64))
-    norm_k = np.linalg.norm(k)
-    norm_l = np.linalg.norm(l)
-    if norm_k == 0 or norm_l == 0:
-        return 0.0
-    return float(np.sum(k * l) / (norm_k * norm_l))
+    return cka_from_normalized(normalized_centered_gram(gram_a), normalized_centered_gram(gram_b))
 
 
 def rbf_gram(features, sigma_fraction: float = 0.8) -> np.ndarray:
@@ -157,11 +159,28 @@ def rbf_gram(features, sigma_fraction: float = 0.8) -> np.ndarray:
     return np.exp(-distances_sq / (2.0 * sigma ** 2))
 
 
+def normalized_centered_gram(gram) -> np.ndarray | None:
+    """H K H / ||H K H||_F [n, n] of a Gram matrix, so that the CKA of two Gram matrices is
+    the sum of the elementwise product of theirs; None for a constant kernel. Lets a
+    teacher's Gram matrix be computed once for all its students."""
+    centered = _center_gram(np.asarray(gram, dtype=np.float64))
+    norm = np.linalg.norm(centered)
+    return centered / norm if norm > 0 else None
+
+
+def cka_from_normalized(gram_a: np.ndarray | None, gram_b: np.ndarray | None) -> float:
+    """CKA from two :func:`normalized_centered_gram` results (0 when either is constant)."""
+    if gram_a is None or gram_b is None:
+        return 0.0
+    return float(np.sum(gram_a * gram_b))
+
+
 def rbf_cka(features_a, features_b, sigma_fraction: float = 0.8) -> float:
     """RBF-kernel CKA of [n, p] and [n, q] (Kornblith et al. 2019, section 3); O(n^2)
     memory and time, so callers pass a subsample."""
     a, b = _paired(features_a, features_b)
-    return gram_cka(rbf_gram(a, sigma_fraction), rbf_gram(b, sigma_fraction))
+    return cka_from_normalized(normalized_centered_gram(rbf_gram(a, sigma_fraction)),
+                               normalized_centered_gram(rbf_gram(b, sigma_fraction)))
 
 
 def cross_layer_linear_cka(layers_a, layers_b) -> np.ndarray:
@@ -187,8 +206,8 @@ def principal_angles(features_a, features_b, n_components: int) -> np.ndarray:
     limit = min(a.shape[1], b.shape[1], a.shape[0])
     if not 1 <= n_components <= limit:
         raise ValueError(f"n_components: expected 1..{limit}, found {n_components}")
-    scores_a = PCA(n_components=n_components, svd_solver="full").fit_transform(a)
-    scores_b = PCA(n_components=n_components, svd_solver="full").fit_transform(b)
+    scores_a = _pca(a, n_components).fit_transform(a)
+    scores_b = _pca(b, n_components).fit_transform(b)
     return np.sort(subspace_angles(scores_a, scores_b))
 
 
@@ -219,8 +238,10 @@ def fit_ica(features, n_components: int, random_state: int = 0, max_iter: int = 
     array = _as_features(features)
     if not 1 <= n_components <= min(array.shape):
         raise ValueError(f"n_components: expected 1..{min(array.shape)}, found {n_components}")
-    model = FastICA(n_components=n_components, whiten="unit-variance", random_state=random_state,
-                    max_iter=max_iter, tol=tol)
+    # eigh whitening: the d x d covariance instead of an SVD of the n x d data (n >> d)
+    solver = "eigh" if array.shape[0] >= 4 * array.shape[1] else "svd"
+    model = FastICA(n_components=n_components, whiten="unit-variance", whiten_solver=solver,
+                    random_state=random_state, max_iter=max_iter, tol=tol)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         model.fit(array)
@@ -334,16 +355,33 @@ def twonn_dimension(features, discard_fraction: float = 0.1) -> float:
     return float(np.dot(x, y) / denominator) if denominator > 0 else float("nan")
 
 
+def distance_ranks(features, metric: str = "euclidean") -> np.ndarray | None:
+    """Ranks of the condensed pairwise distances [n(n-1)/2] of ``features`` [n, d] (ties
+    averaged, as Spearman's rho does), centred and scaled to unit norm, so that the
+    Spearman correlation of two such vectors is their dot product. None when all distances
+    are equal. Lets a teacher's ranks be computed once for all its students."""
+    distances = pdist(_as_features(features), metric=metric)
+    ranks = rankdata(distances)
+    ranks -= ranks.mean()
+    norm = np.linalg.norm(ranks)
+    return ranks / norm if norm > 0 else None
+
+
+def rsa_from_ranks(ranks_a: np.ndarray | None, ranks_b: np.ndarray | None) -> float:
+    """Spearman correlation from two :func:`distance_ranks` results (NaN if one is None)."""
+    if ranks_a is None or ranks_b is None:
+        return float("nan")  # a constant distance vector has no ranks to correlate
+    if ranks_a.shape != ranks_b.shape:
+        raise ValueError(f"rank vectors of different lengths: {ranks_a.shape} and {ranks_b.shape}")
+    return float(np.dot(ranks_a, ranks_b))
+
+
 def rsa_spearman(features_a, features_b, metric: str = "euclidean") -> float:
     """Representational similarity analysis (Kriegeskorte et al. 2008): Spearman rank
     correlation between the condensed pairwise-distance vectors [n(n-1)/2] of two
     representations of the same n inputs. O(n^2): callers pass a subsample."""
     a, b = _paired(features_a, features_b)
-    distances_a = pdist(a, metric=metric)
-    distances_b = pdist(b, metric=metric)
-    if np.ptp(distances_a) == 0 or np.ptp(distances_b) == 0:
-        return float("nan")  # a constant distance vector has no ranks to correlate
-    return float(spearmanr(distances_a, distances_b).statistic)
+    return rsa_from_ranks(distance_ranks(a, metric), distance_ranks(b, metric))
 
 
 def pca_projection(features, n_components: int = 2) -> np.ndarray:
@@ -351,7 +389,7 @@ def pca_projection(features, n_components: int = 2) -> np.ndarray:
     each column's sign fixed so that its largest-magnitude entry is positive (so reruns
     and similar models draw the same orientation)."""
     array = _as_features(features)
-    scores = PCA(n_components=n_components, svd_solver="full").fit_transform(array)
+    scores = _pca(array, n_components).fit_transform(array)
     signs = np.sign(scores[np.argmax(np.abs(scores), axis=0), np.arange(scores.shape[1])])
     signs[signs == 0] = 1.0
     return scores * signs

@@ -16,48 +16,56 @@ from .. import layout
 from ..runstate import atomic_write_text
 from .store import LAYERS
 
-# One sentence per metric (also the legend of metrics.csv's 'metric' column).
-METRIC_DESCRIPTIONS = [
-    ("test_acc", "Top-1 accuracy (%) on the test split, from the stored logits of the run's "
-                 "best weights."),
-    ("pca_cumvar_k", "Fraction of the layer's variance captured by its first k principal "
-                     "components (PCA of the global-average-pooled features)."),
-    ("effective_dim_90 / effective_dim_95", "Number of principal components needed to "
-                                            "explain 90% / 95% of the variance."),
-    ("participation_ratio", "(Σλ)² / Σλ² of the PCA eigenvalues λ: how many directions the "
-                            "variance is spread over (Gao et al. 2017)."),
-    ("numerical_rank", "Number of principal components with non-negligible variance (dead "
-                       "channels lower it)."),
-    ("cka_linear", "Linear centred kernel alignment with the teacher at the same layer, "
-                   "1 = same representation up to rotation and scale (Kornblith et al. 2019)."),
-    ("cka_linear_vs_teacher_LAYER", "Linear CKA of this student layer against the named "
-                                    "teacher layer (the 3 × 3 cross-layer matrix)."),
-    ("cka_rbf / cka_rbf_minus_linear", "CKA with a Gaussian kernel (bandwidth 0.8 × median "
-                                       "distance, 2,000-sample subsample), and how far it "
-                                       "exceeds linear CKA (non-linear similarity)."),
-    ("principal_angle_i / principal_angle_mean", "Angles (degrees) between the spans of the "
-                                                 "top-10 principal-component scores of student "
-                                                 "and teacher; 0° = same subspace (Björck & "
-                                                 "Golub 1973)."),
-    ("ica_matched_r_mean / ica_matched_above_0.5", "FastICA components (10, fixed seed) of "
-                                                   "student and teacher matched one-to-one by "
-                                                   "the Hungarian algorithm on |correlation|: "
-                                                   "mean matched |r| and the count above 0.5."),
-    ("ica_converged / ica_pair_converged / ica_iterations", "Whether FastICA converged for "
-                                                            "this model (pair: both models), "
-                                                            "and its iterations; "
-                                                            "non-converged fits are flagged, "
-                                                            "not dropped."),
-    ("fisher", "Fisher criterion tr(S_B)/tr(S_W): between-class over within-class scatter "
-               "of the features; higher = classes more separable (Fisher 1936)."),
-    ("twonn_dim", "Intrinsic dimension by TwoNN, from ratios of second to first "
-                  "nearest-neighbour distances on 5,000 samples (Facco et al. 2017)."),
-    ("rsa_spearman", "Representational similarity: Spearman correlation of student and "
-                     "teacher pairwise-distance matrices on 1,000 samples (Kriegeskorte et al. "
-                     "2008)."),
-    ("knn_acc", "Accuracy (%) of a 5-nearest-neighbour probe on the layer's features (fixed "
-                "half/half split of the test split)."),
-]
+def metric_descriptions() -> list[tuple[str, str]]:
+    """(metric name(s), one sentence) for every metric of metrics.csv, with the settings
+    of :data:`kdlab.analysis.compute.SETTINGS` filled in."""
+    from .compute import MATCH_THRESHOLD, SETTINGS as S
+
+    return [
+        ("test_acc", "Top-1 accuracy (%) on the test split, from the stored logits of the "
+                     "run's best weights."),
+        ("pca_cumvar_k", "Fraction of the layer's variance captured by its first k principal "
+                         "components (PCA of the global-average-pooled features)."),
+        ("effective_dim_90 / effective_dim_95", "Number of principal components needed to "
+                                                "explain 90% / 95% of the variance."),
+        ("participation_ratio", "(Σλ)² / Σλ² of the PCA eigenvalues λ: how many directions "
+                                "the variance is spread over (Gao et al. 2017)."),
+        ("numerical_rank", "Number of principal components with non-negligible variance "
+                           "(dead channels lower it)."),
+        ("cka_linear", "Linear centred kernel alignment with the teacher at the same layer, "
+                       "1 = the same representation up to rotation and scale (Kornblith et "
+                       "al. 2019)."),
+        ("cka_linear_vs_teacher_LAYER", "Linear CKA of this student layer against the named "
+                                        "teacher layer (the 3 × 3 cross-layer matrix)."),
+        ("cka_rbf / cka_rbf_minus_linear",
+         f"CKA with a Gaussian kernel (bandwidth {S['rbf_sigma_fraction']} × the median "
+         f"distance, on {S['rbf_cka_samples']:,} samples), and how far it exceeds linear "
+         "CKA (similarity a linear kernel misses)."),
+        ("principal_angle_i / principal_angle_mean",
+         f"Angles (degrees) between the spans of the top-{S['principal_angle_components']} "
+         "principal-component scores of student and teacher; 0° = the same subspace "
+         "(Björck & Golub 1973)."),
+        (f"ica_matched_r_mean / ica_matched_above_{MATCH_THRESHOLD}",
+         f"FastICA components ({S['ica_components']}, fixed seed, fitted on "
+         f"{S['ica_fit_samples']:,} samples) of student and teacher matched one-to-one by the "
+         f"Hungarian algorithm on |correlation|: mean matched |r| and the count above "
+         f"{MATCH_THRESHOLD}."),
+        ("ica_converged / ica_pair_converged / ica_iterations",
+         f"Whether FastICA converged within {S['ica_max_iter']} iterations for this model "
+         "(pair: for both models), and the iterations used; non-converged fits are flagged, "
+         "not dropped."),
+        ("fisher", "Fisher criterion tr(S_B)/tr(S_W): between-class over within-class "
+                   "scatter of the features; higher = classes more separable (Fisher 1936)."),
+        ("twonn_dim", "Intrinsic dimension by TwoNN, from the ratios of second to first "
+                      f"nearest-neighbour distances on {S['twonn_samples']:,} samples (Facco "
+                      "et al. 2017)."),
+        ("rsa_spearman", "Representational similarity: Spearman correlation of student and "
+                         f"teacher pairwise-distance matrices on {S['rsa_samples']:,} samples "
+                         "(Kriegeskorte et al. 2008)."),
+        ("knn_acc", f"Accuracy (%) of a {S['knn_k']}-nearest-neighbour probe on the layer's "
+                    "features (fixed half/half split of the test split)."),
+    ]
+
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em auto; max-width: 1400px; color: #222; }
@@ -153,7 +161,7 @@ def write_report(study, result, accuracy) -> Path:
                  "of the same seed. Subsample sizes and seeds are fixed; see "
                  "<code>kdlab.analysis.compute</code>.</p><dl>")
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>"
-              for name, text in METRIC_DESCRIPTIONS]
+              for name, text in metric_descriptions()]
     parts.append("</dl>")
 
     for dataset in study.datasets:
