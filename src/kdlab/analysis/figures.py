@@ -39,7 +39,7 @@ from ..runstate import atomic_write_bytes, atomic_write_json, read_json, StateFi
 from .store import LAYERS  # noqa: E402
 
 # Bump when a figure's drawing changes: every group is redrawn.
-FIGURE_VERSION = 1
+FIGURE_VERSION = 2
 DPI = 110
 TEACHER = "teacher"
 PURE = "pure"
@@ -145,7 +145,7 @@ def save_figure(figure, path: Path) -> None:
 
 
 def _subplots(rows: int, columns: int, width: float = 3.4, height: float = 2.8, **kwargs):
-    figure, axes = plt.subplots(rows, columns, figsize=(max(4.0, width * columns),
+    figure, axes = plt.subplots(rows, columns, figsize=(max(6.0, width * columns),
                                                         height * rows + 0.6),
                                 squeeze=False, layout="constrained", **kwargs)
     return figure, axes
@@ -158,8 +158,9 @@ def _figure_legend(figure, axes, columns: int = 4) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
+        fits = max(1, int(figure.get_figwidth() // 1.8))  # entries side by side that fit
         figure.legend(list(seen.values()), list(seen), loc="outside lower center",
-                      ncols=min(columns, len(seen)), fontsize=8, frameon=False)
+                      ncols=min(columns, len(seen), fits), fontsize=8, frameon=False)
 
 
 def _missing_note(ax, text: str) -> None:
@@ -232,7 +233,7 @@ def _alpha_titles(axes_row, grid: Grid, counts=None) -> None:
 
 
 def _figure_title(figure, grid: Grid, text: str) -> None:
-    figure.suptitle(f"{grid.dataset} · {text} · {grid.study}", fontsize=11)
+    figure.suptitle(f"{grid.dataset} · {text} · {grid.study}", fontsize=11, wrap=True)
 
 
 # ---- per method -------------------------------------------------------------------------------
