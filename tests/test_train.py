@@ -260,3 +260,18 @@ def test_per_epoch_progress_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch 1/1" in out and "img/s" in out and "test_acc" in out
     assert json.loads((the_run_dir(tmp_path) / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_a_crash_marks_the_run_failed_with_its_reason(tmp_path, monkeypatch, capsys):
+    import kdlab.train as train_module
+
+    def crash(*args, **kwargs):
+        raise FloatingPointError("non-finite reconstruction loss in epoch 1")
+
+    monkeypatch.setattr(train_module, "evaluate", crash)
+    assert main(train_args(tmp_path, 1, "--quiet")) == 1
+    status = runstate.read_status(the_run_dir(tmp_path))
+    assert status["status"] == "failed"
+    assert status["reason"] == ("crashed: FloatingPointError: non-finite reconstruction loss "
+                                "in epoch 1")
+    assert "Traceback" in capsys.readouterr().err

@@ -219,8 +219,26 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
 
     flag = _StopFlag()
     with _stop_signals(flag):
-        return _train(_RunContext(config, spec, run_dir, resolve_device(config.device), quiet),
-                      status, force_restart, download, flag)
+        try:
+            return _train(_RunContext(config, spec, run_dir, resolve_device(config.device),
+                                      quiet), status, force_restart, download, flag)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            # A crash must not leave the run 'in_progress' (a re-queue would resubmit it for
+            # ever): record it as failed with the reason, keep the traceback in the log.
+            import traceback
+
+            traceback.print_exc()
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            reason = f"crashed: {type(error).__name__}: {first_line}"
+            try:
+                runstate.update_status(run_dir, status=runstate.FAILED, reason=reason,
+                                       failed_at=time.time())
+            except (OSError, runstate.StateFileError):
+                pass
+            print(f"{spec.name}: FAILED: {reason}", file=sys.stderr, flush=True)
+            return runstate.FAILED
 
 
 def _say(quiet: bool, line: str) -> None:
