@@ -4,6 +4,7 @@ representation files in the real on-disk format."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import sys
@@ -332,6 +333,14 @@ def test_cached_results_equal_fresh_results(analysed, tmp_path):
     assert not fresh["cached"] and cached["cached"]
     assert fresh["rows"] == cached["rows"]
     np.testing.assert_array_equal(fresh["scatter"], cached["scatter"])
+    # a damaged cache entry is recomputed, not trusted and not fatal
+    cache = tmp_path / "model.npz"
+    cache.write_bytes(cache.read_bytes()[:300])
+    again = compute.model_task(str(copy), str(cache))
+    assert not again["cached"] and again["rows"] == fresh["rows"]
+    # a changed representation file invalidates its entry
+    os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 1))
+    assert not compute.model_task(str(copy), str(cache))["cached"]
 
 
 def test_no_representations_is_a_user_error(tmp_path):

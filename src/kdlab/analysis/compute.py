@@ -31,8 +31,10 @@ its students (:func:`teacher_task`).
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -113,13 +115,11 @@ def _read_model_cache(cache_path: Path, key: dict) -> dict | None:
                         bool(archive[f"ica_{layer}_converged"]),
                         int(archive[f"ica_{layer}_iterations"]))
             return result
-    except (OSError, ValueError, KeyError, EOFError, TypeError):
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
         return None  # absent or unreadable cache: recompute
 
 
 def _write_model_cache(cache_path: Path, key: dict, result: dict) -> None:
-    import io
-
     arrays = {"key": np.array(json.dumps(key, sort_keys=True)),
               "rows": np.array(json.dumps(result["rows"])),
               "scatter": result["scatter"], "scatter_labels": result["scatter_labels"]}
