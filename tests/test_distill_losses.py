@@ -237,6 +237,7 @@ def test_factor_transfer_zero_when_translator_is_the_encoder():
     outputs = random_outputs(17)
     distiller = build("factor_transfer")
     distiller.translator.load_state_dict(distiller.paraphraser.encoder.state_dict())
+    distiller.eval()  # the translator's BN on running statistics, like the frozen encoder's
     value = distiller(outputs, [output.clone() for output in outputs], None)["factor"]
     assert float(value.detach()) == pytest.approx(0, abs=1e-6)
 
