@@ -51,8 +51,9 @@ def directory_of(config: TrainConfig):
 
 
 def comparable(metrics: dict) -> dict:
-    """Everything but wall-clock figures."""
-    return {key: value for key, value in metrics.items() if key != "epoch_seconds"}
+    """Everything but wall-clock figures and the paths recorded in the config."""
+    return {key: value for key, value in metrics.items()
+            if key not in ("epoch_seconds", "config")}
 
 
 def teacher_dir(root):
