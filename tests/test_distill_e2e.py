@@ -1,7 +1,14 @@
 """`kdlab train` with every distillation method, end to end on the embedded Digits data set
 (ResNet20 teacher, ResNet8 student, CPU): no method collapses at alpha 0.5 or 0.95, factor
 transfer resumes mid-way through either stage with the metrics of an uninterrupted run, and
-the user's mistakes end in one line and exit code 2."""
+the user's mistakes end in one line and exit code 2.
+
+What "no collapse" can mean after a few epochs: at alpha 0.95 the cross-entropy carries 5% of
+the loss, so a student guided by feature maps alone (FitNets, AT, FT, NST, RKD) learns the
+classes slowly whatever the method does (measured: 4 epochs give a pure student 97.8%, the
+0.05·CE share alone 43.3%). So at 0.95 a student is compared with that matched baseline
+(same alpha, distillation weight 0): the distillation term must not make it learn much worse
+than its own CE share would. At 0.5 it must come close to the pure student."""
 
 import math
 import os
@@ -22,14 +29,14 @@ from kdlab.models import build_model
 from kdlab.train import train_run
 
 TEACHER, STUDENT, SEED = "ResNet20", "ResNet8", 0
-TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 3
+TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 4
 # Small batches: Digits has 1,437 training images, and 45 steps per epoch learn far more
 # in a few epochs than 12 steps of 128 would.
 BATCH = 32
 STEPS_PER_EPOCH = 45
 PARAPHRASER_EPOCHS = 2
 CHANCE = 10.0            # ten digit classes
-MAX_GAP_TO_PURE = 15.0   # points of test accuracy a distilled student may trail the pure one
+MAX_GAP = 15.0           # points of test accuracy a distilled student may trail its reference
 
 
 def train_config(root, model=STUDENT, epochs=STUDENT_EPOCHS, **changes) -> TrainConfig:
@@ -40,8 +47,9 @@ def train_config(root, model=STUDENT, epochs=STUDENT_EPOCHS, **changes) -> Train
     return TrainConfig(**base)
 
 
-def kd_config(root, method, alpha) -> TrainConfig:
-    options = {"paraphraser_epochs": PARAPHRASER_EPOCHS} if method == "factor_transfer" else {}
+def kd_config(root, method, alpha, **options) -> TrainConfig:
+    if method == "factor_transfer":
+        options.setdefault("paraphraser_epochs", PARAPHRASER_EPOCHS)
     return train_config(root, distillation=method, teacher_model=TEACHER, alpha=alpha,
                         method_options=options)
 
@@ -62,12 +70,17 @@ def teacher_dir(root):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A finished pure teacher and the pure student's final test accuracy."""
+    """A finished pure teacher, the pure student's final test accuracy, and that of the
+    CE share alone at alpha 0.95 (logit distillation with weight 0: loss = 0.05·CE)."""
     root = tmp_path_factory.mktemp("distill_e2e")
     assert train_run(train_config(root, TEACHER, TEACHER_EPOCHS), quiet=True) == "completed"
     pure = train_config(root)
     assert train_run(pure, quiet=True) == "completed"
+    ce_share = kd_config(root / "ce_share", "logit", 0.95, weight=0.0)
+    shutil.copytree(teacher_dir(root), teacher_dir(root / "ce_share"))
+    assert train_run(ce_share, quiet=True) == "completed"
     return {"root": root, "pure_acc": runstate.read_metrics(directory_of(pure))["test_acc"][-1],
+            "ce_share_acc": runstate.read_metrics(directory_of(ce_share))["test_acc"][-1],
             "teacher_acc": runstate.read_metrics(teacher_dir(root))["test_acc"][-1], "kd": {}}
 
 
@@ -86,12 +99,16 @@ def kd_metrics(trained, method, alpha) -> dict:
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_no_method_collapses(trained, method, alpha):
     """Regression test for the earlier round's RKD runs, which sat at chance for 150 epochs."""
-    assert trained["teacher_acc"] > 3 * CHANCE and trained["pure_acc"] > 3 * CHANCE
+    assert trained["teacher_acc"] > 9 * CHANCE and trained["pure_acc"] > 9 * CHANCE
     metrics = kd_metrics(trained, method, alpha)
-    final = metrics["test_acc"][-1]
-    assert final > 3 * CHANCE, (method, alpha, metrics["test_acc"])
-    assert final >= trained["pure_acc"] - MAX_GAP_TO_PURE, (method, alpha, final,
-                                                              trained["pure_acc"])
+    accuracy = metrics["test_acc"]
+    # Not stuck: the accuracy climbs over the epochs (the earlier RKD runs sat flat at chance).
+    assert accuracy[-1] > accuracy[0] + CHANCE, (method, alpha, accuracy)
+    if alpha == 0.5:
+        assert accuracy[-1] >= trained["pure_acc"] - MAX_GAP, (method, accuracy, trained)
+    else:
+        assert accuracy[-1] > 2 * CHANCE, (method, alpha, accuracy)
+        assert accuracy[-1] >= trained["ce_share_acc"] - MAX_GAP, (method, accuracy, trained)
     # Every loss term is logged per epoch, finite, and the terms add up to the distill loss.
     terms = [key for key in metrics if key.startswith("train_")
              and key not in ("train_loss", "train_acc", "train_ce", "train_distill")]
