@@ -103,6 +103,31 @@ class Scheduler(ABC):
     def cancel(self, job_id: str) -> None:
         """Stop the job (training saves a checkpoint on the signal, when it can)."""
 
+    def record_then_release(self, job_id: str, record: Callable[[str], None],
+                            release: list[str]) -> str:
+        """The second half of a held submission: ``record(job_id)``, then run ``release``.
+
+        If recording fails, or the release does, the held job is cancelled: a job left held
+        would look alive for ever, and the next ``kdlab queue`` must see it gone and submit
+        the run again.
+        """
+        try:
+            record(job_id)
+        except BaseException:
+            self._cancel_quietly(job_id)
+            raise
+        result = run_command(release, f"{self.name} release")
+        if result.returncode != 0:
+            self._cancel_quietly(job_id)
+            raise SchedulerError(command_failure(release, result))
+        return job_id
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            self.cancel(job_id)
+        except SchedulerError:
+            pass
+
 
 def run_command(argv: list[str], what: str, input_text: str | None = None,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -151,25 +151,7 @@ class PbsScheduler(Scheduler):
         if result.returncode != 0:
             raise SchedulerError(command_failure(argv, result))
         job_id = parse_qsub_output(result.stdout)
-        try:
-            record(job_id)
-        except BaseException:
-            self._cancel_quietly(job_id)
-            raise
-        release = ["qrls", job_id]
-        result = run_command(release, "pbs release")
-        if result.returncode != 0:
-            # A job left held would look alive for ever: delete it, so that the next
-            # `kdlab queue` sees it gone and submits the run again.
-            self._cancel_quietly(job_id)
-            raise SchedulerError(command_failure(release, result))
-        return job_id
-
-    def _cancel_quietly(self, job_id: str) -> None:
-        try:
-            self.cancel(job_id)
-        except SchedulerError:
-            pass
+        return self.record_then_release(job_id, record, ["qrls", job_id])
 
     def alive_jobs(self, job_ids: Iterable[str]) -> dict[str, bool | SchedulerError]:
         """One ``qstat -f -F json ID...`` call for all jobs; a job that call leaves unexplained

@@ -101,25 +101,7 @@ class SlurmScheduler(Scheduler):
         if result.returncode != 0:
             raise SchedulerError(command_failure(argv, result))
         job_id = parse_sbatch_output(result.stdout)
-        try:
-            record(job_id)
-        except BaseException:
-            self._cancel_quietly(job_id)
-            raise
-        release = ["scontrol", "release", job_id]
-        result = run_command(release, "slurm release")
-        if result.returncode != 0:
-            # A job left held would look alive for ever: cancel it, so that the next
-            # `kdlab queue` sees it gone and submits the run again.
-            self._cancel_quietly(job_id)
-            raise SchedulerError(command_failure(release, result))
-        return job_id
-
-    def _cancel_quietly(self, job_id: str) -> None:
-        try:
-            self.cancel(job_id)
-        except SchedulerError:
-            pass
+        return self.record_then_release(job_id, record, ["scontrol", "release", job_id])
 
     def alive_jobs(self, job_ids: Iterable[str]) -> dict[str, bool | SchedulerError]:
         """One ``squeue`` call for all ``job_ids``; keys are the ids as given."""
