@@ -3,12 +3,14 @@
 transfer resumes mid-way through either stage with the metrics of an uninterrupted run, and
 the user's mistakes end in one line and exit code 2.
 
-What "no collapse" can mean after a few epochs: at alpha 0.95 the cross-entropy carries 5% of
-the loss, so a student guided by feature maps alone (FitNets, AT, FT, NST, RKD) learns the
-classes slowly whatever the method does (measured: 4 epochs give a pure student 97.8%, the
-0.05·CE share alone 43.3%). So at 0.95 a student is compared with that matched baseline
-(same alpha, distillation weight 0): the distillation term must not make it learn much worse
-than its own CE share would. At 0.5 it must come close to the pure student."""
+"Close to the pure student" is judged against a pure student trained as long. At alpha 0.95
+the labels carry 5% of the loss, and with a feature method (FitNets, AT, FT, NST, RKD) the
+layers past the guided one and the classifier learn from that share alone, i.e. at 1/20 of
+the learning rate: such a student climbs slowly (measured after 8 epochs: FitNets 66%, AT
+70%, FT 69% against a pure 99.4%) but arrives (after 30 epochs: 96.9%, 95.6%, 95.0% against
+99.7%). So the alpha 0.95 students train LONG_EPOCHS and the alpha 0.5 ones STUDENT_EPOCHS
+(after 8 epochs all six were within 2 points of the pure student's 99.4%; after 4, FitNets
+trailed by 11 points, still climbing)."""
 
 import math
 import os
@@ -29,14 +31,19 @@ from kdlab.models import build_model
 from kdlab.train import train_run
 
 TEACHER, STUDENT, SEED = "ResNet20", "ResNet8", 0
-TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 4
+TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 8
+LONG_EPOCHS = 30         # for the alpha 0.95 students (see the module's docstring)
 # Small batches: Digits has 1,437 training images, and 45 steps per epoch learn far more
 # in a few epochs than 12 steps of 128 would.
 BATCH = 32
 STEPS_PER_EPOCH = 45
 PARAPHRASER_EPOCHS = 2
 CHANCE = 10.0            # ten digit classes
-MAX_GAP = 15.0           # points of test accuracy a distilled student may trail its reference
+MAX_GAP = 10.0           # points of test accuracy a distilled student may trail the pure one
+
+
+def student_epochs(alpha: float) -> int:
+    return LONG_EPOCHS if alpha > 0.5 else STUDENT_EPOCHS
 
 
 def train_config(root, model=STUDENT, epochs=STUDENT_EPOCHS, **changes) -> TrainConfig:
@@ -47,11 +54,11 @@ def train_config(root, model=STUDENT, epochs=STUDENT_EPOCHS, **changes) -> Train
     return TrainConfig(**base)
 
 
-def kd_config(root, method, alpha, **options) -> TrainConfig:
+def kd_config(root, method, alpha, epochs=STUDENT_EPOCHS, **options) -> TrainConfig:
     if method == "factor_transfer":
         options.setdefault("paraphraser_epochs", PARAPHRASER_EPOCHS)
-    return train_config(root, distillation=method, teacher_model=TEACHER, alpha=alpha,
-                        method_options=options)
+    return train_config(root, epochs=epochs, distillation=method, teacher_model=TEACHER,
+                        alpha=alpha, method_options=options)
 
 
 def directory_of(config: TrainConfig):
@@ -70,17 +77,16 @@ def teacher_dir(root):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A finished pure teacher, the pure student's final test accuracy, and that of the
-    CE share alone at alpha 0.95 (logit distillation with weight 0: loss = 0.05·CE)."""
+    """A finished pure teacher and the final test accuracy of a pure student trained for
+    STUDENT_EPOCHS and for LONG_EPOCHS."""
     root = tmp_path_factory.mktemp("distill_e2e")
     assert train_run(train_config(root, TEACHER, TEACHER_EPOCHS), quiet=True) == "completed"
-    pure = train_config(root)
-    assert train_run(pure, quiet=True) == "completed"
-    ce_share = kd_config(root / "ce_share", "logit", 0.95, weight=0.0)
-    shutil.copytree(teacher_dir(root), teacher_dir(root / "ce_share"))
-    assert train_run(ce_share, quiet=True) == "completed"
-    return {"root": root, "pure_acc": runstate.read_metrics(directory_of(pure))["test_acc"][-1],
-            "ce_share_acc": runstate.read_metrics(directory_of(ce_share))["test_acc"][-1],
+    pure_acc = {}
+    for epochs in sorted({STUDENT_EPOCHS, LONG_EPOCHS}):
+        pure = train_config(root / f"pure_{epochs}", epochs=epochs)
+        assert train_run(pure, quiet=True) == "completed"
+        pure_acc[epochs] = runstate.read_metrics(directory_of(pure))["test_acc"][-1]
+    return {"root": root, "pure_acc": pure_acc,
             "teacher_acc": runstate.read_metrics(teacher_dir(root))["test_acc"][-1], "kd": {}}
 
 
@@ -88,7 +94,7 @@ def kd_metrics(trained, method, alpha) -> dict:
     """Metrics of the distilled run (trained once per module, shared by the tests)."""
     key = (method, alpha)
     if key not in trained["kd"]:
-        config = kd_config(trained["root"], method, alpha)
+        config = kd_config(trained["root"], method, alpha, epochs=student_epochs(alpha))
         assert train_run(config, quiet=True) == "completed"
         trained["kd"][key] = runstate.read_metrics(directory_of(config))
     return trained["kd"][key]
@@ -99,21 +105,20 @@ def kd_metrics(trained, method, alpha) -> dict:
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_no_method_collapses(trained, method, alpha):
     """Regression test for the earlier round's RKD runs, which sat at chance for 150 epochs."""
-    assert trained["teacher_acc"] > 9 * CHANCE and trained["pure_acc"] > 9 * CHANCE
+    epochs = student_epochs(alpha)
+    pure_acc = trained["pure_acc"][epochs]
+    assert trained["teacher_acc"] > 9 * CHANCE and pure_acc > 9 * CHANCE
     metrics = kd_metrics(trained, method, alpha)
     accuracy = metrics["test_acc"]
+    assert len(accuracy) == epochs
     # Not stuck: the accuracy climbs over the epochs (the earlier RKD runs sat flat at chance).
     assert accuracy[-1] > accuracy[0] + CHANCE, (method, alpha, accuracy)
-    if alpha == 0.5:
-        assert accuracy[-1] >= trained["pure_acc"] - MAX_GAP, (method, accuracy, trained)
-    else:
-        assert accuracy[-1] > 2 * CHANCE, (method, alpha, accuracy)
-        assert accuracy[-1] >= trained["ce_share_acc"] - MAX_GAP, (method, accuracy, trained)
+    assert accuracy[-1] >= pure_acc - MAX_GAP, (method, alpha, accuracy, pure_acc)
     # Every loss term is logged per epoch, finite, and the terms add up to the distill loss.
     terms = [key for key in metrics if key.startswith("train_")
              and key not in ("train_loss", "train_acc", "train_ce", "train_distill")]
-    assert terms and len(metrics["train_distill"]) == STUDENT_EPOCHS
-    for epoch in range(STUDENT_EPOCHS):
+    assert terms and len(metrics["train_distill"]) == epochs
+    for epoch in range(epochs):
         values = [metrics[key][epoch] for key in terms]
         assert all(math.isfinite(value) for value in values)
         assert sum(values) == pytest.approx(metrics["train_distill"][epoch], rel=1e-6)
@@ -165,6 +170,29 @@ def test_factor_transfer_resumes_mid_stage(trained, tmp_path, monkeypatch, stage
 
     assert train_run(config, quiet=True) == "completed"
     assert comparable(runstate.read_metrics(directory)) == comparable(reference)
+
+
+@pytest.mark.slow
+def test_force_restart_redoes_factor_transfer_stage_1(trained, tmp_path):
+    """Starting over means stage 1 too: a stored paraphraser (here replaced by zeros under
+    matching settings, as one from a since-changed setup would look) is not reused."""
+    _copy_teacher(trained, tmp_path)
+    config = kd_config(tmp_path, "factor_transfer", 0.5, epochs=1, paraphraser_epochs=1)
+    directory = directory_of(config)
+    assert train_run(config, quiet=True) == "completed"
+    trained_weights = torch.load(directory / PARAPHRASER_FILE)
+    zeroed = {"settings": trained_weights["settings"],
+              "weights": {key: torch.zeros_like(value)
+                          for key, value in trained_weights["weights"].items()}}
+    runstate.atomic_torch_save(zeroed, directory / PARAPHRASER_FILE)
+    runstate.atomic_torch_save({"epoch": 1, "settings": {}},
+                               directory / PARAPHRASER_CHECKPOINT_FILE)
+
+    assert train_run(config, force_restart=True, quiet=True) == "completed"
+    redone = torch.load(directory / PARAPHRASER_FILE)["weights"]
+    assert redone.keys() == trained_weights["weights"].keys()
+    assert all(torch.equal(redone[key], trained_weights["weights"][key]) for key in redone)
+    assert torch.load(directory / PARAPHRASER_CHECKPOINT_FILE)["settings"]
 
 
 # ---------------------------------------------------------------- the user's mistakes

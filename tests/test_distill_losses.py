@@ -374,7 +374,7 @@ def test_fitnets_regressor_is_a_trainable_submodule():
 class _Context:
     """A PretrainContext over a tiny deterministic data stream; counts batches served."""
 
-    def __init__(self, run_dir, stop_after=None, serve=True, teacher_seed=0):
+    def __init__(self, run_dir, stop_after=None, serve=True, teacher_seed=0, batch_size=4):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(teacher_seed)  # the same teacher in every context
             self.teacher = build_model("ResNet8", 10).eval()
@@ -385,14 +385,16 @@ class _Context:
         self.context = PretrainContext(
             teacher=self.teacher, train_batches=self.batches, device=torch.device("cpu"),
             run_dir=run_dir, seed=3, should_stop=self.should_stop, log=lambda line: None,
-            save=lambda path, obj: atomic_torch_save(obj, path))
+            save=lambda path, obj: atomic_torch_save(obj, path), batch_size=batch_size)
+        self.batch_size = batch_size
 
     def batches(self, epoch):
         assert self.serve, "stage 1 should have been skipped"
         generator = torch.Generator().manual_seed(100 + epoch)
         for _ in range(2):
             self.batches_served += 1
-            yield torch.randn(4, 3, IMAGE, IMAGE, generator=generator), torch.zeros(4).long()
+            yield (torch.randn(self.batch_size, 3, IMAGE, IMAGE, generator=generator),
+                   torch.zeros(self.batch_size).long())
 
     def should_stop(self):
         return self.stop_after is not None and self.batches_served >= self.stop_after
@@ -463,6 +465,11 @@ def test_paraphraser_with_other_settings_is_retrained(tmp_path):
     fake = _Context(tmp_path, teacher_seed=1)
     distiller.pretrain(fake.context)
     assert fake.batches_served == 4
+    # So does another batch stream (a changed batch size keeps the run directory).
+    fake = _Context(tmp_path, teacher_seed=1, batch_size=5)
+    distiller.pretrain(fake.context)
+    assert fake.batches_served == 4
+    assert torch.load(tmp_path / PARAPHRASER_FILE)["settings"]["batch_size"] == 5
 
 
 def test_frozen_paraphraser_stays_in_eval_mode():

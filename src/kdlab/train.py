@@ -297,8 +297,15 @@ def _train(ctx: _RunContext, status: dict | None, force_restart: bool, download:
         start_epoch = checkpoint["epoch"]
         _restore_rng(checkpoint["rng"])
         _say(ctx.quiet, f"{ctx.spec.name}: resuming after epoch {start_epoch}/{config.epochs}")
-    elif force_restart and (run_dir / runstate.CHECKPOINT_FILE).exists():
-        _say(ctx.quiet, f"{ctx.spec.name}: --force-restart: starting over")
+    elif force_restart:
+        # Also the method's own stage files (factor transfer's paraphraser): starting over
+        # means stage 1 too, e.g. after the teacher or the batch size changed.
+        stale = [run_dir / name for name in (distiller.frozen_state_files() if distiller else [])
+                 if (run_dir / name).exists()]
+        if stale or checkpoint_path.exists():
+            _say(ctx.quiet, f"{ctx.spec.name}: --force-restart: starting over")
+        for path in stale:
+            path.unlink()
 
     # Keep what others wrote (job id, scheduler, submitted_at); set what this run owns.
     base_status = {key: value for key, value in (status or {}).items()
@@ -469,7 +476,8 @@ def _pretrain(ctx: _RunContext, distiller, teacher, data, flag: _StopFlag) -> No
                                                                        epoch)),
         device=ctx.device, run_dir=ctx.run_dir, seed=ctx.config.seed,
         should_stop=lambda: bool(flag), log=lambda line: _say(ctx.quiet, line),
-        save=lambda path, obj: runstate.atomic_torch_save(obj, path))
+        save=lambda path, obj: runstate.atomic_torch_save(obj, path),
+        batch_size=ctx.config.batch_size)
     try:
         distiller.pretrain(context)
     except Preempted:

@@ -26,8 +26,8 @@ class Preempted(Exception):
 class PretrainContext:
     """What a method with a stage before student training (factor transfer) is given.
 
-    ``train_batches(epoch)`` yields augmented, normalised ``(images, labels)`` batches on
-    ``device`` drawn deterministically from the run's seed and ``epoch``;
+    ``train_batches(epoch)`` yields augmented, normalised ``(images, labels)`` batches of
+    ``batch_size`` on ``device`` drawn deterministically from the run's seed and ``epoch``;
     ``should_stop()`` turns True once the scheduler asked the job to stop: save progress
     and raise :class:`Preempted`. ``save(path, obj)`` writes atomically.
     """
@@ -40,6 +40,7 @@ class PretrainContext:
     should_stop: Callable[[], bool]
     log: Callable[[str], None]
     save: Callable[[Path, Any], None]
+    batch_size: int
 
 
 class Distiller(nn.Module):
@@ -72,5 +73,6 @@ class Distiller(nn.Module):
         return None
 
     def frozen_state_files(self) -> list[str]:
-        """Files in the run directory this method writes besides the loop's own."""
+        """Files in the run directory this method writes besides the loop's own; the loop
+        removes them when a run is started over (``--force-restart``)."""
         return []

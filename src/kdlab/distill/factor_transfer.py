@@ -142,20 +142,23 @@ class FactorTransferDistiller(Distiller):
             return {"factor": self.weight * difference.abs().mean()}
 
     # ------------------------------------------------------------------ stage 1
-    def stage_settings(self, teacher: nn.Module) -> dict:
-        """What determines the paraphraser; a stored file made with other settings, or from
-        another teacher (e.g. one retrained since), is stale."""
-        return {"teacher_channels": self.teacher_channels, "factor_channels": self.factor_channels,
+    def stage_settings(self, context: PretrainContext) -> dict:
+        """What determines the paraphraser; a stored file made with other settings, from
+        another teacher (e.g. one retrained since) or over another batch stream (seed, batch
+        size), is stale."""
+        teacher = context.teacher
+        return {"seed": int(context.seed), "batch_size": int(context.batch_size),
+                "teacher_channels": self.teacher_channels, "factor_channels": self.factor_channels,
                 "paraphraser_epochs": int(self.options["paraphraser_epochs"]),
                 "paraphraser_lr": float(self.options["paraphraser_lr"]),
                 "batch_norm": bool(self.options["batch_norm"]),
                 "teacher_sha256": weights_fingerprint(teacher)}
 
-    def load_paraphraser(self, path: Path, teacher: nn.Module) -> bool:
-        """Load a finished ``paraphraser.pth`` made from ``teacher``; False if it was made
-        with other settings or another teacher."""
+    def load_paraphraser(self, path: Path, context: PretrainContext) -> bool:
+        """Load a finished ``paraphraser.pth`` made from ``context.teacher``; False if it was
+        made with other settings or another teacher."""
         payload = _load(path)
-        if payload.get("settings") != self.stage_settings(teacher):
+        if payload.get("settings") != self.stage_settings(context):
             return False
         try:
             self.paraphraser.load_state_dict(payload["weights"])
@@ -177,13 +180,13 @@ class FactorTransferDistiller(Distiller):
         final_path = run_dir / PARAPHRASER_FILE
         checkpoint_path = run_dir / PARAPHRASER_CHECKPOINT_FILE
         if final_path.exists():
-            if self.load_paraphraser(final_path, context.teacher):
+            if self.load_paraphraser(final_path, context):
                 context.log(f"factor_transfer: stage 1 already done ({final_path.name} loaded)")
                 return
             context.log(f"factor_transfer: {final_path.name} was made with other settings; "
                         "training the paraphraser again")
 
-        settings = self.stage_settings(context.teacher)
+        settings = self.stage_settings(context)
         epochs = settings["paraphraser_epochs"]
         trainee = self._fresh_paraphraser(context.seed).to(context.device)
         optimizer = torch.optim.SGD(trainee.parameters(), lr=settings["paraphraser_lr"],
