@@ -773,22 +773,23 @@ def draw_study(study, frame, scatter: dict, executor, result, show_progress: boo
                     tuple(study.seeds), study.teacher, study.student)
         base = layout.figures_dir(study.analysis_dir, study.name, dataset)
         groups = []
-        if not (study.methods and study.alphas):
-            notes.append(f"{dataset}: the study has no KD methods / alphas, so no per-method "
-                         "figures and no alpha sweeps")
-        for method in study.methods if study.alphas else []:
-            subset = data[data["method"].isin([method, TEACHER, PURE])].reset_index(drop=True)
-            groups.append((f"{dataset}/per_method/{method}", "per_method", subset,
-                           {"method": method}, base / "per_method" / method))
-        for metric, *_ in sweep_metrics() if study.methods and study.alphas else []:
-            groups.append((f"{dataset}/sweeps/{metric}", "sweep",
-                           data[data["metric"] == metric].reset_index(drop=True),
-                           {"metric": metric}, base / "sweeps"))
         if study.methods and study.alphas:
+            for method in study.methods:
+                subset = data[data["method"].isin([method, TEACHER, PURE])].reset_index(
+                    drop=True)
+                groups.append((f"{dataset}/per_method/{method}", "per_method", subset,
+                               {"method": method}, base / "per_method" / method))
+            for metric, *_ in sweep_metrics():
+                groups.append((f"{dataset}/sweeps/{metric}", "sweep",
+                               data[data["metric"] == metric].reset_index(drop=True),
+                               {"metric": metric}, base / "sweeps"))
             groups.append((f"{dataset}/sweeps/accuracy_vs_alignment", "accuracy_vs_alignment",
                            data[((data["metric"] == "cka_linear") & (data["layer"] == "layer3"))
                                 | (data["metric"] == "test_acc")].reset_index(drop=True),
                            {}, base / "sweeps"))
+        else:
+            notes.append(f"{dataset}: the study has no KD methods / alphas, so no per-method "
+                         "figures and no alpha sweeps")
         dataset_scatter = {entry: value for entry, value in scatter.items()
                            if entry.dataset == dataset}
         panels, chosen = _scatter_panels(grid, dataset_scatter)

@@ -55,10 +55,15 @@ def subsample_indices(n_samples: int, size: int, seed: int = 0) -> np.ndarray:
 
 # ---- spectrum: PCA, effective dimensionality, participation ratio ---------------------------
 
+def _tall(array: np.ndarray) -> bool:
+    """n >> d: a decomposition may go through the d x d covariance instead of an SVD of the
+    n x d data (exact up to round-off, ~100x faster for a 10,000 x 64 representation)."""
+    return array.shape[0] >= 4 * array.shape[1]
+
+
 def _pca(array: np.ndarray, n_components: int | None = None) -> PCA:
-    """sklearn's PCA; through the d x d covariance when n >> d (exact up to round-off and
-    ~100x faster than an SVD of the n x d matrix for a 10,000 x 64 representation)."""
-    solver = "covariance_eigh" if array.shape[0] >= 4 * array.shape[1] else "full"
+    """sklearn's PCA, through the covariance when the data are :func:`_tall`."""
+    solver = "covariance_eigh" if _tall(array) else "full"
     return PCA(n_components=n_components, svd_solver=solver)
 
 
@@ -179,8 +184,7 @@ def rbf_cka(features_a, features_b, sigma_fraction: float = 0.8) -> float:
     """RBF-kernel CKA of [n, p] and [n, q] (Kornblith et al. 2019, section 3); O(n^2)
     memory and time, so callers pass a subsample."""
     a, b = _paired(features_a, features_b)
-    return cka_from_normalized(normalized_centered_gram(rbf_gram(a, sigma_fraction)),
-                               normalized_centered_gram(rbf_gram(b, sigma_fraction)))
+    return gram_cka(rbf_gram(a, sigma_fraction), rbf_gram(b, sigma_fraction))
 
 
 def cross_layer_linear_cka(layers_a, layers_b) -> np.ndarray:
@@ -238,8 +242,7 @@ def fit_ica(features, n_components: int, random_state: int = 0, max_iter: int = 
     array = _as_features(features)
     if not 1 <= n_components <= min(array.shape):
         raise ValueError(f"n_components: expected 1..{min(array.shape)}, found {n_components}")
-    # eigh whitening: the d x d covariance instead of an SVD of the n x d data (n >> d)
-    solver = "eigh" if array.shape[0] >= 4 * array.shape[1] else "svd"
+    solver = "eigh" if _tall(array) else "svd"  # whitening through the covariance
     model = FastICA(n_components=n_components, whiten="unit-variance", whiten_solver=solver,
                     random_state=random_state, max_iter=max_iter, tol=tol)
     with warnings.catch_warnings(record=True) as caught:

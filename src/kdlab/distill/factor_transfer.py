@@ -146,19 +146,18 @@ class FactorTransferDistiller(Distiller):
         """What determines the paraphraser; a stored file made with other settings, from
         another teacher (e.g. one retrained since) or over another batch stream (seed, batch
         size), is stale."""
-        teacher = context.teacher
         return {"seed": int(context.seed), "batch_size": int(context.batch_size),
                 "teacher_channels": self.teacher_channels, "factor_channels": self.factor_channels,
                 "paraphraser_epochs": int(self.options["paraphraser_epochs"]),
                 "paraphraser_lr": float(self.options["paraphraser_lr"]),
                 "batch_norm": bool(self.options["batch_norm"]),
-                "teacher_sha256": weights_fingerprint(teacher)}
+                "teacher_sha256": weights_fingerprint(context.teacher)}
 
-    def load_paraphraser(self, path: Path, context: PretrainContext) -> bool:
-        """Load a finished ``paraphraser.pth`` made from ``context.teacher``; False if it was
-        made with other settings or another teacher."""
+    def load_paraphraser(self, path: Path, settings: dict) -> bool:
+        """Load a finished ``paraphraser.pth`` made with ``settings`` (from
+        :meth:`stage_settings`); False if it was made with others or from another teacher."""
         payload = _load(path)
-        if payload.get("settings") != self.stage_settings(context):
+        if payload.get("settings") != settings:
             return False
         try:
             self.paraphraser.load_state_dict(payload["weights"])
@@ -179,14 +178,14 @@ class FactorTransferDistiller(Distiller):
         run_dir = Path(context.run_dir)
         final_path = run_dir / PARAPHRASER_FILE
         checkpoint_path = run_dir / PARAPHRASER_CHECKPOINT_FILE
+        settings = self.stage_settings(context)  # hashes the teacher's weights: once
         if final_path.exists():
-            if self.load_paraphraser(final_path, context):
+            if self.load_paraphraser(final_path, settings):
                 context.log(f"factor_transfer: stage 1 already done ({final_path.name} loaded)")
                 return
             context.log(f"factor_transfer: {final_path.name} was made with other settings; "
                         "training the paraphraser again")
 
-        settings = self.stage_settings(context)
         epochs = settings["paraphraser_epochs"]
         trainee = self._fresh_paraphraser(context.seed).to(context.device)
         optimizer = torch.optim.SGD(trainee.parameters(), lr=settings["paraphraser_lr"],
