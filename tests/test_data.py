@@ -7,6 +7,7 @@ import os
 import pickle
 from collections import Counter
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from kdlab import data
+from kdlab.data import cifar
 from kdlab.data import (DATASET_NAMES, DATASETS, DatasetArrays, DatasetInfo, DeviceData,
                         augment, dataset_info, default_data_root, load_arrays, normalize)
 from kdlab.errors import UserError
@@ -48,7 +50,7 @@ def test_names_and_unknown_name():
 
 def test_default_data_root(monkeypatch, tmp_path):
     monkeypatch.delenv("KDLAB_DATA_ROOT", raising=False)
-    assert default_data_root() == data.Path("data")
+    assert default_data_root() == Path("data")
     monkeypatch.setenv("KDLAB_DATA_ROOT", str(tmp_path))
     assert default_data_root() == tmp_path
 
@@ -254,16 +256,16 @@ def test_cache_created_reused_and_refreshed(tmp_path, monkeypatch):
         np.testing.assert_array_equal(stored["train_images"], expected[0])
 
     # Reused: the pickles are not read again while the cache is newer.
-    original_reader = data._read_cifar_pickle
+    original_reader = cifar.read_cifar_pickle
 
     def must_not_decode(*args, **kwargs):
         raise AssertionError("decoded although the cache is fresh")
 
-    monkeypatch.setattr(data, "_read_cifar_pickle", must_not_decode)
+    monkeypatch.setattr(cifar, "read_cifar_pickle", must_not_decode)
     assert_arrays(load_arrays("Cifar10", tmp_path), expected, "Cifar10")
 
     # Refreshed: a source file newer than the cache is decoded again.
-    monkeypatch.setattr(data, "_read_cifar_pickle", original_reader)
+    monkeypatch.setattr(cifar, "read_cifar_pickle", original_reader)
     new_images, new_labels = random_images(3), np.array([9, 8, 7])
     source = tmp_path / "cifar-10-batches-py" / "data_batch_4"
     write_cifar_pickle(source, new_images, new_labels)
@@ -356,7 +358,7 @@ def test_download_goes_through_torchvision(tmp_path, monkeypatch):
         def __init__(self, root, train, download):
             calls.append((root, train, download))
             if not train:
-                make_cifar10(data.Path(root))
+                make_cifar10(Path(root))
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCifar10)
     arrays = load_arrays("Cifar10", tmp_path, download=True)

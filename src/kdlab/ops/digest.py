@@ -35,7 +35,7 @@ AREA_RULES = (
     ("src/kdlab/status.py", "orchestration"),
     ("src/kdlab/study.py", "orchestration"),
     ("src/kdlab/train.py", "training"),
-    ("src/kdlab/data.py", "training"),
+    ("src/kdlab/data/", "training"),
     ("src/kdlab/models.py", "training"),
     ("src/kdlab/config.py", "training"),
     ("src/", "core"),

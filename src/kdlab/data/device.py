@@ -1,0 +1,86 @@
+"""The data set as uint8 tensors on the training device; batches are built there."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from .augmentation import augment, normalization
+from .info import DatasetArrays
+
+
+class DeviceData:
+    """The data set as uint8 tensors on the training device; batches are built there.
+
+    ``info``: the :class:`DatasetInfo`; ``num_train``/``num_test``: number of images.
+    """
+
+    def __init__(self, arrays: DatasetArrays, device: torch.device | str) -> None:
+        self.info = arrays.info
+        self.device = torch.device(device)
+        self.train_images = torch.as_tensor(arrays.train_images).to(self.device)
+        self.train_labels = torch.as_tensor(arrays.train_labels, dtype=torch.int64).to(self.device)
+        self.test_images = torch.as_tensor(arrays.test_images).to(self.device)
+        self.test_labels = torch.as_tensor(arrays.test_labels, dtype=torch.int64).to(self.device)
+        self.num_train = len(self.train_labels)
+        self.num_test = len(self.test_labels)
+        self._scale, self._shift = normalization(self.info.mean, self.info.std, self.device)
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self._shift, images.float(), self._scale)
+
+    @contextlib.contextmanager
+    def _batch_threads(self) -> Iterator[None]:
+        """On the CPU, build a batch on one thread, then give the model its threads back.
+
+        A batch is a handful of memory-bound ops of ~0.4M elements: threading them gains
+        little, but when the cores are shared (a busy node, several jobs per machine) every
+        OpenMP barrier waits for a descheduled thread, which was measured to make a batch
+        ~30x slower (112 ms instead of 4 ms on a loaded 2-core machine).
+        """
+        previous = torch.get_num_threads()
+        if self.device.type != "cpu" or previous == 1:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def train_batches(self, batch_size: int,
+                      generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (float32 [B,3,H,W] augmented, normalised images, int64 [B] labels).
+
+        The order is a permutation drawn from ``generator`` (a CPU ``torch.Generator``), as
+        are the crops and flips. Every image appears once; a final partial batch is kept
+        unless it holds a single image (BatchNorm needs two).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if generator.device.type != "cpu":
+            raise ValueError("train_batches needs a CPU torch.Generator (device-independent "
+                             "random numbers)")
+        order = torch.randperm(self.num_train, generator=generator)
+        for start in range(0, self.num_train, batch_size):
+            index = order[start:start + batch_size]
+            if len(index) < 2 and len(index) < batch_size:
+                break
+            with self._batch_threads():
+                index = index.to(self.device, non_blocking=True)
+                images = augment(self.train_images[index], generator, self.info.pad,
+                                 self.info.flip)
+                batch = self._normalize(images), self.train_labels[index]
+            yield batch
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test set in order, normalised, never augmented: (float32 [B,3,H,W], int64 [B])."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for start in range(0, self.num_test, batch_size):
+            stop = start + batch_size
+            with self._batch_threads():
+                batch = self._normalize(self.test_images[start:stop]), self.test_labels[start:stop]
+            yield batch
