@@ -1,18 +1,22 @@
 """Training throughput of kdlab's tensor pipeline against a torchvision per-image pipeline.
 
 Both feed the same ResNet56 training steps (SGD, cross-entropy) on the current device with
-the same augmentation (random crop 32 with 4-pixel zero padding, horizontal flip,
-normalisation) of the same synthetic CIFAR-shaped uint8 images:
+the same augmentation of the same synthetic CIFAR-shaped uint8 images. ``--augmentation
+kdlab`` (default): random crop 32 with 4-pixel zero padding, horizontal flip, normalisation;
+``--augmentation earlier``: RandomResizedCrop(32) + horizontal flip + the earlier code's
+normalisation:
 
   kdlab        DeviceData.train_batches: uint8 tensor on the device, one gather per batch
-  torchvision  Dataset of PIL images + RandomCrop/RandomHorizontalFlip/ToTensor/Normalize,
-               DataLoader with num_workers 0 and 2
+               (earlier: boxes drawn as tensors, two gathers of bilinear taps per axis)
+  torchvision  Dataset of PIL images + RandomCrop (or RandomResizedCrop) /
+               RandomHorizontalFlip/ToTensor/Normalize, DataLoader with num_workers 0 and 2
 
 The pipelines are measured interleaved (one training step each in turn, order rotated every
 round) so that other load on a shared machine affects them alike. Prints figures; asserts
 nothing.
 
     python benchmarks/bench_pipeline.py [--images 4096] [--steps 24] [--threads 1]
+                                        [--augmentation earlier]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from kdlab.data import DATASETS, DatasetArrays, DeviceData
+from kdlab.data import DATASETS, EARLIER_NORMALIZATION, DatasetArrays, DeviceData
 from kdlab.models import build_model
 
 INFO = DATASETS["Cifar10"]
@@ -48,14 +52,17 @@ def synthetic_arrays(count: int, seed: int) -> DatasetArrays:
 class PilDataset(Dataset):
     """The classic torchvision recipe: one PIL image per sample, transformed per image."""
 
-    def __init__(self, arrays: DatasetArrays) -> None:
+    def __init__(self, arrays: DatasetArrays, augmentation: str) -> None:
         self.images = [Image.fromarray(image.transpose(1, 2, 0)) for image in arrays.train_images]
         self.labels = arrays.train_labels.tolist()
+        crop, (mean, std) = ((transforms.RandomResizedCrop(32), EARLIER_NORMALIZATION[INFO.name])
+                             if augmentation == "earlier"
+                             else (transforms.RandomCrop(32, padding=4), (INFO.mean, INFO.std)))
         self.transform = transforms.Compose([
-            transforms.RandomCrop(32, padding=4),
+            crop,
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
-            transforms.Normalize(INFO.mean, INFO.std),
+            transforms.Normalize(mean, std),
         ])
 
     def __len__(self) -> int:
@@ -65,9 +72,9 @@ class PilDataset(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-def kdlab_batches(arrays: DatasetArrays, batch_size: int,
-                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    device_data = DeviceData(arrays, device)
+def kdlab_batches(arrays: DatasetArrays, batch_size: int, device: torch.device,
+                  augmentation: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    device_data = DeviceData(arrays, device, augmentation=augmentation)
     for epoch in itertools.count():
         generator = torch.Generator().manual_seed(epoch)
         yield from device_data.train_batches(batch_size, generator)
@@ -145,6 +152,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the main process (default: torch's choice)")
+    parser.add_argument("--augmentation", default="kdlab", choices=("kdlab", "earlier"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,9 +161,10 @@ def main() -> None:
                           else "cpu" if args.device == "auto" else args.device)
     torch.manual_seed(0)
     arrays = synthetic_arrays(args.images, seed=0)
-    dataset = PilDataset(arrays)
+    dataset = PilDataset(arrays, args.augmentation)
     base_model = build_model(args.model, INFO.num_classes).to(device)
-    contenders = [Contender("kdlab DeviceData", kdlab_batches(arrays, args.batch_size, device),
+    contenders = [Contender("kdlab DeviceData", kdlab_batches(arrays, args.batch_size, device,
+                                                          args.augmentation),
                             copy.deepcopy(base_model), device)]
     for workers in args.workers:
         contenders.append(Contender(
@@ -166,7 +175,8 @@ def main() -> None:
     # fetched untimed before each block of the pipeline-alone measurement.
     drain = 2 * max(args.workers, default=0)
     print(f"device {device}, torch threads {torch.get_num_threads()}, {args.model}, "
-          f"batch {args.batch_size}, {args.images} synthetic images", flush=True)
+          f"batch {args.batch_size}, {args.images} synthetic images, "
+          f"augmentation {args.augmentation}", flush=True)
 
     print(f"pipeline alone: {args.pipeline_rounds} rounds x {args.pipeline_batches} batches "
           f"per pipeline, interleaved", flush=True)

@@ -48,6 +48,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option weight=100 --option hint_layer=layer2")
+    p.add_argument("--augmentation", default="kdlab", choices=("kdlab", "earlier"),
+                   help="kdlab: pad-and-crop + flip (default); earlier: the earlier research "
+                        "code's RandomResizedCrop + flip, Resize+CenterCrop for testing")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
 

@@ -44,6 +44,9 @@ class TrainConfig:
     experiments_dir: str = "experiments"
     device: str = "auto"  # auto | cpu | cuda
     eval_batch_size: int = 1000
+    # "kdlab": pad-and-crop + flip; "earlier": the earlier research code's resized crops,
+    # resized centre crops for testing and its normalisation (kdlab.data.earlier).
+    augmentation: str = "kdlab"
 
     @property
     def effective_label_smoothing(self) -> float:

@@ -261,7 +261,7 @@ def _train(ctx: _RunContext, status: dict | None, force_restart: bool, download:
     info = arrays.info
     teacher = (_load_teacher(config, info.num_classes, device)
                if config.distillation != PURE else None)
-    data = DeviceData(arrays, device)
+    data = DeviceData(arrays, device, augmentation=config.augmentation)
 
     model = build_model(config.model, info.num_classes).to(device)
     distiller = None
@@ -610,7 +610,8 @@ def config_from_args(args) -> TrainConfig:
         distillation=args.distillation, teacher_model=args.teacher_model, alpha=args.alpha,
         temperature=args.temperature, method_options=options,
         data_root=str(args.data_root or default_data_root()),
-        experiments_dir=str(args.experiments_dir), device=args.device)
+        experiments_dir=str(args.experiments_dir), device=args.device,
+        augmentation=getattr(args, "augmentation", "kdlab"))
 
 
 def command(args) -> int:

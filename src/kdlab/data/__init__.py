@@ -11,7 +11,8 @@ One reader module per on-disk format, read under the data root (``--data-root``,
 ``cache`` keeps each decoded file-based data set in ``{root}/.kdlab-cache/{name}.npz``,
 reused while it is newer than every source file; ``load`` ties readers and cache together.
 ``device`` holds :class:`DeviceData` (the arrays as tensors on the training device) and
-``augmentation`` its batched augmentation: no PIL and no per-image Python in the hot loop.
+``augmentation`` its batched augmentation, ``earlier`` the earlier research code's
+(``augmentation = "earlier"``): no PIL and no per-image Python in the hot loop.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from __future__ import annotations
 from .augmentation import augment, normalize
 from .cache import CACHE_DIR_NAME, CACHE_FORMAT_VERSION
 from .device import DeviceData
-from .info import (DATA_ROOT_ENV, DATASET_NAMES, DATASETS, DatasetArrays, DatasetInfo,
-                   dataset_info, default_data_root)
+from .info import (AUGMENTATIONS, DATA_ROOT_ENV, DATASET_NAMES, DATASETS,
+                   EARLIER_NORMALIZATION, DatasetArrays, DatasetInfo, dataset_info,
+                   default_data_root)
 from .load import load_arrays
 from .tiny_imagenet import TINY_IMAGENET_URL
 
 __all__ = [
-    "CACHE_DIR_NAME", "CACHE_FORMAT_VERSION", "DATASETS", "DATASET_NAMES", "DATA_ROOT_ENV",
-    "DatasetArrays", "DatasetInfo", "DeviceData", "TINY_IMAGENET_URL", "augment",
-    "dataset_info", "default_data_root", "load_arrays", "normalize",
+    "AUGMENTATIONS", "CACHE_DIR_NAME", "CACHE_FORMAT_VERSION", "DATASETS", "DATASET_NAMES",
+    "DATA_ROOT_ENV", "EARLIER_NORMALIZATION", "DatasetArrays", "DatasetInfo", "DeviceData",
+    "TINY_IMAGENET_URL", "augment", "dataset_info", "default_data_root", "load_arrays",
+    "normalize",
 ]

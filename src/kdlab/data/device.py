@@ -7,17 +7,28 @@ from typing import Iterator
 
 import torch
 
+from ..errors import UserError
 from .augmentation import augment, normalization
-from .info import DatasetArrays
+from .earlier import earlier_test_view, earlier_train_augment
+from .info import AUGMENTATIONS, EARLIER, EARLIER_NORMALIZATION, DatasetArrays
 
 
 class DeviceData:
     """The data set as uint8 tensors on the training device; batches are built there.
 
     ``info``: the :class:`DatasetInfo`; ``num_train``/``num_test``: number of images.
+    ``augmentation``: ``"kdlab"`` (pad-and-crop + flip where the data set flips, test
+    images as they are, ``info``'s statistics) or ``"earlier"`` (the earlier research
+    code's preprocessing, see :mod:`kdlab.data.earlier`: resized crops + flip on every
+    data set, resized centre crops for testing, its normalisation constants).
     """
 
-    def __init__(self, arrays: DatasetArrays, device: torch.device | str) -> None:
+    def __init__(self, arrays: DatasetArrays, device: torch.device | str,
+                 augmentation: str = "kdlab") -> None:
+        if augmentation not in AUGMENTATIONS:
+            raise UserError(f"unknown augmentation {augmentation!r}: expected one of "
+                            f"{', '.join(AUGMENTATIONS)}")
+        self.augmentation = augmentation
         self.info = arrays.info
         self.device = torch.device(device)
         self.train_images = torch.as_tensor(arrays.train_images).to(self.device)
@@ -26,10 +37,19 @@ class DeviceData:
         self.test_labels = torch.as_tensor(arrays.test_labels, dtype=torch.int64).to(self.device)
         self.num_train = len(self.train_labels)
         self.num_test = len(self.test_labels)
-        self._scale, self._shift = normalization(self.info.mean, self.info.std, self.device)
+        # The earlier code had no Digits: its runs keep kdlab's statistics there.
+        mean, std = (EARLIER_NORMALIZATION.get(self.info.name, (self.info.mean, self.info.std))
+                     if augmentation == EARLIER else (self.info.mean, self.info.std))
+        self.mean, self.std = mean, std
+        self._scale, self._shift = normalization(mean, std, self.device)
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self._shift, images.float(), self._scale)
+
+    def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.augmentation == EARLIER:
+            return earlier_train_augment(images, generator)
+        return augment(images, generator, self.info.pad, self.info.flip)
 
     @contextlib.contextmanager
     def _batch_threads(self) -> Iterator[None]:
@@ -70,8 +90,7 @@ class DeviceData:
                 break
             with self._batch_threads():
                 index = index.to(self.device, non_blocking=True)
-                images = augment(self.train_images[index], generator, self.info.pad,
-                                 self.info.flip)
+                images = self._augment(self.train_images[index], generator)
                 batch = self._normalize(images), self.train_labels[index]
             yield batch
 
@@ -82,5 +101,8 @@ class DeviceData:
         for start in range(0, self.num_test, batch_size):
             stop = start + batch_size
             with self._batch_threads():
-                batch = self._normalize(self.test_images[start:stop]), self.test_labels[start:stop]
+                images = self.test_images[start:stop]
+                if self.augmentation == EARLIER:
+                    images = earlier_test_view(images)
+                batch = self._normalize(images), self.test_labels[start:stop]
             yield batch

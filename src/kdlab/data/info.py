@@ -54,6 +54,21 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
+# Augmentations a run can name (TrainConfig.augmentation); see kdlab.data.earlier.
+EARLIER = "earlier"
+KDLAB = "kdlab"
+AUGMENTATIONS = (KDLAB, EARLIER)
+
+# The earlier research code's Normalize constants per data set (mean, std), as its data
+# loader (toolbox/data_loader.py) set them: ImageNet's for TinyImageNet. It had no Digits:
+# those runs keep kdlab's own statistics (see DeviceData).
+EARLIER_NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "Cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
+    "Cifar100": ((0.5071, 0.4867, 0.4409), (0.267, 0.256, 0.276)),
+    "SVHN": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "TinyImageNet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
 
 def default_data_root() -> Path:
     """``$KDLAB_DATA_ROOT`` when set (and not empty), else ``./data``."""
