@@ -90,11 +90,13 @@ def build_model(name: str, num_classes: int) -> CifarResNet:
 
 
 def feature_shapes(name: str, num_classes: int, image_size: int) -> list[tuple[int, ...]]:
-    """Shapes (without batch) of the four outputs of ``forward`` for an input of ``image_size``."""
-    del name  # every model of the family has the same output shapes
-    size = image_size
-    return [(16, size, size), (32, (size + 1) // 2, (size + 1) // 2),
-            (64, (size + 3) // 4, (size + 3) // 4), (num_classes,)]
+    """Shapes (without batch) of the four outputs of ``forward`` for an input of
+    ``image_size``, from a dry forward pass of the named model on the meta device (no
+    arithmetic, no memory, the global random stream untouched)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = build_model(name, num_classes)
+        outputs = model(torch.empty(1, 3, image_size, image_size))
+    return [tuple(output.shape[1:]) for output in outputs]
 
 
 def load_weights_file(model: nn.Module, path, what: str = "checkpoint") -> None:

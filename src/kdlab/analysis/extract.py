@@ -136,7 +136,7 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
     Prints one line per run written or skipped (through ``log``)."""
     from .. import data as kdata
     from ..models import build_model, load_weights_file
-    from ..train import resolve_device
+    from ..training.device import resolve_device
 
     experiments_dir = Path(study.experiments_dir)
     if not experiments_dir.is_dir():

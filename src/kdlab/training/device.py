@@ -1,0 +1,81 @@
+"""Device choice, numeric precision and seeding of a training run (what `extract` shares)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when PyTorch sees a device, else CPU; ``cuda`` without one is a
+    UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def make_deterministic(device: torch.device, seed: int) -> None:
+    """Seed every generator and ask for deterministic kernels (cuBLAS needs its workspace
+    setting before the first CUDA matmul)."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    seed_everything(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator that shuffles and augments epoch ``epoch`` of a run with ``seed``."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA where supported, else fp16 (with a grad scaler); none (fp32) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in ``dtype`` on ``device``; no-op for fp32 (``dtype`` None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None):
+    """A grad scaler where fp16 needs one, else None."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global generator's state."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

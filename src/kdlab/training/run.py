@@ -1,0 +1,265 @@
+"""One run: validate, skip when done, train or resume, record a crash as a failure.
+
+One call of :func:`train_run` trains (or resumes, or skips) the run that a
+:class:`~kdlab.config.TrainConfig` describes. After every epoch it writes, each atomically:
+``best.pth`` (when the test accuracy improved), ``checkpoint.pth`` (everything needed to
+resume), ``metrics.json`` and ``status.json``. Killed at any instant, the run resumes from
+the last finished epoch and ends with exactly the metrics of an uninterrupted run (on CPU):
+shuffling and augmentation of epoch ``e`` draw from a generator seeded by ``(seed, e)``, and
+the checkpoint restores every other piece of state.
+
+A stop request (SIGTERM or SIGUSR1, what schedulers send ahead of the walltime kill) ends the
+run at the next batch boundary: the partial epoch is dropped (the checkpoint of the last
+finished epoch is already on disk), the status stays ``in_progress`` and the process exits
+with :data:`~kdlab.errors.EXIT_PREEMPTED` so that a re-queue resumes it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import layout, runstate
+from ..config import TrainConfig
+from ..errors import EXIT_PREEMPTED, UserError
+from ..layout import PURE
+from . import device as device_module
+from .guards import Preempted, StopFlag, check_epoch, stop_signals
+from .loop import evaluate, pretrain, train_epoch
+from .settings import _with_complete_options, config_from_args, validate_config
+from .state import RunContext, TrainingState, build_state, read_checkpoint
+
+
+def train_run(config: TrainConfig, *, force_restart: bool = False, download: bool = False,
+              quiet: bool = False) -> str:
+    """Train, resume or skip the run of ``config``; return its final status
+    ('completed', 'failed' or 'in_progress' when stopped by a signal)."""
+    validate_config(config)
+    if config.distillation != PURE:
+        config = _with_complete_options(config)
+    spec = config.run_spec()
+    run_dir = layout.run_dir(config.experiments_dir, spec)
+    _ensure_writable(run_dir)
+
+    try:
+        status = runstate.read_status(run_dir)
+    except runstate.StateFileError as error:
+        if not force_restart:
+            raise UserError(f"{error}; kept it: fix it or pass --force-restart") from None
+        status = None
+    if status and status["status"] == runstate.COMPLETED and not force_restart:
+        if not quiet:
+            print(f"{spec.name}: already completed (best test accuracy "
+                  f"{status.get('max_acc', float('nan')):.2f}%); --force-restart to retrain",
+                  flush=True)
+        return runstate.COMPLETED
+
+    flag = StopFlag()
+    ctx = RunContext(config, spec, run_dir, device_module.resolve_device(config.device), quiet)
+    with stop_signals(flag):
+        try:
+            return _train(ctx, status, force_restart, download, flag)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            return _record_crash(ctx, error)
+
+
+def _record_crash(ctx: RunContext, error: Exception) -> str:
+    """A crash must not leave the run 'in_progress' (a re-queue would resubmit it for ever):
+    record it as failed with the reason, keep the traceback in the log."""
+    import traceback
+
+    traceback.print_exc()
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    reason = f"crashed: {type(error).__name__}: {first_line}"
+    try:
+        runstate.update_status(ctx.run_dir, status=runstate.FAILED, reason=reason,
+                               failed_at=time.time())
+    except (OSError, runstate.StateFileError):
+        pass
+    print(f"{ctx.spec.name}: FAILED: {reason}", file=sys.stderr, flush=True)
+    return runstate.FAILED
+
+
+def _ensure_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write the run directory {run_dir} "
+                        f"({error.strerror or error}): expected a writable experiments "
+                        "directory") from None
+
+
+def load_teacher(config: TrainConfig, num_classes: int, device: torch.device):
+    """The finished teacher of a KD run, frozen and in eval mode."""
+    from ..models import build_model, load_weights_file
+
+    teacher_spec = config.run_spec().teacher_run()
+    teacher_dir = layout.run_dir(config.experiments_dir, teacher_spec)
+    try:
+        status = runstate.read_status(teacher_dir)
+    except runstate.StateFileError as error:
+        raise UserError(f"teacher run status unreadable: {error}") from None
+    if status is None:
+        raise UserError(f"teacher run {teacher_dir} has no status.json: train the teacher "
+                        f"{teacher_spec.model} on {teacher_spec.dataset} (seed "
+                        f"{teacher_spec.seed}) first")
+    if status["status"] != runstate.COMPLETED:
+        raise UserError(f"teacher run {teacher_dir} is '{status['status']}' (epoch "
+                        f"{status.get('epoch', '?')}): a student is only distilled from a "
+                        "completed teacher")
+    teacher = build_model(config.teacher_model, num_classes)
+    load_weights_file(teacher, teacher_dir / runstate.BEST_FILE, what="teacher checkpoint")
+    teacher.to(device).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: bool,
+           flag: StopFlag) -> str:
+    from ..data import DeviceData, load_arrays
+
+    config = ctx.config
+    device_module.make_deterministic(ctx.device, config.seed)
+    arrays = load_arrays(config.dataset, config.data_root, download=download)
+    info = arrays.info
+    teacher = (load_teacher(config, info.num_classes, ctx.device)
+               if config.distillation != PURE else None)
+    data = DeviceData(arrays, ctx.device, augmentation=config.augmentation)
+    ctx.amp_dtype = device_module.amp_dtype(ctx.device)
+    state = build_state(ctx, info.num_classes, info.image_size)
+    _restore_or_restart(ctx, state, force_restart)
+    base_status = _starting_status(ctx, state, status, force_restart)
+    try:
+        if state.distiller is not None:
+            pretrain(ctx, state.distiller, teacher, data, flag)
+        for epoch in range(state.epoch, config.epochs):
+            failure = _run_epoch(ctx, state, teacher, data, epoch, flag, base_status)
+            if failure:
+                return runstate.FAILED
+    except Preempted:
+        base_status.update(stopped_by=flag.signal_name, stopped_at=time.time())
+        _write_status(ctx.run_dir, base_status)
+        ctx.say(f"{ctx.spec.name}: stopped by {flag.signal_name}; checkpoint of epoch "
+                f"{base_status['epoch']} kept, resumes from there", always=True)
+        return runstate.IN_PROGRESS
+
+    base_status.update(status=runstate.COMPLETED, completed_at=time.time())
+    base_status.pop("stopped_by", None)
+    base_status.pop("stopped_at", None)
+    _write_status(ctx.run_dir, base_status)
+    ctx.say(f"{ctx.spec.name}: completed, best test accuracy {state.best_acc:.2f}%")
+    return runstate.COMPLETED
+
+
+def _restore_or_restart(ctx: RunContext, state: TrainingState, force_restart: bool) -> None:
+    """Resume from the checkpoint, or (``--force-restart``) remove the method's stage files."""
+    checkpoint_path = ctx.run_dir / runstate.CHECKPOINT_FILE
+    if checkpoint_path.exists() and not force_restart:
+        state.load_state_dict(read_checkpoint(checkpoint_path, ctx.config))
+        ctx.say(f"{ctx.spec.name}: resuming after epoch {state.epoch}/{ctx.config.epochs}")
+    elif force_restart:
+        # Also the method's own stage files (factor transfer's paraphraser): starting over
+        # means stage 1 too, e.g. after the teacher or the batch size changed.
+        distiller = state.distiller
+        stale = [ctx.run_dir / name
+                 for name in (distiller.frozen_state_files() if distiller else [])
+                 if (ctx.run_dir / name).exists()]
+        if stale or checkpoint_path.exists():
+            ctx.say(f"{ctx.spec.name}: --force-restart: starting over")
+        for path in stale:
+            path.unlink()
+
+
+def _starting_status(ctx: RunContext, state: TrainingState, status: dict | None,
+                     force_restart: bool) -> dict:
+    """Keep what others wrote (job id, scheduler, submitted_at); set what this run owns."""
+    base_status = {key: value for key, value in (status or {}).items() if key != "reason"}
+    if force_restart:
+        base_status.pop("started_at", None)
+    base_status.update(status=runstate.IN_PROGRESS, epoch=state.epoch, epochs=ctx.config.epochs,
+                       max_acc=max(state.best_acc, 0.0), config=ctx.config.to_dict(),
+                       run=ctx.spec.name, host=os.uname().nodename, pid=os.getpid())
+    base_status.setdefault("started_at", time.time())
+    _write_status(ctx.run_dir, base_status)
+    return base_status
+
+
+def _run_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int,
+               flag: StopFlag, base_status: dict) -> str | None:
+    """Train, evaluate and save epoch ``epoch``; the failure reason when the run must stop."""
+    epoch_start = time.perf_counter()
+    train_stats = train_epoch(ctx, state, teacher, data, epoch, flag)
+    state.scheduler.step()
+    test_loss, test_acc = evaluate(state.model, data, ctx.config.eval_batch_size, ctx.amp_dtype)
+    seconds = time.perf_counter() - epoch_start
+    failure = check_epoch(train_stats, epoch)
+    state.record_epoch(train_stats, test_loss, test_acc, seconds)
+    if failure:
+        _fail(ctx, base_status, state.metrics, failure, epoch + 1)
+        ctx.say(f"{ctx.spec.name}: FAILED at epoch {epoch + 1}: {failure}", always=True)
+        return failure
+    state.epoch = epoch + 1
+    _save_epoch(ctx, state, test_acc, base_status)
+    images_per_second = train_stats["images"] / max(train_stats["seconds"], 1e-9)
+    ctx.say(f"{ctx.spec.name} epoch {epoch + 1}/{ctx.config.epochs}  "
+            f"loss {train_stats['loss']:.4f}  acc {train_stats['acc']:.2f}%  "
+            f"test_loss {test_loss:.4f}  test_acc {test_acc:.2f}%  "
+            f"{images_per_second:.0f} img/s  {seconds:.1f}s")
+    return None
+
+
+def _save_epoch(ctx: RunContext, state: TrainingState, test_acc: float,
+                base_status: dict) -> None:
+    """best.pth (when improved), checkpoint.pth, metrics.json, status.json — in that order,
+    so that a kill between two writes resumes from a consistent checkpoint."""
+    if test_acc > state.best_acc:
+        state.best_acc = test_acc
+        runstate.atomic_torch_save({"weights": state.model.state_dict()},
+                                   ctx.run_dir / runstate.BEST_FILE)
+    runstate.atomic_torch_save(state.state_dict(), ctx.run_dir / runstate.CHECKPOINT_FILE)
+    _write_metrics(ctx.run_dir, state.metrics, ctx.config)
+    base_status.update(epoch=state.epoch, max_acc=state.best_acc,
+                       duration_seconds=sum(state.metrics["epoch_seconds"]))
+    _write_status(ctx.run_dir, base_status)
+
+
+def _write_status(run_dir: Path, status: dict) -> None:
+    # Merge with what is on disk so that a job id written by the queue after we started
+    # (e.g. a re-submission that found this process alive) is never lost.
+    try:
+        on_disk = runstate.read_status(run_dir) or {}
+    except runstate.StateFileError:
+        on_disk = {}
+    for key in ("job_id", "scheduler", "submitted_at"):
+        if key in on_disk and key not in status:
+            status[key] = on_disk[key]
+    runstate.write_status(run_dir, status)
+
+
+def _write_metrics(run_dir: Path, metrics: dict, config: TrainConfig) -> None:
+    runstate.atomic_write_json(run_dir / runstate.METRICS_FILE,
+                               {**metrics, "config": config.to_dict(), "epochs": config.epochs})
+
+
+def _fail(ctx: RunContext, status: dict, metrics: dict, reason: str, epoch: int) -> None:
+    _write_metrics(ctx.run_dir, metrics, ctx.config)
+    status.update(status=runstate.FAILED, reason=reason, failed_epoch=epoch,
+                  failed_at=time.time())
+    _write_status(ctx.run_dir, status)
+
+
+def command(args) -> int:
+    """``kdlab train``: 0 completed, 75 stopped by a signal (resumable), 1 failed."""
+    config = config_from_args(args)
+    final = train_run(config, force_restart=args.force_restart, download=args.download,
+                      quiet=args.quiet)
+    return {runstate.COMPLETED: 0, runstate.IN_PROGRESS: EXIT_PREEMPTED}.get(final, 1)

@@ -1,0 +1,130 @@
+"""Everything a run carries from epoch to epoch, saved and restored in one place.
+
+:class:`TrainingState` holds the student, the method's modules, optimizer, schedule, grad
+scaler, metrics, best accuracy and the number of finished epochs; ``state_dict()`` is the
+checkpoint (with every global generator's state) and ``load_state_dict()`` restores it, so a
+resumed run continues bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import layout
+from ..config import TrainConfig
+from ..errors import UserError
+from . import device as device_module
+
+CHECKPOINT_ENTRIES = frozenset({"model", "optimizer", "scheduler", "metrics", "best_acc",
+                                "epoch", "rng", "config"})
+
+
+@dataclass
+class RunContext:
+    """The fixed facts of one run while it trains."""
+
+    config: TrainConfig
+    spec: layout.RunSpec
+    run_dir: Path
+    device: torch.device
+    quiet: bool
+    amp_dtype: torch.dtype | None = None
+
+    def say(self, line: str, *, always: bool = False) -> None:
+        if always or not self.quiet:
+            print(line, flush=True)
+
+
+@dataclass
+class TrainingState:
+    model: torch.nn.Module
+    distiller: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    identity: dict[str, Any]
+    metrics: dict[str, list] = field(default_factory=dict)
+    best_acc: float = -1.0
+    epoch: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "distiller": self.distiller.state_dict() if self.distiller is not None else None,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "metrics": self.metrics, "best_acc": self.best_acc, "epoch": self.epoch,
+            "rng": device_module.rng_state(), "config": self.identity,
+        }
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        if self.distiller is not None:
+            self.distiller.load_state_dict(checkpoint["distiller"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.metrics = checkpoint["metrics"]
+        self.best_acc = checkpoint["best_acc"]
+        self.epoch = checkpoint["epoch"]
+        device_module.restore_rng(checkpoint["rng"])
+
+    def record_epoch(self, train_stats: dict, test_loss: float, test_acc: float,
+                     seconds: float) -> None:
+        """Append one finished epoch's figures to ``metrics``."""
+        for key, value in train_stats["terms"].items():
+            self.metrics.setdefault(f"train_{key}", []).append(value)
+        for key, value in (("train_loss", train_stats["loss"]),
+                           ("train_acc", train_stats["acc"]), ("test_loss", test_loss),
+                           ("test_acc", test_acc), ("epoch_seconds", seconds),
+                           ("skipped_steps", train_stats["skipped"]),
+                           ("lr", self.optimizer.param_groups[0]["lr"])):
+            self.metrics.setdefault(key, []).append(value)
+
+
+def build_state(ctx: RunContext, num_classes: int, image_size: int) -> TrainingState:
+    """A fresh student (and the method's modules) with its optimizer, schedule and scaler,
+    drawn from the global generator in the order a solo run has always used."""
+    from ..models import build_model, feature_shapes
+
+    config = ctx.config
+    model = build_model(config.model, num_classes).to(ctx.device)
+    distiller = None
+    if config.distillation != layout.PURE:
+        from ..distill import build_distiller
+
+        shapes = feature_shapes(config.model, num_classes, image_size)
+        teacher_shapes = feature_shapes(config.teacher_model, num_classes, image_size)
+        distiller = build_distiller(config.distillation, shapes, teacher_shapes,
+                                    config.method_options).to(ctx.device)
+    trainable = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
+    optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    scaler = device_module.grad_scaler(ctx.device, ctx.amp_dtype)
+    return TrainingState(model, distiller, optimizer, scheduler, scaler, config.identity())
+
+
+def read_checkpoint(path: Path, config: TrainConfig) -> dict:
+    """The checkpoint at ``path`` if it is a kdlab checkpoint made with ``config``'s
+    settings; a UserError naming the file otherwise (the file is kept)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(checkpoint, dict) or not CHECKPOINT_ENTRIES <= set(checkpoint):
+            raise ValueError("missing entries")
+    except Exception as error:  # corrupt or foreign file: keep it, refuse to overwrite
+        raise UserError(f"checkpoint {path} is corrupt or not a kdlab checkpoint "
+                        f"({type(error).__name__}); kept it: move it away or pass "
+                        "--force-restart to start the run over") from None
+    saved, wanted = checkpoint["config"], config.identity()
+    if saved != wanted:
+        differing = sorted(key for key in set(saved) | set(wanted)
+                           if saved.get(key) != wanted.get(key))
+        raise UserError(f"checkpoint {path} was made with other settings ({', '.join(differing)}"
+                        "): expected the same settings to resume, or --force-restart")
+    return checkpoint
