@@ -30,15 +30,12 @@ from kdlab.study import load_study
 FAKE_TRAIN = """\
 import json, os, signal, sys, time
 from kdlab.cli import build_parser
-from kdlab.config import TrainConfig
+from kdlab.config import config_from_args
 from kdlab import runstate
 from kdlab.layout import run_dir
 
 args = build_parser().parse_args(sys.argv[1:])
-config = TrainConfig(  # kdlab.train would import torch: too slow for a stand-in
-    dataset=args.dataset, model=args.model, seed=args.seed, epochs=args.epochs,
-    distillation=args.distillation, teacher_model=args.teacher_model, alpha=args.alpha,
-    experiments_dir=args.experiments_dir, data_root=args.data_root or "data")
+config = config_from_args(args)  # kdlab.train would import torch: too slow for a stand-in
 spec = config.run_spec()
 directory = run_dir(config.experiments_dir, spec)
 seen = runstate.read_status(directory)

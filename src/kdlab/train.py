@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from . import layout, runstate
 from .config import (TrainConfig, _with_complete_options, config_from_args,  # noqa: F401
-                     parse_options, validate_config)
+                     parse_options, prepare_configs, validate_config)
 from .errors import EXIT_PREEMPTED, UserError
 from .layout import PURE
 
@@ -536,7 +536,10 @@ def evaluate(model, data, batch_size: int, amp_dtype=None) -> tuple[float, float
 # ---- CLI -----------------------------------------------------------------------------------
 
 def command(args) -> int:
-    config = config_from_args(args)
-    final = train_run(config, force_restart=args.force_restart, download=args.download,
-                      quiet=args.quiet)
-    return {runstate.COMPLETED: 0, runstate.IN_PROGRESS: EXIT_PREEMPTED}.get(final, 1)
+    for config in prepare_configs(args):  # one per --config file (or the flags' one run)
+        final = train_run(config, force_restart=args.force_restart, download=args.download,
+                          quiet=args.quiet)
+        exit_status = {runstate.COMPLETED: 0, runstate.IN_PROGRESS: EXIT_PREEMPTED}.get(final, 1)
+        if exit_status:
+            return exit_status
+    return 0
