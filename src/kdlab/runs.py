@@ -127,7 +127,9 @@ def planned_epochs(status: dict | None, default: int) -> int:
 
 
 def _detail(state: str, status: dict) -> str:
-    epoch, epochs = status.get("epoch"), planned_epochs(status, 0) or "?"
+    epoch = status.get("epoch")
+    # The earlier code's config has no epoch count: a completed run ran all of its epochs.
+    epochs = planned_epochs(status, 0) or (epoch if state == COMPLETED and epoch else "?")
     progress = f"epoch {epoch if epoch is not None else 0}/{epochs}"
     job_id = runstate.job_id_of(status)
     job = f", job {job_id}" if job_id else ""
