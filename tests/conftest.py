@@ -142,10 +142,10 @@ def build_earlier_tree(root: Path) -> Path:
     return experiments
 
 
-def write_earlier_study(root: Path, *, layout: str | None = None, extra: str = "",
+def write_earlier_study(root: Path, *, layout: str | None = None, top_extra: str = "",
                         training: str = "epochs = 150", max_live_jobs: int = 10) -> Path:
     """The study the earlier tree belongs to (PBS backend, absolute paths)."""
-    top = (f'layout = "{layout}"\n' if layout else "") + extra
+    top = (f'layout = "{layout}"\n' if layout else "") + top_extra
     return write_study(Path(root) / "study.toml", name="earlier", datasets=("Cifar10",),
                        teacher="ResNet112", student="ResNet56", methods=("logit", "fitnets"),
                        alphas=(0.5,), seeds=(0, 1), training=training, top=top,

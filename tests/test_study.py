@@ -5,6 +5,9 @@ CLI reads back into the same run."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -75,6 +78,91 @@ def test_known_names_agree_with_the_registries():
     assert set(study_module.KNOWN_METHODS) == set(METHOD_NAMES)
 
 
+def test_catalog_facts_agree_with_the_torch_side():
+    from kdlab import catalog
+    from kdlab.data import DATASETS
+    from kdlab.distill import method_class
+    from kdlab.models import BLOCKS_PER_STAGE, LAYER_NAMES
+
+    for name, facts in catalog.DATASETS.items():
+        assert (facts.classes, facts.image_size) == (DATASETS[name].num_classes,
+                                                     DATASETS[name].image_size)
+    assert catalog.MODELS == BLOCKS_PER_STAGE and catalog.LAYER_NAMES == LAYER_NAMES
+    for name in catalog.METHOD_NAMES:
+        assert method_class(name).defaults == catalog.method_defaults(name)
+
+
+def test_planning_charlie_imports_no_torch(tmp_path):
+    """Loading charlie, `kdlab queue --dry-run` and `kdlab status` never import torch (the
+    cron path); run in a fresh interpreter so nothing was imported before."""
+    script = textwrap.dedent(f"""\
+        import sys
+        from kdlab.study import load_study
+        study = load_study({str(CHARLIE)!r})
+        assert len(study.runs()) == 312
+        assert "torch" not in sys.modules, "loading the study imported torch"
+        from kdlab.cli import main
+        assert main(["queue", "--dry-run", {str(CHARLIE)!r}]) == 0
+        assert main(["status", {str(CHARLIE)!r}]) == 0
+        print("torch" in sys.modules)
+        """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_cells_are_named_once_in_report_order():
+    from kdlab.study import Cell, Role
+
+    study = load_study(CHARLIE)
+    cells = study.cells()
+    assert len(cells) == 4 * (2 + 6 * 4)
+    assert cells[:3] == [Cell("Cifar10", Role.TEACHER), Cell("Cifar10", Role.PURE),
+                         Cell("Cifar10", Role.KD, "logit", 0.25)]
+    assert [cell.row for cell in cells[:2]] == ["teacher", "pure"]
+    # Every run lies in exactly one cell, and each cell holds one run per seed.
+    members = [spec for cell in cells for spec in study.cell_runs(cell)]
+    assert sorted(members) == sorted(study.runs())
+    for spec in study.runs():
+        assert spec in study.cell_runs(study.cell_of(spec))
+
+
+def test_teacher_equal_to_student_is_one_run(tmp_path):
+    path = tmp_path / "self.toml"
+    path.write_text(MINIMAL.replace('student = "ResNet8"', 'student = "ResNet20"'))
+    study = load_study(path)
+    teacher, kd = study.runs()
+    assert study.role_of(teacher) == "teacher" and study.role_of(kd) == "kd"
+    assert [cell.row for cell in study.cells()] == ["teacher", "logit"]
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "-1"], "--lr"),
+    (["--weight-decay", "nan"], "--weight-decay"), (["--momentum", "1"], "--momentum"),
+    (["--seed", "-3"], "--seed"), (["--temperature", "0"], "--temperature"),
+    (["--batch-size", "1"], "BatchNorm"), (["--augmentation", "x"], "--augmentation"),
+    (["--distillation", "rkd", "--teacher-model", "ResNet20", "--alpha", "0.5",
+      "--option", "angle=obtuse"], "angle"),
+])
+def test_train_refuses_bad_settings_before_making_a_directory(tmp_path, capsys, flags, words):
+    experiments = tmp_path / "experiments"
+    argv = ["train", "--dataset", "Digits", "--model", "ResNet8", "--experiments-dir",
+            str(experiments), *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+    assert not experiments.exists()
+
+
+def test_usage_errors_are_one_line_with_a_pointer_to_help(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["status"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "see kdlab status --help" in err
+
+
 MINIMAL = """\
 name = "t"
 datasets = ["Digits"]
@@ -127,6 +215,29 @@ BAD_STUDIES = [
     (("", '[cluster]\nrack = "A"\n'), "cluster.rack", "unknown"),
     (("", '[cluster]\ngpus_total = "thirty"\n'), "cluster.gpus_total", "integer"),
     (('name = "t"', 'name = "my study"'), "name", "spaces"),
+    # Ranges: the study refuses what `kdlab train` refuses (one validation).
+    (('epochs = 2', 'epochs = 2\nlr = -1'), "training.lr", "> 0"),
+    (('epochs = 2', 'epochs = 2\nlr = nan'), "training.lr", "finite"),
+    (('epochs = 2', 'epochs = 2\nlr = inf'), "training.lr", "finite"),
+    (('epochs = 2', 'epochs = 2\nmomentum = 2'), "training.momentum", "[0, 1)"),
+    (('epochs = 2', 'epochs = 2\nlabel_smoothing = 2'), "training.label_smoothing", "[0, 1)"),
+    (('epochs = 2', 'epochs = 2\ntemperature = 0'), "training.temperature", "> 0"),
+    (('epochs = 2', 'epochs = 2\nbatch_size = 1'), "training.batch_size", "BatchNorm"),
+    (('epochs = 2', 'epochs = 2\nweight_decay = nan'), "training.weight_decay", "finite"),
+    (('epochs = 2', 'epochs = 2\nweight_decay = -0.1'), "training.weight_decay", ">= 0"),
+    (('epochs = 2', 'epochs = 2\naugmentation = "fancy"'), "training.augmentation", "earlier"),
+    (('epochs = 2', 'epochs = 2\ndevice = "tpu"'), "training.device", "cuda"),
+    (('backend = "local"', 'backend = "local"\ncpus = -4'), "scheduler.cpus", "positive"),
+    (('backend = "local"', 'backend = "local"\nsignal_seconds = -5'), "scheduler.signal_seconds",
+     ">= 0"),
+    (('seeds = [0]', 'seeds = [0, -1]'), "seeds", ">= 0"),
+    (("", '[method_options.logit]\ntemperature = 0\n'), "method_options.logit.temperature",
+     "> 0"),
+    (("", '[method_options.rkd]\nangle = "obtuse"\n'), "method_options.rkd.angle", "triplet"),
+    (("", '[method_options.nst]\nlayers = "layer4"\n'), "method_options.nst.layers", "layer1"),
+    (("", '[method_options.factor_transfer]\nparaphraser_epochs = 2.5\n'),
+     "method_options.factor_transfer.paraphraser_epochs", "integer"),
+    (('name = "t"', 'name = "t"\nlayout = "flat"'), "layout", "no-alpha"),
     (('name = "t"\n', ''), "name", "required"),
 ]
 
