@@ -51,10 +51,25 @@ def test_status_round_trip_and_merge(tmp_path):
     assert runstate.job_id_of({"pbs_job_id": 77}) == "77"
 
 
-@pytest.mark.parametrize("text,match", [("{", "not valid JSON"), ("[]", "expected a JSON object"),
-                                        ('{"status": "weird"}', "expected one of")])
+@pytest.mark.parametrize("text,match", [
+    ("{", "not valid JSON"), ("[]", "expected a JSON object"),
+    ('{"status": "weird"}', "expected one of"), ('{"status": "queued"}'.encode() + b"\xff",
+                                                  "not UTF-8"),
+    (b'{"status": "completed", "max_acc": 9\xe9}', "not UTF-8"),
+    ("[" * 100000, "not valid JSON"),
+    ('{"status": "queued", "job_id": "1", "missed_starts": "x"}', "'missed_starts'"),
+    ('{"status": "queued", "job_id": "1", "submissions": "two"}', "'submissions'"),
+    ('{"status": "queued", "job_id": "1", "job_history": 5}', "'job_history'"),
+    ('{"status": "queued", "job_id": "1", "job_history": [[1]]}', "'job_history'"),
+    ('{"status": "completed", "max_acc": "high"}', "'max_acc'"),
+    ('{"status": "completed", "epoch": true}', "'epoch'"),
+    ('{"status": "completed", "config": []}', "'config'"),
+    ('{"pbs_job_id": ["x"]}', "'pbs_job_id'"),
+    ('{"epoch": 3}', "expected one of"),
+])
 def test_malformed_status_names_the_file(tmp_path, text, match):
-    (tmp_path / "status.json").write_text(text)
+    path = tmp_path / "status.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(runstate.StateFileError, match=match) as info:
         runstate.read_status(tmp_path)
     assert str(tmp_path / "status.json") in str(info.value)
@@ -84,3 +99,73 @@ def test_atomic_write_survives_kill_mid_write(tmp_path):
         data = json.loads(path.read_text())
         assert "index" in data
         assert data["payload"] in ("", "x" * 2_000_000)
+
+
+def test_aliases_and_negative_seeds_are_no_run_directories(tmp_path):
+    kd = RunSpec("Cifar10", "ResNet56", 0, "logit", "ResNet112", 0.5)
+    for alias in ("Cifar10/logit/alpha_0.50/ResNet112_to_ResNet56/0",
+                  "Cifar10/logit/alpha_0.5/ResNet112_to_ResNet56/00",
+                  "Cifar10/logit/alpha_.5/ResNet112_to_ResNet56/0",
+                  "Cifar10/pure/ResNet56/007", "Cifar10/pure/ResNet56/-1"):
+        (tmp_path / alias).mkdir(parents=True)
+        assert parse_run_dir(tmp_path, tmp_path / alias) is None, alias
+    run_dir(tmp_path, kd).mkdir(parents=True)
+    assert [spec for spec, _ in iter_run_dirs(tmp_path)] == [kd]
+
+
+def test_no_alpha_layout_round_trip(tmp_path):
+    from kdlab.layout import NO_ALPHA_LAYOUT
+
+    kd = RunSpec("SVHN", "ResNet56", 2, "nst", "ResNet112", 0.5)
+    path = run_dir(tmp_path, kd, NO_ALPHA_LAYOUT)
+    assert path == tmp_path / "SVHN/nst/ResNet112_to_ResNet56/2"
+    assert parse_run_dir(tmp_path, path, NO_ALPHA_LAYOUT, no_alpha_value=0.5) == kd
+    assert parse_run_dir(tmp_path, path) is None
+    path.mkdir(parents=True)
+    pure = RunSpec("SVHN", "ResNet56", 2)
+    run_dir(tmp_path, pure, NO_ALPHA_LAYOUT).mkdir(parents=True)
+    found = [spec for spec, _ in iter_run_dirs(tmp_path, NO_ALPHA_LAYOUT, no_alpha_value=0.5)]
+    assert found == [pure, kd]
+
+
+def test_job_id_only_status_reads_as_queued_and_is_not_rewritten(tmp_path):
+    for key in ("pbs_job_id", "job_id"):
+        path = tmp_path / "status.json"
+        path.write_text(json.dumps({key: "7000521.sched01"}))
+        before = path.read_bytes()
+        status = runstate.read_status(tmp_path)
+        assert status["status"] == "queued" and runstate.job_id_of(status) == "7000521.sched01"
+        assert path.read_bytes() == before
+
+
+def test_written_status_carries_made_by_and_earlier_code_is_told_apart(tmp_path):
+    from kdlab import __version__
+
+    written = runstate.write_status(tmp_path, {"status": "queued", "job_id": "1"})
+    assert written["made_by"] == f"kdlab {__version__}"
+    assert runstate.read_status(tmp_path)["made_by"] == f"kdlab {__version__}"
+    assert runstate.update_status(tmp_path, epoch=1)["made_by"] == f"kdlab {__version__}"
+    assert not runstate.is_earlier_code(runstate.read_status(tmp_path))
+    earlier = {"status": "completed", "epoch": 150, "max_acc": 90.0, "pbs_job_id": "1",
+               "config": {"model": "ResNet56", "dataset": "Cifar10", "seed": 0,
+                          "distillation": "none", "teacher_model": None,
+                          "teacher_weights": None, "alpha": None, "temperature": 4.0,
+                          "force_restart": False}}
+    assert runstate.is_earlier_code(earlier)
+    assert runstate.is_earlier_code({"pbs_job_id": "1"})
+    assert not runstate.is_earlier_code({**earlier, "run": "Cifar10-pure-ResNet56-s0"})
+    # kdlab's own runs from before the mark: their config is a kdlab run config.
+    assert not runstate.is_earlier_code({**earlier, "config": {"method_options": {}}})
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        runstate.atomic_write_json(tmp_path / "status.json", {"status": "queued"})
+        runstate.atomic_write_bytes(tmp_path / "best.pth", b"weights")
+        assert runstate.current_umask() == umask
+    finally:
+        os.umask(previous)
+    for name in ("status.json", "best.pth"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import build_earlier_tree, snapshot, wait_until, write_earlier_study
+from conftest import write_study as shared_write_study
 from kdlab import runstate
 from kdlab.cli import main
 from kdlab.layout import run_dir
@@ -30,15 +32,12 @@ from kdlab.study import load_study
 FAKE_TRAIN = """\
 import json, os, signal, sys, time
 from kdlab.cli import build_parser
-from kdlab.config import TrainConfig
+from kdlab.config import config_from_args
 from kdlab import runstate
 from kdlab.layout import run_dir
 
 args = build_parser().parse_args(sys.argv[1:])
-config = TrainConfig(  # kdlab.train would import torch: too slow for a stand-in
-    dataset=args.dataset, model=args.model, seed=args.seed, epochs=args.epochs,
-    distillation=args.distillation, teacher_model=args.teacher_model, alpha=args.alpha,
-    experiments_dir=args.experiments_dir, data_root=args.data_root or "data")
+config = config_from_args(args)  # kdlab.train would import torch: too slow for a stand-in
 spec = config.run_spec()
 directory = run_dir(config.experiments_dir, spec)
 seen = runstate.read_status(directory)
@@ -65,45 +64,34 @@ runstate.update_status(directory, status="completed", epoch=config.epochs, max_a
 
 
 def write_study(tmp_path: Path, *, max_live_jobs: int = 10, methods=("logit", "nst"),
-                alphas=(0.5,), seeds=(0,), backend: str = "local", extra: str = "") -> Path:
+                alphas=(0.5,), seeds=(0,), backend: str = "local", extra: str = "",
+                teacher: str = "ResNet20") -> Path:
+    """A Digits study whose jobs run the stand-in trainer."""
     fake = tmp_path / "fake_train.py"
     fake.write_text(FAKE_TRAIN)
-    study = tmp_path / "study.toml"
-    study.write_text(textwrap.dedent(f"""\
-        name = "qtest"
-        datasets = ["Digits"]
-        teacher = "ResNet20"
-        student = "ResNet8"
-        methods = {json.dumps(list(methods))}
-        alphas = {json.dumps(list(alphas))}
-        seeds = {json.dumps(list(seeds))}
-        experiments_dir = "{tmp_path / 'experiments'}"
-        data_root = "{tmp_path / 'data'}"
-
-        [training]
-        epochs = 2
-        device = "cpu"
-
-        [scheduler]
-        backend = "{backend}"
-        max_live_jobs = {max_live_jobs}
-        kdlab_command = "{sys.executable} {fake}"
-        """) + extra)
-    return study
+    return shared_write_study(
+        tmp_path / "study.toml", name="qtest", teacher=teacher, methods=methods,
+        alphas=alphas, seeds=seeds, top=f'data_root = "{tmp_path / "data"}"\n',
+        training='epochs = 2\ndevice = "cpu"',
+        tables=textwrap.dedent(f"""\
+            [scheduler]
+            backend = "{backend}"
+            max_live_jobs = {max_live_jobs}
+            kdlab_command = "{sys.executable} {fake}"
+            """) + extra)
 
 
 def wait_for_jobs(study, timeout=300.0) -> None:
     """Until no run of the study has a live local job."""
     scheduler = LocalScheduler()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        live = [state for state in study_run_states(study)
-                if state.job_id and state.state in ("queued", "running")
-                and state.status.get("scheduler") == "local" and scheduler.is_alive(state.job_id)]
-        if not live:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"jobs still alive after {timeout} s: {[s.spec.name for s in live]}")
+
+    def none_alive():
+        return not [state for state in study_run_states(study)
+                    if state.job_id and state.state in ("queued", "running")
+                    and state.status.get("scheduler") == "local"
+                    and scheduler.is_alive(state.job_id)]
+
+    wait_until(none_alive, "the study's local jobs to end", timeout=timeout)
 
 
 def starts(directory: Path) -> list[dict]:
@@ -374,3 +362,133 @@ def test_cli_queue_and_bad_study(tmp_path, capsys):
     assert main(["queue", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "scheduler.backend" in err and "condor" in err
+
+
+# ---- config.json, the job's one argument ---------------------------------------------------
+
+def test_queue_writes_config_json_and_hand_typed_train_writes_the_same(tmp_path, monkeypatch):
+    from kdlab.cli import build_parser
+    from kdlab.config import prepare_configs
+
+    study = load_study(write_study(tmp_path, methods=("fitnets",), alphas=(0.75,)))
+    # The job ends before training (a completed run's config.json is never rewritten).
+    monkeypatch.setenv("FAKE_MODES", json.dumps({spec.name: "die" for spec in study.runs()}))
+    teacher = study.teacher_runs()[0]
+    runstate.write_status(study.run_dir(teacher), {"status": "completed", "max_acc": 90.0})
+    decisions, code, _ = quiet_queue(study)
+    wait_for_jobs(study)
+    kd = next(d for d in decisions if d.run.role == "kd")
+    assert code == 0 and kd.action == SUBMIT
+    config_path = kd.run.run_dir / "config.json"
+    written = config_path.read_bytes()
+    config = json.loads(written)
+    # Complete: every setting, the method's options with their defaults.
+    assert config["distillation"] == "fitnets" and config["alpha"] == 0.75
+    assert config["method_options"] == {"hint_layer": "layer2", "regressor_relu": True,
+                                        "student_layer": "layer1", "weight": 100.0}
+    # The job was given only that file.
+    (start,) = starts(kd.run.run_dir)
+    assert start["seen"]["job_id"] == kd.job_id
+    # A hand-typed `kdlab train` of the same run writes the same file.
+    config_path.unlink()
+    args = build_parser().parse_args([
+        "train", "--dataset", "Digits", "--model", "ResNet8", "--distillation", "fitnets",
+        "--teacher-model", "ResNet20", "--alpha", "0.75", "--epochs", "2", "--device", "cpu",
+        "--experiments-dir", str(study.experiments_dir), "--data-root", str(study.data_root)])
+    (typed,) = prepare_configs(args)
+    assert config_path.read_bytes() == written
+    # ... and reading that file back gives that run.
+    (read,) = prepare_configs(build_parser().parse_args(["train", "--config", str(config_path)]))
+    assert read == typed and read.run_spec() == kd.run.spec
+
+
+def test_train_command_is_the_run_config(tmp_path):
+    study = load_study(write_study(tmp_path))
+    for spec in study.runs():
+        assert study.train_command(spec) == ["train", "--config",
+                                             str(study.run_dir(spec) / "config.json")]
+
+
+def test_config_flag_is_exclusive_and_bad_config_files_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "config.json"
+    bad.write_bytes(b'{"dataset": "Digits", "model": "ResNet8", "colour": 1}')
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "'colour'" in capsys.readouterr().err
+    assert main(["train", "--config", str(bad), "--lr", "0.2"]) == 2
+    assert "either config files or setting flags" in capsys.readouterr().err
+    bad.write_bytes(b"\xff\xfe")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "UTF-8" in err
+
+
+# ---- earlier-code trees ---------------------------------------------------------------------
+
+def test_job_id_only_status_counts_towards_max_live_jobs(tmp_path):
+
+    build_earlier_tree(tmp_path)
+    study = load_study(write_earlier_study(tmp_path, max_live_jobs=3,
+                                           top_extra="accept_earlier_teachers = true\n"))
+    states = study_run_states(study)
+    alive = {state.run_dir: True for state in states if state.job_id}
+    before = snapshot(tmp_path)
+    plan = by_name(plan_queue(study, states, liveness=alive))
+    assert plan["Cifar10-pure-ResNet112-s1"].action == LIVE      # {"pbs_job_id": ...}
+    assert plan["Cifar10-pure-ResNet56-s1"].action == LIVE       # {"job_id": ...}
+    assert plan["Cifar10-pure-ResNet56-s0"].action == LIVE
+    # Three live jobs of a limit of three: the one KD run that could go is held back.
+    (held,) = [d for d in plan.values() if d.action == LATER]
+    assert held.run.spec.name == "Cifar10-fitnets-a0.5-ResNet112_to_ResNet56-s0"
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("setting,refused", [
+    ("", True),
+    ("accept_earlier_teachers = true\n", False),
+    ("[training] augmentation", False),
+])
+def test_earlier_code_teacher_is_refused_unless_the_study_accepts_it(tmp_path, setting,
+                                                                     refused):
+    from kdlab.queue import REFUSED
+
+    build_earlier_tree(tmp_path)
+    if setting.startswith("[training]"):
+        path = write_earlier_study(tmp_path, training='epochs = 150\naugmentation = "earlier"')
+    else:
+        path = write_earlier_study(tmp_path, top_extra=setting)
+    study = load_study(path)
+    before = snapshot(tmp_path)
+    plan = by_name(plan_queue(study, liveness={}))
+    decision = plan["Cifar10-fitnets-a0.5-ResNet112_to_ResNet56-s0"]
+    if refused:
+        assert decision.action == REFUSED and "accept_earlier_teachers" in decision.reason
+    else:
+        assert decision.action == SUBMIT
+    assert snapshot(tmp_path) == before
+
+
+def test_self_distillation_submits_each_run_directory_once(tmp_path):
+    study = load_study(write_study(tmp_path, teacher="ResNet8", methods=("logit",)))
+    runs = study.runs()
+    assert len(runs) == 2 and len({study.run_dir(spec) for spec in runs}) == 2
+    assert [study.role_of(spec) for spec in runs] == ["teacher", "kd"]
+    decisions, code, _ = quiet_queue(study)
+    wait_for_jobs(study)
+    assert code == 0 and [d.action for d in decisions] == [SUBMIT, WAIT]
+    (teacher,) = study.teacher_runs()
+    assert len(starts(study.run_dir(teacher))) == 1
+
+
+def test_queue_into_a_closed_pipe_finishes_its_pass_quietly(tmp_path):
+    study_path = write_study(tmp_path, seeds=tuple(range(40)), max_live_jobs=80)
+    process = subprocess.Popen([sys.executable, "-m", "kdlab", "queue", str(study_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()   # the reader is gone before the first line (`| head -0`)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+    study = load_study(study_path)
+    wait_for_jobs(study)
+    # The pass went on to the end: every teacher and pure run was submitted.
+    submitted = [state for state in study_run_states(study) if state.role != "kd"]
+    assert len(submitted) == 80 and all(state.job_id for state in submitted)

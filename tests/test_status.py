@@ -11,11 +11,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from scipy import stats as scipy_stats
 
 from kdlab import runstate
 from kdlab.cli import main
+from kdlab.errors import UserError
 from kdlab.layout import run_dir
-from kdlab.schedulers.base import Scheduler, SchedulerError
+from conftest import (EARLIER_OUTSIDE, FakeScheduler, build_earlier_tree, snapshot,
+                      write_earlier_study, write_study)
 from kdlab.status import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
                           UNREADABLE, WAITING, check_liveness, format_report, status_report,
                           study_run_states)
@@ -48,31 +51,6 @@ def legacy(tmp_path, monkeypatch):
     shutil.copytree(LEGACY, copy)
     monkeypatch.chdir(copy)
     return load_study(copy / "study.toml")
-
-
-class FakeScheduler(Scheduler):
-    """Answers liveness from a dict: job id -> True / False / an error message."""
-
-    name = "fake"
-
-    def __init__(self, answers, problem=None):
-        self.answers, self.problem, self.asked = answers, problem, []
-
-    def available(self):
-        return self.problem
-
-    def submit(self, *args, **kwargs):
-        raise AssertionError("status never submits")
-
-    def is_alive(self, job_id):
-        self.asked.append(job_id)
-        answer = self.answers.get(job_id, False)
-        if isinstance(answer, str):
-            raise SchedulerError(answer)
-        return answer
-
-    def cancel(self, job_id):
-        raise AssertionError("status never cancels")
 
 
 def test_legacy_tree_is_classified_run_by_run(legacy):
@@ -219,3 +197,135 @@ def test_new_style_states_and_no_job_id(tmp_path):
     assert entry["run"] == pure.name and "no job id" in entry["reason"]
     assert report["epoch_progress_percent"] == pytest.approx(100 * 2 / 12)
     assert report["mean_max_acc_completed"] is None
+
+
+# ---- trees of the earlier research code (issue 12) ----------------------------------------
+
+@pytest.fixture
+def earlier(tmp_path):
+    """The earlier-format tree of conftest.build_earlier_tree and its study."""
+    build_earlier_tree(tmp_path)
+    return tmp_path
+
+
+def test_earlier_tree_every_status_variant(earlier):
+    study = load_study(write_earlier_study(earlier))
+    states = {state.spec.name: state for state in study_run_states(study)}
+    teacher0, teacher1 = (states[f"Cifar10-pure-ResNet112-s{seed}"] for seed in (0, 1))
+    pure0, pure1 = (states[f"Cifar10-pure-ResNet56-s{seed}"] for seed in (0, 1))
+    assert teacher0.state == COMPLETED and teacher0.max_acc == 93.4
+    assert "epoch 150/150" in teacher0.detail   # the count comes from the run, never '?'
+    # A status.json holding only a job id (either key) is a queued run with that job.
+    assert (teacher1.state, teacher1.job_id) == (QUEUED, "7000521.sched01")
+    assert (pure1.state, pure1.job_id) == (QUEUED, "7000522.sched01")
+    assert pure0.state == RUNNING and pure0.job_id == "7000520.sched01"
+    assert states["Cifar10-fitnets-a0.5-ResNet112_to_ResNet56-s1"].state == WAITING
+    # Both job ids are asked of the scheduler like any other.
+    fake = FakeScheduler({"7000521.sched01": True, "7000522.sched01": False})
+    liveness = check_liveness(list(states.values()), "pbs", scheduler_factory=lambda name: fake)
+    assert liveness[teacher1.run_dir] is True and liveness[pure1.run_dir] is False
+    assert {"7000521.sched01", "7000522.sched01"} <= set(fake.asked)
+
+
+def test_earlier_tree_provenance_collapse_and_outside_grid_in_json(earlier, capsys,
+                                                                    monkeypatch):
+    study_path = write_earlier_study(earlier)
+    before = snapshot(earlier)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["status", str(study_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    runs = {run["run"]: run for run in report["runs"]}
+    assert runs["Cifar10-pure-ResNet112-s0"]["made_by"] == "earlier code"
+    assert runs["Cifar10-pure-ResNet112-s1"]["state"] == QUEUED
+    collapsed = runs["Cifar10-logit-a0.5-ResNet112_to_ResNet56-s0"]
+    assert collapsed["collapsed"] is True and "collapsed" in collapsed["detail"]
+    assert runs["Cifar10-pure-ResNet112-s0"]["collapsed"] is False
+    assert report["collapsed"] == ["Cifar10-logit-a0.5-ResNet112_to_ResNet56-s0"]
+    outside = {entry["run_dir"]: entry["reason"] for entry in report["outside_grid"]}
+    assert outside == EARLIER_OUTSIDE
+    assert main(["status", str(study_path)]) == 0
+    text = capsys.readouterr().out
+    (line,) = [line for line in text.splitlines() if line.startswith("outside the grid")]
+    assert "6 run directories" in line and "0.95" in line
+    assert "earlier research code" in text
+    assert snapshot(earlier) == before   # nothing read was rewritten
+
+
+def test_no_alpha_layout_reads_the_beta_tree(earlier):
+    study = load_study(write_earlier_study(earlier, layout="no-alpha"))
+    states = {state.spec.name: state for state in study_run_states(study)}
+    fitnets = states["Cifar10-fitnets-a0.5-ResNet112_to_ResNet56-s0"]
+    assert fitnets.state == COMPLETED and fitnets.max_acc == 72.5
+    assert fitnets.run_dir == earlier / "experiments/Cifar10/fitnets/ResNet112_to_ResNet56/0"
+    outside = {entry["run_dir"]: entry["reason"] for entry in status_report(
+        study, check_jobs=False)["outside_grid"]}
+    assert outside["Cifar10/logit/alpha_0.5/ResNet112_to_ResNet56/0"] == "other layout"
+    assert outside["Cifar10/logit/alpha_0.95/ResNet112_to_ResNet56/0"] == "other layout"
+
+
+def test_no_alpha_layout_needs_exactly_one_alpha(tmp_path):
+    path = write_study(tmp_path / "s.toml", alphas=(0.5, 0.75), top='layout = "no-alpha"\n')
+    with pytest.raises(UserError, match="'alphas'.*exactly one alpha"):
+        load_study(path)
+
+
+def test_groups_report_mean_std_ci_and_count(tmp_path):
+    from legacy_tree import write_run
+
+    study = load_study(write_study(tmp_path / "s.toml", seeds=(0, 1, 2)))
+    accuracies = [61.0, 64.0, 70.0]
+    for seed, accuracy in enumerate(accuracies):
+        write_run(study.experiments_dir, study.runs()[seed], test_acc=[accuracy])
+    report = status_report(study, check_jobs=False)
+    teacher = next(group for group in report["groups"] if group["method"] == "teacher")
+    summary = teacher["max_acc_summary"]
+    assert summary["n"] == 3 and summary["mean"] == pytest.approx(statistics.fmean(accuracies))
+    assert summary["std"] == pytest.approx(statistics.stdev(accuracies))
+    low, high = scipy_stats.t.interval(0.95, 2, loc=statistics.fmean(accuracies),
+                                       scale=statistics.stdev(accuracies) / 3 ** 0.5)
+    assert summary["ci95"] == pytest.approx([low, high])
+    text = format_report(report)
+    assert "95% CI" in text and f"{low:.2f}..{high:.2f}" in text
+
+
+def test_seed_summary_conventions():
+    from kdlab.stats import summarize
+
+    assert summarize([]).mean is None and summarize([]).n == 0
+    one = summarize([71.5])
+    assert (one.n, one.mean, one.std, one.ci_low) == (1, 71.5, None, None)
+    assert one.text() == "71.50 (n=1)"
+    two = summarize([70.0, 72.0, float("nan")])
+    assert two.n == 2 and two.std == pytest.approx(2 ** 0.5)
+    low, high = scipy_stats.t.interval(0.95, 1, loc=71.0, scale=1.0)
+    assert (two.ci_low, two.ci_high) == pytest.approx((low, high))
+
+
+@pytest.mark.parametrize("damage", ["bytes", "wrong_types"])
+def test_damaged_status_is_unreadable_and_named_never_fatal(tmp_path, capsys, damage):
+    study_path = write_study(tmp_path / "s.toml", seeds=(0, 1))
+    study = load_study(study_path)
+    broken = study.run_dir(study.runs()[0])
+    broken.mkdir(parents=True)
+    (broken / "status.json").write_bytes(
+        b'{"status": "completed", "max_acc": 9\xff}' if damage == "bytes" else
+        b'{"status": "queued", "job_id": "1", "missed_starts": "x", "job_history": 5}')
+    before = snapshot(tmp_path)
+    assert main(["status", str(study_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (entry,) = report["unreadable"]
+    assert entry["run_dir"] == str(broken) and entry["detail"].startswith("unreadable: ")
+    assert ("UTF-8" if damage == "bytes" else "missed_starts") in entry["detail"]
+    # the other runs are still classified: teacher s1 and both pure runs, KD runs waiting
+    assert report["counts"][NOT_STARTED] == 3 and report["counts"][WAITING] == 2
+    assert main(["queue", "--dry-run", str(study_path)]) == 0
+    assert "error" in capsys.readouterr().out
+    assert snapshot(tmp_path) == before
+
+
+def test_study_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_bytes(b'name = "caf\xe9"\n')
+    assert main(["status", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "UTF-8" in err

@@ -5,6 +5,9 @@ CLI reads back into the same run."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,20 +24,22 @@ DEMO = ROOT / "studies" / "demo.toml"
 
 
 def test_charlie_is_the_thesis_grid_in_priority_order():
+    # Issue 12: the runner's grid gained alpha 0.95, 4 x 3 x (2 + 6 x 4) = 312 runs (it was
+    # 240 with alphas 0.25, 0.5, 0.75; the study file says how to return to that grid).
     study = load_study(CHARLIE)
     runs = study.runs()
-    assert len(runs) == 240 and len(set(runs)) == 240
+    assert len(runs) == 312 and len(set(runs)) == 312
     kd = [spec for spec in runs if not spec.is_pure]
     pure = [spec for spec in runs if spec.is_pure]
-    assert len(kd) == 216 and len(pure) == 24
+    assert len(kd) == 288 and len(pure) == 24
     # Teachers first, then pure students, then every KD run.
     roles = [study.role_of(spec) for spec in runs]
-    assert roles == ["teacher"] * 12 + ["pure"] * 12 + ["kd"] * 216
+    assert roles == ["teacher"] * 12 + ["pure"] * 12 + ["kd"] * 288
     assert {spec.dataset for spec in runs} == {"Cifar10", "Cifar100", "SVHN", "TinyImageNet"}
     assert {spec.model for spec in runs if study.role_of(spec) == "teacher"} == {"ResNet112"}
     assert {spec.model for spec in runs if study.role_of(spec) != "teacher"} == {"ResNet56"}
     assert {spec.method for spec in kd} == set(study_module.KNOWN_METHODS)
-    assert {spec.alpha for spec in kd} == {0.25, 0.5, 0.75}
+    assert {spec.alpha for spec in kd} == {0.25, 0.5, 0.75, 0.95}
     assert {spec.seed for spec in runs} == {0, 1, 2}
     # Every KD run's teacher run is a run of the grid, earlier in the order.
     position = {spec: index for index, spec in enumerate(runs)}
@@ -71,6 +76,91 @@ def test_known_names_agree_with_the_registries():
     assert set(study_module.KNOWN_MODELS) == set(MODEL_NAMES)
     assert set(study_module.KNOWN_DATASETS) == set(DATASET_NAMES)
     assert set(study_module.KNOWN_METHODS) == set(METHOD_NAMES)
+
+
+def test_catalog_facts_agree_with_the_torch_side():
+    from kdlab import catalog
+    from kdlab.data import DATASETS
+    from kdlab.distill import method_class
+    from kdlab.models import BLOCKS_PER_STAGE, LAYER_NAMES
+
+    for name, facts in catalog.DATASETS.items():
+        assert (facts.classes, facts.image_size) == (DATASETS[name].num_classes,
+                                                     DATASETS[name].image_size)
+    assert catalog.MODELS == BLOCKS_PER_STAGE and catalog.LAYER_NAMES == LAYER_NAMES
+    for name in catalog.METHOD_NAMES:
+        assert method_class(name).defaults == catalog.method_defaults(name)
+
+
+def test_planning_charlie_imports_no_torch(tmp_path):
+    """Loading charlie, `kdlab queue --dry-run` and `kdlab status` never import torch (the
+    cron path); run in a fresh interpreter so nothing was imported before."""
+    script = textwrap.dedent(f"""\
+        import sys
+        from kdlab.study import load_study
+        study = load_study({str(CHARLIE)!r})
+        assert len(study.runs()) == 312
+        assert "torch" not in sys.modules, "loading the study imported torch"
+        from kdlab.cli import main
+        assert main(["queue", "--dry-run", {str(CHARLIE)!r}]) == 0
+        assert main(["status", {str(CHARLIE)!r}]) == 0
+        print("torch" in sys.modules)
+        """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_cells_are_named_once_in_report_order():
+    from kdlab.study import Cell, Role
+
+    study = load_study(CHARLIE)
+    cells = study.cells()
+    assert len(cells) == 4 * (2 + 6 * 4)
+    assert cells[:3] == [Cell("Cifar10", Role.TEACHER), Cell("Cifar10", Role.PURE),
+                         Cell("Cifar10", Role.KD, "logit", 0.25)]
+    assert [cell.row for cell in cells[:2]] == ["teacher", "pure"]
+    # Every run lies in exactly one cell, and each cell holds one run per seed.
+    members = [spec for cell in cells for spec in study.cell_runs(cell)]
+    assert sorted(members) == sorted(study.runs())
+    for spec in study.runs():
+        assert spec in study.cell_runs(study.cell_of(spec))
+
+
+def test_teacher_equal_to_student_is_one_run(tmp_path):
+    path = tmp_path / "self.toml"
+    path.write_text(MINIMAL.replace('student = "ResNet8"', 'student = "ResNet20"'))
+    study = load_study(path)
+    teacher, kd = study.runs()
+    assert study.role_of(teacher) == "teacher" and study.role_of(kd) == "kd"
+    assert [cell.row for cell in study.cells()] == ["teacher", "logit"]
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "-1"], "--lr"),
+    (["--weight-decay", "nan"], "--weight-decay"), (["--momentum", "1"], "--momentum"),
+    (["--seed", "-3"], "--seed"), (["--temperature", "0"], "--temperature"),
+    (["--batch-size", "1"], "BatchNorm"), (["--augmentation", "x"], "--augmentation"),
+    (["--distillation", "rkd", "--teacher-model", "ResNet20", "--alpha", "0.5",
+      "--option", "angle=obtuse"], "angle"),
+])
+def test_train_refuses_bad_settings_before_making_a_directory(tmp_path, capsys, flags, words):
+    experiments = tmp_path / "experiments"
+    argv = ["train", "--dataset", "Digits", "--model", "ResNet8", "--experiments-dir",
+            str(experiments), *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+    assert not experiments.exists()
+
+
+def test_usage_errors_are_one_line_with_a_pointer_to_help(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["status"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "see kdlab status --help" in err
 
 
 MINIMAL = """\
@@ -125,6 +215,29 @@ BAD_STUDIES = [
     (("", '[cluster]\nrack = "A"\n'), "cluster.rack", "unknown"),
     (("", '[cluster]\ngpus_total = "thirty"\n'), "cluster.gpus_total", "integer"),
     (('name = "t"', 'name = "my study"'), "name", "spaces"),
+    # Ranges: the study refuses what `kdlab train` refuses (one validation).
+    (('epochs = 2', 'epochs = 2\nlr = -1'), "training.lr", "> 0"),
+    (('epochs = 2', 'epochs = 2\nlr = nan'), "training.lr", "finite"),
+    (('epochs = 2', 'epochs = 2\nlr = inf'), "training.lr", "finite"),
+    (('epochs = 2', 'epochs = 2\nmomentum = 2'), "training.momentum", "[0, 1)"),
+    (('epochs = 2', 'epochs = 2\nlabel_smoothing = 2'), "training.label_smoothing", "[0, 1)"),
+    (('epochs = 2', 'epochs = 2\ntemperature = 0'), "training.temperature", "> 0"),
+    (('epochs = 2', 'epochs = 2\nbatch_size = 1'), "training.batch_size", "BatchNorm"),
+    (('epochs = 2', 'epochs = 2\nweight_decay = nan'), "training.weight_decay", "finite"),
+    (('epochs = 2', 'epochs = 2\nweight_decay = -0.1'), "training.weight_decay", ">= 0"),
+    (('epochs = 2', 'epochs = 2\naugmentation = "fancy"'), "training.augmentation", "earlier"),
+    (('epochs = 2', 'epochs = 2\ndevice = "tpu"'), "training.device", "cuda"),
+    (('backend = "local"', 'backend = "local"\ncpus = -4'), "scheduler.cpus", "positive"),
+    (('backend = "local"', 'backend = "local"\nsignal_seconds = -5'), "scheduler.signal_seconds",
+     ">= 0"),
+    (('seeds = [0]', 'seeds = [0, -1]'), "seeds", ">= 0"),
+    (("", '[method_options.logit]\ntemperature = 0\n'), "method_options.logit.temperature",
+     "> 0"),
+    (("", '[method_options.rkd]\nangle = "obtuse"\n'), "method_options.rkd.angle", "triplet"),
+    (("", '[method_options.nst]\nlayers = "layer4"\n'), "method_options.nst.layers", "layer1"),
+    (("", '[method_options.factor_transfer]\nparaphraser_epochs = 2.5\n'),
+     "method_options.factor_transfer.paraphraser_epochs", "integer"),
+    (('name = "t"', 'name = "t"\nlayout = "flat"'), "layout", "no-alpha"),
     (('name = "t"\n', ''), "name", "required"),
 ]
 
@@ -164,7 +277,10 @@ def test_bad_study_through_the_cli_is_exit_2_and_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("study_file", [DEMO, CHARLIE])
-def test_train_command_round_trips_through_the_cli(study_file):
+def test_train_flags_round_trip_through_the_cli(study_file):
+    """The hand-typed flag form of every run (derived from TrainConfig's fields) reads back
+    into the same run."""
+    from kdlab.config import config_flags
     from kdlab.distill import resolve_options
     from kdlab.train import config_from_args
 
@@ -174,7 +290,7 @@ def test_train_command_round_trips_through_the_cli(study_file):
     sample = [spec for spec in runs if spec.is_pure or spec.seed == study.seeds[0]]
     parser = build_parser()
     for spec in sample:
-        arguments = study.train_command(spec)
+        arguments = ["train", *config_flags(study.train_config(spec))]
         assert arguments[0] == "train"
         parsed = config_from_args(parser.parse_args(arguments))
         expected = study.train_config(spec)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
+from .config import add_setting_flags
 from .errors import EXIT_USER_ERROR, UserError
 
 
@@ -20,42 +22,57 @@ def _add_study(parser: argparse.ArgumentParser) -> None:
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train one run (pure or distilled)",
-                       description="Train one run. Resumes from checkpoint.pth when present.")
-    p.add_argument("--dataset", required=True,
-                   help="Cifar10, Cifar100, SVHN, TinyImageNet or Digits")
-    p.add_argument("--model", required=True, help="ResNet8, ResNet20, ResNet56, ResNet110/112")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=150)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--label-smoothing", type=float, default=None,
-                   help="default 0.1 for pure runs, 0 when distilling")
-    p.add_argument("--data-root", default=None,
-                   help="data directory (default: $KDLAB_DATA_ROOT or ./data)")
-    p.add_argument("--experiments-dir", default="experiments")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+                       description="Train one run, from its config.json (--config, what "
+                                   "kdlab queue writes) or from setting flags (which write "
+                                   "the same config.json). Resumes from checkpoint.pth.")
+    p.add_argument("--config", action="append", metavar="FILE", default=None,
+                   help="a run's config.json (repeatable: several runs)")
+    add_setting_flags(p)
     p.add_argument("--download", action="store_true",
                    help="download a missing data set through torchvision where it offers one")
     p.add_argument("--force-restart", action="store_true",
                    help="start over even if the run is completed or its checkpoint is corrupt")
-    p.add_argument("--distillation", default="none",
-                   help="none, logit, factor_transfer, attention_transfer, fitnets, rkd, nst")
-    p.add_argument("--teacher-model", default=None)
-    p.add_argument("--alpha", type=float, default=None,
-                   help="KD strength: loss = (1-alpha)*CE + alpha*distill")
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option, e.g. --option weight=100 --option hint_layer=layer2")
-    p.add_argument("--augmentation", default="kdlab", choices=("kdlab", "earlier"),
-                   help="kdlab: pad-and-crop + flip (default); earlier: the earlier research "
-                        "code's RandomResizedCrop + flip, Resize+CenterCrop for testing")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line (what was wrong, and where to look), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _StdoutUntilClosed:
+    """sys.stdout that, once the reader has gone (``kdlab queue | head``), sends the rest
+    to /dev/null instead of raising, so a command finishes its pass quietly."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="kdlab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"kdlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
@@ -128,6 +145,8 @@ _COMMAND_MODULES = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = _StdoutUntilClosed(stdout)
     try:
         module = importlib.import_module(_COMMAND_MODULES[args.command])
         return int(module.command(args) or 0)
@@ -137,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"kdlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

@@ -1,52 +1,108 @@
-"""The settings of one training run (shared by ``kdlab train``, study files and the queue).
+"""The settings of one training run: ``TrainConfig``, the one definition of a run.
 
-Kept free of torch so that planning a study never imports it.
+Each field carries its default, its type, its help text, its validation and where a study
+sets it (:func:`setting` metadata). The ``kdlab train`` flags, the study's ``[training]``
+table, the study loader's checks and ``config.json`` are all derived from these fields, so
+a new run setting is one field here (and its use). Kept free of torch so that planning a
+study never imports it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
 
-from .layout import PURE, RunSpec
+from . import catalog, runstate
+from .errors import UserError
+from .layout import PURE, RunSpec, run_dir
+from .runstate import CONFIG_FILE
 
-# Defaults of the study (the earlier round's thesis setup).
-DEFAULT_EPOCHS = 150
-DEFAULT_BATCH_SIZE = 128
-DEFAULT_LR = 0.1
-DEFAULT_MOMENTUM = 0.9
-DEFAULT_WEIGHT_DECAY = 5e-4
 PURE_LABEL_SMOOTHING = 0.1   # pure runs
 KD_LABEL_SMOOTHING = 0.0     # the teacher's soft targets are the smoothing
-DEFAULT_TEMPERATURE = 4.0
+
+# Where a study sets a field: the grid (data sets, models, methods, alphas, seeds), the
+# [training] table, the study's top level (paths), or [method_options].
+GRID, TRAINING, PATHS, OPTIONS = "grid", "training", "paths", "options"
+
+
+def setting(default: Any, help: str, kind: type, *, check: Callable[[Any], str | None] = None,
+            choices: tuple[str, ...] | None = None, optional: bool = False,
+            where: str = TRAINING, in_identity: bool = True):
+    """A TrainConfig field with its metadata. ``check(value)`` returns what was expected
+    when the value is bad (else None); ``optional``: None is allowed; ``in_identity``: the
+    value must match for a checkpoint to be resumed (paths and device may move)."""
+    metadata = {"help": help, "kind": kind, "check": check, "choices": choices,
+                "optional": optional, "where": where, "in_identity": in_identity}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _at_least(minimum: int, expected: str | None = None):
+    return lambda value: None if value >= minimum else (expected or f"an integer >= {minimum}")
+
+
+def _finite(test: Callable[[float], bool], expected: str):
+    return lambda value: None if math.isfinite(value) and test(value) else expected
+
+
+_REQUIRED = object()
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines one run. ``method_options`` holds the distillation method's
-    own settings (weights, layers, ...), validated by the method's registry entry."""
+    own settings (weights, layers, ...), declared in :mod:`kdlab.catalog`."""
 
-    dataset: str
-    model: str
-    seed: int = 0
-    epochs: int = DEFAULT_EPOCHS
-    batch_size: int = DEFAULT_BATCH_SIZE
-    lr: float = DEFAULT_LR
-    momentum: float = DEFAULT_MOMENTUM
-    weight_decay: float = DEFAULT_WEIGHT_DECAY
-    label_smoothing: float | None = None  # None: 0.1 for pure runs, 0.0 when distilling
-    distillation: str = PURE
-    teacher_model: str | None = None
-    alpha: float | None = None
-    temperature: float = DEFAULT_TEMPERATURE
-    method_options: dict[str, Any] = field(default_factory=dict)
-    data_root: str = "data"
-    experiments_dir: str = "experiments"
-    device: str = "auto"  # auto | cpu | cuda
-    eval_batch_size: int = 1000
-    # "kdlab": pad-and-crop + flip; "earlier": the earlier research code's resized crops,
-    # resized centre crops for testing and its normalisation (kdlab.data.earlier).
-    augmentation: str = "kdlab"
+    dataset: str = setting(_REQUIRED, "data set: " + ", ".join(catalog.DATASET_NAMES), str,
+                           choices=catalog.DATASET_NAMES, where=GRID)
+    model: str = setting(_REQUIRED, "model trained by this run: "
+                         + ", ".join(catalog.MODEL_NAMES), str,
+                         choices=catalog.MODEL_NAMES, where=GRID)
+    seed: int = setting(0, "random seed (>= 0)", int, check=_at_least(0, "an integer >= 0"),
+                        where=GRID)
+    epochs: int = setting(150, "training epochs", int, check=_at_least(1, "a positive integer"))
+    batch_size: int = setting(128, "training batch size", int, check=_at_least(
+        2, "an integer >= 2 (BatchNorm needs at least 2 samples per batch)"))
+    lr: float = setting(0.1, "SGD learning rate (cosine schedule over the epochs)", float,
+                        check=_finite(lambda v: v > 0, "a finite number > 0"))
+    momentum: float = setting(0.9, "SGD momentum", float,
+                              check=_finite(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    weight_decay: float = setting(5e-4, "SGD weight decay", float,
+                                  check=_finite(lambda v: v >= 0, "a finite number >= 0"))
+    label_smoothing: float | None = setting(
+        None, "label smoothing (default 0.1 for pure runs, 0 when distilling)", float,
+        check=_finite(lambda v: 0 <= v < 1, "a number in [0, 1)"), optional=True)
+    distillation: str = setting(PURE, "KD method: none, " + ", ".join(catalog.METHOD_NAMES),
+                                str, choices=(PURE, *catalog.METHOD_NAMES), where=GRID)
+    teacher_model: str | None = setting(None, "teacher model of a distilled run", str,
+                                        choices=catalog.MODEL_NAMES, optional=True, where=GRID)
+    alpha: float | None = setting(None, "KD strength: loss = (1-alpha)*CE + alpha*distill",
+                                  float, check=lambda v: None if 0 <= v <= 1
+                                  else "a KD strength in [0, 1]", optional=True, where=GRID)
+    temperature: float = setting(4.0, "softmax temperature of the logit-based losses", float,
+                                 check=_finite(lambda v: v > 0, "a finite number > 0"))
+    augmentation: str = setting("kdlab", "training augmentation: 'kdlab' (pad and crop) or "
+                                "'earlier' (the earlier code's resized crops)", str,
+                                choices=catalog.AUGMENTATIONS)
+    method_options: dict[str, Any] = setting({}, "the method's options (KEY=VALUE)", dict,
+                                             where=OPTIONS)
+    data_root: str = setting("data", "data directory", str, where=PATHS, in_identity=False)
+    experiments_dir: str = setting("experiments", "directory of the runs", str, where=PATHS,
+                                   in_identity=False)
+    device: str = setting("auto", "auto, cpu or cuda", str, choices=("auto", "cpu", "cuda"),
+                          in_identity=False)
+    eval_batch_size: int = setting(1000, "batch size of evaluation", int,
+                                   check=_at_least(1, "a positive integer"), in_identity=False)
+
+    def __post_init__(self) -> None:
+        for name in ("dataset", "model"):
+            if getattr(self, name) is _REQUIRED:
+                raise UserError(f"--{name} is required (or --config FILE)")
 
     @property
     def effective_label_smoothing(self) -> float:
@@ -68,9 +124,233 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
 
-    # Settings that must match for a checkpoint to be resumed (paths and device may move).
     def identity(self) -> dict[str, Any]:
-        data = self.to_dict()
-        for key in ("data_root", "experiments_dir", "device", "eval_batch_size"):
-            data.pop(key)
+        """Settings that must match for a checkpoint to be resumed."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.metadata["in_identity"]}
+        if data["augmentation"] == "kdlab":
+            # Checkpoints from before the field existed were all trained this way.
+            del data["augmentation"]
         return data
+
+    def validate(self) -> None:
+        """Every problem of these settings as one :class:`SettingError` (a UserError)."""
+        validate_config(self)
+
+
+class SettingError(UserError):
+    """One bad setting: ``key`` (a TrainConfig field, or ``method_options.KEY``),
+    the value found and what was expected."""
+
+    def __init__(self, key: str, value: Any, expected: str) -> None:
+        flag = "--" + key.replace("_", "-") if "." not in key else \
+            f"--option {key.split('.', 1)[1]}"
+        super().__init__(f"{flag} {value!r}: expected {expected}")
+        self.key, self.value, self.expected = key, value, expected
+
+
+def setting_fields(where: str | None = None):
+    """The TrainConfig fields (of one study place when ``where`` is given)."""
+    return [f for f in fields(TrainConfig) if where is None or f.metadata["where"] == where]
+
+
+def kind_ok(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+_KIND_TEXT = {str: "a string", int: "an integer", float: "a number", dict: "a table"}
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Every problem a user can cause with flags, a config file or a study, as one
+    :class:`SettingError` line (types, ranges, names, the method and its options)."""
+    for item in fields(config):
+        value, meta = getattr(config, item.name), item.metadata
+        if value is None and meta["optional"]:
+            continue
+        if not kind_ok(value, meta["kind"]):
+            raise SettingError(item.name, value, _KIND_TEXT[meta["kind"]])
+        if meta["choices"] is not None and value not in meta["choices"]:
+            raise SettingError(item.name, value, f"one of {', '.join(meta['choices'])}")
+        problem = meta["check"](value) if meta["check"] else None
+        if problem is not None:
+            raise SettingError(item.name, value, problem)
+    if config.distillation == PURE:
+        if config.alpha is not None or config.teacher_model is not None:
+            raise UserError("--alpha/--teacher-model were given without --distillation: "
+                            "expected a method (logit, fitnets, ...) or neither flag")
+        if config.method_options:
+            raise SettingError("method_options", config.method_options,
+                               "no method options for a run without --distillation")
+        return
+    if config.teacher_model is None:
+        raise UserError(f"--distillation {config.distillation} needs --teacher-model")
+    if config.alpha is None:
+        raise SettingError("alpha", None, "a KD strength in [0, 1]")
+    complete_options(config)
+
+
+def complete_options(config: TrainConfig) -> TrainConfig:
+    """A copy whose method options are typed and complete (defaults merged, the run's
+    temperature for methods that take one), so the recorded config names every setting the
+    method used and a resume compares like with like. A bad option is a SettingError."""
+    if config.distillation == PURE:
+        return config
+    options = dict(config.method_options)
+    if "temperature" in catalog.method_defaults(config.distillation):
+        options.setdefault("temperature", config.temperature)
+    try:
+        resolved = catalog.resolve_options(config.distillation, options)
+    except catalog.OptionError as error:
+        raise SettingError(f"method_options.{error.key}", error.value, error.expected) from None
+    return replace(config, method_options=resolved)
+
+
+_with_complete_options = complete_options  # the name train.py uses
+
+
+# ---- the command line and config files ------------------------------------------------------
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``--batch-size`` for ``batch_size``; the method's
+    options as repeated ``--option KEY=VALUE``). Defaults are left out of the namespace so
+    that :func:`configs_from_args` can tell which flags were given."""
+    for item in fields(TrainConfig):
+        meta = item.metadata
+        if item.name == "method_options":
+            parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                                default=argparse.SUPPRESS,
+                                help="a method option, e.g. --option weight=100 "
+                                     "--option hint_layer=layer2")
+            continue
+        default = item.default
+        shown = "" if default is _REQUIRED else f" (default: {default})"
+        parser.add_argument("--" + item.name.replace("_", "-"), dest=item.name,
+                            type=meta["kind"], default=argparse.SUPPRESS,
+                            metavar=item.name.upper(), help=meta["help"] + shown)
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """``['weight=100', 'hint_layer=layer2']`` -> dict (values converted by the catalog)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def configs_from_args(args) -> list[TrainConfig]:
+    """The run(s) the ``kdlab train`` arguments name: one per ``--config FILE``, or the one
+    the setting flags describe. Not validated here (see :func:`validate_config`)."""
+    given = {item.name: getattr(args, item.name) for item in fields(TrainConfig)
+             if hasattr(args, item.name)}
+    if "option" in vars(args):
+        given["method_options"] = parse_options(args.option)
+    if getattr(args, "config", None):
+        if given:
+            raise UserError(f"--config was given with --{sorted(given)[0].replace('_', '-')}: "
+                            "expected either config files or setting flags")
+        return [read_config_file(path) for path in args.config]
+    if given.get("method_options") and given.get("distillation", PURE) == PURE:
+        raise UserError(f"--option {args.option[0]!r} given without --distillation")
+    if "data_root" not in given:
+        from .data import default_data_root
+
+        given["data_root"] = str(default_data_root())
+    return [TrainConfig(**given)]
+
+
+def config_from_args(args) -> TrainConfig:
+    configs = configs_from_args(args)
+    if len(configs) != 1:
+        raise UserError(f"{len(configs)} config files given: expected one here")
+    return configs[0]
+
+
+def read_config_file(path: str | Path) -> TrainConfig:
+    """A run's ``config.json``; every problem (unreadable, not JSON, unknown key) is one
+    UserError naming the file."""
+    try:
+        data = runstate.read_json(path)
+    except runstate.StateFileError as error:
+        raise UserError(str(error)) from None
+    if data is None:
+        raise UserError(f"config file {path} does not exist")
+    known = {item.name for item in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{path}: key '{unknown[0]}' is unknown: expected keys of a run "
+                        f"config ({', '.join(sorted(known))})")
+    for name in ("dataset", "model"):
+        if name not in data:
+            raise UserError(f"{path}: key '{name}' is missing")
+    return TrainConfig.from_dict(data)
+
+
+def config_flags(config: TrainConfig) -> list[str]:
+    """The hand-typed ``kdlab train`` flags that describe ``config`` (inverse of
+    :func:`configs_from_args`)."""
+    argv: list[str] = []
+    for item in fields(TrainConfig):
+        value = getattr(config, item.name)
+        if item.name == "method_options":
+            for key, option in sorted(value.items()):
+                argv += ["--option", f"{key}={_option_text(option)}"]
+        elif value is not None and not (item.metadata["where"] == GRID and value == item.default):
+            argv += ["--" + item.name.replace("_", "-"),
+                     repr(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def config_json(config: TrainConfig) -> str:
+    """The text of a run's ``config.json`` (complete method options, sorted keys)."""
+    return json.dumps(complete_options(config).to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def prepare_configs(args) -> list[TrainConfig]:
+    """What ``kdlab train`` does before training: read the run(s) from the arguments,
+    validate each (before any directory is made), complete the method options, and write
+    each run's ``config.json`` (unless the run is completed and not being restarted), so
+    that a hand-typed run and a queued one leave the same file."""
+    configs = []
+    for config in configs_from_args(args):
+        validate_config(config)
+        config = complete_options(config)
+        directory = run_dir(config.experiments_dir, config.run_spec())
+        try:
+            status = runstate.read_status(directory)
+        except runstate.StateFileError:
+            status = None  # training reports it
+        completed = bool(status) and status.get("status") == runstate.COMPLETED
+        if not completed or getattr(args, "force_restart", False):
+            write_config_file(directory, config)
+        configs.append(config)
+    return configs
+
+
+def write_config_file(directory: Path, config: TrainConfig) -> Path:
+    """Write ``config.json`` of a run atomically (unchanged content is not rewritten);
+    an unwritable directory is one UserError line."""
+    path = Path(directory) / CONFIG_FILE
+    text = config_json(config)
+    try:
+        if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+            return path
+        runstate.atomic_write_text(path, text)
+    except OSError as error:
+        raise UserError(f"cannot write the run directory {directory} "
+                        f"({error.strerror or error}): expected a writable experiments "
+                        "directory") from None
+    return path

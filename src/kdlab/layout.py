@@ -5,6 +5,8 @@ the analysis outputs of a study live. Everything else asks it.
 
 Pure runs:        {experiments}/{dataset}/pure/{model}/{seed}/
 Distilled runs:   {experiments}/{dataset}/{method}/alpha_{alpha}/{teacher}_to_{student}/{seed}/
+  with the study's ``layout = "no-alpha"`` (the earlier code's archived beta tree, every KD
+  run at one alpha):  {experiments}/{dataset}/{method}/{teacher}_to_{student}/{seed}/
 Analysis:         {root}/analysis/experiment_{study}/...
 """
 
@@ -16,6 +18,9 @@ from pathlib import Path
 
 PURE = "none"  # the distillation "method" of a pure (teacher or baseline student) run
 PURE_DIR = "pure"
+ALPHA_LAYOUT = "alpha"        # the default path scheme
+NO_ALPHA_LAYOUT = "no-alpha"  # KD runs without the alpha_* level
+LAYOUTS = (ALPHA_LAYOUT, NO_ALPHA_LAYOUT)
 
 
 def format_alpha(alpha: float) -> str:
@@ -64,53 +69,96 @@ class RunSpec:
                 f"{self.teacher}_to_{self.model}-s{self.seed}")
 
 
-def run_dir(experiments_dir: str | Path, spec: RunSpec) -> Path:
-    """Directory of one run."""
+def run_dir(experiments_dir: str | Path, spec: RunSpec, scheme: str = ALPHA_LAYOUT) -> Path:
+    """Directory of one run under the path ``scheme`` (:data:`LAYOUTS`)."""
     root = Path(experiments_dir) / spec.dataset
     if spec.is_pure:
         return root / PURE_DIR / spec.model / str(spec.seed)
-    return (root / spec.method / f"alpha_{format_alpha(spec.alpha)}"
-            / f"{spec.teacher}_to_{spec.model}" / str(spec.seed))
+    pair = f"{spec.teacher}_to_{spec.model}"
+    if scheme == NO_ALPHA_LAYOUT:
+        return root / spec.method / pair / str(spec.seed)
+    return root / spec.method / f"alpha_{format_alpha(spec.alpha)}" / pair / str(spec.seed)
 
 
 _PURE_RE = re.compile(r"^(?P<dataset>[^/]+)/pure/(?P<model>[^/]+)/(?P<seed>\d+)$")
 _KD_RE = re.compile(r"^(?P<dataset>[^/]+)/(?P<method>[^/]+)/alpha_(?P<alpha>[0-9.eE+-]+)/"
                     r"(?P<teacher>[^/]+)_to_(?P<model>[^/]+)/(?P<seed>\d+)$")
+_NO_ALPHA_KD_RE = re.compile(r"^(?P<dataset>[^/]+)/(?P<method>[^/]+)/"
+                             r"(?P<teacher>[^/]+)_to_(?P<model>[^/]+)/(?P<seed>\d+)$")
 
 
-def parse_run_dir(experiments_dir: str | Path, path: str | Path) -> RunSpec | None:
-    """Inverse of :func:`run_dir`; None when ``path`` is not a run directory of the scheme."""
+def _relative(experiments_dir: str | Path, path: str | Path) -> str | None:
     try:
-        relative = Path(path).resolve().relative_to(Path(experiments_dir).resolve()).as_posix()
+        return Path(path).resolve().relative_to(Path(experiments_dir).resolve()).as_posix()
     except ValueError:
         return None
+
+
+def read_run_path(relative: str, scheme: str = ALPHA_LAYOUT,
+                  no_alpha_value: float | None = None) -> RunSpec | None:
+    """The run a path relative to the experiments directory names under ``scheme``, read
+    leniently ('alpha_0.50' and seed '00' read as 0.5 and 0); None when it names none.
+    ``no_alpha_value``: the alpha of KD runs under the no-alpha scheme."""
     match = _PURE_RE.match(relative)
     if match:
         return RunSpec(match["dataset"], match["model"], int(match["seed"]))
-    match = _KD_RE.match(relative)
-    if match:
+    if scheme == NO_ALPHA_LAYOUT:
+        match = _NO_ALPHA_KD_RE.match(relative)
+        if not match or match["method"] == PURE_DIR or no_alpha_value is None:
+            return None
+        alpha = no_alpha_value
+    else:
+        match = _KD_RE.match(relative)
+        if not match or match["method"] == PURE_DIR:
+            return None
         try:
             alpha = float(match["alpha"])
         except ValueError:
             return None
-        return RunSpec(match["dataset"], match["model"], int(match["seed"]),
-                       method=match["method"], teacher=match["teacher"], alpha=alpha)
-    return None
+    return RunSpec(match["dataset"], match["model"], int(match["seed"]),
+                   method=match["method"], teacher=match["teacher"], alpha=alpha)
 
 
-def iter_run_dirs(experiments_dir: str | Path):
-    """Yield (RunSpec, path) for every directory under ``experiments_dir`` that fits the scheme
-    and holds at least one file (walks the tree; no list of models or methods needed)."""
+def parse_run_dir(experiments_dir: str | Path, path: str | Path, scheme: str = ALPHA_LAYOUT,
+                  no_alpha_value: float | None = None) -> RunSpec | None:
+    """Inverse of :func:`run_dir`: the run whose directory is exactly ``path``; None when
+    ``path`` is no run directory of the scheme, or only an alias of one ('alpha_0.50',
+    seed '00': the layout maps that run back to another path)."""
+    relative = _relative(experiments_dir, path)
+    if relative is None:
+        return None
+    spec = read_run_path(relative, scheme, no_alpha_value)
+    if spec is None or run_dir(".", spec, scheme).as_posix() != relative:
+        return None
+    return spec
+
+
+def iter_run_dirs(experiments_dir: str | Path, scheme: str = ALPHA_LAYOUT,
+                  no_alpha_value: float | None = None):
+    """Yield (RunSpec, path) for every run directory under ``experiments_dir`` of the
+    scheme (walks the tree; no list of models or methods needed; aliases are skipped)."""
     root = Path(experiments_dir)
     if not root.is_dir():
         return
-    for depth_pattern in ("*/pure/*/*", "*/*/alpha_*/*_to_*/*"):
+    kd_pattern = "*/*/*_to_*/*" if scheme == NO_ALPHA_LAYOUT else "*/*/alpha_*/*_to_*/*"
+    for depth_pattern in ("*/pure/*/*", kd_pattern):
         for path in sorted(root.glob(depth_pattern)):
             if not path.is_dir():
                 continue
-            spec = parse_run_dir(root, path)
-            if spec is not None and (spec.is_pure or spec.method != PURE_DIR):
+            spec = parse_run_dir(root, path, scheme, no_alpha_value)
+            if spec is not None:
                 yield spec, path
+
+
+def status_files(experiments_dir: str | Path):
+    """Every directory under ``experiments_dir`` that holds a status.json, with its path
+    relative to ``experiments_dir`` (for finding what is outside a study's grid)."""
+    root = Path(experiments_dir)
+    if not root.is_dir():
+        return
+    for status_path in sorted(root.rglob("status.json")):
+        if status_path.is_file():
+            yield status_path.parent, status_path.parent.relative_to(root).as_posix()
 
 
 # ---- analysis outputs -------------------------------------------------------------------

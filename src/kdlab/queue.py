@@ -11,6 +11,8 @@ For every run of the grid, in priority order (teachers, pure students, then KD r
 - ``failed``                                      -> reported with its reason; resubmitted
   only with ``--retry-failed``
 - KD run whose teacher run is not ``completed``   -> wait; never submitted
+- KD run whose teacher was trained by the earlier research code -> refused, unless the
+  study sets ``accept_earlier_teachers = true`` or ``[training] augmentation = "earlier"``
 - no status.json                                  -> submit
 - unreadable status.json                          -> reported (file and reason), left alone
 
@@ -18,7 +20,9 @@ Never more live jobs of the study than ``scheduler.max_live_jobs``. The decision
 submissions happen under an exclusive lock (``fcntl.flock`` on ``.kdlab-queue.lock`` in the
 experiments directory), so overlapping ``kdlab queue`` runs never submit a run twice. At
 submission the job id is written into the run's status.json (status ``queued``, ``job_id``,
-``scheduler``, ``submitted_at``) before the job can start. Nothing is ever deleted.
+``scheduler``, ``submitted_at``) before the job can start, and the run's settings into its
+``config.json`` (the job runs ``kdlab train --config RUN_DIR/config.json``). Nothing is
+ever deleted.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import runstate
+from .config import complete_options, write_config_file
 from .errors import UserError
+from .layout import NO_ALPHA_LAYOUT
 from .schedulers import Scheduler, SchedulerError, get_scheduler
-from .status import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
-                     RunState, check_liveness, study_run_states)
+from .runs import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
+                   RunState, check_liveness, study_run_states)
 from .study import Study, load_study
 
 LOCK_FILE = ".kdlab-queue.lock"
@@ -53,7 +59,8 @@ WAIT = "wait"          # KD run whose teacher run is not completed
 FAILED_ACTION = "failed"   # failed (or never started); left alone without --retry-failed
 UNKNOWN = "unknown"    # liveness of its job cannot be told; left alone
 ERROR = "error"        # status.json unreadable; left alone
-ACTIONS = (DONE, LIVE, SUBMIT, LATER, WAIT, FAILED_ACTION, UNKNOWN, ERROR)
+REFUSED = "refused"    # KD run whose teacher is an earlier-code run the study does not accept
+ACTIONS = (DONE, LIVE, SUBMIT, LATER, WAIT, FAILED_ACTION, UNKNOWN, ERROR, REFUSED)
 
 
 @dataclass
@@ -87,10 +94,14 @@ def plan_queue(study: Study, states: list[RunState] | None = None, *,
     if liveness is None:
         liveness = check_liveness(states, study.scheduler.backend)
     by_spec = {state.spec: state for state in states}
+    accept_earlier = (study.accept_earlier_teachers
+                      or study.training.get("augmentation") == "earlier")
     decisions: list[Decision] = []
     candidates: list[Decision] = []
     for state in states:
         decision = _decide(state, by_spec, liveness, retry_failed)
+        if decision.action == SUBMIT and not accept_earlier:
+            decision = _unless_teacher_earlier(decision, by_spec)
         decisions.append(decision)
         if decision.action == SUBMIT:
             candidates.append(decision)
@@ -155,6 +166,19 @@ def _unless_teacher_missing(decision: Decision, by_spec: dict) -> Decision:
     return decision
 
 
+def _unless_teacher_earlier(decision: Decision, by_spec: dict) -> Decision:
+    """A student is not distilled from a teacher the earlier research code trained (other
+    augmentation, other method weights) unless the study says so."""
+    teacher_spec = decision.run.spec.teacher_run()
+    teacher = by_spec.get(teacher_spec) if teacher_spec is not None else None
+    if teacher is None or not teacher.earlier_code:
+        return decision
+    return Decision(decision.run, REFUSED,
+                    f"teacher {teacher_spec.name} was trained by the earlier research code; "
+                    "set accept_earlier_teachers = true (or [training] augmentation = "
+                    "\"earlier\") in the study to distil from it")
+
+
 # ---- submitting --------------------------------------------------------------------------------
 
 @contextmanager
@@ -211,6 +235,7 @@ def submit_run(study: Study, decision: Decision, scheduler: Scheduler) -> str:
     if state.state == FAILED:
         changes["previous_reason"] = previous.get("reason")
         changes["reason"] = None
+    write_config_file(state.run_dir, complete_options(study.train_config(state.spec)))
     argv = scheduler.argv(study.scheduler, study.train_command(state.spec))
 
     def record(job_id: str) -> None:
@@ -231,6 +256,10 @@ def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False
             say(decision.line(dry_run=True))
         say(summary_line(study, decisions, dry_run=True))
         return decisions, 0
+    if study.layout == NO_ALPHA_LAYOUT:
+        raise UserError(f"{study.path}: layout = \"no-alpha\" is for reading an archived tree "
+                        "(status, plot, extract, analyze); expected the default layout to "
+                        "submit runs")
     problem = scheduler.available()
     if problem is not None:
         raise UserError(f"{study.path}: scheduler.backend '{scheduler.name}' cannot be used "
@@ -248,7 +277,8 @@ def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False
                     try:
                         decision.job_id = submit_run(study, decision, scheduler)
                         decision.reason += f" -> job {decision.job_id}"
-                    except (SchedulerError, OSError, runstate.StateFileError) as error:
+                    except (SchedulerError, OSError, runstate.StateFileError,
+                            UserError) as error:
                         submission_error = str(error)
                         decision.action = ERROR
                         decision.reason += f"; submission failed: {error}"
@@ -268,6 +298,8 @@ def summary_line(study: Study, decisions: list[Decision], dry_run: bool = False)
              f"{counts[SUBMIT]} {submitted}", f"{counts[LATER]} held back",
              f"{counts[WAIT]} waiting for teacher", f"{counts[FAILED_ACTION]} failed",
              f"{counts[UNKNOWN]} liveness unknown", f"{counts[ERROR]} errors"]
+    if counts[REFUSED]:
+        parts.append(f"{counts[REFUSED]} refused (earlier-code teacher)")
     limit = (f"live jobs {live_after}/{study.scheduler.max_live_jobs}" if not dry_run
              else f"limit {study.scheduler.max_live_jobs} live jobs")
     return (f"{'dry run: ' if dry_run else ''}study {study.name}: {len(decisions)} runs: "

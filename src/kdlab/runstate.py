@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pth"
@@ -30,6 +32,7 @@ IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
 FAILED = "failed"
 STATES = (QUEUED, IN_PROGRESS, COMPLETED, FAILED)
+CONFIG_FILE = "config.json"
 
 # Key of the scheduler job id; the earlier research code wrote "pbs_job_id".
 JOB_ID_KEYS = ("job_id", "pbs_job_id", "slurm_job_id")
@@ -45,6 +48,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 minus
+        # the umask) so that group members on shared storage can read it.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -64,6 +70,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def current_umask() -> int:
+    """The process's umask: from /proc where the kernel reports it (reading it that way
+    does not change it for other threads), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -92,30 +113,69 @@ def _json_default(value: Any):
 
 
 def read_json(path: str | Path) -> dict | None:
-    """The JSON object in ``path``; None if the file does not exist; StateFileError if unreadable."""
+    """The JSON object in ``path``; None if the file does not exist; StateFileError if it
+    cannot be read, decoded (UTF-8) or parsed, or holds no JSON object."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as error:
         raise StateFileError(f"{path}: cannot read ({error.strerror or error})") from error
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise StateFileError(f"{path}: not UTF-8 text (byte {error.start}: "
+                             f"{error.reason})") from error
+    except (json.JSONDecodeError, RecursionError) as error:
         raise StateFileError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(obj, dict):
         raise StateFileError(f"{path}: expected a JSON object, found {type(obj).__name__}")
     return obj
 
 
+# Fields of status.json that kdlab reads, with the type each must have when present
+# (None is allowed for all). A wrong type makes the file unreadable, like corrupt bytes.
+_NUMBER = (int, float)
+STATUS_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,), "epoch": (int,), "epochs": (int,), "max_acc": _NUMBER,
+    "config": (dict,), "reason": (str,), "previous_reason": (str,), "scheduler": (str,),
+    "job_id": (str, int), "pbs_job_id": (str, int), "slurm_job_id": (str, int),
+    "submissions": (int,), "missed_starts": (int,), "job_history": (list,),
+    "submitted_at": _NUMBER, "started_at": _NUMBER, "completed_at": _NUMBER,
+    "failed_at": _NUMBER, "updated_at": _NUMBER, "duration_seconds": _NUMBER,
+    "made_by": (str,), "run": (str,),
+}
+
+
+def check_status_fields(path: Path, status: dict) -> None:
+    """StateFileError naming the first field kdlab reads whose value has the wrong type."""
+    for key, kinds in STATUS_FIELD_TYPES.items():
+        value = status.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            names = " or ".join(kind.__name__ for kind in kinds)
+            raise StateFileError(f"{path}: '{key}' is {value!r}, expected {names}")
+    history = status.get("job_history") or []
+    if not all(isinstance(item, (str, int)) and not isinstance(item, bool) for item in history):
+        raise StateFileError(f"{path}: 'job_history' holds {history!r}, expected job ids")
+
+
 def read_status(run_dir: str | Path) -> dict | None:
-    """The run's status.json (None if absent). Raises StateFileError when malformed."""
+    """The run's status.json (None if absent). Raises StateFileError when malformed.
+
+    A status.json with a job id but no ``status`` (what the earlier research code wrote at
+    submission: ``{"pbs_job_id": ...}``) reads as ``queued``; the file is not changed."""
     path = Path(run_dir) / STATUS_FILE
     status = read_json(path)
     if status is None:
         return None
+    check_status_fields(path, status)
     state = status.get("status")
+    if state is None and job_id_of(status) is not None:
+        status = {**status, "status": QUEUED}
+        state = QUEUED
     if state not in STATES:
         raise StateFileError(f"{path}: 'status' is {state!r}, expected one of {', '.join(STATES)}")
     return status
@@ -136,10 +196,27 @@ def job_id_of(status: dict | None) -> str | None:
     return None
 
 
+def made_by() -> str:
+    """The provenance mark kdlab writes into every status.json."""
+    return f"kdlab {__version__}"
+
+
+def is_earlier_code(status: dict | None) -> bool:
+    """A status.json written by the earlier research code: neither kdlab's ``made_by`` or
+    ``run`` mark nor a kdlab run config (one with ``method_options``)."""
+    if not status:
+        return False
+    config = status.get("config")
+    kdlab_config = isinstance(config, dict) and "method_options" in config
+    return "made_by" not in status and "run" not in status and not kdlab_config
+
+
 def write_status(run_dir: str | Path, status: dict) -> dict:
-    """Write a whole status.json atomically, stamping ``updated_at`` (unix seconds)."""
+    """Write a whole status.json atomically, stamping ``updated_at`` (unix seconds) and
+    ``made_by`` (kdlab and its version)."""
     status = dict(status)
     status["updated_at"] = time.time()
+    status["made_by"] = made_by()
     atomic_write_json(Path(run_dir) / STATUS_FILE, status)
     return status
 

@@ -1,173 +1,24 @@
-"""``kdlab status STUDY``: where every run of a study stands.
-
-:func:`study_run_states` reads only the runs' state files (no scheduler is asked) and
-classifies every run of the grid; ``kdlab plot``, ``kdlab queue`` and the table printed
-here all build on it. Works on experiment trees of the earlier research code too
-(status.json with status, epoch, max_acc, config, pbs_job_id).
+"""``kdlab status STUDY``: where every run of a study stands. Formatting only: the runs are
+classified by :mod:`kdlab.runs` (re-exported here for the commands that import them from
+this module), grouped by the study's cells and summarised over seeds by :mod:`kdlab.stats`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import runstate
-from .layout import RunSpec, format_alpha, run_dir
-from .study import Study, load_study
-
-# The states a run of a study can be in (what the table counts).
-COMPLETED = "completed"
-RUNNING = "running"          # status.json says in_progress
-QUEUED = "queued"
-FAILED = "failed"
-WAITING = "waiting"          # KD run not started whose teacher run is not completed
-NOT_STARTED = "not_started"  # no status.json yet
-UNREADABLE = "unreadable"    # status.json exists but cannot be read or parsed
-RUN_STATES = (COMPLETED, RUNNING, QUEUED, FAILED, WAITING, NOT_STARTED, UNREADABLE)
-
-# status.json 'status' -> state of the run
-_STATE_OF_STATUS = {runstate.COMPLETED: COMPLETED, runstate.IN_PROGRESS: RUNNING,
-                    runstate.QUEUED: QUEUED, runstate.FAILED: FAILED}
-
-ROLES = ("teacher", "pure", "kd")
-
-
-@dataclass
-class RunState:
-    """One run of a study and what its state files say.
-
-    ``role``: 'teacher' | 'pure' | 'kd'; ``state``: one of :data:`RUN_STATES`;
-    ``status``: the parsed status.json (None when absent or unreadable);
-    ``detail``: one human-readable line (progress, failure reason, parse error, ...).
-    """
-
-    spec: RunSpec
-    run_dir: Path
-    role: str
-    state: str
-    status: dict | None
-    detail: str
-
-    @property
-    def job_id(self) -> str | None:
-        return runstate.job_id_of(self.status)
-
-    @property
-    def max_acc(self) -> float | None:
-        """Best test accuracy in percent, when status.json records a finite one."""
-        value = (self.status or {}).get("max_acc")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        return None
-
-
-def classify_run(study: Study, spec: RunSpec, teacher_state: RunState | None = None) -> RunState:
-    """The :class:`RunState` of one run; ``teacher_state`` is that of the teacher run of a
-    KD run (read here when not given)."""
-    role = study.role_of(spec)
-    directory = run_dir(study.experiments_dir, spec)
-    try:
-        status = runstate.read_status(directory)
-    except runstate.StateFileError as error:
-        return RunState(spec, directory, role, UNREADABLE, None, str(error))
-    if status is None:
-        if role == "kd":
-            if teacher_state is None:
-                teacher_state = classify_run(study, spec.teacher_run())
-            if teacher_state.state != COMPLETED:
-                return RunState(spec, directory, role, WAITING, None,
-                                f"teacher {teacher_state.spec.name} is "
-                                f"{teacher_state.state.replace('_', ' ')}")
-        return RunState(spec, directory, role, NOT_STARTED, None, "not started")
-    state = _STATE_OF_STATUS[status["status"]]
-    return RunState(spec, directory, role, state, status, _detail(state, status))
-
-
-def _detail(state: str, status: dict) -> str:
-    epoch, epochs = status.get("epoch"), status.get("epochs")
-    if epochs is None and isinstance(status.get("config"), dict):
-        epochs = status["config"].get("epochs")
-    progress = f"epoch {epoch if epoch is not None else 0}/{epochs if epochs is not None else '?'}"
-    job_id = runstate.job_id_of(status)
-    job = f", job {job_id}" if job_id else ""
-    max_acc = status.get("max_acc")
-    accuracy = (f", best {max_acc:.2f}%" if isinstance(max_acc, (int, float))
-                and not isinstance(max_acc, bool) else "")
-    if state == COMPLETED:
-        return f"completed {progress}{accuracy}"
-    if state == FAILED:
-        return f"failed at {progress}: {status.get('reason') or 'no reason recorded'}"
-    if state == RUNNING:
-        return f"in progress, {progress}{accuracy}{job}"
-    return f"queued{job}"
-
-
-def study_run_states(study: Study) -> list[RunState]:
-    """Every run of the grid in priority order (teachers, pure students, KD runs), classified
-    from its state files alone."""
-    states: list[RunState] = []
-    by_spec: dict[RunSpec, RunState] = {}
-    for spec in study.runs():
-        teacher_spec = spec.teacher_run()
-        teacher_state = by_spec.get(teacher_spec) if teacher_spec is not None else None
-        state = classify_run(study, spec, teacher_state)
-        by_spec[spec] = state
-        states.append(state)
-    return states
-
-
-# ---- liveness of the jobs of running and queued runs -----------------------------------------
-
-def check_liveness(states: list[RunState], default_backend: str,
-                   scheduler_factory=None) -> dict[Path, bool | str]:
-    """Ask the schedulers about the jobs of running and queued runs that record a job id.
-
-    Returns run dir -> True (job pending or running), False (job gone) or a string saying
-    why liveness is unknown (scheduler command missing or failing). A job is asked of the
-    backend recorded in its status.json (``scheduler``; legacy ``pbs_job_id`` means PBS),
-    else of ``default_backend``. Runs without a job id are not in the answer."""
-    from .schedulers import SchedulerError, backend_of_status, get_scheduler
-
-    factory = scheduler_factory or get_scheduler
-    by_backend: dict[str, list[RunState]] = {}
-    for state in states:
-        if state.state in (RUNNING, QUEUED) and state.job_id is not None:
-            backend = backend_of_status(state.status, default_backend)
-            by_backend.setdefault(backend, []).append(state)
-    answers: dict[Path, bool | str] = {}
-    for backend, runs in by_backend.items():
-        scheduler = factory(backend)
-        problem = scheduler.available()
-        if problem is not None:
-            for state in runs:
-                answers[state.run_dir] = f"{backend}: {problem}"
-            continue
-        alive = scheduler.alive_jobs(sorted({state.job_id for state in runs}))
-        for state in runs:
-            answer = alive.get(state.job_id)
-            if isinstance(answer, SchedulerError):
-                answers[state.run_dir] = str(answer)
-            elif answer is None:
-                answers[state.run_dir] = f"{backend}: no answer about job {state.job_id}"
-            else:
-                answers[state.run_dir] = bool(answer)
-    return answers
-
+from .layout import format_alpha
+from .runs import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,  # noqa: F401
+                   UNREADABLE, WAITING, RunState, check_liveness, classify_run, outside_grid,
+                   outside_grid_summary, planned_epochs, study_run_states)
+from .stats import summarize
+from .study import ROLES, Study, load_study  # noqa: F401
 
 # ---- the status report -------------------------------------------------------------------------
 
 _COUNT_COLUMNS = (COMPLETED, RUNNING, QUEUED, FAILED, WAITING, NOT_STARTED, UNREADABLE)
-
-
-def _group_key(state: RunState) -> tuple[str, str, float | None]:
-    """(data set, row, alpha): row is 'teacher', 'pure' or the KD method."""
-    spec = state.spec
-    if state.role == "kd":
-        return spec.dataset, spec.method, spec.alpha
-    return spec.dataset, state.role, None
 
 
 def status_report(study: Study, states: list[RunState] | None = None,
@@ -185,25 +36,28 @@ def status_report(study: Study, states: list[RunState] | None = None,
     counts = {name: 0 for name in RUN_STATES}
     groups: dict[tuple, dict[str, Any]] = {}
     accuracies: dict[tuple, list[float]] = {}
+    for cell in study.cells():
+        groups[cell.key] = {"dataset": cell.dataset, "method": cell.row, "alpha": cell.alpha,
+                            "model": study.teacher if cell.row == "teacher" else study.student,
+                            "runs": 0, "collapsed": 0, **{name: 0 for name in _COUNT_COLUMNS}}
+        accuracies[cell.key] = []
     epochs_done = epochs_planned = 0
     for state in states:
         counts[state.state] += 1
-        key = _group_key(state)
-        if key not in groups:
-            groups[key] = {"dataset": key[0], "method": key[1], "alpha": key[2],
-                           "model": state.spec.model, "runs": 0,
-                           **{name: 0 for name in _COUNT_COLUMNS}}
-            accuracies[key] = []
+        key = study.cell_of(state.spec).key
         groups[key]["runs"] += 1
         groups[key][state.state] += 1
+        groups[key]["collapsed"] += state.collapsed
         if state.state == COMPLETED and state.max_acc is not None:
             accuracies[key].append(state.max_acc)
-        planned = _planned_epochs(state, study)
+        planned = planned_epochs(state.status, int(study.training["epochs"]))
         epochs_planned += planned
         epochs_done += planned if state.state == COMPLETED else min(_epoch(state), planned)
     for key, group in groups.items():
-        group["mean_max_acc"] = _mean(accuracies[key])
-        group["completed_with_accuracy"] = len(accuracies[key])
+        summary = summarize(accuracies[key])
+        group["mean_max_acc"] = summary.mean
+        group["max_acc_summary"] = summary.to_dict()
+        group["completed_with_accuracy"] = summary.n
     all_accuracies = [acc for values in accuracies.values() for acc in values]
 
     failed, stuck, unknown, unreadable = [], [], [], []
@@ -238,28 +92,24 @@ def status_report(study: Study, states: list[RunState] | None = None,
                      "seed": state.spec.seed, "role": state.role, "state": state.state,
                      "detail": state.detail, "job_id": state.job_id,
                      "job_alive": alive if isinstance(alive, bool) else None,
-                     "epoch": status.get("epoch"), "epochs": _planned_epochs(state, study),
-                     "max_acc": state.max_acc, "run_dir": str(state.run_dir)})
+                     "epoch": status.get("epoch"),
+                     "epochs": planned_epochs(state.status, int(study.training["epochs"])),
+                     "max_acc": state.max_acc, "collapsed": state.collapsed,
+                     "made_by": state.made_by, "run_dir": str(state.run_dir)})
+    outside = outside_grid(study, states)
     return {
         "study": study.name, "study_file": str(study.path),
         "experiments_dir": str(study.experiments_dir), "backend": study.scheduler.backend,
         "total": total, "counts": counts,
         "progress_percent": 100.0 * counts[COMPLETED] / total if total else 0.0,
         "epoch_progress_percent": 100.0 * epochs_done / epochs_planned if epochs_planned else 0.0,
-        "mean_max_acc_completed": _mean(all_accuracies),
+        "mean_max_acc_completed": summarize(all_accuracies).mean,
         "groups": list(groups.values()), "failed": failed, "stuck": stuck,
         "liveness_unknown": unknown, "unreadable": unreadable, "runs": runs,
+        "collapsed": [run["run"] for run in runs if run["collapsed"]],
+        "earlier_code_runs": sum(run["made_by"] == "earlier code" for run in runs),
+        "outside_grid": outside,
     }
-
-
-def _planned_epochs(state: RunState, study: Study) -> int:
-    status = state.status or {}
-    value = status.get("epochs")
-    if value is None and isinstance(status.get("config"), dict):
-        value = status["config"].get("epochs")
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return int(study.training["epochs"])
 
 
 def _epoch(state: RunState) -> int:
@@ -267,22 +117,22 @@ def _epoch(state: RunState) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The report as the text ``kdlab status`` prints: the table, totals, problem runs."""
     headers = ["data set", "runs of", "alpha", "done", "running", "queued", "failed",
-               "waiting", "to do", "unreadable", "mean acc %"]
+               "waiting", "to do", "unreadable", "mean acc %", "± std", "95% CI", "n",
+               "collapsed"]
     rows = []
     for group in report["groups"]:
         label = (f"{group['method']} {group['model']}" if group["method"] in ("teacher", "pure")
                  else group["method"])
-        accuracy = group["mean_max_acc"]
+        summary = group["max_acc_summary"]
+        ci = summary["ci95"]
         rows.append([group["dataset"], label, _alpha_text(group["alpha"]),
                      *(str(group[name]) for name in _COUNT_COLUMNS),
-                     "-" if accuracy is None else f"{accuracy:.2f}"])
+                     _number(summary["mean"]), _number(summary["std"]),
+                     "-" if ci is None else f"{ci[0]:.2f}..{ci[1]:.2f}", str(summary["n"]),
+                     str(group["collapsed"] or "-")])
     lines = [f"study {report['study']} ({report['study_file']}): {report['total']} runs in "
              f"{report['experiments_dir']}, backend {report['backend']}", ""]
     lines += _table(headers, rows)
@@ -295,6 +145,15 @@ def format_report(report: dict[str, Any]) -> str:
                               if name != COMPLETED),
               "accuracy of completed runs: "
               + ("-" if accuracy is None else f"{accuracy:.2f}% (mean of best test accuracy)")]
+    earlier = report["earlier_code_runs"]
+    if earlier:
+        lines.append(f"made by: {earlier} of these runs were made by the earlier research code "
+                     "(other augmentation and method weights; --json: made_by)")
+    if report["collapsed"]:
+        lines.append(f"collapsed (completed at chance accuracy): {', '.join(report['collapsed'])}")
+    outside = outside_grid_summary(report["outside_grid"])
+    if outside:
+        lines.append(f"outside the grid: {outside}")
     for title, key, field in (("failed", "failed", "reason"), ("stuck", "stuck", "reason"),
                               ("liveness unknown", "liveness_unknown", "reason"),
                               ("unreadable status.json", "unreadable", "detail")):
@@ -310,6 +169,10 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
         return "  ".join(str(cell).ljust(width) if i < 3 else str(cell).rjust(width)
                          for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
     return [line(headers), line(["-" * width for width in widths]), *(line(row) for row in rows)]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _alpha_text(alpha: float | None) -> str:

@@ -11,20 +11,22 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .config import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_MOMENTUM,
-                     DEFAULT_TEMPERATURE, DEFAULT_WEIGHT_DECAY, TrainConfig)
+from . import catalog
+from .config import (GRID, PATHS, TRAINING, SettingError, TrainConfig, complete_options,
+                     kind_ok, setting_fields, validate_config)
 from .errors import UserError
-from .layout import PURE, RunSpec
+from .layout import ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, run_dir
 
-# Known names, kept here (not imported from models/data) so planning never imports torch.
-# tests/test_study.py checks that they agree with the real registries.
-KNOWN_DATASETS = ("Cifar10", "Cifar100", "SVHN", "TinyImageNet", "Digits")
-KNOWN_MODELS = ("ResNet8", "ResNet20", "ResNet56", "ResNet110", "ResNet112")
-KNOWN_METHODS = ("logit", "factor_transfer", "attention_transfer", "fitnets", "rkd", "nst")
-BACKENDS = ("local", "slurm", "pbs")
+# Known names come from the torch-free catalog; tests/test_study.py checks that they agree
+# with the real registries.
+KNOWN_DATASETS = catalog.DATASET_NAMES
+KNOWN_MODELS = catalog.MODEL_NAMES
+KNOWN_METHODS = catalog.METHOD_NAMES
+BACKENDS = catalog.BACKENDS
 
 _MISSING = object()
 
@@ -104,11 +106,18 @@ class Study:
     cluster: dict[str, Any]
     sync: SyncSettings
 
+    layout: str = ALPHA_LAYOUT
+    accept_earlier_teachers: bool = False
+
     # ---- the grid ---------------------------------------------------------------------
     def teacher_runs(self) -> list[RunSpec]:
         return [RunSpec(d, self.teacher, s) for d in self.datasets for s in self.seeds]
 
     def pure_student_runs(self) -> list[RunSpec]:
+        """The baseline students; none when the teacher is the student (self-distillation:
+        the teacher run is the pure student run)."""
+        if self.student == self.teacher:
+            return []
         return [RunSpec(d, self.student, s) for d in self.datasets for s in self.seeds]
 
     def kd_runs(self) -> list[RunSpec]:
@@ -117,62 +126,113 @@ class Study:
                 for s in self.seeds]
 
     def runs(self) -> list[RunSpec]:
-        """Every run of the grid in priority order: teachers, pure students, then KD runs."""
-        return self.teacher_runs() + self.pure_student_runs() + self.kd_runs()
+        """Every run of the grid once, in priority order: teachers, pure students, then KD
+        runs. Unique by run directory."""
+        seen: set[Path] = set()
+        unique = []
+        for spec in self.teacher_runs() + self.pure_student_runs() + self.kd_runs():
+            directory = self.run_dir(spec)
+            if directory not in seen:
+                seen.add(directory)
+                unique.append(spec)
+        return unique
 
-    def role_of(self, spec: RunSpec) -> str:
-        """'teacher', 'pure' (baseline student) or 'kd'."""
+    def cells(self) -> list[Cell]:
+        """The grid's cells (a data set x teacher | pure student | method x alpha; one run
+        per seed each) in the one order every report uses: data set, then teacher, pure
+        student, each method with its alphas."""
+        cells = []
+        for dataset in self.datasets:
+            cells.append(Cell(dataset, Role.TEACHER))
+            if self.student != self.teacher:
+                cells.append(Cell(dataset, Role.PURE))
+            cells += [Cell(dataset, Role.KD, method, alpha)
+                      for method in self.methods for alpha in self.alphas]
+        return cells
+
+    def cell_of(self, spec: RunSpec) -> Cell:
+        role = self.role_of(spec)
+        if role is Role.KD:
+            return Cell(spec.dataset, role, spec.method, spec.alpha)
+        return Cell(spec.dataset, role)
+
+    def cell_runs(self, cell: Cell) -> list[RunSpec]:
+        """The runs of one cell, in seed order."""
+        if cell.role is Role.KD:
+            return [RunSpec(cell.dataset, self.student, seed, method=cell.method,
+                            teacher=self.teacher, alpha=cell.alpha) for seed in self.seeds]
+        model = self.teacher if cell.role is Role.TEACHER else self.student
+        return [RunSpec(cell.dataset, model, seed) for seed in self.seeds]
+
+    def role_of(self, spec: RunSpec) -> Role:
+        """Role.TEACHER, Role.PURE (baseline student) or Role.KD; compares equal to
+        'teacher', 'pure' and 'kd'."""
         if not spec.is_pure:
-            return "kd"
-        return "teacher" if spec.model == self.teacher else "pure"
+            return Role.KD
+        return Role.TEACHER if spec.model == self.teacher else Role.PURE
+
+    def run_dir(self, spec: RunSpec) -> Path:
+        """The run's directory under this study's experiments directory and layout."""
+        return run_dir(self.experiments_dir, spec, self.layout)
 
     def train_config(self, spec: RunSpec) -> TrainConfig:
-        training = self.training
+        """The run's settings as the study gives them (method options not yet completed)."""
+        settings = {item.name: self.training[item.name] for item in setting_fields(TRAINING)}
         return TrainConfig(
             dataset=spec.dataset, model=spec.model, seed=spec.seed,
-            epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"],
-            momentum=training["momentum"], weight_decay=training["weight_decay"],
-            label_smoothing=training.get("label_smoothing"),
             distillation=spec.method, teacher_model=spec.teacher, alpha=spec.alpha,
-            temperature=training["temperature"],
             method_options=dict(self.method_options.get(spec.method, {})),
             data_root=str(self.data_root), experiments_dir=str(self.experiments_dir),
-            device=training["device"])
+            **settings)
+
+    def config_path(self, spec: RunSpec) -> Path:
+        from .runstate import CONFIG_FILE
+
+        return self.run_dir(spec) / CONFIG_FILE
 
     def train_command(self, spec: RunSpec) -> list[str]:
-        """Arguments after ``kdlab`` that train ``spec`` exactly as the study says."""
-        config = self.train_config(spec)
-        args = ["train", "--dataset", config.dataset, "--model", config.model,
-                "--seed", str(config.seed), "--epochs", str(config.epochs),
-                "--batch-size", str(config.batch_size), "--lr", repr(config.lr),
-                "--momentum", repr(config.momentum), "--weight-decay", repr(config.weight_decay),
-                "--data-root", str(config.data_root),
-                "--experiments-dir", str(config.experiments_dir), "--device", config.device]
-        if config.label_smoothing is not None:
-            args += ["--label-smoothing", repr(config.label_smoothing)]
-        if not spec.is_pure:
-            args += ["--distillation", spec.method, "--teacher-model", spec.teacher,
-                     "--alpha", repr(spec.alpha), "--temperature", repr(config.temperature)]
-            for key, value in sorted(config.method_options.items()):
-                args += ["--option", f"{key}={_option_text(value)}"]
-        return args
+        """Arguments after ``kdlab`` of the job that trains ``spec``: it reads the run's
+        config.json, which ``kdlab queue`` writes before submitting."""
+        return ["train", "--config", str(self.config_path(spec))]
 
 
-def _option_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value) if not isinstance(value, float) else repr(value)
+class Role(StrEnum):
+    """What a run is to its study: the teacher, the pure (baseline) student, a KD student."""
+
+    TEACHER = "teacher"
+    PURE = "pure"
+    KD = "kd"
+
+
+ROLES = tuple(Role)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a study's grid: a data set and a role, with the method and alpha of a
+    KD cell (None for teacher and pure cells). ``row``: 'teacher', 'pure' or the method."""
+
+    dataset: str
+    role: Role
+    method: str | None = None
+    alpha: float | None = None
+
+    @property
+    def row(self) -> str:
+        return self.method if self.role is Role.KD else str(self.role)
+
+    @property
+    def key(self) -> tuple[str, str, float | None]:
+        """(data set, row, alpha): the key reports group runs by."""
+        return self.dataset, self.row, self.alpha
 
 
 # ---- loading and validation ----------------------------------------------------------------
 
 _TOP_KEYS = {"name", "datasets", "teacher", "student", "methods", "alphas", "seeds",
              "experiments_dir", "data_root", "analysis_dir", "training", "method_options",
-             "scheduler", "cluster", "sync", "description"}
-_TRAINING_DEFAULTS = {"epochs": DEFAULT_EPOCHS, "batch_size": DEFAULT_BATCH_SIZE,
-                      "lr": DEFAULT_LR, "momentum": DEFAULT_MOMENTUM,
-                      "weight_decay": DEFAULT_WEIGHT_DECAY, "label_smoothing": None,
-                      "temperature": DEFAULT_TEMPERATURE, "device": "auto"}
+             "scheduler", "cluster", "sync", "description", "layout",
+             "accept_earlier_teachers"}
 _CLUSTER_KEYS = {"name": str, "scheduler": str, "gpu_type": str, "gpus_total": int,
                  "nodes": int, "gpus_per_job": int, "cpus_per_job": int,
                  "memory_per_job": str, "deterministic_cudnn": bool, "notes": str,
@@ -230,17 +290,26 @@ def _kind_name(kind) -> str:
             dict: "a table"}.get(kind, str(kind))
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study file. Every problem is one UserError line naming the key."""
-    path = Path(path)
+def _read_toml(path: Path) -> dict:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"study file {path} does not exist") from None
     except OSError as error:
         raise UserError(f"study file {path}: cannot read ({error.strerror})") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: not valid TOML ({error})") from None
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file. Every problem is one UserError line naming the key;
+    the study refuses every setting that ``kdlab train`` would refuse (same validation)."""
+    path = Path(path)
+    raw = _read_toml(path)
     check = _Checker(path)
     check.no_unknown(raw, _TOP_KEYS, "")
 
@@ -268,30 +337,19 @@ def load_study(path: str | Path) -> Study:
                         ("seeds", seeds)):
         if len(set(values)) != len(values):
             check.fail(key, "no repeated entries", values)
+    layout = check.get(raw, "layout", str, "", ALPHA_LAYOUT)
+    if layout not in LAYOUTS:
+        check.fail("layout", f"one of {', '.join(LAYOUTS)}", layout)
+    if layout == NO_ALPHA_LAYOUT and len(alphas) != 1:
+        check.fail("alphas", "exactly one alpha with layout = \"no-alpha\"", alphas)
 
-    training_raw = check.get(raw, "training", dict, "", {})
-    check.no_unknown(training_raw, set(_TRAINING_DEFAULTS), "training")
-    training = dict(_TRAINING_DEFAULTS)
-    for key in ("epochs", "batch_size"):
-        training[key] = check.get(training_raw, key, int, "training", training[key])
-        if training[key] < 1:
-            check.fail(f"training.{key}", "a positive integer", training[key])
-    for key in ("lr", "momentum", "weight_decay", "temperature"):
-        training[key] = float(check.get(training_raw, key, float, "training", training[key]))
-    if "label_smoothing" in training_raw:
-        training["label_smoothing"] = float(check.get(training_raw, "label_smoothing", float,
-                                                      "training"))
-    training["device"] = check.get(training_raw, "device", str, "training", "auto")
-    if training["device"] not in ("auto", "cpu", "cuda"):
-        check.fail("training.device", "'auto', 'cpu' or 'cuda'", training["device"])
-
+    training = _load_training(check, check.get(raw, "training", dict, "", {}))
     method_options = check.get(raw, "method_options", dict, "", {})
     for method, options in method_options.items():
         if method not in KNOWN_METHODS:
             check.fail(f"method_options.{method}", f"a method from {', '.join(KNOWN_METHODS)}")
         if not isinstance(options, dict):
             check.fail(f"method_options.{method}", "a table of options", options)
-        _validate_method_options(check, method, options)
 
     scheduler = _load_scheduler(check, check.get(raw, "scheduler", dict, "", {}))
     cluster = check.get(raw, "cluster", dict, "", {})
@@ -300,32 +358,63 @@ def load_study(path: str | Path) -> Study:
         check.get(cluster, key, kind, "cluster", None)
     sync = _load_sync(check, check.get(raw, "sync", dict, "", {}))
 
-    return Study(
+    study = Study(
         name=name, path=path, datasets=list(datasets), teacher=teacher, student=student,
         methods=list(methods), alphas=alphas, seeds=list(seeds),
         experiments_dir=Path(check.get(raw, "experiments_dir", str, "", "experiments")),
         data_root=Path(check.get(raw, "data_root", str, "", "data")),
         analysis_dir=Path(check.get(raw, "analysis_dir", str, "", "analysis")),
         training=training, method_options={k: dict(v) for k, v in method_options.items()},
-        scheduler=scheduler, cluster=dict(cluster), sync=sync)
+        scheduler=scheduler, cluster=dict(cluster), sync=sync, layout=layout,
+        accept_earlier_teachers=check.get(raw, "accept_earlier_teachers", bool, "", False))
+    _validate_settings(check, study)
+    return study
 
 
-def _validate_method_options(check: _Checker, method: str, options: dict) -> None:
-    """Unknown option names are reported here, against the method's registered defaults,
-    when the distillation registry is importable (it needs torch)."""
-    try:
-        from .distill import method_defaults
-    except ImportError:  # planning without torch: the training job validates instead
-        return
-    defaults = method_defaults(method)
-    check.no_unknown(options, set(defaults), f"method_options.{method}")
-    for key, value in options.items():
-        default = defaults[key]
-        expected = type(default)
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if default is not None and not isinstance(value, expected):
-            check.fail(f"method_options.{method}.{key}", _kind_name(expected), value)
+def _load_training(check: _Checker, table: dict) -> dict[str, Any]:
+    """The [training] table: every TrainConfig field a study sets there, typed; defaults
+    for the rest (their ranges are checked with the whole run config)."""
+    items = setting_fields(TRAINING)
+    check.no_unknown(table, {item.name for item in items}, "training")
+    training = {}
+    for item in items:
+        kind = item.metadata["kind"]
+        value = check.get(table, item.name, kind, "training", item.default)
+        training[item.name] = float(value) if kind is float and value is not None else value
+    return training
+
+
+# TrainConfig fields set by the grid -> the study key that sets them
+_GRID_KEYS = {"dataset": "datasets", "model": "student", "teacher_model": "teacher",
+              "seed": "seeds", "alpha": "alphas", "distillation": "methods"}
+
+
+def _validate_settings(check: _Checker, study: Study) -> None:
+    """Run :func:`kdlab.config.validate_config` on one run of every kind the grid holds
+    (every seed, the teacher, the student, every method with its options), so that the
+    study refuses what ``kdlab train`` would refuse; the error names the study key."""
+    samples = [RunSpec(study.datasets[0], study.teacher, seed) for seed in study.seeds]
+    samples.append(RunSpec(study.datasets[0], study.student, study.seeds[0]))
+    samples += [RunSpec(study.datasets[0], study.student, study.seeds[0], method=method,
+                        teacher=study.teacher, alpha=study.alphas[0])
+                for method in study.methods]
+    for method in study.method_options:
+        if method not in study.methods:  # options of a method the grid does not use
+            samples.append(RunSpec(study.datasets[0], study.student, study.seeds[0],
+                                   method=method, teacher=study.teacher, alpha=0.5))
+    for spec in samples:
+        try:
+            validate_config(study.train_config(spec))
+        except SettingError as error:
+            if error.key.startswith("method_options."):
+                key = f"method_options.{spec.method}.{error.key.split('.', 1)[1]}"
+            elif error.key in _GRID_KEYS:
+                key = _GRID_KEYS[error.key]
+            elif error.key in study.training:
+                key = f"training.{error.key}"
+            else:
+                key = error.key
+            check.fail(key, error.expected, error.value)
 
 
 def _load_scheduler(check: _Checker, table: dict) -> SchedulerSettings:
@@ -351,8 +440,10 @@ def _load_scheduler(check: _Checker, table: dict) -> SchedulerSettings:
     )
     if settings.backend not in BACKENDS:
         check.fail("scheduler.backend", f"one of {', '.join(BACKENDS)}", settings.backend)
-    if settings.max_live_jobs < 1:
-        check.fail("scheduler.max_live_jobs", "a positive integer", settings.max_live_jobs)
+    for key, minimum in (("max_live_jobs", 1), ("cpus", 1), ("gpus", 0), ("signal_seconds", 0)):
+        if getattr(settings, key) < minimum:
+            check.fail(f"scheduler.{key}", "a positive integer" if minimum else
+                       "an integer >= 0", getattr(settings, key))
     try:
         parts = [int(part) for part in settings.walltime.split(":")]
         if not 1 <= len(parts) <= 3 or any(part < 0 for part in parts):

@@ -1,15 +1,15 @@
-"""``kdlab train``: the command module. The training itself lives in :mod:`kdlab.training`;
-these names stay importable from here for callers of the earlier layout."""
+"""Compatibility names: the training code lives in :mod:`kdlab.training`, the run's settings
+in :mod:`kdlab.config`; these names stay importable from here for scripts and notebooks."""
 
 from __future__ import annotations
 
+from .config import (_with_complete_options, config_from_args, parse_options,  # noqa: F401
+                     prepare_configs, validate_config)
 from .training.device import epoch_generator, resolve_device, seed_everything
 from .training.guards import check_epoch as _guard
 from .training.loop import evaluate
 from .training.run import command, train_run
-from .training.settings import (_with_complete_options, config_from_args, parse_options,
-                                validate_config)
 
 __all__ = ["train_run", "command", "evaluate", "resolve_device", "seed_everything",
            "epoch_generator", "validate_config", "parse_options", "config_from_args",
-           "_with_complete_options", "_guard"]
+           "prepare_configs", "_with_complete_options", "_guard"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .. import catalog
 from ..errors import UserError
 from .base import Distiller, PretrainContext, Preempted
 
@@ -38,43 +39,15 @@ def method_class(name: str) -> type[Distiller]:
 
 
 def method_defaults(name: str) -> dict[str, Any]:
-    """Every option of a method with its default value."""
-    return dict(method_class(name).defaults)
+    """Every option of a method with its default value (declared in :mod:`kdlab.catalog`)."""
+    method_class(name)
+    return catalog.method_defaults(name)
 
 
 def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Defaults overridden by ``options``; unknown option names are a UserError."""
-    defaults = method_defaults(name)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise UserError(f"unknown option(s) {', '.join(unknown)} for method {name!r}: "
-                        f"expected {', '.join(sorted(defaults)) or 'none'}")
-    merged = dict(defaults)
-    for key, value in options.items():
-        default = defaults[key]
-        if isinstance(default, bool):
-            value = _to_bool(name, key, value)
-        elif isinstance(default, (int, float)) and not isinstance(value, bool):
-            try:
-                value = type(default)(value)
-            except (TypeError, ValueError):
-                raise UserError(f"option {key}={value!r} for method {name!r}: "
-                                f"expected {type(default).__name__}") from None
-        elif isinstance(default, str):
-            value = str(value)
-        merged[key] = value
-    return merged
-
-
-def _to_bool(method: str, key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise UserError(f"option {key}={value!r} for method {method!r}: expected true or false")
+    """Defaults overridden by ``options``, typed and checked by :mod:`kdlab.catalog`."""
+    method_class(name)
+    return catalog.resolve_options(name, options)
 
 
 def build_distiller(name: str, student_shapes, teacher_shapes,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import catalog
 from ..errors import UserError
 from ..models import LAYER_NAMES
 from . import register
@@ -45,11 +46,7 @@ class AttentionTransferDistiller(Distiller):
     citation = ("Zagoruyko & Komodakis (2017), Paying More Attention to Attention: Improving the "
                 "Performance of Convolutional Neural Networks via Attention Transfer, ICLR 2017, "
                 "arXiv:1612.03928")
-    defaults = {
-        "p": 2.0,                            # the paper's and RepDistiller's p
-        "weight": 1000.0,                    # RepDistiller's --beta for AT; mdistiller 1000
-        "layers": "layer1,layer2,layer3",    # RepDistiller: every group of the CIFAR ResNets
-    }
+    defaults = catalog.method_defaults("attention_transfer")  # defaults and sources: kdlab/catalog.py
 
     def __init__(self, student_shapes, teacher_shapes, options) -> None:
         super().__init__(student_shapes, teacher_shapes, options)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import catalog
 from ..errors import UserError
 from . import register
 from .attention import match_spatial_size
@@ -84,18 +85,7 @@ class FactorTransferDistiller(Distiller):
     name = "factor_transfer"
     citation = ("Kim, Park & Kwak (2018), Paraphrasing Complex Network: Network Compression via "
                 "Factor Transfer, NeurIPS 2018, arXiv:1802.04977")
-    defaults = {
-        "rate": 0.5,                # paraphrase rate k: the paper's and the FT authors' default
-        "paraphraser_epochs": 30,   # RepDistiller's --init_epochs (the earlier round: 2 stages)
-        "paraphraser_lr": 0.1,      # FT authors' train_Paraphraser.py --lr (SGD, constant)
-        "weight": 500.0,            # FT authors' --beta (train_student.py)
-        # BN after every conv of paraphraser and translator (RepDistiller's use_bn). The FT
-        # authors' modules have theirs commented out, but they train the paraphraser with an
-        # L1 reconstruction; with the MSE reconstruction and their lr 0.1, the plain conv
-        # stack diverged to NaN within two epochs on a ResNet20's layer3 (Digits), and with
-        # BN it trained stably (MSE 1.31 -> 0.15 in three epochs).
-        "batch_norm": True,
-    }
+    defaults = catalog.method_defaults("factor_transfer")  # defaults and sources: kdlab/catalog.py
 
     def __init__(self, student_shapes, teacher_shapes, options) -> None:
         super().__init__(student_shapes, teacher_shapes, options)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import catalog
 from ..errors import UserError
 from ..models import LAYER_NAMES
 from . import register
@@ -48,14 +49,7 @@ class FitNetsDistiller(Distiller):
     name = "fitnets"
     citation = ("Romero et al. (2015), FitNets: Hints for Thin Deep Nets, ICLR 2015, "
                 "arXiv:1412.6550")
-    defaults = {
-        "student_layer": "layer1",  # the earlier round's guided layer
-        "hint_layer": "layer2",     # the earlier round's hint layer
-        "weight": 100.0,            # RepDistiller's --beta for FitNets (train_student.py)
-        # RepDistiller / mdistiller ConvReg(use_relu=True): the hints are post-ReLU maps,
-        # so a non-negative regressor output can match their zeros exactly.
-        "regressor_relu": True,
-    }
+    defaults = catalog.method_defaults("fitnets")  # defaults and sources: kdlab/catalog.py
 
     def __init__(self, student_shapes, teacher_shapes, options) -> None:
         super().__init__(student_shapes, teacher_shapes, options)

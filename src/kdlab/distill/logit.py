@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import catalog
 from ..errors import UserError
 from . import register
 from .base import Distiller
@@ -19,10 +20,7 @@ class LogitDistiller(Distiller):
     name = "logit"
     citation = ("Hinton, Vinyals & Dean (2015), Distilling the Knowledge in a Neural Network, "
                 "arXiv:1503.02531")
-    defaults = {
-        "temperature": 4.0,  # the earlier round's T (also RepDistiller's and mdistiller's default)
-        "weight": 1.0,       # the paper weighs the soft term only through T² and alpha
-    }
+    defaults = catalog.method_defaults("logit")  # defaults and sources: kdlab/catalog.py
 
     def __init__(self, student_shapes, teacher_shapes, options) -> None:
         super().__init__(student_shapes, teacher_shapes, options)

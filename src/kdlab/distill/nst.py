@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import catalog
 from . import register
 from .attention import match_spatial_size, parse_layers
 from .base import Distiller
@@ -34,10 +35,7 @@ class NSTDistiller(Distiller):
     name = "nst"
     citation = ("Huang & Wang (2017), Like What You Like: Knowledge Distill via Neuron "
                 "Selectivity Transfer, arXiv:1707.01219")
-    defaults = {
-        "weight": 50.0,                      # RepDistiller's --beta for NST
-        "layers": "layer1,layer2,layer3",    # RepDistiller: every group of the CIFAR ResNets
-    }
+    defaults = catalog.method_defaults("nst")  # defaults and sources: kdlab/catalog.py
 
     def __init__(self, student_shapes, teacher_shapes, options) -> None:
         super().__init__(student_shapes, teacher_shapes, options)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import catalog
 from ..errors import UserError
 from . import register
 from .base import Distiller
@@ -67,14 +68,7 @@ class RKDDistiller(Distiller):
     name = "rkd"
     citation = ("Park, Kim, Lu & Cho (2019), Relational Knowledge Distillation, CVPR 2019, "
                 "arXiv:1904.05068")
-    defaults = {
-        # The earlier round's weights. The paper (and RepDistiller) use 25 / 50; the earlier
-        # round's collapse came from the grad scaler skipping every step, not these weights.
-        "distance_weight": 1.0,
-        "angle_weight": 2.0,
-        "weight": 1.0,         # RepDistiller's --beta for RKD
-        "angle": "triplet",    # the paper's form; "pairwise_cosine" is the earlier round's
-    }
+    defaults = catalog.method_defaults("rkd")  # defaults and sources: kdlab/catalog.py
 
     def __init__(self, student_shapes, teacher_shapes, options) -> None:
         super().__init__(student_shapes, teacher_shapes, options)

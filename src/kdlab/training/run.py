@@ -24,13 +24,12 @@ from pathlib import Path
 import torch
 
 from .. import layout, runstate
-from ..config import TrainConfig
+from ..config import TrainConfig, _with_complete_options, prepare_configs, validate_config
 from ..errors import EXIT_PREEMPTED, UserError
 from ..layout import PURE
 from . import device as device_module
 from .guards import Preempted, StopFlag, check_epoch, stop_signals
 from .loop import evaluate, pretrain, train_epoch
-from .settings import _with_complete_options, config_from_args, validate_config
 from .state import RunContext, TrainingState, build_state, read_checkpoint
 
 
@@ -259,7 +258,10 @@ def _fail(ctx: RunContext, status: dict, metrics: dict, reason: str, epoch: int)
 
 def command(args) -> int:
     """``kdlab train``: 0 completed, 75 stopped by a signal (resumable), 1 failed."""
-    config = config_from_args(args)
-    final = train_run(config, force_restart=args.force_restart, download=args.download,
-                      quiet=args.quiet)
-    return {runstate.COMPLETED: 0, runstate.IN_PROGRESS: EXIT_PREEMPTED}.get(final, 1)
+    for config in prepare_configs(args):  # one per --config file (or the flags' one run)
+        final = train_run(config, force_restart=args.force_restart, download=args.download,
+                          quiet=args.quiet)
+        exit_status = {runstate.COMPLETED: 0, runstate.IN_PROGRESS: EXIT_PREEMPTED}.get(final, 1)
+        if exit_status:
+            return exit_status
+    return 0

@@ -1,0 +1,206 @@
+"""Names and facts of everything a study or a flag can name, without torch.
+
+Data sets, models, distillation methods (with every option's default, type, allowed values
+and the source of the default) and scheduler backends. Validating a study, planning the
+queue and printing the status read only this module, so the cron path never imports torch.
+The torch-side registries (``data.DATASETS``, ``models.BLOCKS_PER_STAGE``, the ``distill``
+registry) must agree with it; ``tests/test_study.py`` checks that they do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """``classes``: number of labels; ``image_size``: side of the square images in pixels;
+    ``files``: what ``data_root`` must hold (see data.py for the readers)."""
+
+    name: str
+    classes: int
+    image_size: int
+    files: str
+
+    @property
+    def chance_percent(self) -> float:
+        """Accuracy of guessing, in percent."""
+        return 100.0 / self.classes
+
+
+DATASETS: dict[str, DatasetFacts] = {facts.name: facts for facts in (
+    DatasetFacts("Cifar10", 10, 32, "cifar-10-batches-py/ (the python pickle batches)"),
+    DatasetFacts("Cifar100", 100, 32, "cifar-100-python/ (the python pickle files)"),
+    DatasetFacts("SVHN", 10, 32, "svhn/train_32x32.mat and svhn/test_32x32.mat"),
+    DatasetFacts("TinyImageNet", 200, 64, "tiny-imagenet-200/ (train/, val/, wnids.txt)"),
+    DatasetFacts("Digits", 10, 32, "none: scikit-learn's 8x8 digits, embedded"),
+)}
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
+
+# Model name -> BasicBlocks per stage of the CIFAR ResNet. "ResNet112" is the name the
+# study's teacher carries in the existing experiment trees (the 18-blocks network).
+MODELS: dict[str, int] = {"ResNet8": 1, "ResNet20": 3, "ResNet56": 9, "ResNet110": 18,
+                          "ResNet112": 18}
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+LAYER_NAMES = ("layer1", "layer2", "layer3")
+
+BACKENDS = ("local", "slurm", "pbs")
+AUGMENTATIONS = ("kdlab", "earlier")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: ``default`` fixes its type (bool, int, float or str);
+    ``minimum``/``above`` bound numbers (inclusive / exclusive); ``choices`` lists the
+    allowed strings; ``layers``: a comma list of layer names; ``source``: why this default."""
+
+    default: Any
+    source: str
+    minimum: float | None = None
+    above: float | None = None
+    choices: tuple[str, ...] | None = None
+    layers: bool = False
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+
+@dataclass(frozen=True)
+class MethodFacts:
+    name: str
+    options: dict[str, Option] = field(default_factory=dict)
+
+    def defaults(self) -> dict[str, Any]:
+        return {key: option.default for key, option in self.options.items()}
+
+
+_ALL_LAYERS = ",".join(LAYER_NAMES)
+METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
+    MethodFacts("logit", {
+        "temperature": Option(4.0, "the earlier round's T (also RepDistiller's and "
+                                   "mdistiller's default)", above=0.0),
+        "weight": Option(1.0, "the paper weighs the soft term only through T² and alpha",
+                         minimum=0.0)}),
+    MethodFacts("factor_transfer", {
+        "rate": Option(0.5, "paraphrase rate k: the paper's and the FT authors' default",
+                       above=0.0),
+        "paraphraser_epochs": Option(30, "RepDistiller's --init_epochs (the earlier round: "
+                                         "2 stages)", minimum=0),
+        "paraphraser_lr": Option(0.1, "FT authors' train_Paraphraser.py --lr (SGD, constant)",
+                                 above=0.0),
+        "weight": Option(500.0, "FT authors' --beta (train_student.py)", minimum=0.0),
+        # With the MSE reconstruction and lr 0.1, the plain conv stack diverged to NaN within
+        # two epochs on a ResNet20's layer3 (Digits); with BN it trained stably.
+        "batch_norm": Option(True, "BN after every conv of paraphraser and translator "
+                                   "(RepDistiller's use_bn)")}),
+    MethodFacts("attention_transfer", {
+        "p": Option(2.0, "the paper's and RepDistiller's p", minimum=1.0),
+        "weight": Option(1000.0, "RepDistiller's --beta for AT; mdistiller 1000", minimum=0.0),
+        "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
+                         layers=True)}),
+    MethodFacts("fitnets", {
+        "student_layer": Option("layer1", "the earlier round's guided layer",
+                                choices=LAYER_NAMES),
+        "hint_layer": Option("layer2", "the earlier round's hint layer", choices=LAYER_NAMES),
+        "weight": Option(100.0, "RepDistiller's --beta for FitNets (train_student.py)",
+                         minimum=0.0),
+        # The hints are post-ReLU maps, so a non-negative regressor output can match zeros.
+        "regressor_relu": Option(True, "RepDistiller / mdistiller ConvReg(use_relu=True)")}),
+    MethodFacts("rkd", {
+        # The paper (and RepDistiller) use 25 / 50; the earlier round's collapse came from
+        # the grad scaler skipping every step, not these weights.
+        "distance_weight": Option(1.0, "the earlier round's weight", minimum=0.0),
+        "angle_weight": Option(2.0, "the earlier round's weight", minimum=0.0),
+        "weight": Option(1.0, "RepDistiller's --beta for RKD", minimum=0.0),
+        "angle": Option("triplet", "the paper's form; 'pairwise_cosine' is the earlier "
+                                   "round's", choices=("triplet", "pairwise_cosine"))}),
+    MethodFacts("nst", {
+        "weight": Option(50.0, "RepDistiller's --beta for NST", minimum=0.0),
+        "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
+                         layers=True)}),
+)}
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+
+
+def method_facts(name: str) -> MethodFacts:
+    if name not in METHODS:
+        raise UserError(f"unknown distillation method {name!r}: expected one of "
+                        f"none, {', '.join(METHOD_NAMES)}")
+    return METHODS[name]
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """Every option of a method with its default value."""
+    return method_facts(name).defaults()
+
+
+class OptionError(UserError):
+    """A bad method option; ``key`` names it, ``expected`` says what was wanted."""
+
+    def __init__(self, method: str, key: str, value: Any, expected: str) -> None:
+        super().__init__(f"option {key}={value!r} for method {method!r}: expected {expected}")
+        self.method, self.key, self.value, self.expected = method, key, value, expected
+
+
+def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The method's defaults overridden by ``options`` (values may be text, as from
+    ``--option``), each converted to its option's type and checked; OptionError otherwise."""
+    facts = method_facts(name)
+    unknown = sorted(set(options) - set(facts.options))
+    if unknown:
+        raise OptionError(name, unknown[0], options[unknown[0]],
+                          f"one of the known options ({', '.join(sorted(facts.options))}); "
+                          "this option is unknown")
+    merged = facts.defaults()
+    for key, value in options.items():
+        merged[key] = _option_value(name, key, facts.options[key], value)
+    return merged
+
+
+def _option_value(method: str, key: str, option: Option, value: Any) -> Any:
+    kind = option.kind
+    if kind is bool:
+        return _to_bool(method, key, value)
+    if kind in (int, float):
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            raise OptionError(method, key, value, _KIND_NAMES[kind])
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise OptionError(method, key, value, _KIND_NAMES[kind]) from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise OptionError(method, key, value, "a finite number")
+        if option.minimum is not None and not number >= option.minimum:
+            raise OptionError(method, key, value, f"a number >= {option.minimum:g}")
+        if option.above is not None and not number > option.above:
+            raise OptionError(method, key, value, f"a number > {option.above:g}")
+        return number
+    if not isinstance(value, str):
+        raise OptionError(method, key, value, "a string")
+    if option.choices is not None and value not in option.choices:
+        raise OptionError(method, key, value, f"one of {', '.join(option.choices)}")
+    if option.layers:
+        names = [part.strip() for part in value.split(",")]
+        if not value.strip() or any(part not in LAYER_NAMES for part in names):
+            raise OptionError(method, key, value,
+                              f"a comma list of {', '.join(LAYER_NAMES)}")
+    return value
+
+
+_KIND_NAMES = {int: "an integer", float: "a number"}
+
+
+def _to_bool(method: str, key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise OptionError(method, key, value, "true or false")

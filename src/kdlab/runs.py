@@ -1,0 +1,273 @@
+"""Where each run of a study stands: classification from state files, liveness, provenance.
+
+:func:`study_run_states` reads only the runs' state files (no scheduler is asked) and
+classifies every run of the grid as a :class:`RunState`; ``status``, ``queue``, ``plot`` and
+the other reports build on it. :func:`check_liveness` asks the schedulers about the jobs of
+running and queued runs; :func:`outside_grid` names every run directory on disk that is no
+run of the study. Works on experiment trees of the earlier research code too (status.json
+with status, epoch, max_acc, config, pbs_job_id; or only a job id while queued).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import catalog, runstate
+from .layout import LAYOUTS, RunSpec, format_alpha, read_run_path, run_dir, status_files
+from .study import Role, Study
+
+# The states a run of a study can be in (what the status table counts).
+COMPLETED = "completed"
+RUNNING = "running"          # status.json says in_progress
+QUEUED = "queued"
+FAILED = "failed"
+WAITING = "waiting"          # KD run not started whose teacher run is not completed
+NOT_STARTED = "not_started"  # no status.json yet
+UNREADABLE = "unreadable"    # status.json exists but cannot be read or parsed
+RUN_STATES = (COMPLETED, RUNNING, QUEUED, FAILED, WAITING, NOT_STARTED, UNREADABLE)
+
+# A completed run whose best accuracy is at most this many points above chance (100/classes)
+# has not learnt: it is flagged collapsed.
+COLLAPSE_MARGIN_POINTS = 2.0
+
+# status.json 'status' -> state of the run
+_STATE_OF_STATUS = {runstate.COMPLETED: COMPLETED, runstate.IN_PROGRESS: RUNNING,
+                    runstate.QUEUED: QUEUED, runstate.FAILED: FAILED}
+
+
+@dataclass
+class RunState:
+    """One run of a study and what its state files say.
+
+    ``role``: a :class:`~kdlab.study.Role`; ``state``: one of :data:`RUN_STATES`;
+    ``status``: the parsed status.json (None when absent or unreadable);
+    ``detail``: one human-readable line (progress, failure reason, parse error, ...).
+    """
+
+    spec: RunSpec
+    run_dir: Path
+    role: Role
+    state: str
+    status: dict | None
+    detail: str
+
+    @property
+    def job_id(self) -> str | None:
+        return runstate.job_id_of(self.status)
+
+    @property
+    def max_acc(self) -> float | None:
+        """Best test accuracy in percent, when status.json records a finite one."""
+        value = (self.status or {}).get("max_acc")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        return None
+
+    @property
+    def made_by(self) -> str | None:
+        """'kdlab <version>', 'earlier code' (the earlier research code's run), 'kdlab'
+        (kdlab from before the mark), or None without a readable status.json."""
+        if not self.status:
+            return None
+        if runstate.is_earlier_code(self.status):
+            return "earlier code"
+        return self.status.get("made_by") or "kdlab"
+
+    @property
+    def earlier_code(self) -> bool:
+        return runstate.is_earlier_code(self.status)
+
+    @property
+    def collapsed(self) -> bool:
+        """Completed at chance accuracy: within :data:`COLLAPSE_MARGIN_POINTS` of
+        100/classes, or below it."""
+        if self.state != COMPLETED or self.max_acc is None:
+            return False
+        chance = catalog.DATASETS[self.spec.dataset].chance_percent
+        return self.max_acc <= chance + COLLAPSE_MARGIN_POINTS
+
+
+def classify_run(study: Study, spec: RunSpec, teacher_state: RunState | None = None) -> RunState:
+    """The :class:`RunState` of one run; ``teacher_state`` is that of the teacher run of a
+    KD run (read here when not given)."""
+    role = study.role_of(spec)
+    directory = study.run_dir(spec)
+    try:
+        status = runstate.read_status(directory)
+    except runstate.StateFileError as error:
+        return RunState(spec, directory, role, UNREADABLE, None, f"unreadable: {error}")
+    if status is None:
+        if role is Role.KD:
+            if teacher_state is None:
+                teacher_state = classify_run(study, spec.teacher_run())
+            if teacher_state.state != COMPLETED:
+                return RunState(spec, directory, role, WAITING, None,
+                                f"teacher {teacher_state.spec.name} is "
+                                f"{teacher_state.state.replace('_', ' ')}")
+        return RunState(spec, directory, role, NOT_STARTED, None, "not started")
+    state = _STATE_OF_STATUS[status["status"]]
+    run = RunState(spec, directory, role, state, status, _detail(state, status))
+    if run.collapsed:
+        chance = catalog.DATASETS[spec.dataset].chance_percent
+        run.detail += f"; collapsed (chance is {chance:.2f}%)"
+    return run
+
+
+def planned_epochs(status: dict | None, default: int) -> int:
+    """The run's epoch count: status.json's ``epochs``, its config's, else ``default``."""
+    status = status or {}
+    value = status.get("epochs")
+    if value is None and isinstance(status.get("config"), dict):
+        value = status["config"].get("epochs")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return default
+
+
+def _detail(state: str, status: dict) -> str:
+    epoch = status.get("epoch")
+    # The earlier code's config has no epoch count: a completed run ran all of its epochs.
+    epochs = planned_epochs(status, 0) or (epoch if state == COMPLETED and epoch else "?")
+    progress = f"epoch {epoch if epoch is not None else 0}/{epochs}"
+    job_id = runstate.job_id_of(status)
+    job = f", job {job_id}" if job_id else ""
+    max_acc = status.get("max_acc")
+    accuracy = (f", best {max_acc:.2f}%" if isinstance(max_acc, (int, float))
+                and not isinstance(max_acc, bool) else "")
+    if state == COMPLETED:
+        return f"completed {progress}{accuracy}"
+    if state == FAILED:
+        return f"failed at {progress}: {status.get('reason') or 'no reason recorded'}"
+    if state == RUNNING:
+        return f"in progress, {progress}{accuracy}{job}"
+    return f"queued{job}"
+
+
+def study_run_states(study: Study) -> list[RunState]:
+    """Every run of the grid in priority order (teachers, pure students, KD runs), classified
+    from its state files alone."""
+    states: list[RunState] = []
+    by_spec: dict[RunSpec, RunState] = {}
+    for spec in study.runs():
+        teacher_spec = spec.teacher_run()
+        teacher_state = by_spec.get(teacher_spec) if teacher_spec is not None else None
+        state = classify_run(study, spec, teacher_state)
+        by_spec[spec] = state
+        states.append(state)
+    return states
+
+
+# ---- liveness of the jobs of running and queued runs -----------------------------------------
+
+def check_liveness(states: list[RunState], default_backend: str,
+                   scheduler_factory=None) -> dict[Path, bool | str]:
+    """Ask the schedulers about the jobs of running and queued runs that record a job id.
+
+    Returns run dir -> True (job pending or running), False (job gone) or a string saying
+    why liveness is unknown (scheduler command missing or failing). A job is asked of the
+    backend recorded in its status.json (``scheduler``; legacy ``pbs_job_id`` means PBS),
+    else of ``default_backend``. Runs without a job id are not in the answer."""
+    live = [state for state in states
+            if state.state in (RUNNING, QUEUED) and state.job_id is not None]
+    if not live:
+        return {}
+    from .schedulers import SchedulerError, backend_of_status, get_scheduler
+
+    factory = scheduler_factory or get_scheduler
+    by_backend: dict[str, list[RunState]] = {}
+    for state in live:
+        backend = backend_of_status(state.status, default_backend)
+        by_backend.setdefault(backend, []).append(state)
+    answers: dict[Path, bool | str] = {}
+    for backend, runs in by_backend.items():
+        scheduler = factory(backend)
+        problem = scheduler.available()
+        if problem is not None:
+            for state in runs:
+                answers[state.run_dir] = f"{backend}: {problem}"
+            continue
+        alive = scheduler.alive_jobs(sorted({state.job_id for state in runs}))
+        for state in runs:
+            answer = alive.get(state.job_id)
+            if isinstance(answer, SchedulerError):
+                answers[state.run_dir] = str(answer)
+            elif answer is None:
+                answers[state.run_dir] = f"{backend}: no answer about job {state.job_id}"
+            else:
+                answers[state.run_dir] = bool(answer)
+    return answers
+
+
+# ---- what is on disk but outside the grid --------------------------------------------------
+
+def outside_grid(study: Study, states: list[RunState] | None = None) -> list[dict]:
+    """Every directory under the experiments directory holding a status.json that is no run
+    of the study, as ``{"run_dir": relative path, "reason": ..., "alpha": ...}``. Reasons:
+    'other alpha', 'other model', 'other data set', 'other method', 'other seed',
+    'other layout', 'alias of RUN' (a non-canonical spelling such as alpha_0.50 or seed 00)
+    and 'unparseable path'."""
+    if states is None:
+        states = study_run_states(study)
+    inside = {Path(state.run_dir) for state in states}
+    root = Path(study.experiments_dir)
+    found = []
+    for directory, relative in status_files(root):
+        if directory in inside:
+            continue
+        entry = {"run_dir": relative, **_why_outside(study, relative)}
+        found.append(entry)
+    return found
+
+
+def _why_outside(study: Study, relative: str) -> dict:
+    alpha_value = study.alphas[0] if study.alphas else None
+    spec = read_run_path(relative, study.layout, alpha_value)
+    if spec is None:
+        others = [scheme for scheme in LAYOUTS if scheme != study.layout]
+        if any(read_run_path(relative, scheme, alpha_value or 0.0) is not None
+               for scheme in others):
+            return {"reason": "other layout"}
+        return {"reason": "unparseable path"}
+    canonical = run_dir(".", spec, study.layout).as_posix()
+    if canonical != relative:
+        return {"reason": f"alias of {canonical}"}
+    if spec.dataset not in study.datasets:
+        return {"reason": "other data set"}
+    if spec.is_pure:
+        if spec.model not in (study.teacher, study.student):
+            return {"reason": "other model"}
+        return {"reason": "other seed"}
+    if spec.model != study.student or spec.teacher != study.teacher:
+        return {"reason": "other model"}
+    if spec.method not in study.methods:
+        return {"reason": "other method"}
+    if spec.alpha not in study.alphas:
+        return {"reason": "other alpha", "alpha": spec.alpha}
+    return {"reason": "other seed"}
+
+
+def outside_grid_summary(entries: list[dict]) -> str | None:
+    """One line: how many run directories are outside the grid, why, and a hint."""
+    if not entries:
+        return None
+    reasons: dict[str, int] = {}
+    for entry in entries:
+        reason = "alias" if entry["reason"].startswith("alias of") else entry["reason"]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    parts = ", ".join(f"{count} {reason}" for reason, count in reasons.items())
+    alphas = sorted({entry["alpha"] for entry in entries if entry.get("alpha") is not None})
+    hint = ""
+    if alphas:
+        hint = ("; alphas found: " + ", ".join(format_alpha(alpha) for alpha in alphas)
+                + " (add them to the study's alphas to include these runs)")
+    elif "other layout" in reasons:
+        hint = '; a tree without alpha_* levels reads with layout = "no-alpha"'
+    return (f"{len(entries)} run director{'y' if len(entries) == 1 else 'ies'} outside the "
+            f"grid ({parts}){hint}; --json lists them")
+
+
+__all__ = ["COMPLETED", "RUNNING", "QUEUED", "FAILED", "WAITING", "NOT_STARTED", "UNREADABLE",
+           "RUN_STATES", "RunState", "classify_run", "study_run_states", "check_liveness",
+           "outside_grid", "outside_grid_summary", "planned_epochs"]
