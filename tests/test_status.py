@@ -248,6 +248,10 @@ def test_earlier_tree_provenance_collapse_and_outside_grid_in_json(earlier, caps
     (line,) = [line for line in text.splitlines() if line.startswith("outside the grid")]
     assert "6 run directories" in line and "0.95" in line
     assert "earlier research code" in text
+    header = next(line for line in text.splitlines() if line.startswith("data set"))
+    assert header.endswith("collapsed  made by earlier code")
+    teacher_row = next(line for line in text.splitlines() if "teacher ResNet112" in line)
+    assert teacher_row.split()[-2:] == ["-", "2"]   # the completed and the job-id-only run
     assert snapshot(earlier) == before   # nothing read was rewritten
 
 

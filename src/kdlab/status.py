@@ -39,7 +39,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
     for cell in study.cells():
         groups[cell.key] = {"dataset": cell.dataset, "method": cell.row, "alpha": cell.alpha,
                             "model": study.teacher if cell.row == "teacher" else study.student,
-                            "runs": 0, "collapsed": 0, **{name: 0 for name in _COUNT_COLUMNS}}
+                            "runs": 0, "collapsed": 0, "earlier_code": 0,
+                            **{name: 0 for name in _COUNT_COLUMNS}}
         accuracies[cell.key] = []
     epochs_done = epochs_planned = 0
     for state in states:
@@ -48,6 +49,7 @@ def status_report(study: Study, states: list[RunState] | None = None,
         groups[key]["runs"] += 1
         groups[key][state.state] += 1
         groups[key]["collapsed"] += state.collapsed
+        groups[key]["earlier_code"] += state.earlier_code
         if state.state == COMPLETED and state.max_acc is not None:
             accuracies[key].append(state.max_acc)
         planned = planned_epochs(state.status, int(study.training["epochs"]))
@@ -121,7 +123,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as the text ``kdlab status`` prints: the table, totals, problem runs."""
     headers = ["data set", "runs of", "alpha", "done", "running", "queued", "failed",
                "waiting", "to do", "unreadable", "mean acc %", "± std", "95% CI", "n",
-               "collapsed"]
+               "collapsed", "made by earlier code"]
     rows = []
     for group in report["groups"]:
         label = (f"{group['method']} {group['model']}" if group["method"] in ("teacher", "pure")
@@ -132,7 +134,7 @@ def format_report(report: dict[str, Any]) -> str:
                      *(str(group[name]) for name in _COUNT_COLUMNS),
                      _number(summary["mean"]), _number(summary["std"]),
                      "-" if ci is None else f"{ci[0]:.2f}..{ci[1]:.2f}", str(summary["n"]),
-                     str(group["collapsed"] or "-")])
+                     str(group["collapsed"] or "-"), str(group["earlier_code"] or "-")])
     lines = [f"study {report['study']} ({report['study_file']}): {report['total']} runs in "
              f"{report['experiments_dir']}, backend {report['backend']}", ""]
     lines += _table(headers, rows)
