@@ -37,15 +37,14 @@ def status_report(study: Study, states: list[RunState] | None = None,
     groups: dict[tuple, dict[str, Any]] = {}
     accuracies: dict[tuple, list[float]] = {}
     for cell in study.cells():
-        groups[cell.key] = {"dataset": cell.dataset, "method": cell.row, "alpha": cell.alpha,
-                            "model": study.teacher if cell.row == "teacher" else study.student,
-                            "runs": 0, "collapsed": 0, "earlier_code": 0,
-                            **{name: 0 for name in _COUNT_COLUMNS}}
-        accuracies[cell.key] = []
+        _add_group(groups, accuracies, cell, study)
     epochs_done = epochs_planned = 0
     for state in states:
         counts[state.state] += 1
-        key = study.cell_of(state.spec).key
+        cell = study.cell_of(state.spec)
+        if cell.key not in groups:  # a run given by the caller from outside the grid
+            _add_group(groups, accuracies, cell, study)
+        key = cell.key
         groups[key]["runs"] += 1
         groups[key][state.state] += 1
         groups[key]["collapsed"] += state.collapsed
@@ -112,6 +111,14 @@ def status_report(study: Study, states: list[RunState] | None = None,
         "earlier_code_runs": sum(run["made_by"] == "earlier code" for run in runs),
         "outside_grid": outside,
     }
+
+
+def _add_group(groups: dict, accuracies: dict, cell, study: Study) -> None:
+    groups[cell.key] = {"dataset": cell.dataset, "method": cell.row, "alpha": cell.alpha,
+                        "model": study.teacher if cell.row == "teacher" else study.student,
+                        "runs": 0, "collapsed": 0, "earlier_code": 0,
+                        **{name: 0 for name in _COUNT_COLUMNS}}
+    accuracies[cell.key] = []
 
 
 def _epoch(state: RunState) -> int:
