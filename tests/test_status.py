@@ -333,3 +333,14 @@ def test_study_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     assert main(["status", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and "UTF-8" in err
+
+
+def test_states_by_cell_follow_the_study_order(legacy):
+    from kdlab.runs import states_by_cell
+
+    states = study_run_states(legacy)
+    cells = states_by_cell(legacy, states)
+    assert [cell for cell, _ in cells] == legacy.cells()
+    assert sorted((s.spec for _, members in cells for s in members)) == sorted(legacy.runs())
+    for cell, members in cells:
+        assert [state.spec for state in members] == legacy.cell_runs(cell)
