@@ -1,4 +1,4 @@
-"""How long `kdlab queue` takes to plan the 240-run charlie grid (goal: well under 1 s).
+"""How long `kdlab queue` takes to plan the charlie grid (goal: well under 1 s).
 
 Builds a populated experiments tree of fake state files in a temporary directory (a mix of
 completed, in-progress, queued, failed, unreadable and missing runs, in the shape the
@@ -9,28 +9,35 @@ training loop writes), then times, side by side:
   whose liveness answers cost nothing, with one that takes 20 ms per call (about one
   ``squeue``/``qstat`` round trip) asked once for all jobs, as the Slurm and PBS backends
   do, and with one asked once per job (PBS's fallback where ``-F json`` fails),
-- the status report (``status_report``).
+- the status report (``status_report``),
+- and, what cron sees, the wall time of ``kdlab queue --dry-run`` and ``kdlab status`` on
+  that tree from process start to exit (a fresh interpreter each time; PBS is not installed
+  here, so liveness is 'unknown' after one PATH look-up), for this checkout and, with
+  ``--before-src``, for another checkout's ``src`` (e.g. the code before the redesign).
 
-    python benchmarks/bench_plan.py [--repeats 20]
+    python benchmarks/bench_plan.py [--repeats 20] [--before-src OTHER_CHECKOUT/src]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from kdlab import runstate
-from kdlab.layout import run_dir
 from kdlab.queue import plan_queue
 from kdlab.schedulers.base import Scheduler
 from kdlab.status import check_liveness, status_report, study_run_states
 from kdlab.study import load_study
 
 CHARLIE = Path(__file__).resolve().parent.parent / "studies" / "charlie.toml"
+THIS_SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 class FakeScheduler(Scheduler):
@@ -73,7 +80,7 @@ def populate(study, seed: int = 0) -> set[str]:
     epochs = study.training["epochs"]
     for index, spec in enumerate(study.runs()):
 
-        directory = run_dir(study.experiments_dir, spec)
+        directory = study.run_dir(spec)
         draw = rng.random()
         job_id = f"{4100000 + index}.sched01"
         config = study.train_config(spec).to_dict()
@@ -113,9 +120,38 @@ def timed(function, repeats: int) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
+def command_seconds(src: Path, argv: list[str], cwd: Path, repeats: int) -> tuple[float, float]:
+    """Median and worst wall time of ``python -m kdlab ARGV`` with ``src`` first on the path,
+    from before the process starts to its exit."""
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "kdlab", *argv], cwd=cwd, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), max(times)
+
+
+def cron_path(study_text: str, temp: Path, sources: list[tuple[str, Path]],
+              repeats: int) -> None:
+    study_path = temp / "charlie.toml"
+    study_path.write_text(study_text)
+    print(f"{'command, from process start':<44} {'median s':>9} {'max s':>9}")
+    for label, src in sources:
+        for argv in (["queue", "--dry-run", str(study_path)], ["status", str(study_path)]):
+            median, worst = command_seconds(src, argv, temp, repeats)
+            name = " ".join(argv[:-1])
+            print(f"{label + ': kdlab ' + name:<44} {median:9.3f} {worst:9.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--process-repeats", type=int, default=5,
+                        help="runs of each whole command (fresh interpreters)")
+    parser.add_argument("--before-src", type=Path, default=None,
+                        help="another checkout's src directory to time the same commands with")
     args = parser.parse_args()
     start = time.perf_counter()
     study = load_study(CHARLIE)
@@ -164,6 +200,11 @@ def main() -> None:
         live_checks = sum(1 for s in states if s.state in ("running", "queued"))
         print(f"(jobs asked about per plan: {live_checks}; Slurm and PBS ask once for all of "
               "them, PBS falls back to one qstat per job only where its JSON output fails)")
+        sources = ([("before", args.before_src)] if args.before_src else []) + [
+            ("after", THIS_SRC)]
+        text = CHARLIE.read_text().replace('experiments_dir = "experiments"',
+                                           f'experiments_dir = "{study.experiments_dir}"')
+        cron_path(text, Path(temp), sources, args.process_repeats)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from conftest import write_study as shared_write_study
 from kdlab import runstate
 from kdlab.config import TrainConfig
 from kdlab.layout import run_dir
@@ -71,28 +72,11 @@ def write_study(path: Path, *, name: str = "tiny", datasets=("Digits",), teacher
                 student="ResNet8", methods=("logit",), alphas=(0.5,), seeds=(0,), epochs=1,
                 root: Path | None = None, extra: str = "") -> Path:
     """A study file whose experiments/analysis/data paths are absolute, under ``root``
-    (default: the study file's directory)."""
+    (default: the study file's directory), with the local backend (two live jobs)."""
     root = Path(root or Path(path).parent)
-    text = f"""
-name = "{name}"
-datasets = {json.dumps(list(datasets))}
-teacher = "{teacher}"
-student = "{student}"
-methods = {json.dumps(list(methods))}
-alphas = {json.dumps(list(alphas))}
-seeds = {json.dumps(list(seeds))}
-experiments_dir = "{root / 'experiments'}"
-analysis_dir = "{root / 'analysis'}"
-data_root = "{root / 'data'}"
-
-[training]
-epochs = {epochs}
-device = "cpu"
-
-[scheduler]
-backend = "local"
-max_live_jobs = 2
-{extra}
-"""
-    Path(path).write_text(text, encoding="utf-8")
-    return Path(path)
+    return shared_write_study(
+        path, name=name, datasets=datasets, teacher=teacher, student=student, methods=methods,
+        alphas=alphas, seeds=seeds, experiments_dir=root / "experiments",
+        top=f'analysis_dir = "{root / "analysis"}"\ndata_root = "{root / "data"}"\n',
+        training=f'epochs = {epochs}\ndevice = "cpu"',
+        tables=f'[scheduler]\nbackend = "local"\nmax_live_jobs = 2\n{extra}\n')

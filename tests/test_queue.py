@@ -492,3 +492,15 @@ def test_queue_into_a_closed_pipe_finishes_its_pass_quietly(tmp_path):
     # The pass went on to the end: every teacher and pure run was submitted.
     submitted = [state for state in study_run_states(study) if state.role != "kd"]
     assert len(submitted) == 80 and all(state.job_id for state in submitted)
+
+
+def test_no_alpha_study_is_read_but_never_submitted(tmp_path, capsys):
+    build_earlier_tree(tmp_path)
+    path = write_earlier_study(tmp_path, layout="no-alpha")
+    before = snapshot(tmp_path)
+    assert main(["queue", "--dry-run", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["queue", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-alpha" in err and str(path) in err
+    assert snapshot(tmp_path) == before

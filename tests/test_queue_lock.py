@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import write_study
 from kdlab.status import study_run_states
 from kdlab.study import load_study
 
@@ -62,19 +63,9 @@ def test_two_concurrent_queue_processes_never_submit_a_run_twice(tmp_path):
     for name, body in FAKES.items():
         (bin_dir / name).write_text(FAKE_HEAD + textwrap.dedent(body))
         (bin_dir / name).chmod(0o755)
-    study_path = tmp_path / "study.toml"
-    study_path.write_text(textwrap.dedent(f"""\
-        name = "locktest"
-        datasets = ["Digits"]
-        teacher = "ResNet20"
-        student = "ResNet8"
-        seeds = [0, 1, 2]
-        experiments_dir = "{tmp_path / 'experiments'}"
-
-        [scheduler]
-        backend = "slurm"
-        max_live_jobs = 4
-        """))
+    study_path = write_study(tmp_path / "study.toml", name="locktest", methods=(), alphas=(),
+                             seeds=(0, 1, 2),
+                             tables='[scheduler]\nbackend = "slurm"\nmax_live_jobs = 4\n')
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     queue = [sys.executable, "-m", "kdlab", "queue", str(study_path)]
     first = subprocess.Popen(queue, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -248,6 +248,10 @@ def test_earlier_tree_provenance_collapse_and_outside_grid_in_json(earlier, caps
     (line,) = [line for line in text.splitlines() if line.startswith("outside the grid")]
     assert "6 run directories" in line and "0.95" in line
     assert "earlier research code" in text
+    header = next(line for line in text.splitlines() if line.startswith("data set"))
+    assert header.endswith("collapsed  made by earlier code")
+    teacher_row = next(line for line in text.splitlines() if "teacher ResNet112" in line)
+    assert teacher_row.split()[-2:] == ["-", "2"]   # the completed and the job-id-only run
     assert snapshot(earlier) == before   # nothing read was rewritten
 
 
@@ -329,3 +333,14 @@ def test_study_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     assert main(["status", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and "UTF-8" in err
+
+
+def test_states_by_cell_follow_the_study_order(legacy):
+    from kdlab.runs import states_by_cell
+
+    states = study_run_states(legacy)
+    cells = states_by_cell(legacy, states)
+    assert [cell for cell, _ in cells] == legacy.cells()
+    assert sorted((s.spec for _, members in cells for s in members)) == sorted(legacy.runs())
+    for cell, members in cells:
+        assert [state.spec for state in members] == legacy.cell_runs(cell)

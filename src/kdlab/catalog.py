@@ -33,10 +33,11 @@ class DatasetFacts:
 
 
 DATASETS: dict[str, DatasetFacts] = {facts.name: facts for facts in (
-    DatasetFacts("Cifar10", 10, 32, "cifar-10-batches-py/ (the python pickle batches)"),
-    DatasetFacts("Cifar100", 100, 32, "cifar-100-python/ (the python pickle files)"),
-    DatasetFacts("SVHN", 10, 32, "svhn/train_32x32.mat and svhn/test_32x32.mat"),
-    DatasetFacts("TinyImageNet", 200, 64, "tiny-imagenet-200/ (train/, val/, wnids.txt)"),
+    DatasetFacts("Cifar10", 10, 32, "cifar-10-batches-py/data_batch_1..5, test_batch "
+                                    "(python pickles)"),
+    DatasetFacts("Cifar100", 100, 32, "cifar-100-python/train, test (python pickles)"),
+    DatasetFacts("SVHN", 10, 32, "SVHN/train_32x32.mat, test_32x32.mat (or in the root)"),
+    DatasetFacts("TinyImageNet", 200, 64, "tiny-imagenet-200/ as distributed"),
     DatasetFacts("Digits", 10, 32, "none: scikit-learn's 8x8 digits, embedded"),
 )}
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)

@@ -91,7 +91,8 @@ class TrainConfig:
                                 choices=catalog.AUGMENTATIONS)
     method_options: dict[str, Any] = setting({}, "the method's options (KEY=VALUE)", dict,
                                              where=OPTIONS)
-    data_root: str = setting("data", "data directory", str, where=PATHS, in_identity=False)
+    data_root: str = setting("data", "data directory ($KDLAB_DATA_ROOT when set)", str,
+                             where=PATHS, in_identity=False)
     experiments_dir: str = setting("experiments", "directory of the runs", str, where=PATHS,
                                    in_identity=False)
     device: str = setting("auto", "auto, cpu or cuda", str, choices=("auto", "cpu", "cuda"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import catalog, runstate
 from .layout import LAYOUTS, RunSpec, format_alpha, read_run_path, run_dir, status_files
-from .study import Role, Study
+from .study import Cell, Role, Study
 
 # The states a run of a study can be in (what the status table counts).
 COMPLETED = "completed"
@@ -159,6 +159,18 @@ def study_run_states(study: Study) -> list[RunState]:
     return states
 
 
+def states_by_cell(study: Study, states: list[RunState]) -> list[tuple[Cell, list[RunState]]]:
+    """The study's cells in report order, each with its runs' states in seed order (runs of
+    ``states`` outside the grid are left out): the one iteration tables and figures use."""
+    by_key: dict[tuple, list[RunState]] = {cell.key: [] for cell in study.cells()}
+    for state in states:
+        key = study.cell_of(state.spec).key
+        if key in by_key:
+            by_key[key].append(state)
+    return [(cell, sorted(by_key[cell.key], key=lambda state: state.spec.seed))
+            for cell in study.cells()]
+
+
 # ---- liveness of the jobs of running and queued runs -----------------------------------------
 
 def check_liveness(states: list[RunState], default_backend: str,
@@ -269,5 +281,6 @@ def outside_grid_summary(entries: list[dict]) -> str | None:
 
 
 __all__ = ["COMPLETED", "RUNNING", "QUEUED", "FAILED", "WAITING", "NOT_STARTED", "UNREADABLE",
-           "RUN_STATES", "RunState", "classify_run", "study_run_states", "check_liveness",
+           "RUN_STATES", "RunState", "classify_run", "study_run_states", "states_by_cell",
+           "check_liveness",
            "outside_grid", "outside_grid_summary", "planned_epochs"]

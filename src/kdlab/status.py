@@ -37,17 +37,18 @@ def status_report(study: Study, states: list[RunState] | None = None,
     groups: dict[tuple, dict[str, Any]] = {}
     accuracies: dict[tuple, list[float]] = {}
     for cell in study.cells():
-        groups[cell.key] = {"dataset": cell.dataset, "method": cell.row, "alpha": cell.alpha,
-                            "model": study.teacher if cell.row == "teacher" else study.student,
-                            "runs": 0, "collapsed": 0, **{name: 0 for name in _COUNT_COLUMNS}}
-        accuracies[cell.key] = []
+        _add_group(groups, accuracies, cell, study)
     epochs_done = epochs_planned = 0
     for state in states:
         counts[state.state] += 1
-        key = study.cell_of(state.spec).key
+        cell = study.cell_of(state.spec)
+        if cell.key not in groups:  # a run given by the caller from outside the grid
+            _add_group(groups, accuracies, cell, study)
+        key = cell.key
         groups[key]["runs"] += 1
         groups[key][state.state] += 1
         groups[key]["collapsed"] += state.collapsed
+        groups[key]["earlier_code"] += state.earlier_code
         if state.state == COMPLETED and state.max_acc is not None:
             accuracies[key].append(state.max_acc)
         planned = planned_epochs(state.status, int(study.training["epochs"]))
@@ -112,6 +113,14 @@ def status_report(study: Study, states: list[RunState] | None = None,
     }
 
 
+def _add_group(groups: dict, accuracies: dict, cell, study: Study) -> None:
+    groups[cell.key] = {"dataset": cell.dataset, "method": cell.row, "alpha": cell.alpha,
+                        "model": study.teacher if cell.row == "teacher" else study.student,
+                        "runs": 0, "collapsed": 0, "earlier_code": 0,
+                        **{name: 0 for name in _COUNT_COLUMNS}}
+    accuracies[cell.key] = []
+
+
 def _epoch(state: RunState) -> int:
     value = (state.status or {}).get("epoch")
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
@@ -121,7 +130,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as the text ``kdlab status`` prints: the table, totals, problem runs."""
     headers = ["data set", "runs of", "alpha", "done", "running", "queued", "failed",
                "waiting", "to do", "unreadable", "mean acc %", "± std", "95% CI", "n",
-               "collapsed"]
+               "collapsed", "made by earlier code"]
     rows = []
     for group in report["groups"]:
         label = (f"{group['method']} {group['model']}" if group["method"] in ("teacher", "pure")
@@ -132,7 +141,7 @@ def format_report(report: dict[str, Any]) -> str:
                      *(str(group[name]) for name in _COUNT_COLUMNS),
                      _number(summary["mean"]), _number(summary["std"]),
                      "-" if ci is None else f"{ci[0]:.2f}..{ci[1]:.2f}", str(summary["n"]),
-                     str(group["collapsed"] or "-")])
+                     str(group["collapsed"] or "-"), str(group["earlier_code"] or "-")])
     lines = [f"study {report['study']} ({report['study_file']}): {report['total']} runs in "
              f"{report['experiments_dir']}, backend {report['backend']}", ""]
     lines += _table(headers, rows)
