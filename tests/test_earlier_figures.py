@@ -218,3 +218,43 @@ def test_glossary_entry_sits_beside_the_sample_space_angle():
     name, meaning = earlier_metrics.PRINCIPAL_ANGLE_CHANNEL_DOC
     assert name == "principal_angle_channel_mean"
     assert "principal_angle_mean" in meaning and "channel" in meaning and "95 %" in meaning
+
+
+@pytest.mark.slow
+def test_earlier_figures_on_a_trained_digits_study(tmp_path):
+    """A teacher, a pure student and a logit-distilled student trained here (Digits, one
+    epoch each), extracted, then every earlier figure and the channel-space angle."""
+    from kdlab.analysis.extract import extract_study
+    from kdlab.analysis.store import load_representation
+    from kdlab.layout import RunSpec, representation_path
+    from kdlab.study import load_study
+    from kdlab.train import train_run
+    from legacy_tree import write_study
+
+    study = load_study(write_study(tmp_path / "study.toml", name="earlier", methods=["logit"],
+                                   alphas=[0.5], seeds=[0], epochs=1))
+    for spec in study.runs():
+        assert train_run(study.train_config(spec), quiet=True) == "completed"
+    extract_study(study, device="cpu", log=lambda line: None)
+    teacher = load_representation(representation_path(
+        study.analysis_dir, study.name, RunSpec("Digits", "ResNet20", 0), "teacher"))
+    student = load_representation(representation_path(
+        study.analysis_dir, study.name, RunSpec("Digits", "ResNet8", 0, "logit", "ResNet20",
+                                                0.5), "kd"))
+    out = tmp_path / "figures"
+    panels = {"logit α=0.5 seed 0": {}}
+    for layer in LAYERS:
+        angle = earlier_metrics.principal_angle_channel_mean(teacher[layer], student[layer])
+        assert 0.0 <= angle <= 90.0
+        rank = min(metrics.numerical_rank(metrics.pca_spectrum(teacher[layer])),
+                   metrics.numerical_rank(metrics.pca_spectrum(student[layer])), 5)
+        fits = [metrics.fit_ica(x[layer], rank, max_iter=200) for x in (teacher, student)]
+        panels["logit α=0.5 seed 0"][layer] = (fits[0].sources(teacher[layer]),
+                                               fits[1].sources(student[layer]))
+    _png(earlier_figures.plot_ica_correlation(panels, out / "ica.png", title="Digits"), 800)
+    matrix = earlier_figures.teacher_self_cka([teacher[layer] for layer in LAYERS])
+    _png(earlier_figures.plot_teacher_self_cka([matrix], out / "cka.png", layer_names=LAYERS,
+                                               title="Digits"), 300)
+    _png(earlier_figures.plot_pca_scatter_teacher_basis(
+        teacher["layer3"], [("teacher", teacher["layer3"]), ("logit", student["layer3"])],
+        teacher["labels"], out / "scatter.png", num_classes=10, title="Digits"), 600)
