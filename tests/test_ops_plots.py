@@ -8,13 +8,14 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from kdlab import cli
 from kdlab.layout import RunSpec, run_dir
-from kdlab.ops import plots
+from kdlab.ops import plot_curves, plots
 from kdlab.status import study_run_states
 from kdlab.study import load_study
 from legacy_tree import copy_legacy_tree, write_run, write_study
@@ -142,7 +143,7 @@ def test_kdlab_plot_command_on_own_format(tmp_path, capsys):
     write_run(experiments, RunSpec("Digits", "ResNet8", 1, "logit", "ResNet20", 0.5),
               status="failed", epoch=1, epochs=2, test_acc=[10.0],
               reason="loss became NaN at epoch 1")
-    assert cli.main(["plot", str(study_path)]) == 0
+    assert cli.main(["plot", "--verbose", str(study_path)]) == 0
     out = capsys.readouterr().out
     assert "curves: 6 drawn, 0 unchanged" in out
     assert "Digits-logit-a0.5-ResNet20_to_ResNet8-s1: failed at epoch 1/2: loss became NaN " \
@@ -153,3 +154,316 @@ def test_kdlab_plot_command_on_own_format(tmp_path, capsys):
     assert _png_size(grid)[0] > 500 and _png_size(overview)[0] > 500
     assert cli.main(["plot", str(study_path)]) == 0
     assert "curves: 0 drawn, 6 unchanged" in capsys.readouterr().out
+
+
+# ---- trees in the earlier research code's formats (issue 12) ------------------------------
+
+EARLIER_CONFIG_KEYS = ("model", "dataset", "seed", "distillation", "teacher_model",
+                       "teacher_weights", "alpha", "temperature", "force_restart")
+
+
+def _earlier_config(spec):
+    """vars(args) of the earlier train.py: no 'epochs' key."""
+    return {"model": spec.model, "dataset": spec.dataset, "seed": spec.seed,
+            "distillation": spec.method if spec.method != "pure" else "none",
+            "teacher_model": spec.teacher, "alpha": 0.5 if spec.teacher else 0.5,
+            "teacher_weights": f"experiments/{spec.dataset}/pure/{spec.teacher}/0/best.pth"
+            if spec.teacher else None, "temperature": 4.0, "force_restart": False}
+
+
+def _earlier_curves(accuracies):
+    return {"train_loss": [4.0 / (i + 1) for i in range(len(accuracies))],
+            "train_acc": [a + 3.0 for a in accuracies],
+            "test_loss": [4.2 / (i + 1) for i in range(len(accuracies))],
+            "test_acc": list(accuracies)}
+
+
+def _write_earlier_completed(experiments, spec, accuracies):
+    directory = run_dir(experiments, spec)
+    directory.mkdir(parents=True)
+    config = _earlier_config(spec)
+    (directory / "status.json").write_text(json.dumps(
+        {"status": "completed", "epoch": len(accuracies), "max_acc": max(accuracies),
+         "config": config}, indent=2))
+    (directory / "metrics.json").write_text(json.dumps(
+        {**_earlier_curves(accuracies), "config": config}))
+    return directory
+
+
+def _write_earlier_checkpoint(directory, accuracies):
+    """checkpoint.pth as the earlier train.py saved it (real SGD and cosine schedule state)."""
+    import torch
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=150)
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    curves = _earlier_curves(accuracies)
+    torch.save({"epoch": len(accuracies) - 1, "model_state_dict": model.state_dict(),
+                "optimizer_state_dict": optimizer.state_dict(),
+                "scheduler_state_dict": scheduler.state_dict(), "distillation_state_dict": None,
+                **curves, "max_acc": max(accuracies), "config": _earlier_config(
+                    RunSpec("Cifar100", S, 1))}, directory / "checkpoint.pth")
+
+
+class _Payload:
+    """Pickles to a call of os.mkdir: loading it unsafely would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _write_earlier_in_progress(experiments, spec, epoch, checkpoint=None):
+    directory = run_dir(experiments, spec)
+    directory.mkdir(parents=True)
+    (directory / "status.json").write_text(json.dumps(
+        {"status": "in_progress", "epoch": epoch, "max_acc": 27.01,
+         "config": _earlier_config(spec), "pbs_job_id": "7000522.sched01"}, indent=2))
+    return directory
+
+
+@pytest.fixture
+def earlier(tmp_path):
+    """A Cifar100 study over a tree in the earlier code's formats: completed runs whose
+    metrics' config has no 'epochs', one collapsed RKD run, an in-progress teacher with a
+    readable checkpoint.pth and no metrics.json, an in-progress KD run whose checkpoint is a
+    pickle payload, a run submitted but not started (status.json holds only pbs_job_id)."""
+    study_path = write_study(tmp_path / "study.toml", name="earlier", datasets=["Cifar100"],
+                             teacher=T, student=S, methods=["logit", "rkd"], alphas=[0.5],
+                             seeds=[0, 1], epochs=150)
+    study = load_study(study_path)
+    experiments = study.experiments_dir
+    rising = [5.0 + 5.0 * i for i in range(12)]
+    _write_earlier_completed(experiments, RunSpec("Cifar100", T, 0), [a + 16 for a in rising])
+    _write_earlier_completed(experiments, RunSpec("Cifar100", S, 0), [a + 13 for a in rising])
+    _write_earlier_completed(experiments, RunSpec("Cifar100", S, 0, "logit", T, 0.5),
+                             [a + 11 for a in rising])
+    _write_earlier_completed(experiments, RunSpec("Cifar100", S, 0, "rkd", T, 0.5),
+                             [1.0, 1.1, 1.25, 1.0] * 3)
+    teacher = _write_earlier_in_progress(experiments, RunSpec("Cifar100", T, 1), 5)
+    _write_earlier_checkpoint(teacher, [10.0, 15.0, 18.0, 22.0, 25.0, 27.01])
+    crafted = _write_earlier_in_progress(experiments, RunSpec("Cifar100", S, 1, "logit", T, 0.5),
+                                         3)
+    import torch
+    torch.save({"train_loss": [1.0], "test_acc": _Payload(tmp_path / "payload-ran")},
+               crafted / "checkpoint.pth")
+    submitted = run_dir(experiments, RunSpec("Cifar100", S, 1))
+    submitted.mkdir(parents=True)
+    (submitted / "status.json").write_text('{"pbs_job_id": "7000521.sched01"}')
+    return study_path
+
+
+def _state_hashes(root):
+    """SHA-256 of every file under ``root`` except the curves figures plot draws."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != plots.CURVES_FILE}
+
+
+def _curves_options(path):
+    with Image.open(path) as image:
+        return json.loads(image.info[plot_curves._OPTIONS_KEY])
+
+
+def test_is_collapsed_is_within_two_points_of_chance_or_below():
+    assert plots.is_collapsed(12.0, 10) and plots.is_collapsed(3.0, 100)
+    assert plots.is_collapsed(1.25, 100) and plots.is_collapsed(0.0, 200)
+    assert not plots.is_collapsed(12.01, 10) and not plots.is_collapsed(3.01, 100)
+    assert not plots.is_collapsed(None, 10) and not plots.is_collapsed(1.0, None)
+    assert not plots.is_collapsed(float("nan"), 10)
+
+
+def test_earlier_tree_plot_changes_no_state_file(earlier, tmp_path):
+    experiments = load_study(earlier).experiments_dir
+    before = _state_hashes(experiments)
+    assert cli.main(["plot", str(earlier)]) == 0
+    assert cli.main(["plot", "--verbose", "--full-accuracy-axis", str(earlier)]) == 0
+    assert _state_hashes(experiments) == before
+    assert not (tmp_path / "payload-ran").exists()
+
+
+def test_collapsed_run_marked_and_left_out_of_the_overview_scale(earlier):
+    study = load_study(earlier)
+    report = plots.plot_study(study)
+    collapsed = "Cifar100-rkd-a0.5-ResNet112_to_ResNet56-s0"
+    assert report.collapsed == [collapsed]
+    states = study_run_states(study)
+    cells = plots.progress_cells(study, states)
+    assert cells[("Cifar100", "rkd", 0.5, 0)] == plots.COLLAPSED
+    assert cells[("Cifar100", "logit", 0.5, 0)] == "completed"
+    assert "4/8 runs completed (1 collapsed); " in plots.progress_title(study, states, 0)
+
+    groups, left_out = plots.overview_groups(study, states)
+    by_key = {(g.method, g.alpha): g for g in groups}
+    assert by_key[("rkd", 0.5)].accuracies == [] and left_out == {
+        ("Cifar100", "kd", "rkd", 0.5): [1.25]}
+    assert by_key[("logit", 0.5)].accuracies == [71.0]
+    figure = plots.plot_accuracy_overview(study, states, plots.progress_dir(study) / "o.png", 0)
+    low, high = figure.axes[0].get_ylim()
+    assert 65.0 < low < 71.0 and 76.0 < high < 85.0   # 71..76 readable, 1.25 out of range
+
+    experiments = study.experiments_dir
+    rkd = run_dir(experiments, RunSpec("Cifar100", S, 0, "rkd", T, 0.5)) / plots.CURVES_FILE
+    logit = run_dir(experiments, RunSpec("Cifar100", S, 0, "logit", T, 0.5)) / plots.CURVES_FILE
+    assert _curves_options(rkd)["full_scale"] and "COLLAPSED" in _curves_options(rkd)["title"]
+    assert _curves_options(rkd)["chance"] == 1.0
+    assert not _curves_options(logit)["full_scale"]
+    # the option draws every run on 0-100 %, and changing it redraws the figures
+    report = plots.plot_study(study, full_scale=True)
+    assert "Cifar100-logit-a0.5-ResNet112_to_ResNet56-s0" in report.written
+    assert collapsed in report.unchanged
+    assert _curves_options(logit)["full_scale"]
+
+
+def test_titles_take_the_epoch_count_from_the_metrics(earlier):
+    study = load_study(earlier)
+    plots.plot_study(study)
+    titles = {}
+    for spec in study.runs():
+        png = run_dir(study.experiments_dir, spec) / plots.CURVES_FILE
+        if png.exists():
+            titles[spec.name] = _curves_options(png)["title"]
+    assert len(titles) == 5
+    assert not any("?" in title for title in titles.values())
+    assert "completed, epoch 12/12, best 76.00%" in titles["Cifar100-pure-ResNet112-s0"]
+    teacher = titles["Cifar100-pure-ResNet112-s1"]
+    assert "in progress, epoch 6, best 27.01%" in teacher and "checkpoint.pth" in teacher
+    states = {s.spec.name: s for s in study_run_states(study)}
+    assert plots._why_incomplete(states["Cifar100-pure-ResNet112-s1"]) == (
+        "in progress", "in progress (epoch 5)")
+
+
+def test_in_progress_earlier_run_gets_curves_from_its_checkpoint(earlier, tmp_path):
+    study = load_study(earlier)
+    report = plots.plot_study(study)
+    teacher_dir = run_dir(study.experiments_dir, RunSpec("Cifar100", T, 1))
+    assert "Cifar100-pure-ResNet112-s1" in report.written
+    assert not (teacher_dir / "metrics.json").exists()
+    with Image.open(teacher_dir / plots.CURVES_FILE) as image:
+        assert image.info[plots._STAMP_KEY] == hashlib.sha256(
+            (teacher_dir / "checkpoint.pth").read_bytes()).hexdigest()
+    curves = plot_curves.read_curves(teacher_dir)
+    assert curves.series["test_acc"] == [10.0, 15.0, 18.0, 22.0, 25.0, 27.01]
+    why = {name: (reason, partial) for name, reason, partial in report.incomplete}
+    assert why["Cifar100-pure-ResNet112-s1"] == ("in progress (epoch 5)", True)
+
+    # the crafted checkpoint: refused in one line naming it, and its payload never ran
+    crafted = "Cifar100-logit-a0.5-ResNet112_to_ResNet56-s1"
+    reason, partial = why[crafted]
+    assert not partial and "\n" not in reason
+    assert reason.startswith("unreadable file ") and "checkpoint.pth: refused by the safe " \
+        "loader (needs posix.mkdir" in reason
+    assert not (tmp_path / "payload-ran").exists()
+    assert not (run_dir(study.experiments_dir, RunSpec("Cifar100", S, 1, "logit", T, 0.5))
+                / plots.CURVES_FILE).exists()
+
+
+def test_skip_report_is_one_line_per_reason(earlier, capsys):
+    assert cli.main(["plot", str(earlier)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "collapsed (completed at chance accuracy): 1" in lines
+    assert "  in progress: 1 (1 with curves so far)" in lines
+    assert "  waiting for the teacher: 1" in lines
+    # the run submitted but not started (status.json holds only pbs_job_id) is 'queued'
+    # where status reads such a file (issue 12 item 1), else a second unreadable file
+    assert ("  unreadable file: 1" in lines and "  queued: 1" in lines) or (
+        "  unreadable file: 2" in lines and not any("queued" in line for line in lines))
+    assert "  (kdlab plot --verbose lists the runs)" in lines
+    assert "Cifar100" not in out.split("runs without complete curves")[1]   # no run names
+    reasons = [line.split(":")[0].strip() for line in lines if line.startswith("  ")
+               and not line.startswith("  (")]
+    assert len(reasons) == len(set(reasons))
+    total = int(out.split("runs without complete curves (")[1].split(")")[0])
+    assert sum(int(line.split(": ")[1].split()[0]) for line in lines
+               if line.startswith("  ") and not line.startswith("  (")) == total
+
+    assert cli.main(["plot", "--verbose", str(earlier)]) == 0
+    out = capsys.readouterr().out
+    assert "    Cifar100-rkd-a0.5-ResNet112_to_ResNet56-s1: not started: waiting for the " \
+           "teacher (teacher Cifar100-pure-ResNet112-s1 is running)" in out
+    assert "collapsed (completed at chance accuracy): 1 — " \
+           "Cifar100-rkd-a0.5-ResNet112_to_ResNet56-s0" in out
+
+
+# ---- an analysis directory plot cannot write (issue 11, item 9) ---------------------------
+
+def test_figures_directory_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
+    study_path = write_study(tmp_path / "study.toml")
+    study = load_study(study_path)
+    write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))
+    analysis = tmp_path / "analysis"
+    analysis.write_text("not a directory")
+    assert cli.main(["plot", str(study_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = captured.err.strip()
+    assert "\n" not in error and "Traceback" not in error
+    assert error == (f"kdlab plot: error: cannot write figures to {plots.progress_dir(study)}: "
+                     f"{analysis} is not a directory")
+    assert analysis.read_text() == "not a directory"
+    # nothing drawn before the refusal
+    assert not (run_dir(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))
+                / plots.CURVES_FILE).exists()
+
+
+def test_figure_write_failure_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    study_path = write_study(tmp_path / "study.toml")
+    study = load_study(study_path)
+    write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))
+    out = plots.progress_dir(study)
+    real_write = plot_curves.runstate.atomic_write_bytes
+
+    def write(path, data):   # the disk fills up while the overview is being written
+        if Path(path).parent == out:
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(plot_curves.runstate, "atomic_write_bytes", write)
+    assert cli.main(["plot", str(study_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"kdlab plot: error: cannot write {out / plots.PROGRESS_GRID_FILE}: "
+                     "No space left on device")
+
+
+def test_read_only_figures_directory_is_one_line_exit_2(tmp_path):
+    """Run as a user the directory is read-only for (root ignores permission bits, so under
+    root the command runs as nobody through setpriv)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    as_other_user = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: no read-only directory can be had")
+        as_other_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    root = Path(tempfile.mkdtemp(prefix="kdlab-readonly-"))
+    try:
+        root.chmod(0o755)
+        study_path = write_study(root / "study.toml")
+        study = load_study(study_path)
+        write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))
+        out = plots.progress_dir(study)
+        out.mkdir(parents=True)
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        before = _state_hashes(root)
+        source = Path(cli.__file__).resolve().parents[1]
+        result = subprocess.run(
+            [*as_other_user, sys.executable, "-m", "kdlab", "plot", str(study_path)],
+            capture_output=True, text=True, timeout=120, cwd=root,
+            env={**os.environ, "PYTHONPATH": str(source), "MPLCONFIGDIR": str(root / "mpl")})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (f"kdlab plot: error: cannot write figures to {out}: "
+                                         f"the directory is read-only")
+        assert _state_hashes(root) == before
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755)
+        shutil.rmtree(root)

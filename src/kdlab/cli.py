@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="training curves per run and the study overview")
     _add_study(p)
+    p.add_argument("--verbose", action="store_true",
+                   help="list every run without complete curves under its reason")
+    p.add_argument("--full-accuracy-axis", action="store_true",
+                   help="draw every run's accuracy from 0 to 100 %% (collapsed runs always are)")
 
     p = sub.add_parser("digest", help="Markdown summary of recent work for a supervisor")
     p.add_argument("--since", default="1 week ago", help="git date, e.g. '1 week ago'")
