@@ -51,6 +51,16 @@ def _train_parser(sub) -> None:
     p.add_argument("--augmentation", default="kdlab", choices=("kdlab", "earlier"),
                    help="kdlab: pad-and-crop + flip (default); earlier: the earlier research "
                         "code's RandomResizedCrop + flip, Resize+CenterCrop for testing")
+    p.add_argument("--selection", default="test", choices=("test", "validation"),
+                   help="the split that chooses best.pth: test (default) or validation "
+                        "(a stratified hold-out of the training split, never trained on)")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the training split held out with --selection validation")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch, OpenMP and BLAS (default: the cores the job "
+                        "was given: $SLURM_CPUS_PER_TASK, $NCPUS, else the CPU affinity)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files of the per-epoch metrics")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
 

@@ -19,6 +19,7 @@ DEFAULT_WEIGHT_DECAY = 5e-4
 PURE_LABEL_SMOOTHING = 0.1   # pure runs
 KD_LABEL_SMOOTHING = 0.0     # the teacher's soft targets are the smoothing
 DEFAULT_TEMPERATURE = 4.0
+SELECTIONS = ("test", "validation")
 
 
 @dataclass
@@ -47,6 +48,14 @@ class TrainConfig:
     # "kdlab": pad-and-crop + flip; "earlier": the earlier research code's resized crops,
     # resized centre crops for testing and its normalisation (kdlab.data.earlier).
     augmentation: str = "kdlab"
+    # Which split chooses best.pth: "test" (as the completed runs did) or "validation" (a
+    # stratified hold-out of validation_fraction of the training split, never trained on).
+    selection: str = "test"
+    validation_fraction: float = 0.1
+    # CPU threads for torch, OpenMP and BLAS; None: the cores the job was given.
+    threads: int | None = None
+    # Also write TensorBoard event files of the per-epoch metrics into the run directory.
+    tensorboard: bool = False
 
     @property
     def effective_label_smoothing(self) -> float:
@@ -71,6 +80,7 @@ class TrainConfig:
     # Settings that must match for a checkpoint to be resumed (paths and device may move).
     def identity(self) -> dict[str, Any]:
         data = self.to_dict()
-        for key in ("data_root", "experiments_dir", "device", "eval_batch_size"):
+        for key in ("data_root", "experiments_dir", "device", "eval_batch_size", "threads",
+                    "tensorboard"):
             data.pop(key)
         return data

@@ -121,15 +121,18 @@ def train_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int
     return sums.stats(time.perf_counter() - start)
 
 
-def evaluate(model, data, batch_size: int, amp_dtype=None) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy in percent) on the test split, eval mode, no augmentation."""
+def evaluate(model, data, batch_size: int, amp_dtype=None,
+             split: str = "test") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in percent) on the ``split`` ("test" or "validation"),
+    eval mode, no augmentation."""
     model.eval()
     loss_sum = 0.0
     correct = 0
     count = 0
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for images, labels in data.test_batches(batch_size):
+        batches = data.validation_batches if split == "validation" else data.test_batches
+        for images, labels in batches(batch_size):
             with autocast(device, amp_dtype):
                 logits = model(images)[-1]
             logits = logits.float()

@@ -33,6 +33,7 @@ def validate_config(config: TrainConfig) -> None:
                         "weight_decay >= 0")
     if config.label_smoothing is not None and not 0 <= config.label_smoothing < 1:
         raise UserError(f"--label-smoothing {config.label_smoothing}: expected a value in [0, 1)")
+    _validate_run_options(config)
     if config.distillation == PURE:
         if config.alpha is not None or config.teacher_model is not None:
             raise UserError("--alpha/--teacher-model were given without --distillation: "
@@ -47,6 +48,26 @@ def validate_config(config: TrainConfig) -> None:
         raise UserError(f"--alpha {config.alpha}: expected a KD strength in [0, 1]")
     if config.temperature <= 0:
         raise UserError(f"--temperature {config.temperature}: expected a positive number")
+
+
+def _validate_run_options(config: TrainConfig) -> None:
+    """Augmentation, selection, threads: one UserError line each."""
+    from ..config import SELECTIONS
+    from ..data import AUGMENTATIONS
+
+    if config.augmentation not in AUGMENTATIONS:
+        raise UserError(f"--augmentation {config.augmentation!r}: expected one of "
+                        f"{', '.join(AUGMENTATIONS)}")
+    if config.selection not in SELECTIONS:
+        raise UserError(f"--selection {config.selection!r}: expected one of "
+                        f"{', '.join(SELECTIONS)}")
+    if not 0.0 < config.validation_fraction < 1.0:
+        raise UserError(f"--validation-fraction {config.validation_fraction}: expected a "
+                        "fraction in (0, 1)")
+    if config.threads is not None and (isinstance(config.threads, bool)
+                                       or not isinstance(config.threads, int)
+                                       or config.threads < 1):
+        raise UserError(f"--threads {config.threads}: expected a positive integer")
 
 
 def _with_complete_options(config: TrainConfig) -> TrainConfig:
@@ -89,4 +110,8 @@ def config_from_args(args) -> TrainConfig:
         temperature=args.temperature, method_options=options,
         data_root=str(args.data_root or default_data_root()),
         experiments_dir=str(args.experiments_dir), device=args.device,
-        augmentation=getattr(args, "augmentation", "kdlab"))
+        augmentation=getattr(args, "augmentation", "kdlab"),
+        selection=getattr(args, "selection", "test"),
+        validation_fraction=getattr(args, "validation_fraction", 0.1),
+        threads=getattr(args, "threads", None),
+        tensorboard=getattr(args, "tensorboard", False))

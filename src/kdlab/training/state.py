@@ -74,16 +74,19 @@ class TrainingState:
         self.epoch = checkpoint["epoch"]
         device_module.restore_rng(checkpoint["rng"])
 
-    def record_epoch(self, train_stats: dict, test_loss: float, test_acc: float,
-                     seconds: float) -> None:
-        """Append one finished epoch's figures to ``metrics``."""
+    def record_epoch(self, train_stats: dict, evaluation: dict[str, tuple[float, float]],
+                     seconds: float, lr: float) -> None:
+        """Append one finished epoch's figures to ``metrics``: ``evaluation`` maps a split
+        ("test", "validation") to its (loss, accuracy %); ``lr`` is the learning rate the
+        epoch trained with."""
         for key, value in train_stats["terms"].items():
             self.metrics.setdefault(f"train_{key}", []).append(value)
-        for key, value in (("train_loss", train_stats["loss"]),
-                           ("train_acc", train_stats["acc"]), ("test_loss", test_loss),
-                           ("test_acc", test_acc), ("epoch_seconds", seconds),
-                           ("skipped_steps", train_stats["skipped"]),
-                           ("lr", self.optimizer.param_groups[0]["lr"])):
+        rows = [("train_loss", train_stats["loss"]), ("train_acc", train_stats["acc"])]
+        for split, (loss, accuracy) in evaluation.items():
+            rows += [(f"{split}_loss", loss), (f"{split}_acc", accuracy)]
+        rows += [("epoch_seconds", seconds), ("skipped_steps", train_stats["skipped"]),
+                 ("lr", lr)]
+        for key, value in rows:
             self.metrics.setdefault(key, []).append(value)
 
 
@@ -121,10 +124,21 @@ def read_checkpoint(path: Path, config: TrainConfig) -> dict:
         raise UserError(f"checkpoint {path} is corrupt or not a kdlab checkpoint "
                         f"({type(error).__name__}); kept it: move it away or pass "
                         "--force-restart to start the run over") from None
-    saved, wanted = checkpoint["config"], config.identity()
+    wanted = config.identity()
+    # Settings added since the checkpoint was written count as their defaults, so a run
+    # made before a setting existed resumes while it keeps that setting's default.
+    saved = {**{key: value for key, value in _field_defaults().items() if key in wanted},
+             **checkpoint["config"]}
     if saved != wanted:
         differing = sorted(key for key in set(saved) | set(wanted)
                            if saved.get(key) != wanted.get(key))
         raise UserError(f"checkpoint {path} was made with other settings ({', '.join(differing)}"
                         "): expected the same settings to resume, or --force-restart")
     return checkpoint
+
+
+def _field_defaults() -> dict[str, Any]:
+    from dataclasses import MISSING, fields
+
+    return {item.name: item.default for item in fields(TrainConfig)
+            if item.default is not MISSING}
