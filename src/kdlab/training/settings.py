@@ -81,7 +81,11 @@ def _with_complete_options(config: TrainConfig) -> TrainConfig:
     options = dict(config.method_options)
     if "temperature" in method_defaults(config.distillation):
         options.setdefault("temperature", config.temperature)
-    return replace(config, method_options=resolve_options(config.distillation, options))
+    options = resolve_options(config.distillation, options)
+    if options.get("hint_epochs", 0) >= config.epochs:
+        raise UserError(f"--option hint_epochs={options['hint_epochs']}: expected fewer than "
+                        f"--epochs {config.epochs} (stage 1 leaves the classifier untrained)")
+    return replace(config, method_options=options)
 
 
 

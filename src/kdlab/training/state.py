@@ -125,10 +125,7 @@ def read_checkpoint(path: Path, config: TrainConfig) -> dict:
                         f"({type(error).__name__}); kept it: move it away or pass "
                         "--force-restart to start the run over") from None
     wanted = config.identity()
-    # Settings added since the checkpoint was written count as their defaults, so a run
-    # made before a setting existed resumes while it keeps that setting's default.
-    saved = {**{key: value for key, value in _field_defaults().items() if key in wanted},
-             **checkpoint["config"]}
+    saved = _with_new_defaults(checkpoint["config"], wanted)
     if saved != wanted:
         differing = sorted(key for key in set(saved) | set(wanted)
                            if saved.get(key) != wanted.get(key))
@@ -137,8 +134,24 @@ def read_checkpoint(path: Path, config: TrainConfig) -> dict:
     return checkpoint
 
 
-def _field_defaults() -> dict[str, Any]:
+def _with_new_defaults(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a checkpoint's settings) with the settings and method options added since
+    it was written filled in with their defaults: a run made before a setting existed
+    behaved as its default does, so it resumes as long as the run keeps that default."""
     from dataclasses import MISSING, fields
 
-    return {item.name: item.default for item in fields(TrainConfig)
-            if item.default is not MISSING}
+    defaults = {item.name: item.default for item in fields(TrainConfig)
+                if item.default is not MISSING and item.name in wanted}
+    completed = {**defaults, **saved}
+    options = completed.get("method_options")
+    if isinstance(options, dict) and wanted.get("distillation") not in (None, layout.PURE):
+        from ..distill import method_defaults
+
+        try:
+            method_options = method_defaults(wanted["distillation"])
+        except UserError:
+            method_options = {}
+        completed["method_options"] = {**{key: value for key, value in method_options.items()
+                                          if key in wanted.get("method_options", {})},
+                                       **options}
+    return completed
