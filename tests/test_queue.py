@@ -384,8 +384,9 @@ def test_queue_writes_config_json_and_hand_typed_train_writes_the_same(tmp_path,
     config = json.loads(written)
     # Complete: every setting, the method's options with their defaults.
     assert config["distillation"] == "fitnets" and config["alpha"] == 0.75
-    assert config["method_options"] == {"hint_layer": "layer2", "regressor_relu": True,
-                                        "student_layer": "layer1", "weight": 100.0}
+    assert config["method_options"] == {"hint_epochs": 0, "hint_layer": "layer2",
+                                        "regressor_relu": True, "student_layer": "layer1",
+                                        "weight": 100.0}
     # The job was given only that file.
     (start,) = starts(kd.run.run_dir)
     assert start["seen"]["job_id"] == kd.job_id

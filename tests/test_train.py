@@ -386,6 +386,16 @@ def test_a_refused_train_leaves_no_run_directory(tmp_path, capsys):
     assert not (tmp_path / "experiments").exists()
 
 
+def test_a_new_hand_typed_run_leaves_its_config_json(tmp_path):
+    from kdlab.config import config_json, read_config_file
+
+    assert main(train_args(tmp_path, 1, "--quiet")) == 0
+    path = the_run_dir(tmp_path) / "config.json"
+    written = read_config_file(path)
+    assert written.run_spec() == RunSpec("Digits", "ResNet8", 1) and written.epochs == 1
+    assert path.read_text() == config_json(written)
+
+
 def test_a_teacher_of_another_architecture_is_named_in_a_short_line(tmp_path, capsys):
     from kdlab.models import build_model
 

@@ -51,6 +51,8 @@ LAYER_NAMES = ("layer1", "layer2", "layer3")
 
 BACKENDS = ("local", "slurm", "pbs")
 AUGMENTATIONS = ("kdlab", "earlier")
+# Which split chooses best.pth (TrainConfig.selection).
+SELECTIONS = ("test", "validation")
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,11 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "weight": Option(100.0, "RepDistiller's --beta for FitNets (train_student.py)",
                          minimum=0.0),
         # The hints are post-ReLU maps, so a non-negative regressor output can match zeros.
-        "regressor_relu": Option(True, "RepDistiller / mdistiller ConvReg(use_relu=True)")}),
+        "regressor_relu": Option(True, "RepDistiller / mdistiller ConvReg(use_relu=True)"),
+        # 0: hint and CE jointly from the first epoch (RepDistiller, the earlier code); N > 0:
+        # the paper's two stages, the first N epochs on the hint alone.
+        "hint_epochs": Option(0, "RepDistiller's joint form; the paper's stage 1 when > 0",
+                              minimum=0)}),
     MethodFacts("rkd", {
         # The paper (and RepDistiller) use 25 / 50; the earlier round's collapse came from
         # the grad scaler skipping every step, not these weights.

@@ -99,6 +99,21 @@ class TrainConfig:
                           in_identity=False)
     eval_batch_size: int = setting(1000, "batch size of evaluation", int,
                                    check=_at_least(1, "a positive integer"), in_identity=False)
+    selection: str = setting("test", "the split that chooses best.pth: 'test' (as the "
+                             "completed runs did) or 'validation' (a stratified hold-out of "
+                             "the training split, never trained on)", str,
+                             choices=catalog.SELECTIONS)
+    validation_fraction: float = setting(0.1, "share of the training split held out when "
+                                         "selection is 'validation'", float,
+                                         check=_finite(lambda v: 0 < v < 1,
+                                                       "a fraction in (0, 1)"))
+    threads: int | None = setting(None, "CPU threads for torch, OpenMP and BLAS (default: the "
+                                  "cores the job was given: $SLURM_CPUS_PER_TASK, $NCPUS, "
+                                  "else the CPU affinity)", int,
+                                  check=_at_least(1, "a positive integer"), optional=True,
+                                  in_identity=False)
+    tensorboard: bool = setting(False, "also write TensorBoard event files of the per-epoch "
+                                "metrics into the run directory", bool, in_identity=False)
 
     def __post_init__(self) -> None:
         for name in ("dataset", "model"):
@@ -127,12 +142,10 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """Settings that must match for a checkpoint to be resumed."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)
+        # Settings added since a checkpoint was written are filled in with their defaults
+        # when it is read (kdlab.training.state), so older checkpoints still resume.
+        return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.metadata["in_identity"]}
-        if data["augmentation"] == "kdlab":
-            # Checkpoints from before the field existed were all trained this way.
-            del data["augmentation"]
-        return data
 
     def validate(self) -> None:
         """Every problem of these settings as one :class:`SettingError` (a UserError)."""
@@ -163,7 +176,8 @@ def kind_ok(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-_KIND_TEXT = {str: "a string", int: "an integer", float: "a number", dict: "a table"}
+_KIND_TEXT = {str: "a string", int: "an integer", float: "a number", dict: "a table",
+              bool: "true or false"}
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -208,6 +222,10 @@ def complete_options(config: TrainConfig) -> TrainConfig:
         resolved = catalog.resolve_options(config.distillation, options)
     except catalog.OptionError as error:
         raise SettingError(f"method_options.{error.key}", error.value, error.expected) from None
+    if resolved.get("hint_epochs", 0) >= config.epochs:
+        raise SettingError("method_options.hint_epochs", resolved["hint_epochs"],
+                           f"fewer than the run's {config.epochs} epochs (stage 1 leaves "
+                           "the classifier untrained)")
     return replace(config, method_options=resolved)
 
 
@@ -231,8 +249,23 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         default = item.default
         shown = "" if default is _REQUIRED else f" (default: {default})"
         parser.add_argument("--" + item.name.replace("_", "-"), dest=item.name,
-                            type=meta["kind"], default=argparse.SUPPRESS,
+                            type=_flag_value(meta["kind"]), default=argparse.SUPPRESS,
                             metavar=item.name.upper(), help=meta["help"] + shown)
+
+
+def _flag_value(kind: type):
+    """The argparse converter of a field's kind (``bool("false")`` would be True)."""
+    if kind is not bool:
+        return kind
+
+    def to_bool(text: str) -> bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+    return to_bool
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -335,7 +368,9 @@ def prepare_configs(args) -> list[TrainConfig]:
         except runstate.StateFileError:
             status = None  # training reports it
         completed = bool(status) and status.get("status") == runstate.COMPLETED
-        if not completed or getattr(args, "force_restart", False):
+        # A new run's directory (and its config.json) is made by training once the teacher
+        # and the data are found: a refused run leaves nothing behind.
+        if directory.is_dir() and (not completed or getattr(args, "force_restart", False)):
             write_config_file(directory, config)
         configs.append(config)
     return configs

@@ -82,6 +82,12 @@ class CifarResNet(nn.Module):
         return [feature1, feature2, feature3, self.linear(pooled)]
 
 
+def modules_after(model: CifarResNet, output_index: int) -> list[nn.Module]:
+    """The sub-modules that only compute outputs after ``output_index`` of ``forward``'s
+    ``[layer1, layer2, layer3, logits]`` (0 -> layer2, layer3, linear; 3 -> none)."""
+    return [model.layer2, model.layer3, model.linear][output_index:]
+
+
 def build_model(name: str, num_classes: int) -> CifarResNet:
     """The named CIFAR ResNet with a ``num_classes``-way classifier."""
     if name not in BLOCKS_PER_STAGE:

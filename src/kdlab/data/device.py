@@ -37,6 +37,12 @@ class DeviceData:
         self.test_labels = torch.as_tensor(arrays.test_labels, dtype=torch.int64).to(self.device)
         self.num_train = len(self.train_labels)
         self.num_test = len(self.test_labels)
+        self.validation_images = self.validation_labels = None
+        if arrays.validation_images is not None:
+            self.validation_images = torch.as_tensor(arrays.validation_images).to(self.device)
+            self.validation_labels = torch.as_tensor(arrays.validation_labels,
+                                                     dtype=torch.int64).to(self.device)
+        self.num_validation = 0 if self.validation_labels is None else len(self.validation_labels)
         # The earlier code had no Digits: its runs keep kdlab's statistics there.
         mean, std = (EARLIER_NORMALIZATION.get(self.info.name, (self.info.mean, self.info.std))
                      if augmentation == EARLIER else (self.info.mean, self.info.std))
@@ -96,13 +102,25 @@ class DeviceData:
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test set in order, normalised, never augmented: (float32 [B,3,H,W], int64 [B])."""
+        return self._evaluation_batches(self.test_images, self.test_labels, batch_size)
+
+    def validation_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The held-out validation images in order, prepared exactly like the test set."""
+        if self.validation_images is None:
+            raise ValueError("this DeviceData holds no validation split "
+                             "(see kdlab.data.validation.hold_out_validation)")
+        return self._evaluation_batches(self.validation_images, self.validation_labels,
+                                        batch_size)
+
+    def _evaluation_batches(self, all_images: torch.Tensor, all_labels: torch.Tensor,
+                            batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        for start in range(0, self.num_test, batch_size):
+        for start in range(0, len(all_labels), batch_size):
             stop = start + batch_size
             with self._batch_threads():
-                images = self.test_images[start:stop]
+                images = all_images[start:stop]
                 if self.augmentation == EARLIER:
                     images = earlier_test_view(images)
-                batch = self._normalize(images), self.test_labels[start:stop]
+                batch = self._normalize(images), all_labels[start:stop]
             yield batch

@@ -90,6 +90,8 @@ class DatasetArrays:
 
     ``train_images`` uint8 [N,3,H,W], ``train_labels`` int64 [N] (class indices),
     ``test_images`` uint8 [M,3,H,W], ``test_labels`` int64 [M]; H = W = ``info.image_size``.
+    ``validation_images``/``validation_labels`` ([V,3,H,W] / [V]) only after
+    :func:`kdlab.data.validation.hold_out_validation` moved them out of the training split.
     """
 
     info: DatasetInfo
@@ -97,3 +99,5 @@ class DatasetArrays:
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    validation_images: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None

@@ -67,6 +67,15 @@ class Distiller(nn.Module):
         """Named, weighted float32 scalar loss terms; their sum is the distillation loss."""
         raise NotImplementedError
 
+    # ---- optional stage that trains part of the student on this method alone (FitNets) ----
+    def partial_stage(self, epoch: int) -> int | None:
+        """For epoch ``epoch`` (0-based) of a stage that trains only the student up to one of
+        its outputs, on this method's terms alone: that output's index in
+        ``[layer1, layer2, layer3, logits]``; None for the normal objective (the default).
+        The loop then leaves the later student modules out of training (eval mode, no
+        gradient reaches them) and drops the cross-entropy from the loss."""
+        return None
+
     # ---- optional stage before the student is trained (factor transfer's paraphraser) ----
     def pretrain(self, context: PretrainContext) -> None:
         """Run (or resume, or skip when already done) a stage before student training."""

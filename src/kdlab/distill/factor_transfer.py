@@ -79,8 +79,11 @@ class FactorTransferDistiller(Distiller):
 
     The paper writes the per-sample L1 norm of the difference of the normalised factors; the
     FT authors' code (``nn.L1Loss()`` on ``utils.FT`` vectors) takes the mean over all B·F·H·W
-    entries, and RepDistiller's ``FactorTransfer`` does the same (``.abs().mean()``): that
-    reduction is used here, so ``weight`` = 500 means what it means in their code.
+    entries: that reduction is used here, so ``weight`` = 500 means what it means in their
+    code. RepDistiller's ``FactorTransfer`` shares only the reduction (``.abs().mean()``):
+    its factor is another quantity, the per-sample normalised channel mean of the squared map
+    (``f.pow(2).mean(1)``, H·W entries, pooled to the smaller map's size), with no
+    paraphraser or translator in the loss.
     """
 
     name = "factor_transfer"

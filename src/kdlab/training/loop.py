@@ -49,8 +49,10 @@ class EpochSums:
                 "images": self.seen, "seconds": seconds}
 
 
-def batch_loss(ctx: RunContext, state: TrainingState, teacher, images, labels):
-    """(total loss, named terms, student logits) of one batch."""
+def batch_loss(ctx: RunContext, state: TrainingState, teacher, images, labels,
+               distill_only: bool = False):
+    """(total loss, named terms, student logits) of one batch; ``distill_only``: the total is
+    the method's terms alone (a partial stage), the cross-entropy is only logged."""
     config, device = ctx.config, ctx.device
     with autocast(device, ctx.amp_dtype):
         student_outputs = state.model(images)
@@ -66,7 +68,8 @@ def batch_loss(ctx: RunContext, state: TrainingState, teacher, images, labels):
         distill_terms = state.distiller([output.float() for output in student_outputs],
                                         teacher_outputs, labels)
     distill_loss = sum(distill_terms.values())
-    total = (1.0 - config.alpha) * ce + config.alpha * distill_loss
+    total = (distill_loss if distill_only
+             else (1.0 - config.alpha) * ce + config.alpha * distill_loss)
     return total, {"ce": ce, "distill": distill_loss, **distill_terms}, logits
 
 
@@ -99,9 +102,7 @@ def train_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int
                 flag: StopFlag) -> dict:
     """Train epoch ``epoch`` (0-based) over the batches of ``(seed, epoch)``; the epoch's
     figures (see :class:`EpochSums`). A stop request raises Preempted between batches."""
-    state.model.train()
-    if state.distiller is not None:
-        state.distiller.train()
+    stage = _enter_train_mode(state, epoch)
     sums = EpochSums(ctx.device)
     start = time.perf_counter()
     progress = _progress_bar(ctx, data.num_train, epoch)
@@ -109,7 +110,8 @@ def train_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int
         for images, labels in data.train_batches(ctx.config.batch_size,
                                                  epoch_generator(ctx.config.seed, epoch)):
             flag.raise_if_set()
-            total_loss, terms, logits = batch_loss(ctx, state, teacher, images, labels)
+            total_loss, terms, logits = batch_loss(ctx, state, teacher, images, labels,
+                                                   distill_only=stage is not None)
             skipped = optimizer_step(state, total_loss)
             sums.add(total_loss, terms, logits, labels, skipped)
             if progress is not None:
@@ -121,15 +123,35 @@ def train_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int
     return sums.stats(time.perf_counter() - start)
 
 
-def evaluate(model, data, batch_size: int, amp_dtype=None) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy in percent) on the test split, eval mode, no augmentation."""
+def _enter_train_mode(state: TrainingState, epoch: int) -> int | None:
+    """Train mode for the student and the method's modules; in a method's partial stage
+    (FitNets' hint stage) the student's modules past the trained output stay in eval mode,
+    so that their BatchNorm statistics do not move either. The stage's output index."""
+    from ..models import modules_after
+
+    state.model.train()
+    if state.distiller is None:
+        return None
+    state.distiller.train()
+    stage = state.distiller.partial_stage(epoch)
+    if stage is not None:
+        for module in modules_after(state.model, stage):
+            module.eval()
+    return stage
+
+
+def evaluate(model, data, batch_size: int, amp_dtype=None,
+             split: str = "test") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in percent) on the ``split`` ("test" or "validation"),
+    eval mode, no augmentation."""
     model.eval()
     loss_sum = 0.0
     correct = 0
     count = 0
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for images, labels in data.test_batches(batch_size):
+        batches = data.validation_batches if split == "validation" else data.test_batches
+        for images, labels in batches(batch_size):
             with autocast(device, amp_dtype):
                 logits = model(images)[-1]
             logits = logits.float()

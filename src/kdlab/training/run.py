@@ -24,13 +24,15 @@ from pathlib import Path
 import torch
 
 from .. import layout, runstate
-from ..config import TrainConfig, _with_complete_options, prepare_configs, validate_config
+from ..config import (TrainConfig, _with_complete_options, prepare_configs, validate_config,
+                      write_config_file)
 from ..errors import EXIT_PREEMPTED, UserError
 from ..layout import PURE
 from . import device as device_module
 from .guards import Preempted, StopFlag, check_epoch, stop_signals
 from .lock import RunLock
 from .loop import evaluate, pretrain, train_epoch
+from .selection import VALIDATION, accuracy_summary
 from .state import RunContext, TrainingState, build_state, read_checkpoint
 
 
@@ -160,6 +162,12 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     device_module.make_deterministic(ctx.device, config.seed)
     arrays = load_arrays(config.dataset, config.data_root, download=download)
     info = arrays.info
+    validation_split = None
+    if config.selection == VALIDATION:
+        from ..data.validation import hold_out_validation
+
+        arrays, validation_split = hold_out_validation(arrays, config.validation_fraction,
+                                                       config.seed)
     teacher = (load_teacher(config, info.num_classes, ctx.device)
                if config.distillation != PURE else None)
     data = DeviceData(arrays, ctx.device, augmentation=config.augmentation)
@@ -167,8 +175,11 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     state = build_state(ctx, info.num_classes, info.image_size)
     if not lock.held:  # a new run: its directory is created only now, once all is valid
         lock.acquire()
+        write_config_file(ctx.run_dir, config)
     _restore_or_restart(ctx, state, force_restart)
     base_status = _starting_status(ctx, state, status, force_restart)
+    if validation_split is not None:
+        base_status["validation_split"] = validation_split
     try:
         if state.distiller is not None:
             pretrain(ctx, state.distiller, teacher, data, flag)
@@ -187,7 +198,10 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     base_status.pop("stopped_by", None)
     base_status.pop("stopped_at", None)
     _write_status(ctx.run_dir, base_status)
-    ctx.say(f"{ctx.spec.name}: completed, best test accuracy {state.best_acc:.2f}%")
+    summary = accuracy_summary(state.metrics, config.selection)
+    chosen = summary.get("selected_acc", summary["max_acc"])
+    ctx.say(f"{ctx.spec.name}: completed, test accuracy {chosen:.2f}% at the epoch chosen "
+            f"on the {config.selection} split (epoch {summary.get('selected_epoch', '-')})")
     return runstate.COMPLETED
 
 
@@ -217,7 +231,8 @@ def _starting_status(ctx: RunContext, state: TrainingState, status: dict | None,
     if force_restart:
         base_status.pop("started_at", None)
     base_status.update(status=runstate.IN_PROGRESS, epoch=state.epoch, epochs=ctx.config.epochs,
-                       max_acc=max(state.best_acc, 0.0), config=ctx.config.to_dict(),
+                       config=ctx.config.to_dict(), selection=ctx.config.selection,
+                       **accuracy_summary(state.metrics, ctx.config.selection),
                        run=ctx.spec.name, host=os.uname().nodename, pid=os.getpid())
     base_status.setdefault("started_at", time.time())
     _write_status(ctx.run_dir, base_status)
@@ -228,18 +243,24 @@ def _run_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int,
                flag: StopFlag, base_status: dict) -> str | None:
     """Train, evaluate and save epoch ``epoch``; the failure reason when the run must stop."""
     epoch_start = time.perf_counter()
+    lr = state.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
     train_stats = train_epoch(ctx, state, teacher, data, epoch, flag)
     state.scheduler.step()
-    test_loss, test_acc = evaluate(state.model, data, ctx.config.eval_batch_size, ctx.amp_dtype)
+    evaluation = {"test": evaluate(state.model, data, ctx.config.eval_batch_size,
+                                   ctx.amp_dtype)}
+    if ctx.config.selection == VALIDATION:
+        evaluation["validation"] = evaluate(state.model, data, ctx.config.eval_batch_size,
+                                            ctx.amp_dtype, split=VALIDATION)
+    test_loss, test_acc = evaluation["test"]
     seconds = time.perf_counter() - epoch_start
     failure = check_epoch(train_stats, epoch)
-    state.record_epoch(train_stats, test_loss, test_acc, seconds)
+    state.record_epoch(train_stats, evaluation, seconds, lr)
     if failure:
         _fail(ctx, base_status, state.metrics, failure, epoch + 1)
         ctx.say(f"{ctx.spec.name}: FAILED at epoch {epoch + 1}: {failure}", always=True)
         return failure
     state.epoch = epoch + 1
-    _save_epoch(ctx, state, test_acc, base_status)
+    _save_epoch(ctx, state, evaluation[ctx.config.selection][1], base_status)
     images_per_second = train_stats["images"] / max(train_stats["seconds"], 1e-9)
     ctx.say(f"{ctx.spec.name} epoch {epoch + 1}/{ctx.config.epochs}  "
             f"loss {train_stats['loss']:.4f}  acc {train_stats['acc']:.2f}%  "
@@ -248,17 +269,18 @@ def _run_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int,
     return None
 
 
-def _save_epoch(ctx: RunContext, state: TrainingState, test_acc: float,
+def _save_epoch(ctx: RunContext, state: TrainingState, selection_acc: float,
                 base_status: dict) -> None:
-    """best.pth (when improved), checkpoint.pth, metrics.json, status.json — in that order,
-    so that a kill between two writes resumes from a consistent checkpoint."""
-    if test_acc > state.best_acc:
-        state.best_acc = test_acc
+    """best.pth (when the accuracy on the selection split improved), checkpoint.pth,
+    metrics.json, status.json — in that order, so that a kill between two writes resumes
+    from a consistent checkpoint."""
+    if selection_acc > state.best_acc:
+        state.best_acc = selection_acc
         runstate.atomic_torch_save({"weights": state.model.state_dict()},
                                    ctx.run_dir / runstate.BEST_FILE)
     runstate.atomic_torch_save(state.state_dict(), ctx.run_dir / runstate.CHECKPOINT_FILE)
     _write_metrics(ctx.run_dir, state.metrics, ctx.config)
-    base_status.update(epoch=state.epoch, max_acc=state.best_acc,
+    base_status.update(epoch=state.epoch, **accuracy_summary(state.metrics, ctx.config.selection),
                        duration_seconds=sum(state.metrics["epoch_seconds"]))
     base_status.pop("environment_failures", None)  # it progressed: the count starts over
     _write_status(ctx.run_dir, base_status)

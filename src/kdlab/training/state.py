@@ -78,16 +78,19 @@ class TrainingState:
         self.epoch = checkpoint["epoch"]
         device_module.restore_rng(checkpoint["rng"])
 
-    def record_epoch(self, train_stats: dict, test_loss: float, test_acc: float,
-                     seconds: float) -> None:
-        """Append one finished epoch's figures to ``metrics``."""
+    def record_epoch(self, train_stats: dict, evaluation: dict[str, tuple[float, float]],
+                     seconds: float, lr: float) -> None:
+        """Append one finished epoch's figures to ``metrics``: ``evaluation`` maps a split
+        ("test", "validation") to its (loss, accuracy %); ``lr`` is the learning rate the
+        epoch trained with."""
         for key, value in train_stats["terms"].items():
             self.metrics.setdefault(f"train_{key}", []).append(value)
-        for key, value in (("train_loss", train_stats["loss"]),
-                           ("train_acc", train_stats["acc"]), ("test_loss", test_loss),
-                           ("test_acc", test_acc), ("epoch_seconds", seconds),
-                           ("skipped_steps", train_stats["skipped"]),
-                           ("lr", self.optimizer.param_groups[0]["lr"])):
+        rows = [("train_loss", train_stats["loss"]), ("train_acc", train_stats["acc"])]
+        for split, (loss, accuracy) in evaluation.items():
+            rows += [(f"{split}_loss", loss), (f"{split}_acc", accuracy)]
+        rows += [("epoch_seconds", seconds), ("skipped_steps", train_stats["skipped"]),
+                 ("lr", lr)]
+        for key, value in rows:
             self.metrics.setdefault(key, []).append(value)
 
 
@@ -129,10 +132,34 @@ def read_checkpoint(path: Path, config: TrainConfig) -> dict:
                         f"({type(error).__name__}: only tensors and plain values are read); "
                         "kept it: move it away or pass --force-restart to start the run "
                         "over") from None
-    saved, wanted = checkpoint["config"], config.identity()
+    wanted = config.identity()
+    saved = _with_new_defaults(checkpoint["config"], wanted)
     if saved != wanted:
         differing = sorted(key for key in set(saved) | set(wanted)
                            if saved.get(key) != wanted.get(key))
         raise UserError(f"checkpoint {path} was made with other settings ({', '.join(differing)}"
                         "): expected the same settings to resume, or --force-restart")
     return checkpoint
+
+
+def _with_new_defaults(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a checkpoint's settings) with the settings and method options added since
+    it was written filled in with their defaults: a run made before a setting existed
+    behaved as its default does, so it resumes as long as the run keeps that default."""
+    from dataclasses import MISSING, fields
+
+    defaults = {item.name: item.default for item in fields(TrainConfig)
+                if item.default is not MISSING and item.name in wanted}
+    completed = {**defaults, **saved}
+    options = completed.get("method_options")
+    if isinstance(options, dict) and wanted.get("distillation") not in (None, layout.PURE):
+        from ..distill import method_defaults
+
+        try:
+            method_options = method_defaults(wanted["distillation"])
+        except UserError:
+            method_options = {}
+        completed["method_options"] = {**{key: value for key, value in method_options.items()
+                                          if key in wanted.get("method_options", {})},
+                                       **options}
+    return completed
