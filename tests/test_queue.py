@@ -25,41 +25,44 @@ from kdlab.schedulers.local import LocalScheduler, _boot_id, process_start_ticks
 from kdlab.status import study_run_states
 from kdlab.study import load_study
 
-# Stand-in for `kdlab train`: parses the same arguments, records (pid, the status.json it
-# found at start) in starts.jsonl, then acts as FAKE_MODES[run name] (default 'complete')
-# says: 'complete' after FAKE_SECONDS, 'fail', 'hang' (in progress until SIGTERM: exit 75
-# like the real loop), 'die' (exit 2 before training begins, writing nothing).
+# Stand-in for `kdlab train`: parses the same arguments and, for each run it is given (one
+# per --config: a pack's members in order, as `kdlab train` does), records (pid, argv, the
+# status.json it found at start) in that run's starts.jsonl, then acts as FAKE_MODES[run
+# name] (default 'complete') says: 'complete' after FAKE_SECONDS, 'fail' (the job ends with
+# exit 1), 'hang' (in progress until SIGTERM: exit 75 like the real loop), 'die' (exit 2
+# before training begins, writing nothing).
 FAKE_TRAIN = """\
 import json, os, signal, sys, time
 from kdlab.cli import build_parser
-from kdlab.config import config_from_args
+from kdlab.config import configs_from_args
 from kdlab import runstate
 from kdlab.layout import run_dir
 
 args = build_parser().parse_args(sys.argv[1:])
-config = config_from_args(args)  # kdlab.train would import torch: too slow for a stand-in
-spec = config.run_spec()
-directory = run_dir(config.experiments_dir, spec)
-seen = runstate.read_status(directory)
-with open(directory / "starts.jsonl", "a") as log:
-    log.write(json.dumps({"pid": os.getpid(), "seen": seen}) + "\\n")
 modes = json.loads(os.environ.get("FAKE_MODES", "{}"))
-mode = modes.get(spec.name, "complete")
-if mode == "die":
-    sys.exit(2)
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-runstate.update_status(directory, status="in_progress", epoch=0, epochs=config.epochs,
-                       max_acc=0.0, config=config.to_dict())
-deadline = time.time() + float(os.environ.get("FAKE_SECONDS", "0"))
-while mode == "hang" or time.time() < deadline:
-    if stop:
-        sys.exit(75)
-    time.sleep(0.05)
-if mode == "fail":
-    runstate.update_status(directory, status="failed", reason="loss is NaN at epoch 1")
-    sys.exit(1)
-runstate.update_status(directory, status="completed", epoch=config.epochs, max_acc=91.5)
+# kdlab.train would import torch: too slow for a stand-in
+for config in configs_from_args(args):
+    spec = config.run_spec()
+    directory = run_dir(config.experiments_dir, spec)
+    seen = runstate.read_status(directory)
+    with open(directory / "starts.jsonl", "a") as log:
+        log.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "seen": seen}) + "\\n")
+    mode = modes.get(spec.name, "complete")
+    if mode == "die":
+        sys.exit(2)
+    runstate.update_status(directory, status="in_progress", epoch=0, epochs=config.epochs,
+                           max_acc=0.0, config=config.to_dict())
+    deadline = time.time() + float(os.environ.get("FAKE_SECONDS", "0"))
+    while mode == "hang" or time.time() < deadline:
+        if stop:
+            sys.exit(75)
+        time.sleep(0.05)
+    if mode == "fail":
+        runstate.update_status(directory, status="failed", reason="loss is NaN at epoch 1")
+        sys.exit(1)
+    runstate.update_status(directory, status="completed", epoch=config.epochs, max_acc=91.5)
 """
 
 
