@@ -24,6 +24,7 @@ from kdlab.status import format_report, status_report, study_run_states
 from kdlab.study import Role, load_study
 from test_queue import by_name, dead_local_job_id, starts, wait_for_jobs
 from test_queue import write_study as write_queue_study
+from test_queue_slurm import slurm_cluster  # noqa: F401 (the fixture)
 
 ENOSPC = "OSError: [Errno 28] No space left on device"
 
@@ -346,3 +347,49 @@ def test_earlier_code_run_in_progress_with_its_job_gone_is_not_resubmitted(tmp_p
     assert job["argv"][-4:] == ["train", "--force-restart", "--config",
                                 str(state.run_dir / "config.json")]
     assert runstate.read_status(state.run_dir)["status"] == "queued"
+
+
+# ---- the real Slurm test cluster -------------------------------------------------------------
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_pack_is_one_job_and_its_unfinished_runs_go_again_as_one(slurm_cluster, tmp_path,
+                                                                      monkeypatch):
+    import subprocess
+
+    study = make_study(tmp_path, pack_size=4, seeds=(0,), methods=("logit",),
+                       alphas=(0.25, 0.5, 0.9), max_live_jobs=1)
+    path = tmp_path / "study.toml"
+    path.write_text(path.read_text().replace('backend = "local"', 'backend = "slurm"'))
+    study = load_study(path)
+    pure, kd1, kd2, kd3 = study.pure_student_runs() + study.kd_runs()
+    monkeypatch.setenv("FAKE_MODES", json.dumps({kd2.name: "hang"}))
+    decisions, code = run_queue(study, say=lambda line: None)
+    job = by_name(decisions)[pure.name].job_id
+    assert code == 0 and job.isdigit()
+    assert {by_name(decisions)[spec.name].job_id for spec in (kd1, kd2, kd3)} == {job}
+    names = [spec.name for spec in (pure, kd1, kd2, kd3)]
+    assert all(runstate.read_status(study.run_dir(spec))["pack"] == names
+               for spec in (pure, kd1, kd2, kd3))
+    jobs = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i %j"], capture_output=True,
+                          text=True)
+    assert jobs.stdout.split() == [job, f"{pure.name}-pack4"]
+    wait_until(lambda: runstate.read_status(study.run_dir(kd2))["status"] == "in_progress",
+               "the pack's third run to start", timeout=300)
+    decisions, _ = run_queue(study, say=lambda line: None)   # squeue says: live, one job
+    assert [by_name(decisions)[spec.name].action for spec in (pure, kd1, kd2, kd3)] == \
+        [DONE, DONE, LIVE, LIVE]
+    subprocess.run(["scancel", job], check=True)
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"],
+                                          capture_output=True, text=True).stdout.strip(),
+               "the cancelled pack job to leave the queue", timeout=300)
+    monkeypatch.setenv("FAKE_MODES", "{}")
+    decisions, _ = run_queue(study, say=lambda line: None)
+    plan = by_name(decisions)
+    again = plan[kd2.name].job_id
+    assert plan[pure.name].action == plan[kd1.name].action == DONE
+    assert again and again != job and plan[kd3.name].job_id == again
+    wait_until(lambda: all(state.state == "completed" for state in study_run_states(study)),
+               "the second pack job to finish its two runs", timeout=300)
+    assert runstate.read_status(study.run_dir(kd3))["pack"] == [kd2.name, kd3.name]
+    assert len(starts(study.run_dir(kd1))) == 1 and len(starts(study.run_dir(kd2))) == 2
