@@ -89,6 +89,16 @@ def test_packs_hold_one_seed_and_teacher_and_respect_pack_size(tmp_path):
                for d in decisions if d.action == SUBMIT)
 
 
+def test_a_large_group_is_cut_into_packs_of_even_size(tmp_path):
+    # The pure student and 12 KD runs of one seed, packs of at most 6: 5 + 4 + 4, not 6 + 6 + 1.
+    study = make_study(tmp_path, pack_size=6, seeds=(0,), methods=("logit", "nst", "rkd"),
+                       alphas=(0.25, 0.5, 0.75, 0.9))
+    packs = packs_of(plan_queue(study, liveness={}))
+    assert [len(pack.members) for pack in packs] == [5, 4, 4]
+    assert [name for pack in packs for name in pack.names] == [
+        spec.name for spec in study.pure_student_runs() + study.kd_runs()]
+
+
 def test_pack_size_one_is_one_run_per_job(tmp_path):
     study = make_study(tmp_path, pack_size=1)
     decisions = plan_queue(study, liveness={})
@@ -182,7 +192,7 @@ def test_one_job_per_pack_counted_once_and_recorded_in_every_member(tmp_path):
 
 def test_dead_pack_job_resubmits_its_unfinished_members_as_a_pack(tmp_path):
     study = make_study(tmp_path, pack_size=3, seeds=(0,), methods=("logit",),
-                       alphas=(0.25, 0.5, 0.9))
+                       alphas=(0.25, 0.5, 0.75, 0.9))
     scheduler = RecordingScheduler()
     run_queue(study, say=lambda line: None, scheduler=scheduler)
     (first, second) = scheduler.submitted
@@ -211,14 +221,14 @@ def test_dead_pack_job_resubmits_its_unfinished_members_as_a_pack(tmp_path):
 
 def test_real_local_pack_job_dies_and_only_unfinished_members_go_again(tmp_path, monkeypatch):
     study = make_study(tmp_path, pack_size=3, seeds=(0,), methods=("logit",),
-                       alphas=(0.25, 0.5, 0.9), max_live_jobs=1)
-    pure, kd1, kd2, kd3 = study.pure_student_runs() + study.kd_runs()
+                       alphas=(0.25, 0.5, 0.75, 0.9), max_live_jobs=1)
+    pure, kd1, kd2, kd3, kd4 = study.pure_student_runs() + study.kd_runs()
     monkeypatch.setenv("FAKE_MODES", json.dumps({kd1.name: "hang"}))
     decisions, code = run_queue(study, say=lambda line: None)
     plan = by_name(decisions)
     job = plan[pure.name].job_id
     assert code == 0 and job and plan[kd1.name].job_id == job == plan[kd2.name].job_id
-    assert plan[kd3.name].action == LATER
+    assert plan[kd3.name].action == plan[kd4.name].action == LATER
     try:
         wait_until(lambda: runstate.read_status(study.run_dir(kd1))["status"] == "in_progress",
                    "the pack's second run to start")
@@ -235,8 +245,11 @@ def test_real_local_pack_job_dies_and_only_unfinished_members_go_again(tmp_path,
         plan = by_name(decisions)
         assert plan[pure.name].action == DONE
         again = plan[kd1.name].job_id
-        assert again and again != job
-        assert [plan[spec.name].job_id for spec in (kd2, kd3)] == [again, again]
+        assert again and again != job and plan[kd2.name].job_id == again
+        assert plan[kd3.name].action == plan[kd4.name].action == LATER
+        wait_for_jobs(study)
+        decisions, _ = run_queue(study, say=lambda line: None)
+        assert by_name(decisions)[kd3.name].job_id == by_name(decisions)[kd4.name].job_id
         wait_for_jobs(study)
     finally:
         for state in study_run_states(study):
@@ -247,7 +260,7 @@ def test_real_local_pack_job_dies_and_only_unfinished_members_go_again(tmp_path,
     assert len(starts(study.run_dir(kd1))) == 2   # resumed by the second job
     assert len(starts(study.run_dir(kd2))) == 1   # never began under the first
     assert all(runstate.read_status(study.run_dir(spec))["status"] == "completed"
-               for spec in (pure, kd1, kd2, kd3))
+               for spec in (pure, kd1, kd2, kd3, kd4))
 
 
 def test_dry_run_prints_the_packs(tmp_path):

@@ -58,7 +58,8 @@ def pack_key(study: Study, decision: Decision) -> tuple:
 def make_packs(study: Study, candidates: list[Decision]) -> list[Pack]:
     """Group the runs to submit (in priority order) into packs of at most
     ``scheduler.pack_size`` runs, in the order of their first members; sets each
-    decision's ``pack``. KD runs are grouped by :func:`pack_key` and their teacher run; the
+    decision's ``pack``. A group larger than the pack size is cut into packs of even size.
+    KD runs are grouped by :func:`pack_key` and their teacher run; the
     pure student joins the KD runs of its key (placed first); a teacher, or a run started
     over, is alone."""
     size = study.scheduler.pack_size
@@ -86,8 +87,7 @@ def make_packs(study: Study, candidates: list[Decision]) -> list[Pack]:
         else:
             group[2].insert(0 if group[1] != "pure" else len(group[2]), decision)
     order = {id(decision): index for index, decision in enumerate(candidates)}
-    packs = [Pack(runs[start:start + size]) for _, _, runs in groups
-             for start in range(0, len(runs), size)]
+    packs = [Pack(chunk) for _, _, runs in groups for chunk in _even_chunks(runs, size)]
     packs.sort(key=lambda pack: min(order[id(decision)] for decision in pack.members))
     for number, pack in enumerate(packs, 1):
         pack.number = number
@@ -96,3 +96,16 @@ def make_packs(study: Study, candidates: list[Decision]) -> list[Pack]:
             if len(pack.members) > 1:
                 decision.reason += f"; pack {number} ({len(pack.members)} runs)"
     return packs
+
+
+def _even_chunks(runs: list, size: int) -> list[list]:
+    """``runs`` in order, cut into as few chunks of at most ``size`` as possible, of sizes
+    that differ by at most one (13 runs in packs of 6: 5, 4, 4, not 6, 6, 1), so that the
+    jobs of a group take about as long as each other."""
+    count = -(-len(runs) // size)
+    chunks, start = [], 0
+    for index in range(count):
+        length = len(runs) // count + (index < len(runs) % count)
+        chunks.append(runs[start:start + length])
+        start += length
+    return chunks
