@@ -110,7 +110,9 @@ class Decision:
 def plan_queue(study: Study, states: list[RunState] | None = None, *,
                liveness: dict[Path, bool | str] | None = None,
                retry_failed: bool = False) -> list[Decision]:
-    """One :class:`Decision` per run of ``study`` in priority order; submits nothing.
+    """One :class:`Decision` per run of ``study`` in priority order; submits nothing. The
+    runs to submit are grouped into packs (:func:`~kdlab.packs.make_packs`, each
+    decision's ``pack``); the ``max_live_jobs`` limit counts jobs, a pack's job once.
 
     ``states`` defaults to :func:`~kdlab.status.study_run_states`; ``liveness`` (run dir ->
     True alive / False gone / str why unknown) to asking the schedulers of the live runs."""
