@@ -406,3 +406,21 @@ def test_slurm_pack_is_one_job_and_its_unfinished_runs_go_again_as_one(slurm_clu
                "the second pack job to finish its two runs", timeout=300)
     assert runstate.read_status(study.run_dir(kd3))["pack"] == [kd2.name, kd3.name]
     assert len(starts(study.run_dir(kd1))) == 1 and len(starts(study.run_dir(kd2))) == 2
+
+
+@pytest.mark.parametrize("fields,named", [
+    ({"pack": "Digits-pure-ResNet8-s0"}, "'pack'"),
+    ({"pack": ["Digits-pure-ResNet8-s0", 7]}, "'pack' holds"),
+    ({"environment_failures": "three"}, "'environment_failures'"),
+])
+def test_wrong_typed_pack_fields_make_the_status_unreadable_and_left_alone(tmp_path, fields,
+                                                                          named):
+    study = make_study(tmp_path, seeds=(0,))
+    (pure,) = study.pure_student_runs()
+    runstate.write_status(study.run_dir(pure), {"status": "queued", "job_id": "1-2-x",
+                                                "run": pure.name, **fields})
+    before = (study.run_dir(pure) / "status.json").read_bytes()
+    decision = by_name(plan_queue(study, liveness={}))[pure.name]
+    assert decision.action == "error" and named in decision.reason
+    assert str(study.run_dir(pure) / "status.json") in decision.reason
+    assert (study.run_dir(pure) / "status.json").read_bytes() == before
