@@ -25,41 +25,44 @@ from kdlab.schedulers.local import LocalScheduler, _boot_id, process_start_ticks
 from kdlab.status import study_run_states
 from kdlab.study import load_study
 
-# Stand-in for `kdlab train`: parses the same arguments, records (pid, the status.json it
-# found at start) in starts.jsonl, then acts as FAKE_MODES[run name] (default 'complete')
-# says: 'complete' after FAKE_SECONDS, 'fail', 'hang' (in progress until SIGTERM: exit 75
-# like the real loop), 'die' (exit 2 before training begins, writing nothing).
+# Stand-in for `kdlab train`: parses the same arguments and, for each run it is given (one
+# per --config: a pack's members in order, as `kdlab train` does), records (pid, argv, the
+# status.json it found at start) in that run's starts.jsonl, then acts as FAKE_MODES[run
+# name] (default 'complete') says: 'complete' after FAKE_SECONDS, 'fail' (the job ends with
+# exit 1), 'hang' (in progress until SIGTERM: exit 75 like the real loop), 'die' (exit 2
+# before training begins, writing nothing).
 FAKE_TRAIN = """\
 import json, os, signal, sys, time
 from kdlab.cli import build_parser
-from kdlab.config import config_from_args
+from kdlab.config import configs_from_args
 from kdlab import runstate
 from kdlab.layout import run_dir
 
 args = build_parser().parse_args(sys.argv[1:])
-config = config_from_args(args)  # kdlab.train would import torch: too slow for a stand-in
-spec = config.run_spec()
-directory = run_dir(config.experiments_dir, spec)
-seen = runstate.read_status(directory)
-with open(directory / "starts.jsonl", "a") as log:
-    log.write(json.dumps({"pid": os.getpid(), "seen": seen}) + "\\n")
 modes = json.loads(os.environ.get("FAKE_MODES", "{}"))
-mode = modes.get(spec.name, "complete")
-if mode == "die":
-    sys.exit(2)
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-runstate.update_status(directory, status="in_progress", epoch=0, epochs=config.epochs,
-                       max_acc=0.0, config=config.to_dict())
-deadline = time.time() + float(os.environ.get("FAKE_SECONDS", "0"))
-while mode == "hang" or time.time() < deadline:
-    if stop:
-        sys.exit(75)
-    time.sleep(0.05)
-if mode == "fail":
-    runstate.update_status(directory, status="failed", reason="loss is NaN at epoch 1")
-    sys.exit(1)
-runstate.update_status(directory, status="completed", epoch=config.epochs, max_acc=91.5)
+# kdlab.train would import torch: too slow for a stand-in
+for config in configs_from_args(args):
+    spec = config.run_spec()
+    directory = run_dir(config.experiments_dir, spec)
+    seen = runstate.read_status(directory)
+    with open(directory / "starts.jsonl", "a") as log:
+        log.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "seen": seen}) + "\\n")
+    mode = modes.get(spec.name, "complete")
+    if mode == "die":
+        sys.exit(2)
+    runstate.update_status(directory, status="in_progress", epoch=0, epochs=config.epochs,
+                           max_acc=0.0, config=config.to_dict())
+    deadline = time.time() + float(os.environ.get("FAKE_SECONDS", "0"))
+    while mode == "hang" or time.time() < deadline:
+        if stop:
+            sys.exit(75)
+        time.sleep(0.05)
+    if mode == "fail":
+        runstate.update_status(directory, status="failed", reason="loss is NaN at epoch 1")
+        sys.exit(1)
+    runstate.update_status(directory, status="completed", epoch=config.epochs, max_acc=91.5)
 """
 
 
@@ -505,24 +508,3 @@ def test_no_alpha_study_is_read_but_never_submitted(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no-alpha" in err and str(path) in err
     assert snapshot(tmp_path) == before
-
-def test_environment_failures_are_resubmitted_a_bounded_number_of_times(tmp_path):
-    """`kdlab train` counts its ends on a full disk (or another OSError) in status.json and
-    leaves the run resumable; the queue resubmits it until the count reaches the bound."""
-    from kdlab.queue import MAX_ENVIRONMENT_FAILURES
-
-    study = load_study(write_study(tmp_path, methods=(), alphas=()))
-    teacher = study.teacher_runs()[0]
-    directory = run_dir(study.experiments_dir, teacher)
-    reason = "environment failure: OSError: [Errno 28] No space left on device"
-    for failures, action in ((MAX_ENVIRONMENT_FAILURES - 1, SUBMIT),
-                             (MAX_ENVIRONMENT_FAILURES, FAILED_ACTION)):
-        runstate.write_status(directory, {"status": "in_progress", "epoch": 1, "epochs": 2,
-                                          "max_acc": 40.0, "job_id": dead_local_job_id(),
-                                          "scheduler": "local", "reason": reason,
-                                          "environment_failures": failures})
-        decision = by_name(quiet_queue(study, dry_run=True)[0])[teacher.name]
-        assert decision.action == action, (failures, decision.reason)
-    assert "3 environment failures" in decision.reason and "No space left" in decision.reason
-    decision = by_name(quiet_queue(study, dry_run=True, retry_failed=True)[0])[teacher.name]
-    assert decision.action == SUBMIT

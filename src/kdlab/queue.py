@@ -6,7 +6,11 @@ For every run of the grid, in priority order (teachers, pure students, then KD r
 - ``in_progress``/``queued``, job pending/running -> live, skip (counts towards the limit)
 - ``in_progress``/``queued``, job gone            -> submit again (training resumes from its
   checkpoint); a run whose jobs ended :data:`MAX_MISSED_STARTS` times before training
-  even began is reported instead and resubmitted only with ``--retry-failed``
+  even began is reported instead and resubmitted only with ``--retry-failed``; so are a
+  run whose training stopped on an environment failure (full disk) more often than
+  :data:`~kdlab.runs.MAX_ENVIRONMENT_RESUBMISSIONS` times and an earlier-code run in
+  progress (kdlab cannot resume the earlier code's checkpoint: ``--retry-failed``
+  restarts it under kdlab, with ``kdlab train --force-restart``)
 - ``in_progress``/``queued``, liveness unknown    -> left alone, counted as live
 - ``failed``                                      -> reported with its reason; resubmitted
   only with ``--retry-failed``
@@ -16,13 +20,29 @@ For every run of the grid, in priority order (teachers, pure students, then KD r
 - no status.json                                  -> submit
 - unreadable status.json                          -> reported (file and reason), left alone
 
+**Packs.** With ``scheduler.pack_size = N`` (default 1: one run per job) the runs to
+submit are grouped into packs of at most N runs, and each pack is one job,
+``kdlab train --config A/config.json --config B/config.json ...``, counted once towards
+``max_live_jobs``. Runs share a pack only when they agree on every TrainConfig field that
+is not one of :data:`PER_RUN_FIELDS` (the model, method and optimisation of each run):
+data set, seed, batch size, augmentation, data root, device, ... (a field added to
+TrainConfig later separates packs until it is named there), and KD runs only with KD runs
+of the same teacher run. The pure student joins the pack of its seed's KD students when
+both are ready; a teacher is always alone (its students need it finished, and it is what
+they all wait for). Every member's status.json records the job id and the members
+(``pack``: run names, the first one's directory holds the job's script and logs); a
+member's job is its pack's job, so it is live while that job is. When the job is gone,
+its unfinished members are submitted again, packed by the same rule with whatever else
+is ready; a member that has not begun while another member of its job trained did not
+miss a start.
+
 Never more live jobs of the study than ``scheduler.max_live_jobs``. The decision and the
 submissions happen under an exclusive lock (``fcntl.flock`` on ``.kdlab-queue.lock`` in the
 experiments directory), so overlapping ``kdlab queue`` runs never submit a run twice. At
 submission the job id is written into the run's status.json (status ``queued``, ``job_id``,
 ``scheduler``, ``submitted_at``) before the job can start, and the run's settings into its
-``config.json`` (the job runs ``kdlab train --config RUN_DIR/config.json``). Nothing is
-ever deleted.
+``config.json`` (the job runs ``kdlab train --config RUN_DIR/config.json``, one
+``--config`` per member of its pack). Nothing is ever deleted.
 """
 
 from __future__ import annotations
@@ -39,9 +59,10 @@ from . import runstate
 from .config import complete_options, write_config_file
 from .errors import UserError
 from .layout import NO_ALPHA_LAYOUT
-from .schedulers import Scheduler, SchedulerError, get_scheduler
+from .packs import PER_RUN_FIELDS, Pack, make_packs, pack_key  # noqa: F401 (re-exported)
+from .schedulers import Scheduler, SchedulerError, backend_of_status, get_scheduler
 from .runs import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
-                   RunState, check_liveness, study_run_states)
+                   RunState, check_liveness, resume_blocker, study_run_states)
 from .study import Study, load_study
 
 LOCK_FILE = ".kdlab-queue.lock"
@@ -49,10 +70,6 @@ LOCK_TIMEOUT_SECONDS = 600.0
 # A run whose jobs ended this many times before its training began is not resubmitted
 # without --retry-failed: something (data, environment) keeps the job from starting.
 MAX_MISSED_STARTS = 3
-# A run whose jobs ended this many times in a row on an environment failure (full disk, I/O
-# error; counted by `kdlab train` in status.json, reset by a finished epoch) is not
-# resubmitted without --retry-failed.
-MAX_ENVIRONMENT_FAILURES = 3
 
 # Actions of a decision, as printed (one word each).
 DONE = "done"          # completed
@@ -76,6 +93,10 @@ class Decision:
     reason: str
     counts_as_live: bool = False   # a live (or possibly live) job of the study
     job_id: str | None = None      # the new job, once submitted
+    pack: Pack | None = None       # the pack it is submitted in (SUBMIT and LATER)
+    missed_start: bool = False     # its last job ended before any member began training
+    retried: bool = False          # submitted only because of --retry-failed
+    restart: bool = False          # the job starts it over (--force-restart)
 
     def line(self, dry_run: bool = False) -> str:
         action = self.action
@@ -89,7 +110,9 @@ class Decision:
 def plan_queue(study: Study, states: list[RunState] | None = None, *,
                liveness: dict[Path, bool | str] | None = None,
                retry_failed: bool = False) -> list[Decision]:
-    """One :class:`Decision` per run of ``study`` in priority order; submits nothing.
+    """One :class:`Decision` per run of ``study`` in priority order; submits nothing. The
+    runs to submit are grouped into packs (:func:`~kdlab.packs.make_packs`, each
+    decision's ``pack``); the ``max_live_jobs`` limit counts jobs, a pack's job once.
 
     ``states`` defaults to :func:`~kdlab.status.study_run_states`; ``liveness`` (run dir ->
     True alive / False gone / str why unknown) to asking the schedulers of the live runs."""
@@ -100,25 +123,42 @@ def plan_queue(study: Study, states: list[RunState] | None = None, *,
     by_spec = {state.spec: state for state in states}
     accept_earlier = (study.accept_earlier_teachers
                       or study.training.get("augmentation") == "earlier")
+    backend = study.scheduler.backend
+    began = {_job_key(state, backend) for state in states
+             if state.state in (RUNNING, COMPLETED, FAILED) and state.job_id is not None}
     decisions: list[Decision] = []
     candidates: list[Decision] = []
     for state in states:
-        decision = _decide(state, by_spec, liveness, retry_failed)
+        decision = _decide(state, by_spec, liveness, retry_failed,
+                           _job_key(state, backend) in began)
         if decision.action == SUBMIT and not accept_earlier:
             decision = _unless_teacher_earlier(decision, by_spec)
         decisions.append(decision)
         if decision.action == SUBMIT:
             candidates.append(decision)
-    live = sum(decision.counts_as_live for decision in decisions)
+    live = live_jobs(decisions, backend)
     slots = max(study.scheduler.max_live_jobs - live, 0)
-    for decision in candidates[slots:]:
-        decision.action = LATER
-        decision.reason += (f"; held back: {live + slots} of {study.scheduler.max_live_jobs} "
-                            "live jobs")
+    for pack in make_packs(study, candidates)[slots:]:
+        for decision in pack.members:
+            decision.action = LATER
+            decision.reason += (f"; held back: {live + slots} of "
+                                f"{study.scheduler.max_live_jobs} live jobs")
     return decisions
 
 
-def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool) -> Decision:
+def _job_key(state: RunState, default_backend: str) -> tuple[str, str | None]:
+    """A job as (backend, job id): runs recording the same key are in one job."""
+    return backend_of_status(state.status, default_backend), state.job_id
+
+
+def live_jobs(decisions: list[Decision], default_backend: str) -> int:
+    """Live (or possibly live) jobs among ``decisions``: a pack's job counts once."""
+    return len({_job_key(decision.run, default_backend) for decision in decisions
+                if decision.counts_as_live})
+
+
+def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool,
+            job_began: bool = False) -> Decision:
     status = state.status or {}
     if state.state == COMPLETED:
         return Decision(state, DONE, state.detail)
@@ -138,22 +178,29 @@ def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool) 
             why = alive if isinstance(alive, str) else "not checked"
             return Decision(state, UNKNOWN, f"{state.detail}; liveness unknown ({why}); "
                                             "left alone", counts_as_live=True)
+        blocker = resume_blocker(state)
+        if blocker is not None:
+            if not retry_failed:
+                return Decision(state, FAILED_ACTION, f"job {job_id} is gone: {blocker}")
+            decision = Decision(state, SUBMIT, f"retrying: job {job_id} is gone: {blocker}",
+                                retried=True, restart=state.earlier_code)
+            return _unless_teacher_missing(decision, by_spec)
         missed = int(status.get("missed_starts") or 0)
-        if state.state == QUEUED and missed + 1 >= MAX_MISSED_STARTS and not retry_failed:
+        missed_start = state.state == QUEUED and not job_began
+        if missed_start and missed + 1 >= MAX_MISSED_STARTS and not retry_failed:
             return Decision(state, FAILED_ACTION,
                             f"job {job_id} is gone and training never began "
                             f"({missed + 1} jobs so far; see the logs in {state.run_dir}); "
                             "--retry-failed to submit again")
-        failures = int(status.get("environment_failures") or 0)
-        if failures >= MAX_ENVIRONMENT_FAILURES and not retry_failed:
-            return Decision(state, FAILED_ACTION,
-                            f"job {job_id} is gone after {failures} environment failures in a "
-                            f"row ({status.get('reason', 'no reason recorded')}); fix the "
-                            "environment, then --retry-failed to submit again")
-        reason = (f"job {job_id} is gone ({state.detail}); "
-                  + ("resumes from its checkpoint" if state.state == RUNNING
-                     else "it never began training"))
-        return _unless_teacher_missing(Decision(state, SUBMIT, reason), by_spec)
+        if state.state == RUNNING:
+            why = "resumes from its checkpoint"
+        elif missed_start:
+            why = "it never began training"
+        else:
+            why = "it had not begun while other runs of its pack trained"
+        decision = Decision(state, SUBMIT, f"job {job_id} is gone ({state.detail}); {why}",
+                            missed_start=missed_start)
+        return _unless_teacher_missing(decision, by_spec)
     if state.state == FAILED:
         if not retry_failed:
             return Decision(state, FAILED_ACTION, f"{state.detail}; --retry-failed to submit again")
@@ -227,31 +274,55 @@ def queue_lock(experiments_dir: Path, timeout: float = LOCK_TIMEOUT_SECONDS,
         handle.close()  # closing the descriptor releases the lock
 
 
+def submit_pack(study: Study, pack: Pack, scheduler: Scheduler) -> str:
+    """Submit one pack as one job; every member's status.json says ``queued`` with the job
+    id (and, for several members, ``pack``: their names) before the job can start. The job's
+    script and logs go to the first member's directory. Returns the job id; raises
+    SchedulerError when the submission fails."""
+    names = pack.names
+    changes = [_submission_changes(scheduler, decision, names) for decision in pack.members]
+    arguments = ["train"] + (["--force-restart"] if any(d.restart for d in pack.members) else [])
+    for decision in pack.members:
+        write_config_file(decision.run.run_dir,
+                          complete_options(study.train_config(decision.run.spec)))
+        arguments += study.train_command(decision.run.spec)[1:]
+    argv = scheduler.argv(study.scheduler, arguments)
+
+    def record(job_id: str) -> None:
+        for decision, change in zip(pack.members, changes):
+            runstate.update_status(decision.run.run_dir, job_id=job_id, **change)
+
+    lead = pack.members[0].run
+    job_name = lead.spec.name if len(names) == 1 else f"{lead.spec.name}-pack{len(names)}"
+    return scheduler.submit(job_name, argv, lead.run_dir, study.scheduler, record)
+
+
 def submit_run(study: Study, decision: Decision, scheduler: Scheduler) -> str:
-    """Submit one run; its status.json says ``queued`` with the job id before the job can
-    start. Returns the job id; raises SchedulerError when the submission fails."""
+    """Submit one run alone (a pack of one)."""
+    return submit_pack(study, Pack([decision]), scheduler)
+
+
+def _submission_changes(scheduler: Scheduler, decision: Decision, names: list[str]) -> dict:
+    """What a submission writes into a member's status.json (besides the job id)."""
     state = decision.run
     previous = state.status or {}
     changes: dict = {"status": runstate.QUEUED, "scheduler": scheduler.name,
                      "submitted_at": time.time(),
-                     "submissions": int(previous.get("submissions") or 0) + 1}
+                     "submissions": int(previous.get("submissions") or 0) + 1,
+                     "pack": names if len(names) > 1 else None}
     old_job = runstate.job_id_of(previous)
     if old_job is not None:
         changes["job_history"] = list(previous.get("job_history") or []) + [old_job]
-    if state.state == QUEUED and old_job is not None:
+    if decision.missed_start and old_job is not None:
         changes["missed_starts"] = int(previous.get("missed_starts") or 0) + 1
     elif state.state == RUNNING:
         changes["missed_starts"] = None
-    if state.state == FAILED:
+    if state.state == FAILED or decision.retried:
         changes["previous_reason"] = previous.get("reason")
         changes["reason"] = None
-    write_config_file(state.run_dir, complete_options(study.train_config(state.spec)))
-    argv = scheduler.argv(study.scheduler, study.train_command(state.spec))
-
-    def record(job_id: str) -> None:
-        runstate.update_status(state.run_dir, job_id=job_id, **changes)
-
-    return scheduler.submit(state.spec.name, argv, state.run_dir, study.scheduler, record)
+    if decision.retried:
+        changes["environment_failures"] = None
+    return changes
 
 
 def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False,
@@ -264,6 +335,8 @@ def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False
         decisions = plan_queue(study, retry_failed=retry_failed)
         for decision in decisions:
             say(decision.line(dry_run=True))
+        for line in pack_lines(decisions, dry_run=True):
+            say(line)
         say(summary_line(study, decisions, dry_run=True))
         return decisions, 0
     if study.layout == NO_ALPHA_LAYOUT:
@@ -279,31 +352,59 @@ def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False
         decisions = plan_queue(study, retry_failed=retry_failed)
         submission_error: str | None = None
         for decision in decisions:
-            if decision.action == SUBMIT:
+            pack = decision.pack
+            if decision.action == SUBMIT and not pack.tried:
+                pack.tried = True
                 if submission_error is not None:
-                    decision.action = LATER
-                    decision.reason += "; not submitted: an earlier submission failed"
+                    _mark(pack, LATER, "; not submitted: an earlier submission failed")
                 else:
                     try:
-                        decision.job_id = submit_run(study, decision, scheduler)
-                        decision.reason += f" -> job {decision.job_id}"
+                        pack.job_id = submit_pack(study, pack, scheduler)
+                        for member in pack.members:
+                            member.job_id = pack.job_id
+                        _mark(pack, SUBMIT, f" -> job {pack.job_id}")
                     except (SchedulerError, OSError, runstate.StateFileError,
                             UserError) as error:
                         submission_error = str(error)
-                        decision.action = ERROR
-                        decision.reason += f"; submission failed: {error}"
+                        _mark(pack, ERROR, f"; submission failed: {error}")
                         exit_status = 1
             say(decision.line())
+        for line in pack_lines(decisions):
+            say(line)
     say(summary_line(study, decisions))
     return decisions, exit_status
+
+
+def _mark(pack: Pack, action: str, note: str) -> None:
+    for member in pack.members:
+        member.action = action
+        member.reason += note
+
+
+def packs_of(decisions: list[Decision]) -> list[Pack]:
+    """The packs of ``decisions`` (submitted, to submit or held back), in order."""
+    packs: dict[int, Pack] = {}
+    for decision in decisions:
+        if decision.pack is not None:
+            packs.setdefault(id(decision.pack), decision.pack)
+    return sorted(packs.values(), key=lambda pack: pack.number)
+
+
+def pack_lines(decisions: list[Decision], dry_run: bool = False) -> list[str]:
+    """One line per pack of several runs (none when every job trains one run)."""
+    return [pack.line(dry_run) for pack in packs_of(decisions) if len(pack.members) > 1]
 
 
 def summary_line(study: Study, decisions: list[Decision], dry_run: bool = False) -> str:
     counts = {action: 0 for action in ACTIONS}
     for decision in decisions:
         counts[decision.action] += 1
-    live_after = counts[LIVE] + counts[UNKNOWN] + (0 if dry_run else counts[SUBMIT])
+    new_jobs = len([pack for pack in packs_of(decisions) if pack.members[0].action == SUBMIT])
+    live_after = (live_jobs(decisions, study.scheduler.backend)
+                  + (0 if dry_run else new_jobs))
     submitted = "would submit" if dry_run else "submitted"
+    if new_jobs != counts[SUBMIT]:
+        submitted += f" in {new_jobs} job{'s' if new_jobs != 1 else ''}"
     parts = [f"{counts[DONE]} completed", f"{counts[LIVE]} live",
              f"{counts[SUBMIT]} {submitted}", f"{counts[LATER]} held back",
              f"{counts[WAIT]} waiting for teacher", f"{counts[FAILED_ACTION]} failed",

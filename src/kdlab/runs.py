@@ -28,6 +28,11 @@ NOT_STARTED = "not_started"  # no status.json yet
 UNREADABLE = "unreadable"    # status.json exists but cannot be read or parsed
 RUN_STATES = (COMPLETED, RUNNING, QUEUED, FAILED, WAITING, NOT_STARTED, UNREADABLE)
 
+# A run whose training stopped on an environment failure (a full disk: status.json stays
+# in_progress with the reason and an ``environment_failures`` count) is resubmitted this
+# many times; after that ``kdlab queue`` leaves it until --retry-failed.
+MAX_ENVIRONMENT_RESUBMISSIONS = 3
+
 # A completed run whose best accuracy is at most this many points above chance (100/classes)
 # has not learnt: it is flagged collapsed.
 COLLAPSE_MARGIN_POINTS = 2.0
@@ -80,6 +85,21 @@ class RunState:
         return runstate.is_earlier_code(self.status)
 
     @property
+    def pack(self) -> list[str] | None:
+        """The runs (names) that the run's last job trained together, this one among them;
+        None when that job trained it alone (status.json ``pack``, written by the queue)."""
+        value = (self.status or {}).get("pack")
+        if isinstance(value, list) and len(value) > 1:
+            return [str(name) for name in value]
+        return None
+
+    @property
+    def environment_failures(self) -> int:
+        """How many times training stopped on an environment failure (full disk, ...)."""
+        value = (self.status or {}).get("environment_failures")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    @property
     def collapsed(self) -> bool:
         """Completed at chance accuracy: within :data:`COLLAPSE_MARGIN_POINTS` of
         100/classes, or below it."""
@@ -115,6 +135,29 @@ def classify_run(study: Study, spec: RunSpec, teacher_state: RunState | None = N
     return run
 
 
+def resume_blocker(state: RunState) -> str | None:
+    """Why ``kdlab queue`` does not resubmit a run in progress whose job is gone unless told
+    to (``--retry-failed``); None when it resubmits it (training resumes from its checkpoint).
+
+    - an earlier-code run: kdlab cannot resume the earlier code's checkpoint, and a job
+      would end at start every time (a loop of submissions);
+    - a run whose training stopped on an environment failure (full disk, ...) more than
+      :data:`MAX_ENVIRONMENT_RESUBMISSIONS` times: resubmitting it again would fail again."""
+    if state.state != RUNNING:
+        return None
+    if state.earlier_code:
+        return ("earlier-code run in progress whose job is gone: not resumable by kdlab "
+                "(it cannot resume the earlier code's checkpoint); --retry-failed restarts it "
+                "under kdlab from epoch 0, replacing the earlier code's checkpoint.pth")
+    failures = state.environment_failures
+    if failures > MAX_ENVIRONMENT_RESUBMISSIONS:
+        reason = (state.status or {}).get("reason") or "no reason recorded"
+        return (f"training stopped on an environment failure {failures} times (last: "
+                f"{reason}); resubmitted {MAX_ENVIRONMENT_RESUBMISSIONS} times already: fix "
+                "the environment, then --retry-failed")
+    return None
+
+
 def planned_epochs(status: dict | None, default: int) -> int:
     """The run's epoch count: status.json's ``epochs``, its config's, else ``default``."""
     status = status or {}
@@ -140,8 +183,12 @@ def _detail(state: str, status: dict) -> str:
         return f"completed {progress}{accuracy}"
     if state == FAILED:
         return f"failed at {progress}: {status.get('reason') or 'no reason recorded'}"
+    pack = status.get("pack")
+    if job and isinstance(pack, list) and len(pack) > 1:
+        job += f" (pack of {len(pack)})"
     if state == RUNNING:
-        return f"in progress, {progress}{accuracy}{job}"
+        stopped = f"; stopped: {status['reason']}" if status.get("reason") else ""
+        return f"in progress, {progress}{accuracy}{job}{stopped}"
     return f"queued{job}"
 
 
@@ -281,6 +328,7 @@ def outside_grid_summary(entries: list[dict]) -> str | None:
 
 
 __all__ = ["COMPLETED", "RUNNING", "QUEUED", "FAILED", "WAITING", "NOT_STARTED", "UNREADABLE",
-           "RUN_STATES", "RunState", "classify_run", "study_run_states", "states_by_cell",
+           "RUN_STATES", "MAX_ENVIRONMENT_RESUBMISSIONS", "RunState", "classify_run",
+           "resume_blocker", "study_run_states", "states_by_cell",
            "check_liveness",
            "outside_grid", "outside_grid_summary", "planned_epochs"]

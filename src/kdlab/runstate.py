@@ -144,7 +144,7 @@ STATUS_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "submissions": (int,), "missed_starts": (int,), "job_history": (list,),
     "submitted_at": _NUMBER, "started_at": _NUMBER, "completed_at": _NUMBER,
     "failed_at": _NUMBER, "updated_at": _NUMBER, "duration_seconds": _NUMBER,
-    "made_by": (str,), "run": (str,),
+    "made_by": (str,), "run": (str,), "environment_failures": (int,), "pack": (list,),
 }
 
 
@@ -160,6 +160,9 @@ def check_status_fields(path: Path, status: dict) -> None:
     history = status.get("job_history") or []
     if not all(isinstance(item, (str, int)) and not isinstance(item, bool) for item in history):
         raise StateFileError(f"{path}: 'job_history' holds {history!r}, expected job ids")
+    pack = status.get("pack") or []
+    if not all(isinstance(name, str) for name in pack):
+        raise StateFileError(f"{path}: 'pack' holds {pack!r}, expected run names")
 
 
 def read_status(run_dir: str | Path) -> dict | None:

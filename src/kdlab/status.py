@@ -12,7 +12,7 @@ from typing import Any
 from .layout import format_alpha
 from .runs import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,  # noqa: F401
                    UNREADABLE, WAITING, RunState, check_liveness, classify_run, outside_grid,
-                   outside_grid_summary, planned_epochs, study_run_states)
+                   outside_grid_summary, planned_epochs, resume_blocker, study_run_states)
 from .stats import summarize
 from .study import ROLES, Study, load_study  # noqa: F401
 
@@ -76,9 +76,12 @@ def status_report(study: Study, states: list[RunState] | None = None,
                 unknown.append({**entry, "job_id": None,
                                 "reason": "no job id recorded (started by hand?)"})
             elif alive is False:
+                blocker = resume_blocker(state)
                 stuck.append({**entry, "job_id": job_id,
                               "reason": f"job {job_id} is gone but status.json says "
-                                        f"{state.status['status']}; kdlab queue resubmits it"})
+                                        f"{state.status['status']}; "
+                                        + (f"kdlab queue leaves it: {blocker}" if blocker
+                                           else "kdlab queue resubmits it")})
             elif alive is not True:
                 unknown.append({**entry, "job_id": job_id,
                                 "reason": f"liveness unknown ({alive or 'not checked'})"})
@@ -96,7 +99,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
                      "epoch": status.get("epoch"),
                      "epochs": planned_epochs(state.status, int(study.training["epochs"])),
                      "max_acc": state.max_acc, "collapsed": state.collapsed,
-                     "made_by": state.made_by, "run_dir": str(state.run_dir)})
+                     "made_by": state.made_by, "pack": state.pack,
+                     "run_dir": str(state.run_dir)})
     outside = outside_grid(study, states)
     return {
         "study": study.name, "study_file": str(study.path),
@@ -109,8 +113,24 @@ def status_report(study: Study, states: list[RunState] | None = None,
         "liveness_unknown": unknown, "unreadable": unreadable, "runs": runs,
         "collapsed": [run["run"] for run in runs if run["collapsed"]],
         "earlier_code_runs": sum(run["made_by"] == "earlier code" for run in runs),
-        "outside_grid": outside,
+        "outside_grid": outside, "packs": _packs(states, liveness),
     }
+
+
+def _packs(states: list[RunState], liveness: dict) -> list[dict[str, Any]]:
+    """The jobs of queued and running runs that train several runs (packs): job id, the
+    pack's runs as recorded at submission, whether the job is alive (None: not known) and
+    which of the runs are unfinished."""
+    packs: dict[str, dict[str, Any]] = {}
+    for state in states:
+        if state.state not in (RUNNING, QUEUED) or state.pack is None or state.job_id is None:
+            continue
+        alive = liveness.get(state.run_dir)
+        packs.setdefault(state.job_id, {"job_id": state.job_id, "runs": state.pack,
+                                        "job_alive": alive if isinstance(alive, bool) else None,
+                                        "unfinished": []})
+        packs[state.job_id]["unfinished"].append(state.spec.name)
+    return list(packs.values())
 
 
 def _add_group(groups: dict, accuracies: dict, cell, study: Study) -> None:
@@ -163,6 +183,12 @@ def format_report(report: dict[str, Any]) -> str:
     outside = outside_grid_summary(report["outside_grid"])
     if outside:
         lines.append(f"outside the grid: {outside}")
+    if report["packs"]:
+        lines += ["", f"packs (jobs training several runs; {len(report['packs'])}):"]
+        for pack in report["packs"]:
+            alive = {True: "live", False: "gone", None: "liveness unknown"}[pack["job_alive"]]
+            lines.append(f"  job {pack['job_id']} ({alive}, {len(pack['unfinished'])} of "
+                         f"{len(pack['runs'])} runs unfinished): {', '.join(pack['runs'])}")
     for title, key, field in (("failed", "failed", "reason"), ("stuck", "stuck", "reason"),
                               ("liveness unknown", "liveness_unknown", "reason"),
                               ("unreadable status.json", "unreadable", "detail")):

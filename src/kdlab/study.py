@@ -46,6 +46,7 @@ class SchedulerSettings:
     template: str | None = None         # user job-script template file (str.format fields)
     signal_seconds: int = 300           # warn the job this long before the walltime kill
     kdlab_command: str = "kdlab"        # how the job invokes kdlab (e.g. 'python -m kdlab')
+    pack_size: int = 1                  # runs trained together by one job (see kdlab.queue)
 
     def walltime_seconds(self) -> int:
         parts = [int(part) for part in self.walltime.split(":")]
@@ -437,10 +438,12 @@ def _load_scheduler(check: _Checker, table: dict) -> SchedulerSettings:
                                  defaults.signal_seconds),
         kdlab_command=check.get(table, "kdlab_command", str, "scheduler",
                                 defaults.kdlab_command),
+        pack_size=check.get(table, "pack_size", int, "scheduler", defaults.pack_size),
     )
     if settings.backend not in BACKENDS:
         check.fail("scheduler.backend", f"one of {', '.join(BACKENDS)}", settings.backend)
-    for key, minimum in (("max_live_jobs", 1), ("cpus", 1), ("gpus", 0), ("signal_seconds", 0)):
+    for key, minimum in (("max_live_jobs", 1), ("cpus", 1), ("gpus", 0), ("signal_seconds", 0),
+                         ("pack_size", 1)):
         if getattr(settings, key) < minimum:
             check.fail(f"scheduler.{key}", "a positive integer" if minimum else
                        "an integer >= 0", getattr(settings, key))

@@ -1,0 +1,111 @@
+"""Packs: the runs that ``kdlab queue`` submits as one job (``scheduler.pack_size``).
+
+One job, ``kdlab train --config A/config.json --config B/config.json ...``, trains the
+runs of a pack in one process: each batch is loaded and augmented once and the teacher
+runs once for all the students. So the members must see the same batches and share the
+teacher: they agree on every TrainConfig field that is not one of :data:`PER_RUN_FIELDS`,
+and KD runs share a pack only with KD runs of the same teacher run. See
+:mod:`kdlab.queue` for how packs are submitted and tracked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import setting_fields
+from .study import Role, Study
+
+Decision = Any  # a kdlab.queue.Decision (not imported: queue imports this module)
+
+# TrainConfig fields in which the runs of one pack may differ: what each run trains (model,
+# method, teacher model, alpha, method options) and how it is optimised (epochs, lr,
+# momentum, weight decay, label smoothing, temperature). Every other field shapes the
+# data pipeline or the shared process (data set, seed, batch size, augmentation,
+# data_root, device, ...), so the members of a pack agree on it.
+PER_RUN_FIELDS = frozenset({"model", "distillation", "teacher_model", "alpha",
+                            "method_options", "epochs", "lr", "momentum", "weight_decay",
+                            "label_smoothing", "temperature"})
+
+
+@dataclass(eq=False)
+class Pack:
+    """Runs submitted as one job (``number``: 1, 2, ... in submission order)."""
+
+    members: list[Decision]
+    number: int = 0
+    job_id: str | None = None
+    tried: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        return [decision.run.spec.name for decision in self.members]
+
+    def line(self, dry_run: bool = False) -> str:
+        action = self.members[0].action
+        where = (f"job {self.job_id}" if self.job_id else "held back" if action == "later"
+                 else "one job" if dry_run else "not submitted")
+        return f"pack {self.number} ({len(self.members)} runs, {where}): {', '.join(self.names)}"
+
+
+def pack_key(study: Study, decision: Decision) -> tuple:
+    """What the runs of one pack share: every TrainConfig field but :data:`PER_RUN_FIELDS`."""
+    config = study.train_config(decision.run.spec)
+    return tuple((item.name, repr(getattr(config, item.name))) for item in setting_fields()
+                 if item.name not in PER_RUN_FIELDS)
+
+
+def make_packs(study: Study, candidates: list[Decision]) -> list[Pack]:
+    """Group the runs to submit (in priority order) into packs of at most
+    ``scheduler.pack_size`` runs, in the order of their first members; sets each
+    decision's ``pack``. A group larger than the pack size is cut into packs of even size.
+    KD runs are grouped by :func:`pack_key` and their teacher run; the
+    pure student joins the KD runs of its key (placed first); a teacher, or a run started
+    over, is alone."""
+    size = study.scheduler.pack_size
+    groups: list[tuple[tuple | None, object, list[Decision]]] = []  # (key, teacher, runs)
+    pure: list[Decision] = []
+    for decision in candidates:
+        role, spec = decision.run.role, decision.run.spec
+        if size == 1 or role is Role.TEACHER or decision.restart:
+            groups.append((None, None, [decision]))
+        elif role is Role.KD:
+            key, teacher = pack_key(study, decision), spec.teacher_run()
+            group = next((g for g in groups if g[0] == key and g[1] == teacher), None)
+            if group is None:
+                groups.append((key, teacher, [decision]))
+            else:
+                group[2].append(decision)
+        else:
+            pure.append(decision)
+    for decision in pure:
+        key = pack_key(study, decision)
+        group = next((g for g in groups if g[0] == key and g[1] is not None), None)
+        group = group or next((g for g in groups if g[0] == key and g[1] == "pure"), None)
+        if group is None:
+            groups.append((key, "pure", [decision]))
+        else:
+            group[2].insert(0 if group[1] != "pure" else len(group[2]), decision)
+    order = {id(decision): index for index, decision in enumerate(candidates)}
+    packs = [Pack(chunk) for _, _, runs in groups for chunk in _even_chunks(runs, size)]
+    packs.sort(key=lambda pack: min(order[id(decision)] for decision in pack.members))
+    for number, pack in enumerate(packs, 1):
+        pack.number = number
+        for decision in pack.members:
+            decision.pack = pack
+            if len(pack.members) > 1:
+                decision.reason += f"; pack {number} ({len(pack.members)} runs)"
+    return packs
+
+
+def _even_chunks(runs: list, size: int) -> list[list]:
+    """``runs`` in order, cut into as few chunks of at most ``size`` as possible, of sizes
+    that differ by at most one (13 runs in packs of 6: 5, 4, 4, not 6, 6, 1), so that the
+    jobs of a group take about as long as each other."""
+    count = -(-len(runs) // size)
+    chunks, start = [], 0
+    for index in range(count):
+        length = len(runs) // count + (index < len(runs) % count)
+        chunks.append(runs[start:start + length])
+        start += length
+    return chunks
