@@ -220,15 +220,22 @@ def submit_run(study: Study, decision: Decision, scheduler: Scheduler) -> str:
 
 
 def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False,
-              say: Callable[[str], None] = print,
-              scheduler: Scheduler | None = None) -> tuple[list[Decision], int]:
+              say: Callable[[str], None] = print, scheduler: Scheduler | None = None,
+              show_script: bool = False) -> tuple[list[Decision], int]:
     """Decide and (unless ``dry_run``) submit; print one line per run and a summary.
     Returns the decisions and the exit status (1 when a submission failed, else 0)."""
     scheduler = scheduler or get_scheduler(study.scheduler.backend)
+    if show_script and not dry_run:
+        raise UserError("kdlab queue: --show-script needs --dry-run (it prints the job "
+                        "scripts that would be submitted)")
     if dry_run:
         decisions = plan_queue(study, retry_failed=retry_failed)
         for decision in decisions:
             say(decision.line(dry_run=True))
+            if show_script and decision.action == SUBMIT:
+                spec, run_dir = decision.run.spec, decision.run.run_dir
+                argv = scheduler.argv(study.scheduler, study.train_command(spec))
+                say(scheduler.job_script_text(spec.name, argv, run_dir, study.scheduler))
         say(summary_line(study, decisions, dry_run=True))
         return decisions, 0
     problem = scheduler.available()
@@ -276,5 +283,6 @@ def summary_line(study: Study, decisions: list[Decision], dry_run: bool = False)
 
 def command(args) -> int:
     study = load_study(args.study)
-    _, exit_status = run_queue(study, dry_run=args.dry_run, retry_failed=args.retry_failed)
+    _, exit_status = run_queue(study, dry_run=args.dry_run, retry_failed=args.retry_failed,
+                               show_script=getattr(args, "show_script", False))
     return exit_status

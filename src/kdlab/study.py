@@ -299,12 +299,17 @@ def load_study(path: str | Path) -> Study:
     for key, kind in _CLUSTER_KEYS.items():
         check.get(cluster, key, kind, "cluster", None)
     sync = _load_sync(check, check.get(raw, "sync", dict, "", {}))
+    experiments_dir = check.get(raw, "experiments_dir", str, "", "experiments")
+    data_root = check.get(raw, "data_root", str, "", "data")
+    from .schedulers.fields import job_value_problem  # lazy: the schedulers import this module
+    problem = job_value_problem(scheduler, experiments_dir, data_root)
+    if problem is not None:
+        check.fail(*problem)
 
     return Study(
         name=name, path=path, datasets=list(datasets), teacher=teacher, student=student,
         methods=list(methods), alphas=alphas, seeds=list(seeds),
-        experiments_dir=Path(check.get(raw, "experiments_dir", str, "", "experiments")),
-        data_root=Path(check.get(raw, "data_root", str, "", "data")),
+        experiments_dir=Path(experiments_dir), data_root=Path(data_root),
         analysis_dir=Path(check.get(raw, "analysis_dir", str, "", "analysis")),
         training=training, method_options={k: dict(v) for k, v in method_options.items()},
         scheduler=scheduler, cluster=dict(cluster), sync=sync)

@@ -84,6 +84,13 @@ class Scheduler(ABC):
         on. Raises :class:`SchedulerError` when submission fails."""
 
     @abstractmethod
+    def job_script_text(self, run_name: str, command: list[str], run_dir: Path,
+                        settings: SchedulerSettings) -> str:
+        """Exactly what ``submit`` would hand to the scheduler now (``kdlab queue --dry-run
+        --show-script``): a batch backend's job script, rendered, so that its errors show
+        before anything is submitted."""
+
+    @abstractmethod
     def is_alive(self, job_id: str) -> bool:
         """True while the job is pending or running; False once it is gone (finished,
         killed, unknown to the scheduler). :class:`SchedulerError` when the scheduler

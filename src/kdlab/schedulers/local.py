@@ -10,6 +10,7 @@ dead job look alive. Linux only (it reads ``/proc``).
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -94,6 +95,13 @@ class LocalScheduler(Scheduler):
         if settings.kdlab_command.strip() == "kdlab":
             return [sys.executable, "-m", "kdlab", *train_arguments]
         return training_argv(settings, train_arguments)
+
+    def job_script_text(self, run_name: str, command: list[str], run_dir: Path,
+                        settings: SchedulerSettings) -> str:
+        threads = job_environment(settings)["OMP_NUM_THREADS"]
+        return (f"# local: no job script; this process starts in its own session, its output "
+                f"appended to {Path(run_dir) / LOG_FILE}\n"
+                f"OMP_NUM_THREADS={shlex.quote(threads)} {shlex.join(command)}\n")
 
     def submit(self, run_name: str, command: list[str], run_dir: Path,
                settings: SchedulerSettings, record: Callable[[str], None]) -> str:

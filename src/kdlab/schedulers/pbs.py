@@ -27,6 +27,7 @@ from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
 from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
                    run_command, script_body, script_fields)
+from .fields import check_directive_values
 
 ALIVE_STATES = frozenset("QRHWEBTSUM")  # queued, running, held, waiting, exiting, begun,
 #                                          transit, suspended, user-suspended, moved
@@ -37,6 +38,7 @@ _GONE_MESSAGES = ("unknown job id", "job has finished")
 def directives(run_name: str, run_dir: Path, settings: SchedulerSettings, output_file: Path,
                error_file: Path) -> tuple[list[str], list[str]]:
     """(kdlab's #PBS lines, the study's extra directive lines), each a full line."""
+    check_directive_values(run_name, run_dir)
     select = f"select=1:ncpus={settings.cpus}"
     if settings.gpus > 0:
         select += f":ngpus={settings.gpus}"
@@ -140,12 +142,18 @@ class PbsScheduler(Scheduler):
     name = "pbs"
     commands = ("qsub", "qstat", "qdel", "qrls")
 
+    def job_script_text(self, run_name: str, command: list[str], run_dir: Path,
+                        settings: SchedulerSettings) -> str:
+        attempt = next_script_path(Path(run_dir), "pbs-job", ".sh")[1]
+        return job_script(run_name, command, run_dir, settings, attempt)
+
     def submit(self, run_name: str, command: list[str], run_dir: Path,
                settings: SchedulerSettings, record: Callable[[str], None]) -> str:
         run_dir = Path(run_dir)
+        text = self.job_script_text(run_name, command, run_dir, settings)
         run_dir.mkdir(parents=True, exist_ok=True)
-        script_path, attempt = next_script_path(run_dir, "pbs-job", ".sh")
-        atomic_write_text(script_path, job_script(run_name, command, run_dir, settings, attempt))
+        script_path, _ = next_script_path(run_dir, "pbs-job", ".sh")
+        atomic_write_text(script_path, text)
         argv = ["qsub", "-h", str(script_path)]
         result = run_command(argv, "pbs submit")
         if result.returncode != 0:

@@ -21,6 +21,7 @@ from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
 from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
                    run_command, script_body, script_fields)
+from .fields import check_directive_values
 
 # Job states (squeue %T) of a job that is still pending, running or about to.
 ALIVE_STATES = frozenset({
@@ -33,6 +34,7 @@ ALIVE_STATES = frozenset({
 
 def directives(run_name: str, run_dir: Path, settings: SchedulerSettings) -> tuple[list[str], list[str]]:
     """(kdlab's #SBATCH lines, the study's extra directive lines), each a full line."""
+    check_directive_values(run_name, run_dir)
     lines = [f"#SBATCH --job-name={run_name}",
              f"#SBATCH --output={run_dir}/slurm-%j.out",
              f"#SBATCH --error={run_dir}/slurm-%j.err",
@@ -90,12 +92,17 @@ class SlurmScheduler(Scheduler):
     name = "slurm"
     commands = ("sbatch", "squeue", "scancel", "scontrol")
 
+    def job_script_text(self, run_name: str, command: list[str], run_dir: Path,
+                        settings: SchedulerSettings) -> str:
+        return job_script(run_name, command, run_dir, settings)
+
     def submit(self, run_name: str, command: list[str], run_dir: Path,
                settings: SchedulerSettings, record: Callable[[str], None]) -> str:
         run_dir = Path(run_dir)
+        text = self.job_script_text(run_name, command, run_dir, settings)
         run_dir.mkdir(parents=True, exist_ok=True)
         script_path, _ = next_script_path(run_dir, "slurm-job", ".sh")
-        atomic_write_text(script_path, job_script(run_name, command, run_dir, settings))
+        atomic_write_text(script_path, text)
         argv = ["sbatch", "--parsable", "--hold", str(script_path)]
         result = run_command(argv, "slurm submit")
         if result.returncode != 0:
