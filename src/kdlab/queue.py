@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 from . import runstate
 from .errors import UserError
 from .schedulers import Scheduler, SchedulerError, get_scheduler
+from .schedulers import ending
 from .status import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
                      RunState, check_liveness, study_run_states)
 from .study import Study, load_study
@@ -65,6 +66,7 @@ class Decision:
     reason: str
     counts_as_live: bool = False   # a live (or possibly live) job of the study
     job_id: str | None = None      # the new job, once submitted
+    job_end: dict | None = None    # why the run's previous job ended (schedulers.ending)
 
     def line(self, dry_run: bool = False) -> str:
         action = self.action
@@ -86,11 +88,12 @@ def plan_queue(study: Study, states: list[RunState] | None = None, *,
         states = study_run_states(study)
     if liveness is None:
         liveness = check_liveness(states, study.scheduler.backend)
+    ends = ending.gone_job_ends(states, liveness, study.scheduler.backend)
     by_spec = {state.spec: state for state in states}
     decisions: list[Decision] = []
     candidates: list[Decision] = []
     for state in states:
-        decision = _decide(state, by_spec, liveness, retry_failed)
+        decision = _decide(state, by_spec, liveness, retry_failed, ends.get(state.run_dir))
         decisions.append(decision)
         if decision.action == SUBMIT:
             candidates.append(decision)
@@ -103,7 +106,8 @@ def plan_queue(study: Study, states: list[RunState] | None = None, *,
     return decisions
 
 
-def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool) -> Decision:
+def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool,
+            end: dict | None = None) -> Decision:
     status = state.status or {}
     if state.state == COMPLETED:
         return Decision(state, DONE, state.detail)
@@ -123,16 +127,22 @@ def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool) 
             why = alive if isinstance(alive, str) else "not checked"
             return Decision(state, UNKNOWN, f"{state.detail}; liveness unknown ({why}); "
                                             "left alone", counts_as_live=True)
+        gone = f"job {job_id} " + (ending.end_text(end) if end else f"is gone ({state.detail})")
+        out_of_memory = ending.out_of_memory_count(status, end)
+        if out_of_memory >= ending.MAX_OUT_OF_MEMORY and not retry_failed:
+            return Decision(state, FAILED_ACTION, f"{gone}; its jobs ran out of memory "
+                            f"{out_of_memory} times: raise scheduler.memory, or --retry-failed "
+                            "to submit again", job_end=end)
         missed = int(status.get("missed_starts") or 0)
         if state.state == QUEUED and missed + 1 >= MAX_MISSED_STARTS and not retry_failed:
             return Decision(state, FAILED_ACTION,
                             f"job {job_id} is gone and training never began "
                             f"({missed + 1} jobs so far; see the logs in {state.run_dir}); "
                             "--retry-failed to submit again")
-        reason = (f"job {job_id} is gone ({state.detail}); "
+        reason = (f"{gone}; resubmitting: "
                   + ("resumes from its checkpoint" if state.state == RUNNING
                      else "it never began training"))
-        return _unless_teacher_missing(Decision(state, SUBMIT, reason), by_spec)
+        return _unless_teacher_missing(Decision(state, SUBMIT, reason, job_end=end), by_spec)
     if state.state == FAILED:
         if not retry_failed:
             return Decision(state, FAILED_ACTION, f"{state.detail}; --retry-failed to submit again")
@@ -247,6 +257,12 @@ def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False
         decisions = plan_queue(study, retry_failed=retry_failed)
         submission_error: str | None = None
         for decision in decisions:
+            changes = ending.status_changes(decision.run.status, decision.job_end or {})
+            if changes:  # why its job ended is kept in status.json, whatever happens next
+                try:
+                    runstate.update_status(decision.run.run_dir, **changes)
+                except (OSError, runstate.StateFileError) as error:
+                    decision.reason += f"; not recorded why its job ended: {error}"
             if decision.action == SUBMIT:
                 if submission_error is not None:
                     decision.action = LATER

@@ -181,6 +181,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
         states = study_run_states(study)
     if liveness is None:
         liveness = check_liveness(states, study.scheduler.backend) if check_jobs else {}
+    from .schedulers import ending  # lazy: the schedulers import the study module
+    ends = ending.gone_job_ends(states, liveness, study.scheduler.backend) if check_jobs else {}
     total = len(states)
     counts = {name: 0 for name in RUN_STATES}
     groups: dict[tuple, dict[str, Any]] = {}
@@ -221,8 +223,10 @@ def status_report(study: Study, states: list[RunState] | None = None,
                 unknown.append({**entry, "job_id": None,
                                 "reason": "no job id recorded (started by hand?)"})
             elif alive is False:
-                stuck.append({**entry, "job_id": job_id,
-                              "reason": f"job {job_id} is gone but status.json says "
+                end = ends.get(state.run_dir)
+                gone = ending.end_text(end) if end else "is gone"
+                stuck.append({**entry, "job_id": job_id, "job_end": end,
+                              "reason": f"job {job_id} {gone} but status.json says "
                                         f"{state.status['status']}; kdlab queue resubmits it"})
             elif alive is not True:
                 unknown.append({**entry, "job_id": job_id,
@@ -239,7 +243,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
                      "detail": state.detail, "job_id": state.job_id,
                      "job_alive": alive if isinstance(alive, bool) else None,
                      "epoch": status.get("epoch"), "epochs": _planned_epochs(state, study),
-                     "max_acc": state.max_acc, "run_dir": str(state.run_dir)})
+                     "max_acc": state.max_acc, "run_dir": str(state.run_dir),
+                     "last_job_end": ends.get(state.run_dir) or status.get("last_job_end")})
     return {
         "study": study.name, "study_file": str(study.path),
         "experiments_dir": str(study.experiments_dir), "backend": study.scheduler.backend,

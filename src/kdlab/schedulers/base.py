@@ -83,12 +83,12 @@ class Scheduler(ABC):
         return the job id. If ``record`` raises, the job is cancelled and the error passed
         on. Raises :class:`SchedulerError` when submission fails."""
 
-    @abstractmethod
     def job_script_text(self, run_name: str, command: list[str], run_dir: Path,
                         settings: SchedulerSettings) -> str:
         """Exactly what ``submit`` would hand to the scheduler now (``kdlab queue --dry-run
         --show-script``): a batch backend's job script, rendered, so that its errors show
-        before anything is submitted."""
+        before anything is submitted. This default: the command line alone."""
+        return f"# {self.name}: no job script; the job runs\n{shlex.join(command)}\n"
 
     @abstractmethod
     def is_alive(self, job_id: str) -> bool:
@@ -105,6 +105,12 @@ class Scheduler(ABC):
             except SchedulerError as error:
                 answers[job_id] = error
         return answers
+
+    def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
+        """Why the given (gone) jobs ended, in one call: job id -> end record (see
+        :mod:`kdlab.schedulers.ending`). Jobs the scheduler cannot tell about are left out;
+        this default knows none."""
+        return {}
 
     @abstractmethod
     def cancel(self, job_id: str) -> None:

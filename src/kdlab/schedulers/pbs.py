@@ -14,6 +14,13 @@ Liveness: ``qstat -f -F json ID`` (``job_state``), falling back to plain ``qstat
 where JSON output is not offered or not parseable. "Unknown Job Id" and "Job has
 finished" mean the job is gone; so does state F (finished), X (finished sub-job) or
 C (completed, Torque).
+
+Why a job ended: ``qstat -x -f -F json IDS`` (job history, PBS Pro/OpenPBS), else plain
+``qstat -x -f ID``: ``Exit_status`` (Torque: ``exit_status``), ``resources_used.walltime``
+and the server's ``comment`` map onto Slurm's end states: 0 COMPLETED; -29 or a comment
+"walltime ... exceeded limit" TIMEOUT; -27/-26 or "mem ... exceeded limit" OUT_OF_MEMORY;
+256 + N killed by signal N (FAILED, signal N, unless the comment says why); any other
+value FAILED with that exit code.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
 from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
                    run_command, script_body, script_fields)
+from .ending import OUT_OF_MEMORY, end_record
 from .fields import check_directive_values
 
 ALIVE_STATES = frozenset("QRHWEBTSUM")  # queued, running, held, waiting, exiting, begun,
@@ -122,6 +130,59 @@ def parse_qstat_full(text: str, job_id: str) -> str | None:
     return state[1] if state else None
 
 
+# PBS Pro / OpenPBS exit statuses set by the server or MoM when it kills a job (job.h).
+_KILLED_FOR = {-29: "TIMEOUT", -27: OUT_OF_MEMORY, -26: OUT_OF_MEMORY}
+_ATTRIBUTE = re.compile(r"^\s+([\w.]+)\s*=\s*(.*?)\s*$", re.MULTILINE)
+
+
+def pbs_end(job_id: str, attributes: dict, source: str) -> dict | None:
+    """The end record of a finished job from its qstat attributes (flat names, such as
+    ``resources_used.walltime``); None while it is not finished or says no exit status."""
+    state = str(attributes.get("job_state", "")).strip()[:1].upper()
+    status = attributes.get("Exit_status", attributes.get("exit_status"))
+    if state not in GONE_STATES or status is None:
+        return None
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        return None
+    comment = str(attributes.get("comment", "")).lower()
+    signal = status - 256 if status > 256 else None
+    if status in _KILLED_FOR:
+        name = _KILLED_FOR[status]
+    elif "exceeded limit" in comment and "walltime" in comment:
+        name = "TIMEOUT"
+    elif "exceeded limit" in comment and "mem" in comment:
+        name = OUT_OF_MEMORY
+    else:
+        name = "COMPLETED" if status == 0 else "FAILED"
+    return end_record(job_id, name, None if signal else status, signal,
+                      attributes.get("resources_used.walltime"), source)
+
+
+def _flat(job: dict) -> dict:
+    """qstat JSON attributes with nested tables flattened ('resources_used.walltime')."""
+    flat = {}
+    for key, value in job.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": item for inner, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_qstat_history(text: str, job_id: str) -> dict | None:
+    """The end record of ``job_id`` in plain ``qstat -x -f ID`` output."""
+    for match in _JOB_BLOCK.finditer(text):
+        if match[1].split(".")[0] != job_id.split(".")[0]:
+            continue
+        block = text[match.end():]
+        following = _JOB_BLOCK.search(block)
+        block = block[:following.start()] if following else block
+        return pbs_end(job_id, dict(_ATTRIBUTE.findall(block)), "qstat -x")
+    return None
+
+
 def _says_gone(result) -> bool:
     message = f"{result.stderr}\n{result.stdout}".lower()
     return any(phrase in message for phrase in _GONE_MESSAGES)
@@ -209,6 +270,32 @@ class PbsScheduler(Scheduler):
         if _says_gone(result):
             return False
         raise SchedulerError(command_failure(plain, result))
+
+    def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
+        """One ``qstat -x -f -F json`` call; jobs it leaves unexplained asked alone in the
+        plain format. Job history must be enabled on the server (PBS Pro's default)."""
+        job_ids = [str(job_id) for job_id in job_ids]
+        ends: dict[str, dict] = {}
+        if not job_ids:
+            return ends
+        try:
+            result = run_command(["qstat", "-x", "-f", "-F", "json", *job_ids], "pbs history")
+            data = json.loads(result.stdout) if result.stdout.strip() else {}
+            jobs = (data.get("Jobs") or {}) if isinstance(data, dict) else {}
+        except (SchedulerError, ValueError):
+            jobs = {}
+        for job_id in job_ids:
+            job = _matching_job(jobs, job_id)
+            end = pbs_end(job_id, _flat(job), "qstat -x") if isinstance(job, dict) else None
+            if end is None:
+                try:
+                    result = run_command(["qstat", "-x", "-f", job_id], "pbs history")
+                except SchedulerError:
+                    continue
+                end = parse_qstat_history(result.stdout, job_id) if result.returncode == 0 else None
+            if end is not None:
+                ends[job_id] = end
+        return ends
 
     def cancel(self, job_id: str) -> None:
         argv = ["qdel", job_id]

@@ -8,8 +8,11 @@ one that receives it and checkpoints). Jobs are submitted held (``--hold``) and 
 (``scontrol release``) once their id is in status.json.
 
 Liveness: ``squeue -h -t all -o '%i %T' -j IDS`` lists the jobs the controller still
-remembers (for ``MinJobAge`` after they end); a job it does not list is gone (without an
-accounting daemon nothing else knows about it), and the run's status.json decides.
+remembers (for ``MinJobAge`` after they end); a job it does not list is gone, and the
+run's status.json decides.
+
+Why a job ended: ``sacct -X -P -j IDS`` where accounting exists (slurmdbd keeps every job);
+else ``scontrol -o show job ID`` while the controller still remembers the job.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
 from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
                    run_command, script_body, script_fields)
+from .ending import end_record
 from .fields import check_directive_values
 
 # Job states (squeue %T) of a job that is still pending, running or about to.
@@ -76,6 +80,42 @@ def parse_sbatch_output(text: str) -> str:
     if not job_id.isdigit():
         raise SchedulerError(f"sbatch: expected a job id, got {text.strip()!r}")
     return job_id
+
+
+def _exit_and_signal(text: str) -> tuple[int | None, int | None]:
+    """Slurm's 'EXIT:SIGNAL' (e.g. '0:9', '3:0')."""
+    parts = text.strip().split(":")
+    try:
+        return int(parts[0]), (int(parts[1]) if len(parts) > 1 else None)
+    except ValueError:
+        return None, None
+
+
+def parse_sacct(text: str) -> dict[str, dict]:
+    """End records of the ended jobs in ``sacct -n -P -X -o JobIDRaw,State,ExitCode,Elapsed``
+    output ('CANCELLED by 0' is CANCELLED; jobs still pending or running are left out)."""
+    ends: dict[str, dict] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4 or not parts[1].strip():
+            continue
+        state = parts[1].split()[0].upper()
+        if state in ALIVE_STATES:
+            continue
+        exit_code, signal = _exit_and_signal(parts[2])
+        ends[parts[0].strip()] = end_record(parts[0].strip(), state, exit_code, signal,
+                                            parts[3].strip() or None, "sacct")
+    return ends
+
+
+def parse_scontrol_job(text: str, job_id: str) -> dict | None:
+    """The end record in ``scontrol -o show job ID`` output; None while the job lives."""
+    fields = dict(token.split("=", 1) for token in text.split() if "=" in token)
+    state = fields.get("JobState", "").upper()
+    if not state or state in ALIVE_STATES:
+        return None
+    exit_code, signal = _exit_and_signal(fields.get("ExitCode", ""))
+    return end_record(job_id, state, exit_code, signal, fields.get("RunTime"), "scontrol")
 
 
 def parse_squeue_states(text: str) -> dict[str, str]:
@@ -135,6 +175,31 @@ class SlurmScheduler(Scheduler):
         if isinstance(answer, SchedulerError):
             raise answer
         return answer
+
+    def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
+        """One ``sacct`` call; without accounting, ``scontrol`` per job. Keys as given."""
+        given = {str(job_id): str(job_id).split(";")[0] for job_id in job_ids}
+        if not given:
+            return {}
+        argv = ["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State,ExitCode,Elapsed", "-j",
+                ",".join(sorted(set(given.values())))]
+        ends: dict[str, dict] = {}
+        try:
+            result = run_command(argv, "slurm accounting")
+            if result.returncode == 0:
+                ends = parse_sacct(result.stdout)
+        except SchedulerError:
+            pass  # no sacct here: the controller may still remember the jobs
+        for bare in sorted(set(given.values()) - set(ends)):
+            try:
+                result = run_command(["scontrol", "-o", "show", "job", bare], "slurm job")
+            except SchedulerError:
+                continue
+            end = parse_scontrol_job(result.stdout, bare) if result.returncode == 0 else None
+            if end is not None:
+                ends[bare] = end
+        return {job_id: {**ends[bare], "job_id": job_id}
+                for job_id, bare in given.items() if bare in ends}
 
     def cancel(self, job_id: str) -> None:
         argv = ["scancel", str(job_id).split(";")[0]]
