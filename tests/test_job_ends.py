@@ -4,9 +4,6 @@ accounting) is in test_queue_slurm.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +17,8 @@ from kdlab.schedulers.pbs import PbsScheduler
 from kdlab.schedulers.slurm import SlurmScheduler, parse_sacct, parse_scontrol_job
 from kdlab.status import format_report, status_report
 from kdlab.study import load_study
+from test_schedulers import fake_bin  # noqa: F401  (a fixture: PATH starts with a temp bin)
+from test_schedulers import install_fake as install
 
 # `sacct -n -P -X -o JobIDRaw,State,ExitCode,Elapsed -j ...` as Slurm 22.05 prints it.
 SACCT_TEXT = textwrap.dedent("""\
@@ -52,21 +51,6 @@ def test_sacct_and_scontrol_output_become_end_records():
     scontrol = parse_scontrol_job(SCONTROL_TEXT, "104")
     assert scontrol == {**ends["104"], "source": "scontrol"}
     assert parse_scontrol_job(SCONTROL_TEXT.replace("FAILED", "RUNNING"), "104") is None
-
-
-def install(bin_dir: Path, name: str, body: str) -> None:
-    path = bin_dir / name
-    path.write_text(f"#!{sys.executable}\nimport os, sys\nargv = sys.argv[1:]\n"
-                    + textwrap.dedent(body))
-    path.chmod(0o755)
-
-
-@pytest.fixture
-def fake_bin(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return bin_dir
 
 
 SACCT = f"""

@@ -22,7 +22,7 @@ import pytest
 
 from kdlab import runstate
 from kdlab.cli import main
-from kdlab.status import study_run_states
+from kdlab.status import format_report, status_report, study_run_states
 from kdlab.study import load_study
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -189,3 +189,91 @@ def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp
     assert (pure_dir / f"slurm-{first_job}.out").exists()
     lines = queue(study_path, capsys)
     assert "3 completed" in lines[-1]
+
+
+# ---- why a job ended (accounting) ----------------------------------------------------------
+
+# Stand-in for `kdlab train` whose behaviour depends on the run: the Digits teacher takes
+# far more memory than the study gives it, the Digits student outlives the time limit, the
+# Cifar10 teacher waits to be scancelled and the Cifar10 student fails with exit code 3.
+MISBEHAVING_TRAIN = """\
+import sys, time
+args = sys.argv[1:]
+run = (args[args.index("--dataset") + 1], args[args.index("--model") + 1])
+if run == ("Digits", "ResNet20"):
+    block = bytearray(600 * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(120)
+elif run == ("Cifar10", "ResNet8"):
+    sys.exit(3)
+else:
+    time.sleep(600)
+"""
+
+
+def test_real_slurm_says_why_jobs_ended(slurm_cluster, tmp_path, capsys):
+    env = _read_env_file()
+    fake = tmp_path / "misbehave.py"
+    fake.write_text(MISBEHAVING_TRAIN)
+    study_path = tmp_path / "study.toml"
+    study_path.write_text(textwrap.dedent(f"""\
+        name = "slurmends"
+        datasets = ["Digits", "Cifar10"]
+        teacher = "ResNet20"
+        student = "ResNet8"
+        seeds = [0]
+        experiments_dir = "{tmp_path / 'experiments'}"
+
+        [scheduler]
+        backend = "slurm"
+        max_live_jobs = 4
+        memory = "200MB"
+        walltime = "00:01:00"
+        signal_seconds = 0
+        kdlab_command = "{sys.executable} {fake}"
+        """))
+    study = load_study(study_path)
+    names = {(spec.dataset, spec.model): spec.name for spec in study.runs()}
+    lines = queue(study_path, capsys)
+    assert sum(line.startswith("submit") for line in lines) == 4, lines
+    jobs = {state.spec.name: state.job_id for state in study_run_states(study)}
+    cancelled = jobs[names["Cifar10", "ResNet20"]]
+    wait_until(lambda: squeue_state(cancelled) == "RUNNING", "the job to be cancelled to run")
+    subprocess.run(["scancel", cancelled], check=True)
+
+    def all_ends():
+        report = status_report(study)
+        ends = {entry["run"]: entry.get("job_end") for entry in report["stuck"]}
+        return (len(ends) == 4 and all(ends.values())) and (report, ends)
+    report, ends = wait_until(all_ends, "every job to end and be accounted for", timeout=300,
+                              every=2.0)
+    source = "sacct" if env.get("KDLAB_SLURM_ACCOUNTING") == "1" else "scontrol"
+    assert {end["source"] for end in ends.values()} == {source}
+    oom = ends[names["Digits", "ResNet20"]]
+    if env.get("KDLAB_SLURM_MEMORY") == "cgroup":
+        assert oom["state"] == "OUT_OF_MEMORY", oom
+    else:  # polling enforcement: slurmstepd kills the step (see tests/slurm_cluster.sh)
+        assert (oom["state"], oom["signal"]) == ("FAILED", 9), oom
+    assert ends[names["Digits", "ResNet8"]]["state"] == "TIMEOUT"
+    assert ends[names["Cifar10", "ResNet20"]]["state"] == "CANCELLED"
+    failed = ends[names["Cifar10", "ResNet8"]]
+    assert (failed["state"], failed["exit_code"]) == ("FAILED", 3)
+    assert all(re.fullmatch(r"(\d+-)?\d\d:\d\d:\d\d", end["elapsed"]) for end in ends.values())
+    text = format_report(report)
+    assert re.search(rf"job {jobs[names['Digits', 'ResNet8']]} ended TIMEOUT after "
+                     r"00:0[1-3]:\d\d", text), text
+
+    lines = queue(study_path, capsys)
+    timeout_line = next(line for line in lines if names["Digits", "ResNet8"] in line)
+    assert f"job {jobs[names['Digits', 'ResNet8']]} ended TIMEOUT after " in timeout_line
+    assert "; resubmitting" in timeout_line
+    try:
+        for name, job_id in jobs.items():
+            status = runstate.read_status(next(state.run_dir for state in study_run_states(study)
+                                               if state.spec.name == name))
+            assert status["last_job_end"]["job_id"] == job_id, status
+            assert status["last_job_end"] == ends[name] and status["job_history"] == [job_id]
+    finally:
+        for state in study_run_states(study):
+            subprocess.run(["scancel", state.job_id], capture_output=True)
