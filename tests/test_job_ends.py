@@ -18,7 +18,7 @@ from kdlab.schedulers.slurm import SlurmScheduler, parse_sacct, parse_scontrol_j
 from kdlab.status import format_report, status_report
 from kdlab.study import load_study
 from test_schedulers import fake_bin  # noqa: F401  (a fixture: PATH starts with a temp bin)
-from test_schedulers import install_fake as install
+from test_schedulers import calls, install_fake as install
 
 # `sacct -n -P -X -o JobIDRaw,State,ExitCode,Elapsed -j ...` as Slurm 22.05 prints it.
 SACCT_TEXT = textwrap.dedent("""\
@@ -121,6 +121,7 @@ QSTAT = f"""
 import json
 jobs = {PBS_JOBS!r}
 ids = [arg for arg in argv if not arg.startswith("-") and arg != "json"]
+ids = [next((key for key in jobs if key.split(".")[0] == i.split(".")[0]), i) for i in ids]
 if "-F" in argv and not os.environ.get("FAKE_NO_JSON"):
     print(json.dumps({{"pbs_version": "2022.1.1", "Jobs": {{i: jobs[i] for i in ids if i in jobs}}}}))
 elif "-F" in argv:
@@ -220,3 +221,52 @@ def test_queue_records_why_a_job_ended_and_stops_after_three_out_of_memory(tmp_p
     pure_status = runstate.read_status(pure_dir)
     assert [end["job_id"] for end in pure_status["job_ends"]] == ["98", "99", "101"]
     assert pure_status["job_id"] == "700"
+
+
+# ---- the scheduler's own state of live jobs -------------------------------------------------
+
+# `squeue -h -t all -o '%i %t %M' -j ...`: compact state and time used as Slurm prints them.
+SQUEUE_STATES = """
+wanted = argv[argv.index("-j") + 1].split(",")
+rows = {"201": "201 R 27:33", "202": "202 PD 0:00", "203": "203 R 1-02:03:04"}
+if "%i %t %M" in argv:
+    print("\\n".join(rows[i] for i in wanted if i in rows))
+else:
+    print("\\n".join(f"{i} {'RUNNING' if rows[i].split()[1] == 'R' else 'PENDING'}"
+                     for i in wanted if i in rows))
+"""
+
+
+def test_slurm_job_states_in_one_call_and_shown_by_status(tmp_path, fake_bin):
+    install(fake_bin, "squeue", SQUEUE_STATES)
+    for name in ("sbatch", "scancel", "scontrol", "sacct"):
+        install(fake_bin, name, "")
+    scheduler = SlurmScheduler()
+    assert scheduler.job_states(["201", "202", "203", "299"]) == {
+        "201": ("R", "27:33"), "202": ("PD", "0:00"), "203": ("R", "1-02:03:04")}
+    squeue_calls = [call for call in calls(fake_bin) if call[0] == "squeue"]
+    assert len(squeue_calls) == 1  # one call for many jobs
+    study = load_study(write_study(tmp_path))
+    teacher, pure = study.runs()
+    for spec, job in ((teacher, "201"), (pure, "202")):
+        runstate.write_status(run_dir(study.experiments_dir, spec),
+                              {"status": "in_progress" if job == "201" else "queued",
+                               "job_id": job, "scheduler": "slurm"})
+    report = status_report(study)
+    assert {entry["run"]: tuple(entry["job_state"]) for entry in report["live"]} == {
+        teacher.name: ("R", "27:33"), pure.name: ("PD", "0:00")}
+    text = format_report(report)
+    assert f"{teacher.name}: job 201 [R 27:33]" in text
+    assert f"{pure.name}: job 202 [PD 0:00]" in text
+
+
+@pytest.mark.parametrize("flavour", ["json", "plain"])
+def test_pbs_job_states_from_qstat(fake_bin, monkeypatch, flavour):
+    running = dict(qstat_job(0, "00:27:33", "Job run at Mon Jan 01"), job_state="R")
+    queued = {"Job_Name": "x", "job_state": "Q", "comment": "Not Running: Insufficient"}
+    jobs = {"9101.sched01": running, "9102.sched01": queued}
+    install(fake_bin, "qstat", QSTAT.replace(repr(PBS_JOBS), repr(jobs)))
+    if flavour == "plain":
+        monkeypatch.setenv("FAKE_NO_JSON", "1")
+    assert PbsScheduler().job_states(["9101.sched01", "9102"]) == {
+        "9101.sched01": ("R", "00:27:33"), "9102": ("Q", "0:00:00")}

@@ -160,7 +160,8 @@ def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp
 
     lines = queue(study_path, capsys)
     resubmitted = [line for line in lines if pure.name in line]
-    assert resubmitted[0].startswith("submit") and f"job {first_job} is gone" in resubmitted[0]
+    assert resubmitted[0].startswith("submit") and re.search(
+        rf"job {first_job} ended CANCELLED after \d\d:\d\d:\d\d; resubmitting", resubmitted[0])
 
     # Repeated queue calls (as cron would) until every run is completed.
     def all_completed():
@@ -277,3 +278,88 @@ def test_real_slurm_says_why_jobs_ended(slurm_cluster, tmp_path, capsys):
     finally:
         for state in study_run_states(study):
             subprocess.run(["scancel", state.job_id], capture_output=True)
+
+
+# ---- self-requeue --------------------------------------------------------------------------
+
+# Stand-in for `kdlab train` that records each start (job id, Slurm's restart count),
+# checkpoints and exits 75 on the pre-timeout USR1 of its first start, and completes on
+# the next.
+REQUEUED_TRAIN = """\
+import os, signal, sys, time
+from kdlab import runstate
+from kdlab.cli import build_parser
+from kdlab.config import TrainConfig
+from kdlab.layout import run_dir
+
+args = build_parser().parse_args(sys.argv[1:])
+config = TrainConfig(dataset=args.dataset, model=args.model, seed=args.seed,
+                     epochs=args.epochs, experiments_dir=args.experiments_dir)
+directory = run_dir(config.experiments_dir, config.run_spec())
+restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+with open(directory / "starts.log", "a") as log:
+    log.write(f"{os.environ['SLURM_JOB_ID']} {restarts}\\n")
+stop = []
+signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+runstate.update_status(directory, status="in_progress", epoch=restarts, epochs=2)
+if restarts == 0:
+    while not stop:
+        time.sleep(0.1)
+    sys.exit(75)
+runstate.update_status(directory, status="completed", epoch=2, max_acc=50.0)
+"""
+
+
+def test_real_slurm_job_requeues_itself_under_its_id(slurm_cluster, tmp_path, capsys):
+    fake = tmp_path / "requeued_train.py"
+    fake.write_text(REQUEUED_TRAIN)
+    study_path = tmp_path / "study.toml"
+    study_path.write_text(textwrap.dedent(f"""\
+        name = "slurmrequeue"
+        datasets = ["Digits"]
+        teacher = "ResNet20"
+        student = "ResNet8"
+        seeds = [0]
+        experiments_dir = "{tmp_path / 'experiments'}"
+
+        [scheduler]
+        backend = "slurm"
+        max_live_jobs = 1
+        memory = "500MB"
+        walltime = "00:01:00"
+        signal_seconds = 30
+        requeue = true
+        kdlab_command = "{sys.executable} {fake}"
+        """))
+    study = load_study(study_path)
+    teacher = study.runs()[0]
+    lines = queue(study_path, capsys)
+    assert lines[0].startswith("submit") and teacher.name in lines[0], lines
+    teacher_dir = next(state.run_dir for state in study_run_states(study)
+                       if state.spec == teacher)
+    job_id = runstate.read_status(teacher_dir)["job_id"]
+    starts = teacher_dir / "starts.log"
+    wait_until(lambda: starts.exists() and starts.read_text().strip(), "the first start",
+               timeout=120)
+
+    # Once the job has been requeued (not running again yet, or just started again), the
+    # queue sees it live: nothing is submitted, the run keeps its job.
+    def requeued():
+        answer = subprocess.run(["squeue", "-h", "-O", "State:20,RestartCnt:6", "-j", job_id],
+                                capture_output=True, text=True).stdout.split()
+        return len(answer) == 2 and int(answer[1]) >= 1 and answer
+    state_seen = wait_until(requeued, "the job to requeue itself", timeout=150, every=0.1)
+    lines = queue(study_path, capsys)
+    assert lines[0].startswith("live") and teacher.name in lines[0], (state_seen, lines)
+
+    wait_until(lambda: (runstate.read_status(teacher_dir) or {}).get("status") == "completed",
+               "the requeued job to complete", timeout=180)
+    assert starts.read_text().split("\n")[:2] == [f"{job_id} 0", f"{job_id} 1"]
+    status = runstate.read_status(teacher_dir)
+    assert status["job_id"] == job_id and status["submissions"] == 1
+    assert "job_history" not in status
+    script = (teacher_dir / "slurm-job-1.sh").read_text()
+    assert "#SBATCH --requeue" in script and "scontrol requeue" in script
+    assert "requeueing job" in (teacher_dir / f"slurm-{job_id}.err").read_text()
+    assert len(list(teacher_dir.glob("slurm-job-*.sh"))) == 1

@@ -183,6 +183,7 @@ def status_report(study: Study, states: list[RunState] | None = None,
         liveness = check_liveness(states, study.scheduler.backend) if check_jobs else {}
     from .schedulers import ending  # lazy: the schedulers import the study module
     ends = ending.gone_job_ends(states, liveness, study.scheduler.backend) if check_jobs else {}
+    job_states = ending.live_job_states(states, liveness, study.scheduler.backend)
     total = len(states)
     counts = {name: 0 for name in RUN_STATES}
     groups: dict[tuple, dict[str, Any]] = {}
@@ -244,7 +245,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
                      "job_alive": alive if isinstance(alive, bool) else None,
                      "epoch": status.get("epoch"), "epochs": _planned_epochs(state, study),
                      "max_acc": state.max_acc, "run_dir": str(state.run_dir),
-                     "last_job_end": ends.get(state.run_dir) or status.get("last_job_end")})
+                     "last_job_end": ends.get(state.run_dir) or status.get("last_job_end"),
+                     "job_state": job_states.get(state.run_dir)})
     return {
         "study": study.name, "study_file": str(study.path),
         "experiments_dir": str(study.experiments_dir), "backend": study.scheduler.backend,
@@ -254,6 +256,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
         "mean_max_acc_completed": _mean(all_accuracies),
         "groups": list(groups.values()), "failed": failed, "stuck": stuck,
         "liveness_unknown": unknown, "unreadable": unreadable, "runs": runs,
+        "live": [{"run": run["run"], "job_id": run["job_id"], "job_state": run["job_state"]}
+                 for run in runs if run["job_alive"] is True],
     }
 
 
@@ -300,6 +304,11 @@ def format_report(report: dict[str, Any]) -> str:
                               if name != COMPLETED),
               "accuracy of completed runs: "
               + ("-" if accuracy is None else f"{accuracy:.2f}% (mean of best test accuracy)")]
+    if report.get("live"):  # the scheduler's own state and elapsed time, as '[R 0:27:33]'
+        lines += ["", f"live jobs ({len(report['live'])}):"]
+        lines += [f"  {entry['run']}: job {entry['job_id']}" + (
+            f" [{' '.join(entry['job_state'])}]" if entry["job_state"] else "")
+            for entry in report["live"]]
     for title, key, field in (("failed", "failed", "reason"), ("stuck", "stuck", "reason"),
                               ("liveness unknown", "liveness_unknown", "reason"),
                               ("unreadable status.json", "unreadable", "detail")):

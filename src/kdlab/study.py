@@ -44,6 +44,7 @@ class SchedulerSettings:
     template: str | None = None         # user job-script template file (str.format fields)
     signal_seconds: int = 300           # warn the job this long before the walltime kill
     kdlab_command: str = "kdlab"        # how the job invokes kdlab (e.g. 'python -m kdlab')
+    requeue: bool = False               # Slurm: the job requeues itself at the pre-timeout signal
 
     def walltime_seconds(self) -> int:
         parts = [int(part) for part in self.walltime.split(":")]
@@ -353,6 +354,7 @@ def _load_scheduler(check: _Checker, table: dict) -> SchedulerSettings:
                                  defaults.signal_seconds),
         kdlab_command=check.get(table, "kdlab_command", str, "scheduler",
                                 defaults.kdlab_command),
+        requeue=check.get(table, "requeue", bool, "scheduler", defaults.requeue),
     )
     if settings.backend not in BACKENDS:
         check.fail("scheduler.backend", f"one of {', '.join(BACKENDS)}", settings.backend)

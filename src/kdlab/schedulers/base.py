@@ -106,6 +106,12 @@ class Scheduler(ABC):
                 answers[job_id] = error
         return answers
 
+    def job_states(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """The scheduler's own view of live jobs, in one call for many: job id -> (state as
+        the scheduler abbreviates it, e.g. 'R' or 'PD', elapsed time as it prints it, e.g.
+        '0:27:33'). Jobs it does not list are left out; this default knows none."""
+        return {}
+
     def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
         """Why the given (gone) jobs ended, in one call: job id -> end record (see
         :mod:`kdlab.schedulers.ending`). Jobs the scheduler cannot tell about are left out;
@@ -227,10 +233,12 @@ def render_script(fields: dict[str, object], settings: SchedulerSettings,
 
 
 def script_body(shebang_and_directives: list[str], fields: dict[str, object],
-                wrap_command: list[str] | None = None) -> str:
+                wrap_command: list[str] | None = None,
+                run_lines: Callable[[str], list[str]] | None = None) -> str:
     """kdlab's own job script: directives, ``cd`` to the submission directory, setup lines,
     then ``exec`` the training command, so that the scheduler's signals reach the training
-    process itself (it checkpoints on SIGTERM/SIGUSR1) instead of a waiting shell."""
+    process itself (it checkpoints on SIGTERM/SIGUSR1) instead of a waiting shell.
+    ``run_lines(command)``, when given, gives the lines that run the command instead."""
     command = str(fields["command"])
     if wrap_command:
         command = f"{shlex.join(wrap_command)} {command}"
@@ -239,6 +247,8 @@ def script_body(shebang_and_directives: list[str], fields: dict[str, object],
               f"cd {shlex.quote(str(fields['workdir']))}",
               "", "# Environment of the job (study: scheduler.setup)."]
     lines += [str(line) for line in str(fields["setup"]).splitlines()]
+    if run_lines is not None:
+        return "\n".join(lines + [""] + run_lines(command) + [""])
     lines += ["", "# exec: the training process replaces this shell and receives the signals.",
               f"exec {command}", ""]
     return "\n".join(lines)

@@ -73,26 +73,43 @@ def status_changes(status: dict | None, end: dict[str, Any]) -> dict[str, Any]:
     return {"job_ends": ends + [end], "last_job_end": end}
 
 
+def live_job_states(runs: Iterable[Any], liveness: dict[Path, Any], default_backend: str,
+                    scheduler_factory: Callable | None = None) -> dict[Path, tuple[str, str]]:
+    """Run dir -> (scheduler state, elapsed) of its job, for the runs whose job ``liveness``
+    says is alive; one call per backend."""
+    return _ask_backends(runs, liveness, True, default_backend, scheduler_factory,
+                         lambda scheduler, ids: scheduler.job_states(ids))
+
+
 def gone_job_ends(runs: Iterable[Any], liveness: dict[Path, Any], default_backend: str,
                   scheduler_factory: Callable | None = None) -> dict[Path, dict[str, Any]]:
     """Run dir -> end record of its job, for the running and queued runs (objects with
     ``run_dir``, ``status``, ``job_id``) whose job ``liveness`` says is gone. Asks each
     backend once; a backend that cannot tell (missing, failing) leaves its runs out."""
+    return _ask_backends(runs, liveness, False, default_backend, scheduler_factory,
+                         lambda scheduler, ids: scheduler.job_ends(ids))
+
+
+def _ask_backends(runs: Iterable[Any], liveness: dict[Path, Any], alive: bool,
+                  default_backend: str, scheduler_factory: Callable | None,
+                  ask: Callable) -> dict[Path, Any]:
+    """``ask(scheduler, job ids)`` of each backend once, for the runs whose liveness is
+    ``alive``; answers keyed by run directory. A backend that cannot be used is skipped."""
     from . import backend_of_status, get_scheduler
 
     factory = scheduler_factory or get_scheduler
     by_backend: dict[str, list[Any]] = {}
     for run in runs:
-        if liveness.get(run.run_dir) is False and run.job_id is not None:
+        if liveness.get(run.run_dir) is alive and run.job_id is not None:
             backend = backend_of_status(run.status, default_backend)
             by_backend.setdefault(backend, []).append(run)
-    answers: dict[Path, dict[str, Any]] = {}
-    for backend, gone in by_backend.items():
+    answers: dict[Path, Any] = {}
+    for backend, asked in by_backend.items():
         scheduler = factory(backend)
         if scheduler.available() is not None:
             continue
-        ends = scheduler.job_ends(sorted({run.job_id for run in gone}))
-        for run in gone:
-            if run.job_id in ends:
-                answers[run.run_dir] = ends[run.job_id]
+        found = ask(scheduler, sorted({run.job_id for run in asked}))
+        for run in asked:
+            if run.job_id in found:
+                answers[run.run_dir] = found[run.job_id]
     return answers

@@ -105,6 +105,9 @@ def job_value_problem(settings: Any, experiments_dir: str,
         problem = _problem_of(key, value)
         if problem is not None:
             return key, problem, value
+    if settings.requeue and (settings.backend != "slurm" or settings.signal_seconds <= 0):
+        return ("scheduler.requeue", "false unless backend is 'slurm' and signal_seconds is "
+                "positive (the job requeues itself at Slurm's pre-timeout signal)", True)
     if settings.backend in BATCH_BACKENDS and not _DIRECTIVE_PATH.fullmatch(experiments_dir):
         return ("experiments_dir", f"a path of {DIRECTIVE_PATH_CHARACTERS} (it goes into "
                 f"{settings.backend} directives)", experiments_dir)

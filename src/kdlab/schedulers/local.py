@@ -132,6 +132,22 @@ class LocalScheduler(Scheduler):
         os.close(gate_write)
         return job_id
 
+    def job_states(self, job_ids) -> dict[str, tuple[str, str]]:
+        """'R' and the time since the process started, for the live ones."""
+        states = {}
+        for job_id in job_ids:
+            try:
+                alive = self.is_alive(job_id)
+                uptime = float((_PROC / "uptime").read_text().split()[0])
+            except (SchedulerError, OSError, ValueError):
+                continue
+            info = process_start_ticks(parse_job_id(job_id)[0]) if alive else None
+            if info is not None:
+                seconds = max(0, int(uptime - info[0] / os.sysconf("SC_CLK_TCK")))
+                states[job_id] = ("R", f"{seconds // 3600}:{seconds // 60 % 60:02d}:"
+                                       f"{seconds % 60:02d}")
+        return states
+
     def is_alive(self, job_id: str) -> bool:
         pid, start_ticks, boot = parse_job_id(job_id)
         child = _CHILDREN.get(pid)

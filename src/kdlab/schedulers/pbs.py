@@ -271,6 +271,36 @@ class PbsScheduler(Scheduler):
             return False
         raise SchedulerError(command_failure(plain, result))
 
+    def job_states(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """One ``qstat -f -F json`` call (else plain ``qstat -f``): job_state and
+        resources_used.walltime ('0:00:00' before the job runs)."""
+        job_ids = [str(job_id) for job_id in job_ids]
+        if not job_ids:
+            return {}
+        try:
+            result = run_command(["qstat", "-f", "-F", "json", *job_ids], "pbs job states")
+            data = json.loads(result.stdout) if result.stdout.strip() else {}
+            listed = (data.get("Jobs") or {}) if isinstance(data, dict) else {}
+            jobs = {key: _flat(job) for key, job in listed.items() if isinstance(job, dict)}
+        except (SchedulerError, ValueError):
+            jobs = {}
+        if not jobs:  # no JSON output here: the plain format
+            try:
+                result = run_command(["qstat", "-f", *job_ids], "pbs job states")
+            except SchedulerError:
+                return {}
+            starts = list(_JOB_BLOCK.finditer(result.stdout))
+            for index, match in enumerate(starts):
+                end = starts[index + 1].start() if index + 1 < len(starts) else None
+                jobs[match[1]] = dict(_ATTRIBUTE.findall(result.stdout[match.end():end]))
+        states = {}
+        for job_id in job_ids:
+            job = _matching_job(jobs, job_id)
+            if job and job.get("job_state"):
+                states[job_id] = (str(job["job_state"]),
+                                  str(job.get("resources_used.walltime") or "0:00:00"))
+        return states
+
     def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
         """One ``qstat -x -f -F json`` call; jobs it leaves unexplained asked alone in the
         plain format. Job history must be enabled on the server (PBS Pro's default)."""

@@ -11,6 +11,13 @@ Liveness: ``squeue -h -t all -o '%i %T' -j IDS`` lists the jobs the controller s
 remembers (for ``MinJobAge`` after they end); a job it does not list is gone, and the
 run's status.json decides.
 
+Self-requeue (``scheduler.requeue = true``): ``--requeue``, and the script runs training
+as a child instead of ``exec``-ing it, so that it can pass the pre-timeout USR1 on; when
+training has checkpointed and exited with EXIT_PREEMPTED after that signal, the script
+runs ``scontrol requeue $SLURM_JOB_ID``: the job goes back to PENDING under the same id
+(its restart count goes up) and resumes from the checkpoint, with no cron interval lost.
+Its output files are appended to, not truncated, on each restart.
+
 Why a job ended: ``sacct -X -P -j IDS`` where accounting exists (slurmdbd keeps every job);
 else ``scontrol -o show job ID`` while the controller still remembers the job.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..errors import EXIT_PREEMPTED
 from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
 from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
@@ -55,6 +63,8 @@ def directives(run_name: str, run_dir: Path, settings: SchedulerSettings) -> tup
         lines.append(f"#SBATCH --account={settings.account}")
     if settings.signal_seconds > 0:
         lines.append(f"#SBATCH --signal=B:USR1@{settings.signal_seconds}")
+    if settings.requeue:
+        lines += ["#SBATCH --requeue", "#SBATCH --open-mode=append"]
     extra = [line if line.lstrip().startswith("#") else f"#SBATCH {line}"
              for line in settings.extra_directives]
     return lines, extra
@@ -69,8 +79,32 @@ def job_script(run_name: str, command: list[str], run_dir: Path,
                            output_file=run_dir / "slurm-%j.out",
                            error_file=run_dir / "slurm-%j.err",
                            directives=kdlab_lines + extra, extra_directives=extra)
-    default = script_body(["#!/bin/bash", *kdlab_lines, *extra], fields)
+    default = script_body(["#!/bin/bash", *kdlab_lines, *extra], fields,
+                          run_lines=requeue_lines if settings.requeue else None)
     return render_script(fields, settings, default)
+
+
+def requeue_lines(command: str) -> list[str]:
+    """The end of a self-requeueing job script (see the module docstring)."""
+    return [
+        "# Self-requeue (study: scheduler.requeue): training runs as a child, so that this",
+        "# shell passes the pre-timeout USR1 on and, once training has saved its checkpoint",
+        f"# and exited with {EXIT_PREEMPTED}, puts this job back in the queue (same job id).",
+        "warned=0",
+        f"{command} &",
+        "child=$!",
+        "trap 'warned=1; kill -USR1 \"$child\" 2>/dev/null' USR1",
+        "trap 'kill -TERM \"$child\" 2>/dev/null' TERM",
+        "status=0; wait \"$child\" || status=$?",
+        "while [ \"$status\" -gt 128 ] && kill -0 \"$child\" 2>/dev/null; do",
+        "    status=0; wait \"$child\" || status=$?",
+        "done",
+        f"if [ \"$warned\" = 1 ] && [ \"$status\" = {EXIT_PREEMPTED} ]; then",
+        "    echo \"kdlab: requeueing job $SLURM_JOB_ID to resume from its checkpoint\" >&2",
+        "    scontrol requeue \"$SLURM_JOB_ID\" && exit 0",
+        "fi",
+        "exit \"$status\"",
+    ]
 
 
 def parse_sbatch_output(text: str) -> str:
@@ -175,6 +209,21 @@ class SlurmScheduler(Scheduler):
         if isinstance(answer, SchedulerError):
             raise answer
         return answer
+
+    def job_states(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """One ``squeue -o '%i %t %M'`` call (compact state, time used)."""
+        given = {str(job_id): str(job_id).split(";")[0] for job_id in job_ids}
+        if not given:
+            return {}
+        argv = ["squeue", "-h", "-t", "all", "-o", "%i %t %M", "-j",
+                ",".join(sorted(set(given.values())))]
+        try:
+            result = run_command(argv, "slurm job states")
+        except SchedulerError:
+            return {}
+        rows = [line.split() for line in result.stdout.splitlines()]
+        states = {row[0]: (row[1], row[2]) for row in rows if len(row) >= 3}
+        return {job_id: states[bare] for job_id, bare in given.items() if bare in states}
 
     def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
         """One ``sacct`` call; without accounting, ``scontrol`` per job. Keys as given."""
