@@ -198,6 +198,9 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
 $accounting
 KillWait=5
+# A job that became eligible by time (a requeued job is held for about two minutes) is
+# started by the periodic scheduling pass: every 10 s here instead of 60.
+SchedulerParameters=sched_interval=10
 MailProg=/bin/true
 ReturnToService=2
 SlurmdParameters=config_overrides

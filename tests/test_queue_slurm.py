@@ -312,6 +312,8 @@ runstate.update_status(directory, status="completed", epoch=2, max_acc=50.0)
 
 
 def test_real_slurm_job_requeues_itself_under_its_id(slurm_cluster, tmp_path, capsys):
+    """About 2.5 minutes: Slurm (22.05) makes a requeued job eligible again only ~120 s
+    after the requeue (EligibleTime), whatever the configuration of this test cluster."""
     fake = tmp_path / "requeued_train.py"
     fake.write_text(REQUEUED_TRAIN)
     study_path = tmp_path / "study.toml"
