@@ -166,7 +166,7 @@ JobAcctGatherParams=$kill_over_memory
 # The controller forgets ended jobs soon; sacct remembers them.
 MinJobAge=300"
     else
-        accounting="# No accounting daemon: the controller's memory of finished jobs is all there is.
+        accounting="# No accounting daemon: the controller's memory of ended jobs is all there is.
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=1
 JobAcctGatherParams=$kill_over_memory
@@ -274,6 +274,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status)
-        if cluster_up; then cat "$DIR/env" 2>/dev/null || echo "SLURM_CONF=$CONF"; else exit 1; fi ;;
+        if cluster_up; then cat "$DIR/env" 2>/dev/null || echo "SLURM_CONF=$CONF"
+        else exit 1; fi ;;
     *) echo "usage: $0 start|stop|status   (working directory: \$KDLAB_SLURM_DIR)" >&2; exit 2 ;;
 esac

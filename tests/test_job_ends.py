@@ -123,7 +123,8 @@ jobs = {PBS_JOBS!r}
 ids = [arg for arg in argv if not arg.startswith("-") and arg != "json"]
 ids = [next((key for key in jobs if key.split(".")[0] == i.split(".")[0]), i) for i in ids]
 if "-F" in argv and not os.environ.get("FAKE_NO_JSON"):
-    print(json.dumps({{"pbs_version": "2022.1.1", "Jobs": {{i: jobs[i] for i in ids if i in jobs}}}}))
+    listed = {{i: jobs[i] for i in ids if i in jobs}}
+    print(json.dumps({{"pbs_version": "2022.1.1", "Jobs": listed}}))
 elif "-F" in argv:
     print("qstat: invalid option -- 'F'", file=sys.stderr); sys.exit(2)
 else:

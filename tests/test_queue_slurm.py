@@ -3,9 +3,12 @@
 Real ``kdlab train`` jobs (Digits, ResNet20 teacher, ResNet8 student, 2 epochs, CPU) are
 submitted by ``kdlab queue``, one is cancelled mid-run with ``scancel``, the next
 ``kdlab queue`` submits it again and it resumes from its checkpoint; repeated queue calls
-take the study to completion. The cluster comes from ``tests/slurm_cluster.sh`` (started
-by .ci/run; started here when Slurm is installed but not running); without Slurm these
-tests are skipped, saying why."""
+take the study to completion. Stand-in training commands then end jobs every way a
+scheduler ends them (out of memory, past the time limit, scancelled, failed), which
+``status`` and ``queue`` must name from the accounting database, and requeue a job under
+its own id at the pre-timeout signal. The cluster comes from ``tests/slurm_cluster.sh``
+(started by .ci/run; started here when Slurm is installed but not running); without Slurm
+these tests are skipped, saying why."""
 
 from __future__ import annotations
 

@@ -7,24 +7,24 @@ checked here when the study is loaded (one :class:`~kdlab.errors.UserError` line
 the key), and the run directories once more when a script is rendered (they include the
 directory ``kdlab queue`` runs in).
 
-=================================  ======================================  ==================================
-study key                          lands in                                allowed
-=================================  ======================================  ==================================
-``scheduler.queue``                ``--partition=`` / ``#PBS -q``          letters, digits, ``_ . - @ ,``
-                                                                           (not starting with ``-``)
-``scheduler.account``              ``--account=`` / ``#PBS -P``            letters, digits, ``_ . - @``
-                                                                           (not starting with ``-``)
-``scheduler.walltime``             ``--time=`` / ``walltime=``             ``H``, ``M:S`` or ``H:M:S`` (digits)
-``scheduler.memory``               ``--mem=`` / ``mem=`` (as megabytes)    a number, spaces, a unit
-``scheduler.extra_directives``     one directive line each                 printable text, no line break
-``scheduler.template``             (the template file's path)              no control characters
-``scheduler.setup``                shell lines, run as written             no control character but tab
-``scheduler.kdlab_command``        the ``exec`` line, split like a shell   no control character but tab;
-                                   and each word shell-quoted              must split (balanced quotes)
-``experiments_dir``                ``--output``/``--error``, ``#PBS -o/-e`` letters, digits, ``_ . / - + , = @ ~ :``
-                                   (Slurm and PBS backends)                (no spaces, quotes, ``$`` or ``%``)
-``data_root``                      a training argument, shell-quoted       no control characters
-=================================  ======================================  ==================================
+Per study key: where it lands, and what it may hold.
+
+- ``scheduler.queue``: ``--partition=`` / ``#PBS -q``; letters, digits and ``_ . - @ ,``,
+  not starting with ``-``.
+- ``scheduler.account``: ``--account=`` / ``#PBS -P``; letters, digits and ``_ . - @``,
+  not starting with ``-``.
+- ``scheduler.walltime``: ``--time=`` / ``walltime=``; ``H``, ``M:S`` or ``H:M:S`` (digits).
+- ``scheduler.memory``: ``--mem=`` / ``mem=`` (in megabytes); a number, spaces, a unit.
+- ``scheduler.extra_directives``: one directive line each; printable text, no line break.
+- ``scheduler.template``: the template file's path; no control characters.
+- ``scheduler.setup``: shell lines of the script, run as written; no control character
+  but tab.
+- ``scheduler.kdlab_command``: the training line, split like a shell and each word
+  shell-quoted; no control character but tab, and balanced quotes.
+- ``experiments_dir``: the run directories, in ``--output``/``--error`` and
+  ``#PBS -o``/``-e`` (Slurm and PBS backends); letters, digits and ``_ . / - + , = @ ~ :``
+  (no spaces, quotes, ``$`` or ``%``, which Slurm expands).
+- ``data_root``: a training argument, shell-quoted; no control characters.
 
 ``setup`` and ``kdlab_command`` are the user's own shell by design (module loads, a venv,
 ``python -m kdlab``): kdlab runs them as written and guards only against a value that is
