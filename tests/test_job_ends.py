@@ -4,7 +4,9 @@ accounting) is in test_queue_slurm.py."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -271,3 +273,21 @@ def test_pbs_job_states_from_qstat(fake_bin, monkeypatch, flavour):
         monkeypatch.setenv("FAKE_NO_JSON", "1")
     assert PbsScheduler().job_states(["9101.sched01", "9102"]) == {
         "9101.sched01": ("R", "00:27:33"), "9102": ("Q", "0:00:00")}
+
+
+def test_local_job_states_give_the_time_since_the_process_started(tmp_path):
+    from kdlab.schedulers.local import LocalScheduler
+    from kdlab.study import SchedulerSettings
+
+    scheduler = LocalScheduler()
+    job_id = scheduler.submit("run-l", [sys.executable, "-c", "import time; time.sleep(30)"],
+                              tmp_path / "run", SchedulerSettings(), lambda job_id: None)
+    try:
+        time.sleep(1.2)
+        state, elapsed = scheduler.job_states([job_id])[job_id]
+        hours, minutes, seconds = (int(part) for part in elapsed.split(":"))
+        assert state == "R" and hours == 0 and minutes == 0 and 1 <= seconds <= 20
+    finally:
+        scheduler.cancel(job_id)
+    dead = f"{job_id.split('-')[0]}-1-{job_id.split('-')[2]}"  # another start time: gone
+    assert scheduler.job_states([dead]) == {}
