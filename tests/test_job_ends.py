@@ -251,16 +251,19 @@ def test_slurm_job_states_in_one_call_and_shown_by_status(tmp_path, fake_bin):
     assert len(squeue_calls) == 1  # one call for many jobs
     study = load_study(write_study(tmp_path))
     teacher, pure = study.runs()
+    earlier = {"job_id": "150", "state": "TIMEOUT", "exit_code": 0, "signal": 0,
+               "elapsed": "02:00:17", "source": "sacct"}
     for spec, job in ((teacher, "201"), (pure, "202")):
         runstate.write_status(run_dir(study.experiments_dir, spec),
                               {"status": "in_progress" if job == "201" else "queued",
-                               "job_id": job, "scheduler": "slurm"})
+                               "job_id": job, "scheduler": "slurm",
+                               **({"last_job_end": earlier} if job == "202" else {})})
     report = status_report(study)
     assert {entry["run"]: tuple(entry["job_state"]) for entry in report["live"]} == {
         teacher.name: ("R", "27:33"), pure.name: ("PD", "0:00")}
     text = format_report(report)
     assert f"{teacher.name}: job 201 [R 27:33]" in text
-    assert f"{pure.name}: job 202 [PD 0:00]" in text
+    assert f"{pure.name}: job 202 [PD 0:00]; job 150 ended TIMEOUT after 02:00:17" in text
 
 
 @pytest.mark.parametrize("flavour", ["json", "plain"])

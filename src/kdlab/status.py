@@ -256,7 +256,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
         "mean_max_acc_completed": _mean(all_accuracies),
         "groups": list(groups.values()), "failed": failed, "stuck": stuck,
         "liveness_unknown": unknown, "unreadable": unreadable, "runs": runs,
-        "live": [{"run": run["run"], "job_id": run["job_id"], "job_state": run["job_state"]}
+        "live": [{"run": run["run"], "job_id": run["job_id"], "job_state": run["job_state"],
+                  "last_job_end": run["last_job_end"]}
                  for run in runs if run["job_alive"] is True],
     }
 
@@ -307,7 +308,7 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("live"):  # the scheduler's own state and elapsed time, as '[R 0:27:33]'
         lines += ["", f"live jobs ({len(report['live'])}):"]
         lines += [f"  {entry['run']}: job {entry['job_id']}" + (
-            f" [{' '.join(entry['job_state'])}]" if entry["job_state"] else "")
+            f" [{' '.join(entry['job_state'])}]" if entry["job_state"] else "") + _ended(entry)
             for entry in report["live"]]
     for title, key, field in (("failed", "failed", "reason"), ("stuck", "stuck", "reason"),
                               ("liveness unknown", "liveness_unknown", "reason"),
@@ -316,6 +317,15 @@ def format_report(report: dict[str, Any]) -> str:
             lines += ["", f"{title} ({len(report[key])}):"]
             lines += [f"  {entry['run']}: {entry[field]}" for entry in report[key]]
     return "\n".join(lines)
+
+
+def _ended(entry: dict[str, Any]) -> str:
+    """'; job 123 ended OUT_OF_MEMORY after 00:14:02' for a run's previous job, or ''."""
+    from .schedulers.ending import end_text
+    end = entry.get("last_job_end")
+    if not isinstance(end, dict) or end.get("job_id") == entry.get("job_id"):
+        return ""
+    return f"; job {end.get('job_id')} {end_text(end)}"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
