@@ -188,3 +188,26 @@ def test_show_script_needs_dry_run_and_shows_template_errors(tmp_path, fake_sche
     out = capsys.readouterr().out
     assert "#SBATCH --time=00:10:00\n" in out and "exec true train --dataset Digits" in out
     assert not (tmp_path / "experiments").exists()  # a dry run writes nothing
+
+
+def test_run_directories_a_directive_cannot_hold_are_refused_at_render(tmp_path, fake_schedulers,
+                                                                        monkeypatch, capsys):
+    """The run directories include where kdlab queue runs: checked when a script is made."""
+    here = tmp_path / "my project"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    study = write_study(tmp_path, "pbs", experiments_dir="experiments")
+    assert main(["queue", "--dry-run", str(study)]) == 0  # planning needs no script
+    capsys.readouterr()
+    for argv in (["queue", "--dry-run", "--show-script", str(study)], ["queue", str(study)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "(experiments_dir)" in err, err
+    assert not (fake_schedulers / "scripts.log").exists()
+
+
+def test_a_kdlab_command_that_does_not_split_is_refused(tmp_path, capsys):
+    study = write_study(tmp_path, "slurm", kdlab_command="python -m 'kdlab")
+    assert main(["status", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert "key 'scheduler.kdlab_command'" in err and "splits like a shell line" in err
