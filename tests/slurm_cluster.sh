@@ -1,20 +1,37 @@
 #!/usr/bin/env bash
 # Start or stop a one-node Slurm cluster on this machine, for the test suite.
 #
-#   tests/slurm_cluster.sh start    # munged + slurmctld + slurmd, wait until the node is idle
+#   tests/slurm_cluster.sh start    # munged (+ MariaDB + slurmdbd) + slurmctld + slurmd,
+#                                   # wait until the node is idle
 #   tests/slurm_cluster.sh stop     # scancel everything, then stop the daemons
 #   tests/slurm_cluster.sh status   # exit 0 when the cluster answers
 #
-# Installs nothing: it needs the Debian packages slurmctld slurmd slurm-client munge
-# (.ci/run installs them). No systemd is assumed: the daemons run from a working
-# directory, $KDLAB_SLURM_DIR (default /tmp/kdlab-slurm), configured through SLURM_CONF.
-# After `start`, "$KDLAB_SLURM_DIR/env" holds `SLURM_CONF=...`: every Slurm client call
-# (and every process that calls one) needs that variable; the tests read it from there.
+# Installs nothing: it needs the Debian packages slurmctld slurmd slurm-client munge, and
+# for accounting (sacct) slurmdbd mariadb-server (.ci/run installs them). No systemd is
+# assumed: the daemons run from a working directory, $KDLAB_SLURM_DIR (default
+# /tmp/kdlab-slurm), configured through SLURM_CONF. After `start`, "$KDLAB_SLURM_DIR/env"
+# holds `SLURM_CONF=...` and `KDLAB_SLURM_ACCOUNTING=1|0`: every Slurm client call (and
+# every process that calls one) needs SLURM_CONF; the tests read it from there.
+#
+# Accounting: when slurmdbd and mariadbd are installed (and KDLAB_SLURM_ACCOUNTING is not
+# 0), a private MariaDB server (TCP on 127.0.0.1, its own data directory) and slurmdbd are
+# started first, so `sacct` knows every job that ever ran.
+#
+# Memory: --mem is a limit. Where the cgroup v1 memory controller is mounted and writable
+# (also in many containers), task/cgroup confines each job and the kernel's OOM killer
+# ends it OUT_OF_MEMORY, as on a production cluster. Elsewhere jobacct_gather/linux
+# samples each step every second and OverMemoryKill kills a step over its --mem (the job
+# then ends FAILED with signal 9 and slurmstepd writes "Exceeded job memory limit" into
+# its error file). $KDLAB_SLURM_DIR/env says which (KDLAB_SLURM_MEMORY=cgroup|polling).
 set -euo pipefail
 
 DIR="${KDLAB_SLURM_DIR:-/tmp/kdlab-slurm}"
 CONF="$DIR/slurm.conf"
 MUNGE_SOCKET="$DIR/munge/munge.socket.2"
+CTLD_PORT="${KDLAB_SLURMCTLD_PORT:-6817}"
+SLURMD_PORT="${KDLAB_SLURMD_PORT:-6818}"
+DBD_PORT="${KDLAB_SLURMDBD_PORT:-6819}"
+DB_PORT="${KDLAB_MARIADB_PORT:-6820}"
 export SLURM_CONF="$CONF"
 
 log() { echo "slurm_cluster: $*" >&2; }
@@ -37,17 +54,124 @@ pid_alive() {  # the daemon of pid file $1 runs (the file may vanish while we lo
     pid="$(cat "$1" 2>/dev/null)" && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
+accounting_wanted() {
+    [ "${KDLAB_SLURM_ACCOUNTING:-1}" != 0 ] && [ -x "$(daemon slurmdbd)" ] \
+        && [ -x "$(daemon mariadbd)" ] && command -v mariadb-install-db >/dev/null 2>&1
+}
+
+cgroup_memory_usable() {  # cgroup v1 with writable memory and freezer controllers
+    local probe="kdlab-probe-$$" controller
+    for controller in memory freezer; do
+        mkdir "/sys/fs/cgroup/$controller/$probe" 2>/dev/null || return 1
+        rmdir "/sys/fs/cgroup/$controller/$probe"
+    done
+}
+
+write_env() {
+    local accounting=0 memory=polling
+    grep -q '^AccountingStorageType=accounting_storage/slurmdbd' "$CONF" && accounting=1
+    grep -q '^TaskPlugin=task/cgroup' "$CONF" && memory=cgroup
+    printf 'SLURM_CONF=%s\nKDLAB_SLURM_ACCOUNTING=%s\nKDLAB_SLURM_MEMORY=%s\n' \
+        "$CONF" "$accounting" "$memory" >"$DIR/env"
+    cat "$DIR/env"
+}
+
+start_accounting() {  # MariaDB on 127.0.0.1:$DB_PORT, then slurmdbd on $DBD_PORT
+    local db="$DIR/mariadb" socket="$DIR/mariadb.sock"
+    if [ ! -d "$db/mysql" ]; then
+        mkdir -p "$db"
+        mariadb-install-db --no-defaults --user=root --datadir="$db" \
+            --auth-root-authentication-method=socket >"$DIR/mariadb-install.log" 2>&1 \
+            || { log "mariadb-install-db failed; see $DIR/mariadb-install.log"; return 1; }
+    fi
+    if ! pid_alive "$DIR/mariadb.pid"; then
+        "$(daemon mariadbd)" --no-defaults --user=root --datadir="$db" --socket="$socket" \
+            --port="$DB_PORT" --bind-address=127.0.0.1 --pid-file="$DIR/mariadb.pid" \
+            --log-error="$DIR/mariadb.log" --innodb-buffer-pool-size=64M \
+            --skip-name-resolve >/dev/null 2>&1 &
+        for _ in $(seq 1 120); do
+            mariadb --no-defaults -S "$socket" -u root -e 'SELECT 1' >/dev/null 2>&1 && break
+            sleep 0.5
+        done
+    fi
+    mariadb --no-defaults -S "$socket" -u root -e "
+        CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'kdlabtest';
+        GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" \
+        || { log "MariaDB did not start; see $DIR/mariadb.log"; return 1; }
+    cat >"$DIR/slurmdbd.conf" <<EOF
+# Generated by tests/slurm_cluster.sh: accounting for the test cluster.
+AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCKET
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
+SlurmUser=root
+PidFile=$DIR/slurmdbd.pid
+LogFile=$DIR/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=kdlabtest
+StorageLoc=slurm_acct_db
+EOF
+    chmod 600 "$DIR/slurmdbd.conf"
+    if ! pid_alive "$DIR/slurmdbd.pid"; then
+        "$(daemon slurmdbd)"
+    fi
+    for _ in $(seq 1 120); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$DBD_PORT") 2>/dev/null && return 0
+        sleep 0.5
+    done
+    log "slurmdbd did not answer on port $DBD_PORT; see $DIR/slurmdbd.log"
+    return 1
+}
+
 cluster_up() {
     [ -f "$CONF" ] && pid_alive "$DIR/slurmctld.pid" && pid_alive "$DIR/slurmd.pid" \
         && sinfo -h -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'
 }
 
-write_config() {
-    local host cpus memory_mb
+write_config() {  # $1: 1 with accounting (slurmdbd), 0 without
+    local host cpus memory_mb accounting tracking kill_over_memory
     host="$(hostname -s)"
     cpus="$(nproc)"
     # Leave some memory to the system; jobs asking for more than this are refused.
     memory_mb="$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
+    if cgroup_memory_usable; then
+        cat >"$DIR/cgroup.conf" <<EOF
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+ConstrainRAMSpace=yes
+ConstrainSwapSpace=yes
+EOF
+        tracking="ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup"
+        kill_over_memory=NoOverMemoryKill
+    else
+        tracking="ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none"
+        kill_over_memory=OverMemoryKill
+    fi
+    if [ "$1" = 1 ]; then
+        accounting="# Accounting through slurmdbd (sacct); memory sampled every second.
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort=$DBD_PORT
+# For slurmdbd connections this names munged's socket (AuthInfo does not apply to them).
+AccountingStoragePass=$MUNGE_SOCKET
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=$kill_over_memory
+# The controller forgets ended jobs soon; sacct remembers them.
+MinJobAge=300"
+    else
+        accounting="# No accounting daemon: the controller's memory of ended jobs is all there is.
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=$kill_over_memory
+MinJobAge=3600"
+    fi
     cat >"$CONF" <<EOF
 # Generated by tests/slurm_cluster.sh: a one-node cluster for kdlab's tests.
 ClusterName=kdlabtest
@@ -57,23 +181,26 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$MUNGE_SOCKET
-SlurmctldPort=${KDLAB_SLURMCTLD_PORT:-6817}
-SlurmdPort=${KDLAB_SLURMD_PORT:-6818}
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/slurmctld.pid
 SlurmdPidFile=$DIR/slurmd.pid
 SlurmctldLogFile=$DIR/slurmctld.log
 SlurmdLogFile=$DIR/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+$tracking
 # Without CR_Core the whole node goes to one job at a time.
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-# No accounting daemon: the controller's memory of finished jobs is all there is.
-MinJobAge=3600
+SelectTypeParameters=CR_Core_Memory
+# Memory is a consumable resource (so --mem is a limit, enforced with accounting); a job
+# that does not ask gets this much per CPU, not the whole node.
+DefMemPerCPU=1024
+$accounting
 KillWait=5
+# A job that became eligible by time (a requeued job is held for about two minutes) is
+# started by the periodic scheduling pass: every 10 s here instead of 60.
+SchedulerParameters=sched_interval=10
 MailProg=/bin/true
 ReturnToService=2
 SlurmdParameters=config_overrides
@@ -86,8 +213,7 @@ start() {
     need
     if cluster_up; then
         log "already running (SLURM_CONF=$CONF)"
-        echo "SLURM_CONF=$CONF" >"$DIR/env"
-        cat "$DIR/env"
+        write_env
         return 0
     fi
     mkdir -p "$DIR/munge" "$DIR/state" "$DIR/spool"
@@ -101,14 +227,18 @@ start() {
             --pid-file="$DIR/munged.pid" --log-file="$DIR/munged.log" \
             --seed-file="$DIR/munged.seed"
     fi
-    write_config
+    if accounting_wanted && start_accounting; then
+        write_config 1
+    else
+        accounting_wanted && log "accounting did not start: running without it"
+        write_config 0
+    fi
     "$(daemon slurmctld)" -c -f "$CONF"
     "$(daemon slurmd)" -f "$CONF"
     for _ in $(seq 1 120); do
         if cluster_up; then
-            echo "SLURM_CONF=$CONF" >"$DIR/env"
             log "up: $(sinfo -h -o '%P %T %c CPUs')"
-            cat "$DIR/env"
+            write_env
             return 0
         fi
         sleep 0.5
@@ -127,7 +257,7 @@ stop() {
             sleep 0.5
         done
     fi
-    for name in slurmd slurmctld munged; do
+    for name in slurmd slurmctld slurmdbd mariadb munged; do
         if pid_alive "$DIR/$name.pid"; then
             kill "$(cat "$DIR/$name.pid" 2>/dev/null)" 2>/dev/null || true
             for _ in $(seq 1 20); do
@@ -144,6 +274,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status)
-        if cluster_up; then echo "SLURM_CONF=$CONF"; else exit 1; fi ;;
+        if cluster_up; then cat "$DIR/env" 2>/dev/null || echo "SLURM_CONF=$CONF"
+        else exit 1; fi ;;
     *) echo "usage: $0 start|stop|status   (working directory: \$KDLAB_SLURM_DIR)" >&2; exit 2 ;;
 esac

@@ -3,9 +3,12 @@
 Real ``kdlab train`` jobs (Digits, ResNet20 teacher, ResNet8 student, 2 epochs, CPU) are
 submitted by ``kdlab queue``, one is cancelled mid-run with ``scancel``, the next
 ``kdlab queue`` submits it again and it resumes from its checkpoint; repeated queue calls
-take the study to completion. The cluster comes from ``tests/slurm_cluster.sh`` (started
-by .ci/run; started here when Slurm is installed but not running); without Slurm these
-tests are skipped, saying why."""
+take the study to completion. Stand-in training commands then end jobs every way a
+scheduler ends them (out of memory, past the time limit, scancelled, failed), which
+``status`` and ``queue`` must name from the accounting database, and requeue a job under
+its own id at the pre-timeout signal. The cluster comes from ``tests/slurm_cluster.sh``
+(started by .ci/run; started here when Slurm is installed but not running); without Slurm
+these tests are skipped, saying why."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import pytest
 
 from kdlab import runstate
 from kdlab.cli import main
-from kdlab.status import study_run_states
+from kdlab.status import format_report, status_report, study_run_states
 from kdlab.study import load_study
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -160,7 +163,8 @@ def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp
 
     lines = queue(study_path, capsys)
     resubmitted = [line for line in lines if pure.name in line]
-    assert resubmitted[0].startswith("submit") and f"job {first_job} is gone" in resubmitted[0]
+    assert resubmitted[0].startswith("submit") and re.search(
+        rf"job {first_job} ended CANCELLED after \d\d:\d\d:\d\d; resubmitting", resubmitted[0])
 
     # Repeated queue calls (as cron would) until every run is completed.
     def all_completed():
@@ -189,3 +193,178 @@ def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp
     assert (pure_dir / f"slurm-{first_job}.out").exists()
     lines = queue(study_path, capsys)
     assert "3 completed" in lines[-1]
+
+
+# ---- why a job ended (accounting) ----------------------------------------------------------
+
+# Stand-in for `kdlab train` whose behaviour depends on the run: the Digits teacher takes
+# far more memory than the study gives it, the Digits student outlives the time limit, the
+# Cifar10 teacher waits to be scancelled and the Cifar10 student fails with exit code 3.
+MISBEHAVING_TRAIN = """\
+import sys, time
+args = sys.argv[1:]
+run = (args[args.index("--dataset") + 1], args[args.index("--model") + 1])
+if run == ("Digits", "ResNet20"):
+    block = bytearray(600 * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(120)
+elif run == ("Cifar10", "ResNet8"):
+    sys.exit(3)
+else:
+    time.sleep(600)
+"""
+
+
+def test_real_slurm_says_why_jobs_ended(slurm_cluster, tmp_path, capsys):
+    env = _read_env_file()
+    fake = tmp_path / "misbehave.py"
+    fake.write_text(MISBEHAVING_TRAIN)
+    study_path = tmp_path / "study.toml"
+    study_path.write_text(textwrap.dedent(f"""\
+        name = "slurmends"
+        datasets = ["Digits", "Cifar10"]
+        teacher = "ResNet20"
+        student = "ResNet8"
+        seeds = [0]
+        experiments_dir = "{tmp_path / 'experiments'}"
+
+        [scheduler]
+        backend = "slurm"
+        max_live_jobs = 4
+        memory = "200MB"
+        walltime = "00:01:00"
+        signal_seconds = 0
+        kdlab_command = "{sys.executable} {fake}"
+        """))
+    study = load_study(study_path)
+    names = {(spec.dataset, spec.model): spec.name for spec in study.runs()}
+    lines = queue(study_path, capsys)
+    assert sum(line.startswith("submit") for line in lines) == 4, lines
+    jobs = {state.spec.name: state.job_id for state in study_run_states(study)}
+    cancelled = jobs[names["Cifar10", "ResNet20"]]
+    wait_until(lambda: squeue_state(cancelled) == "RUNNING", "the job to be cancelled to run")
+    subprocess.run(["scancel", cancelled], check=True)
+
+    def all_ends():
+        report = status_report(study)
+        ends = {entry["run"]: entry.get("job_end") for entry in report["stuck"]}
+        return (len(ends) == 4 and all(ends.values())) and (report, ends)
+    report, ends = wait_until(all_ends, "every job to end and be accounted for", timeout=300,
+                              every=2.0)
+    source = "sacct" if env.get("KDLAB_SLURM_ACCOUNTING") == "1" else "scontrol"
+    assert {end["source"] for end in ends.values()} == {source}
+    oom = ends[names["Digits", "ResNet20"]]
+    if env.get("KDLAB_SLURM_MEMORY") == "cgroup":
+        assert oom["state"] == "OUT_OF_MEMORY", oom
+    else:  # polling enforcement: slurmstepd kills the step (see tests/slurm_cluster.sh)
+        assert (oom["state"], oom["signal"]) == ("FAILED", 9), oom
+    assert ends[names["Digits", "ResNet8"]]["state"] == "TIMEOUT"
+    assert ends[names["Cifar10", "ResNet20"]]["state"] == "CANCELLED"
+    failed = ends[names["Cifar10", "ResNet8"]]
+    assert (failed["state"], failed["exit_code"]) == ("FAILED", 3)
+    assert all(re.fullmatch(r"(\d+-)?\d\d:\d\d:\d\d", end["elapsed"]) for end in ends.values())
+    text = format_report(report)
+    assert re.search(rf"job {jobs[names['Digits', 'ResNet8']]} ended TIMEOUT after "
+                     r"00:0[1-3]:\d\d", text), text
+
+    lines = queue(study_path, capsys)
+    timeout_line = next(line for line in lines if names["Digits", "ResNet8"] in line)
+    assert f"job {jobs[names['Digits', 'ResNet8']]} ended TIMEOUT after " in timeout_line
+    assert "; resubmitting" in timeout_line
+    try:
+        for name, job_id in jobs.items():
+            status = runstate.read_status(next(state.run_dir for state in study_run_states(study)
+                                               if state.spec.name == name))
+            assert status["last_job_end"]["job_id"] == job_id, status
+            assert status["last_job_end"] == ends[name] and status["job_history"] == [job_id]
+    finally:
+        for state in study_run_states(study):
+            subprocess.run(["scancel", state.job_id], capture_output=True)
+
+
+# ---- self-requeue --------------------------------------------------------------------------
+
+# Stand-in for `kdlab train` that records each start (job id, Slurm's restart count),
+# checkpoints and exits 75 on the pre-timeout USR1 of its first start, and completes on
+# the next.
+REQUEUED_TRAIN = """\
+import os, signal, sys, time
+from kdlab import runstate
+from kdlab.cli import build_parser
+from kdlab.config import TrainConfig
+from kdlab.layout import run_dir
+
+args = build_parser().parse_args(sys.argv[1:])
+config = TrainConfig(dataset=args.dataset, model=args.model, seed=args.seed,
+                     epochs=args.epochs, experiments_dir=args.experiments_dir)
+directory = run_dir(config.experiments_dir, config.run_spec())
+restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+with open(directory / "starts.log", "a") as log:
+    log.write(f"{os.environ['SLURM_JOB_ID']} {restarts}\\n")
+stop = []
+signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+runstate.update_status(directory, status="in_progress", epoch=restarts, epochs=2)
+if restarts == 0:
+    while not stop:
+        time.sleep(0.1)
+    sys.exit(75)
+runstate.update_status(directory, status="completed", epoch=2, max_acc=50.0)
+"""
+
+
+def test_real_slurm_job_requeues_itself_under_its_id(slurm_cluster, tmp_path, capsys):
+    """About 2.5 minutes: Slurm (22.05) makes a requeued job eligible again only ~120 s
+    after the requeue (EligibleTime), whatever the configuration of this test cluster."""
+    fake = tmp_path / "requeued_train.py"
+    fake.write_text(REQUEUED_TRAIN)
+    study_path = tmp_path / "study.toml"
+    study_path.write_text(textwrap.dedent(f"""\
+        name = "slurmrequeue"
+        datasets = ["Digits"]
+        teacher = "ResNet20"
+        student = "ResNet8"
+        seeds = [0]
+        experiments_dir = "{tmp_path / 'experiments'}"
+
+        [scheduler]
+        backend = "slurm"
+        max_live_jobs = 1
+        memory = "500MB"
+        walltime = "00:01:00"
+        signal_seconds = 30
+        requeue = true
+        kdlab_command = "{sys.executable} {fake}"
+        """))
+    study = load_study(study_path)
+    teacher = study.runs()[0]
+    lines = queue(study_path, capsys)
+    assert lines[0].startswith("submit") and teacher.name in lines[0], lines
+    teacher_dir = next(state.run_dir for state in study_run_states(study)
+                       if state.spec == teacher)
+    job_id = runstate.read_status(teacher_dir)["job_id"]
+    starts = teacher_dir / "starts.log"
+    wait_until(lambda: starts.exists() and starts.read_text().strip(), "the first start",
+               timeout=120)
+
+    # Once the job has been requeued (not running again yet, or just started again), the
+    # queue sees it live: nothing is submitted, the run keeps its job.
+    def requeued():
+        answer = subprocess.run(["squeue", "-h", "-O", "State:20,RestartCnt:6", "-j", job_id],
+                                capture_output=True, text=True).stdout.split()
+        return len(answer) == 2 and int(answer[1]) >= 1 and answer
+    state_seen = wait_until(requeued, "the job to requeue itself", timeout=150, every=0.1)
+    lines = queue(study_path, capsys)
+    assert lines[0].startswith("live") and teacher.name in lines[0], (state_seen, lines)
+
+    wait_until(lambda: (runstate.read_status(teacher_dir) or {}).get("status") == "completed",
+               "the requeued job to complete", timeout=180)
+    assert starts.read_text().split("\n")[:2] == [f"{job_id} 0", f"{job_id} 1"]
+    status = runstate.read_status(teacher_dir)
+    assert status["job_id"] == job_id and status["submissions"] == 1
+    assert "job_history" not in status
+    script = (teacher_dir / "slurm-job-1.sh").read_text()
+    assert "#SBATCH --requeue" in script and "scontrol requeue" in script
+    assert "requeueing job" in (teacher_dir / f"slurm-{job_id}.err").read_text()
+    assert len(list(teacher_dir.glob("slurm-job-*.sh"))) == 1

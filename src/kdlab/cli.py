@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(p)
     p.add_argument("--dry-run", action="store_true", help="print decisions, submit nothing")
     p.add_argument("--retry-failed", action="store_true", help="resubmit failed runs too")
+    p.add_argument("--show-script", action="store_true",
+                   help="with --dry-run: print the exact job script of each would-be submission")
 
     p = sub.add_parser("status", help="table of the study's progress")
     _add_study(p)

@@ -60,7 +60,7 @@ from .config import complete_options, write_config_file
 from .errors import UserError
 from .layout import NO_ALPHA_LAYOUT
 from .packs import PER_RUN_FIELDS, Pack, make_packs, pack_key  # noqa: F401 (re-exported)
-from .schedulers import Scheduler, SchedulerError, backend_of_status, get_scheduler
+from .schedulers import Scheduler, SchedulerError, backend_of_status, ending, get_scheduler
 from .runs import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
                    RunState, check_liveness, resume_blocker, study_run_states)
 from .study import Study, load_study
@@ -97,6 +97,7 @@ class Decision:
     missed_start: bool = False     # its last job ended before any member began training
     retried: bool = False          # submitted only because of --retry-failed
     restart: bool = False          # the job starts it over (--force-restart)
+    job_end: dict | None = None    # why the run's previous job ended (schedulers.ending)
 
     def line(self, dry_run: bool = False) -> str:
         action = self.action
@@ -120,6 +121,7 @@ def plan_queue(study: Study, states: list[RunState] | None = None, *,
         states = study_run_states(study)
     if liveness is None:
         liveness = check_liveness(states, study.scheduler.backend)
+    ends = ending.gone_job_ends(states, liveness, study.scheduler.backend)
     by_spec = {state.spec: state for state in states}
     accept_earlier = (study.accept_earlier_teachers
                       or study.training.get("augmentation") == "earlier")
@@ -130,7 +132,7 @@ def plan_queue(study: Study, states: list[RunState] | None = None, *,
     candidates: list[Decision] = []
     for state in states:
         decision = _decide(state, by_spec, liveness, retry_failed,
-                           _job_key(state, backend) in began)
+                           _job_key(state, backend) in began, ends.get(state.run_dir))
         if decision.action == SUBMIT and not accept_earlier:
             decision = _unless_teacher_earlier(decision, by_spec)
         decisions.append(decision)
@@ -158,7 +160,7 @@ def live_jobs(decisions: list[Decision], default_backend: str) -> int:
 
 
 def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool,
-            job_began: bool = False) -> Decision:
+            job_began: bool = False, end: dict | None = None) -> Decision:
     status = state.status or {}
     if state.state == COMPLETED:
         return Decision(state, DONE, state.detail)
@@ -178,13 +180,19 @@ def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool,
             why = alive if isinstance(alive, str) else "not checked"
             return Decision(state, UNKNOWN, f"{state.detail}; liveness unknown ({why}); "
                                             "left alone", counts_as_live=True)
+        gone = f"job {job_id} " + (ending.end_text(end) if end else f"is gone ({state.detail})")
         blocker = resume_blocker(state)
         if blocker is not None:
             if not retry_failed:
-                return Decision(state, FAILED_ACTION, f"job {job_id} is gone: {blocker}")
-            decision = Decision(state, SUBMIT, f"retrying: job {job_id} is gone: {blocker}",
-                                retried=True, restart=state.earlier_code)
+                return Decision(state, FAILED_ACTION, f"{gone}: {blocker}", job_end=end)
+            decision = Decision(state, SUBMIT, f"retrying: {gone}: {blocker}",
+                                retried=True, restart=state.earlier_code, job_end=end)
             return _unless_teacher_missing(decision, by_spec)
+        out_of_memory = ending.out_of_memory_count(status, end)
+        if out_of_memory >= ending.MAX_OUT_OF_MEMORY and not retry_failed:
+            return Decision(state, FAILED_ACTION, f"{gone}; its jobs ran out of memory "
+                            f"{out_of_memory} times: raise scheduler.memory, or --retry-failed "
+                            "to submit again", job_end=end)
         missed = int(status.get("missed_starts") or 0)
         missed_start = state.state == QUEUED and not job_began
         if missed_start and missed + 1 >= MAX_MISSED_STARTS and not retry_failed:
@@ -198,8 +206,8 @@ def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool,
             why = "it never began training"
         else:
             why = "it had not begun while other runs of its pack trained"
-        decision = Decision(state, SUBMIT, f"job {job_id} is gone ({state.detail}); {why}",
-                            missed_start=missed_start)
+        decision = Decision(state, SUBMIT, f"{gone}; resubmitting: {why}",
+                            missed_start=missed_start, job_end=end)
         return _unless_teacher_missing(decision, by_spec)
     if state.state == FAILED:
         if not retry_failed:
@@ -281,20 +289,39 @@ def submit_pack(study: Study, pack: Pack, scheduler: Scheduler) -> str:
     SchedulerError when the submission fails."""
     names = pack.names
     changes = [_submission_changes(scheduler, decision, names) for decision in pack.members]
-    arguments = ["train"] + (["--force-restart"] if any(d.restart for d in pack.members) else [])
     for decision in pack.members:
         write_config_file(decision.run.run_dir,
                           complete_options(study.train_config(decision.run.spec)))
-        arguments += study.train_command(decision.run.spec)[1:]
-    argv = scheduler.argv(study.scheduler, arguments)
+    argv = scheduler.argv(study.scheduler, pack_arguments(study, pack))
 
     def record(job_id: str) -> None:
         for decision, change in zip(pack.members, changes):
             runstate.update_status(decision.run.run_dir, job_id=job_id, **change)
 
+    return scheduler.submit(_job_name(pack), argv, pack.members[0].run.run_dir,
+                            study.scheduler, record)
+
+
+def pack_arguments(study: Study, pack: Pack) -> list[str]:
+    """The ``kdlab`` arguments of a pack's job: ``train --config A --config B ...``."""
+    arguments = ["train"] + (["--force-restart"] if any(d.restart for d in pack.members) else [])
+    for decision in pack.members:
+        arguments += study.train_command(decision.run.spec)[1:]
+    return arguments
+
+
+def _job_name(pack: Pack) -> str:
     lead = pack.members[0].run
-    job_name = lead.spec.name if len(names) == 1 else f"{lead.spec.name}-pack{len(names)}"
-    return scheduler.submit(job_name, argv, lead.run_dir, study.scheduler, record)
+    return lead.spec.name if len(pack.members) == 1 else f"{lead.spec.name}-pack{len(pack.members)}"
+
+
+def job_scripts(study: Study, decisions: list[Decision], scheduler: Scheduler) -> list[str]:
+    """The job script of every pack about to be submitted, rendered now: a value that no
+    script may hold is a UserError before anything is written or submitted."""
+    return [scheduler.job_script_text(_job_name(pack),
+                                      scheduler.argv(study.scheduler, pack_arguments(study, pack)),
+                                      pack.members[0].run.run_dir, study.scheduler)
+            for pack in packs_of(decisions) if pack.members[0].action == SUBMIT]
 
 
 def submit_run(study: Study, decision: Decision, scheduler: Scheduler) -> str:
@@ -326,17 +353,23 @@ def _submission_changes(scheduler: Scheduler, decision: Decision, names: list[st
 
 
 def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False,
-              say: Callable[[str], None] = print,
-              scheduler: Scheduler | None = None) -> tuple[list[Decision], int]:
+              say: Callable[[str], None] = print, scheduler: Scheduler | None = None,
+              show_script: bool = False) -> tuple[list[Decision], int]:
     """Decide and (unless ``dry_run``) submit; print one line per run and a summary.
     Returns the decisions and the exit status (1 when a submission failed, else 0)."""
     scheduler = scheduler or get_scheduler(study.scheduler.backend)
+    if show_script and not dry_run:
+        raise UserError("kdlab queue: --show-script needs --dry-run (it prints the job "
+                        "scripts that would be submitted)")
     if dry_run:
         decisions = plan_queue(study, retry_failed=retry_failed)
         for decision in decisions:
             say(decision.line(dry_run=True))
         for line in pack_lines(decisions, dry_run=True):
             say(line)
+        if show_script:
+            for text in job_scripts(study, decisions, scheduler):
+                say(text)
         say(summary_line(study, decisions, dry_run=True))
         return decisions, 0
     if study.layout == NO_ALPHA_LAYOUT:
@@ -350,8 +383,15 @@ def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False
     exit_status = 0
     with queue_lock(study.experiments_dir, say=say):
         decisions = plan_queue(study, retry_failed=retry_failed)
+        job_scripts(study, decisions, scheduler)  # refuse a bad value before any submission
         submission_error: str | None = None
         for decision in decisions:
+            changes = ending.status_changes(decision.run.status, decision.job_end or {})
+            if changes:  # why its job ended is kept in status.json, whatever happens next
+                try:
+                    runstate.update_status(decision.run.run_dir, **changes)
+                except (OSError, runstate.StateFileError) as error:
+                    decision.reason += f"; not recorded why its job ended: {error}"
             pack = decision.pack
             if decision.action == SUBMIT and not pack.tried:
                 pack.tried = True
@@ -419,5 +459,6 @@ def summary_line(study: Study, decisions: list[Decision], dry_run: bool = False)
 
 def command(args) -> int:
     study = load_study(args.study)
-    _, exit_status = run_queue(study, dry_run=args.dry_run, retry_failed=args.retry_failed)
+    _, exit_status = run_queue(study, dry_run=args.dry_run, retry_failed=args.retry_failed,
+                               show_script=getattr(args, "show_script", False))
     return exit_status

@@ -32,6 +32,9 @@ def status_report(study: Study, states: list[RunState] | None = None,
         states = study_run_states(study)
     if liveness is None:
         liveness = check_liveness(states, study.scheduler.backend) if check_jobs else {}
+    from .schedulers import ending  # lazy: the schedulers import the study module
+    ends = ending.gone_job_ends(states, liveness, study.scheduler.backend) if check_jobs else {}
+    job_states = ending.live_job_states(states, liveness, study.scheduler.backend)
     total = len(states)
     counts = {name: 0 for name in RUN_STATES}
     groups: dict[tuple, dict[str, Any]] = {}
@@ -77,8 +80,10 @@ def status_report(study: Study, states: list[RunState] | None = None,
                                 "reason": "no job id recorded (started by hand?)"})
             elif alive is False:
                 blocker = resume_blocker(state)
-                stuck.append({**entry, "job_id": job_id,
-                              "reason": f"job {job_id} is gone but status.json says "
+                end = ends.get(state.run_dir)
+                gone = ending.end_text(end) if end else "is gone"
+                stuck.append({**entry, "job_id": job_id, "job_end": end,
+                              "reason": f"job {job_id} {gone} but status.json says "
                                         f"{state.status['status']}; "
                                         + (f"kdlab queue leaves it: {blocker}" if blocker
                                            else "kdlab queue resubmits it")})
@@ -100,7 +105,9 @@ def status_report(study: Study, states: list[RunState] | None = None,
                      "epochs": planned_epochs(state.status, int(study.training["epochs"])),
                      "max_acc": state.max_acc, "collapsed": state.collapsed,
                      "made_by": state.made_by, "pack": state.pack,
-                     "run_dir": str(state.run_dir)})
+                     "run_dir": str(state.run_dir),
+                     "last_job_end": ends.get(state.run_dir) or status.get("last_job_end"),
+                     "job_state": job_states.get(state.run_dir)})
     outside = outside_grid(study, states)
     return {
         "study": study.name, "study_file": str(study.path),
@@ -114,6 +121,9 @@ def status_report(study: Study, states: list[RunState] | None = None,
         "collapsed": [run["run"] for run in runs if run["collapsed"]],
         "earlier_code_runs": sum(run["made_by"] == "earlier code" for run in runs),
         "outside_grid": outside, "packs": _packs(states, liveness),
+        "live": [{"run": run["run"], "job_id": run["job_id"], "job_state": run["job_state"],
+                  "last_job_end": run["last_job_end"]}
+                 for run in runs if run["job_alive"] is True],
     }
 
 
@@ -174,6 +184,11 @@ def format_report(report: dict[str, Any]) -> str:
                               if name != COMPLETED),
               "accuracy of completed runs: "
               + ("-" if accuracy is None else f"{accuracy:.2f}% (mean of best test accuracy)")]
+    if report.get("live"):  # the scheduler's own state and elapsed time, as '[R 0:27:33]'
+        lines += ["", f"live jobs ({len(report['live'])}):"]
+        lines += [f"  {entry['run']}: job {entry['job_id']}" + (
+            f" [{' '.join(entry['job_state'])}]" if entry["job_state"] else "") + _ended(entry)
+            for entry in report["live"]]
     earlier = report["earlier_code_runs"]
     if earlier:
         lines.append(f"made by: {earlier} of these runs were made by the earlier research code "
@@ -196,6 +211,15 @@ def format_report(report: dict[str, Any]) -> str:
             lines += ["", f"{title} ({len(report[key])}):"]
             lines += [f"  {entry['run']}: {entry[field]}" for entry in report[key]]
     return "\n".join(lines)
+
+
+def _ended(entry: dict[str, Any]) -> str:
+    """'; job 123 ended OUT_OF_MEMORY after 00:14:02' for a run's previous job, or ''."""
+    from .schedulers.ending import end_text
+    end = entry.get("last_job_end")
+    if not isinstance(end, dict) or end.get("job_id") == entry.get("job_id"):
+        return ""
+    return f"; job {end.get('job_id')} {end_text(end)}"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:

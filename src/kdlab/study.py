@@ -47,6 +47,7 @@ class SchedulerSettings:
     signal_seconds: int = 300           # warn the job this long before the walltime kill
     kdlab_command: str = "kdlab"        # how the job invokes kdlab (e.g. 'python -m kdlab')
     pack_size: int = 1                  # runs trained together by one job (see kdlab.queue)
+    requeue: bool = False               # Slurm: the job requeues itself at the pre-timeout signal
 
     def walltime_seconds(self) -> int:
         parts = [int(part) for part in self.walltime.split(":")]
@@ -358,12 +359,17 @@ def load_study(path: str | Path) -> Study:
     for key, kind in _CLUSTER_KEYS.items():
         check.get(cluster, key, kind, "cluster", None)
     sync = _load_sync(check, check.get(raw, "sync", dict, "", {}))
+    experiments_dir = check.get(raw, "experiments_dir", str, "", "experiments")
+    data_root = check.get(raw, "data_root", str, "", "data")
+    from .schedulers.fields import job_value_problem  # lazy: the schedulers import this module
+    problem = job_value_problem(scheduler, experiments_dir, data_root)
+    if problem is not None:
+        check.fail(*problem)
 
     study = Study(
         name=name, path=path, datasets=list(datasets), teacher=teacher, student=student,
         methods=list(methods), alphas=alphas, seeds=list(seeds),
-        experiments_dir=Path(check.get(raw, "experiments_dir", str, "", "experiments")),
-        data_root=Path(check.get(raw, "data_root", str, "", "data")),
+        experiments_dir=Path(experiments_dir), data_root=Path(data_root),
         analysis_dir=Path(check.get(raw, "analysis_dir", str, "", "analysis")),
         training=training, method_options={k: dict(v) for k, v in method_options.items()},
         scheduler=scheduler, cluster=dict(cluster), sync=sync, layout=layout,
@@ -439,6 +445,7 @@ def _load_scheduler(check: _Checker, table: dict) -> SchedulerSettings:
         kdlab_command=check.get(table, "kdlab_command", str, "scheduler",
                                 defaults.kdlab_command),
         pack_size=check.get(table, "pack_size", int, "scheduler", defaults.pack_size),
+        requeue=check.get(table, "requeue", bool, "scheduler", defaults.requeue),
     )
     if settings.backend not in BACKENDS:
         check.fail("scheduler.backend", f"one of {', '.join(BACKENDS)}", settings.backend)

@@ -83,6 +83,13 @@ class Scheduler(ABC):
         return the job id. If ``record`` raises, the job is cancelled and the error passed
         on. Raises :class:`SchedulerError` when submission fails."""
 
+    def job_script_text(self, run_name: str, command: list[str], run_dir: Path,
+                        settings: SchedulerSettings) -> str:
+        """Exactly what ``submit`` would hand to the scheduler now (``kdlab queue --dry-run
+        --show-script``): a batch backend's job script, rendered, so that its errors show
+        before anything is submitted. This default: the command line alone."""
+        return f"# {self.name}: no job script; the job runs\n{shlex.join(command)}\n"
+
     @abstractmethod
     def is_alive(self, job_id: str) -> bool:
         """True while the job is pending or running; False once it is gone (finished,
@@ -98,6 +105,18 @@ class Scheduler(ABC):
             except SchedulerError as error:
                 answers[job_id] = error
         return answers
+
+    def job_states(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """The scheduler's own view of live jobs, in one call for many: job id -> (state as
+        the scheduler abbreviates it, e.g. 'R' or 'PD', elapsed time as it prints it, e.g.
+        '0:27:33'). Jobs it does not list are left out; this default knows none."""
+        return {}
+
+    def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
+        """Why the given (gone) jobs ended, in one call: job id -> end record (see
+        :mod:`kdlab.schedulers.ending`). Jobs the scheduler cannot tell about are left out;
+        this default knows none."""
+        return {}
 
     @abstractmethod
     def cancel(self, job_id: str) -> None:
@@ -214,10 +233,12 @@ def render_script(fields: dict[str, object], settings: SchedulerSettings,
 
 
 def script_body(shebang_and_directives: list[str], fields: dict[str, object],
-                wrap_command: list[str] | None = None) -> str:
+                wrap_command: list[str] | None = None,
+                run_lines: Callable[[str], list[str]] | None = None) -> str:
     """kdlab's own job script: directives, ``cd`` to the submission directory, setup lines,
     then ``exec`` the training command, so that the scheduler's signals reach the training
-    process itself (it checkpoints on SIGTERM/SIGUSR1) instead of a waiting shell."""
+    process itself (it checkpoints on SIGTERM/SIGUSR1) instead of a waiting shell.
+    ``run_lines(command)``, when given, gives the lines that run the command instead."""
     command = str(fields["command"])
     if wrap_command:
         command = f"{shlex.join(wrap_command)} {command}"
@@ -226,6 +247,8 @@ def script_body(shebang_and_directives: list[str], fields: dict[str, object],
               f"cd {shlex.quote(str(fields['workdir']))}",
               "", "# Environment of the job (study: scheduler.setup)."]
     lines += [str(line) for line in str(fields["setup"]).splitlines()]
+    if run_lines is not None:
+        return "\n".join(lines + [""] + run_lines(command) + [""])
     lines += ["", "# exec: the training process replaces this shell and receives the signals.",
               f"exec {command}", ""]
     return "\n".join(lines)

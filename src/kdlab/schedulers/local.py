@@ -10,6 +10,7 @@ dead job look alive. Linux only (it reads ``/proc``).
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -95,6 +96,13 @@ class LocalScheduler(Scheduler):
             return [sys.executable, "-m", "kdlab", *train_arguments]
         return training_argv(settings, train_arguments)
 
+    def job_script_text(self, run_name: str, command: list[str], run_dir: Path,
+                        settings: SchedulerSettings) -> str:
+        threads = job_environment(settings)["OMP_NUM_THREADS"]
+        return (f"# local: no job script; this process starts in its own session, its output "
+                f"appended to {Path(run_dir) / LOG_FILE}\n"
+                f"OMP_NUM_THREADS={shlex.quote(threads)} {shlex.join(command)}\n")
+
     def submit(self, run_name: str, command: list[str], run_dir: Path,
                settings: SchedulerSettings, record: Callable[[str], None]) -> str:
         run_dir = Path(run_dir)
@@ -123,6 +131,22 @@ class LocalScheduler(Scheduler):
         os.write(gate_write, b"go\n")
         os.close(gate_write)
         return job_id
+
+    def job_states(self, job_ids) -> dict[str, tuple[str, str]]:
+        """'R' and the time since the process started, for the live ones."""
+        states = {}
+        for job_id in job_ids:
+            try:
+                alive = self.is_alive(job_id)
+                uptime = float((_PROC / "uptime").read_text().split()[0])
+            except (SchedulerError, OSError, ValueError):
+                continue
+            info = process_start_ticks(parse_job_id(job_id)[0]) if alive else None
+            if info is not None:
+                seconds = max(0, int(uptime - info[0] / os.sysconf("SC_CLK_TCK")))
+                states[job_id] = ("R", f"{seconds // 3600}:{seconds // 60 % 60:02d}:"
+                                       f"{seconds % 60:02d}")
+        return states
 
     def is_alive(self, job_id: str) -> bool:
         pid, start_ticks, boot = parse_job_id(job_id)

@@ -14,6 +14,13 @@ Liveness: ``qstat -f -F json ID`` (``job_state``), falling back to plain ``qstat
 where JSON output is not offered or not parseable. "Unknown Job Id" and "Job has
 finished" mean the job is gone; so does state F (finished), X (finished sub-job) or
 C (completed, Torque).
+
+Why a job ended: ``qstat -x -f -F json IDS`` (job history, PBS Pro/OpenPBS), else plain
+``qstat -x -f ID``: ``Exit_status`` (Torque: ``exit_status``), ``resources_used.walltime``
+and the server's ``comment`` map onto Slurm's end states: 0 COMPLETED; -29 or a comment
+"walltime ... exceeded limit" TIMEOUT; -27/-26 or "mem ... exceeded limit" OUT_OF_MEMORY;
+256 + N killed by signal N (FAILED, signal N, unless the comment says why); any other
+value FAILED with that exit code.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
 from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
                    run_command, script_body, script_fields)
+from .ending import OUT_OF_MEMORY, end_record
+from .fields import check_directive_values
 
 ALIVE_STATES = frozenset("QRHWEBTSUM")  # queued, running, held, waiting, exiting, begun,
 #                                          transit, suspended, user-suspended, moved
@@ -37,6 +46,7 @@ _GONE_MESSAGES = ("unknown job id", "job has finished")
 def directives(run_name: str, run_dir: Path, settings: SchedulerSettings, output_file: Path,
                error_file: Path) -> tuple[list[str], list[str]]:
     """(kdlab's #PBS lines, the study's extra directive lines), each a full line."""
+    check_directive_values(run_name, run_dir)
     select = f"select=1:ncpus={settings.cpus}"
     if settings.gpus > 0:
         select += f":ngpus={settings.gpus}"
@@ -120,6 +130,59 @@ def parse_qstat_full(text: str, job_id: str) -> str | None:
     return state[1] if state else None
 
 
+# PBS Pro / OpenPBS exit statuses set by the server or MoM when it kills a job (job.h).
+_KILLED_FOR = {-29: "TIMEOUT", -27: OUT_OF_MEMORY, -26: OUT_OF_MEMORY}
+_ATTRIBUTE = re.compile(r"^\s+([\w.]+)\s*=\s*(.*?)\s*$", re.MULTILINE)
+
+
+def pbs_end(job_id: str, attributes: dict, source: str) -> dict | None:
+    """The end record of a finished job from its qstat attributes (flat names, such as
+    ``resources_used.walltime``); None while it is not finished or says no exit status."""
+    state = str(attributes.get("job_state", "")).strip()[:1].upper()
+    status = attributes.get("Exit_status", attributes.get("exit_status"))
+    if state not in GONE_STATES or status is None:
+        return None
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        return None
+    comment = str(attributes.get("comment", "")).lower()
+    signal = status - 256 if status > 256 else None
+    if status in _KILLED_FOR:
+        name = _KILLED_FOR[status]
+    elif "exceeded limit" in comment and "walltime" in comment:
+        name = "TIMEOUT"
+    elif "exceeded limit" in comment and "mem" in comment:
+        name = OUT_OF_MEMORY
+    else:
+        name = "COMPLETED" if status == 0 else "FAILED"
+    return end_record(job_id, name, None if signal else status, signal,
+                      attributes.get("resources_used.walltime"), source)
+
+
+def _flat(job: dict) -> dict:
+    """qstat JSON attributes with nested tables flattened ('resources_used.walltime')."""
+    flat = {}
+    for key, value in job.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": item for inner, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_qstat_history(text: str, job_id: str) -> dict | None:
+    """The end record of ``job_id`` in plain ``qstat -x -f ID`` output."""
+    for match in _JOB_BLOCK.finditer(text):
+        if match[1].split(".")[0] != job_id.split(".")[0]:
+            continue
+        block = text[match.end():]
+        following = _JOB_BLOCK.search(block)
+        block = block[:following.start()] if following else block
+        return pbs_end(job_id, dict(_ATTRIBUTE.findall(block)), "qstat -x")
+    return None
+
+
 def _says_gone(result) -> bool:
     message = f"{result.stderr}\n{result.stdout}".lower()
     return any(phrase in message for phrase in _GONE_MESSAGES)
@@ -140,12 +203,18 @@ class PbsScheduler(Scheduler):
     name = "pbs"
     commands = ("qsub", "qstat", "qdel", "qrls")
 
+    def job_script_text(self, run_name: str, command: list[str], run_dir: Path,
+                        settings: SchedulerSettings) -> str:
+        attempt = next_script_path(Path(run_dir), "pbs-job", ".sh")[1]
+        return job_script(run_name, command, run_dir, settings, attempt)
+
     def submit(self, run_name: str, command: list[str], run_dir: Path,
                settings: SchedulerSettings, record: Callable[[str], None]) -> str:
         run_dir = Path(run_dir)
+        text = self.job_script_text(run_name, command, run_dir, settings)
         run_dir.mkdir(parents=True, exist_ok=True)
-        script_path, attempt = next_script_path(run_dir, "pbs-job", ".sh")
-        atomic_write_text(script_path, job_script(run_name, command, run_dir, settings, attempt))
+        script_path, _ = next_script_path(run_dir, "pbs-job", ".sh")
+        atomic_write_text(script_path, text)
         argv = ["qsub", "-h", str(script_path)]
         result = run_command(argv, "pbs submit")
         if result.returncode != 0:
@@ -201,6 +270,62 @@ class PbsScheduler(Scheduler):
         if _says_gone(result):
             return False
         raise SchedulerError(command_failure(plain, result))
+
+    def job_states(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """One ``qstat -f -F json`` call (else plain ``qstat -f``): job_state and
+        resources_used.walltime ('0:00:00' before the job runs)."""
+        job_ids = [str(job_id) for job_id in job_ids]
+        if not job_ids:
+            return {}
+        try:
+            result = run_command(["qstat", "-f", "-F", "json", *job_ids], "pbs job states")
+            data = json.loads(result.stdout) if result.stdout.strip() else {}
+            listed = (data.get("Jobs") or {}) if isinstance(data, dict) else {}
+            jobs = {key: _flat(job) for key, job in listed.items() if isinstance(job, dict)}
+        except (SchedulerError, ValueError):
+            jobs = {}
+        if not jobs:  # no JSON output here: the plain format
+            try:
+                result = run_command(["qstat", "-f", *job_ids], "pbs job states")
+            except SchedulerError:
+                return {}
+            starts = list(_JOB_BLOCK.finditer(result.stdout))
+            for index, match in enumerate(starts):
+                end = starts[index + 1].start() if index + 1 < len(starts) else None
+                jobs[match[1]] = dict(_ATTRIBUTE.findall(result.stdout[match.end():end]))
+        states = {}
+        for job_id in job_ids:
+            job = _matching_job(jobs, job_id)
+            if job and job.get("job_state"):
+                states[job_id] = (str(job["job_state"]),
+                                  str(job.get("resources_used.walltime") or "0:00:00"))
+        return states
+
+    def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
+        """One ``qstat -x -f -F json`` call; jobs it leaves unexplained asked alone in the
+        plain format. Job history must be enabled on the server (PBS Pro's default)."""
+        job_ids = [str(job_id) for job_id in job_ids]
+        ends: dict[str, dict] = {}
+        if not job_ids:
+            return ends
+        try:
+            result = run_command(["qstat", "-x", "-f", "-F", "json", *job_ids], "pbs history")
+            data = json.loads(result.stdout) if result.stdout.strip() else {}
+            jobs = (data.get("Jobs") or {}) if isinstance(data, dict) else {}
+        except (SchedulerError, ValueError):
+            jobs = {}
+        for job_id in job_ids:
+            job = _matching_job(jobs, job_id)
+            end = pbs_end(job_id, _flat(job), "qstat -x") if isinstance(job, dict) else None
+            if end is None:
+                try:
+                    result = run_command(["qstat", "-x", "-f", job_id], "pbs history")
+                except SchedulerError:
+                    continue
+                end = parse_qstat_history(result.stdout, job_id) if result.returncode == 0 else None
+            if end is not None:
+                ends[job_id] = end
+        return ends
 
     def cancel(self, job_id: str) -> None:
         argv = ["qdel", job_id]

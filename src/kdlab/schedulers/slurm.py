@@ -8,8 +8,18 @@ one that receives it and checkpoints). Jobs are submitted held (``--hold``) and 
 (``scontrol release``) once their id is in status.json.
 
 Liveness: ``squeue -h -t all -o '%i %T' -j IDS`` lists the jobs the controller still
-remembers (for ``MinJobAge`` after they end); a job it does not list is gone (without an
-accounting daemon nothing else knows about it), and the run's status.json decides.
+remembers (for ``MinJobAge`` after they end); a job it does not list is gone, and the
+run's status.json decides.
+
+Self-requeue (``scheduler.requeue = true``): ``--requeue``, and the script runs training
+as a child instead of ``exec``-ing it, so that it can pass the pre-timeout USR1 on; when
+training has checkpointed and exited with EXIT_PREEMPTED after that signal, the script
+runs ``scontrol requeue $SLURM_JOB_ID``: the job goes back to PENDING under the same id
+(its restart count goes up) and resumes from the checkpoint, with no cron interval lost.
+Its output files are appended to, not truncated, on each restart.
+
+Why a job ended: ``sacct -X -P -j IDS`` where accounting exists (slurmdbd keeps every job);
+else ``scontrol -o show job ID`` while the controller still remembers the job.
 """
 
 from __future__ import annotations
@@ -17,10 +27,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..errors import EXIT_PREEMPTED
 from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
 from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
                    run_command, script_body, script_fields)
+from .ending import end_record
+from .fields import check_directive_values
 
 # Job states (squeue %T) of a job that is still pending, running or about to.
 ALIVE_STATES = frozenset({
@@ -33,6 +46,7 @@ ALIVE_STATES = frozenset({
 
 def directives(run_name: str, run_dir: Path, settings: SchedulerSettings) -> tuple[list[str], list[str]]:
     """(kdlab's #SBATCH lines, the study's extra directive lines), each a full line."""
+    check_directive_values(run_name, run_dir)
     lines = [f"#SBATCH --job-name={run_name}",
              f"#SBATCH --output={run_dir}/slurm-%j.out",
              f"#SBATCH --error={run_dir}/slurm-%j.err",
@@ -49,6 +63,8 @@ def directives(run_name: str, run_dir: Path, settings: SchedulerSettings) -> tup
         lines.append(f"#SBATCH --account={settings.account}")
     if settings.signal_seconds > 0:
         lines.append(f"#SBATCH --signal=B:USR1@{settings.signal_seconds}")
+    if settings.requeue:
+        lines += ["#SBATCH --requeue", "#SBATCH --open-mode=append"]
     extra = [line if line.lstrip().startswith("#") else f"#SBATCH {line}"
              for line in settings.extra_directives]
     return lines, extra
@@ -63,8 +79,33 @@ def job_script(run_name: str, command: list[str], run_dir: Path,
                            output_file=run_dir / "slurm-%j.out",
                            error_file=run_dir / "slurm-%j.err",
                            directives=kdlab_lines + extra, extra_directives=extra)
-    default = script_body(["#!/bin/bash", *kdlab_lines, *extra], fields)
+    default = script_body(["#!/bin/bash", *kdlab_lines, *extra], fields,
+                          run_lines=requeue_lines if settings.requeue else None)
     return render_script(fields, settings, default)
+
+
+def requeue_lines(command: str) -> list[str]:
+    """The end of a self-requeueing job script (see the module docstring)."""
+    return [
+        "# Self-requeue (study: scheduler.requeue): training runs as a child, so that this",
+        "# shell passes the pre-timeout USR1 on and, once training has saved its checkpoint",
+        f"# and exited with {EXIT_PREEMPTED}, puts this job back in the queue (same job id).",
+        "# (A USR1 that comes before training can handle it is ignored, not fatal.)",
+        "warned=0",
+        f"(trap '' USR1; exec {command}) &",
+        "child=$!",
+        "trap 'warned=1; kill -USR1 \"$child\" 2>/dev/null' USR1",
+        "trap 'kill -TERM \"$child\" 2>/dev/null' TERM",
+        "status=0; wait \"$child\" || status=$?",
+        "while [ \"$status\" -gt 128 ] && kill -0 \"$child\" 2>/dev/null; do",
+        "    status=0; wait \"$child\" || status=$?",
+        "done",
+        f"if [ \"$warned\" = 1 ] && [ \"$status\" = {EXIT_PREEMPTED} ]; then",
+        "    echo \"kdlab: requeueing job $SLURM_JOB_ID to resume from its checkpoint\" >&2",
+        "    scontrol requeue \"$SLURM_JOB_ID\" && exit 0",
+        "fi",
+        "exit \"$status\"",
+    ]
 
 
 def parse_sbatch_output(text: str) -> str:
@@ -74,6 +115,42 @@ def parse_sbatch_output(text: str) -> str:
     if not job_id.isdigit():
         raise SchedulerError(f"sbatch: expected a job id, got {text.strip()!r}")
     return job_id
+
+
+def _exit_and_signal(text: str) -> tuple[int | None, int | None]:
+    """Slurm's 'EXIT:SIGNAL' (e.g. '0:9', '3:0')."""
+    parts = text.strip().split(":")
+    try:
+        return int(parts[0]), (int(parts[1]) if len(parts) > 1 else None)
+    except ValueError:
+        return None, None
+
+
+def parse_sacct(text: str) -> dict[str, dict]:
+    """End records of the ended jobs in ``sacct -n -P -X -o JobIDRaw,State,ExitCode,Elapsed``
+    output ('CANCELLED by 0' is CANCELLED; jobs still pending or running are left out)."""
+    ends: dict[str, dict] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4 or not parts[1].strip():
+            continue
+        state = parts[1].split()[0].upper()
+        if state in ALIVE_STATES:
+            continue
+        exit_code, signal = _exit_and_signal(parts[2])
+        ends[parts[0].strip()] = end_record(parts[0].strip(), state, exit_code, signal,
+                                            parts[3].strip() or None, "sacct")
+    return ends
+
+
+def parse_scontrol_job(text: str, job_id: str) -> dict | None:
+    """The end record in ``scontrol -o show job ID`` output; None while the job lives."""
+    fields = dict(token.split("=", 1) for token in text.split() if "=" in token)
+    state = fields.get("JobState", "").upper()
+    if not state or state in ALIVE_STATES:
+        return None
+    exit_code, signal = _exit_and_signal(fields.get("ExitCode", ""))
+    return end_record(job_id, state, exit_code, signal, fields.get("RunTime"), "scontrol")
 
 
 def parse_squeue_states(text: str) -> dict[str, str]:
@@ -90,12 +167,17 @@ class SlurmScheduler(Scheduler):
     name = "slurm"
     commands = ("sbatch", "squeue", "scancel", "scontrol")
 
+    def job_script_text(self, run_name: str, command: list[str], run_dir: Path,
+                        settings: SchedulerSettings) -> str:
+        return job_script(run_name, command, run_dir, settings)
+
     def submit(self, run_name: str, command: list[str], run_dir: Path,
                settings: SchedulerSettings, record: Callable[[str], None]) -> str:
         run_dir = Path(run_dir)
+        text = self.job_script_text(run_name, command, run_dir, settings)
         run_dir.mkdir(parents=True, exist_ok=True)
         script_path, _ = next_script_path(run_dir, "slurm-job", ".sh")
-        atomic_write_text(script_path, job_script(run_name, command, run_dir, settings))
+        atomic_write_text(script_path, text)
         argv = ["sbatch", "--parsable", "--hold", str(script_path)]
         result = run_command(argv, "slurm submit")
         if result.returncode != 0:
@@ -128,6 +210,46 @@ class SlurmScheduler(Scheduler):
         if isinstance(answer, SchedulerError):
             raise answer
         return answer
+
+    def job_states(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """One ``squeue -o '%i %t %M'`` call (compact state, time used)."""
+        given = {str(job_id): str(job_id).split(";")[0] for job_id in job_ids}
+        if not given:
+            return {}
+        argv = ["squeue", "-h", "-t", "all", "-o", "%i %t %M", "-j",
+                ",".join(sorted(set(given.values())))]
+        try:
+            result = run_command(argv, "slurm job states")
+        except SchedulerError:
+            return {}
+        rows = [line.split() for line in result.stdout.splitlines()]
+        states = {row[0]: (row[1], row[2]) for row in rows if len(row) >= 3}
+        return {job_id: states[bare] for job_id, bare in given.items() if bare in states}
+
+    def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
+        """One ``sacct`` call; without accounting, ``scontrol`` per job. Keys as given."""
+        given = {str(job_id): str(job_id).split(";")[0] for job_id in job_ids}
+        if not given:
+            return {}
+        argv = ["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State,ExitCode,Elapsed", "-j",
+                ",".join(sorted(set(given.values())))]
+        ends: dict[str, dict] = {}
+        try:
+            result = run_command(argv, "slurm accounting")
+            if result.returncode == 0:
+                ends = parse_sacct(result.stdout)
+        except SchedulerError:
+            pass  # no sacct here: the controller may still remember the jobs
+        for bare in sorted(set(given.values()) - set(ends)):
+            try:
+                result = run_command(["scontrol", "-o", "show", "job", bare], "slurm job")
+            except SchedulerError:
+                continue
+            end = parse_scontrol_job(result.stdout, bare) if result.returncode == 0 else None
+            if end is not None:
+                ends[bare] = end
+        return {job_id: {**ends[bare], "job_id": job_id}
+                for job_id, bare in given.items() if bare in ends}
 
     def cancel(self, job_id: str) -> None:
         argv = ["scancel", str(job_id).split(";")[0]]
