@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import WriteError
+
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pth"
@@ -42,19 +44,24 @@ class StateFileError(Exception):
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -64,6 +71,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _write_error(path: Path, error: OSError) -> WriteError:
+    """The one-line error of a failed write of ``path`` (errno kept): names the path in the
+    way when it is not ``path`` itself (a file where a directory must be)."""
+    reason = error.strerror or type(error).__name__
+    if isinstance(error, FileExistsError):    # mkdir met a file where a directory must be
+        reason = f"{error.filename} is a file, not a directory"
+    elif error.filename and Path(error.filename) != path and not str(error.filename).endswith(".tmp"):
+        reason += f": {error.filename}"
+    return WriteError(error.errno, reason, str(path))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -68,6 +68,7 @@ class SyncPlan:
         if not self.local_dir.is_dir():
             raise UserError(f"{study.path}: key 'sync.local_dir': {self.local_dir} is not a "
                             "directory; expected the project directory here")
+        _check_values(study)
         self.remote_dir = settings.remote_dir.rstrip("/") or "/"
         try:
             self.study_relative = Path(study.path).resolve().relative_to(self.local_dir)
@@ -98,11 +99,17 @@ class SyncPlan:
         return f"{self.settings.user}@{host}" if self.settings.user else host
 
     def ssh_argv(self) -> list[str]:
+        """``ssh`` and its options, without the target (rsync appends that itself)."""
         options = list(self.settings.ssh_options)
         # cron cannot answer a password prompt: fail instead of hanging
         if not any("BatchMode" in option for option in options):
             options += ["-o", "BatchMode=yes"]
         return ["ssh", *options]
+
+    def ssh_command(self, remote_command: str) -> list[str]:
+        """ssh running ``remote_command`` (one shell line) on the remote; the target comes
+        after ``--`` so that nothing in it can be read as an option."""
+        return self.ssh_argv() + ["--", self.ssh_target(), remote_command]
 
     def rsync_base(self) -> list[str]:
         argv = ["rsync", "-a", f"--exclude={_TEMP_PATTERN}"]
@@ -135,14 +142,57 @@ class SyncPlan:
     def queue_script(self) -> str:
         lines = ["set -e", f"cd {shlex.quote(self.remote_dir)}"]
         lines += list(self.settings.remote_setup)
-        lines.append(f"{self.study.scheduler.kdlab_command} queue "
-                     f"{shlex.quote(self.study_relative.as_posix())}")
+        # the words of kdlab_command, each quoted: '$(...)', ';' or a backtick stay inert text
+        kdlab = shlex.join(shlex.split(self.study.scheduler.kdlab_command))
+        lines.append(f"{kdlab} queue {shlex.quote(self.study_relative.as_posix())}")
         return "\n".join(lines)
 
     def queue_argv(self) -> list[str]:
         if self.settings.host is None:
             return ["bash", "-c", self.queue_script()]
-        return self.ssh_argv() + [self.ssh_target(), "bash -c " + shlex.quote(self.queue_script())]
+        return self.ssh_command("bash -c " + shlex.quote(self.queue_script()))
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(character) < 32 or ord(character) == 127 for character in text)
+
+
+def _check_values(study: Study) -> None:
+    """Refuse ``[sync]`` and ``kdlab_command`` values that could change what the ssh, rsync
+    or remote shell command means: a host or user read as an option (leading ``-``) or
+    holding whitespace, control characters or ``@``; control characters (a newline is a
+    second shell line) anywhere else."""
+    settings = study.sync
+
+    def fail(key: str, value: str, expected: str) -> None:
+        raise UserError(f"{study.path}: key '{key}': expected {expected}, found {value!r}")
+
+    for key, value in (("sync.host", settings.host), ("sync.user", settings.user)):
+        if value is None:
+            continue
+        if (not value or value.startswith("-") or _has_control(value)
+                or any(character.isspace() or character in "@/" for character in value)):
+            fail(key, value, "a name without spaces, control characters, '@' or '/' that "
+                             "does not start with '-'")
+    if settings.user is not None and ":" in settings.user:
+        fail("sync.user", settings.user, "a user name without ':'")
+    if settings.remote_dir.startswith("-") or _has_control(settings.remote_dir):
+        fail("sync.remote_dir", settings.remote_dir,
+             "a directory without control characters that does not start with '-'")
+    for key, values in (("sync.remote_setup", settings.remote_setup),
+                        ("sync.ssh_options", settings.ssh_options)):
+        for value in values:
+            if _has_control(value):
+                fail(key, value, "one line per entry, without control characters")
+    command = study.scheduler.kdlab_command
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        words = []
+        fail("scheduler.kdlab_command", command, f"a command line shlex can split ({error})")
+    if not words or _has_control(command):
+        fail("scheduler.kdlab_command", command,
+             "a command (e.g. 'kdlab' or 'python -m kdlab') without control characters")
 
 
 # ---- running ---------------------------------------------------------------------------------
