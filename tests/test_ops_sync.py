@@ -158,7 +158,7 @@ def test_remote_commands_over_ssh_come_from_the_study(tmp_path):
     plan = sync.SyncPlan(load_study(study_path))
     pull = plan.pull_argv()
     assert pull[:2] == ["rsync", "-a"]
-    assert pull[pull.index("-e") + 1] == "ssh -p 2222 -o BatchMode=yes"
+    assert pull[pull.index("-e") + 1] == "ssh -p 2222 -o BatchMode=yes -o ConnectTimeout=30"
     assert pull[-2:] == [f"researcher@cluster.example.org:{remote}/experiments/",
                          f"{local}/experiments/"]
     push = plan.push_argv()
@@ -167,7 +167,8 @@ def test_remote_commands_over_ssh_come_from_the_study(tmp_path):
                     "/logs/sync.log"):
         assert f"--exclude={pattern}" in push
     queue = plan.queue_argv()
-    assert queue[:-1] == ["ssh", "-p", "2222", "-o", "BatchMode=yes", "--",
+    assert queue[:-1] == ["ssh", "-p", "2222", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
+                          "--",
                           "researcher@cluster.example.org"]
     script = shlex.split(queue[-1])
     assert script[:2] == ["bash", "-c"]

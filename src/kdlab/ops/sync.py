@@ -2,6 +2,9 @@
 
 Steps, in order, all configured by the study's ``[sync]`` table (nothing hard-coded):
 
+0. ``connect`` (with a ``host``) one ``ssh HOST true``: an unreachable host or a refused
+   key ends the sync in one line naming the host; the local copy is still plotted, nothing
+   is pulled, pushed or queued.
 1. ``pull``  rsync the remote experiments tree here (over ssh; never deletes anything here).
 2. ``plot``  regenerate the progress figures from the local copy.
 3. ``push``  rsync the code to the remote, without data, experiments, analysis, virtual
@@ -13,6 +16,11 @@ A failed step is logged and reported; the steps that do not depend on it still r
 is non-zero when any step failed. A lock file stops overlapping runs (a second sync while
 one is running logs that and exits 0). Every line goes to ``sync.log_file`` with a
 timestamp.
+
+ssh: ``ssh`` is run with ``sync.ssh_options`` (e.g. ``["-p", "2222", "-i", "~/.ssh/cluster"]``
+or ``["-F", "ssh_config"]``), so everything in ``~/.ssh/config`` applies as on the command
+line; kdlab adds ``BatchMode=yes`` (cron cannot answer a prompt) and ``ConnectTimeout=30``
+unless the options set them, and puts ``[user@]host`` after ``--``.
 
 Paths: the study's relative paths are relative to the project directory — ``local_dir``
 here, ``remote_dir`` on the remote. With ``host`` unset the "remote" is this machine
@@ -42,6 +50,7 @@ from ..errors import UserError
 from ..study import Study, load_study
 
 STEP_TIMEOUT_SECONDS = 3 * 3600
+CONNECT_TIMEOUT = 30     # seconds ssh waits for the host (unless ssh_options say otherwise)
 # The atomic writers' temporary files: never worth copying.
 _TEMP_PATTERN = ".*.tmp"
 
@@ -102,8 +111,9 @@ class SyncPlan:
         """``ssh`` and its options, without the target (rsync appends that itself)."""
         options = list(self.settings.ssh_options)
         # cron cannot answer a password prompt: fail instead of hanging
-        if not any("BatchMode" in option for option in options):
-            options += ["-o", "BatchMode=yes"]
+        for key, value in (("BatchMode", "yes"), ("ConnectTimeout", str(CONNECT_TIMEOUT))):
+            if not any(key.lower() in option.lower() for option in options):
+                options += ["-o", f"{key}={value}"]
         return ["ssh", *options]
 
     def ssh_command(self, remote_command: str) -> list[str]:
@@ -250,10 +260,27 @@ def _plot_step(plan: SyncPlan, log: SyncLog) -> StepResult:
                                     f"{len(report.unchanged)} unchanged")
 
 
+def _connect_step(plan: SyncPlan, log: SyncLog, step_runner) -> StepResult:
+    """``ssh HOST true``: the one place an unreachable host or a refused key shows, named."""
+    result = step_runner("connect", plan.ssh_command("true"), log, plan.local_dir)
+    if result.ok:
+        return result
+    reason = result.message.split(": ", 1)[1] if result.message.startswith("exit status") \
+        else result.message
+    return StepResult("connect", False, f"cannot reach {plan.ssh_target()} over ssh: {reason}")
+
+
+def _rsync_step(name: str, argv: list[str], plan: SyncPlan, log: SyncLog,
+                step_runner) -> StepResult:
+    if shutil.which("rsync") is None:
+        return StepResult(name, False, "rsync not found on PATH")
+    return step_runner(name, argv, log, plan.local_dir)
+
+
 def run_sync(study: Study, *, quiet: bool = False,
              step_runner: Callable[..., StepResult] = _run_step) -> list[StepResult] | None:
-    """Run the four steps under the lock; the results, or None when another sync of this
-    study holds the lock."""
+    """Run the steps under the lock; the results, or None when another sync of this study
+    holds the lock."""
     plan = SyncPlan(study)
     log = SyncLog(plan.log_path, quiet)
     lock = open(plan.lock_path, "a")
@@ -265,39 +292,53 @@ def run_sync(study: Study, *, quiet: bool = False,
                 f"(lock {plan.lock_path}); skipped")
             return None
         log(f"sync {study.name}: start")
-        results = []
-        local_experiments = plan.local_path(study.experiments_dir)
-        local_experiments.mkdir(parents=True, exist_ok=True)
-        if shutil.which("rsync") is None:
-            pull = StepResult("pull", False, "rsync not found on PATH")
-        else:
-            pull = step_runner("pull", plan.pull_argv(), log, plan.local_dir)
-        results.append(pull)
-        log(f"pull: {pull.message}")
-        plot = _plot_step(plan, log)
-        results.append(plot)
-        log(f"plot: {plot.message}")
-        if shutil.which("rsync") is None:
-            push = StepResult("push", False, "rsync not found on PATH")
-        else:
-            push = step_runner("push", plan.push_argv(), log, plan.local_dir)
-        results.append(push)
-        log(f"push: {push.message}")
-        if push.ok:
-            queue = step_runner("queue", plan.queue_argv(), log, plan.local_dir)
-        else:
-            queue = StepResult("queue", False, "skipped: the code push failed, so the remote "
-                                               "would queue with stale or half-copied code",
-                               skipped=True)
-        results.append(queue)
-        log(f"queue: {queue.message}")
+        results = _run_steps(plan, log, step_runner)
+        connect = results[0] if results[0].name == "connect" else None
         failed = [r.name for r in results if not r.ok]
-        log(f"sync {study.name}: " + (f"FAILED steps: {', '.join(failed)}" if failed
-                                      else "all steps ok"))
+        if connect is not None and not connect.ok:
+            log(f"sync {study.name}: {connect.message}; pulled, pushed and queued nothing")
+        else:
+            log(f"sync {study.name}: " + (f"FAILED steps: {', '.join(failed)}" if failed
+                                          else "all steps ok"))
         return results
     finally:
         lock.close()   # releases the lock
         log.close()
+
+
+def _run_steps(plan: SyncPlan, log: SyncLog, step_runner) -> list[StepResult]:
+    """connect (with a host), pull, plot, push, queue; each result logged as it ends."""
+    results = []
+
+    def record(result: StepResult) -> StepResult:
+        results.append(result)
+        log(f"{result.name}: {result.message}")
+        return result
+
+    reachable = True
+    if plan.settings.host is not None:
+        reachable = record(_connect_step(plan, log, step_runner)).ok
+    unreachable = StepResult("", False, f"skipped: {plan.ssh_target()} cannot be reached",
+                             skipped=True)
+    plan.local_path(plan.study.experiments_dir).mkdir(parents=True, exist_ok=True)
+    if reachable:
+        record(_rsync_step("pull", plan.pull_argv(), plan, log, step_runner))
+    else:
+        record(dataclasses.replace(unreachable, name="pull"))
+    record(_plot_step(plan, log))
+    if reachable:
+        push = record(_rsync_step("push", plan.push_argv(), plan, log, step_runner))
+    else:
+        push = record(dataclasses.replace(unreachable, name="push"))
+    if push.ok:
+        record(step_runner("queue", plan.queue_argv(), log, plan.local_dir))
+    elif reachable:
+        record(StepResult("queue", False, "skipped: the code push failed, so the remote "
+                                          "would queue with stale or half-copied code",
+                          skipped=True))
+    else:
+        record(dataclasses.replace(unreachable, name="queue"))
+    return results
 
 
 # ---- cron ----------------------------------------------------------------------------------------
