@@ -98,6 +98,24 @@ def effective_method_options(study: Study, method: str) -> dict:
     return resolve_options(method, options)
 
 
+EARLIER_CODE = "earlier code"
+
+
+def made_by_of(status: dict) -> str:
+    """Who wrote a run: status.json's ``made_by`` ('kdlab <version>'); 'kdlab' for a kdlab
+    run from before that field (its status has kdlab's ``run`` field); else 'earlier code'
+    (the earlier research code's status.json has neither)."""
+    made_by = status.get("made_by")
+    if isinstance(made_by, str) and made_by.strip():
+        return made_by
+    return "kdlab" if "run" in status else EARLIER_CODE
+
+
+def is_earlier_code(state: RunState) -> bool:
+    """A run with a status.json written by the earlier research code, not by kdlab."""
+    return state.status is not None and made_by_of(state.status) == EARLIER_CODE
+
+
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured Markdown table (``|`` in cells escaped)."""
     def cell(text) -> str:
