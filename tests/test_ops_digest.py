@@ -126,16 +126,22 @@ def test_study_progress_then_and_now(repo, tmp_path):
     assert "91.25" not in new   # completed before the period
 
 
-def test_legacy_runs_use_status_file_time(repo, tmp_path):
+def test_earlier_code_runs_are_dated_by_git_history_not_modification_time(repo, tmp_path):
+    """The earlier code's status.json has no timestamp: the last commit of the file dates
+    it. Every file's modification time is 'now', as in a fresh clone."""
     from legacy_tree import copy_legacy_tree
 
     commit(repo, {"a.py": "1\n"}, "work", NOW - DAY)
     root = copy_legacy_tree(tmp_path)
-    old = NOW - 30 * DAY
+    recent = "experiments/Cifar10/pure/ResNet112/1/status.json"
+    git(root, "init", "-q")
+    git(root, "add", "-A", ".")
+    git(root, "reset", "-q", "--", recent)
+    git(root, "commit", "-q", "-m", "results so far", when=NOW - 30 * DAY)
+    git(root, "add", recent)
+    git(root, "commit", "-q", "-m", "teacher seed 1 finished", when=NOW - DAY)
     for status in (root / "experiments").rglob("status.json"):
-        os.utime(status, (old, old))
-    recent = root / "experiments/Cifar10/pure/ResNet112/1/status.json"
-    os.utime(recent, (NOW - DAY, NOW - DAY))
+        os.utime(status, (NOW, NOW))                  # a fresh clone: everything is new
     study = load_study(root / "study.toml")
     cwd = os.getcwd()
     os.chdir(root)
@@ -144,4 +150,26 @@ def test_legacy_runs_use_status_file_time(repo, tmp_path):
     finally:
         os.chdir(cwd)
     assert "Completed runs: 5/16 on" in text and "6/16 now (1 completed in the period)" in text
-    assert "| Cifar10 | teacher ResNet112 | — | 1 |" in text.split("### New results")[1]
+    new = text.split("### New results")[1]
+    assert "| Cifar10 | teacher ResNet112 | — | 1 |" in new
+    assert "| Cifar10 | teacher ResNet112 | — | 0 |" not in new
+    assert "no completion date" not in text
+
+
+def test_undated_earlier_code_runs_are_counted_before_the_period(repo, tmp_path):
+    from legacy_tree import copy_legacy_tree
+
+    commit(repo, {"a.py": "1\n"}, "work", NOW - DAY)
+    root = copy_legacy_tree(tmp_path)              # not in any git repository
+    for status in (root / "experiments").rglob("status.json"):
+        os.utime(status, (NOW, NOW))
+    study = load_study(root / "study.toml")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        text = digest_text(repo, "1 week ago", study, now=NOW)
+    finally:
+        os.chdir(cwd)
+    assert "Completed runs: 6/16 on" in text and "6/16 now (0 completed in the period)" in text
+    assert "6 completed runs have no completion date" in text
+    assert "No run completed in the period." in text
