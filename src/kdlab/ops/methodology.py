@@ -26,6 +26,7 @@ from ..layout import analysis_dir, format_alpha
 from ..status import COMPLETED, RunState, study_run_states
 from ..study import Study, load_study
 from .common import effective_method_options
+from .methodology_facts import earlier_code_blocks, objective_blocks
 
 SOFTWARE = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotlib", "pandas",
             "kdlab")
@@ -55,6 +56,8 @@ _LATEX_SPECIAL = {
     # characters this module itself writes, so the .tex compiles without unicode setup
     "±": r"$\pm$", "α": r"$\alpha$", "×": r"$\times$", "—": "---", "–": "--", "²": r"$^2$",
     "·": r"$\cdot$", "−": r"$-$", "≥": r"$\geq$", "≤": r"$\leq$", "µ": r"$\mu$",
+    # accented letters of cited names (Müller), as plain TeX accents
+    "Σ": r"$\Sigma$", "ü": r'\"u', "ö": r'\"o', "ä": r'\"a', "é": r"\'e", "è": r"\`e",
 }
 
 
@@ -300,6 +303,10 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
     smoothing_text = (f"{smoothing}" if smoothing is not None else
                       f"{PURE_LABEL_SMOOTHING} for teachers and pure students, "
                       f"{KD_LABEL_SMOOTHING} for distilled students")
+    earlier = earlier_code_blocks(study, states)
+    if earlier:   # before kdlab's settings, so nobody reads those as the earlier runs'
+        grid.blocks += earlier
+        grid.paragraph("The settings of the runs kdlab trains:")
     grid.table(["hyper-parameter", "value"], [
         ["epochs", training["epochs"]],
         ["batch size", training["batch_size"]],
@@ -313,12 +320,19 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
         ["precision", "bf16 autocast on GPUs that support it, else fp16 with a gradient "
                       "scaler; fp32 on CPU"],
     ])
-    grid.paragraph(_augmentation_text(study))
+    augmentation = _augmentation_text(study)
+    grid.paragraph(f"In kdlab's runs: {augmentation[0].lower()}{augmentation[1:]}" if earlier
+                   else augmentation)
     sections.append(grid)
+
+    objective = Section("Objective, schedule and model selection")
+    objective.blocks += objective_blocks(study, states)
+    sections.append(objective)
 
     if study.methods:
         methods = Section("Distillation methods")
-        methods.paragraph("Each method's settings are its defaults in kdlab merged with the "
+        methods.paragraph(("For kdlab's runs, e" if earlier else "E") +
+                          "ach method's settings are its defaults in kdlab merged with the "
                           "study's method_options; the student's loss is (1 − α)·CE + α·(sum "
                           "of the method's weighted terms).")
         rows = []
