@@ -77,8 +77,10 @@ def _write_error(path: Path, error: OSError) -> WriteError:
     """The one-line error of a failed write of ``path`` (errno kept): names the path in the
     way when it is not ``path`` itself (a file where a directory must be)."""
     reason = error.strerror or type(error).__name__
-    if isinstance(error, FileExistsError):    # mkdir met a file where a directory must be
-        reason = f"{error.filename} is a file, not a directory"
+    blocker = next((parent for parent in reversed(path.parents)
+                    if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:    # a file where a directory must be
+        reason = f"{blocker} is a file, not a directory"
     elif error.filename and Path(error.filename) != path and not str(error.filename).endswith(".tmp"):
         reason += f": {error.filename}"
     return WriteError(error.errno, reason, str(path))
