@@ -308,3 +308,21 @@ def test_cron_schedules():
     for bad in (0, 61, 1500):
         with pytest.raises(Exception, match=f"--every {bad}"):
             sync.cron_schedule(bad)
+
+
+def test_remote_dir_under_the_home_directory(tmp_path):
+    """'~/project' on the remote: a path relative to the login directory for rsync and for
+    the remote cd (a quoted '~' would not expand there)."""
+    local, remote, study_path = make_project(tmp_path)
+    text = study_path.read_text().replace(f'remote_dir = "{remote}"',
+                                          'remote_dir = "~/kd project/"')
+    study_path.write_text(text.replace("[sync]\n", '[sync]\nhost = "login.example.org"\n'))
+    plan = sync.SyncPlan(load_study(study_path))
+    assert plan.pull_argv()[-2] == "login.example.org:kd project/experiments/"
+    assert plan.push_argv()[-1] == "login.example.org:kd project/"
+    script = shlex.split(plan.queue_argv()[-1])[2].splitlines()
+    assert script[1] == "cd 'kd project'"
+    # on this machine (no host) '~' is this user's home
+    study_path.write_text(text)
+    assert sync.SyncPlan(load_study(study_path)).remote_dir == \
+        str(Path("~/kd project").expanduser())

@@ -25,7 +25,8 @@ unless the options set them, and puts ``[user@]host`` after ``--``.
 Paths: the study's relative paths are relative to the project directory — ``local_dir``
 here, ``remote_dir`` on the remote. With ``host`` unset the "remote" is this machine
 (rsync between two local directories, the queue command run locally through bash): that is
-how the tests run it.
+how the tests run it. A ``remote_dir`` of ``~/project`` (or a relative one) is the project
+under the remote login's home directory, for rsync and the remote shell alike.
 
 ``--install-cron [--every MINUTES]`` / ``--remove-cron`` edit the user's crontab through
 the ``crontab`` command, idempotently: the entry carries a marker comment naming the study.
@@ -78,7 +79,7 @@ class SyncPlan:
             raise UserError(f"{study.path}: key 'sync.local_dir': {self.local_dir} is not a "
                             "directory; expected the project directory here")
         _check_values(study)
-        self.remote_dir = settings.remote_dir.rstrip("/") or "/"
+        self.remote_dir = _remote_directory(settings.remote_dir, settings.host)
         try:
             self.study_relative = Path(study.path).resolve().relative_to(self.local_dir)
         except ValueError:
@@ -161,6 +162,19 @@ class SyncPlan:
         if self.settings.host is None:
             return ["bash", "-c", self.queue_script()]
         return self.ssh_command("bash -c " + shlex.quote(self.queue_script()))
+
+
+def _remote_directory(remote_dir: str, host: str | None) -> str:
+    """The project directory on the remote as rsync and ``cd`` both read it: over ssh a
+    leading ``~/`` becomes a path relative to the login directory (the home directory;
+    quoted, ``cd '~/x'`` would look for a directory named '~'); on this machine ``~`` is
+    expanded here."""
+    remote_dir = remote_dir.rstrip("/") or "/"
+    if host is None:
+        return str(Path(remote_dir).expanduser())
+    if remote_dir == "~":
+        return "."
+    return remote_dir[2:] if remote_dir.startswith("~/") else remote_dir
 
 
 def _has_control(text: str) -> bool:
