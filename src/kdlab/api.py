@@ -7,12 +7,13 @@ never imported, so they are quick on a laptop holding a synced copy of the exper
 
     import kdlab
     runs = kdlab.runs("studies/charlie.toml")          # one row per run of the grid
-    runs.groupby(["dataset", "method", "alpha"])["max_acc"].agg(["mean", "std", "count"])
+    runs.groupby(["dataset", "method", "alpha"], dropna=False)["max_acc"].agg(["mean", "std"])
     curves = kdlab.curves("studies/charlie.toml")      # long form: one row per run x epoch x metric
     metrics = kdlab.metrics("studies/charlie.toml")    # the analysis' metrics.csv, typed
 
 Naming follows metrics.csv so the frames join: ``method`` is the KD method, or 'teacher'
-/ 'pure' for the two kinds of pure run (``role`` says the same), ``alpha`` is NaN for them.
+/ 'pure' for the two kinds of pure run (``role`` says the same), ``alpha`` is NaN for them
+(so group with ``dropna=False`` to keep the pure runs).
 """
 
 from __future__ import annotations
