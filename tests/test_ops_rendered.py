@@ -6,7 +6,7 @@ study trained here (tests/trained_study.py):
   renders with ``pdftoppm`` (poppler-utils) to a non-empty PNG;
 - the analysis ``report.html`` loads in headless ``chromium``: every image decodes
   (natural width > 0) and the page raises no script error, failed resource or
-  ``console.error``. A copy of the page with one broken image and one script error shows
+  ``console.error``, and the browser logs no console message for it. A copy of the page with one broken image and one script error shows
   that the check sees both.
 """
 
@@ -104,14 +104,17 @@ window.addEventListener('load', function () {
 def _open_in_chromium(page: Path, tmp_path: Path) -> dict:
     result = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--enable-logging=stderr", "--v=0",      # the page's console, as the browser logs it
          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--allow-file-access-from-files",
          "--virtual-time-budget=15000", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=180)
     match = re.search(r'<pre id="kdlab-check">(.*?)</pre>', result.stdout, re.S)
     assert match, f"chromium gave no check result (exit {result.returncode}): " \
                   f"{result.stderr[-1500:]}"
-    return json.loads(match[1].replace("&quot;", '"').replace("&amp;", "&")
-                      .replace("&lt;", "<").replace("&gt;", ">"))
+    found = json.loads(match[1].replace("&quot;", '"').replace("&amp;", "&")
+                       .replace("&lt;", "<").replace("&gt;", ">"))
+    found["console"] = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    return found
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")
@@ -124,7 +127,7 @@ def test_report_loads_in_a_real_browser(tmp_path_factory, tmp_path):
     checked.write_text(html.replace("<head>", "<head>" + _CHECK_SCRIPT, 1))
     found = _open_in_chromium(checked, tmp_path)
     assert found["images"] == html.count("<img ") and found["images"] >= 10
-    assert found["broken"] == [] and found["errors"] == []
+    assert found["broken"] == [] and found["errors"] == [] and found["console"] == []
 
     # the check itself can fail: one image pointing nowhere, one script error
     broken = html.replace('<img src="', '<img src="missing/', 1).replace(
@@ -134,3 +137,4 @@ def test_report_loads_in_a_real_browser(tmp_path_factory, tmp_path):
     assert len(found["broken"]) == 1 and found["broken"][0].startswith("missing/")
     assert any("notDefinedAnywhere" in error for error in found["errors"])
     assert any(error.startswith("resource failed: ") for error in found["errors"])
+    assert any("notDefinedAnywhere" in line for line in found["console"])
