@@ -61,22 +61,14 @@ def test_methodology_output_dir_that_is_a_file(tmp_path, capsys):
     assert target.read_text() == "keep me"
 
 
-def test_methodology_analysis_dir_that_is_a_file(tmp_path, capsys):
+@pytest.mark.parametrize("command", ["methodology", "plot"])   # one writer serves both
+def test_analysis_dir_that_is_a_file(tmp_path, capsys, command):
     study = _study(tmp_path)
     (tmp_path / "analysis").write_text("not a directory")
-    assert cli.main(["methodology", str(study)]) == 2
+    assert cli.main([command, str(study)]) == 2
     line = _one_error_line(capsys, tmp_path / "analysis")
     assert f"({tmp_path / 'analysis'} is a file, not a directory)" in line
     assert (tmp_path / "analysis").read_text() == "not a directory"
-
-
-def test_plot_analysis_dir_that_is_a_file(tmp_path, capsys):
-    """The same writer serves every command: plot's progress figures."""
-    study = _study(tmp_path)
-    (tmp_path / "analysis").write_text("not a directory")
-    assert cli.main(["plot", str(study)]) == 2
-    line = _one_error_line(capsys, tmp_path / "analysis")
-    assert f"({tmp_path / 'analysis'} is a file, not a directory)" in line
 
 
 def test_digest_output_that_is_a_directory(tmp_path, capsys):
