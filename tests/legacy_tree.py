@@ -53,7 +53,7 @@ def write_run(experiments: Path, spec, *, status: str = "completed", epochs: int
     now = time.time()
     body = {"status": status, "epoch": done, "epochs": epochs,
             "max_acc": max(test_acc) if test_acc else 0.0, "config": config,
-            "started_at": now - sum(epoch_seconds)}
+            "started_at": now - sum(epoch_seconds), "run": spec.name}
     if status == "completed":
         body["completed_at"] = now if completed_at is None else completed_at
         body["duration_seconds"] = sum(epoch_seconds)

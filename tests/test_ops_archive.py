@@ -14,7 +14,7 @@ import pytest
 
 from kdlab import cli
 from kdlab.errors import UserError
-from kdlab.layout import RunSpec, analysis_dir
+from kdlab.layout import RunSpec, analysis_dir, run_dir
 from kdlab.ops import archive
 from kdlab.schedulers.local import make_job_id
 from kdlab.study import load_study
@@ -243,3 +243,47 @@ def test_conflicting_file_in_destination_is_never_overwritten(small, monkeypatch
         archive.archive_study(small, log=lambda line: None)
     assert intruder.read_text() == "written by someone else\n"
     assert snapshot(small.experiments_dir) == before
+
+
+def test_readme_describes_earlier_code_runs_as_such(small):
+    """A mixed tree: kdlab's runs of ``small`` plus one completed run of the earlier code
+    (status.json without made_by or run; its config records the earlier code's settings)."""
+    earlier = run_dir(small.experiments_dir, RunSpec("Digits", "ResNet8", 1, "nst", "ResNet20",
+                                                     0.5))
+    earlier.mkdir(parents=True)
+    (earlier / "status.json").write_text(json.dumps(
+        {"status": "completed", "epoch": 150, "max_acc": 41.5, "pbs_job_id": "7000521.sched01",
+         "config": {"model": "ResNet8", "dataset": "Digits", "seed": 1, "distillation": "nst",
+                    "teacher_model": "ResNet20", "teacher_weights": "/old/path/best.pth",
+                    "alpha": 0.5, "temperature": 4, "force_restart": False}}))
+    archive.archive_study(small, log=lambda line: None)
+    readme = (analysis_dir(small.analysis_dir, small.name) / archive.README_FILE).read_text()
+    section = readme.split("## Runs of the earlier code")[1].split("\n## ")[0]
+    assert "1 run (1 completed) was trained by the earlier research code, not by kdlab" in section
+    assert "7 runs were trained by kdlab" in section    # 6 completed, 1 failed
+    assert "describe kdlab's runs only" in section and "RandomResizedCrop" in section
+    assert "what its runs recorded of their settings: alpha: 0.5; distillation: nst; " \
+           "epochs of the completed runs: 150; teacher_model: ResNet20; temperature: 4." in section
+    assert "/old/path" not in readme and "force_restart" not in readme
+    # the accuracy cell says which of its runs are the earlier code's
+    assert "| Digits | nst | 0.5 | 41.50 | 1/2 | 1 |" in readme
+    assert "| Digits | logit | 0.5 | 89.00 ± 1.41 | 2/2 | 0 |" in readme
+    assert "(kdlab's runs only; the earlier code's are described above)" in readme
+
+
+def test_readme_of_kdlab_runs_has_no_earlier_code_section(small):
+    archive.archive_study(small, log=lambda line: None)
+    readme = (analysis_dir(small.analysis_dir, small.name) / archive.README_FILE).read_text()
+    assert "earlier code" not in readme and "earlier research code" not in readme
+
+
+def test_archive_help_says_what_archiving_does(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["archive", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("move the whole experiments directory",
+                   "analysis/experiment_STUDY/experiments/", "README.md",
+                   "leave an empty experiments directory", "Refuses while a run's job may "
+                   "still be live", "verified (SHA-256)", "finishes when run again"):
+        assert phrase in text, phrase

@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import statistics
+from types import SimpleNamespace
 
 from kdlab import cli
 from kdlab.distill import method_class, method_defaults
 from kdlab.layout import RunSpec, analysis_dir
 from kdlab.ops.methodology import duration_text, latex_escape, write_methodology
 from kdlab.study import load_study
-from legacy_tree import write_run, write_study
+from legacy_tree import copy_legacy_tree, write_run, write_study
 
 CLUSTER = """
 [cluster]
@@ -124,3 +125,84 @@ def test_methodology_without_cluster_or_times(tmp_path):
     assert "No run has recorded epoch durations yet." in markdown
     assert "Distillation methods" not in markdown
     assert latex_path.read_text().isascii()
+
+
+# ---- objective, schedule, selection (issue 15) and earlier-code runs (issue 12) ----------------
+
+def _objective(markdown: str) -> str:
+    return markdown.split("## Objective, schedule and model selection")[1].split("\n## ")[0]
+
+
+def test_methodology_states_weights_smoothing_schedule_and_selection(tmp_path):
+    alphas = [0.25, 0.5, 0.75]
+    path = write_study(tmp_path / "study.toml", methods=["logit", "fitnets", "rkd"],
+                       alphas=alphas, seeds=[0])
+    study = load_study(path)
+    write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))
+    markdown = write_methodology(study, tmp_path / "out")[0].read_text()
+    text = _objective(markdown)
+    assert "Teachers (and the pure-student baselines) train with label smoothing 0.1; " \
+           "distilled students use 0" in text
+    assert "Müller, Kornblith & Hinton (2019), When Does Label Smoothing Help?" in text
+    # weight relative to CE, computed here from the registry's defaults: α·w / (1 − α)
+    expected = {"logit": method_defaults("logit")["weight"],
+                "fitnets": method_defaults("fitnets")["weight"],
+                "rkd (distance)": method_defaults("rkd")["weight"]
+                * method_defaults("rkd")["distance_weight"],
+                "rkd (angle)": method_defaults("rkd")["weight"]
+                * method_defaults("rkd")["angle_weight"]}
+    assert "| method (term) | w | α=0.25 | α=0.5 | α=0.75 |" in text
+    for name, weight in expected.items():
+        cells = " | ".join(f"{a * weight / (1 - a):.4g}" for a in alphas)
+        assert f"| {name} | {weight:g} | {cells} |" in text, name
+    assert "| fitnets | 100 | 33.33 | 100 | 300 |" in text       # one row by hand
+    assert "RKD weighs its distance term 1 and its angle term 2, not the paper's 25 and 50" \
+        in text and "grad" in text
+    assert "Schedule: 1 epoch, SGD with learning rate 0.1" in text
+    assert "240 epochs, SGD with learning rate 0.05" in text and "150, 180 and 210" in text
+    assert "the epoch with the highest test accuracy" in text and "optimistic" in text
+    assert "Completed runs by how they selected" not in text     # all as the study says
+
+
+def test_methodology_selection_on_validation_and_runs_that_differ(tmp_path, monkeypatch):
+    study = _study(tmp_path)
+    write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))   # selected on test
+    monkeypatch.setattr(study, "train_config", lambda spec: SimpleNamespace(
+        selection="validation", validation_fraction=0.2))             # TrainConfig's fields
+    text = _objective(write_methodology(study, tmp_path / "out")[0].read_text())
+    assert "a validation split: a stratified 20 % of the training split, fixed by the data " \
+           "set and the seed, that is never trained on" in text
+    assert "never used to choose" in text and "highest test accuracy" not in text
+    assert "Completed runs by how they selected best.pth: test: 1." in text
+
+
+def test_methodology_study_smoothing_and_paper_rkd_weights(tmp_path):
+    path = write_study(tmp_path / "study.toml", methods=["rkd"], alphas=[0.5],
+                       extra="[method_options.rkd]\ndistance_weight = 25.0\n"
+                             "angle_weight = 50.0\n")
+    path.write_text(path.read_text().replace('device = "cpu"',
+                                             'device = "cpu"\nlabel_smoothing = 0.05'))
+    text = _objective(write_methodology(load_study(path), tmp_path / "out")[0].read_text())
+    assert "Every run, teacher or student, trains with label smoothing 0.05" in text
+    assert "as the paper and RepDistiller do" in text and "not the paper's" not in text
+    assert "| rkd (distance) | 25 | 25 |" in text and "| rkd (angle) | 50 | 50 |" in text
+
+
+def test_methodology_describes_earlier_code_runs_as_such(tmp_path, monkeypatch):
+    root = copy_legacy_tree(tmp_path)
+    monkeypatch.chdir(root)
+    markdown = write_methodology(load_study("study.toml"), tmp_path / "out")[0].read_text()
+    grid = markdown.split("## Experimental grid and training")[1].split("\n## ")[0]
+    earlier = grid.index("8 runs (6 completed) were trained by the earlier research code, "
+                         "not by kdlab")
+    assert "0 runs were trained by kdlab" in grid and "RandomResizedCrop" in grid
+    # said before kdlab's settings, which are labelled as kdlab's
+    assert earlier < grid.index("The settings of the runs kdlab trains:") \
+        < grid.index("| hyper-parameter | value |")
+    assert "In kdlab's runs: augmentation" in grid
+    assert "For kdlab's runs, each method's settings" in markdown
+    assert "Completed runs by how they selected best.pth: test (earlier code): 6." in markdown
+    # a study of kdlab's own runs says none of it
+    (tmp_path / "plain").mkdir()
+    plain = write_methodology(_study(tmp_path / "plain"), tmp_path / "out2")[0].read_text()
+    assert "earlier" not in plain and "The settings of the runs kdlab trains" not in plain

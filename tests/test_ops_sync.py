@@ -5,6 +5,7 @@ entry through a fake ``crontab`` executable."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shlex
 import shutil
@@ -157,7 +158,7 @@ def test_remote_commands_over_ssh_come_from_the_study(tmp_path):
     plan = sync.SyncPlan(load_study(study_path))
     pull = plan.pull_argv()
     assert pull[:2] == ["rsync", "-a"]
-    assert pull[pull.index("-e") + 1] == "ssh -p 2222 -o BatchMode=yes"
+    assert pull[pull.index("-e") + 1] == "ssh -p 2222 -o BatchMode=yes -o ConnectTimeout=30"
     assert pull[-2:] == [f"researcher@cluster.example.org:{remote}/experiments/",
                          f"{local}/experiments/"]
     push = plan.push_argv()
@@ -166,13 +167,89 @@ def test_remote_commands_over_ssh_come_from_the_study(tmp_path):
                     "/logs/sync.log"):
         assert f"--exclude={pattern}" in push
     queue = plan.queue_argv()
-    assert queue[:-1] == ["ssh", "-p", "2222", "-o", "BatchMode=yes",
+    assert queue[:-1] == ["ssh", "-p", "2222", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
+                          "--",
                           "researcher@cluster.example.org"]
     script = shlex.split(queue[-1])
     assert script[:2] == ["bash", "-c"]
     assert script[2].splitlines() == [
         "set -e", f"cd {remote}", "export KDLAB_SYNC_TEST=1",
         f"{sys.executable} -m kdlab queue studies/sync.toml"]
+
+
+def _with_sync_values(study_path: Path, host: str, user: str) -> None:
+    text = study_path.read_text().replace(
+        "[sync]\n", f"[sync]\nhost = {_toml(host)}\nuser = {_toml(user)}\n")
+    study_path.write_text(text)
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value)   # a JSON string is a TOML basic string
+
+
+@pytest.mark.parametrize("host, user, key", [
+    ("-oProxyCommand=touch pwned", "researcher", "sync.host"),
+    ("login.example.org", "-oProxyCommand=touch pwned", "sync.user"),
+    ("login.example.org\nrm -rf x", "researcher", "sync.host"),
+    ("login example.org", "researcher", "sync.host"),
+    ("login.example.org", "re searcher", "sync.user"),
+    ("login.example.org", "a\tb", "sync.user"),
+    ("login.example.org", "other@evil", "sync.user"),
+    ("", "researcher", "sync.host"),
+])
+def test_hostile_host_or_user_is_refused_in_one_line(tmp_path, capsys, host, user, key):
+    local, remote, study_path = make_project(tmp_path, remote_runs=False)
+    _with_sync_values(study_path, host, user)
+    assert cli.main(["sync", str(study_path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and f"key '{key}'" in err and str(study_path) in err
+    assert captured.out == ""
+    assert not (local / "logs").exists()        # refused before anything ran or was logged
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_ssh_target_comes_after_double_dash(tmp_path):
+    local, remote, study_path = make_project(tmp_path)
+    _with_sync_values(study_path, "login-1.example.org", "first.last")
+    queue = sync.SyncPlan(load_study(study_path)).queue_argv()
+    assert queue[-3:-1] == ["--", "first.last@login-1.example.org"]
+    assert queue.index("--") == len(queue) - 3    # every option before it
+
+
+@pytest.mark.parametrize("payload", ["$(touch {m})", "`touch {m}`", "; touch {m}",
+                                     "&& touch {m}", "| touch {m}"])
+def test_kdlab_command_is_inert_in_the_remote_shell(tmp_path, payload):
+    local, remote, study_path = make_project(tmp_path)
+    marker = tmp_path / "pwned"
+    text = study_path.read_text().replace(
+        f'kdlab_command = "{sys.executable} -m kdlab"',
+        f"kdlab_command = '{sys.executable} -m kdlab {payload.format(m=marker)}'")
+    study_path.write_text(text)
+    plan = sync.SyncPlan(load_study(study_path))
+    script = plan.queue_script().splitlines()[-1]
+    # the payload's words reach the remote as plain arguments of kdlab ...
+    assert shlex.split(script)[:3] == [sys.executable, "-m", "kdlab"]
+    assert payload.format(m=marker).split()[0] in shlex.split(script)
+    # ... and running the remote step (bash -c, as over ssh) runs none of it
+    subprocess.run(plan.queue_argv(), cwd=local, capture_output=True, timeout=120)
+    assert not marker.exists()
+    # over ssh the whole script is one quoted word of 'bash -c'
+    _with_sync_values(study_path, "login.example.org", "researcher")
+    over_ssh = sync.SyncPlan(load_study(study_path)).queue_argv()[-1]
+    assert shlex.split(over_ssh) == ["bash", "-c", plan.queue_script()]
+
+
+@pytest.mark.parametrize("line", ['kdlab_command = "kdlab\\nrm -rf /"',
+                                  "kdlab_command = 'kdlab \"unclosed'",
+                                  'kdlab_command = ""'])
+def test_unusable_kdlab_command_is_refused(tmp_path, capsys, line):
+    local, remote, study_path = make_project(tmp_path)
+    text = study_path.read_text().replace(f'kdlab_command = "{sys.executable} -m kdlab"', line)
+    study_path.write_text(text)
+    assert cli.main(["sync", str(study_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key 'scheduler.kdlab_command'" in err
 
 
 # ---- cron ------------------------------------------------------------------------------------
@@ -231,3 +308,21 @@ def test_cron_schedules():
     for bad in (0, 61, 1500):
         with pytest.raises(Exception, match=f"--every {bad}"):
             sync.cron_schedule(bad)
+
+
+def test_remote_dir_under_the_home_directory(tmp_path):
+    """'~/project' on the remote: a path relative to the login directory for rsync and for
+    the remote cd (a quoted '~' would not expand there)."""
+    local, remote, study_path = make_project(tmp_path)
+    text = study_path.read_text().replace(f'remote_dir = "{remote}"',
+                                          'remote_dir = "~/kd project/"')
+    study_path.write_text(text.replace("[sync]\n", '[sync]\nhost = "login.example.org"\n'))
+    plan = sync.SyncPlan(load_study(study_path))
+    assert plan.pull_argv()[-2] == "login.example.org:kd project/experiments/"
+    assert plan.push_argv()[-1] == "login.example.org:kd project/"
+    script = shlex.split(plan.queue_argv()[-1])[2].splitlines()
+    assert script[1] == "cd 'kd project'"
+    # on this machine (no host) '~' is this user's home
+    study_path.write_text(text)
+    assert sync.SyncPlan(load_study(study_path)).remote_dir == \
+        str(Path("~/kd project").expanduser())

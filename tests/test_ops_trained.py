@@ -1,6 +1,6 @@
-"""The operations commands on a small study trained here for real (Digits, ResNet20 teacher,
-ResNet8 student, one logit-distilled run, one epoch each): what train.py actually writes
-must be what plot, methodology, digest and archive read."""
+"""The operations commands on a small study trained here for real (tests/trained_study.py:
+Digits, ResNet20 teacher, ResNet8 student, one logit-distilled run, one epoch each): what
+train.py actually writes must be what plot, methodology, digest and archive read."""
 
 from __future__ import annotations
 
@@ -15,22 +15,14 @@ from kdlab.layout import analysis_dir
 from kdlab.ops import plots
 from kdlab.ops.methodology import duration_text
 from kdlab.status import COMPLETED, study_run_states
-from kdlab.study import load_study
-from legacy_tree import write_study
+from trained_study import trained_copy
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from kdlab.train import train_run
-
-    root = tmp_path_factory.mktemp("trained")
-    study = load_study(write_study(root / "study.toml", name="trained", methods=["logit"],
-                                   alphas=[0.5], seeds=[0], epochs=1))
-    for spec in study.runs():   # teacher first: the KD run needs its best.pth
-        assert train_run(study.train_config(spec), quiet=True) == "completed"
-    return study
+    return trained_copy(tmp_path_factory)   # trained once per session, copied per module
 
 
 def test_plot_trained_runs(trained, capsys):

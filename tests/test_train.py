@@ -351,7 +351,9 @@ def test_a_second_train_of_one_run_is_refused_until_the_holder_dies(tmp_path, ca
         reference["metrics"])
 
 
-def test_a_full_disk_keeps_the_run_resumable(tmp_path, monkeypatch, capsys, reference):
+@pytest.mark.parametrize("as_raised_by", ["os", "atomic_writer"])
+def test_a_full_disk_keeps_the_run_resumable(tmp_path, monkeypatch, capsys, reference,
+                                             as_raised_by):
     import errno
 
     real_write = runstate.atomic_write_bytes
@@ -361,7 +363,10 @@ def test_a_full_disk_keeps_the_run_resumable(tmp_path, monkeypatch, capsys, refe
         if Path(path).name == "checkpoint.pth":
             calls["checkpoint"] += 1
             if calls["checkpoint"] == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                # The atomic writer turns it into its one-line WriteError (a UserError too).
+                raise runstate._write_error(Path(path), error) if as_raised_by == "atomic_writer" \
+                    else error
         real_write(path, data)
 
     monkeypatch.setattr(runstate, "atomic_write_bytes", full_disk_on_second_checkpoint)

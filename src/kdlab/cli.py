@@ -109,7 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=".", help="git repository (default: here)")
     p.add_argument("--output", default=None, help="write to this file instead of stdout")
 
-    p = sub.add_parser("archive", help="close a round: move experiments under analysis/")
+    p = sub.add_parser(
+        "archive", help="close a round: move experiments under analysis/",
+        description="Close a round of a study without losing anything: move the whole "
+                    "experiments directory (every run, weights included, and run directories "
+                    "outside the grid) to analysis/experiment_STUDY/experiments/, write "
+                    "analysis/experiment_STUDY/README.md (scope, training settings, accuracy "
+                    "table, runs that did not complete and why, runs of the earlier code), "
+                    "and leave an empty experiments directory for the next round. Refuses "
+                    "while a run's job may still be live. Within one file system the move is "
+                    "one rename; across file systems every file is copied, verified "
+                    "(SHA-256) and only then removed; an interrupted archive finishes when "
+                    "run again.")
     _add_study(p)
     p.add_argument("--assume-stopped", action="store_true",
                    help="treat in-progress/queued runs whose liveness cannot be checked here "

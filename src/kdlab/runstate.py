@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import WriteError
 
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
@@ -45,8 +46,11 @@ class StateFileError(Exception):
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         # mkstemp makes the file 0600; give it the mode a plain open() would (0666 minus
         # the umask) so that group members on shared storage can read it.
@@ -56,11 +60,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -85,6 +91,19 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _write_error(path: Path, error: OSError) -> WriteError:
+    """The one-line error of a failed write of ``path`` (errno kept): names the path in the
+    way when it is not ``path`` itself (a file where a directory must be)."""
+    reason = error.strerror or type(error).__name__
+    blocker = next((parent for parent in reversed(path.parents)
+                    if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:    # a file where a directory must be
+        reason = f"{blocker} is a file, not a directory"
+    elif error.filename and Path(error.filename) != path and not str(error.filename).endswith(".tmp"):
+        reason += f": {error.filename}"
+    return WriteError(error.errno, reason, str(path))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -36,7 +36,8 @@ from ..schedulers import backend_of_status
 from ..status import COMPLETED, QUEUED, RUNNING, UNREADABLE, RunState, classify_run, \
     study_run_states
 from ..study import Study, load_study
-from .common import accuracy_groups, effective_method_options, markdown_table, time_text
+from .common import (accuracy_groups, earlier_code_runs, effective_method_options, group_key,
+                     is_earlier_code, markdown_table, time_text)
 
 JOURNAL_FILE = ".archive-journal.json"
 README_FILE = "README.md"
@@ -278,18 +279,25 @@ def readme_text(study: Study, states: list[RunState], extra_states: list[RunStat
              f"- Seeds: {', '.join(str(s) for s in study.seeds)}",
              f"- Runs in the grid: {len(states)} ({roles['teacher']} teacher, {roles['pure']} "
              f"pure student, {roles['kd']} distilled); completed: {completed}", ""]
+    earlier = earlier_code_runs(states + extra_states)
+    if earlier is not None:
+        lines += ["## Runs of the earlier code", "",
+                  earlier.description(study.training.get("augmentation")), ""]
 
     training = study.training
+    kdlab_states = [s for s in states if not is_earlier_code(s)]
     lines += ["## Training configuration", "",
               "As the study file sets it, with the values the runs recorded in their "
-              "`status.json` alongside.", ""]
+              "`status.json` alongside"
+              + (" (kdlab's runs only; the earlier code's are described above)."
+                 if earlier is not None else "."), ""]
     rows = []
     for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing",
                 "temperature", "device"):
         value = training.get(key)
         if key == "label_smoothing" and value is None:
             value = "0.1 for pure runs, 0 when distilling (default)"
-        rows.append([key, str(value), _recorded_values(states, key)])
+        rows.append([key, str(value), _recorded_values(kdlab_states, key)])
     lines += [markdown_table(["setting", "study", "recorded by the runs"], rows), ""]
     if study.methods:
         lines += [markdown_table(["method", "options"],
@@ -303,12 +311,20 @@ def readme_text(study: Study, states: list[RunState], extra_states: list[RunStat
               "Best test accuracy (%) of the completed runs (`max_acc`), mean ± sample "
               "standard deviation over seeds; n = completed runs of the cell's planned runs.", ""]
     rows = []
+    earlier_cells: dict[tuple, int] = {}
+    for state in (earlier.states if earlier is not None else []):
+        if state.state == COMPLETED and state.max_acc is not None:
+            earlier_cells[group_key(state)] = earlier_cells.get(group_key(state), 0) + 1
     for group in accuracy_groups(study, states):
         alpha = "—" if group.alpha is None else format_alpha(group.alpha)
         kind = group.label(study) if group.role != "kd" else group.method
         rows.append([group.dataset, kind, alpha, group.mean_std_text(),
                      f"{group.n}/{group.planned}"])
-    lines += [markdown_table(["data set", "run", "α", "accuracy (%)", "n"], rows), ""]
+        if earlier is not None:
+            rows[-1].append(str(earlier_cells.get(
+                (group.dataset, group.role, group.method, group.alpha), 0)))
+    headers = ["data set", "run", "α", "accuracy (%)", "n"]
+    lines += [markdown_table(headers + (["of them earlier code"] if earlier else []), rows), ""]
 
     incomplete = [s for s in states if s.state != COMPLETED]
     lines += ["## Runs that did not complete", ""]

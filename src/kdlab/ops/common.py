@@ -98,6 +98,85 @@ def effective_method_options(study: Study, method: str) -> dict:
     return resolve_options(method, options)
 
 
+EARLIER_CODE = "earlier code"
+
+
+def made_by_of(status: dict) -> str:
+    """Who wrote a run: status.json's ``made_by`` ('kdlab <version>'); 'kdlab' for a kdlab
+    run from before that field (its status has kdlab's ``run`` field); else 'earlier code'
+    (the earlier research code's status.json has neither)."""
+    made_by = status.get("made_by")
+    if isinstance(made_by, str) and made_by.strip():
+        return made_by
+    return "kdlab" if "run" in status else EARLIER_CODE
+
+
+def is_earlier_code(state: RunState) -> bool:
+    """A run with a status.json written by the earlier research code, not by kdlab."""
+    return state.status is not None and made_by_of(state.status) == EARLIER_CODE
+
+
+# Config keys of the earlier code's status.json that name the run rather than a setting.
+_IDENTITY_KEYS = ("model", "dataset", "seed", "teacher_weights", "force_restart")
+
+
+@dataclass
+class EarlierCodeRuns:
+    """The runs of a study written by the earlier research code (see :func:`made_by_of`)."""
+
+    states: list[RunState]
+    kdlab_count: int           # runs with a status.json written by kdlab
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for state in self.states if state.state == COMPLETED)
+
+    def recorded_settings(self) -> list[str]:
+        """'key: values' for every setting their status.json configs record, plus the
+        epochs their completed runs ran."""
+        values: dict[str, set[str]] = {}
+        for state in self.states:
+            config = (state.status or {}).get("config")
+            for key, value in (config.items() if isinstance(config, dict) else ()):
+                if key not in _IDENTITY_KEYS and value is not None:
+                    values.setdefault(key, set()).add(str(value))
+        epochs = {str(state.status.get("epoch")) for state in self.states
+                  if state.state == COMPLETED and state.status.get("epoch") is not None}
+        if epochs:
+            values["epochs of the completed runs"] = epochs
+        return [f"{key}: {', '.join(sorted(found))}" for key, found in sorted(values.items())]
+
+    def description(self, augmentation: str | None = None) -> str:
+        """One paragraph: how many, why they are the earlier code's, what is known of their
+        settings, and that kdlab's settings do not describe them."""
+        count = len(self.states)
+        settings = self.recorded_settings()
+        text = (f"{count} run{'s' if count != 1 else ''} ({self.completed} completed) "
+                f"{'were' if count != 1 else 'was'} trained by the earlier research code, not by "
+                "kdlab (their status.json has neither kdlab's made_by nor its run field); "
+                f"{self.kdlab_count} run{'s were' if self.kdlab_count != 1 else ' was'} "
+                "trained by kdlab. The study's settings and kdlab's method defaults stated "
+                "here describe kdlab's runs only. The earlier code trained with other "
+                "augmentation (RandomResizedCrop and a horizontal flip for training, "
+                "Resize(size + 8) and CenterCrop(size) for testing, its own normalisation "
+                "constants, ImageNet's for TinyImageNet) and other distillation-method weights")
+        text += ("; what its runs recorded of their settings: " + "; ".join(settings) + "."
+                 if settings else "; its runs recorded none of their settings.")
+        if augmentation == "earlier":
+            text += (" This study's kdlab runs use the earlier code's augmentation "
+                     "(augmentation = \"earlier\"), so their accuracies are comparable.")
+        return text
+
+
+def earlier_code_runs(states: list[RunState]) -> EarlierCodeRuns | None:
+    """The earlier code's runs among ``states`` (None when there are none)."""
+    earlier = [state for state in states if is_earlier_code(state)]
+    if not earlier:
+        return None
+    kdlab = sum(1 for state in states if state.status is not None) - len(earlier)
+    return EarlierCodeRuns(earlier, kdlab)
+
+
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured Markdown table (``|`` in cells escaped)."""
     def cell(text) -> str:

@@ -2,15 +2,17 @@
 
 - Code: the commits of the period (read through git's command line), grouped by area of
   the code from the paths they touch, with lines added and removed per area.
-- Study (with ``--study``): runs completed then and now, from the state files' timestamps
-  (``completed_at``; for trees of the earlier code, which have none, status.json's
-  modification time), runs that failed in the period, and the new results (best test
-  accuracy of every run completed in the period).
+- Study (with ``--study``): runs completed then and now, runs that failed in the period,
+  and the new results (best test accuracy of every run completed in the period). A run is
+  dated by its status.json's content (``completed_at``, else ``updated_at``); the earlier
+  research code wrote no timestamps, so its runs are dated by git history (the last commit
+  of their status.json). Modification times are never used: a fresh clone or a copy would
+  make every run "completed today". A run with no date either way is counted as completed
+  before the period, and the digest says how many those are.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -132,41 +134,65 @@ def read_commits(repo: Path, since: str) -> list[Commit] | None:
 
 # ---- study progress ---------------------------------------------------------------------------
 
-def completion_time(state: RunState) -> float | None:
-    """When a completed run completed: ``completed_at``, else ``updated_at``, else (trees of
-    the earlier code) the modification time of its status.json."""
+def committed_times(directory: Path) -> dict[Path, float]:
+    """Unix time of the last commit of every file under ``directory`` (absolute path ->
+    committer time), from one ``git log``; {} when the directory is not in a repository."""
+    if not Path(directory).is_dir():
+        return {}
+    top = _git(directory, "rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        return {}
+    result = _git(directory, "log", "--format=%x1e%ct", "--name-only", "--no-renames",
+                  "--", ".")
+    if result.returncode != 0:
+        return {}
+    root = Path(top.stdout.strip())
+    times: dict[Path, float] = {}
+    for record in result.stdout.split("\x1e")[1:]:
+        stamp, _, names = record.partition("\n")
+        for name in names.splitlines():
+            if name.strip():
+                times.setdefault((root / name).resolve(), float(stamp))   # newest first
+    return times
+
+
+def _recorded_time(state: RunState, keys: tuple[str, ...],
+                   committed: dict[Path, float]) -> float | None:
     status = state.status or {}
-    for key in ("completed_at", "updated_at"):
+    for key in keys:
         value = status.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    try:
-        return os.stat(state.run_dir / runstate.STATUS_FILE).st_mtime
-    except OSError:
-        return None
+    return committed.get((state.run_dir / runstate.STATUS_FILE).resolve())
 
 
-def _change_time(state: RunState) -> float | None:
-    status = state.status or {}
-    value = status.get("updated_at")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return os.stat(state.run_dir / runstate.STATUS_FILE).st_mtime
-    except OSError:
-        return None
+def completion_time(state: RunState, committed: dict[Path, float] | None = None) -> float | None:
+    """When a completed run completed: ``completed_at``, else ``updated_at``, else (the
+    earlier code's runs) the last commit of its status.json in ``committed``; None when
+    unknown."""
+    return _recorded_time(state, ("completed_at", "updated_at"), committed or {})
+
+
+def _change_time(state: RunState, committed: dict[Path, float]) -> float | None:
+    return _recorded_time(state, ("updated_at",), committed)
 
 
 def study_section(study: Study, since: float, now: float) -> list[str]:
     states = study_run_states(study)
     total = len(states)
+    committed = committed_times(study.experiments_dir)
     completed = [s for s in states if s.state == COMPLETED]
-    times = {id(s): completion_time(s) for s in completed}
+    times = {id(s): completion_time(s, committed) for s in completed}
     new = [s for s in completed if (times[id(s)] or 0) > since]
     before = len(completed) - len(new)
     lines = [f"## Study `{study.name}`", "",
              f"Completed runs: {before}/{total} on {time_text(since)} → {len(completed)}/{total} "
              f"now ({len(new)} completed in the period).", ""]
+    undated = sum(1 for s in completed if times[id(s)] is None)
+    if undated:
+        lines += [f"{undated} completed run{'s have' if undated != 1 else ' has'} no completion "
+                  "date (a status.json without timestamps, as the earlier code wrote, and not "
+                  "in git history); counted as completed before the period.", ""]
     rows = []
     for dataset in study.datasets:
         of_dataset = [s for s in states if s.spec.dataset == dataset]
@@ -175,7 +201,8 @@ def study_section(study: Study, since: float, now: float) -> list[str]:
         rows.append([dataset, str(len(done) - len(new_here)), str(len(done)),
                      str(len(of_dataset))])
     lines += [markdown_table(["data set", "completed then", "completed now", "runs"], rows), ""]
-    failed = [s for s in states if s.state == FAILED and (_change_time(s) or 0) > since]
+    failed = [s for s in states
+              if s.state == FAILED and (_change_time(s, committed) or 0) > since]
     if failed:
         lines += ["Runs that failed in the period:", ""]
         lines += [f"- {s.spec.name}: {(s.status or {}).get('reason') or 'no reason recorded'}"

@@ -2,6 +2,9 @@
 
 Steps, in order, all configured by the study's ``[sync]`` table (nothing hard-coded):
 
+0. ``connect`` (with a ``host``) one ``ssh HOST true``: an unreachable host or a refused
+   key ends the sync in one line naming the host; the local copy is still plotted, nothing
+   is pulled, pushed or queued.
 1. ``pull``  rsync the remote experiments tree here (over ssh; never deletes anything here).
 2. ``plot``  regenerate the progress figures from the local copy.
 3. ``push``  rsync the code to the remote, without data, experiments, analysis, virtual
@@ -14,10 +17,16 @@ is non-zero when any step failed. A lock file stops overlapping runs (a second s
 one is running logs that and exits 0). Every line goes to ``sync.log_file`` with a
 timestamp.
 
+ssh: ``ssh`` is run with ``sync.ssh_options`` (e.g. ``["-p", "2222", "-i", "~/.ssh/cluster"]``
+or ``["-F", "ssh_config"]``), so everything in ``~/.ssh/config`` applies as on the command
+line; kdlab adds ``BatchMode=yes`` (cron cannot answer a prompt) and ``ConnectTimeout=30``
+unless the options set them, and puts ``[user@]host`` after ``--``.
+
 Paths: the study's relative paths are relative to the project directory — ``local_dir``
 here, ``remote_dir`` on the remote. With ``host`` unset the "remote" is this machine
 (rsync between two local directories, the queue command run locally through bash): that is
-how the tests run it.
+how the tests run it. A ``remote_dir`` of ``~/project`` (or a relative one) is the project
+under the remote login's home directory, for rsync and the remote shell alike.
 
 ``--install-cron [--every MINUTES]`` / ``--remove-cron`` edit the user's crontab through
 the ``crontab`` command, idempotently: the entry carries a marker comment naming the study.
@@ -42,6 +51,7 @@ from ..errors import UserError
 from ..study import Study, load_study
 
 STEP_TIMEOUT_SECONDS = 3 * 3600
+CONNECT_TIMEOUT = 30     # seconds ssh waits for the host (unless ssh_options say otherwise)
 # The atomic writers' temporary files: never worth copying.
 _TEMP_PATTERN = ".*.tmp"
 
@@ -68,7 +78,8 @@ class SyncPlan:
         if not self.local_dir.is_dir():
             raise UserError(f"{study.path}: key 'sync.local_dir': {self.local_dir} is not a "
                             "directory; expected the project directory here")
-        self.remote_dir = settings.remote_dir.rstrip("/") or "/"
+        _check_values(study)
+        self.remote_dir = _remote_directory(settings.remote_dir, settings.host)
         try:
             self.study_relative = Path(study.path).resolve().relative_to(self.local_dir)
         except ValueError:
@@ -98,11 +109,18 @@ class SyncPlan:
         return f"{self.settings.user}@{host}" if self.settings.user else host
 
     def ssh_argv(self) -> list[str]:
+        """``ssh`` and its options, without the target (rsync appends that itself)."""
         options = list(self.settings.ssh_options)
         # cron cannot answer a password prompt: fail instead of hanging
-        if not any("BatchMode" in option for option in options):
-            options += ["-o", "BatchMode=yes"]
+        for key, value in (("BatchMode", "yes"), ("ConnectTimeout", str(CONNECT_TIMEOUT))):
+            if not any(key.lower() in option.lower() for option in options):
+                options += ["-o", f"{key}={value}"]
         return ["ssh", *options]
+
+    def ssh_command(self, remote_command: str) -> list[str]:
+        """ssh running ``remote_command`` (one shell line) on the remote; the target comes
+        after ``--`` so that nothing in it can be read as an option."""
+        return self.ssh_argv() + ["--", self.ssh_target(), remote_command]
 
     def rsync_base(self) -> list[str]:
         argv = ["rsync", "-a", f"--exclude={_TEMP_PATTERN}"]
@@ -135,14 +153,70 @@ class SyncPlan:
     def queue_script(self) -> str:
         lines = ["set -e", f"cd {shlex.quote(self.remote_dir)}"]
         lines += list(self.settings.remote_setup)
-        lines.append(f"{self.study.scheduler.kdlab_command} queue "
-                     f"{shlex.quote(self.study_relative.as_posix())}")
+        # the words of kdlab_command, each quoted: '$(...)', ';' or a backtick stay inert text
+        kdlab = shlex.join(shlex.split(self.study.scheduler.kdlab_command))
+        lines.append(f"{kdlab} queue {shlex.quote(self.study_relative.as_posix())}")
         return "\n".join(lines)
 
     def queue_argv(self) -> list[str]:
         if self.settings.host is None:
             return ["bash", "-c", self.queue_script()]
-        return self.ssh_argv() + [self.ssh_target(), "bash -c " + shlex.quote(self.queue_script())]
+        return self.ssh_command("bash -c " + shlex.quote(self.queue_script()))
+
+
+def _remote_directory(remote_dir: str, host: str | None) -> str:
+    """The project directory on the remote as rsync and ``cd`` both read it: over ssh a
+    leading ``~/`` becomes a path relative to the login directory (the home directory;
+    quoted, ``cd '~/x'`` would look for a directory named '~'); on this machine ``~`` is
+    expanded here."""
+    remote_dir = remote_dir.rstrip("/") or "/"
+    if host is None:
+        return str(Path(remote_dir).expanduser())
+    if remote_dir == "~":
+        return "."
+    return remote_dir[2:] if remote_dir.startswith("~/") else remote_dir
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(character) < 32 or ord(character) == 127 for character in text)
+
+
+def _check_values(study: Study) -> None:
+    """Refuse ``[sync]`` and ``kdlab_command`` values that could change what the ssh, rsync
+    or remote shell command means: a host or user read as an option (leading ``-``) or
+    holding whitespace, control characters or ``@``; control characters (a newline is a
+    second shell line) anywhere else."""
+    settings = study.sync
+
+    def fail(key: str, value: str, expected: str) -> None:
+        raise UserError(f"{study.path}: key '{key}': expected {expected}, found {value!r}")
+
+    for key, value in (("sync.host", settings.host), ("sync.user", settings.user)):
+        if value is None:
+            continue
+        if (not value or value.startswith("-") or _has_control(value)
+                or any(character.isspace() or character in "@/" for character in value)):
+            fail(key, value, "a name without spaces, control characters, '@' or '/' that "
+                             "does not start with '-'")
+    if settings.user is not None and ":" in settings.user:
+        fail("sync.user", settings.user, "a user name without ':'")
+    if settings.remote_dir.startswith("-") or _has_control(settings.remote_dir):
+        fail("sync.remote_dir", settings.remote_dir,
+             "a directory without control characters that does not start with '-'")
+    for key, values in (("sync.remote_setup", settings.remote_setup),
+                        ("sync.ssh_options", settings.ssh_options)):
+        for value in values:
+            if _has_control(value):
+                fail(key, value, "one line per entry, without control characters")
+    command = study.scheduler.kdlab_command
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        words = []
+        fail("scheduler.kdlab_command", command, f"a command line shlex can split ({error})")
+    if not words or _has_control(command):
+        fail("scheduler.kdlab_command", command,
+             "a command (e.g. 'kdlab' or 'python -m kdlab') without control characters")
 
 
 # ---- running ---------------------------------------------------------------------------------
@@ -200,10 +274,27 @@ def _plot_step(plan: SyncPlan, log: SyncLog) -> StepResult:
                                     f"{len(report.unchanged)} unchanged")
 
 
+def _connect_step(plan: SyncPlan, log: SyncLog, step_runner) -> StepResult:
+    """``ssh HOST true``: the one place an unreachable host or a refused key shows, named."""
+    result = step_runner("connect", plan.ssh_command("true"), log, plan.local_dir)
+    if result.ok:
+        return result
+    reason = result.message.split(": ", 1)[1] if result.message.startswith("exit status") \
+        else result.message
+    return StepResult("connect", False, f"cannot reach {plan.ssh_target()} over ssh: {reason}")
+
+
+def _rsync_step(name: str, argv: list[str], plan: SyncPlan, log: SyncLog,
+                step_runner) -> StepResult:
+    if shutil.which("rsync") is None:
+        return StepResult(name, False, "rsync not found on PATH")
+    return step_runner(name, argv, log, plan.local_dir)
+
+
 def run_sync(study: Study, *, quiet: bool = False,
              step_runner: Callable[..., StepResult] = _run_step) -> list[StepResult] | None:
-    """Run the four steps under the lock; the results, or None when another sync of this
-    study holds the lock."""
+    """Run the steps under the lock; the results, or None when another sync of this study
+    holds the lock."""
     plan = SyncPlan(study)
     log = SyncLog(plan.log_path, quiet)
     lock = open(plan.lock_path, "a")
@@ -215,39 +306,53 @@ def run_sync(study: Study, *, quiet: bool = False,
                 f"(lock {plan.lock_path}); skipped")
             return None
         log(f"sync {study.name}: start")
-        results = []
-        local_experiments = plan.local_path(study.experiments_dir)
-        local_experiments.mkdir(parents=True, exist_ok=True)
-        if shutil.which("rsync") is None:
-            pull = StepResult("pull", False, "rsync not found on PATH")
-        else:
-            pull = step_runner("pull", plan.pull_argv(), log, plan.local_dir)
-        results.append(pull)
-        log(f"pull: {pull.message}")
-        plot = _plot_step(plan, log)
-        results.append(plot)
-        log(f"plot: {plot.message}")
-        if shutil.which("rsync") is None:
-            push = StepResult("push", False, "rsync not found on PATH")
-        else:
-            push = step_runner("push", plan.push_argv(), log, plan.local_dir)
-        results.append(push)
-        log(f"push: {push.message}")
-        if push.ok:
-            queue = step_runner("queue", plan.queue_argv(), log, plan.local_dir)
-        else:
-            queue = StepResult("queue", False, "skipped: the code push failed, so the remote "
-                                               "would queue with stale or half-copied code",
-                               skipped=True)
-        results.append(queue)
-        log(f"queue: {queue.message}")
+        results = _run_steps(plan, log, step_runner)
+        connect = results[0] if results[0].name == "connect" else None
         failed = [r.name for r in results if not r.ok]
-        log(f"sync {study.name}: " + (f"FAILED steps: {', '.join(failed)}" if failed
-                                      else "all steps ok"))
+        if connect is not None and not connect.ok:
+            log(f"sync {study.name}: {connect.message}; pulled, pushed and queued nothing")
+        else:
+            log(f"sync {study.name}: " + (f"FAILED steps: {', '.join(failed)}" if failed
+                                          else "all steps ok"))
         return results
     finally:
         lock.close()   # releases the lock
         log.close()
+
+
+def _run_steps(plan: SyncPlan, log: SyncLog, step_runner) -> list[StepResult]:
+    """connect (with a host), pull, plot, push, queue; each result logged as it ends."""
+    results = []
+
+    def record(result: StepResult) -> StepResult:
+        results.append(result)
+        log(f"{result.name}: {result.message}")
+        return result
+
+    reachable = True
+    if plan.settings.host is not None:
+        reachable = record(_connect_step(plan, log, step_runner)).ok
+    unreachable = StepResult("", False, f"skipped: {plan.ssh_target()} cannot be reached",
+                             skipped=True)
+    plan.local_path(plan.study.experiments_dir).mkdir(parents=True, exist_ok=True)
+    if reachable:
+        record(_rsync_step("pull", plan.pull_argv(), plan, log, step_runner))
+    else:
+        record(dataclasses.replace(unreachable, name="pull"))
+    record(_plot_step(plan, log))
+    if reachable:
+        push = record(_rsync_step("push", plan.push_argv(), plan, log, step_runner))
+    else:
+        push = record(dataclasses.replace(unreachable, name="push"))
+    if push.ok:
+        record(step_runner("queue", plan.queue_argv(), log, plan.local_dir))
+    elif reachable:
+        record(StepResult("queue", False, "skipped: the code push failed, so the remote "
+                                          "would queue with stale or half-copied code",
+                          skipped=True))
+    else:
+        record(dataclasses.replace(unreachable, name="queue"))
+    return results
 
 
 # ---- cron ----------------------------------------------------------------------------------------

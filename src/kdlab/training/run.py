@@ -26,7 +26,7 @@ import torch
 from .. import layout, runstate
 from ..config import (TrainConfig, _with_complete_options, prepare_configs, validate_config,
                       write_config_file)
-from ..errors import EXIT_PREEMPTED, UserError
+from ..errors import EXIT_PREEMPTED, UserError, WriteError
 from ..layout import PURE
 from . import device as device_module
 from .guards import Preempted, StopFlag, check_epoch, stop_signals
@@ -59,6 +59,8 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
             return runstate.COMPLETED
         try:
             return _train(ctx, status, force_restart, download, flag, lock)
+        except WriteError as error:  # the writer's one-line form of a full disk, a lost mount
+            return _record_environment_failure(ctx, error)
         except (UserError, KeyboardInterrupt):
             raise
         except OSError as error:

@@ -1,0 +1,182 @@
+"""kdlab's notebook API: ``kdlab.runs``, ``kdlab.curves``, ``kdlab.metrics`` as pandas
+DataFrames, checked against the files they read: a small study trained here for real
+(tests/trained_study.py), and a hand-written tree with every run state and an
+earlier-code run. They read files only and never import torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import kdlab
+from kdlab import runstate
+from kdlab.errors import UserError
+from kdlab.layout import RunSpec, analysis_dir, run_dir
+from kdlab.status import study_run_states
+from kdlab.study import load_study
+from legacy_tree import write_run, write_study
+from trained_study import analysed_copy
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    return analysed_copy(tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_runs_of_a_trained_study(analysed):
+    frame = kdlab.runs(analysed.path)
+    assert len(frame) == len(analysed.runs()) == 3
+    assert list(frame["role"]) == ["teacher", "pure", "kd"]
+    assert list(frame["method"]) == ["teacher", "pure", "logit"]
+    assert frame["alpha"].isna().tolist() == [True, True, False] and frame["alpha"][2] == 0.5
+    assert (frame["state"] == "completed").all() and (frame["epoch"] == 1).all()
+    for row, spec in zip(frame.itertuples(), analysed.runs()):
+        directory = run_dir(analysed.experiments_dir, spec)
+        status = json.loads((directory / "status.json").read_text())
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert row.run_dir == str(directory) and row.model == spec.model
+        assert row.max_acc == status["max_acc"]
+        assert row.final_acc == metrics["test_acc"][-1]
+        assert row.duration_seconds == status["duration_seconds"]
+        assert row.epoch_seconds_mean == pytest.approx(sum(metrics["epoch_seconds"]))
+        assert row.completed_at == pd.Timestamp(status["completed_at"], unit="s", tz="UTC")
+        assert row.made_by == status.get("made_by", "kdlab")
+    # the same call with a loaded study
+    pd.testing.assert_frame_equal(kdlab.runs(load_study(analysed.path)), frame)
+
+
+@pytest.mark.slow
+def test_curves_of_a_trained_study_and_of_one_run(analysed):
+    long = kdlab.curves(analysed.path)
+    for spec in analysed.runs():
+        directory = run_dir(analysed.experiments_dir, spec)
+        metrics = json.loads((directory / "metrics.json").read_text())
+        of_run = long[long["run_dir"] == str(directory)]
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds"):
+            series = of_run[of_run["metric"] == name].sort_values("epoch")
+            assert series["value"].tolist() == metrics[name]
+            assert series["epoch"].tolist() == list(range(1, len(metrics[name]) + 1))
+        assert "config" not in set(of_run["metric"])
+        single = kdlab.curves(directory)
+        assert set(single["metric"]) == set(of_run["metric"])
+        assert sorted(single["value"]) == sorted(of_run["value"])
+        assert (single["dataset"] == "Digits").all() and (single["seed"] == spec.seed).all()
+
+
+@pytest.mark.slow
+def test_metrics_csv_typed_and_joinable_with_runs(analysed):
+    frame = kdlab.metrics(analysed)
+    path = analysis_dir(analysed.analysis_dir, analysed.name) / "metrics.csv"
+    with open(path, newline="") as handle:
+        raw = list(csv.DictReader(handle))
+    assert len(frame) == len(raw) > 0
+    assert str(frame["value"].dtype) == "float64" and str(frame["alpha"].dtype) == "float64"
+    assert str(frame["seed"].dtype) == "Int64" and str(frame["metric"].dtype) == "string"
+    for row, record in zip(frame.itertuples(), raw):
+        assert row.value == pytest.approx(float(record["value"]), rel=1e-12)
+        assert (math.isnan(row.alpha) if record["alpha"] == "" else
+                row.alpha == float(record["alpha"]))
+    joined = frame.merge(kdlab.runs(analysed), on=["dataset", "method", "alpha", "seed"])
+    assert len(joined) == len(frame)                # every metric row finds its run
+    assert set(joined["role"]) == {"teacher", "pure", "kd"}
+
+
+def test_runs_of_a_tree_in_every_state(tmp_path):
+    study = load_study(write_study(tmp_path / "study.toml", methods=["logit", "rkd"],
+                                   alphas=[0.5], seeds=[0, 1]))
+    experiments = study.experiments_dir
+    write_run(experiments, RunSpec("Digits", "ResNet20", 0), test_acc=[40.0, 70.0, 65.0])
+    write_run(experiments, RunSpec("Digits", "ResNet20", 1), status="failed", epoch=1,
+              reason="non-finite loss")
+    write_run(experiments, RunSpec("Digits", "ResNet8", 0, "logit", "ResNet20", 0.5),
+              status="in_progress", epoch=2, job_id="123.sched", scheduler="pbs")
+    broken = run_dir(experiments, RunSpec("Digits", "ResNet8", 0))
+    broken.mkdir(parents=True)
+    (broken / "status.json").write_text('{"status": "completed", "epoch": ')   # torn
+    # the earlier research code's completed run: status, epoch, max_acc, config; no 'run'
+    earlier = run_dir(experiments, RunSpec("Digits", "ResNet8", 0, "rkd", "ResNet20", 0.5))
+    earlier.mkdir(parents=True)
+    (earlier / "status.json").write_text(json.dumps(
+        {"status": "completed", "epoch": 150, "max_acc": 27.01,
+         "config": {"model": "ResNet8", "dataset": "Digits", "seed": 0}}))
+    before = {p: p.read_bytes() for p in experiments.rglob("*") if p.is_file()}
+
+    frame = kdlab.runs(study).set_index("run_dir")
+    states = {str(state.run_dir): state for state in study_run_states(study)}
+    assert list(frame.index) == list(states)
+    assert (frame["state"] == pd.Series({k: s.state for k, s in states.items()})).all()
+    teacher = frame.loc[str(run_dir(experiments, RunSpec("Digits", "ResNet20", 0)))]
+    assert (teacher.max_acc, teacher.final_acc, teacher.made_by) == (70.0, 65.0, "kdlab")
+    failed = frame.loc[str(run_dir(experiments, RunSpec("Digits", "ResNet20", 1)))]
+    assert failed.state == "failed" and "non-finite loss" in failed.detail
+    assert pd.isna(failed.final_acc)           # only a completed run has a final accuracy
+    live = frame.loc[str(run_dir(experiments,
+                                 RunSpec("Digits", "ResNet8", 0, "logit", "ResNet20", 0.5)))]
+    assert (live.state, live.job_id, live.scheduler, live.epoch) == ("running", "123.sched",
+                                                                    "pbs", 2)
+    unreadable = frame.loc[str(broken)]
+    assert unreadable.state == "unreadable" and str(broken) in unreadable.detail
+    assert pd.isna(unreadable.made_by)
+    old = frame.loc[str(earlier)]
+    assert (old.state, old.made_by, old.max_acc, old.epoch) == ("completed", "earlier code",
+                                                               27.01, 150)
+    assert pd.isna(old.epochs) and pd.isna(old.final_acc)   # no metrics.json, no epochs key
+    assert set(frame["state"]) >= {"not_started", "waiting"}
+    curves = kdlab.curves(study)                   # the unreadable file is left out, named
+    assert str(broken) not in set(curves["run_dir"])
+    assert {p: p.read_bytes() for p in experiments.rglob("*") if p.is_file()} == before
+
+
+def test_missing_or_damaged_inputs_are_one_line_errors(tmp_path):
+    study = load_study(write_study(tmp_path / "study.toml"))
+    with pytest.raises(UserError, match="metrics.csv: no such file.*kdlab analyze"):
+        kdlab.metrics(study)
+    csv_path = analysis_dir(study.analysis_dir, study.name) / "metrics.csv"
+    runstate.atomic_write_text(csv_path, "a,b\n1,2\n")
+    with pytest.raises(UserError, match="no column dataset"):
+        kdlab.metrics(study)
+    with pytest.raises(UserError, match="metrics.json: no such file"):
+        kdlab.curves(tmp_path)
+
+
+def test_the_api_reads_files_without_importing_torch(tmp_path):
+    study = write_study(tmp_path / "study.toml")
+    write_run(study.parent / "experiments", RunSpec("Digits", "ResNet20", 0))
+    csv_path = analysis_dir(study.parent / "analysis", "tiny") / "metrics.csv"
+    runstate.atomic_write_text(csv_path, "dataset,method,alpha,seed,layer,metric,value\n"
+                                         "Digits,teacher,,0,layer1,effective_dim,3.5\n")
+    code = f"""
+import sys
+import kdlab
+runs = kdlab.runs({str(study)!r})
+curves = kdlab.curves({str(study)!r})
+metrics = kdlab.metrics({str(study)!r})
+assert runs['state'].tolist()[0] == 'completed', runs
+assert len(curves) > 0 and metrics['value'].tolist() == [3.5]
+assert 'torch' not in sys.modules, 'torch was imported'
+print('ok')
+"""
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_import_kdlab_stays_light():
+    code = ("import sys, kdlab; assert 'pandas' not in sys.modules; "
+            "assert callable(kdlab.runs) and callable(kdlab.curves) and callable(kdlab.metrics)")
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
