@@ -180,3 +180,17 @@ def test_import_kdlab_stays_light():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_api_names_survive_every_kdlab_module_being_imported():
+    """A submodule named like an API function would replace it once imported."""
+    code = ("import pkgutil, importlib, kdlab\n"
+            "names = [m.name for m in pkgutil.walk_packages(kdlab.__path__, 'kdlab.')]\n"
+            "assert not {'kdlab.runs', 'kdlab.curves', 'kdlab.metrics'} & set(names), names\n"
+            "import kdlab.status, kdlab.queue, kdlab.api\n"
+            "assert callable(kdlab.runs) and callable(kdlab.curves) and callable(kdlab.metrics)\n"
+            "print('ok')")
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -18,7 +18,7 @@ from kdlab import runstate
 from kdlab.errors import UserError
 from kdlab.queue import (DONE, FAILED_ACTION, LATER, LIVE, SUBMIT, Decision, make_packs,
                          plan_queue, run_queue, submit_pack)
-from kdlab.runs import MAX_ENVIRONMENT_RESUBMISSIONS, NOT_STARTED, RunState
+from kdlab.run_states import MAX_ENVIRONMENT_RESUBMISSIONS, NOT_STARTED, RunState
 from kdlab.schedulers.local import LocalScheduler
 from kdlab.status import format_report, status_report, study_run_states
 from kdlab.study import Role, load_study

@@ -336,7 +336,7 @@ def test_study_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
 
 
 def test_states_by_cell_follow_the_study_order(legacy):
-    from kdlab.runs import states_by_cell
+    from kdlab.run_states import states_by_cell
 
     states = study_run_states(legacy)
     cells = states_by_cell(legacy, states)

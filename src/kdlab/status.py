@@ -1,5 +1,5 @@
 """``kdlab status STUDY``: where every run of a study stands. Formatting only: the runs are
-classified by :mod:`kdlab.runs` (re-exported here for the commands that import them from
+classified by :mod:`kdlab.run_states` (re-exported here for the commands that import them from
 this module), grouped by the study's cells and summarised over seeds by :mod:`kdlab.stats`.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .layout import format_alpha
-from .runs import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,  # noqa: F401
+from .run_states import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,  # noqa: F401
                    UNREADABLE, WAITING, RunState, check_liveness, classify_run, outside_grid,
                    outside_grid_summary, planned_epochs, resume_blocker, study_run_states)
 from .stats import summarize
