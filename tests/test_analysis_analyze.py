@@ -18,6 +18,7 @@ import pytest
 
 from kdlab import layout
 from kdlab.analysis import analyze, compute, figures, metrics
+from kdlab.analysis.figures import cache as figure_cache, common as figure_common, summary as figure_summary
 from kdlab.analysis.store import LAYERS, load_representation, save_representation
 from kdlab.cli import main
 from kdlab.errors import UserError
@@ -222,18 +223,23 @@ def test_figures_exist_and_report_links_only_existing_files(analysed):
     assert every_output <= linked  # and every figure and table is linked
     assert "Digits logit a0.5 s1" in html  # the missing runs are listed
     assert "participation_ratio" in html and "Kornblith" in html  # metric descriptions
-    if "umap" not in report.notes:
+    try:
+        import umap  # noqa: F401
+    except ImportError:
         assert "UMAP projection skipped" in html
+    else:  # umap-learn installed (the test extra): the real figure is drawn and linked
+        assert (digits / "summary" / "umap_teacher_layer3.png").is_file()
+        assert "umap_teacher_layer3.png" in html
 
 
 def test_figure_helpers_show_gaps():
     import matplotlib.pyplot as plt
 
     figure, ax = plt.subplots()
-    figures._heatmap(ax, np.array([[0.5, np.nan], [0.2, 0.9]]), ["a", "b"], ["x", "y"])
+    figure_common.heatmap(ax, np.array([[0.5, np.nan], [0.2, 0.9]]), ["a", "b"], ["x", "y"])
     assert "n/a" in [text.get_text() for text in ax.texts]
     figure2, ax2 = plt.subplots()
-    figures._grouped_bars(ax2, [("s", "red", [(1.0, 0.1, 2), (math.nan, math.nan, 0),
+    figure_common.grouped_bars(ax2, [("s", "red", [(1.0, 0.1, 2), (math.nan, math.nan, 0),
                                               (2.0, 0.0, 1)])])
     assert [text.get_text() for text in ax2.texts] == ["n/a"]
     plt.close(figure)
@@ -269,14 +275,14 @@ def test_umap_projection_maps_students_into_the_teacher_space(analysed, tmp_path
     grid = figures.Grid("mini", "Digits", ("logit",), (0.5,), (0,), "ResNet56", "ResNet20")
     payload = {"umap_teacher": str(teacher_path),
                "umap_students": [("rotated copy", str(student_path))]}
-    written = figures._umap_figure(grid, payload, tmp_path)
+    written = figure_summary.umap_figure(grid, payload, tmp_path)
     assert written == tmp_path / "umap_teacher_layer3.png"
     assert written.read_bytes()[:4] == b"\x89PNG"
     # a rotated, scaled, shifted copy maps exactly back onto the teacher's features
     np.testing.assert_allclose(seen["transform"], seen["fit"], atol=1e-3)
 
     monkeypatch.setitem(sys.modules, "umap", None)  # import fails as if not installed
-    note = figures._umap_figure(grid, payload, tmp_path)
+    note = figure_summary.umap_figure(grid, payload, tmp_path)
     assert isinstance(note, str) and "umap-learn is not installed" in note
 
 
@@ -296,7 +302,7 @@ def test_rerun_recomputes_only_what_a_new_run_touches(analysed, tmp_path, monkey
         drawn.append((grid.dataset, kind, payload.get("method") or payload.get("metric")))
         return {"files": [], "notes": []}
 
-    monkeypatch.setattr(figures, "draw_group", recorder)
+    monkeypatch.setattr(figure_cache, "draw_group", recorder)
 
     unchanged = analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False)
     assert unchanged.models_computed == 0 and unchanged.pairs_computed == 0

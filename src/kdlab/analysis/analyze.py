@@ -11,22 +11,18 @@ run recomputes only what depends on it.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-
-
 from .. import layout
 from ..errors import UserError
 from ..layout import RunSpec
 from ..runstate import atomic_write_text
 from ..study import Study, load_study
-from . import compute
+from . import compute, workers
+from .workers import resolve_jobs  # noqa: F401  (kdlab.analysis.analyze.resolve_jobs)
 
 TEACHER = "teacher"
 PURE = "pure"
@@ -91,173 +87,168 @@ def expected_entries(study: Study) -> list[Entry]:
     return entries
 
 
-def resolve_jobs(jobs: int) -> int:
-    if jobs < 0:
-        raise UserError(f"--jobs {jobs}: expected 0 (all cores) or a positive number")
-    return jobs or os.cpu_count() or 1
+def _cache_paths(study: Study, teacher: Entry, student: Entry) -> tuple[str, str, str]:
+    """(student representation, its model cache, the pair's cache) for the pair task."""
+    return (str(student.path),
+            str(layout.model_cache_path(study.analysis_dir, study.name, student.dataset,
+                                        student.path)),
+            str(layout.pair_cache_path(study.analysis_dir, study.name, teacher.dataset,
+                                       teacher.path, student.path)))
 
 
-# ---- workers ----------------------------------------------------------------------------
-
-def _init_worker() -> None:
-    """One BLAS/OpenMP thread per worker process: the pool already uses every core."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1)
+def _model_cache(study: Study, entry: Entry) -> str:
+    return str(layout.model_cache_path(study.analysis_dir, study.name, entry.dataset,
+                                       entry.path))
 
 
-class _InlineExecutor:
-    """``--jobs 1``: tasks run one after the other in this process (plain tracebacks)."""
-
-    def shutdown(self, wait: bool = True) -> None:
-        del wait
-
-
-def _executor(jobs: int):
-    if jobs == 1:
-        return _InlineExecutor()
-    import multiprocessing
-
-    # spawn: workers start clean (no copied BLAS thread pools or torch state from the parent)
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker)
-
-
-def _run_all(executor, tasks: list[tuple], description: str, show_progress: bool):
-    """Run (key, function, *args) tasks; yield (key, result) as they finish."""
-    if isinstance(executor, _InlineExecutor):
-        done = ((key, function(*args)) for key, function, *args in tasks)
-    else:
-        futures = {executor.submit(function, *args): key for key, function, *args in tasks}
-        done = ((futures[future], future.result()) for future in as_completed(futures))
-    if show_progress and tasks:
-        from tqdm import tqdm
-
-        done = tqdm(done, total=len(tasks), desc=description, file=sys.stderr, leave=False)
-    yield from done
+def _inventory(study: Study, result: AnalysisReport) -> None:
+    """Sort the grid's representations into available and missing; note stray files."""
+    expected = expected_entries(study)
+    for entry in expected:
+        (result.available if entry.path.is_file() else result.missing).append(entry)
+    expected_paths = {entry.path for entry in expected}
+    stray = sorted(path for path in layout.representations_dir(
+        study.analysis_dir, study.name).glob("*/*.npz") if path not in expected_paths)
+    if stray:
+        result.notes.append(f"{len(stray)} representation file(s) outside the study's grid "
+                            f"ignored (e.g. {stray[0]})")
+    if not result.available:
+        raise UserError(f"no representations of study {study.name} under "
+                        f"{layout.representations_dir(study.analysis_dir, study.name)}: "
+                        f"expected .npz files from 'kdlab extract {study.path}' (run it "
+                        "after training)")
 
 
-# ---- the pass ------------------------------------------------------------------------------
+def _model_step(study: Study, pool, result: AnalysisReport, show_progress: bool) -> dict:
+    """Per-model metrics of every available representation: Entry -> outcome."""
+    model_results: dict[Entry, dict] = {}
+    tasks = [(entry, compute.model_task, str(entry.path), _model_cache(study, entry))
+             for entry in result.available]
+    for entry, outcome in workers.run_all(pool, tasks, "per-model metrics", show_progress):
+        _collect(result, entry, outcome, "models", model_results)
+    return model_results
 
-def _cache_dir(root: Path, dataset: str) -> Path:
-    return root / "cache" / dataset
+
+def _students_of_teachers(model_results: dict, result: AnalysisReport) -> dict:
+    """Teacher Entry -> its students (same data set and seed); notes seeds without one."""
+    teachers = {(e.dataset, e.seed): e for e in model_results if e.method == TEACHER}
+    students_of: dict[Entry, list[Entry]] = defaultdict(list)
+    without_teacher: dict[tuple[str, int], int] = defaultdict(int)
+    for entry in model_results:
+        if entry.method == TEACHER:
+            continue
+        teacher = teachers.get((entry.dataset, entry.seed))
+        if teacher is None:
+            without_teacher[(entry.dataset, entry.seed)] += 1
+        else:
+            students_of[teacher].append(entry)
+    for (dataset, seed), count in sorted(without_teacher.items()):
+        result.notes.append(f"{dataset} seed {seed}: no teacher representation, so "
+                            f"{count} student run(s) have no teacher-student metrics")
+    return students_of
+
+
+def _pair_step(study: Study, pool, model_results: dict, result: AnalysisReport,
+               show_progress: bool) -> dict:
+    """Teacher-student metrics, one task per teacher: student Entry -> outcome."""
+    students_of = _students_of_teachers(model_results, result)
+    tasks = [(teacher, compute.teacher_task, str(teacher.path), _model_cache(study, teacher),
+              [_cache_paths(study, teacher, student) for student in students])
+             for teacher, students in students_of.items()]
+    pair_results: dict[Entry, dict] = {}
+    for teacher, outcomes in workers.run_all(pool, tasks, "teacher-student metrics",
+                                             show_progress):
+        for entry, outcome in zip(students_of[teacher], outcomes):
+            _collect(result, entry, outcome, "pairs", pair_results)
+    return pair_results
+
+
+def _table_step(study: Study, frame, result: AnalysisReport):
+    """metrics.csv and the accuracy tables; returns the accuracy table."""
+    from . import tables
+
+    def path(name):
+        return layout.analysis_table_path(study.analysis_dir, study.name, name)
+
+    path("metrics.csv").parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path("metrics.csv"), frame.to_csv(index=False, float_format="%.6g"))
+    accuracy = tables.accuracy_table(frame, study)
+    atomic_write_text(path("accuracy.csv"), accuracy.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(path("accuracy.md"), tables.accuracy_markdown(accuracy, study))
+    result.outputs += [path("metrics.csv"), path("accuracy.csv"), path("accuracy.md")]
+    _note_ica_failures(frame, result)
+    return accuracy
+
+
+def _figure_step(study: Study, pool, frame, model_results: dict, result: AnalysisReport,
+                 show_progress: bool) -> None:
+    from . import figures
+
+    scatter = {entry: (outcome["scatter"], outcome["scatter_labels"])
+               for entry, outcome in model_results.items()}
+    drawn = figures.draw_study(study, frame, scatter, pool, show_progress=show_progress)
+    result.figures_drawn += drawn.drawn
+    result.figures_kept += drawn.kept
+    result.notes += drawn.notes
+
+
+class _Step:
+    """Times one step of the pass into ``result.step_seconds`` and logs it."""
+
+    def __init__(self, result: AnalysisReport, name: str) -> None:
+        self.result, self.name = result, name
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.result.step_seconds[self.name] = time.perf_counter() - self.started
 
 
 def analyze_study(study: Study, jobs: int = 0, log: Callable[[str], None] = print,
                   show_progress: bool = True) -> AnalysisReport:
     """Analyse whatever part of the study's grid has representations; write metrics.csv,
     accuracy.{csv,md}, figures/ and report.html under the study's analysis folder."""
-    from . import figures, report as html_report, tables
+    from . import report as html_report
 
-    jobs = resolve_jobs(jobs)
-    root = layout.analysis_dir(study.analysis_dir, study.name)
-    result = AnalysisReport(root=root)
-    expected = expected_entries(study)
-    for entry in expected:
-        (result.available if entry.path.is_file() else result.missing).append(entry)
-    expected_paths = {entry.path for entry in expected}
-    stray = sorted(path for path in (root / "representations").glob("*/*.npz")
-                   if path not in expected_paths)
-    if stray:
-        result.notes.append(f"{len(stray)} representation file(s) outside the study's grid "
-                            f"ignored (e.g. {stray[0]})")
-    if not result.available:
-        raise UserError(f"no representations of study {study.name} under "
-                        f"{root / 'representations'}: expected .npz files from "
-                        f"'kdlab extract {study.path}' (run it after training)")
+    jobs = workers.resolve_jobs(jobs)
+    result = AnalysisReport(root=layout.analysis_dir(study.analysis_dir, study.name))
+    _inventory(study, result)
     log(f"analyze {study.name}: {len(result.available)} representations, "
         f"{len(result.missing)} of the grid missing, {jobs} worker(s)")
-
-    executor = _executor(jobs)
+    pool = workers.executor(jobs)
     try:
-        # 1. per model
-        started = time.perf_counter()
-        model_results: dict[Entry, dict] = {}
-        tasks = [(entry, compute.model_task, str(entry.path),
-                  str(_cache_dir(root, entry.dataset) / f"model_{entry.path.stem}.npz"))
-                 for entry in result.available]
-        for entry, outcome in _run_all(executor, tasks, "per-model metrics", show_progress):
-            if outcome["error"]:
-                result.problems.append(f"{entry.label}: skipped: {outcome['error']}")
-                continue
-            model_results[entry] = outcome
-            _count(result, outcome, "models")
-        result.step_seconds["per-model metrics"] = time.perf_counter() - started
+        with _Step(result, "per-model metrics") as step:
+            model_results = _model_step(study, pool, result, show_progress)
         log(f"  per-model metrics: {result.models_computed} computed, "
-            f"{result.models_cached} from cache "
-            f"({result.step_seconds['per-model metrics']:.1f} s)")
-
-        # 2. per teacher-student pair (same data set and seed), one task per teacher
-        started = time.perf_counter()
-        teachers = {(e.dataset, e.seed): e for e in model_results if e.method == TEACHER}
-        students_of: dict[Entry, list[Entry]] = defaultdict(list)
-        without_teacher: dict[tuple[str, int], int] = defaultdict(int)
-        for entry in model_results:
-            if entry.method == TEACHER:
-                continue
-            teacher = teachers.get((entry.dataset, entry.seed))
-            if teacher is None:
-                without_teacher[(entry.dataset, entry.seed)] += 1
-            else:
-                students_of[teacher].append(entry)
-        for (dataset, seed), count in sorted(without_teacher.items()):
-            result.notes.append(f"{dataset} seed {seed}: no teacher representation, so "
-                                f"{count} student run(s) have no teacher-student metrics")
-        tasks = []
-        for teacher, students in students_of.items():
-            cache = _cache_dir(root, teacher.dataset)
-            tasks.append((teacher, compute.teacher_task, str(teacher.path),
-                          str(cache / f"model_{teacher.path.stem}.npz"),
-                          [(str(student.path), str(cache / f"model_{student.path.stem}.npz"),
-                            str(cache / f"pair_{teacher.path.stem}__{student.path.stem}.json"))
-                           for student in students]))
-        pair_results: dict[Entry, dict] = {}
-        for teacher, outcomes in _run_all(executor, tasks, "teacher-student metrics",
-                                          show_progress):
-            for entry, outcome in zip(students_of[teacher], outcomes):
-                if outcome["error"]:
-                    result.problems.append(f"{entry.label}: no pair metrics: "
-                                           f"{outcome['error']}")
-                    continue
-                pair_results[entry] = outcome
-                _count(result, outcome, "pairs")
-        result.step_seconds["pair metrics"] = time.perf_counter() - started
+            f"{result.models_cached} from cache ({result.step_seconds[step.name]:.1f} s)")
+        with _Step(result, "pair metrics") as step:
+            pair_results = _pair_step(study, pool, model_results, result, show_progress)
         log(f"  teacher-student metrics: {result.pairs_computed} computed, "
-            f"{result.pairs_cached} from cache ({result.step_seconds['pair metrics']:.1f} s)")
-
-        # 3. tables
-        started = time.perf_counter()
-        frame = _metrics_frame(model_results, pair_results)
-        root.mkdir(parents=True, exist_ok=True)
-        metrics_csv = root / "metrics.csv"
-        atomic_write_text(metrics_csv, frame.to_csv(index=False, float_format="%.6g"))
-        accuracy = tables.accuracy_table(frame, study)
-        atomic_write_text(root / "accuracy.csv", accuracy.to_csv(index=False, float_format="%.6g"))
-        atomic_write_text(root / "accuracy.md", tables.accuracy_markdown(accuracy, study))
-        result.outputs += [metrics_csv, root / "accuracy.csv", root / "accuracy.md"]
-        _note_ica_failures(frame, result)
-        result.step_seconds["tables"] = time.perf_counter() - started
-
-        # 4. figures
-        started = time.perf_counter()
-        scatter = {entry: (outcome["scatter"], outcome["scatter_labels"])
-                   for entry, outcome in model_results.items()}
-        figure_notes = figures.draw_study(study, frame, scatter, executor, result,
-                                          show_progress=show_progress)
-        result.notes += figure_notes
-        result.step_seconds["figures"] = time.perf_counter() - started
+            f"{result.pairs_cached} from cache ({result.step_seconds[step.name]:.1f} s)")
+        with _Step(result, "tables"):
+            frame = _metrics_frame(model_results, pair_results)
+            accuracy = _table_step(study, frame, result)
+        with _Step(result, "figures") as step:
+            _figure_step(study, pool, frame, model_results, result, show_progress)
         log(f"  figures: {result.figures_drawn} drawn, {result.figures_kept} unchanged "
-            f"({result.step_seconds['figures']:.1f} s)")
+            f"({result.step_seconds[step.name]:.1f} s)")
     finally:
-        executor.shutdown(wait=True)
-
-    # 5. report
-    html_report.write_report(study, result, accuracy)
-    result.outputs.append(root / "report.html")
+        pool.shutdown(wait=True)
+    result.outputs.append(html_report.write_report(study, result, accuracy))
     return result
+
+
+def _collect(result: AnalysisReport, entry: Entry, outcome: dict, kind: str,
+             into: dict) -> None:
+    """Keep one task's outcome in ``into``, or record its error as a problem."""
+    if outcome["error"]:
+        what = "skipped" if kind == "models" else "no pair metrics"
+        result.problems.append(f"{entry.label}: {what}: {outcome['error']}")
+        return
+    into[entry] = outcome
+    _count(result, outcome, kind)
 
 
 def _count(result: AnalysisReport, outcome: dict, kind: str) -> None:
