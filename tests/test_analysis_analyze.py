@@ -368,3 +368,55 @@ def test_cli_analyze_reports_and_exits_zero(analysed, tmp_path, monkeypatch, cap
     output = capsys.readouterr().out
     assert "analyze mini:" in output and "problem: Digits rkd a0.5 s1" in output
     assert "figures 0 drawn" in output  # all cached from the copied tree
+
+
+def test_pair_metrics_have_bootstrap_intervals_around_their_values(analysed):
+    _, study, _, _ = analysed
+    frame = pd.read_csv(layout.analysis_dir(study.analysis_dir, "mini") / "metrics.csv")
+    pairs = frame[frame["method"].isin(["pure", "logit", "rkd"])]
+    for metric in ("cka_linear", "cka_rbf", "rsa_spearman"):
+        names = [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+        rows = pairs[pairs["metric"].isin(names)].fillna({"alpha": -1.0})
+        table = rows.pivot_table(index=["method", "alpha", "seed", "layer"], columns="metric",
+                                 values="value")
+        assert len(table) == 4 * 3 and table.notna().all().all()  # 4 pairs x 3 layers
+        assert (table[names[1]] <= table[metric]).all()
+        assert (table[metric] <= table[names[2]]).all()
+        assert (table[names[2]] - table[names[1]] > 0).all()
+    assert not frame["metric"].str.startswith("cka_linear_debiased_ci").any()  # no interval
+
+
+def test_noise_floors_compare_networks_without_distillation(analysed):
+    _, study, _, _ = analysed
+    folder = layout.analysis_dir(study.analysis_dir, "mini")
+    floors = pd.read_csv(folder / "floors.csv")
+    # Digits: pure students of seeds 0 and 1; only one teacher seed, so no teacher floor
+    assert set(floors["floor"]) == {"floor_pure_vs_pure"}
+    assert set(zip(floors["seed_a"], floors["seed_b"])) == {(0, 1)}
+    first = load_representation(_path(study, "Digits", "pure", None, 0))
+    second = load_representation(_path(study, "Digits", "pure", None, 1))
+    for layer in LAYERS:
+        row = floors[(floors["layer"] == layer) & (floors["metric"] == "cka_linear")]
+        assert float(row["value"].iloc[0]) == pytest.approx(
+            metrics.linear_cka(first[layer], second[layer]), rel=1e-5)
+    html = (folder / "report.html").read_text()
+    assert "floors.csv" in html and "noise floors" in html
+
+
+def test_without_intervals_and_floors(analysed, tmp_path):
+    source_root, _, _, _ = analysed
+    root = tmp_path / "copy"
+    shutil.copytree(source_root / "analysis" / "experiment_mini" / "representations",
+                    root / "analysis" / "experiment_mini" / "representations")
+    (root / "study.toml").write_text(STUDY_TEXT)
+    study = load_study(root / "study.toml")
+    study.analysis_dir = root / "analysis"
+    report = analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False,
+                                   bootstrap=0, floors=False)
+    frame = pd.read_csv(layout.analysis_dir(study.analysis_dir, "mini") / "metrics.csv")
+    assert not frame["metric"].str.contains("_ci_").any()
+    assert "cka_linear" in set(frame["metric"])
+    assert report.floors_computed == 0
+    with pytest.raises(UserError, match="--bootstrap"):
+        analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False,
+                              bootstrap=-1)

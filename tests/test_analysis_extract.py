@@ -186,3 +186,20 @@ def test_cli_extract(tree, tmp_path, capsys):
     missing.write_text(STUDY.format(root=(tmp_path / "nowhere").as_posix()))
     assert main(["extract", str(missing)]) == 2
     assert "experiments directory" in capsys.readouterr().err
+
+
+def test_representations_record_their_provenance(tree):
+    import hashlib
+
+    import kdlab
+    from kdlab.analysis.store import read_provenance
+
+    root, study, _, _ = tree
+    spec = RunSpec("Digits", "ResNet8", 0, "logit", "ResNet20", 0.5)
+    run_dir = layout.run_dir(study.experiments_dir, spec)
+    provenance = read_provenance(layout.representation_path(study.analysis_dir, "ext", spec,
+                                                            "kd"))
+    assert provenance == {
+        "run": spec.name, "run_dir": str(run_dir), "study": "ext",
+        "weights_sha256": hashlib.sha256((run_dir / runstate.BEST_FILE).read_bytes()).hexdigest(),
+        "kdlab_version": kdlab.__version__}

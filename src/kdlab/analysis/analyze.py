@@ -16,12 +16,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
 from .. import layout
 from ..errors import UserError
 from ..layout import RunSpec
 from ..runstate import atomic_write_text
 from ..study import Study, load_study
-from . import compute, workers
+from . import compute, floors, workers
 from .workers import resolve_jobs  # noqa: F401  (kdlab.analysis.analyze.resolve_jobs)
 
 TEACHER = "teacher"
@@ -61,6 +62,8 @@ class AnalysisReport:
     models_cached: int = 0
     pairs_computed: int = 0
     pairs_cached: int = 0
+    floors_computed: int = 0
+    floors_cached: int = 0
     figures_drawn: int = 0
     figures_kept: int = 0
     metric_seconds: dict[str, float] = field(default_factory=dict)  # summed worker CPU time
@@ -71,6 +74,7 @@ class AnalysisReport:
         return (f"{len(self.available)} representations ({len(self.missing)} of the grid "
                 f"missing); models {self.models_computed} computed / {self.models_cached} "
                 f"cached; pairs {self.pairs_computed} computed / {self.pairs_cached} cached; "
+                f"noise floors {self.floors_computed} computed / {self.floors_cached} cached; "
                 f"figures {self.figures_drawn} drawn / {self.figures_kept} unchanged; "
                 f"report {self.root / 'report.html'}")
 
@@ -87,18 +91,34 @@ def expected_entries(study: Study) -> list[Entry]:
     return entries
 
 
-def _cache_paths(study: Study, teacher: Entry, student: Entry) -> tuple[str, str, str]:
-    """(student representation, its model cache, the pair's cache) for the pair task."""
-    return (str(student.path),
-            str(layout.model_cache_path(study.analysis_dir, study.name, student.dataset,
-                                        student.path)),
-            str(layout.pair_cache_path(study.analysis_dir, study.name, teacher.dataset,
-                                       teacher.path, student.path)))
+@dataclass
+class _Pass:
+    """One analysis pass: the study, where tasks run, the metric settings and the report
+    being filled in."""
 
+    study: Study
+    pool: object
+    result: AnalysisReport
+    settings: dict
+    show_progress: bool
 
-def _model_cache(study: Study, entry: Entry) -> str:
-    return str(layout.model_cache_path(study.analysis_dir, study.name, entry.dataset,
-                                       entry.path))
+    def run(self, tasks: list, description: str):
+        return workers.run_all(self.pool, tasks, description, self.show_progress)
+
+    def model_cache(self, entry: Entry) -> str:
+        return str(layout.model_cache_path(self.study.analysis_dir, self.study.name,
+                                           entry.dataset, entry.path))
+
+    def pair_task(self, reference: Entry, others: list[Entry]) -> tuple:
+        """(reference, task function, *arguments) of one reference and the models compared
+        with it."""
+        study = self.study
+        compared = [(str(other.path), self.model_cache(other),
+                     str(layout.pair_cache_path(study.analysis_dir, study.name,
+                                                reference.dataset, reference.path, other.path)))
+                    for other in others]
+        return (reference, compute.teacher_task, str(reference.path),
+                self.model_cache(reference), compared, self.settings)
 
 
 def _inventory(study: Study, result: AnalysisReport) -> None:
@@ -119,13 +139,13 @@ def _inventory(study: Study, result: AnalysisReport) -> None:
                         "after training)")
 
 
-def _model_step(study: Study, pool, result: AnalysisReport, show_progress: bool) -> dict:
+def _model_step(run: _Pass) -> dict:
     """Per-model metrics of every available representation: Entry -> outcome."""
     model_results: dict[Entry, dict] = {}
-    tasks = [(entry, compute.model_task, str(entry.path), _model_cache(study, entry))
-             for entry in result.available]
-    for entry, outcome in workers.run_all(pool, tasks, "per-model metrics", show_progress):
-        _collect(result, entry, outcome, "models", model_results)
+    tasks = [(entry, compute.model_task, str(entry.path), run.model_cache(entry), run.settings)
+             for entry in run.result.available]
+    for entry, outcome in run.run(tasks, "per-model metrics"):
+        _collect(run.result, entry, outcome, "models", model_results)
     return model_results
 
 
@@ -148,48 +168,46 @@ def _students_of_teachers(model_results: dict, result: AnalysisReport) -> dict:
     return students_of
 
 
-def _pair_step(study: Study, pool, model_results: dict, result: AnalysisReport,
-               show_progress: bool) -> dict:
-    """Teacher-student metrics, one task per teacher: student Entry -> outcome."""
-    students_of = _students_of_teachers(model_results, result)
-    tasks = [(teacher, compute.teacher_task, str(teacher.path), _model_cache(study, teacher),
-              [_cache_paths(study, teacher, student) for student in students])
-             for teacher, students in students_of.items()]
-    pair_results: dict[Entry, dict] = {}
-    for teacher, outcomes in workers.run_all(pool, tasks, "teacher-student metrics",
-                                             show_progress):
-        for entry, outcome in zip(students_of[teacher], outcomes):
-            _collect(result, entry, outcome, "pairs", pair_results)
-    return pair_results
+def _pair_step(run: _Pass, partners_of: dict, kind: str, description: str) -> dict:
+    """Pair metrics, one task per reference: {(reference, other): outcome}."""
+    tasks = [run.pair_task(reference, others) for reference, others in partners_of.items()]
+    results: dict[tuple[Entry, Entry], dict] = {}
+    for reference, outcomes in run.run(tasks, description):
+        for other, outcome in zip(partners_of[reference], outcomes):
+            _collect(run.result, other, outcome, kind, results, key=(reference, other))
+    return results
 
 
-def _table_step(study: Study, frame, result: AnalysisReport):
-    """metrics.csv and the accuracy tables; returns the accuracy table."""
+def _table_step(study: Study, frame, floors, result: AnalysisReport):
+    """metrics.csv, floors.csv and the accuracy tables; returns the accuracy table."""
     from . import tables
 
     def path(name):
         return layout.analysis_table_path(study.analysis_dir, study.name, name)
 
     path("metrics.csv").parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path("metrics.csv"), frame.to_csv(index=False, float_format="%.6g"))
+    written = {"metrics.csv": frame.to_csv(index=False, float_format="%.6g"),
+               "floors.csv": floors.to_csv(index=False, float_format="%.6g")}
     accuracy = tables.accuracy_table(frame, study)
-    atomic_write_text(path("accuracy.csv"), accuracy.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(path("accuracy.md"), tables.accuracy_markdown(accuracy, study))
-    result.outputs += [path("metrics.csv"), path("accuracy.csv"), path("accuracy.md")]
+    written["accuracy.csv"] = accuracy.to_csv(index=False, float_format="%.6g")
+    written["accuracy.md"] = tables.accuracy_markdown(accuracy, study)
+    for name, text in written.items():
+        atomic_write_text(path(name), text)
+        result.outputs.append(path(name))
     _note_ica_failures(frame, result)
     return accuracy
 
 
-def _figure_step(study: Study, pool, frame, model_results: dict, result: AnalysisReport,
-                 show_progress: bool) -> None:
+def _figure_step(run: _Pass, frame, model_results: dict) -> None:
     from . import figures
 
     scatter = {entry: (outcome["scatter"], outcome["scatter_labels"])
                for entry, outcome in model_results.items()}
-    drawn = figures.draw_study(study, frame, scatter, pool, show_progress=show_progress)
-    result.figures_drawn += drawn.drawn
-    result.figures_kept += drawn.kept
-    result.notes += drawn.notes
+    drawn = figures.draw_study(run.study, frame, scatter, run.pool,
+                               show_progress=run.show_progress)
+    run.result.figures_drawn += drawn.drawn
+    run.result.figures_kept += drawn.kept
+    run.result.notes += drawn.notes
 
 
 class _Step:
@@ -207,9 +225,12 @@ class _Step:
 
 
 def analyze_study(study: Study, jobs: int = 0, log: Callable[[str], None] = print,
-                  show_progress: bool = True) -> AnalysisReport:
+                  show_progress: bool = True, bootstrap: int | None = None,
+                  floors: bool = True) -> AnalysisReport:
     """Analyse whatever part of the study's grid has representations; write metrics.csv,
-    accuracy.{csv,md}, figures/ and report.html under the study's analysis folder."""
+    floors.csv, accuracy.{csv,md}, figures/ and report.html under the study's analysis
+    folder. ``bootstrap``: resamples per interval (None: the registry's default; 0: no
+    intervals); ``floors``: compute the noise floors."""
     from . import report as html_report
 
     jobs = workers.resolve_jobs(jobs)
@@ -217,37 +238,63 @@ def analyze_study(study: Study, jobs: int = 0, log: Callable[[str], None] = prin
     _inventory(study, result)
     log(f"analyze {study.name}: {len(result.available)} representations, "
         f"{len(result.missing)} of the grid missing, {jobs} worker(s)")
-    pool = workers.executor(jobs)
+    settings = dict(compute.SETTINGS)
+    if bootstrap is not None:
+        if bootstrap < 0:
+            raise UserError(f"--bootstrap {bootstrap}: expected 0 (no intervals) or a "
+                            "positive number of resamples")
+        settings["bootstrap_samples"] = bootstrap
+    run = _Pass(study, workers.executor(jobs), result, settings, show_progress)
     try:
-        with _Step(result, "per-model metrics") as step:
-            model_results = _model_step(study, pool, result, show_progress)
-        log(f"  per-model metrics: {result.models_computed} computed, "
-            f"{result.models_cached} from cache ({result.step_seconds[step.name]:.1f} s)")
-        with _Step(result, "pair metrics") as step:
-            pair_results = _pair_step(study, pool, model_results, result, show_progress)
-        log(f"  teacher-student metrics: {result.pairs_computed} computed, "
-            f"{result.pairs_cached} from cache ({result.step_seconds[step.name]:.1f} s)")
-        with _Step(result, "tables"):
-            frame = _metrics_frame(model_results, pair_results)
-            accuracy = _table_step(study, frame, result)
-        with _Step(result, "figures") as step:
-            _figure_step(study, pool, frame, model_results, result, show_progress)
-        log(f"  figures: {result.figures_drawn} drawn, {result.figures_kept} unchanged "
-            f"({result.step_seconds[step.name]:.1f} s)")
+        accuracy = _steps(run, floors, log)
     finally:
-        pool.shutdown(wait=True)
+        run.pool.shutdown(wait=True)
     result.outputs.append(html_report.write_report(study, result, accuracy))
     return result
 
 
+def _steps(run: _Pass, with_floors: bool, log: Callable[[str], None]):
+    result = run.result
+    with _Step(result, "per-model metrics") as step:
+        model_results = _model_step(run)
+    log(f"  per-model metrics: {result.models_computed} computed, "
+        f"{result.models_cached} from cache ({result.step_seconds[step.name]:.1f} s)")
+    with _Step(result, "pair metrics") as step:
+        pair_results = _pair_step(run, _students_of_teachers(model_results, result), "pairs",
+                                  "teacher-student metrics")
+    log(f"  teacher-student metrics: {result.pairs_computed} computed, "
+        f"{result.pairs_cached} from cache ({result.step_seconds[step.name]:.1f} s)")
+    with _Step(result, "noise floors") as step:
+        floor_results = (_pair_step(run, floors.floor_pairs(model_results), "floors",
+                                    "noise floors") if with_floors else {})
+    log(f"  noise floors: {result.floors_computed} computed, {result.floors_cached} from "
+        f"cache ({result.step_seconds[step.name]:.1f} s)")
+    with _Step(result, "tables"):
+        frame = _metrics_frame(model_results, {other: outcome for (_, other), outcome
+                                               in pair_results.items()})
+        floor_table = floors.floor_frame(floor_results)
+        accuracy = _table_step(run.study, frame, floor_table, result)
+    with _Step(result, "figures") as step:
+        import pandas as pd
+
+        shown = pd.concat([frame, floors.as_metric_rows(floor_table, COLUMNS)],
+                          ignore_index=True)
+        _figure_step(run, shown, model_results)
+    log(f"  figures: {result.figures_drawn} drawn, {result.figures_kept} unchanged "
+        f"({result.step_seconds[step.name]:.1f} s)")
+    return accuracy
+
+
 def _collect(result: AnalysisReport, entry: Entry, outcome: dict, kind: str,
-             into: dict) -> None:
-    """Keep one task's outcome in ``into``, or record its error as a problem."""
+             into: dict, key=None) -> None:
+    """Keep one task's outcome in ``into`` (under ``key``, default ``entry``), or record
+    its error as a problem."""
     if outcome["error"]:
-        what = "skipped" if kind == "models" else "no pair metrics"
+        what = {"models": "skipped", "pairs": "no pair metrics",
+                "floors": "no noise-floor metrics"}[kind]
         result.problems.append(f"{entry.label}: {what}: {outcome['error']}")
         return
-    into[entry] = outcome
+    into[entry if key is None else key] = outcome
     _count(result, outcome, kind)
 
 
@@ -292,7 +339,9 @@ def _note_ica_failures(frame, result: AnalysisReport) -> None:
 def command(args) -> int:
     """``kdlab analyze STUDY [--jobs N]``."""
     study = load_study(args.study)
-    report = analyze_study(study, jobs=args.jobs)
+    report = analyze_study(study, jobs=args.jobs,
+                           bootstrap=getattr(args, "bootstrap", None),
+                           floors=not getattr(args, "no_floors", False))
     for problem in report.problems:
         print(f"  problem: {problem}")
     print(f"analyze {study.name}: {report.summary()}")

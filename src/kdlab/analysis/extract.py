@@ -194,8 +194,10 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
             log(f"skip {spec.name}: corrupt: {error}")
             continue
         arrays = representations_of(model.to(torch_device), device_data, batch_size)
+        provenance = store.provenance_of(spec.name, run_dir, study.name,
+                                         run_dir / runstate.BEST_FILE)
         for target in targets:
-            store.save_representation(target, arrays)
+            store.save_representation(target, arrays, provenance)
             report.extracted.append(target)
         log(f"[{index}/{len(work)}] extracted {spec.name} -> {targets[0]}"
             + (f" (+{len(targets) - 1} more)" if len(targets) > 1 else "")

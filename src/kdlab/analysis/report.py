@@ -14,58 +14,25 @@ from pathlib import Path
 
 from .. import layout
 from ..runstate import atomic_write_text
+from . import registry
 from .figures import figure_files, sweep_metrics
 from .store import LAYERS
 
 
 def metric_descriptions() -> list[tuple[str, str]]:
-    """(metric name(s), one sentence) for every metric of metrics.csv, with the settings
-    of :data:`kdlab.analysis.compute.SETTINGS` filled in."""
-    from .compute import MATCH_THRESHOLD, SETTINGS as S
-
-    return [
-        ("test_acc", "Top-1 accuracy (%) on the test split, from the stored logits of the "
-                     "run's best weights."),
-        ("pca_cumvar_k", "Fraction of the layer's variance captured by its first k principal "
-                         "components (PCA of the global-average-pooled features)."),
-        ("effective_dim_90 / effective_dim_95", "Number of principal components needed to "
-                                                "explain 90% / 95% of the variance."),
-        ("participation_ratio", "(Σλ)² / Σλ² of the PCA eigenvalues λ: how many directions "
-                                "the variance is spread over (Gao et al. 2017)."),
-        ("numerical_rank", "Number of principal components with non-negligible variance "
-                           "(dead channels lower it)."),
-        ("cka_linear", "Linear centred kernel alignment with the teacher at the same layer, "
-                       "1 = the same representation up to rotation and scale (Kornblith et "
-                       "al. 2019)."),
-        ("cka_linear_vs_teacher_LAYER", "Linear CKA of this student layer against the named "
-                                        "teacher layer (the 3 × 3 cross-layer matrix)."),
-        ("cka_rbf / cka_rbf_minus_linear",
-         f"CKA with a Gaussian kernel (bandwidth {S['rbf_sigma_fraction']} × the median "
-         f"distance, on {S['rbf_cka_samples']:,} samples), and how far it exceeds linear "
-         "CKA (similarity a linear kernel misses)."),
-        ("principal_angle_i / principal_angle_mean",
-         f"Angles (degrees) between the spans of the top-{S['principal_angle_components']} "
-         "principal-component scores of student and teacher; 0° = the same subspace "
-         "(Björck & Golub 1973)."),
-        (f"ica_matched_r_mean / ica_matched_above_{MATCH_THRESHOLD}",
-         f"FastICA components ({S['ica_components']}, fixed seed, fitted on "
-         f"{S['ica_fit_samples']:,} samples) of student and teacher matched one-to-one by the "
-         f"Hungarian algorithm on |correlation|: mean matched |r| and the count above "
-         f"{MATCH_THRESHOLD}."),
-        ("ica_converged / ica_pair_converged / ica_iterations",
-         f"Whether FastICA converged within {S['ica_max_iter']} iterations for this model "
-         "(pair: for both models), and the iterations used; non-converged fits are flagged, "
-         "not dropped."),
-        ("fisher", "Fisher criterion tr(S_B)/tr(S_W): between-class over within-class "
-                   "scatter of the features; higher = classes more separable (Fisher 1936)."),
-        ("twonn_dim", "Intrinsic dimension by TwoNN, from the ratios of second to first "
-                      f"nearest-neighbour distances on {S['twonn_samples']:,} samples (Facco "
-                      "et al. 2017)."),
-        ("rsa_spearman", "Representational similarity: Spearman correlation of student and "
-                         f"teacher pairwise-distance matrices on {S['rsa_samples']:,} samples "
-                         "(Kriegeskorte et al. 2008)."),
-        ("knn_acc", f"Accuracy (%) of a {S['knn_k']}-nearest-neighbour probe on the layer's "
-                    "features (fixed half/half split of the test split)."),
+    """(row name(s), one sentence with its reference) for every metric of metrics.csv, from
+    the registry (:mod:`kdlab.analysis.registry`), settings filled in."""
+    return [metric.glossary() for metric in registry.REGISTRY.values()] + [
+        ("METRIC_ci_low / METRIC_ci_high",
+         f"95% percentile bootstrap interval over samples "
+         f"({registry.SETTINGS['bootstrap_samples']} resamples, fixed seed) of "
+         f"{', '.join(registry.with_intervals())}, from the precomputed Gram and distance "
+         "matrices (see kdlab.analysis.bootstrap)."),
+        ("noise floors (floors.csv)",
+         "Pair metrics of networks that share no distillation: pure student against pure "
+         "student and teacher against teacher of other seeds (the pure student against its "
+         "teacher is the 'pure' row); drawn as bands in the same-layer CKA bars and the "
+         "sweeps of pair metrics. A KD effect is read against these."),
     ]
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from ... import layout
 from ...runstate import atomic_write_json, read_json, StateFileError
 from .. import workers
-from .common import FIGURE_VERSION, PURE, TEACHER, Grid, Values, alpha_text
+from .common import FIGURE_VERSION, FLOORS, PURE, TEACHER, Grid, Values, alpha_text
 from .per_method import draw_per_method
 from .summary import draw_summary
 from .sweeps import draw_accuracy_vs_alignment, draw_sweep, sweep_metrics
@@ -131,7 +131,8 @@ def dataset_groups(study, dataset: str, data, scatter: dict) -> list[tuple]:
     groups = []
     if study.methods and study.alphas:
         for method in study.methods:
-            subset = data[data["method"].isin([method, TEACHER, PURE])].reset_index(drop=True)
+            shown = [method, TEACHER, PURE] + [floor for floor, *_ in FLOORS]
+            subset = data[data["method"].isin(shown)].reset_index(drop=True)
             groups.append((f"{dataset}/per_method/{method}", "per_method", subset,
                            {"method": method}, base / "per_method" / method))
         for metric, *_ in sweep_metrics():

@@ -19,13 +19,16 @@ from ... import layout  # noqa: E402
 from ...runstate import atomic_write_bytes  # noqa: E402
 from ..store import LAYERS  # noqa: E402
 
-FIGURE_VERSION = 2
+FIGURE_VERSION = 3
 DPI = 110
 TEACHER = "teacher"
 PURE = "pure"
 TEACHER_COLOUR = "black"
 PURE_COLOUR = "0.45"
 MISSING_COLOUR = "0.88"
+# Noise floors: pairs of networks that share no distillation (see analysis.floors)
+FLOORS = (("floor_pure_vs_pure", "pure vs pure (other seed)", "tab:olive"),
+          ("floor_teacher_vs_teacher", "teacher vs teacher (other seed)", "tab:brown"))
 
 
 @dataclass(frozen=True)
@@ -199,3 +202,23 @@ def alpha_titles(axes_row, grid: Grid, counts=None) -> None:
 
 def figure_title(figure, grid: Grid, text: str) -> None:
     figure.suptitle(f"{grid.dataset} · {text} · {grid.study}", fontsize=11, wrap=True)
+
+
+def floor_bands(ax, values: "Values", layer: str, metric: str, span=None) -> bool:
+    """Noise-floor reference bands (mean ± std over the floor's pairs, n in the label)
+    across the panel, or over ``span`` = (x0, x1) only; True when one was drawn."""
+    drawn = False
+    for method, label, colour in FLOORS:
+        mean, std, count = values.stats(method, None, layer, metric)
+        if count == 0:
+            continue
+        text = f"floor: {label} (n={count})"
+        if span is None:
+            ax.axhline(mean, color=colour, lw=1.0, ls=":", label=text)
+            ax.axhspan(mean - std, mean + std, color=colour, alpha=0.15, lw=0)
+        else:
+            ax.plot(span, [mean, mean], color=colour, lw=1.0, ls=":", label=text)
+            ax.fill_between(span, [mean - std] * 2, [mean + std] * 2, color=colour,
+                            alpha=0.15, lw=0)
+        drawn = True
+    return drawn

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compute import MATCH_THRESHOLD
+from ..registry import MATCH_THRESHOLD
 from ..store import LAYERS
 from .common import (PURE, PURE_COLOUR, TEACHER, TEACHER_COLOUR, Grid, Values, alpha_text,
+                     floor_bands,
                      alpha_titles, figure_legend, figure_title, grouped_bars, heatmap,
                      missing_note, no_data, plt, save_figure, subplots)
 
@@ -52,6 +53,21 @@ class Method:
     def method_series(self, alpha: float, metric: str) -> tuple:
         return (self.student, self.colour,
                 [self.values.stats(self.method, alpha, layer, metric) for layer in LAYERS])
+
+
+def seed_points(ax, values: Values, method: str, alpha, layer: str, metric: str,
+                x: float) -> None:
+    """One dot per seed at ``x``, with its bootstrap interval as an error bar where the
+    metric has one (rows ``{metric}_ci_low`` / ``_ci_high``)."""
+    points = values.seeds(method, alpha, layer, metric)
+    low = values.seeds(method, alpha, layer, f"{metric}_ci_low")
+    high = values.seeds(method, alpha, layer, f"{metric}_ci_high")
+    for seed, value in points.items():
+        if seed in low and seed in high:
+            ax.errorbar([x], [value], yerr=[[value - low[seed]], [high[seed] - value]],
+                        fmt="k.", ms=3, elinewidth=0.8, capsize=1.5)
+        else:
+            ax.plot([x], [value], "k.", ms=3)
 
 
 def save(figure, path: Path) -> Path:
@@ -132,15 +148,16 @@ def effective_dimensionality(group: Method) -> Path:
 
 def cka_same_layer(group: Method) -> Path:
     def seeds_and_limits(ax, metric, alpha):
-        for position, layer in enumerate(LAYERS):  # individual seeds
-            points = group.values.array(group.method, alpha, layer, metric)
-            ax.plot(np.full(points.size, position + 0.2), points, "k.", ms=3)
+        for position, layer in enumerate(LAYERS):
+            floor_bands(ax, group.values, layer, metric, span=(position - 0.45, position + 0.45))
+            seed_points(ax, group.values, group.method, alpha, layer, metric, position + 0.2)
         ax.set_ylim(0, 1.05)
 
     rows = [("cka_linear", "linear CKA with teacher"), ("cka_rbf", "RBF CKA with teacher")]
     figure, _ = bar_grid(group, rows, with_teacher=False, decorate=seeds_and_limits)
     figure_title(figure, group.grid, f"{group.method}: CKA with the teacher at the same layer "
-                                     "(bars: mean ± std, dots: seeds)")
+                                     "(bars: mean ± std over seeds; dots: seeds with 95% "
+                                     "bootstrap intervals; bands: noise floors)")
     return save(figure, group.out / "cka_same_layer.png")
 
 

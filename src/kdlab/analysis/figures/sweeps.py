@@ -9,25 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store import LAYERS
-from .common import (PURE, PURE_COLOUR, TEACHER, TEACHER_COLOUR, Grid, Values, alpha_text,
+from ..registry import sweep_metrics
+from .common import (PURE, floor_bands, PURE_COLOUR, TEACHER, TEACHER_COLOUR, Grid, Values, alpha_text,
                      figure_legend, figure_title, heatmap, no_data, save_figure, subplots)
-
-# (metric, axis label, True when it compares with the teacher, i.e. has no teacher line)
-SWEEP_METRICS = [
-    ("cka_linear", "linear CKA with teacher", True),
-    ("cka_rbf", "RBF CKA with teacher", True),
-    ("cka_rbf_minus_linear", "RBF CKA − linear CKA", True),
-    ("effective_dim_90", "components for 90% variance", False),
-    ("participation_ratio", "participation ratio", False),
-    ("fisher", "Fisher criterion tr(S_B)/tr(S_W)", False),
-    ("ica_matched_r_mean", "mean matched ICA |r|", True),
-    ("principal_angle_mean", "mean principal angle (°)", True),
-    ("rsa_spearman", "RSA Spearman ρ with teacher", True),
-    ("twonn_dim", "TwoNN intrinsic dimension", False),
-    ("knn_acc", "5-NN probe accuracy (%)", False),
-]
-
 
 
 def sweep_axis(ax, grid: Grid, values: Values, layer: str, metric: str, pairwise: bool,
@@ -45,8 +29,11 @@ def sweep_axis(ax, grid: Grid, values: Values, layer: str, metric: str, pairwise
                 label=f"{method} ({found}/{expected})")
         ax.fill_between(alphas, means - stds, means + stds, color=colour, alpha=0.15, lw=0)
         any_drawn |= bool(np.isfinite(means).any())
-    references = [(PURE, PURE_COLOUR, "--", f"pure ({grid.student_model})")]
-    if not pairwise:
+    pure_label = "pure vs teacher (floor)" if pairwise else f"pure ({grid.student_model})"
+    references = [(PURE, PURE_COLOUR, "--", pure_label)]
+    if pairwise:
+        any_drawn |= floor_bands(ax, values, layer, metric)
+    else:
         references.insert(0, (TEACHER, TEACHER_COLOUR, "-", f"teacher ({grid.teacher_model})"))
     for who, colour, style, label in references:
         mean, std, count = values.stats(who, None, layer, metric)
@@ -64,16 +51,10 @@ def sweep_axis(ax, grid: Grid, values: Values, layer: str, metric: str, pairwise
     ax.grid(alpha=0.3)
 
 
-def sweep_metrics() -> list[tuple[str, str, bool, tuple[str, ...]]]:
-    """(metric, label, pairwise, layers) of every sweep / heatmap figure pair."""
-    return ([(metric, label, pairwise, LAYERS) for metric, label, pairwise in SWEEP_METRICS]
-            + [("test_acc", "test accuracy (%)", False, ("logits",))])
-
-
 def draw_sweep(grid: Grid, values: Values, out: Path, metric: str) -> list[Path]:
     """sweep_{metric}.png and heatmap_{metric}.png."""
     written = []
-    for name, label, pairwise, layers in sweep_metrics():
+    for name, label, pairwise, layers, digits in sweep_metrics():
         if name != metric:
             continue
         figure, axes = subplots(1, len(layers), width=4.2, height=3.2)
@@ -94,8 +75,7 @@ def draw_sweep(grid: Grid, values: Values, out: Path, metric: str) -> list[Path]
                                 for alpha in grid.alphas] for method in grid.methods])
             image = heatmap(axes[0, column], matrix, grid.methods,
                              [alpha_text(a) for a in grid.alphas],
-                             digits=1 if metric in ("test_acc", "knn_acc",
-                                                    "principal_angle_mean") else 2)
+                            digits=digits)
             axes[0, column].set_title(layer, fontsize=9)
             axes[0, column].set_xlabel("α", fontsize=8)
             if image is not None:
