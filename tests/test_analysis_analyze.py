@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import sys
-import types
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -247,9 +246,10 @@ def test_figure_helpers_show_gaps():
 
 
 def test_umap_projection_maps_students_into_the_teacher_space(analysed, tmp_path, monkeypatch):
-    """umap-learn is an optional extra; a stand-in module with its interface exercises
-    kdlab's side: the teacher fit, the least-squares map of a student into the teacher's
-    feature space, the figure, and the note when the package is absent."""
+    """With the real umap-learn (the test extra): the teacher fit, the least-squares map of
+    a student into the teacher's feature space, the figure, and the note when the package
+    is absent."""
+    umap = pytest.importorskip("umap", reason="umap-learn (test extra) is not installed")
     _, study, _, _ = analysed
     teacher_path = _path(study, "Digits", "teacher", None, 0)
     teacher = load_representation(teacher_path)
@@ -257,33 +257,50 @@ def test_umap_projection_maps_students_into_the_teacher_space(analysed, tmp_path
     rotated = dict(teacher, layer3=(teacher["layer3"] @ rotation * 3.0 + 1.0).astype(np.float32))
     student_path = tmp_path / "rotated.npz"
     save_representation(student_path, rotated)
-    seen = {}
-
-    class StandIn:
-        def __init__(self, n_components, random_state):
-            assert (n_components, random_state) == (2, 0)
-
-        def fit_transform(self, features):
-            seen["fit"] = features
-            return features[:, :2]
-
-        def transform(self, features):
-            seen["transform"] = features
-            return features[:, :2]
-
-    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=StandIn))
+    # a rotated, scaled, shifted copy maps exactly back onto the teacher's features
+    features = teacher["layer3"].astype(np.float64)
+    np.testing.assert_allclose(figure_summary.map_into(rotated["layer3"].astype(np.float64),
+                                                       features), features, atol=1e-3)
     grid = figures.Grid("mini", "Digits", ("logit",), (0.5,), (0,), "ResNet56", "ResNet20")
     payload = {"umap_teacher": str(teacher_path),
                "umap_students": [("rotated copy", str(student_path))]}
     written = figure_summary.umap_figure(grid, payload, tmp_path)
     assert written == tmp_path / "umap_teacher_layer3.png"
     assert written.read_bytes()[:4] == b"\x89PNG"
-    # a rotated, scaled, shifted copy maps exactly back onto the teacher's features
-    np.testing.assert_allclose(seen["transform"], seen["fit"], atol=1e-3)
+    # the real UMAP of the teacher keeps the classes apart (synthetic class means), and the
+    # mapped copy lands where the teacher's own points do
+    reducer = umap.UMAP(n_components=2, random_state=0)
+    embedded = reducer.fit_transform(features)
+    from sklearn.neighbors import KNeighborsClassifier
+
+    labels = teacher["labels"]
+    order = np.random.default_rng(42).permutation(labels.size)
+    train, test = order[: labels.size // 2], order[labels.size // 2:]
+    probe = KNeighborsClassifier(5).fit(embedded[train], labels[train])
+    assert probe.score(embedded[test], labels[test]) > 0.5  # chance: 0.1
+    mapped = reducer.transform(figure_summary.map_into(rotated["layer3"].astype(np.float64),
+                                                       features))
+    itself = reducer.transform(features)
+    spread = np.ptp(embedded, axis=0).max()
+    assert np.median(np.linalg.norm(mapped - itself, axis=1)) < 0.02 * spread
 
     monkeypatch.setitem(sys.modules, "umap", None)  # import fails as if not installed
     note = figure_summary.umap_figure(grid, payload, tmp_path)
     assert isinstance(note, str) and "umap-learn is not installed" in note
+
+
+def test_many_classes_get_distinct_colours_in_the_scatter_figures(tmp_path):
+    for classes in (10, 20, 100, 200):
+        colours = figure_summary.class_colours(classes)
+        assert len({tuple(np.round(c, 6)) for c in colours}) == classes  # never label % 10
+    rng = np.random.default_rng(41)
+    labels = np.arange(400) % 100
+    panels = [("teacher", rng.normal(size=(400, 2)), labels), ("no run", None, None)]
+    grid = figures.Grid("mini", "Cifar100", ("logit",), (0.5,), (0,), "ResNet56", "ResNet20")
+    written = figure_summary.pca_scatter(grid, {"scatter_panels": panels, "num_classes": 100},
+                                         tmp_path)
+    assert written == tmp_path / "pca_scatter_layer3.png"
+    assert written.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_rerun_recomputes_only_what_a_new_run_touches(analysed, tmp_path, monkeypatch):
@@ -420,3 +437,66 @@ def test_without_intervals_and_floors(analysed, tmp_path):
     with pytest.raises(UserError, match="--bootstrap"):
         analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False,
                               bootstrap=-1)
+
+
+def test_summary_names_corrupt_files_as_unreadable_not_present(analysed):
+    _, _, report, lines = analysed
+    assert [entry.label for entry, _ in report.unreadable] == ["Digits rkd a0.5 s1"]
+    assert report.unreadable[0][1].startswith("unreadable:")
+    assert len(report.readable) == len(report.available) - 1
+    summary = report.summary()
+    assert summary.startswith(f"{len(report.readable)} representations, 1 unreadable "
+                              "(Digits rkd a0.5 s1)")
+    assert "1 unreadable (Digits rkd a0.5 s1)" in lines[0]
+
+
+def _copied_study(analysed, tmp_path):
+    source_root, _, _, _ = analysed
+    root = tmp_path / "copy"
+    shutil.copytree(source_root, root, copy_function=shutil.copy2)
+    return root
+
+
+def test_analysis_folder_that_is_a_file_is_one_line_and_exit_2(analysed, tmp_path,
+                                                               monkeypatch, capsys):
+    root = _copied_study(analysed, tmp_path)
+    folder = root / "analysis" / "experiment_mini"
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+    monkeypatch.chdir(root)
+    assert main(["analyze", "study.toml", "--jobs", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert str(Path("analysis") / "experiment_mini") in error and "writable" in error
+    assert folder.read_text() == "not a folder"  # nothing lost
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_analysis_folder_is_one_line_and_exit_2(analysed, tmp_path, monkeypatch,
+                                                          capsys):
+    root = _copied_study(analysed, tmp_path)
+    folder = root / "analysis" / "experiment_mini"
+    folder.chmod(0o555)
+    monkeypatch.chdir(root)
+    try:
+        assert main(["analyze", "study.toml", "--jobs", "1"]) == 2
+    finally:
+        folder.chmod(0o755)
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "experiment_mini" in error
+
+
+def test_a_write_failing_part_way_is_one_line_naming_the_file(analysed, tmp_path,
+                                                              monkeypatch, capsys):
+    import errno
+
+    root = _copied_study(analysed, tmp_path)
+    monkeypatch.chdir(root)
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(analyze, "atomic_write_text", full_disk)
+    assert main(["analyze", "study.toml", "--jobs", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "metrics.csv" in error and "No space left" in error

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..layout import RunSpec
 from ..runstate import atomic_write_text
 from ..study import Study, load_study
-from . import compute, floors, workers
+from . import compute, floors, store, workers
 from .workers import resolve_jobs  # noqa: F401  (kdlab.analysis.analyze.resolve_jobs)
 
 TEACHER = "teacher"
@@ -56,6 +56,7 @@ class AnalysisReport:
     root: Path
     available: list[Entry] = field(default_factory=list)
     missing: list[Entry] = field(default_factory=list)
+    unreadable: list[tuple[Entry, str]] = field(default_factory=list)  # present, not usable
     problems: list[str] = field(default_factory=list)        # files skipped, with reasons
     notes: list[str] = field(default_factory=list)           # everything else worth saying
     models_computed: int = 0
@@ -70,9 +71,21 @@ class AnalysisReport:
     step_seconds: dict[str, float] = field(default_factory=dict)    # wall time per step
     outputs: list[Path] = field(default_factory=list)
 
+    @property
+    def readable(self) -> list[Entry]:
+        """Available representations that are complete files."""
+        unreadable = {entry for entry, _ in self.unreadable}
+        return [entry for entry in self.available if entry not in unreadable]
+
+    def counts(self) -> str:
+        text = f"{len(self.readable)} representations"
+        if self.unreadable:
+            text += (f", {len(self.unreadable)} unreadable ("
+                     + ", ".join(entry.label for entry, _ in self.unreadable) + ")")
+        return text + f", {len(self.missing)} of the grid missing"
+
     def summary(self) -> str:
-        return (f"{len(self.available)} representations ({len(self.missing)} of the grid "
-                f"missing); models {self.models_computed} computed / {self.models_cached} "
+        return (f"{self.counts()}; models {self.models_computed} computed / {self.models_cached} "
                 f"cached; pairs {self.pairs_computed} computed / {self.pairs_cached} cached; "
                 f"noise floors {self.floors_computed} computed / {self.floors_cached} cached; "
                 f"figures {self.figures_drawn} drawn / {self.figures_kept} unchanged; "
@@ -123,17 +136,22 @@ class _Pass:
 
 def _inventory(study: Study, result: AnalysisReport) -> None:
     """Sort the grid's representations into available and missing; note stray files."""
+    store.ensure_writable_dir(result.root, "analysis folder")
     expected = expected_entries(study)
     for entry in expected:
         (result.available if entry.path.is_file() else result.missing).append(entry)
+    for entry in result.available:
+        reason = store.unreadable_reason(entry.path)
+        if reason is not None:
+            result.unreadable.append((entry, reason))
     expected_paths = {entry.path for entry in expected}
     stray = sorted(path for path in layout.representations_dir(
         study.analysis_dir, study.name).glob("*/*.npz") if path not in expected_paths)
     if stray:
         result.notes.append(f"{len(stray)} representation file(s) outside the study's grid "
                             f"ignored (e.g. {stray[0]})")
-    if not result.available:
-        raise UserError(f"no representations of study {study.name} under "
+    if not result.readable:
+        raise UserError(f"no readable representations of study {study.name} under "
                         f"{layout.representations_dir(study.analysis_dir, study.name)}: "
                         f"expected .npz files from 'kdlab extract {study.path}' (run it "
                         "after training)")
@@ -236,8 +254,7 @@ def analyze_study(study: Study, jobs: int = 0, log: Callable[[str], None] = prin
     jobs = workers.resolve_jobs(jobs)
     result = AnalysisReport(root=layout.analysis_dir(study.analysis_dir, study.name))
     _inventory(study, result)
-    log(f"analyze {study.name}: {len(result.available)} representations, "
-        f"{len(result.missing)} of the grid missing, {jobs} worker(s)")
+    log(f"analyze {study.name}: {result.counts()}, {jobs} worker(s)")
     settings = dict(compute.SETTINGS)
     if bootstrap is not None:
         if bootstrap < 0:
@@ -339,9 +356,12 @@ def _note_ica_failures(frame, result: AnalysisReport) -> None:
 def command(args) -> int:
     """``kdlab analyze STUDY [--jobs N]``."""
     study = load_study(args.study)
-    report = analyze_study(study, jobs=args.jobs,
-                           bootstrap=getattr(args, "bootstrap", None),
-                           floors=not getattr(args, "no_floors", False))
+    try:
+        report = analyze_study(study, jobs=args.jobs,
+                               bootstrap=getattr(args, "bootstrap", None),
+                               floors=not getattr(args, "no_floors", False))
+    except OSError as error:
+        raise store.write_failure(error) from None
     for problem in report.problems:
         print(f"  problem: {problem}")
     print(f"analyze {study.name}: {report.summary()}")

@@ -169,6 +169,9 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
                         f"runs are trained into")
     report = ExtractReport()
     work = _pending_runs(study, experiments_dir, report, log)
+    if work:
+        store.ensure_writable_dir(layout.representations_dir(study.analysis_dir, study.name),
+                                  "representations folder")
     torch_device = resolve_device(device) if work else None
     data_of: dict[str, object] = {}  # data set -> DeviceData, or the UserError text
     # grouped by data set (stable: walk order within one), one data set in memory at a time
@@ -208,6 +211,9 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
 def command(args) -> int:
     """``kdlab extract STUDY [--device]``."""
     study = load_study(args.study)
-    report = extract_study(study, device=args.device)
+    try:
+        report = extract_study(study, device=args.device)
+    except OSError as error:
+        raise store.write_failure(error) from None
     print(f"extract {study.name}: {report.summary()}")
     return 0

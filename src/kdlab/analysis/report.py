@@ -93,7 +93,7 @@ def _header(study, result) -> list[str]:
             f"{html.escape(', '.join(layout.format_alpha(a) for a in study.alphas) or 'none')}; "
             f"seeds {html.escape(', '.join(str(s) for s in study.seeds))}. "
             f"Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
-            f"{len(result.available)} of {len(result.available) + len(result.missing)} "
+            f"{len(result.readable)} of {len(result.available) + len(result.missing)} "
             f"expected representations analysed.</p>"]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -120,8 +121,33 @@ def _open_archive(path: str | Path):
 def is_readable(path: str | Path) -> bool:
     """True when ``path`` is a complete representation file (all keys present). Cheap: reads
     the archive's directory, not the arrays."""
+    return unreadable_reason(path) is None
+
+
+def unreadable_reason(path: str | Path) -> str | None:
+    """Why ``path`` is not a complete representation file (one line), or None when it is."""
     try:
         with _open_archive(path) as archive:
-            return all(key in archive.files for key in KEYS)
-    except _READ_ERRORS:
-        return False
+            missing = [key for key in KEYS if key not in archive.files]
+    except _READ_ERRORS as error:
+        return f"unreadable: {type(error).__name__}: {error}"
+    return f"unreadable: missing array(s) {', '.join(missing)}" if missing else None
+
+
+def ensure_writable_dir(folder: str | Path, what: str) -> None:
+    """Create ``folder`` if needed and check a file can be written in it; UserError naming
+    it (e.g. it is a file, or read-only) otherwise, before any work is done."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write the {what} {folder} ({error.strerror or error}): "
+                        "expected a writable directory") from None
+
+
+def write_failure(error: OSError) -> UserError:
+    """One line for a write that failed part-way (a full disk, a read-only subfolder)."""
+    where = error.filename or "the analysis folder"
+    return UserError(f"cannot write {where} ({error.strerror or error}): expected a writable "
+                     "analysis folder with free space")

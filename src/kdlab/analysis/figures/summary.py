@@ -26,38 +26,56 @@ def draw_summary(grid: Grid, values: Values, payload: dict, out: Path
     return written, notes
 
 
-def pca_scatter(grid: Grid, payload: dict, out: Path) -> Path | str | None:
-    """Layer3 in each chosen model's first two principal components; the path, or a note."""
-    panels = payload["scatter_panels"]  # [(title, coords [m,2] or None, labels [m] or None)]
-    classes = payload["num_classes"]
-    if panels and classes is not None and classes <= 10:
-        columns = min(4, len(panels))
-        rows = math.ceil(len(panels) / columns)
-        figure, axes = subplots(rows, columns, width=3.2, height=3.0)
-        colours = plt.get_cmap("tab10")
-        for index, ax in enumerate(axes.flat):
-            if index >= len(panels):
-                ax.axis("off")
-                continue
-            title, coords, labels = panels[index]
-            ax.set_title(title, fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if coords is None or not np.isfinite(coords).any():
-                no_data(ax, "no run" if coords is None else "degenerate (rank < 2)")
-                continue
-            ax.scatter(coords[:, 0], coords[:, 1], c=colours(labels % 10), s=2, alpha=0.6,
-                       linewidths=0)
-        handles = [plt.Line2D([], [], marker="o", ls="", color=colours(c), label=str(c))
+def class_colours(classes: int) -> np.ndarray:
+    """RGBA colours [classes, 4], all distinct: tab10 up to 10 classes, tab20 up to 20,
+    else evenly spaced hues of a continuous map (never ``label % 10``)."""
+    if classes <= 10:
+        return plt.get_cmap("tab10")(np.arange(classes))
+    if classes <= 20:
+        return plt.get_cmap("tab20")(np.arange(classes))
+    return plt.get_cmap("turbo")(np.linspace(0.0, 1.0, classes))
+
+
+def scatter_panels(grid: Grid, panels: list, classes: int, title: str, path: Path) -> Path:
+    """One scatter panel per (title, coords [m, 2] or None, labels [m] or None), coloured by
+    class; a legend of classes (a colour bar above 20 classes)."""
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = subplots(rows, columns, width=3.2, height=3.0)
+    colours = class_colours(classes)
+    for index, ax in enumerate(axes.flat):
+        if index >= len(panels):
+            ax.axis("off")
+            continue
+        name, coords, labels = panels[index]
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if coords is None or not np.isfinite(coords).any():
+            no_data(ax, "no run" if coords is None else "degenerate (rank < 2)")
+            continue
+        ax.scatter(coords[:, 0], coords[:, 1], c=colours[labels], s=2, alpha=0.6,
+                   linewidths=0)
+    if classes <= 20:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=colours[c], label=str(c))
                    for c in range(classes)]
         figure.legend(handles=handles, title="class", fontsize=7, loc="outside right center")
-        figure_title(figure, grid, "layer3, first two principal components (each model's own PCA)")
-        save_figure(figure, out / "pca_scatter_layer3.png")
-        return out / "pca_scatter_layer3.png"
-    if classes is not None and classes > 10:
-        return (f"{grid.dataset}: PCA scatter drawn only for 10-class data "
-                f"({classes} classes here)")
-    return None
+    else:
+        mappable = plt.cm.ScalarMappable(cmap="turbo", norm=plt.Normalize(0, classes - 1))
+        figure.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8, label="class")
+    figure_title(figure, grid, title)
+    save_figure(figure, path)
+    return path
+
+
+def pca_scatter(grid: Grid, payload: dict, out: Path) -> Path | None:
+    """Layer3 in each chosen model's first two principal components."""
+    panels = payload["scatter_panels"]  # [(title, coords [m,2] or None, labels [m] or None)]
+    classes = payload["num_classes"]
+    if not panels or classes is None:
+        return None
+    return scatter_panels(grid, panels, classes, "layer3, first two principal components "
+                          "(each model's own PCA)", out / "pca_scatter_layer3.png")
 
 
 def accuracy_table_figure(grid: Grid, values: Values, out: Path) -> Path:
@@ -98,13 +116,20 @@ def accuracy_table_figure(grid: Grid, values: Values, out: Path) -> Path:
     return out / "accuracy_table.png"
 
 
+def map_into(features: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``features`` [n, p] mapped into the space of ``target`` [n, q] by the affine least-
+    squares fit (the channels of two networks are not aligned)."""
+    mean, target_mean = features.mean(axis=0), target.mean(axis=0)
+    mapping, *_ = np.linalg.lstsq(features - mean, target - target_mean, rcond=None)
+    return (features - mean) @ mapping + target_mean
+
+
 def umap_figure(grid: Grid, payload: dict, out: Path):
     """The teacher's layer3 in a 2-D UMAP (McInnes et al. 2018), with each method's chosen
-    student mapped into the teacher's feature space by least squares (channels of two
-    networks are not aligned) and placed by the teacher's UMAP. Returns the figure path,
-    or a note saying why it was skipped."""
+    student mapped into the teacher's feature space (:func:`map_into`) and placed by the
+    teacher's UMAP. Returns the figure path, or a note saying why it was skipped."""
     try:
-        import umap  # noqa: F401  (optional extra: pip install 'kdlab[umap]')
+        import umap  # optional extra: pip install 'kdlab[umap]'
     except ImportError:
         return (f"{grid.dataset}: UMAP projection skipped: umap-learn is not installed "
                 "(optional extra: pip install 'kdlab[umap]')")
@@ -119,30 +144,10 @@ def umap_figure(grid: Grid, payload: dict, out: Path):
     teacher_features = teacher["layer3"][index].astype(np.float64)
     labels = teacher["labels"][index]
     reducer = umap.UMAP(n_components=2, random_state=0)
-    panels = [("teacher", reducer.fit_transform(teacher_features))]
-    teacher_mean = teacher_features.mean(axis=0)
+    panels = [("teacher", reducer.fit_transform(teacher_features), labels)]
     for title, path in payload.get("umap_students", []):
         student = load_representation(path)["layer3"][index].astype(np.float64)
-        student_mean = student.mean(axis=0)
-        mapping, *_ = np.linalg.lstsq(student - student_mean, teacher_features - teacher_mean,
-                                      rcond=None)
-        panels.append((title, reducer.transform((student - student_mean) @ mapping + teacher_mean)))
-    columns = min(4, len(panels))
-    rows = math.ceil(len(panels) / columns)
-    figure, axes = subplots(rows, columns, width=3.2, height=3.0)
-    for ax_index, ax in enumerate(axes.flat):
-        if ax_index >= len(panels):
-            ax.axis("off")
-            continue
-        title, coords = panels[ax_index]
-        ax.scatter(coords[:, 0], coords[:, 1], c=plt.get_cmap("tab10")(labels % 10), s=2,
-                   linewidths=0)
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    figure_title(figure, grid, "layer3 in the teacher's UMAP space (students mapped by "
-                                "least squares)")
-    path = out / "umap_teacher_layer3.png"
-    save_figure(figure, path)
-    return path
-
+        panels.append((title, reducer.transform(map_into(student, teacher_features)), labels))
+    return scatter_panels(grid, panels, int(labels.max()) + 1, "layer3 in the teacher's UMAP "
+                          "space (students mapped by least squares)",
+                          out / "umap_teacher_layer3.png")
