@@ -9,12 +9,17 @@ The representations are synthetic but shaped like a network's: post-ReLU feature
 class structure and a decaying spectrum; a student shares a part of its teacher's features
 that grows with alpha, seen through a random rotation of its own channels.
 
-Printed: the wall time of each step of a first (cold-cache) analysis, the CPU time of each
-metric summed over all models / pairs, the total, and the time of a re-run after adding one run (the cache
-at work). The goal of issue 5 is a first analysis under 10 minutes on 2 cores.
+Printed: the wall time of each step of a first (cold-cache) analysis without and with
+bootstrap intervals and noise floors, side by side (the same representations, each with a
+cold cache), the CPU time of each metric summed over all models / pairs, and the time of a
+re-run after adding one run (the cache at work). Goals: a first analysis under 10 minutes
+on 2 cores (issue 5); intervals and floors add at most 25 %, the re-run stays under 15 s
+(issue 15).
 
 Usage: python benchmarks/bench_analysis.py [--jobs 2] [--samples 10000]
                                            [--datasets Cifar10,SVHN] [--keep DIR]
+A quick run: --samples 2000 --datasets Cifar10 (a quarter of the grid, a fifth of the
+samples; the O(n^2) subsamples then cover all 2,000 samples).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kdlab import layout
 from kdlab.analysis import analyze, figures
+from kdlab.analysis.registry import SETTINGS
 from kdlab.analysis.store import save_representation
 from kdlab.study import load_study
 
@@ -86,6 +93,31 @@ def closeness_of(entry) -> float:
     return 0.3 + 0.6 * entry.alpha
 
 
+def _run(study, jobs: int, title: str, **options):
+    started = time.perf_counter()
+    report = analyze.analyze_study(study, jobs=jobs, log=lambda line: None, show_progress=False,
+                                   **options)
+    elapsed = time.perf_counter() - started
+    print(f"\n{title}: {elapsed:.1f} s wall ({report.summary()})")
+    for step, seconds in report.step_seconds.items():
+        print(f"  step {step:<24} {seconds:8.1f} s wall")
+    return report, elapsed
+
+
+def _side_by_side(without, with_both) -> None:
+    (cold_off, seconds_off), (cold_on, seconds_on) = without, with_both
+    print("\nfirst analysis, side by side (wall s)      without   with intervals+floors")
+    for step in cold_on.step_seconds:
+        print(f"  {step:<40} {cold_off.step_seconds.get(step, 0.0):8.1f}   "
+              f"{cold_on.step_seconds[step]:8.1f}")
+    print(f"  {'total':<40} {seconds_off:8.1f}   {seconds_on:8.1f}   "
+          f"(+{100 * (seconds_on / seconds_off - 1):.0f} %, goal <= +25 %)")
+    print("  CPU time per metric with intervals and floors, summed over all models / pairs "
+          "(workers run one BLAS thread each):")
+    for name, seconds in sorted(cold_on.metric_seconds.items(), key=lambda kv: -kv[1]):
+        print(f"    {name:<28} {seconds:8.1f} s")
+
+
 def main() -> int:
     args = parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kdlab-bench-"))
@@ -95,7 +127,7 @@ def main() -> int:
         if args.datasets:
             study.datasets = [name for name in args.datasets.split(",") if name]
         study.experiments_dir = work / "experiments"
-        study.analysis_dir = work / "analysis"
+        study.analysis_dir = work / "without"
         entries = analyze.expected_entries(study)
         held_back = next(e for e in entries if e.method not in ("teacher", "pure"))
 
@@ -108,32 +140,32 @@ def main() -> int:
         print(f"wrote {len(entries) - 1} synthetic representations of {args.samples} samples "
               f"({', '.join(study.datasets)}) in {time.perf_counter() - started:.1f} s "
               f"under {work}")
-
-        def run(title: str):
-            started = time.perf_counter()
-            report = analyze.analyze_study(study, jobs=args.jobs, log=lambda line: None,
-                                           show_progress=False)
-            elapsed = time.perf_counter() - started
-            print(f"\n{title}: {elapsed:.1f} s wall ({report.summary()})")
-            for step, seconds in report.step_seconds.items():
-                print(f"  step {step:<24} {seconds:8.1f} s wall")
-            return report, elapsed
-
-        cold, cold_seconds = run(f"first analysis, {args.jobs or 'all'} worker(s)")
-        print("  CPU time per metric, summed over all models / pairs (workers run one BLAS "
-              "thread each):")
-        for name, seconds in sorted(cold.metric_seconds.items(), key=lambda kv: -kv[1]):
-            print(f"    {name:<20} {seconds:8.1f} s")
-        print(f"  figures drawn: {cold.figures_drawn} "
+        without = _run(study, args.jobs, f"first analysis without intervals and floors, "
+                                         f"{args.jobs or 'all'} worker(s)",
+                       bootstrap=0, floors=False)
+        # the same representations, a cold cache, intervals and floors on
+        source = layout.representations_dir(study.analysis_dir, study.name)
+        study.analysis_dir = work / "with"
+        shutil.copytree(source, layout.representations_dir(study.analysis_dir, study.name))
+        with_both = _run(study, args.jobs, "first analysis with intervals (bootstrap "
+                                           f"{SETTINGS['bootstrap_samples']}) and noise floors")
+        _side_by_side(without, with_both)
+        print(f"  figures drawn: {with_both[0].figures_drawn} "
               f"({len(figures.sweep_metrics())} sweep metrics per data set)")
 
         save_representation(held_back.path, generators[held_back.dataset].representation(
             len(entries), closeness_of(held_back)))
-        warm, warm_seconds = run(f"re-run after adding one run ({held_back.label})")
-        print(f"\nsummary: first analysis {cold_seconds:.1f} s (goal < 600 s on 2 cores); "
-              f"re-run after one new run {warm_seconds:.1f} s "
-              f"({warm.models_computed} model(s), {warm.pairs_computed} pair(s) recomputed, "
-              f"{warm.figures_drawn} figures redrawn)")
+        held_back_with = layout.representation_path(study.analysis_dir, study.name,
+                                                    held_back.spec, "kd")
+        shutil.copy2(held_back.path, held_back_with)
+        warm, warm_seconds = _run(study, args.jobs, f"re-run after adding one run "
+                                                    f"({held_back.label}), intervals and floors on")
+        print(f"\nsummary ({args.samples} samples, {len(study.datasets)} data set(s), "
+              f"{args.jobs or 'all'} worker(s)): first analysis {without[1]:.1f} s without, "
+              f"{with_both[1]:.1f} s with intervals and floors "
+              f"(+{100 * (with_both[1] / without[1] - 1):.0f} %); re-run after one new run "
+              f"{warm_seconds:.1f} s ({warm.models_computed} model(s), {warm.pairs_computed} "
+              f"pair(s) recomputed, {warm.figures_drawn} figures redrawn; goal < 15 s)")
         times = os.times()
         cpu = (times.user + times.system + times.children_user + times.children_system
                - sum(cpu_started[:4]))

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import sys
-import types
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from kdlab import layout
 from kdlab.analysis import analyze, compute, figures, metrics
+from kdlab.analysis.figures import cache as figure_cache, common as figure_common, summary as figure_summary
 from kdlab.analysis.store import LAYERS, load_representation, save_representation
 from kdlab.cli import main
 from kdlab.errors import UserError
@@ -222,18 +222,23 @@ def test_figures_exist_and_report_links_only_existing_files(analysed):
     assert every_output <= linked  # and every figure and table is linked
     assert "Digits logit a0.5 s1" in html  # the missing runs are listed
     assert "participation_ratio" in html and "Kornblith" in html  # metric descriptions
-    if "umap" not in report.notes:
+    try:
+        import umap  # noqa: F401
+    except ImportError:
         assert "UMAP projection skipped" in html
+    else:  # umap-learn installed (the test extra): the real figure is drawn and linked
+        assert (digits / "summary" / "umap_teacher_layer3.png").is_file()
+        assert "umap_teacher_layer3.png" in html
 
 
 def test_figure_helpers_show_gaps():
     import matplotlib.pyplot as plt
 
     figure, ax = plt.subplots()
-    figures._heatmap(ax, np.array([[0.5, np.nan], [0.2, 0.9]]), ["a", "b"], ["x", "y"])
+    figure_common.heatmap(ax, np.array([[0.5, np.nan], [0.2, 0.9]]), ["a", "b"], ["x", "y"])
     assert "n/a" in [text.get_text() for text in ax.texts]
     figure2, ax2 = plt.subplots()
-    figures._grouped_bars(ax2, [("s", "red", [(1.0, 0.1, 2), (math.nan, math.nan, 0),
+    figure_common.grouped_bars(ax2, [("s", "red", [(1.0, 0.1, 2), (math.nan, math.nan, 0),
                                               (2.0, 0.0, 1)])])
     assert [text.get_text() for text in ax2.texts] == ["n/a"]
     plt.close(figure)
@@ -241,9 +246,10 @@ def test_figure_helpers_show_gaps():
 
 
 def test_umap_projection_maps_students_into_the_teacher_space(analysed, tmp_path, monkeypatch):
-    """umap-learn is an optional extra; a stand-in module with its interface exercises
-    kdlab's side: the teacher fit, the least-squares map of a student into the teacher's
-    feature space, the figure, and the note when the package is absent."""
+    """With the real umap-learn (the test extra): the teacher fit, the least-squares map of
+    a student into the teacher's feature space, the figure, and the note when the package
+    is absent."""
+    umap = pytest.importorskip("umap", reason="umap-learn (test extra) is not installed")
     _, study, _, _ = analysed
     teacher_path = _path(study, "Digits", "teacher", None, 0)
     teacher = load_representation(teacher_path)
@@ -251,33 +257,50 @@ def test_umap_projection_maps_students_into_the_teacher_space(analysed, tmp_path
     rotated = dict(teacher, layer3=(teacher["layer3"] @ rotation * 3.0 + 1.0).astype(np.float32))
     student_path = tmp_path / "rotated.npz"
     save_representation(student_path, rotated)
-    seen = {}
-
-    class StandIn:
-        def __init__(self, n_components, random_state):
-            assert (n_components, random_state) == (2, 0)
-
-        def fit_transform(self, features):
-            seen["fit"] = features
-            return features[:, :2]
-
-        def transform(self, features):
-            seen["transform"] = features
-            return features[:, :2]
-
-    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=StandIn))
+    # a rotated, scaled, shifted copy maps exactly back onto the teacher's features
+    features = teacher["layer3"].astype(np.float64)
+    np.testing.assert_allclose(figure_summary.map_into(rotated["layer3"].astype(np.float64),
+                                                       features), features, atol=1e-3)
     grid = figures.Grid("mini", "Digits", ("logit",), (0.5,), (0,), "ResNet56", "ResNet20")
     payload = {"umap_teacher": str(teacher_path),
                "umap_students": [("rotated copy", str(student_path))]}
-    written = figures._umap_figure(grid, payload, tmp_path)
+    written = figure_summary.umap_figure(grid, payload, tmp_path)
     assert written == tmp_path / "umap_teacher_layer3.png"
     assert written.read_bytes()[:4] == b"\x89PNG"
-    # a rotated, scaled, shifted copy maps exactly back onto the teacher's features
-    np.testing.assert_allclose(seen["transform"], seen["fit"], atol=1e-3)
+    # the real UMAP of the teacher keeps the classes apart (synthetic class means), and the
+    # mapped copy lands where the teacher's own points do
+    reducer = umap.UMAP(n_components=2, random_state=0)
+    embedded = reducer.fit_transform(features)
+    from sklearn.neighbors import KNeighborsClassifier
+
+    labels = teacher["labels"]
+    order = np.random.default_rng(42).permutation(labels.size)
+    train, test = order[: labels.size // 2], order[labels.size // 2:]
+    probe = KNeighborsClassifier(5).fit(embedded[train], labels[train])
+    assert probe.score(embedded[test], labels[test]) > 0.5  # chance: 0.1
+    mapped = reducer.transform(figure_summary.map_into(rotated["layer3"].astype(np.float64),
+                                                       features))
+    itself = reducer.transform(features)
+    spread = np.ptp(embedded, axis=0).max()
+    assert np.median(np.linalg.norm(mapped - itself, axis=1)) < 0.02 * spread
 
     monkeypatch.setitem(sys.modules, "umap", None)  # import fails as if not installed
-    note = figures._umap_figure(grid, payload, tmp_path)
+    note = figure_summary.umap_figure(grid, payload, tmp_path)
     assert isinstance(note, str) and "umap-learn is not installed" in note
+
+
+def test_many_classes_get_distinct_colours_in_the_scatter_figures(tmp_path):
+    for classes in (10, 20, 100, 200):
+        colours = figure_summary.class_colours(classes)
+        assert len({tuple(np.round(c, 6)) for c in colours}) == classes  # never label % 10
+    rng = np.random.default_rng(41)
+    labels = np.arange(400) % 100
+    panels = [("teacher", rng.normal(size=(400, 2)), labels), ("no run", None, None)]
+    grid = figures.Grid("mini", "Cifar100", ("logit",), (0.5,), (0,), "ResNet56", "ResNet20")
+    written = figure_summary.pca_scatter(grid, {"scatter_panels": panels, "num_classes": 100},
+                                         tmp_path)
+    assert written == tmp_path / "pca_scatter_layer3.png"
+    assert written.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_rerun_recomputes_only_what_a_new_run_touches(analysed, tmp_path, monkeypatch):
@@ -296,7 +319,7 @@ def test_rerun_recomputes_only_what_a_new_run_touches(analysed, tmp_path, monkey
         drawn.append((grid.dataset, kind, payload.get("method") or payload.get("metric")))
         return {"files": [], "notes": []}
 
-    monkeypatch.setattr(figures, "draw_group", recorder)
+    monkeypatch.setattr(figure_cache, "draw_group", recorder)
 
     unchanged = analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False)
     assert unchanged.models_computed == 0 and unchanged.pairs_computed == 0
@@ -362,3 +385,118 @@ def test_cli_analyze_reports_and_exits_zero(analysed, tmp_path, monkeypatch, cap
     output = capsys.readouterr().out
     assert "analyze mini:" in output and "problem: Digits rkd a0.5 s1" in output
     assert "figures 0 drawn" in output  # all cached from the copied tree
+
+
+def test_pair_metrics_have_bootstrap_intervals_around_their_values(analysed):
+    _, study, _, _ = analysed
+    frame = pd.read_csv(layout.analysis_dir(study.analysis_dir, "mini") / "metrics.csv")
+    pairs = frame[frame["method"].isin(["pure", "logit", "rkd"])]
+    for metric in ("cka_linear", "cka_rbf", "rsa_spearman"):
+        names = [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+        rows = pairs[pairs["metric"].isin(names)].fillna({"alpha": -1.0})
+        table = rows.pivot_table(index=["method", "alpha", "seed", "layer"], columns="metric",
+                                 values="value")
+        assert len(table) == 4 * 3 and table.notna().all().all()  # 4 pairs x 3 layers
+        assert (table[names[1]] <= table[metric]).all()
+        assert (table[metric] <= table[names[2]]).all()
+        assert (table[names[2]] - table[names[1]] > 0).all()
+    assert not frame["metric"].str.startswith("cka_linear_debiased_ci").any()  # no interval
+
+
+def test_noise_floors_compare_networks_without_distillation(analysed):
+    _, study, _, _ = analysed
+    folder = layout.analysis_dir(study.analysis_dir, "mini")
+    floors = pd.read_csv(folder / "floors.csv")
+    # Digits: pure students of seeds 0 and 1; only one teacher seed, so no teacher floor
+    assert set(floors["floor"]) == {"floor_pure_vs_pure"}
+    assert set(zip(floors["seed_a"], floors["seed_b"])) == {(0, 1)}
+    first = load_representation(_path(study, "Digits", "pure", None, 0))
+    second = load_representation(_path(study, "Digits", "pure", None, 1))
+    for layer in LAYERS:
+        row = floors[(floors["layer"] == layer) & (floors["metric"] == "cka_linear")]
+        assert float(row["value"].iloc[0]) == pytest.approx(
+            metrics.linear_cka(first[layer], second[layer]), rel=1e-5)
+    html = (folder / "report.html").read_text()
+    assert "floors.csv" in html and "noise floors" in html
+
+
+def test_without_intervals_and_floors(analysed, tmp_path):
+    source_root, _, _, _ = analysed
+    root = tmp_path / "copy"
+    shutil.copytree(source_root / "analysis" / "experiment_mini" / "representations",
+                    root / "analysis" / "experiment_mini" / "representations")
+    (root / "study.toml").write_text(STUDY_TEXT)
+    study = load_study(root / "study.toml")
+    study.analysis_dir = root / "analysis"
+    report = analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False,
+                                   bootstrap=0, floors=False)
+    frame = pd.read_csv(layout.analysis_dir(study.analysis_dir, "mini") / "metrics.csv")
+    assert not frame["metric"].str.contains("_ci_").any()
+    assert "cka_linear" in set(frame["metric"])
+    assert report.floors_computed == 0
+    with pytest.raises(UserError, match="--bootstrap"):
+        analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False,
+                              bootstrap=-1)
+
+
+def test_summary_names_corrupt_files_as_unreadable_not_present(analysed):
+    _, _, report, lines = analysed
+    assert [entry.label for entry, _ in report.unreadable] == ["Digits rkd a0.5 s1"]
+    assert report.unreadable[0][1].startswith("unreadable:")
+    assert len(report.readable) == len(report.available) - 1
+    summary = report.summary()
+    assert summary.startswith(f"{len(report.readable)} representations, 1 unreadable "
+                              "(Digits rkd a0.5 s1)")
+    assert "1 unreadable (Digits rkd a0.5 s1)" in lines[0]
+
+
+def _copied_study(analysed, tmp_path):
+    source_root, _, _, _ = analysed
+    root = tmp_path / "copy"
+    shutil.copytree(source_root, root, copy_function=shutil.copy2)
+    return root
+
+
+def test_analysis_folder_that_is_a_file_is_one_line_and_exit_2(analysed, tmp_path,
+                                                               monkeypatch, capsys):
+    root = _copied_study(analysed, tmp_path)
+    folder = root / "analysis" / "experiment_mini"
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+    monkeypatch.chdir(root)
+    assert main(["analyze", "study.toml", "--jobs", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert str(Path("analysis") / "experiment_mini") in error and "writable" in error
+    assert folder.read_text() == "not a folder"  # nothing lost
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_analysis_folder_is_one_line_and_exit_2(analysed, tmp_path, monkeypatch,
+                                                          capsys):
+    root = _copied_study(analysed, tmp_path)
+    folder = root / "analysis" / "experiment_mini"
+    folder.chmod(0o555)
+    monkeypatch.chdir(root)
+    try:
+        assert main(["analyze", "study.toml", "--jobs", "1"]) == 2
+    finally:
+        folder.chmod(0o755)
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "experiment_mini" in error
+
+
+def test_a_write_failing_part_way_is_one_line_naming_the_file(analysed, tmp_path,
+                                                              monkeypatch, capsys):
+    import errno
+
+    root = _copied_study(analysed, tmp_path)
+    monkeypatch.chdir(root)
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(analyze, "atomic_write_text", full_disk)
+    assert main(["analyze", "study.toml", "--jobs", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "metrics.csv" in error and "No space left" in error

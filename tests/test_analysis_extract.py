@@ -186,3 +186,31 @@ def test_cli_extract(tree, tmp_path, capsys):
     missing.write_text(STUDY.format(root=(tmp_path / "nowhere").as_posix()))
     assert main(["extract", str(missing)]) == 2
     assert "experiments directory" in capsys.readouterr().err
+
+
+def test_representations_record_their_provenance(tree):
+    import hashlib
+
+    import kdlab
+    from kdlab.analysis.store import read_provenance
+
+    root, study, _, _ = tree
+    spec = RunSpec("Digits", "ResNet8", 0, "logit", "ResNet20", 0.5)
+    run_dir = layout.run_dir(study.experiments_dir, spec)
+    provenance = read_provenance(layout.representation_path(study.analysis_dir, "ext", spec,
+                                                            "kd"))
+    assert provenance == {
+        "run": spec.name, "run_dir": str(run_dir), "study": "ext",
+        "weights_sha256": hashlib.sha256((run_dir / runstate.BEST_FILE).read_bytes()).hexdigest(),
+        "kdlab_version": kdlab.__version__}
+
+
+def test_analysis_folder_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "study.toml").write_text(STUDY.format(root=tmp_path.as_posix()))
+    _fake_finished_run(tmp_path / "experiments", RunSpec("Digits", "ResNet8", 0), 0)
+    (tmp_path / "analysis").write_text("a file where the analysis folder should be")
+    assert main(["extract", str(tmp_path / "study.toml"), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert str(tmp_path / "analysis") in error and "writable" in error
+    assert (tmp_path / "analysis").read_text().startswith("a file")

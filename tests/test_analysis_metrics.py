@@ -313,3 +313,64 @@ def test_inputs_are_validated():
         metrics.linear_cka(np.full((5, 2), np.nan), _random(5, 2, 0))
     with pytest.raises(ValueError, match="2-D"):
         metrics.fisher_criterion(np.zeros(5), np.zeros(5))
+
+
+# ---- debiased CKA, Procrustes, rsatoolbox (issue 15) ---------------------------------------
+
+def _direct_unbiased_hsic(k, l):
+    """Song et al. 2012, eq. 5, written with explicit n x n matrices and ones vectors."""
+    n = k.shape[0]
+    k = k.copy()
+    l = l.copy()
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l, 0.0)
+    ones = np.ones(n)
+    return (np.trace(k @ l) + (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (ones @ k @ l @ ones)) / (n * (n - 3))
+
+
+def test_debiased_cka_matches_a_direct_n_by_n_computation():
+    a = _random(40, 7, 50) + 3.0  # uncentred: the estimator is translation invariant
+    b = np.tanh(a @ _random(7, 5, 51)) + _random(40, 5, 52)
+    k, l = a @ a.T, b @ b.T
+    expected = _direct_unbiased_hsic(k, l) / np.sqrt(_direct_unbiased_hsic(k, k)
+                                                     * _direct_unbiased_hsic(l, l))
+    assert metrics.linear_cka_debiased(a, b) == pytest.approx(expected, rel=1e-9)
+    rotation = ortho_group.rvs(7, random_state=53)
+    assert metrics.linear_cka_debiased(a, 2.0 * a @ rotation - 1.0) == pytest.approx(1.0)
+
+
+def test_debiased_cka_is_not_inflated_for_unrelated_wide_features():
+    """Few samples, many features: the biased estimator reports a large similarity of
+    independent data, the debiased one stays near 0."""
+    a, b = _random(30, 200, 54), _random(30, 200, 55)
+    assert metrics.linear_cka(a, b) > 0.5
+    assert abs(metrics.linear_cka_debiased(a, b)) < 0.1
+    with pytest.raises(ValueError, match="at least 4"):
+        metrics.linear_cka_debiased(a[:3], b[:3])
+
+
+def test_procrustes_distance_against_the_nuclear_norm_formula():
+    a = _random(60, 6, 56)
+    rotation = ortho_group.rvs(6, random_state=57)
+    assert metrics.procrustes_distance(a, 3.0 * a @ rotation + 2.0) == pytest.approx(0.0, abs=1e-9)
+    b = np.tanh(a @ _random(6, 4, 58))
+    # independent form: for unit-norm centred A, B: d^2 = 2 - 2 ||A^T B||_* (Ding et al. 2021)
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    ca, cb = ca / np.linalg.norm(ca), cb / np.linalg.norm(cb)
+    nuclear = np.linalg.svd(ca.T @ cb, compute_uv=False).sum()
+    expected = np.sqrt(2.0 - 2.0 * nuclear)
+    assert metrics.procrustes_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_rsa_spearman_agrees_with_rsatoolbox():
+    pytest.importorskip("rsatoolbox", reason="rsatoolbox (test-only dependency) is not "
+                        "installed")
+    from rsatoolbox.data import Dataset
+    from rsatoolbox.rdm import calc_rdm, compare_spearman
+
+    a = _random(50, 8, 59)
+    b = np.maximum(a @ _random(8, 6, 60), 0.0) + 0.3 * _random(50, 6, 61)
+    rdms = [calc_rdm(Dataset(x), method="euclidean") for x in (a, b)]
+    expected = float(np.ravel(compare_spearman(rdms[0], rdms[1]))[0])
+    assert metrics.rsa_spearman(a, b) == pytest.approx(expected, rel=1e-9)

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="metrics, figures and report.html from representations")
     _add_study(p)
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
+    p.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                   help="bootstrap resamples per 95%% interval of the pair metrics "
+                        "(default 200; 0: no intervals)")
+    p.add_argument("--no-floors", action="store_true",
+                   help="skip the noise floors (pure vs pure, teacher vs teacher)")
 
     p = sub.add_parser("plot", help="training curves per run and the study overview")
     _add_study(p)

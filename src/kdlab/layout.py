@@ -162,10 +162,20 @@ def status_files(experiments_dir: str | Path):
 
 
 # ---- analysis outputs -------------------------------------------------------------------
+# {analysis_root}/experiment_{study}/
+#     representations/{dataset}/{role}.npz    extracted features (kdlab extract)
+#     cache/{dataset}/model_*.npz, pair_*.json per-model / per-pair metric caches
+#     cache/figures.json                       digests of the drawn figure groups
+#     figures/{dataset}/...                    figures (kdlab analyze)
+#     metrics.csv, floors.csv, accuracy.{csv,md}, report.html
 
 def analysis_dir(analysis_root: str | Path, study_name: str) -> Path:
     """``{analysis_root}/experiment_{study}``: everything derived from one study's runs."""
     return Path(analysis_root) / f"experiment_{study_name}"
+
+
+def representations_dir(analysis_root: str | Path, study_name: str) -> Path:
+    return analysis_dir(analysis_root, study_name) / "representations"
 
 
 def representation_path(analysis_root: str | Path, study_name: str, spec: RunSpec,
@@ -175,7 +185,7 @@ def representation_path(analysis_root: str | Path, study_name: str, spec: RunSpe
     ``role`` is ``'teacher'`` or ``'pure'`` for pure runs (a model can be both only if the
     study uses it as both) and ``'kd'`` for distilled runs.
     """
-    base = analysis_dir(analysis_root, study_name) / "representations" / spec.dataset
+    base = representations_dir(analysis_root, study_name) / spec.dataset
     if role == "teacher":
         return base / f"teacher_s{spec.seed}.npz"
     if role == "pure":
@@ -185,5 +195,39 @@ def representation_path(analysis_root: str | Path, study_name: str, spec: RunSpe
     raise ValueError(f"unknown role {role!r}: expected 'teacher', 'pure' or 'kd'")
 
 
+def analysis_cache_dir(analysis_root: str | Path, study_name: str) -> Path:
+    return analysis_dir(analysis_root, study_name) / "cache"
+
+
+def model_cache_path(analysis_root: str | Path, study_name: str, dataset: str,
+                     representation: str | Path) -> Path:
+    """Cached per-model metrics of one representation file."""
+    return (analysis_cache_dir(analysis_root, study_name) / dataset
+            / f"model_{Path(representation).stem}.npz")
+
+
+def pair_cache_path(analysis_root: str | Path, study_name: str, dataset: str,
+                    first: str | Path, second: str | Path) -> Path:
+    """Cached metrics of one pair of representation files (first: the reference side)."""
+    return (analysis_cache_dir(analysis_root, study_name) / dataset
+            / f"pair_{Path(first).stem}__{Path(second).stem}.json")
+
+
+def figure_manifest_path(analysis_root: str | Path, study_name: str) -> Path:
+    return analysis_cache_dir(analysis_root, study_name) / "figures.json"
+
+
 def figures_dir(analysis_root: str | Path, study_name: str, dataset: str) -> Path:
     return analysis_dir(analysis_root, study_name) / "figures" / dataset
+
+
+def analysis_table_path(analysis_root: str | Path, study_name: str, name: str) -> Path:
+    """A table of the analysis: ``metrics.csv``, ``floors.csv``, ``accuracy.csv`` or
+    ``accuracy.md``."""
+    if name not in ("metrics.csv", "floors.csv", "accuracy.csv", "accuracy.md"):
+        raise ValueError(f"unknown analysis table {name!r}")
+    return analysis_dir(analysis_root, study_name) / name
+
+
+def report_path(analysis_root: str | Path, study_name: str) -> Path:
+    return analysis_dir(analysis_root, study_name) / "report.html"

@@ -11,22 +11,19 @@ run recomputes only what depends on it.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-
 
 from .. import layout
 from ..errors import UserError
 from ..layout import RunSpec
 from ..runstate import atomic_write_text
 from ..study import Study, load_study
-from . import compute
+from . import compute, floors, store, workers
+from .workers import resolve_jobs  # noqa: F401  (kdlab.analysis.analyze.resolve_jobs)
 
 TEACHER = "teacher"
 PURE = "pure"
@@ -59,22 +56,38 @@ class AnalysisReport:
     root: Path
     available: list[Entry] = field(default_factory=list)
     missing: list[Entry] = field(default_factory=list)
+    unreadable: list[tuple[Entry, str]] = field(default_factory=list)  # present, not usable
     problems: list[str] = field(default_factory=list)        # files skipped, with reasons
     notes: list[str] = field(default_factory=list)           # everything else worth saying
     models_computed: int = 0
     models_cached: int = 0
     pairs_computed: int = 0
     pairs_cached: int = 0
+    floors_computed: int = 0
+    floors_cached: int = 0
     figures_drawn: int = 0
     figures_kept: int = 0
     metric_seconds: dict[str, float] = field(default_factory=dict)  # summed worker CPU time
     step_seconds: dict[str, float] = field(default_factory=dict)    # wall time per step
     outputs: list[Path] = field(default_factory=list)
 
+    @property
+    def readable(self) -> list[Entry]:
+        """Available representations that are complete files."""
+        unreadable = {entry for entry, _ in self.unreadable}
+        return [entry for entry in self.available if entry not in unreadable]
+
+    def counts(self) -> str:
+        text = f"{len(self.readable)} representations"
+        if self.unreadable:
+            text += (f", {len(self.unreadable)} unreadable ("
+                     + ", ".join(entry.label for entry, _ in self.unreadable) + ")")
+        return text + f", {len(self.missing)} of the grid missing"
+
     def summary(self) -> str:
-        return (f"{len(self.available)} representations ({len(self.missing)} of the grid "
-                f"missing); models {self.models_computed} computed / {self.models_cached} "
+        return (f"{self.counts()}; models {self.models_computed} computed / {self.models_cached} "
                 f"cached; pairs {self.pairs_computed} computed / {self.pairs_cached} cached; "
+                f"noise floors {self.floors_computed} computed / {self.floors_cached} cached; "
                 f"figures {self.figures_drawn} drawn / {self.figures_kept} unchanged; "
                 f"report {self.root / 'report.html'}")
 
@@ -91,173 +104,215 @@ def expected_entries(study: Study) -> list[Entry]:
     return entries
 
 
-def resolve_jobs(jobs: int) -> int:
-    if jobs < 0:
-        raise UserError(f"--jobs {jobs}: expected 0 (all cores) or a positive number")
-    return jobs or os.cpu_count() or 1
+@dataclass
+class _Pass:
+    """One analysis pass: the study, where tasks run, the metric settings and the report
+    being filled in."""
+
+    study: Study
+    pool: object
+    result: AnalysisReport
+    settings: dict
+    show_progress: bool
+
+    def run(self, tasks: list, description: str):
+        return workers.run_all(self.pool, tasks, description, self.show_progress)
+
+    def model_cache(self, entry: Entry) -> str:
+        return str(layout.model_cache_path(self.study.analysis_dir, self.study.name,
+                                           entry.dataset, entry.path))
+
+    def pair_task(self, reference: Entry, others: list[Entry]) -> tuple:
+        """(reference, task function, *arguments) of one reference and the models compared
+        with it."""
+        study = self.study
+        compared = [(str(other.path), self.model_cache(other),
+                     str(layout.pair_cache_path(study.analysis_dir, study.name,
+                                                reference.dataset, reference.path, other.path)))
+                    for other in others]
+        return (reference, compute.teacher_task, str(reference.path),
+                self.model_cache(reference), compared, self.settings)
 
 
-# ---- workers ----------------------------------------------------------------------------
-
-def _init_worker() -> None:
-    """One BLAS/OpenMP thread per worker process: the pool already uses every core."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1)
-
-
-class _InlineExecutor:
-    """``--jobs 1``: tasks run one after the other in this process (plain tracebacks)."""
-
-    def shutdown(self, wait: bool = True) -> None:
-        del wait
-
-
-def _executor(jobs: int):
-    if jobs == 1:
-        return _InlineExecutor()
-    import multiprocessing
-
-    # spawn: workers start clean (no copied BLAS thread pools or torch state from the parent)
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker)
-
-
-def _run_all(executor, tasks: list[tuple], description: str, show_progress: bool):
-    """Run (key, function, *args) tasks; yield (key, result) as they finish."""
-    if isinstance(executor, _InlineExecutor):
-        done = ((key, function(*args)) for key, function, *args in tasks)
-    else:
-        futures = {executor.submit(function, *args): key for key, function, *args in tasks}
-        done = ((futures[future], future.result()) for future in as_completed(futures))
-    if show_progress and tasks:
-        from tqdm import tqdm
-
-        done = tqdm(done, total=len(tasks), desc=description, file=sys.stderr, leave=False)
-    yield from done
-
-
-# ---- the pass ------------------------------------------------------------------------------
-
-def _cache_dir(root: Path, dataset: str) -> Path:
-    return root / "cache" / dataset
-
-
-def analyze_study(study: Study, jobs: int = 0, log: Callable[[str], None] = print,
-                  show_progress: bool = True) -> AnalysisReport:
-    """Analyse whatever part of the study's grid has representations; write metrics.csv,
-    accuracy.{csv,md}, figures/ and report.html under the study's analysis folder."""
-    from . import figures, report as html_report, tables
-
-    jobs = resolve_jobs(jobs)
-    root = layout.analysis_dir(study.analysis_dir, study.name)
-    result = AnalysisReport(root=root)
+def _inventory(study: Study, result: AnalysisReport) -> None:
+    """Sort the grid's representations into available and missing; note stray files."""
+    store.ensure_writable_dir(result.root, "analysis folder")
     expected = expected_entries(study)
     for entry in expected:
         (result.available if entry.path.is_file() else result.missing).append(entry)
+    for entry in result.available:
+        reason = store.unreadable_reason(entry.path)
+        if reason is not None:
+            result.unreadable.append((entry, reason))
     expected_paths = {entry.path for entry in expected}
-    stray = sorted(path for path in (root / "representations").glob("*/*.npz")
-                   if path not in expected_paths)
+    stray = sorted(path for path in layout.representations_dir(
+        study.analysis_dir, study.name).glob("*/*.npz") if path not in expected_paths)
     if stray:
         result.notes.append(f"{len(stray)} representation file(s) outside the study's grid "
                             f"ignored (e.g. {stray[0]})")
-    if not result.available:
-        raise UserError(f"no representations of study {study.name} under "
-                        f"{root / 'representations'}: expected .npz files from "
-                        f"'kdlab extract {study.path}' (run it after training)")
-    log(f"analyze {study.name}: {len(result.available)} representations, "
-        f"{len(result.missing)} of the grid missing, {jobs} worker(s)")
+    if not result.readable:
+        raise UserError(f"no readable representations of study {study.name} under "
+                        f"{layout.representations_dir(study.analysis_dir, study.name)}: "
+                        f"expected .npz files from 'kdlab extract {study.path}' (run it "
+                        "after training)")
 
-    executor = _executor(jobs)
+
+def _model_step(run: _Pass) -> dict:
+    """Per-model metrics of every available representation: Entry -> outcome."""
+    model_results: dict[Entry, dict] = {}
+    tasks = [(entry, compute.model_task, str(entry.path), run.model_cache(entry), run.settings)
+             for entry in run.result.available]
+    for entry, outcome in run.run(tasks, "per-model metrics"):
+        _collect(run.result, entry, outcome, "models", model_results)
+    return model_results
+
+
+def _students_of_teachers(model_results: dict, result: AnalysisReport) -> dict:
+    """Teacher Entry -> its students (same data set and seed); notes seeds without one."""
+    teachers = {(e.dataset, e.seed): e for e in model_results if e.method == TEACHER}
+    students_of: dict[Entry, list[Entry]] = defaultdict(list)
+    without_teacher: dict[tuple[str, int], int] = defaultdict(int)
+    for entry in model_results:
+        if entry.method == TEACHER:
+            continue
+        teacher = teachers.get((entry.dataset, entry.seed))
+        if teacher is None:
+            without_teacher[(entry.dataset, entry.seed)] += 1
+        else:
+            students_of[teacher].append(entry)
+    for (dataset, seed), count in sorted(without_teacher.items()):
+        result.notes.append(f"{dataset} seed {seed}: no teacher representation, so "
+                            f"{count} student run(s) have no teacher-student metrics")
+    return students_of
+
+
+def _pair_step(run: _Pass, partners_of: dict, kind: str, description: str) -> dict:
+    """Pair metrics, one task per reference: {(reference, other): outcome}."""
+    tasks = [run.pair_task(reference, others) for reference, others in partners_of.items()]
+    results: dict[tuple[Entry, Entry], dict] = {}
+    for reference, outcomes in run.run(tasks, description):
+        for other, outcome in zip(partners_of[reference], outcomes):
+            _collect(run.result, other, outcome, kind, results, key=(reference, other))
+    return results
+
+
+def _table_step(study: Study, frame, floors, result: AnalysisReport):
+    """metrics.csv, floors.csv and the accuracy tables; returns the accuracy table."""
+    from . import tables
+
+    def path(name):
+        return layout.analysis_table_path(study.analysis_dir, study.name, name)
+
+    path("metrics.csv").parent.mkdir(parents=True, exist_ok=True)
+    written = {"metrics.csv": frame.to_csv(index=False, float_format="%.6g"),
+               "floors.csv": floors.to_csv(index=False, float_format="%.6g")}
+    accuracy = tables.accuracy_table(frame, study)
+    written["accuracy.csv"] = accuracy.to_csv(index=False, float_format="%.6g")
+    written["accuracy.md"] = tables.accuracy_markdown(accuracy, study)
+    for name, text in written.items():
+        atomic_write_text(path(name), text)
+        result.outputs.append(path(name))
+    _note_ica_failures(frame, result)
+    return accuracy
+
+
+def _figure_step(run: _Pass, frame, model_results: dict) -> None:
+    from . import figures
+
+    scatter = {entry: (outcome["scatter"], outcome["scatter_labels"])
+               for entry, outcome in model_results.items()}
+    drawn = figures.draw_study(run.study, frame, scatter, run.pool,
+                               show_progress=run.show_progress)
+    run.result.figures_drawn += drawn.drawn
+    run.result.figures_kept += drawn.kept
+    run.result.notes += drawn.notes
+
+
+class _Step:
+    """Times one step of the pass into ``result.step_seconds`` and logs it."""
+
+    def __init__(self, result: AnalysisReport, name: str) -> None:
+        self.result, self.name = result, name
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.result.step_seconds[self.name] = time.perf_counter() - self.started
+
+
+def analyze_study(study: Study, jobs: int = 0, log: Callable[[str], None] = print,
+                  show_progress: bool = True, bootstrap: int | None = None,
+                  floors: bool = True) -> AnalysisReport:
+    """Analyse whatever part of the study's grid has representations; write metrics.csv,
+    floors.csv, accuracy.{csv,md}, figures/ and report.html under the study's analysis
+    folder. ``bootstrap``: resamples per interval (None: the registry's default; 0: no
+    intervals); ``floors``: compute the noise floors."""
+    from . import report as html_report
+
+    jobs = workers.resolve_jobs(jobs)
+    result = AnalysisReport(root=layout.analysis_dir(study.analysis_dir, study.name))
+    _inventory(study, result)
+    log(f"analyze {study.name}: {result.counts()}, {jobs} worker(s)")
+    settings = dict(compute.SETTINGS)
+    if bootstrap is not None:
+        if bootstrap < 0:
+            raise UserError(f"--bootstrap {bootstrap}: expected 0 (no intervals) or a "
+                            "positive number of resamples")
+        settings["bootstrap_samples"] = bootstrap
+    run = _Pass(study, workers.executor(jobs), result, settings, show_progress)
     try:
-        # 1. per model
-        started = time.perf_counter()
-        model_results: dict[Entry, dict] = {}
-        tasks = [(entry, compute.model_task, str(entry.path),
-                  str(_cache_dir(root, entry.dataset) / f"model_{entry.path.stem}.npz"))
-                 for entry in result.available]
-        for entry, outcome in _run_all(executor, tasks, "per-model metrics", show_progress):
-            if outcome["error"]:
-                result.problems.append(f"{entry.label}: skipped: {outcome['error']}")
-                continue
-            model_results[entry] = outcome
-            _count(result, outcome, "models")
-        result.step_seconds["per-model metrics"] = time.perf_counter() - started
-        log(f"  per-model metrics: {result.models_computed} computed, "
-            f"{result.models_cached} from cache "
-            f"({result.step_seconds['per-model metrics']:.1f} s)")
-
-        # 2. per teacher-student pair (same data set and seed), one task per teacher
-        started = time.perf_counter()
-        teachers = {(e.dataset, e.seed): e for e in model_results if e.method == TEACHER}
-        students_of: dict[Entry, list[Entry]] = defaultdict(list)
-        without_teacher: dict[tuple[str, int], int] = defaultdict(int)
-        for entry in model_results:
-            if entry.method == TEACHER:
-                continue
-            teacher = teachers.get((entry.dataset, entry.seed))
-            if teacher is None:
-                without_teacher[(entry.dataset, entry.seed)] += 1
-            else:
-                students_of[teacher].append(entry)
-        for (dataset, seed), count in sorted(without_teacher.items()):
-            result.notes.append(f"{dataset} seed {seed}: no teacher representation, so "
-                                f"{count} student run(s) have no teacher-student metrics")
-        tasks = []
-        for teacher, students in students_of.items():
-            cache = _cache_dir(root, teacher.dataset)
-            tasks.append((teacher, compute.teacher_task, str(teacher.path),
-                          str(cache / f"model_{teacher.path.stem}.npz"),
-                          [(str(student.path), str(cache / f"model_{student.path.stem}.npz"),
-                            str(cache / f"pair_{teacher.path.stem}__{student.path.stem}.json"))
-                           for student in students]))
-        pair_results: dict[Entry, dict] = {}
-        for teacher, outcomes in _run_all(executor, tasks, "teacher-student metrics",
-                                          show_progress):
-            for entry, outcome in zip(students_of[teacher], outcomes):
-                if outcome["error"]:
-                    result.problems.append(f"{entry.label}: no pair metrics: "
-                                           f"{outcome['error']}")
-                    continue
-                pair_results[entry] = outcome
-                _count(result, outcome, "pairs")
-        result.step_seconds["pair metrics"] = time.perf_counter() - started
-        log(f"  teacher-student metrics: {result.pairs_computed} computed, "
-            f"{result.pairs_cached} from cache ({result.step_seconds['pair metrics']:.1f} s)")
-
-        # 3. tables
-        started = time.perf_counter()
-        frame = _metrics_frame(model_results, pair_results)
-        root.mkdir(parents=True, exist_ok=True)
-        metrics_csv = root / "metrics.csv"
-        atomic_write_text(metrics_csv, frame.to_csv(index=False, float_format="%.6g"))
-        accuracy = tables.accuracy_table(frame, study)
-        atomic_write_text(root / "accuracy.csv", accuracy.to_csv(index=False, float_format="%.6g"))
-        atomic_write_text(root / "accuracy.md", tables.accuracy_markdown(accuracy, study))
-        result.outputs += [metrics_csv, root / "accuracy.csv", root / "accuracy.md"]
-        _note_ica_failures(frame, result)
-        result.step_seconds["tables"] = time.perf_counter() - started
-
-        # 4. figures
-        started = time.perf_counter()
-        scatter = {entry: (outcome["scatter"], outcome["scatter_labels"])
-                   for entry, outcome in model_results.items()}
-        figure_notes = figures.draw_study(study, frame, scatter, executor, result,
-                                          show_progress=show_progress)
-        result.notes += figure_notes
-        result.step_seconds["figures"] = time.perf_counter() - started
-        log(f"  figures: {result.figures_drawn} drawn, {result.figures_kept} unchanged "
-            f"({result.step_seconds['figures']:.1f} s)")
+        accuracy = _steps(run, floors, log)
     finally:
-        executor.shutdown(wait=True)
-
-    # 5. report
-    html_report.write_report(study, result, accuracy)
-    result.outputs.append(root / "report.html")
+        run.pool.shutdown(wait=True)
+    result.outputs.append(html_report.write_report(study, result, accuracy))
     return result
+
+
+def _steps(run: _Pass, with_floors: bool, log: Callable[[str], None]):
+    result = run.result
+    with _Step(result, "per-model metrics") as step:
+        model_results = _model_step(run)
+    log(f"  per-model metrics: {result.models_computed} computed, "
+        f"{result.models_cached} from cache ({result.step_seconds[step.name]:.1f} s)")
+    with _Step(result, "pair metrics") as step:
+        pair_results = _pair_step(run, _students_of_teachers(model_results, result), "pairs",
+                                  "teacher-student metrics")
+    log(f"  teacher-student metrics: {result.pairs_computed} computed, "
+        f"{result.pairs_cached} from cache ({result.step_seconds[step.name]:.1f} s)")
+    with _Step(result, "noise floors") as step:
+        floor_results = (_pair_step(run, floors.floor_pairs(model_results), "floors",
+                                    "noise floors") if with_floors else {})
+    log(f"  noise floors: {result.floors_computed} computed, {result.floors_cached} from "
+        f"cache ({result.step_seconds[step.name]:.1f} s)")
+    with _Step(result, "tables"):
+        frame = _metrics_frame(model_results, {other: outcome for (_, other), outcome
+                                               in pair_results.items()})
+        floor_table = floors.floor_frame(floor_results)
+        accuracy = _table_step(run.study, frame, floor_table, result)
+    with _Step(result, "figures") as step:
+        import pandas as pd
+
+        shown = pd.concat([frame, floors.as_metric_rows(floor_table, COLUMNS)],
+                          ignore_index=True)
+        _figure_step(run, shown, model_results)
+    log(f"  figures: {result.figures_drawn} drawn, {result.figures_kept} unchanged "
+        f"({result.step_seconds[step.name]:.1f} s)")
+    return accuracy
+
+
+def _collect(result: AnalysisReport, entry: Entry, outcome: dict, kind: str,
+             into: dict, key=None) -> None:
+    """Keep one task's outcome in ``into`` (under ``key``, default ``entry``), or record
+    its error as a problem."""
+    if outcome["error"]:
+        what = {"models": "skipped", "pairs": "no pair metrics",
+                "floors": "no noise-floor metrics"}[kind]
+        result.problems.append(f"{entry.label}: {what}: {outcome['error']}")
+        return
+    into[entry if key is None else key] = outcome
+    _count(result, outcome, kind)
 
 
 def _count(result: AnalysisReport, outcome: dict, kind: str) -> None:
@@ -301,7 +356,12 @@ def _note_ica_failures(frame, result: AnalysisReport) -> None:
 def command(args) -> int:
     """``kdlab analyze STUDY [--jobs N]``."""
     study = load_study(args.study)
-    report = analyze_study(study, jobs=args.jobs)
+    try:
+        report = analyze_study(study, jobs=args.jobs,
+                               bootstrap=getattr(args, "bootstrap", None),
+                               floors=not getattr(args, "no_floors", False))
+    except OSError as error:
+        raise store.write_failure(error) from None
     for problem in report.problems:
         print(f"  problem: {problem}")
     print(f"analyze {study.name}: {report.summary()}")

@@ -1,11 +1,13 @@
 """Per-model and per-pair metric computation with an on-disk cache (runs in worker processes).
 
-A *model task* turns one representation file into its per-model metrics (spectrum,
-effective dimensionality, Fisher criterion, TwoNN, k-NN probe, ICA fit, accuracy, 2-D PCA
-coordinates); a *pair task* compares a student's file with its teacher's (same data set,
-same seed): linear CKA same-layer and cross-layer, RBF CKA, principal angles, ICA matching,
-RSA. Each result is cached next to the analysis, keyed by the size and modification time
-of the representation file(s), :data:`METRIC_VERSION` and :data:`SETTINGS`, so re-running
+A *model task* computes every model metric of :mod:`kdlab.analysis.registry` for one
+representation file (plus the 2-D PCA coordinates of the scatter figure); a *pair task*
+computes every pair metric between a reference file and the files compared with it (the
+teacher and its students of the same seed, or two networks that share no distillation for
+the noise floors), with bootstrap intervals where a metric declares them. Each result is
+cached next to the analysis, keyed by the size and modification time of the
+representation file(s), the metric version, the registry's names and the settings, so
+re-running
 ``kdlab analyze`` after one new run recomputes only that run and its pair (or, for a new
 teacher, the pairs of its seed).
 
@@ -26,7 +28,7 @@ inputs (:func:`kdlab.analysis.metrics.subsample_indices`):
 
 Linear metrics (linear CKA, PCA, principal angles, Fisher) use every sample. A teacher's
 share of the pair metrics (RBF Gram matrices, distance ranks) is computed once for all
-its students (:func:`teacher_task`).
+its students (:func:`teacher_task`), and so are the teacher's bootstrap terms.
 """
 
 from __future__ import annotations
@@ -41,34 +43,10 @@ import numpy as np
 
 from ..errors import UserError
 from ..runstate import atomic_write_bytes, atomic_write_json, read_json, StateFileError
-from . import metrics
+from . import bootstrap, metrics, registry
+from .registry import MATCH_THRESHOLD, METRIC_VERSION, SETTINGS  # noqa: F401  (re-exported)
 from .store import LAYERS, load_representation
-
-# Bump when a metric's definition or its output rows change: every cache entry is recomputed.
-METRIC_VERSION = 1
-
-SETTINGS = {
-    "subsample_seed": 0,
-    "rbf_cka_samples": 2000,
-    "rbf_sigma_fraction": 0.8,
-    "rsa_samples": 1000,
-    "rsa_distance": "euclidean",
-    "twonn_samples": 5000,
-    "twonn_discard_fraction": 0.1,
-    "knn_k": 5,
-    "knn_max_train": 5000,
-    "knn_max_test": 5000,
-    "ica_components": 10,
-    "ica_fit_samples": 5000,
-    "ica_max_iter": 500,
-    "ica_tol": 1e-4,
-    "ica_random_state": 0,
-    "principal_angle_components": 10,
-    "scatter_samples": 2000,
-    "effective_dim_thresholds": [0.9, 0.95],
-}
-
-MATCH_THRESHOLD = 0.5  # ICA components count as matched above this |r|
+from .views import ModelView, PairView
 
 
 def file_key(path: str | Path) -> dict:
@@ -77,9 +55,9 @@ def file_key(path: str | Path) -> dict:
     return {"file": Path(path).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def cache_key(*paths: str | Path) -> dict:
+def cache_key(*paths: str | Path, settings: dict | None = None) -> dict:
     return {"files": [file_key(path) for path in paths], "version": METRIC_VERSION,
-            "settings": SETTINGS}
+            "metrics": sorted(registry.REGISTRY), "settings": settings or SETTINGS}
 
 
 class _Timer:
@@ -98,12 +76,21 @@ class _Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.process_time() - start
 
 
+def _rows(metric: registry.Metric, layer: str, value) -> list[tuple[str, str, float]]:
+    """Rows (layer, name, value) of one metric function's result."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [(layer, name, float(v)) for name, v in value.items()]
+    return [(layer, metric.name, float(value))]
+
+
 # ---- per model --------------------------------------------------------------------------
 
 def _read_model_cache(cache_path: Path, key: dict) -> dict | None:
     try:
         with np.load(cache_path, allow_pickle=False) as archive:
-            if json.loads(str(archive["key"])) != key:
+            if json.loads(str(archive["key"])) != json.loads(json.dumps(key)):
                 return None
             result = {"rows": [tuple(row) for row in json.loads(str(archive["rows"]))],
                       "scatter": archive["scatter"], "scatter_labels": archive["scatter_labels"],
@@ -133,63 +120,36 @@ def _write_model_cache(cache_path: Path, key: dict, result: dict) -> None:
     atomic_write_bytes(cache_path, buffer.getvalue())
 
 
-def _model_rows(arrays: dict, timer: _Timer) -> tuple[list, dict, np.ndarray]:
-    """Rows (layer, metric, value), ICA fits per layer and the layer3 2-D PCA scores."""
+def _model_rows(model: ModelView, timer: _Timer) -> tuple[list, dict, np.ndarray]:
+    """Rows (layer, metric, value) of every model metric, the ICA fits per layer and the
+    layer3 2-D PCA scores of the scatter subsample."""
     rows: list[tuple[str, str, float]] = []
-    ica: dict[str, metrics.IcaFit] = {}
-    labels = arrays["labels"]
-    n = labels.shape[0]
-    seed = SETTINGS["subsample_seed"]
-    twonn_index = metrics.subsample_indices(n, SETTINGS["twonn_samples"], seed)
-    ica_index = metrics.subsample_indices(n, SETTINGS["ica_fit_samples"], seed)
-    rows.append(("logits", "test_acc",
-                 timer.run("accuracy", metrics.accuracy_from_logits, arrays["logits"], labels)))
-    for layer in LAYERS:
-        features = arrays[layer].astype(np.float64)
-        spectrum = timer.run("pca", metrics.pca_spectrum, features)
-        cumulative = metrics.cumulative_explained_variance(spectrum)
-        rows += [(layer, f"pca_cumvar_{k:02d}", float(v)) for k, v in enumerate(cumulative, 1)]
-        for threshold in SETTINGS["effective_dim_thresholds"]:
-            rows.append((layer, f"effective_dim_{round(threshold * 100)}",
-                         float(metrics.effective_dimensionality(spectrum, threshold))))
-        rows.append((layer, "participation_ratio", metrics.participation_ratio(spectrum)))
-        rank = metrics.numerical_rank(spectrum)
-        rows.append((layer, "numerical_rank", float(rank)))
-        rows.append((layer, "fisher",
-                     timer.run("fisher", metrics.fisher_criterion, features, labels)))
-        rows.append((layer, "twonn_dim",
-                     timer.run("twonn", metrics.twonn_dimension, features[twonn_index],
-                               SETTINGS["twonn_discard_fraction"])))
-        rows.append((layer, "knn_acc", timer.run(
-            "knn", metrics.knn_probe_accuracy, features, labels, k=SETTINGS["knn_k"],
-            max_train=SETTINGS["knn_max_train"], max_test=SETTINGS["knn_max_test"], seed=seed)))
-        components = min(SETTINGS["ica_components"], rank)
-        if components >= 1:
-            fit = timer.run("ica_fit", metrics.fit_ica, features[ica_index], components,
-                            random_state=SETTINGS["ica_random_state"],
-                            max_iter=SETTINGS["ica_max_iter"], tol=SETTINGS["ica_tol"])
-            ica[layer] = fit
-            rows.append((layer, "ica_converged", float(fit.converged)))
-            rows.append((layer, "ica_iterations", float(fit.iterations)))
-            rows.append((layer, "ica_components", float(components)))
-    scatter_index = metrics.subsample_indices(n, SETTINGS["scatter_samples"], seed)
-    if metrics.numerical_rank(metrics.pca_spectrum(arrays["layer3"])) >= 2:
-        scores = timer.run("scatter", metrics.pca_projection, arrays["layer3"], 2)
+    for metric in registry.of_scope("model"):
+        for layer in metric.layers:
+            view = model.layer(layer)
+            rows += _rows(metric, layer, timer.run(metric.name, metric.function, view))
+    ica = {layer: view.ica_fit for layer, view in model.layers.items()
+           if view.__dict__.get("ica_fit") is not None}
+    scatter_index = model.subsample("scatter")
+    layer3 = model.layer("layer3")
+    if layer3.rank >= 2:
+        scores = timer.run("scatter", metrics.pca_projection, layer3.features, 2)
         scatter = scores[scatter_index].astype(np.float32)
     else:
         scatter = np.full((scatter_index.size, 2), np.nan, dtype=np.float32)
     return rows, ica, scatter
 
 
-def model_task(representation_path: str, cache_path: str) -> dict:
+def model_task(representation_path: str, cache_path: str, settings: dict | None = None) -> dict:
     """Per-model metrics of one representation file, from the cache when it is current.
 
     Returns {'rows': [(layer, metric, value)], 'scatter': float32 [m, 2] layer3 PCA scores
     of the fixed scatter subsample, 'scatter_labels': int64 [m], 'timings': {metric: s},
     'cached': bool, 'error': None or one line}."""
+    settings = settings or SETTINGS
     representation_path, cache_path = Path(representation_path), Path(cache_path)
     try:
-        key = cache_key(representation_path)
+        key = cache_key(representation_path, settings=settings)
     except FileNotFoundError:
         return {"error": f"representation {representation_path} disappeared"}
     cached = _read_model_cache(cache_path, key)
@@ -199,87 +159,46 @@ def model_task(representation_path: str, cache_path: str) -> dict:
                 "error": None}
     timer = _Timer()
     try:
-        arrays = timer.run("load", load_representation, representation_path)
+        model = ModelView(timer.run("load", load_representation, representation_path), settings)
     except UserError as error:
         return {"error": str(error)}
-    rows, ica, scatter = _model_rows(arrays, timer)
-    scatter_index = metrics.subsample_indices(arrays["labels"].shape[0],
-                                              SETTINGS["scatter_samples"],
-                                              SETTINGS["subsample_seed"])
-    result = {"rows": rows, "scatter": scatter, "scatter_labels": arrays["labels"][scatter_index],
-              "ica": ica}
+    rows, ica, scatter = _model_rows(model, timer)
+    result = {"rows": rows, "scatter": scatter, "ica": ica,
+              "scatter_labels": model.arrays["labels"][model.subsample("scatter")]}
     _write_model_cache(cache_path, key, result)
     return {"rows": rows, "scatter": scatter, "scatter_labels": result["scatter_labels"],
             "timings": timer.seconds, "cached": False, "error": None}
 
 
-# ---- per teacher-student pair ------------------------------------------------------------
+# ---- per pair ---------------------------------------------------------------------------------
 
-def _prepare_teacher(teacher: dict, timer: _Timer) -> dict:
-    """What every pair of one teacher shares, computed once: per layer the float64
-    features, numerical rank, normalised centred RBF Gram matrix of the RBF subsample and
-    the distance ranks of the RSA subsample."""
-    n = teacher["labels"].shape[0]
-    seed = SETTINGS["subsample_seed"]
-    rbf_index = metrics.subsample_indices(n, SETTINGS["rbf_cka_samples"], seed)
-    rsa_index = metrics.subsample_indices(n, SETTINGS["rsa_samples"], seed)
-    prepared = {"rbf_index": rbf_index, "rsa_index": rsa_index, "layers": {}}
-    for layer in LAYERS:
-        features = teacher[layer].astype(np.float64)
-        prepared["layers"][layer] = {
-            "features": features,
-            "rank": metrics.numerical_rank(metrics.pca_spectrum(features)),
-            "gram": timer.run("cka_rbf", _rbf_gram, features[rbf_index]),
-            "ranks": timer.run("rsa", metrics.distance_ranks, features[rsa_index],
-                               SETTINGS["rsa_distance"]),
-        }
-    return prepared
+def _interval_rows(metric: registry.Metric, pair: PairView, point: float,
+                   timer: _Timer) -> list[tuple[str, str, float]]:
+    if metric.resamples is None or not pair.settings["bootstrap_samples"]:
+        return []
+    drawn = timer.run(f"{metric.name} interval", metric.resamples, pair)
+    if drawn is None:
+        return []
+    values, scale = drawn
+    low, high = bootstrap.interval(point, values, scale)
+    return [(pair.layer, f"{metric.name}_ci_low", low), (pair.layer, f"{metric.name}_ci_high",
+                                                         high)]
 
 
-def _rbf_gram(features: np.ndarray):
-    return metrics.normalized_centered_gram(
-        metrics.rbf_gram(features, SETTINGS["rbf_sigma_fraction"]))
-
-
-def _pair_rows(teacher: dict, student: dict, teacher_ica: dict, student_ica: dict,
-               timer: _Timer) -> list:
-    """Rows (student layer, metric, value) of one teacher-student pair; ``teacher`` from
-    :func:`_prepare_teacher`, ``student`` the student's arrays."""
+def _pair_rows(reference: ModelView, other: ModelView, timer: _Timer) -> list:
+    """Rows (layer, metric, value) of every pair metric of ``other`` against
+    ``reference``, keyed by the compared model's layer."""
     rows: list[tuple[str, str, float]] = []
-    student_layers = {layer: student[layer].astype(np.float64) for layer in LAYERS}
-    cross = timer.run("cka_linear", metrics.cross_layer_linear_cka,
-                      [teacher["layers"][layer]["features"] for layer in LAYERS],
-                      [student_layers[layer] for layer in LAYERS])
-    for j, student_layer in enumerate(LAYERS):
-        for i, teacher_layer in enumerate(LAYERS):
-            rows.append((student_layer, f"cka_linear_vs_teacher_{teacher_layer}",
-                         float(cross[i, j])))
-    for index, layer in enumerate(LAYERS):
-        prepared = teacher["layers"][layer]
-        a, b = prepared["features"], student_layers[layer]
-        linear = float(cross[index, index])
-        student_gram = timer.run("cka_rbf", _rbf_gram, b[teacher["rbf_index"]])
-        rbf = metrics.cka_from_normalized(prepared["gram"], student_gram)
-        rows += [(layer, "cka_linear", linear), (layer, "cka_rbf", rbf),
-                 (layer, "cka_rbf_minus_linear", rbf - linear)]
-        rank = min(prepared["rank"], metrics.numerical_rank(metrics.pca_spectrum(b)))
-        k = min(SETTINGS["principal_angle_components"], rank)
-        if k >= 1:
-            angles = np.degrees(timer.run("principal_angles", metrics.principal_angles, a, b, k))
-            rows += [(layer, f"principal_angle_{i:02d}", float(v)) for i, v in enumerate(angles, 1)]
-            rows.append((layer, "principal_angle_mean", float(np.mean(angles))))
-        if layer in teacher_ica and layer in student_ica:
-            abs_r, _, _ = timer.run("ica_match", metrics.match_components,
-                                    teacher_ica[layer].sources(a), student_ica[layer].sources(b))
-            rows += [(layer, "ica_matched_r_mean", float(np.mean(abs_r))),
-                     (layer, f"ica_matched_above_{MATCH_THRESHOLD}",
-                      float(np.sum(abs_r > MATCH_THRESHOLD))),
-                     (layer, "ica_pair_converged",
-                      float(teacher_ica[layer].converged and student_ica[layer].converged))]
-        student_ranks = timer.run("rsa", metrics.distance_ranks, b[teacher["rsa_index"]],
-                                  SETTINGS["rsa_distance"])
-        rows.append((layer, "rsa_spearman", metrics.rsa_from_ranks(prepared["ranks"],
-                                                                   student_ranks)))
+    shared: dict = {}
+    for layer in LAYERS:
+        pair = PairView(reference, other, layer, shared)
+        for metric in registry.of_scope("pair"):
+            if layer not in metric.layers:
+                continue
+            value = timer.run(metric.name, metric.function, pair)
+            rows += _rows(metric, layer, value)
+            if isinstance(value, float):
+                rows += _interval_rows(metric, pair, value, timer)
     return rows
 
 
@@ -293,20 +212,47 @@ def _read_pair_cache(cache_path: Path, key: dict) -> list | None:
     return [tuple(row) for row in cached["rows"]]
 
 
-def teacher_task(teacher_path: str, teacher_cache: str,
-                 students: list[tuple[str, str, str]]) -> list[dict]:
-    """Teacher-student metrics of every student of one teacher (same data set and seed).
+def _load_view(path: str, cache: str, settings: dict, timer: _Timer) -> ModelView:
+    """The model's arrays with its cached ICA fits set on its layers; UserError (one line)
+    when the file is unreadable or its per-model results are missing."""
+    model = ModelView(timer.run("load", load_representation, path), settings)
+    cached = _read_model_cache(Path(cache), cache_key(path, settings=settings))
+    if cached is None:
+        raise UserError(f"per-model results of {path} are missing")
+    for layer in LAYERS:
+        model.layer(layer).__dict__["ica_fit"] = cached["ica"].get(layer)
+    return model
 
-    ``students``: (representation path, model cache path, pair cache path) per student.
-    Pairs whose cache is current are read from it; for the others the teacher's share of
-    the work (RBF Gram matrices, distance ranks) is done once. The model caches (written by
-    :func:`model_task`) supply the ICA fits. Returns one {'rows', 'timings', 'cached',
-    'error'} per student, in order; rows are keyed by the student's layer."""
+
+def _compare(reference: ModelView, reference_path: str, other_path: str, other_cache: str,
+             settings: dict, timer: _Timer) -> list | str:
+    """Rows of one pair, or the one-line reason it cannot be compared."""
+    try:
+        other = _load_view(other_path, other_cache, settings, timer)
+    except UserError as error:
+        return str(error)
+    if not np.array_equal(reference.arrays["labels"], other.arrays["labels"]):
+        return (f"labels of {other_path} differ from its teacher's {reference_path}: expected "
+                "both extracted from the same test split")
+    return _pair_rows(reference, other, timer)
+
+
+def teacher_task(teacher_path: str, teacher_cache: str, students: list[tuple[str, str, str]],
+                 settings: dict | None = None) -> list[dict]:
+    """Pair metrics of every model compared with one reference (a teacher and its students
+    of the same data set and seed, or a noise-floor reference and its partners).
+
+    ``students``: (representation path, model cache path, pair cache path) per compared
+    model. Pairs whose cache is current are read from it; for the others the reference's
+    share of the work (Gram matrices, distance ranks, bootstrap terms) is done once. The
+    model caches (written by :func:`model_task`) supply the ICA fits. Returns one {'rows',
+    'timings', 'cached', 'error'} per compared model, in order."""
+    settings = settings or SETTINGS
     outcomes: list[dict | None] = [None] * len(students)
     keys: dict[int, dict] = {}
     for index, (student_path, _, pair_cache) in enumerate(students):
         try:
-            keys[index] = cache_key(teacher_path, student_path)
+            keys[index] = cache_key(teacher_path, student_path, settings=settings)
         except FileNotFoundError as error:
             outcomes[index] = {"error": f"representation {error.filename} disappeared"}
             continue
@@ -318,33 +264,17 @@ def teacher_task(teacher_path: str, teacher_cache: str,
         return outcomes
     timer = _Timer()
     try:
-        teacher = timer.run("load", load_representation, teacher_path)
+        teacher = _load_view(teacher_path, teacher_cache, settings, timer)
     except UserError as error:
         return [outcome or {"error": str(error)} for outcome in outcomes]
-    teacher_model = _read_model_cache(Path(teacher_cache), cache_key(teacher_path))
-    if teacher_model is None:
-        message = f"per-model results of {teacher_path} are missing"
-        return [outcome or {"error": message} for outcome in outcomes]
-    prepared = _prepare_teacher(teacher, timer)
     for index in todo:
         student_path, student_cache, pair_cache = students[index]
-        try:
-            student = timer.run("load", load_representation, student_path)
-        except UserError as error:
-            outcomes[index] = {"error": str(error)}
+        rows = _compare(teacher, teacher_path, student_path, student_cache, settings, timer)
+        if isinstance(rows, str):
+            outcomes[index] = {"error": rows}
             continue
-        if not np.array_equal(teacher["labels"], student["labels"]):
-            outcomes[index] = {"error": f"labels of {student_path} differ from its teacher's "
-                                        f"{teacher_path}: expected both extracted from the "
-                                        "same test split"}
-            continue
-        student_model = _read_model_cache(Path(student_cache), cache_key(student_path))
-        if student_model is None:
-            outcomes[index] = {"error": f"per-model results of {student_path} are missing"}
-            continue
-        rows = _pair_rows(prepared, student, teacher_model["ica"], student_model["ica"], timer)
         atomic_write_json(pair_cache, {"key": keys[index], "rows": rows})
-        # the group's time (teacher preparation included) goes with its first pair
+        # the group's time (reference preparation included) goes with its first pair
         outcomes[index] = {"rows": rows, "timings": timer.seconds, "cached": False,
                            "error": None}
         timer = _Timer()

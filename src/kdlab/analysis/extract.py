@@ -109,6 +109,30 @@ def _is_up_to_date(targets: list[Path], weights_path: Path) -> bool:
     return True
 
 
+def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
+                  log: Callable[[str], None]) -> list[tuple[RunSpec, Path, list[Path]]]:
+    """(run, run directory, representation files) of every finished run of the study whose
+    representations are missing or older than its weights; records the others."""
+    work: list[tuple[RunSpec, Path, list[Path]]] = []
+    for spec, run_dir in layout.iter_run_dirs(experiments_dir):
+        outside = _outside_study(study, spec)
+        if outside is not None:
+            report.not_in_study[outside] += 1
+            continue
+        reason = _unfinished_reason(run_dir)
+        if reason is not None:
+            report.skipped.append((spec.name, reason))
+            log(f"skip {spec.name}: {reason}")
+            continue
+        targets = [layout.representation_path(study.analysis_dir, study.name, spec, role)
+                   for role in _roles(study, spec)]
+        if _is_up_to_date(targets, run_dir / runstate.BEST_FILE):
+            report.up_to_date.extend(targets)
+            continue
+        work.append((spec, run_dir, targets))
+    return work
+
+
 def representations_of(model, device_data, batch_size: int = DEFAULT_BATCH_SIZE
                        ) -> dict[str, np.ndarray]:
     """Evaluate ``model`` on ``device_data``'s test split in order.
@@ -144,24 +168,10 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
                         f"experiments_dir) does not exist: expected the folder the study's "
                         f"runs are trained into")
     report = ExtractReport()
-    work: list[tuple[RunSpec, Path, list[Path]]] = []
-    for spec, run_dir in layout.iter_run_dirs(experiments_dir):
-        outside = _outside_study(study, spec)
-        if outside is not None:
-            report.not_in_study[outside] += 1
-            continue
-        reason = _unfinished_reason(run_dir)
-        if reason is not None:
-            report.skipped.append((spec.name, reason))
-            log(f"skip {spec.name}: {reason}")
-            continue
-        targets = [layout.representation_path(study.analysis_dir, study.name, spec, role)
-                   for role in _roles(study, spec)]
-        if _is_up_to_date(targets, run_dir / runstate.BEST_FILE):
-            report.up_to_date.extend(targets)
-            continue
-        work.append((spec, run_dir, targets))
-
+    work = _pending_runs(study, experiments_dir, report, log)
+    if work:
+        store.ensure_writable_dir(layout.representations_dir(study.analysis_dir, study.name),
+                                  "representations folder")
     torch_device = resolve_device(device) if work else None
     data_of: dict[str, object] = {}  # data set -> DeviceData, or the UserError text
     # grouped by data set (stable: walk order within one), one data set in memory at a time
@@ -187,8 +197,10 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
             log(f"skip {spec.name}: corrupt: {error}")
             continue
         arrays = representations_of(model.to(torch_device), device_data, batch_size)
+        provenance = store.provenance_of(spec.name, run_dir, study.name,
+                                         run_dir / runstate.BEST_FILE)
         for target in targets:
-            store.save_representation(target, arrays)
+            store.save_representation(target, arrays, provenance)
             report.extracted.append(target)
         log(f"[{index}/{len(work)}] extracted {spec.name} -> {targets[0]}"
             + (f" (+{len(targets) - 1} more)" if len(targets) > 1 else "")
@@ -199,6 +211,9 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
 def command(args) -> int:
     """``kdlab extract STUDY [--device]``."""
     study = load_study(args.study)
-    report = extract_study(study, device=args.device)
+    try:
+        report = extract_study(study, device=args.device)
+    except OSError as error:
+        raise store.write_failure(error) from None
     print(f"extract {study.name}: {report.summary()}")
     return 0

@@ -138,6 +138,40 @@ def linear_cka(features_a, features_b) -> float:
     return float(cross / (norm_a * norm_b))
 
 
+def linear_cka_debiased(features_a, features_b) -> float:
+    """Linear CKA with the unbiased HSIC estimator (Song et al. 2012, "Feature selection via
+    dependence maximization", eq. 5), as used by Nguyen et al. 2021 ("Do wide and deep
+    networks learn the same things?"): the biased estimator is inflated when n is not much
+    larger than the feature count. Computed in feature space for [n, p] and [n, q] (n >= 4),
+    without forming n x n matrices. Can be slightly negative for unrelated data; NaN when
+    either side's unbiased self-similarity is not positive."""
+    a, b = _paired(features_a, features_b)
+    if a.shape[0] < 4:
+        raise ValueError(f"debiased CKA needs at least 4 samples, found {a.shape[0]}")
+    a = a - a.mean(axis=0)  # the estimator is translation invariant; centring aids round-off
+    b = b - b.mean(axis=0)
+    cross = _unbiased_linear_hsic(a, b)
+    self_a = _unbiased_linear_hsic(a, a)
+    self_b = _unbiased_linear_hsic(b, b)
+    if self_a <= 0 or self_b <= 0:
+        return float("nan")
+    return float(cross / np.sqrt(self_a * self_b))
+
+
+def _unbiased_linear_hsic(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased HSIC of the linear kernels K = a a^T, L = b b^T with zeroed diagonals:
+    [tr(KL) + 1'K1 1'L1 / ((n-1)(n-2)) - 2/(n-2) 1'KL1] / (n(n-3))."""
+    n = a.shape[0]
+    diag_k = np.einsum("ij,ij->i", a, a)
+    diag_l = np.einsum("ij,ij->i", b, b)
+    trace = np.linalg.norm(a.T @ b, "fro") ** 2 - float(diag_k @ diag_l)
+    row_k = a @ a.sum(axis=0) - diag_k  # K~ 1
+    row_l = b @ b.sum(axis=0) - diag_l
+    sum_k, sum_l = row_k.sum(), row_l.sum()
+    return float((trace + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * row_k @ row_l)
+                 / (n * (n - 3)))
+
+
 def _center_gram(gram: np.ndarray) -> np.ndarray:
     """H K H with H = I - 11^T/n, without forming H."""
     gram = gram - gram.mean(axis=0, keepdims=True)
@@ -213,6 +247,27 @@ def principal_angles(features_a, features_b, n_components: int) -> np.ndarray:
     scores_a = _pca(a, n_components).fit_transform(a)
     scores_b = _pca(b, n_components).fit_transform(b)
     return np.sort(subspace_angles(scores_a, scores_b))
+
+
+def procrustes_distance(features_a, features_b) -> float:
+    """Orthogonal Procrustes distance (Ding et al. 2021; Williams et al. 2021) of [n, p] and
+    [n, q]: both sides column-centred and scaled to unit Frobenius norm, the narrower padded
+    with zero columns, then min over orthogonal R of ||A R - B||_F (scipy's
+    orthogonal_procrustes). 0 = equal up to rotation, reflection and scale; at most 2."""
+    from scipy.linalg import orthogonal_procrustes
+
+    a, b = _paired(features_a, features_b)
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    width = max(a.shape[1], b.shape[1])
+    a = np.pad(a, ((0, 0), (0, width - a.shape[1])))
+    b = np.pad(b, ((0, 0), (0, width - b.shape[1])))
+    norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
+    if norm_a == 0 or norm_b == 0:
+        return float("nan")
+    a, b = a / norm_a, b / norm_b
+    rotation, _ = orthogonal_procrustes(a, b)
+    return float(np.linalg.norm(a @ rotation - b))
 
 
 # ---- ICA (Hyvärinen & Oja 2000, FastICA) ------------------------------------------------------

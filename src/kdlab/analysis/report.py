@@ -14,56 +14,25 @@ from pathlib import Path
 
 from .. import layout
 from ..runstate import atomic_write_text
+from . import registry
+from .figures import figure_files, sweep_metrics
 from .store import LAYERS
 
-def metric_descriptions() -> list[tuple[str, str]]:
-    """(metric name(s), one sentence) for every metric of metrics.csv, with the settings
-    of :data:`kdlab.analysis.compute.SETTINGS` filled in."""
-    from .compute import MATCH_THRESHOLD, SETTINGS as S
 
-    return [
-        ("test_acc", "Top-1 accuracy (%) on the test split, from the stored logits of the "
-                     "run's best weights."),
-        ("pca_cumvar_k", "Fraction of the layer's variance captured by its first k principal "
-                         "components (PCA of the global-average-pooled features)."),
-        ("effective_dim_90 / effective_dim_95", "Number of principal components needed to "
-                                                "explain 90% / 95% of the variance."),
-        ("participation_ratio", "(Σλ)² / Σλ² of the PCA eigenvalues λ: how many directions "
-                                "the variance is spread over (Gao et al. 2017)."),
-        ("numerical_rank", "Number of principal components with non-negligible variance "
-                           "(dead channels lower it)."),
-        ("cka_linear", "Linear centred kernel alignment with the teacher at the same layer, "
-                       "1 = the same representation up to rotation and scale (Kornblith et "
-                       "al. 2019)."),
-        ("cka_linear_vs_teacher_LAYER", "Linear CKA of this student layer against the named "
-                                        "teacher layer (the 3 × 3 cross-layer matrix)."),
-        ("cka_rbf / cka_rbf_minus_linear",
-         f"CKA with a Gaussian kernel (bandwidth {S['rbf_sigma_fraction']} × the median "
-         f"distance, on {S['rbf_cka_samples']:,} samples), and how far it exceeds linear "
-         "CKA (similarity a linear kernel misses)."),
-        ("principal_angle_i / principal_angle_mean",
-         f"Angles (degrees) between the spans of the top-{S['principal_angle_components']} "
-         "principal-component scores of student and teacher; 0° = the same subspace "
-         "(Björck & Golub 1973)."),
-        (f"ica_matched_r_mean / ica_matched_above_{MATCH_THRESHOLD}",
-         f"FastICA components ({S['ica_components']}, fixed seed, fitted on "
-         f"{S['ica_fit_samples']:,} samples) of student and teacher matched one-to-one by the "
-         f"Hungarian algorithm on |correlation|: mean matched |r| and the count above "
-         f"{MATCH_THRESHOLD}."),
-        ("ica_converged / ica_pair_converged / ica_iterations",
-         f"Whether FastICA converged within {S['ica_max_iter']} iterations for this model "
-         "(pair: for both models), and the iterations used; non-converged fits are flagged, "
-         "not dropped."),
-        ("fisher", "Fisher criterion tr(S_B)/tr(S_W): between-class over within-class "
-                   "scatter of the features; higher = classes more separable (Fisher 1936)."),
-        ("twonn_dim", "Intrinsic dimension by TwoNN, from the ratios of second to first "
-                      f"nearest-neighbour distances on {S['twonn_samples']:,} samples (Facco "
-                      "et al. 2017)."),
-        ("rsa_spearman", "Representational similarity: Spearman correlation of student and "
-                         f"teacher pairwise-distance matrices on {S['rsa_samples']:,} samples "
-                         "(Kriegeskorte et al. 2008)."),
-        ("knn_acc", f"Accuracy (%) of a {S['knn_k']}-nearest-neighbour probe on the layer's "
-                    "features (fixed half/half split of the test split)."),
+def metric_descriptions() -> list[tuple[str, str]]:
+    """(row name(s), one sentence with its reference) for every metric of metrics.csv, from
+    the registry (:mod:`kdlab.analysis.registry`), settings filled in."""
+    return [metric.glossary() for metric in registry.REGISTRY.values()] + [
+        ("METRIC_ci_low / METRIC_ci_high",
+         f"95% percentile bootstrap interval over samples "
+         f"({registry.SETTINGS['bootstrap_samples']} resamples, fixed seed) of "
+         f"{', '.join(registry.with_intervals())}, from the precomputed Gram and distance "
+         "matrices (see kdlab.analysis.bootstrap)."),
+        ("noise floors (floors.csv)",
+         "Pair metrics of networks that share no distillation: pure student against pure "
+         "student and teacher against teacher of other seeds (the pure student against its "
+         "teacher is the 'pure' row); drawn as bands in the same-layer CKA bars and the "
+         "sweeps of pair metrics. A KD effect is read against these."),
     ]
 
 
@@ -113,38 +82,29 @@ def _gallery(paths: list[Path], root: Path) -> str:
     return '<div class="gallery">' + "\n".join(_figure(p, root) for p in existing) + "</div>"
 
 
-def write_report(study, result, accuracy) -> Path:
-    """Write ``report.html`` in the study's analysis folder; return its path.
+def _header(study, result) -> list[str]:
+    return [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>kdlab analysis: {html.escape(study.name)}</title>"
+            f"<style>{_STYLE}</style></head><body>",
+            f"<h1>Representation analysis — study {html.escape(study.name)}</h1>",
+            f"<p>Teacher {html.escape(study.teacher)}, student {html.escape(study.student)}; "
+            f"data sets {html.escape(', '.join(study.datasets))}; methods "
+            f"{html.escape(', '.join(study.methods) or 'none')}; alphas "
+            f"{html.escape(', '.join(layout.format_alpha(a) for a in study.alphas) or 'none')}; "
+            f"seeds {html.escape(', '.join(str(s) for s in study.seeds))}. "
+            f"Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
+            f"{len(result.readable)} of {len(result.available) + len(result.missing)} "
+            f"expected representations analysed.</p>"]
 
-    ``result``: the :class:`~kdlab.analysis.analyze.AnalysisReport` of this pass;
-    ``accuracy``: the accuracy table (:func:`kdlab.analysis.tables.accuracy_table`)."""
-    from .figures import figure_files, sweep_metrics
 
-    root = layout.analysis_dir(study.analysis_dir, study.name)
-    groups = figure_files(study)
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>kdlab analysis: {html.escape(study.name)}</title>"
-             f"<style>{_STYLE}</style></head><body>",
-             f"<h1>Representation analysis — study {html.escape(study.name)}</h1>",
-             f"<p>Teacher {html.escape(study.teacher)}, student {html.escape(study.student)}; "
-             f"data sets {html.escape(', '.join(study.datasets))}; methods "
-             f"{html.escape(', '.join(study.methods) or 'none')}; alphas "
-             f"{html.escape(', '.join(layout.format_alpha(a) for a in study.alphas) or 'none')}; "
-             f"seeds {html.escape(', '.join(str(s) for s in study.seeds))}. "
-             f"Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
-             f"{len(result.available)} of {len(result.available) + len(result.missing)} "
-             f"expected representations analysed.</p>"]
-
-    tables = [(root / name, text) for name, text in (
-        ("metrics.csv", "metrics.csv — every metric, one row per data set × method × alpha × "
-                        "seed × layer × metric"),
-        ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds"),
-        ("accuracy.md", "accuracy.md — the same as Markdown"))]
+def _tables_and_notes(study, result, root: Path) -> list[str]:
+    parts = []
+    tables = [(layout.analysis_table_path(study.analysis_dir, study.name, name), text)
+              for name, text in TABLES]
     existing_tables = [(path, text) for path, text in tables if path.is_file()]
     if existing_tables:
         parts.append("<h2>Tables</h2><ul>" + "".join(
             f"<li>{_link(path, root, text)}</li>" for path, text in existing_tables) + "</ul>")
-
     if result.problems or result.notes or result.missing:
         parts.append("<h2>Notes</h2><ul>")
         parts += [f'<li class="problem">{html.escape(p)}</li>' for p in result.problems]
@@ -155,7 +115,47 @@ def write_report(study, result, accuracy) -> Path:
                          "representation yet (gaps in the figures)</summary><ul>"
                          + "".join(f"<li>{html.escape(e.label)}</li>" for e in result.missing)
                          + "</ul></details>")
+    return parts
 
+
+TABLES = [("metrics.csv", "metrics.csv — every metric, one row per data set × method × alpha "
+                          "× seed × layer × metric"),
+          ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds"),
+          ("accuracy.md", "accuracy.md — the same as Markdown")]
+
+
+def _dataset_section(study, dataset: str, accuracy, groups: dict, root: Path) -> list[str]:
+    parts = [f"<h2>{html.escape(dataset)}</h2>",
+             "<h3>Test accuracy</h3>" + _accuracy_html(accuracy, dataset)]
+    summary = groups.get(f"{dataset}/summary", [])
+    sweep_groups = [f"{dataset}/sweeps/{metric}" for metric, *_ in sweep_metrics()]
+    sweep_groups.append(f"{dataset}/sweeps/accuracy_vs_alignment")
+    sweeps = [path for group_id in sweep_groups for path in groups.get(group_id, [])]
+    if not (summary or sweeps or any(groups.get(f"{dataset}/per_method/{m}")
+                                     for m in study.methods)):
+        return parts + ['<p class="note">no figures for this data set (no representations '
+                        'yet)</p>']
+    parts.append("<h3>Summary</h3>" + _gallery(summary, root))
+    parts.append("<h3>Alpha sweeps</h3>"
+                 + _gallery([p for p in sweeps if p.stem.startswith("sweep_")], root))
+    parts.append("<h3>Method × alpha heatmaps</h3>"
+                 + _gallery([p for p in sweeps if p.stem.startswith("heatmap_")], root))
+    parts.append("<h3>Accuracy against alignment</h3>"
+                 + _gallery([p for p in sweeps if p.stem.startswith("accuracy_vs")], root))
+    for method in study.methods:
+        parts.append(f"<h3>Per method: {html.escape(method)}</h3>"
+                     + _gallery(groups.get(f"{dataset}/per_method/{method}", []), root))
+    return parts
+
+
+def write_report(study, result, accuracy) -> Path:
+    """Write ``report.html`` in the study's analysis folder; return its path.
+
+    ``result``: the :class:`~kdlab.analysis.analyze.AnalysisReport` of this pass;
+    ``accuracy``: the accuracy table (:func:`kdlab.analysis.tables.accuracy_table`)."""
+    root = layout.analysis_dir(study.analysis_dir, study.name)
+    groups = figure_files(study)
+    parts = _header(study, result) + _tables_and_notes(study, result, root)
     parts.append("<h2>Metrics</h2><p>Per model and layer (layers: "
                  f"{', '.join(LAYERS)}, global-average-pooled), and per teacher–student pair "
                  "of the same seed. Subsample sizes and seeds are fixed; see "
@@ -163,30 +163,9 @@ def write_report(study, result, accuracy) -> Path:
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>"
               for name, text in metric_descriptions()]
     parts.append("</dl>")
-
     for dataset in study.datasets:
-        parts.append(f"<h2>{html.escape(dataset)}</h2>")
-        parts.append("<h3>Test accuracy</h3>" + _accuracy_html(accuracy, dataset))
-        summary = groups.get(f"{dataset}/summary", [])
-        sweep_groups = [f"{dataset}/sweeps/{metric}" for metric, *_ in sweep_metrics()]
-        sweep_groups.append(f"{dataset}/sweeps/accuracy_vs_alignment")
-        sweeps = [path for group_id in sweep_groups for path in groups.get(group_id, [])]
-        if not (summary or sweeps or any(groups.get(f"{dataset}/per_method/{m}")
-                                         for m in study.methods)):
-            parts.append('<p class="note">no figures for this data set (no representations '
-                         'yet)</p>')
-            continue
-        parts.append("<h3>Summary</h3>" + _gallery(summary, root))
-        parts.append("<h3>Alpha sweeps</h3>"
-                     + _gallery([p for p in sweeps if p.stem.startswith("sweep_")], root))
-        parts.append("<h3>Method × alpha heatmaps</h3>"
-                     + _gallery([p for p in sweeps if p.stem.startswith("heatmap_")], root))
-        parts.append("<h3>Accuracy against alignment</h3>"
-                     + _gallery([p for p in sweeps if p.stem.startswith("accuracy_vs")], root))
-        for method in study.methods:
-            parts.append(f"<h3>Per method: {html.escape(method)}</h3>"
-                         + _gallery(groups.get(f"{dataset}/per_method/{method}", []), root))
+        parts += _dataset_section(study, dataset, accuracy, groups, root)
     parts.append("</body></html>")
-    path = root / "report.html"
+    path = layout.report_path(study.analysis_dir, study.name)
     atomic_write_text(path, "\n".join(parts) + "\n")
     return path

@@ -4,11 +4,19 @@ Keys: ``layer1`` [N,16], ``layer2`` [N,32], ``layer3`` [N,64] (global-average-po
 outputs of the three ResNet stages), ``logits`` [N,C] (float32) and ``labels`` [N] (int64),
 rows in the order of the data set's test split. Where a file lives is decided by
 :func:`kdlab.layout.representation_path`.
+
+Provenance (optional key ``provenance``, a JSON string): the run (its name and directory),
+the study, the SHA-256 of the weights file the features came from and kdlab's version.
+Files written before provenance existed have none and still load
+(:func:`read_provenance` returns None).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,6 +28,7 @@ from ..runstate import atomic_write_bytes
 LAYERS = ("layer1", "layer2", "layer3")
 FEATURE_KEYS = LAYERS + ("logits",)
 KEYS = FEATURE_KEYS + ("labels",)
+PROVENANCE_KEY = "provenance"
 
 
 def validate_representation(arrays: dict, where: str) -> dict[str, np.ndarray]:
@@ -45,11 +54,15 @@ def validate_representation(arrays: dict, where: str) -> dict[str, np.ndarray]:
     return result
 
 
-def save_representation(path: str | Path, arrays: dict) -> None:
-    """Validate ``arrays`` (see module docstring) and write them to ``path`` atomically."""
+def save_representation(path: str | Path, arrays: dict, provenance: dict | None = None) -> None:
+    """Validate ``arrays`` (see module docstring) and write them to ``path`` atomically,
+    with ``provenance`` (JSON-serialisable) when given."""
     arrays = validate_representation(arrays, str(path))
+    stored = {key: arrays[key] for key in KEYS}
+    if provenance is not None:
+        stored[PROVENANCE_KEY] = np.array(json.dumps(provenance, sort_keys=True))
     buffer = io.BytesIO()
-    np.savez(buffer, **{key: arrays[key] for key in KEYS})
+    np.savez(buffer, **stored)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -67,6 +80,33 @@ def load_representation(path: str | Path) -> dict[str, np.ndarray]:
     return validate_representation(arrays, str(path))
 
 
+def weights_digest(path: str | Path) -> str:
+    """SHA-256 (hex) of a weights file, for a representation's provenance."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def provenance_of(run_name: str, run_dir: str | Path, study_name: str,
+                  weights_path: str | Path) -> dict:
+    from .. import __version__
+
+    return {"run": run_name, "run_dir": str(run_dir), "study": study_name,
+            "weights_sha256": weights_digest(weights_path), "kdlab_version": __version__}
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """The provenance stored with a representation; None when the file has none (written
+    before provenance existed) or it cannot be read or parsed."""
+    try:
+        with _open_archive(path) as archive:
+            if PROVENANCE_KEY not in archive.files:
+                return None
+            value = json.loads(str(archive[PROVENANCE_KEY]))
+    except _READ_ERRORS:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 # What numpy and zipfile raise for a truncated, garbled or non-npz file.
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, TypeError)
 
@@ -81,8 +121,33 @@ def _open_archive(path: str | Path):
 def is_readable(path: str | Path) -> bool:
     """True when ``path`` is a complete representation file (all keys present). Cheap: reads
     the archive's directory, not the arrays."""
+    return unreadable_reason(path) is None
+
+
+def unreadable_reason(path: str | Path) -> str | None:
+    """Why ``path`` is not a complete representation file (one line), or None when it is."""
     try:
         with _open_archive(path) as archive:
-            return all(key in archive.files for key in KEYS)
-    except _READ_ERRORS:
-        return False
+            missing = [key for key in KEYS if key not in archive.files]
+    except _READ_ERRORS as error:
+        return f"unreadable: {type(error).__name__}: {error}"
+    return f"unreadable: missing array(s) {', '.join(missing)}" if missing else None
+
+
+def ensure_writable_dir(folder: str | Path, what: str) -> None:
+    """Create ``folder`` if needed and check a file can be written in it; UserError naming
+    it (e.g. it is a file, or read-only) otherwise, before any work is done."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write the {what} {folder} ({error.strerror or error}): "
+                        "expected a writable directory") from None
+
+
+def write_failure(error: OSError) -> UserError:
+    """One line for a write that failed part-way (a full disk, a read-only subfolder)."""
+    where = error.filename or "the analysis folder"
+    return UserError(f"cannot write {where} ({error.strerror or error}): expected a writable "
+                     "analysis folder with free space")

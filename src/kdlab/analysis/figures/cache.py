@@ -1,0 +1,222 @@
+"""Figure groups: which groups a study has, what each shows (a digest of its data), and
+drawing only the groups whose data changed since the last analysis.
+
+Figures are drawn in groups (one per data set x method, one per sweep metric, one for the
+summary); a group is redrawn only when the data it shows changed (digest in the manifest
+:func:`kdlab.layout.figure_manifest_path`), so a re-run after one new run redraws only
+what it touches. Files a redrawn group no longer produces are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ... import layout
+from ...runstate import atomic_write_json, read_json, StateFileError
+from .. import workers
+from .common import FIGURE_VERSION, FLOORS, PURE, TEACHER, Grid, Values, alpha_text
+from .per_method import draw_per_method
+from .summary import draw_summary
+from .sweeps import draw_accuracy_vs_alignment, draw_sweep, sweep_metrics
+
+
+
+@dataclass
+class FigureOutcome:
+    """What one :func:`draw_study` pass did: figure files drawn and kept (unchanged), and
+    notes for the report."""
+
+    drawn: int = 0
+    kept: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def draw_group(kind: str, grid: Grid, frame, payload: dict, out_dir: str) -> dict:
+    """Draw one group of figures (worker entry point). Returns {'files': [str], 'notes'}."""
+    out = Path(out_dir)
+    values = Values(frame)
+    notes: list[str] = []
+    if kind == "per_method":
+        files = draw_per_method(grid, values, payload["method"], out)
+    elif kind == "sweep":
+        files = draw_sweep(grid, values, out, payload["metric"])
+    elif kind == "accuracy_vs_alignment":
+        files = draw_accuracy_vs_alignment(grid, values, out)
+    elif kind == "summary":
+        files, notes = draw_summary(grid, values, payload, out)
+    else:
+        raise ValueError(f"unknown figure group {kind!r}")
+    return {"files": [str(path) for path in files], "notes": notes}
+
+
+def _digest(kind: str, grid: Grid, frame, payload: dict) -> str:
+    import pandas as pd
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps([FIGURE_VERSION, kind, asdict(grid)], sort_keys=True).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    # Paths are left out (the files are identified by name, size and time in 'umap_files'),
+    # so a moved or synced analysis folder keeps its figures.
+    digest.update(_payload_bytes({key: value for key, value in payload.items()
+                                  if key not in _PATH_KEYS}))
+    return digest.hexdigest()
+
+
+_PATH_KEYS = ("umap_teacher", "umap_students")
+
+
+def _payload_bytes(value) -> bytes:
+    if isinstance(value, np.ndarray):
+        return value.tobytes() + str(value.shape).encode()
+    if isinstance(value, dict):
+        return b"{" + b"".join(key.encode() + b":" + _payload_bytes(value[key])
+                               for key in sorted(value)) + b"}"
+    if isinstance(value, (list, tuple)):
+        return b"[" + b",".join(_payload_bytes(item) for item in value) + b"]"
+    return repr(value).encode()
+
+
+def _scatter_panels(grid: Grid, entries_scatter: dict):
+    """Teacher, pure student and one student per method (largest alpha present, then the
+    smallest seed) for the layer3 PCA scatter."""
+    def pick(method):
+        candidates = [entry for entry in entries_scatter if entry.method == method]
+        if not candidates:
+            return None
+        return sorted(candidates, key=lambda e: (-(e.alpha or 0.0), e.seed))[0]
+
+    panels, chosen = [], []
+    for method in [TEACHER, PURE] + list(grid.methods):
+        entry = pick(method)
+        name = {TEACHER: f"teacher ({grid.teacher_model})",
+                PURE: f"pure ({grid.student_model})"}.get(method, method)
+        if entry is None:
+            panels.append((name, None, None))
+            continue
+        coords, labels = entries_scatter[entry]
+        suffix = (f" α={alpha_text(entry.alpha)}" if entry.alpha is not None else "") + \
+            f" s{entry.seed}"
+        panels.append((name + suffix, coords, labels))
+        chosen.append((method, entry, name + suffix))
+    return panels, chosen
+
+
+def _summary_payload(grid: Grid, scatter: dict) -> dict:
+    """What the summary group shows besides the frame: scatter panels and UMAP inputs."""
+    from ..compute import file_key
+
+    panels, chosen = _scatter_panels(grid, scatter)
+    label_sets = [labels for _, _, labels in panels if labels is not None]
+    return {
+        "scatter_panels": panels,
+        "num_classes": int(max(int(labels.max()) + 1 for labels in label_sets))
+        if label_sets else None,
+        "umap_teacher": next((str(e.path) for m, e, _ in chosen if m == TEACHER), None),
+        "umap_students": [(title, str(e.path)) for m, e, title in chosen if m != TEACHER],
+        "umap_files": [file_key(e.path) for _, e, _ in chosen if e.path.exists()],
+    }
+
+
+def dataset_groups(study, dataset: str, data, scatter: dict) -> list[tuple]:
+    """(group id, kind, frame subset, payload, output folder) of one data set's groups."""
+    grid = Grid(study.name, dataset, tuple(study.methods), tuple(study.alphas),
+                tuple(study.seeds), study.teacher, study.student)
+    base = layout.figures_dir(study.analysis_dir, study.name, dataset)
+    groups = []
+    if study.methods and study.alphas:
+        for method in study.methods:
+            shown = [method, TEACHER, PURE] + [floor for floor, *_ in FLOORS]
+            subset = data[data["method"].isin(shown)].reset_index(drop=True)
+            groups.append((f"{dataset}/per_method/{method}", "per_method", subset,
+                           {"method": method}, base / "per_method" / method))
+        for metric, *_ in sweep_metrics():
+            groups.append((f"{dataset}/sweeps/{metric}", "sweep",
+                           data[data["metric"] == metric].reset_index(drop=True),
+                           {"metric": metric}, base / "sweeps"))
+        groups.append((f"{dataset}/sweeps/accuracy_vs_alignment", "accuracy_vs_alignment",
+                       data[((data["metric"] == "cka_linear") & (data["layer"] == "layer3"))
+                            | (data["metric"] == "test_acc")].reset_index(drop=True),
+                       {}, base / "sweeps"))
+    groups.append((f"{dataset}/summary", "summary",
+                   data[data["metric"] == "test_acc"].reset_index(drop=True),
+                   _summary_payload(grid, scatter), base / "summary"))
+    return [(group_id, kind, grid, subset, payload, out)
+            for group_id, kind, subset, payload, out in groups]
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        return read_json(path) or {}
+    except StateFileError:
+        return {}
+
+
+def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True) -> FigureOutcome:
+    """Draw (or keep, when unchanged) every figure group of every data set of the study.
+
+    ``frame``: metrics frame; ``scatter``: Entry -> (coords [m,2], labels [m]); ``pool``:
+    where groups are drawn (:mod:`kdlab.analysis.workers`). Returns what was drawn, kept
+    and noticed. The manifest maps each group to its digest and files."""
+    root = layout.analysis_dir(study.analysis_dir, study.name)
+    manifest_path = layout.figure_manifest_path(study.analysis_dir, study.name)
+    manifest = _read_manifest(manifest_path)
+    outcome = FigureOutcome()
+    tasks, new_manifest = [], {}
+    for dataset in study.datasets:
+        data = frame[frame["dataset"] == dataset].reset_index(drop=True)
+        if data.empty:
+            outcome.notes.append(f"{dataset}: no representations yet, no figures")
+            continue
+        if not (study.methods and study.alphas):
+            outcome.notes.append(f"{dataset}: the study has no KD methods / alphas, so no "
+                                 "per-method figures and no alpha sweeps")
+        dataset_scatter = {entry: value for entry, value in scatter.items()
+                           if entry.dataset == dataset}
+        for group_id, kind, grid, subset, payload, out in dataset_groups(
+                study, dataset, data, dataset_scatter):
+            digest = _digest(kind, grid, subset, payload)
+            previous = manifest.get(group_id, {})
+            if (previous.get("digest") == digest
+                    and all((root / f).is_file() for f in previous.get("files", []))):
+                new_manifest[group_id] = previous
+                outcome.notes += previous.get("notes", [])
+                outcome.kept += len(previous.get("files", []))
+                continue
+            tasks.append((group_id, draw_group, kind, grid, subset, payload, str(out)))
+            new_manifest[group_id] = {"digest": digest, "files": [], "notes": []}
+    _draw_tasks(tasks, pool, show_progress, root, manifest, new_manifest, outcome)
+    atomic_write_json(manifest_path, new_manifest)
+    return outcome
+
+
+def _draw_tasks(tasks, pool, show_progress, root: Path, manifest: dict, new_manifest: dict,
+                outcome: FigureOutcome) -> None:
+    """Draw the groups that changed; remove files no group produces any more."""
+    for group_id, drawn in workers.run_all(pool, tasks, "figures", show_progress):
+        # relative to the analysis folder, so the folder can be moved or synced
+        files = [Path(os.path.relpath(f, root)).as_posix() for f in drawn["files"]]
+        new_manifest[group_id]["files"] = files
+        new_manifest[group_id]["notes"] = drawn["notes"]
+        outcome.notes += drawn["notes"]
+        outcome.drawn += len(files)
+        for stale in set(manifest.get(group_id, {}).get("files", [])) - set(files):
+            (root / stale).unlink(missing_ok=True)
+    for group_id, entry in manifest.items():  # groups that no longer exist (study changed)
+        if group_id not in new_manifest:
+            for stale in entry.get("files", []):
+                (root / stale).unlink(missing_ok=True)
+
+
+def figure_files(study) -> dict[str, list[Path]]:
+    """Group id -> existing figure files (paths under the analysis folder), from the
+    manifest of the last analysis."""
+    root = layout.analysis_dir(study.analysis_dir, study.name)
+    manifest = _read_manifest(layout.figure_manifest_path(study.analysis_dir, study.name))
+    return {group_id: [root / f for f in entry.get("files", []) if (root / f).is_file()]
+            for group_id, entry in manifest.items()}

@@ -1,0 +1,153 @@
+"""Summary figures under ``figures/{dataset}/summary/``: pca_scatter_layer3, the UMAP of
+the teacher's layer3 with students mapped into it (umap-learn), and the accuracy table.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .common import (PURE, TEACHER, Grid, Values, alpha_text, figure_title, no_data, plt,
+                     save_figure, subplots)
+
+def draw_summary(grid: Grid, values: Values, payload: dict, out: Path
+                 ) -> tuple[list[Path], list[str]]:
+    """The summary group: PCA scatter, UMAP and accuracy table; (files, notes)."""
+    written: list[Path] = []
+    notes: list[str] = []
+    for result in (pca_scatter(grid, payload, out), umap_figure(grid, payload, out)):
+        if isinstance(result, Path):
+            written.append(result)
+        elif result:
+            notes.append(result)
+    written.append(accuracy_table_figure(grid, values, out))
+    return written, notes
+
+
+def class_colours(classes: int) -> np.ndarray:
+    """RGBA colours [classes, 4], all distinct: tab10 up to 10 classes, tab20 up to 20,
+    else evenly spaced hues of a continuous map (never ``label % 10``)."""
+    if classes <= 10:
+        return plt.get_cmap("tab10")(np.arange(classes))
+    if classes <= 20:
+        return plt.get_cmap("tab20")(np.arange(classes))
+    return plt.get_cmap("turbo")(np.linspace(0.0, 1.0, classes))
+
+
+def scatter_panels(grid: Grid, panels: list, classes: int, title: str, path: Path) -> Path:
+    """One scatter panel per (title, coords [m, 2] or None, labels [m] or None), coloured by
+    class; a legend of classes (a colour bar above 20 classes)."""
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = subplots(rows, columns, width=3.2, height=3.0)
+    colours = class_colours(classes)
+    for index, ax in enumerate(axes.flat):
+        if index >= len(panels):
+            ax.axis("off")
+            continue
+        name, coords, labels = panels[index]
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if coords is None or not np.isfinite(coords).any():
+            no_data(ax, "no run" if coords is None else "degenerate (rank < 2)")
+            continue
+        ax.scatter(coords[:, 0], coords[:, 1], c=colours[labels], s=2, alpha=0.6,
+                   linewidths=0)
+    if classes <= 20:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=colours[c], label=str(c))
+                   for c in range(classes)]
+        figure.legend(handles=handles, title="class", fontsize=7, loc="outside right center")
+    else:
+        mappable = plt.cm.ScalarMappable(cmap="turbo", norm=plt.Normalize(0, classes - 1))
+        figure.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8, label="class")
+    figure_title(figure, grid, title)
+    save_figure(figure, path)
+    return path
+
+
+def pca_scatter(grid: Grid, payload: dict, out: Path) -> Path | None:
+    """Layer3 in each chosen model's first two principal components."""
+    panels = payload["scatter_panels"]  # [(title, coords [m,2] or None, labels [m] or None)]
+    classes = payload["num_classes"]
+    if not panels or classes is None:
+        return None
+    return scatter_panels(grid, panels, classes, "layer3, first two principal components "
+                          "(each model's own PCA)", out / "pca_scatter_layer3.png")
+
+
+def accuracy_table_figure(grid: Grid, values: Values, out: Path) -> Path:
+    """The accuracy table as a figure: rows teacher, pure, methods; columns alphas."""
+    row_names = [f"teacher ({grid.teacher_model})", f"pure ({grid.student_model})"] + list(grid.methods)
+    column_names = ["—"] + [f"α = {alpha_text(a)}" for a in grid.alphas]
+    text = [["" for _ in column_names] for _ in row_names]
+    shade = np.full((len(row_names), len(column_names)), np.nan)
+    for row, (who, alphas) in enumerate([(TEACHER, [None]), (PURE, [None])]
+                                        + [(m, list(grid.alphas)) for m in grid.methods]):
+        for alpha in alphas:
+            column = 0 if alpha is None else 1 + grid.alphas.index(alpha)
+            mean, std, count = values.stats(who, alpha, "logits", "test_acc")
+            if count == 0:
+                text[row][column] = "n/a"
+            elif count == 1:
+                text[row][column] = f"{mean:.2f} (1)"
+            else:
+                text[row][column] = f"{mean:.2f} ± {std:.2f} ({count})"
+            shade[row, column] = mean
+    figure, axes = subplots(1, 1, width=1.45 * len(column_names) + 1.8,
+                             height=0.32 * len(row_names) + 0.9)
+    ax = axes[0, 0]
+    ax.axis("off")
+    finite = shade[np.isfinite(shade)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    colour_map = plt.get_cmap("Greens")
+    cell_colours = [[colour_map(0.15 + 0.5 * (v - low) / (high - low + 1e-9)) if np.isfinite(v)
+                     else (1, 1, 1, 1) for v in shade_row] for shade_row in shade]
+    table = ax.table(cellText=text, rowLabels=row_names, colLabels=column_names,
+                     cellColours=cell_colours, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1.0, 1.3)
+    ax.set_title(f"{grid.dataset}: test accuracy (%), mean ± std (seeds found, of "
+                 f"{len(grid.seeds)})", fontsize=10)
+    save_figure(figure, out / "accuracy_table.png")
+    return out / "accuracy_table.png"
+
+
+def map_into(features: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``features`` [n, p] mapped into the space of ``target`` [n, q] by the affine least-
+    squares fit (the channels of two networks are not aligned)."""
+    mean, target_mean = features.mean(axis=0), target.mean(axis=0)
+    mapping, *_ = np.linalg.lstsq(features - mean, target - target_mean, rcond=None)
+    return (features - mean) @ mapping + target_mean
+
+
+def umap_figure(grid: Grid, payload: dict, out: Path):
+    """The teacher's layer3 in a 2-D UMAP (McInnes et al. 2018), with each method's chosen
+    student mapped into the teacher's feature space (:func:`map_into`) and placed by the
+    teacher's UMAP. Returns the figure path, or a note saying why it was skipped."""
+    try:
+        import umap  # optional extra: pip install 'kdlab[umap]'
+    except ImportError:
+        return (f"{grid.dataset}: UMAP projection skipped: umap-learn is not installed "
+                "(optional extra: pip install 'kdlab[umap]')")
+    from ..metrics import subsample_indices
+    from ..store import load_representation
+
+    teacher_path = payload.get("umap_teacher")
+    if teacher_path is None:
+        return f"{grid.dataset}: UMAP projection skipped: no teacher representation"
+    teacher = load_representation(teacher_path)
+    index = subsample_indices(teacher["labels"].shape[0], 2000, 0)
+    teacher_features = teacher["layer3"][index].astype(np.float64)
+    labels = teacher["labels"][index]
+    reducer = umap.UMAP(n_components=2, random_state=0)
+    panels = [("teacher", reducer.fit_transform(teacher_features), labels)]
+    for title, path in payload.get("umap_students", []):
+        student = load_representation(path)["layer3"][index].astype(np.float64)
+        panels.append((title, reducer.transform(map_into(student, teacher_features)), labels))
+    return scatter_panels(grid, panels, int(labels.max()) + 1, "layer3 in the teacher's UMAP "
+                          "space (students mapped by least squares)",
+                          out / "umap_teacher_layer3.png")

@@ -1,0 +1,59 @@
+"""Noise floors: how similar networks get without any distillation between them.
+
+A KD student's similarity to its teacher is read against pairs that share no
+distillation: the pure student against the pure student of another seed, the teacher
+against the teacher of another seed (where the study has several seeds), and the pure
+student against the teacher (the 'pure' rows of metrics.csv). The first two are computed
+here with the same pair metrics (:func:`kdlab.analysis.compute.teacher_task`), written to
+``floors.csv`` and drawn as reference bands.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+FLOORS = {"pure": "floor_pure_vs_pure", "teacher": "floor_teacher_vs_teacher"}
+COLUMNS = ["dataset", "floor", "seed_a", "seed_b", "layer", "metric", "value"]
+
+
+def floor_pairs(entries) -> dict:
+    """Reference entry -> the entries of the same data set and role (pure or teacher) with
+    a larger seed: every unordered pair of seeds once."""
+    by_group = defaultdict(list)
+    for entry in entries:
+        if entry.method in FLOORS:
+            by_group[(entry.dataset, entry.method)].append(entry)
+    pairs = {}
+    for group in by_group.values():
+        group.sort(key=lambda entry: entry.seed)
+        for index, reference in enumerate(group[:-1]):
+            pairs[reference] = group[index + 1:]
+    return pairs
+
+
+def floor_frame(results: dict):
+    """``floors.csv``'s table from {(reference entry, partner entry): outcome}."""
+    import pandas as pd
+
+    records = [(a.dataset, FLOORS[a.method], a.seed, b.seed, layer, metric, value)
+               for (a, b), outcome in results.items()
+               for layer, metric, value in outcome["rows"]]
+    frame = pd.DataFrame.from_records(records, columns=COLUMNS)
+    frame["value"] = frame["value"].astype(float)
+    return frame.sort_values(COLUMNS[:-1], kind="stable").reset_index(drop=True)
+
+
+def as_metric_rows(frame, columns: list[str]):
+    """The floors in the metrics frame's columns for the figures: method = the floor's
+    name, no alpha, seed = the pair's index within its floor (so mean, std and n over
+    pairs come out of the same lookup as over seeds)."""
+    import pandas as pd
+
+    keys = frame[["dataset", "floor", "seed_a", "seed_b"]].drop_duplicates()
+    keys = keys.assign(seed=keys.groupby(["dataset", "floor"]).cumcount())
+    merged = frame.merge(keys, on=["dataset", "floor", "seed_a", "seed_b"])
+    rows = pd.DataFrame({"dataset": merged["dataset"], "method": merged["floor"],
+                         "alpha": float("nan"), "seed": merged["seed"],
+                         "layer": merged["layer"], "metric": merged["metric"],
+                         "value": merged["value"]})
+    return rows[columns]
