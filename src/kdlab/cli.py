@@ -36,6 +36,9 @@ def _train_parser(sub) -> None:
                    help="data directory (default: $KDLAB_DATA_ROOT or ./data)")
     p.add_argument("--experiments-dir", default="experiments")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 on CUDA where supported, fp32 on CPU")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout")
     p.add_argument("--download", action="store_true",
                    help="download a missing data set through torchvision where it offers one")
     p.add_argument("--force-restart", action="store_true",

@@ -43,6 +43,9 @@ class TrainConfig:
     data_root: str = "data"
     experiments_dir: str = "experiments"
     device: str = "auto"  # auto | cpu | cuda
+    # auto: bf16 on CUDA where supported (else fp16 with a grad scaler), fp32 on CPU
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = False  # NHWC memory layout for models and batches
     eval_batch_size: int = 1000
 
     @property

@@ -52,6 +52,8 @@ class EpochSums:
 def batch_loss(ctx: RunContext, state: TrainingState, teacher, images, labels):
     """(total loss, named terms, student logits) of one batch."""
     config, device = ctx.config, ctx.device
+    if config.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     with autocast(device, ctx.amp_dtype):
         student_outputs = state.model(images)
     logits = student_outputs[-1].float()

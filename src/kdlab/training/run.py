@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,7 +48,9 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
     run_dir = layout.run_dir(config.experiments_dir, spec)
     _check_writable(run_dir)
     flag = StopFlag()
-    ctx = RunContext(config, spec, run_dir, device_module.resolve_device(config.device), quiet)
+    device = device_module.resolve_device(config.device)
+    ctx = RunContext(config, spec, run_dir, device, quiet,
+                     device_module.amp_dtype(device, config.precision))
     with RunLock(run_dir) as lock, stop_signals(flag):
         if run_dir.exists():  # refuse early when another process trains it
             lock.acquire()
@@ -149,6 +152,8 @@ def load_teacher(config: TrainConfig, num_classes: int, device: torch.device):
     teacher = build_model(config.teacher_model, num_classes)
     load_weights_file(teacher, teacher_dir / runstate.BEST_FILE, what="teacher checkpoint")
     teacher.to(device).eval()
+    if config.channels_last:
+        teacher.to(memory_format=torch.channels_last)
     teacher.requires_grad_(False)
     return teacher
 
@@ -164,7 +169,6 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     teacher = (load_teacher(config, info.num_classes, ctx.device)
                if config.distillation != PURE else None)
     data = DeviceData(arrays, ctx.device)
-    ctx.amp_dtype = device_module.amp_dtype(ctx.device)
     state = build_state(ctx, info.num_classes, info.image_size)
     if not lock.held:  # a new run: its directory is created only now, once all is valid
         lock.acquire()
@@ -293,6 +297,9 @@ def _fail(ctx: RunContext, status: dict, metrics: dict, reason: str, epoch: int)
 def command(args) -> int:
     """``kdlab train``: 0 completed, 75 stopped by a signal (resumable), 1 failed."""
     config = config_from_args(args)
+    # Until the flags are derived from TrainConfig (config.py), the new fields come here.
+    config = replace(config, precision=getattr(args, "precision", "auto"),
+                     channels_last=bool(getattr(args, "channels_last", False)))
     final = train_run(config, force_restart=args.force_restart, download=args.download,
                       quiet=args.quiet)
     return {runstate.COMPLETED: 0, runstate.IN_PROGRESS: EXIT_PREEMPTED}.get(final, 1)

@@ -98,6 +98,8 @@ def build_state(ctx: RunContext, num_classes: int, image_size: int) -> TrainingS
 
     config = ctx.config
     model = build_model(config.model, num_classes).to(ctx.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     distiller = None
     if config.distillation != layout.PURE:
         from ..distill import build_distiller
@@ -129,7 +131,11 @@ def read_checkpoint(path: Path, config: TrainConfig) -> dict:
                         f"({type(error).__name__}: only tensors and plain values are read); "
                         "kept it: move it away or pass --force-restart to start the run "
                         "over") from None
-    saved, wanted = checkpoint["config"], config.identity()
+    # A setting added since the checkpoint was written counts as its default then.
+    defaults = TrainConfig(dataset=config.dataset, model=config.model).identity()
+    wanted = config.identity()
+    saved = {**{key: defaults[key] for key in wanted if key in defaults},
+             **checkpoint["config"]}
     if saved != wanted:
         differing = sorted(key for key in set(saved) | set(wanted)
                            if saved.get(key) != wanted.get(key))
