@@ -2,6 +2,7 @@
 after kills, signals, guards, and the CLI's errors."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import torch
 from kdlab import runstate
 from kdlab.cli import main
 from kdlab.config import TrainConfig
-from kdlab.errors import EXIT_PREEMPTED
+from kdlab.errors import EXIT_PREEMPTED, UserError
 from kdlab.layout import RunSpec, run_dir
 from kdlab.train import _guard, train_run
 
@@ -409,3 +410,111 @@ def test_a_teacher_of_another_architecture_is_named_in_a_short_line(tmp_path, ca
     assert len(line) < 400, line
     assert "keys unexpected: layer1.1.conv1.weight" in line and "more)" in line
     assert "2 keys with another shape: linear.weight (100, 64) instead of (10, 64)" in line
+
+
+# ---------------------------------------------------------------- precision (issue 14)
+
+class _TinyNet(torch.nn.Module):
+    """Stands in for the ResNet where fp16 runs on the CPU: PyTorch's CPU fp16 convolution
+    backward takes about a minute per ResNet8 step, its fp16 matmuls milliseconds. Same
+    interface: ``[layer1, layer2, layer3, logits]``."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.hidden = torch.nn.Linear(3 * 4 * 4, 32)
+        self.linear = torch.nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+        hidden = _overflow.apply(torch.relu(self.hidden(pooled)), self.training)
+        return [x, x, x, self.linear(hidden)]
+
+
+class _overflow(torch.autograd.Function):
+    """Identity; its backward blows the gradient past fp16's range on the steps listed in
+    ``OVERFLOW_STEPS`` (a forced overflow: the same gradient is finite in fp32)."""
+
+    steps = {"count": 0, "overflow": set()}
+
+    @staticmethod
+    def forward(ctx, hidden, training):
+        ctx.overflow = False
+        if training:
+            _overflow.steps["count"] += 1
+            ctx.overflow = _overflow.steps["count"] in _overflow.steps["overflow"]
+        return hidden.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad * 1e6 if ctx.overflow else grad), None
+
+
+@pytest.fixture
+def tiny_fp16(monkeypatch):
+    import kdlab.models as models
+
+    monkeypatch.setattr(models, "build_model", lambda name, num_classes: _TinyNet(num_classes))
+    _overflow.steps.update(count=0, overflow=set())
+    return _overflow.steps
+
+
+def _fp16_checkpoint(tmp_path) -> dict:
+    return torch.load(the_run_dir(tmp_path) / "checkpoint.pth", weights_only=True)
+
+
+def test_fp16_on_cpu_steps_through_the_grad_scaler_and_resumes_its_state(tmp_path, tiny_fp16,
+                                                                          monkeypatch):
+    tiny_fp16["overflow"] = {2, 3, 5}  # three steps of epoch 1 (12 steps an epoch) overflow
+    reference_root = tmp_path / "reference"
+    assert train_run(config(reference_root, epochs=2, precision="fp16"), quiet=True) == "completed"
+    reference = runstate.read_metrics(the_run_dir(reference_root))
+    assert reference["skipped_steps"] == [3, 0]
+    scaler_state = _fp16_checkpoint(reference_root)["scaler"]
+    assert scaler_state["scale"] == 65536.0 / 2 ** 3  # halved once per skipped step
+
+    tiny_fp16.update(count=0)
+    real_forward = _TinyNet.forward
+
+    def stop_in_epoch_2(self, x):
+        if self.training and tiny_fp16["count"] == 12 + 4:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_forward(self, x)
+
+    monkeypatch.setattr(_TinyNet, "forward", stop_in_epoch_2)
+    assert train_run(config(tmp_path, epochs=2, precision="fp16"), quiet=True) == "in_progress"
+    after_epoch_1 = _fp16_checkpoint(tmp_path)["scaler"]
+    assert after_epoch_1["scale"] == scaler_state["scale"]
+    assert after_epoch_1["_growth_tracker"] == 12 - 5  # good steps since the last skip
+    monkeypatch.setattr(_TinyNet, "forward", real_forward)
+    assert train_run(config(tmp_path, epochs=2, precision="fp16"), quiet=True) == "completed"
+    assert comparable(runstate.read_metrics(the_run_dir(tmp_path))) == comparable(reference)
+    # Restored, not restarted: a fresh scaler would have written its initial scale.
+    assert _fp16_checkpoint(tmp_path)["scaler"] == scaler_state
+
+
+def test_an_fp16_overflow_in_every_step_fails_the_run_with_the_reason(tmp_path, tiny_fp16):
+    tiny_fp16["overflow"] = set(range(1, 100))
+    assert train_run(config(tmp_path, epochs=2, precision="fp16"), quiet=True) == "failed"
+    status = runstate.read_status(the_run_dir(tmp_path))
+    assert status["failed_epoch"] == 1
+    assert status["reason"] == ("the optimizer skipped 12 of 12 steps in epoch 1 (grad scaler "
+                                "found inf/NaN gradients): the model is not training")
+    tiny_fp16.update(count=0)  # the same gradients are finite in fp32: the run trains
+    assert train_run(config(tmp_path / "fp32", epochs=1, precision="fp32"),
+                     quiet=True) == "completed"
+
+
+def test_precision_choices(tmp_path, capsys):
+    with pytest.raises(UserError, match="expected one of auto, fp32, bf16, fp16"):
+        train_run(config(tmp_path, precision="fp8"), quiet=True)
+    assert not (tmp_path / "experiments").exists()
+    # bf16 on the CPU (autocast, no scaler) and the NHWC layout both train a real ResNet.
+    assert main(train_args(tmp_path, 1, "--quiet", "--precision", "bf16",
+                           "--channels-last")) == 0
+    checkpoint = torch.load(the_run_dir(tmp_path) / "checkpoint.pth", weights_only=True)
+    assert checkpoint["scaler"] is None
+    assert checkpoint["config"]["precision"] == "bf16" and checkpoint["config"]["channels_last"]
+    metrics = runstate.read_metrics(the_run_dir(tmp_path))
+    assert metrics["skipped_steps"] == [0]
+    assert all(math.isfinite(value) for value in metrics["train_loss"] + metrics["test_loss"])

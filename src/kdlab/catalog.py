@@ -53,6 +53,8 @@ BACKENDS = ("local", "slurm", "pbs")
 AUGMENTATIONS = ("kdlab", "earlier")
 # Which split chooses best.pth (TrainConfig.selection).
 SELECTIONS = ("test", "validation")
+# Arithmetic of training (TrainConfig.precision).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)

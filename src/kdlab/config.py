@@ -114,6 +114,11 @@ class TrainConfig:
                                   in_identity=False)
     tensorboard: bool = setting(False, "also write TensorBoard event files of the per-epoch "
                                 "metrics into the run directory", bool, in_identity=False)
+    precision: str = setting("auto", "arithmetic of training: auto (bf16 on CUDA where "
+                             "supported, else fp16 with a grad scaler; fp32 on CPU), fp32, "
+                             "bf16 or fp16 (through a grad scaler, on CPU too)", str,
+                             choices=catalog.PRECISIONS)
+    channels_last: bool = setting(False, "NHWC memory layout for models and batches", bool)
 
     def __post_init__(self) -> None:
         for name in ("dataset", "model"):
@@ -248,8 +253,10 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
             continue
         default = item.default
         shown = "" if default is _REQUIRED else f" (default: {default})"
+        # A yes/no setting is a plain switch (--tensorboard) that also takes a value.
+        switch = {"nargs": "?", "const": True} if meta["kind"] is bool else {}
         parser.add_argument("--" + item.name.replace("_", "-"), dest=item.name,
-                            type=_flag_value(meta["kind"]), default=argparse.SUPPRESS,
+                            type=_flag_value(meta["kind"]), default=argparse.SUPPRESS, **switch,
                             metavar=item.name.upper(), help=meta["help"] + shown)
 
 

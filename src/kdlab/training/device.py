@@ -45,11 +45,22 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16 (with a grad scaler); none (fp32) on CPU."""
-    if device.type != "cuda":
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``; None for fp32. ``auto``: bf16 on
+    CUDA where supported, else fp16 (with a grad scaler); fp32 on CPU."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this CUDA device does not support bfloat16; "
+                        "expected fp16, fp32 or auto")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -54,6 +54,8 @@ def batch_loss(ctx: RunContext, state: TrainingState, teacher, images, labels,
     """(total loss, named terms, student logits) of one batch; ``distill_only``: the total is
     the method's terms alone (a partial stage), the cross-entropy is only logged."""
     config, device = ctx.config, ctx.device
+    if config.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     with autocast(device, ctx.amp_dtype):
         student_outputs = state.model(images)
     logits = student_outputs[-1].float()

@@ -48,7 +48,9 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
     run_dir = layout.run_dir(config.experiments_dir, spec)
     _check_writable(run_dir)
     flag = StopFlag()
-    ctx = RunContext(config, spec, run_dir, device_module.resolve_device(config.device), quiet)
+    device = device_module.resolve_device(config.device)
+    ctx = RunContext(config, spec, run_dir, device, quiet,
+                     device_module.amp_dtype(device, config.precision))
     with RunLock(run_dir) as lock, stop_signals(flag):
         if run_dir.exists():  # refuse early when another process trains it
             lock.acquire()
@@ -152,6 +154,8 @@ def load_teacher(config: TrainConfig, num_classes: int, device: torch.device):
     teacher = build_model(config.teacher_model, num_classes)
     load_weights_file(teacher, teacher_dir / runstate.BEST_FILE, what="teacher checkpoint")
     teacher.to(device).eval()
+    if config.channels_last:
+        teacher.to(memory_format=torch.channels_last)
     teacher.requires_grad_(False)
     return teacher
 
@@ -173,7 +177,6 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     teacher = (load_teacher(config, info.num_classes, ctx.device)
                if config.distillation != PURE else None)
     data = DeviceData(arrays, ctx.device, augmentation=config.augmentation)
-    ctx.amp_dtype = device_module.amp_dtype(ctx.device)
     state = build_state(ctx, info.num_classes, info.image_size)
     if not lock.held:  # a new run: its directory is created only now, once all is valid
         lock.acquire()

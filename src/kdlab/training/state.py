@@ -101,6 +101,8 @@ def build_state(ctx: RunContext, num_classes: int, image_size: int) -> TrainingS
 
     config = ctx.config
     model = build_model(config.model, num_classes).to(ctx.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     distiller = None
     if config.distillation != layout.PURE:
         from ..distill import build_distiller
