@@ -58,7 +58,8 @@ def _train_parser(sub) -> None:
                    help="share of the training split held out with --selection validation")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch, OpenMP and BLAS (default: the cores the job "
-                        "was given: $SLURM_CPUS_PER_TASK, $NCPUS, else the CPU affinity)")
+                        "was given: $SLURM_CPUS_PER_TASK, $NCPUS, $OMP_NUM_THREADS, else the "
+                        "CPU affinity)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files of the per-epoch metrics")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")

@@ -33,6 +33,8 @@ from .loop import evaluate, pretrain, train_epoch
 from .selection import VALIDATION, accuracy_summary
 from .settings import _with_complete_options, config_from_args, validate_config
 from .state import RunContext, TrainingState, build_state, read_checkpoint
+from .tensorboard import EpochEvents
+from .threads import thread_limits
 
 
 def train_run(config: TrainConfig, *, force_restart: bool = False, download: bool = False,
@@ -61,7 +63,8 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
 
     flag = StopFlag()
     ctx = RunContext(config, spec, run_dir, device_module.resolve_device(config.device), quiet)
-    with stop_signals(flag):
+    with stop_signals(flag), thread_limits(config.threads) as threads:
+        ctx.threads = threads
         try:
             return _train(ctx, status, force_restart, download, flag)
         except (UserError, KeyboardInterrupt):
@@ -147,6 +150,7 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     base_status = _starting_status(ctx, state, status, force_restart)
     if validation_split is not None:
         base_status["validation_split"] = validation_split
+    events = EpochEvents(ctx.run_dir, config.tensorboard)
     try:
         if state.distiller is not None:
             pretrain(ctx, state.distiller, teacher, data, flag)
@@ -154,13 +158,20 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
             failure = _run_epoch(ctx, state, teacher, data, epoch, flag, base_status)
             if failure:
                 return runstate.FAILED
+            events.write(state.metrics, state.epoch)
     except Preempted:
         base_status.update(stopped_by=flag.signal_name, stopped_at=time.time())
         _write_status(ctx.run_dir, base_status)
         ctx.say(f"{ctx.spec.name}: stopped by {flag.signal_name}; checkpoint of epoch "
                 f"{base_status['epoch']} kept, resumes from there", always=True)
         return runstate.IN_PROGRESS
+    finally:
+        events.close()
+    return _complete(ctx, state, base_status)
 
+
+def _complete(ctx: RunContext, state: TrainingState, base_status: dict) -> str:
+    config = ctx.config
     base_status.update(status=runstate.COMPLETED, completed_at=time.time())
     base_status.pop("stopped_by", None)
     base_status.pop("stopped_at", None)
@@ -201,6 +212,8 @@ def _starting_status(ctx: RunContext, state: TrainingState, status: dict | None,
                        config=ctx.config.to_dict(), selection=ctx.config.selection,
                        **accuracy_summary(state.metrics, ctx.config.selection),
                        run=ctx.spec.name, host=os.uname().nodename, pid=os.getpid())
+    if ctx.threads is not None:
+        base_status.update(threads=ctx.threads["count"], thread_settings=ctx.threads)
     base_status.setdefault("started_at", time.time())
     _write_status(ctx.run_dir, base_status)
     return base_status

@@ -68,6 +68,12 @@ def _validate_run_options(config: TrainConfig) -> None:
                                        or not isinstance(config.threads, int)
                                        or config.threads < 1):
         raise UserError(f"--threads {config.threads}: expected a positive integer")
+    if config.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UserError("tensorboard = true needs the tensorboard package: expected it "
+                            "installed (pip install 'kdlab[tensorboard]')")
 
 
 def _with_complete_options(config: TrainConfig) -> TrainConfig:
