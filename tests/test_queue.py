@@ -374,3 +374,25 @@ def test_cli_queue_and_bad_study(tmp_path, capsys):
     assert main(["queue", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "scheduler.backend" in err and "condor" in err
+
+
+def test_environment_failures_are_resubmitted_a_bounded_number_of_times(tmp_path):
+    """`kdlab train` counts its ends on a full disk (or another OSError) in status.json and
+    leaves the run resumable; the queue resubmits it until the count reaches the bound."""
+    from kdlab.queue import MAX_ENVIRONMENT_FAILURES
+
+    study = load_study(write_study(tmp_path, methods=(), alphas=()))
+    teacher = study.teacher_runs()[0]
+    directory = run_dir(study.experiments_dir, teacher)
+    reason = "environment failure: OSError: [Errno 28] No space left on device"
+    for failures, action in ((MAX_ENVIRONMENT_FAILURES - 1, SUBMIT),
+                             (MAX_ENVIRONMENT_FAILURES, FAILED_ACTION)):
+        runstate.write_status(directory, {"status": "in_progress", "epoch": 1, "epochs": 2,
+                                          "max_acc": 40.0, "job_id": dead_local_job_id(),
+                                          "scheduler": "local", "reason": reason,
+                                          "environment_failures": failures})
+        decision = by_name(quiet_queue(study, dry_run=True)[0])[teacher.name]
+        assert decision.action == action, (failures, decision.reason)
+    assert "3 environment failures" in decision.reason and "No space left" in decision.reason
+    decision = by_name(quiet_queue(study, dry_run=True, retry_failed=True)[0])[teacher.name]
+    assert decision.action == SUBMIT

@@ -275,3 +275,122 @@ def test_a_crash_marks_the_run_failed_with_its_reason(tmp_path, monkeypatch, cap
     assert status["reason"] == ("crashed: FloatingPointError: non-finite reconstruction loss "
                                 "in epoch 1")
     assert "Traceback" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- hardening (issue 11)
+
+class _Payload:
+    """Unpickling it creates ``marker``: what a crafted file would do with os.system."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _teacher_run_dir(tmp_path) -> Path:
+    return run_dir(tmp_path / "experiments", RunSpec("Digits", "ResNet8", 1))
+
+
+def _kd_args(tmp_path, method="logit"):
+    options = ["--option", "paraphraser_epochs=1"] if method == "factor_transfer" else []
+    return train_args(tmp_path, 1, "--quiet", "--distillation", method, "--teacher-model",
+                      "ResNet8", "--alpha", "0.5", *options)
+
+
+def _fake_teacher(tmp_path, best=None) -> None:
+    from kdlab.models import build_model
+
+    directory = _teacher_run_dir(tmp_path)
+    runstate.write_status(directory, {"status": "completed", "epoch": 1})
+    runstate.atomic_torch_save(best if best is not None else
+                               {"weights": build_model("ResNet8", 10).state_dict()},
+                               directory / runstate.BEST_FILE)
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "best", "paraphraser",
+                                    "paraphraser_checkpoint"])
+def test_a_pickle_payload_is_refused_and_runs_nothing(tmp_path, capsys, target):
+    marker = tmp_path / "payload-ran"
+    payload = {"weights": _Payload(marker), "model": _Payload(marker)}
+    probe = tmp_path / "probe.pth"
+    runstate.atomic_torch_save(payload, probe)
+    torch.load(probe, weights_only=False)  # the payload is live: an unsafe load runs it
+    assert marker.exists()
+    marker.unlink()
+
+    kd_spec = RunSpec("Digits", "ResNet8", 1, method="factor_transfer", teacher="ResNet8",
+                      alpha=0.5)
+    kd_dir = run_dir(tmp_path / "experiments", kd_spec)
+    if target == "checkpoint":
+        args, path = train_args(tmp_path, 1), the_run_dir(tmp_path) / "checkpoint.pth"
+    else:
+        _fake_teacher(tmp_path, best=payload if target == "best" else None)
+        args = _kd_args(tmp_path, "factor_transfer")
+        path = (_teacher_run_dir(tmp_path) / "best.pth" if target == "best"
+                else kd_dir / f"{target}.pth")
+    if target != "best":
+        runstate.atomic_torch_save(payload, path)
+    line = _error_line(capsys, args)
+    assert str(path) in line, line
+    assert not marker.exists()
+
+
+def test_a_second_train_of_one_run_is_refused_until_the_holder_dies(tmp_path, capsys,
+                                                                      reference):
+    holder = _spawn(tmp_path, "--quiet")
+    _wait_for_epoch(tmp_path, 1, holder)
+    line = _error_line(capsys, train_args(tmp_path, EPOCHS, "--quiet"))
+    assert f"pid {holder.pid} on host {os.uname().nodename}" in line, line
+    assert runstate.read_status(the_run_dir(tmp_path))["pid"] == holder.pid
+    holder.kill()  # SIGKILL: the kernel releases the lock
+    holder.wait()
+    assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
+    assert comparable(runstate.read_metrics(the_run_dir(tmp_path))) == comparable(
+        reference["metrics"])
+
+
+def test_a_full_disk_keeps_the_run_resumable(tmp_path, monkeypatch, capsys, reference):
+    import errno
+
+    real_write = runstate.atomic_write_bytes
+    calls = {"checkpoint": 0}
+
+    def full_disk_on_second_checkpoint(path, data):
+        if Path(path).name == "checkpoint.pth":
+            calls["checkpoint"] += 1
+            if calls["checkpoint"] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(runstate, "atomic_write_bytes", full_disk_on_second_checkpoint)
+    assert main(train_args(tmp_path, EPOCHS, "--quiet")) == EXIT_PREEMPTED
+    assert "No space left on device" in capsys.readouterr().err
+    directory = the_run_dir(tmp_path)
+    status = runstate.read_status(directory)
+    assert status["status"] == "in_progress" and status["environment_failures"] == 1
+    assert "environment failure" in status["reason"] and "No space left" in status["reason"]
+    assert torch.load(directory / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    monkeypatch.undo()
+    assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
+    status = runstate.read_status(directory)
+    assert status["status"] == "completed" and "environment_failures" not in status
+    assert comparable(runstate.read_metrics(directory)) == comparable(reference["metrics"])
+
+
+def test_a_refused_train_leaves_no_run_directory(tmp_path, capsys):
+    _error_line(capsys, _kd_args(tmp_path))  # no teacher yet
+    _error_line(capsys, train_args(tmp_path, 1, "--data-root", str(tmp_path / "none"),
+                                   "--dataset", "Cifar10"))
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_a_teacher_of_another_architecture_is_named_in_a_short_line(tmp_path, capsys):
+    from kdlab.models import build_model
+
+    _fake_teacher(tmp_path, best={"weights": build_model("ResNet56", 100).state_dict()})
+    line = _error_line(capsys, _kd_args(tmp_path))
+    assert len(line) < 400, line
+    assert "keys unexpected: layer1.1.conv1.weight" in line and "more)" in line
+    assert "2 keys with another shape: linear.weight (100, 64) instead of (10, 64)" in line

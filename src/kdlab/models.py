@@ -120,10 +120,26 @@ def load_weights_file(model: nn.Module, path, what: str = "checkpoint") -> None:
     state_dict = payload.get("weights", payload) if isinstance(payload, dict) else None
     if not isinstance(state_dict, dict):
         raise UserError(f"{what} {path}: expected a dict {{'weights': state_dict}}")
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
+    mismatch = describe_mismatch(model.state_dict(), state_dict)
+    if mismatch:
         raise UserError(f"{what} {path} does not fit {type(model).__name__} "
-                        f"({getattr(model, 'num_classes', '?')} classes): {detail}") from error
+                        f"({getattr(model, 'num_classes', '?')} classes): {mismatch}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def describe_mismatch(expected: dict, found: dict, shown: int = 3) -> str:
+    """'' when ``found`` has exactly the keys and shapes of ``expected`` (two state dicts);
+    else the first ``shown`` missing, unexpected and wrongly shaped keys with their counts."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    wrong_shape = [f"{key} {tuple(getattr(found[key], 'shape', ()))} instead of "
+                   f"{tuple(expected[key].shape)}" for key in expected
+                   if key in found and tuple(getattr(found[key], "shape", ())) !=
+                   tuple(expected[key].shape)]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected),
+                        ("with another shape", wrong_shape)):
+        if keys:
+            more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} keys {label}: {', '.join(keys[:shown])}{more}")
+    return "; ".join(parts)

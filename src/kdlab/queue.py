@@ -43,6 +43,10 @@ LOCK_TIMEOUT_SECONDS = 600.0
 # A run whose jobs ended this many times before its training began is not resubmitted
 # without --retry-failed: something (data, environment) keeps the job from starting.
 MAX_MISSED_STARTS = 3
+# A run whose jobs ended this many times in a row on an environment failure (full disk, I/O
+# error; counted by `kdlab train` in status.json, reset by a finished epoch) is not
+# resubmitted without --retry-failed.
+MAX_ENVIRONMENT_FAILURES = 3
 
 # Actions of a decision, as printed (one word each).
 DONE = "done"          # completed
@@ -129,6 +133,12 @@ def _decide(state: RunState, by_spec: dict, liveness: dict, retry_failed: bool) 
                             f"job {job_id} is gone and training never began "
                             f"({missed + 1} jobs so far; see the logs in {state.run_dir}); "
                             "--retry-failed to submit again")
+        failures = int(status.get("environment_failures") or 0)
+        if failures >= MAX_ENVIRONMENT_FAILURES and not retry_failed:
+            return Decision(state, FAILED_ACTION,
+                            f"job {job_id} is gone after {failures} environment failures in a "
+                            f"row ({status.get('reason', 'no reason recorded')}); fix the "
+                            "environment, then --retry-failed to submit again")
         reason = (f"job {job_id} is gone ({state.detail}); "
                   + ("resumes from its checkpoint" if state.state == RUNNING
                      else "it never began training"))

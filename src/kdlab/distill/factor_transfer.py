@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..models import describe_mismatch
 from . import register
 from .attention import match_spatial_size
 from .base import Distiller, Preempted, PretrainContext
@@ -162,11 +163,13 @@ class FactorTransferDistiller(Distiller):
         payload = _load(path)
         if payload.get("settings") != settings:
             return False
-        try:
-            self.paraphraser.load_state_dict(payload["weights"])
-        except (KeyError, RuntimeError) as error:
-            raise UserError(f"{path} does not fit the factor_transfer paraphraser: {error}; "
-                            "delete it to retrain stage 1") from None
+        weights = payload.get("weights")
+        mismatch = (describe_mismatch(self.paraphraser.state_dict(), weights)
+                    if isinstance(weights, dict) else "no 'weights' entry")
+        if mismatch:
+            raise UserError(f"{path} does not fit the factor_transfer paraphraser ({mismatch}); "
+                            "delete it to retrain stage 1")
+        self.paraphraser.load_state_dict(weights)
         self.paraphraser_ready = True
         return True
 

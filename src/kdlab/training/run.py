@@ -29,6 +29,7 @@ from ..errors import EXIT_PREEMPTED, UserError
 from ..layout import PURE
 from . import device as device_module
 from .guards import Preempted, StopFlag, check_epoch, stop_signals
+from .lock import RunLock
 from .loop import evaluate, pretrain, train_epoch
 from .selection import VALIDATION, accuracy_summary
 from .settings import _with_complete_options, config_from_args, validate_config
@@ -40,37 +41,43 @@ from .threads import thread_limits
 def train_run(config: TrainConfig, *, force_restart: bool = False, download: bool = False,
               quiet: bool = False) -> str:
     """Train, resume or skip the run of ``config``; return its final status
-    ('completed', 'failed' or 'in_progress' when stopped by a signal)."""
+    ('completed', 'failed', or 'in_progress' when stopped by a signal or by an environment
+    failure such as a full disk)."""
     validate_config(config)
     if config.distillation != PURE:
         config = _with_complete_options(config)
     spec = config.run_spec()
     run_dir = layout.run_dir(config.experiments_dir, spec)
-    _ensure_writable(run_dir)
+    _check_writable(run_dir)
+    flag = StopFlag()
+    ctx = RunContext(config, spec, run_dir, device_module.resolve_device(config.device), quiet)
+    with RunLock(run_dir) as lock, stop_signals(flag), \
+            thread_limits(config.threads) as threads:
+        ctx.threads = threads
+        if run_dir.exists():  # refuse early when another process trains it
+            lock.acquire()
+        status = _read_own_status(run_dir, force_restart)
+        if status and status["status"] == runstate.COMPLETED and not force_restart:
+            ctx.say(f"{spec.name}: already completed (best test accuracy "
+                    f"{status.get('max_acc', float('nan')):.2f}%); --force-restart to retrain")
+            return runstate.COMPLETED
+        try:
+            return _train(ctx, status, force_restart, download, flag, lock)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except OSError as error:
+            return _record_environment_failure(ctx, error)
+        except Exception as error:
+            return _record_crash(ctx, error)
 
+
+def _read_own_status(run_dir: Path, force_restart: bool) -> dict | None:
     try:
-        status = runstate.read_status(run_dir)
+        return runstate.read_status(run_dir)
     except runstate.StateFileError as error:
         if not force_restart:
             raise UserError(f"{error}; kept it: fix it or pass --force-restart") from None
-        status = None
-    if status and status["status"] == runstate.COMPLETED and not force_restart:
-        if not quiet:
-            print(f"{spec.name}: already completed (best test accuracy "
-                  f"{status.get('max_acc', float('nan')):.2f}%); --force-restart to retrain",
-                  flush=True)
-        return runstate.COMPLETED
-
-    flag = StopFlag()
-    ctx = RunContext(config, spec, run_dir, device_module.resolve_device(config.device), quiet)
-    with stop_signals(flag), thread_limits(config.threads) as threads:
-        ctx.threads = threads
-        try:
-            return _train(ctx, status, force_restart, download, flag)
-        except (UserError, KeyboardInterrupt):
-            raise
-        except Exception as error:
-            return _record_crash(ctx, error)
+        return None
 
 
 def _record_crash(ctx: RunContext, error: Exception) -> str:
@@ -90,10 +97,34 @@ def _record_crash(ctx: RunContext, error: Exception) -> str:
     return runstate.FAILED
 
 
-def _ensure_writable(run_dir: Path) -> None:
+def _record_environment_failure(ctx: RunContext, error: OSError) -> str:
+    """A full disk, a lost mount, an I/O error: not the run's fault. The last checkpoint is
+    kept (writes are atomic), the run stays resumable ('in_progress' with the reason), and
+    ``environment_failures`` counts such ends since the last finished epoch, so that the queue
+    resubmits it a bounded number of times."""
+    reason = f"environment failure: {type(error).__name__}: {error}"
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
+        previous = runstate.read_status(ctx.run_dir) or {}
+        failures = int(previous.get("environment_failures") or 0) + 1
+        runstate.update_status(ctx.run_dir, status=runstate.IN_PROGRESS, reason=reason,
+                               environment_failures=failures, environment_failed_at=time.time())
+    except (OSError, ValueError, TypeError, runstate.StateFileError):
+        pass  # e.g. the disk is still full: the status stays 'in_progress' all the same
+    print(f"{ctx.spec.name}: stopped by an {reason}; the checkpoint of the last finished "
+          "epoch is kept and the run resumes from there", file=sys.stderr, flush=True)
+    return runstate.IN_PROGRESS
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Refuse an unwritable experiments directory without creating anything: probe the run
+    directory, or its nearest existing ancestor when it does not exist yet."""
+    target = run_dir
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    try:
+        if not target.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        probe = target / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
@@ -128,7 +159,7 @@ def load_teacher(config: TrainConfig, num_classes: int, device: torch.device):
 
 
 def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: bool,
-           flag: StopFlag) -> str:
+           flag: StopFlag, lock: RunLock) -> str:
     from ..data import DeviceData, load_arrays
 
     config = ctx.config
@@ -146,6 +177,8 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     data = DeviceData(arrays, ctx.device, augmentation=config.augmentation)
     ctx.amp_dtype = device_module.amp_dtype(ctx.device)
     state = build_state(ctx, info.num_classes, info.image_size)
+    if not lock.held:  # a new run: its directory is created only now, once all is valid
+        lock.acquire()
     _restore_or_restart(ctx, state, force_restart)
     base_status = _starting_status(ctx, state, status, force_restart)
     if validation_split is not None:
@@ -262,6 +295,7 @@ def _save_epoch(ctx: RunContext, state: TrainingState, selection_acc: float,
     _write_metrics(ctx.run_dir, state.metrics, ctx.config)
     base_status.update(epoch=state.epoch, **accuracy_summary(state.metrics, ctx.config.selection),
                        duration_seconds=sum(state.metrics["epoch_seconds"]))
+    base_status.pop("environment_failures", None)  # it progressed: the count starts over
     _write_status(ctx.run_dir, base_status)
 
 

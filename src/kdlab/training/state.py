@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import layout
@@ -19,6 +20,9 @@ from ..config import TrainConfig
 from ..errors import UserError
 from . import device as device_module
 
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy >= 2 names it _core
+_LEGACY_NUMPY_GLOBALS = [_NUMPY_CORE.multiarray._reconstruct, np.ndarray, np.dtype,
+                         type(np.dtype(np.uint32))]
 CHECKPOINT_ENTRIES = frozenset({"model", "optimizer", "scheduler", "metrics", "best_acc",
                                 "epoch", "rng", "config"})
 
@@ -118,13 +122,17 @@ def read_checkpoint(path: Path, config: TrainConfig) -> dict:
     """The checkpoint at ``path`` if it is a kdlab checkpoint made with ``config``'s
     settings; a UserError naming the file otherwise (the file is kept)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        # Tensors and plain values only; the numpy arrays that earlier versions stored for
+        # the RNG state are allowed as arrays (never as arbitrary objects).
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(checkpoint, dict) or not CHECKPOINT_ENTRIES <= set(checkpoint):
             raise ValueError("missing entries")
-    except Exception as error:  # corrupt or foreign file: keep it, refuse to overwrite
+    except Exception as error:  # corrupt, foreign or crafted file: keep it, refuse to use it
         raise UserError(f"checkpoint {path} is corrupt or not a kdlab checkpoint "
-                        f"({type(error).__name__}); kept it: move it away or pass "
-                        "--force-restart to start the run over") from None
+                        f"({type(error).__name__}: only tensors and plain values are read); "
+                        "kept it: move it away or pass --force-restart to start the run "
+                        "over") from None
     wanted = config.identity()
     saved = _with_new_defaults(checkpoint["config"], wanted)
     if saved != wanted:
