@@ -2,7 +2,8 @@
 
 One call of :func:`train_run` trains (or resumes, or skips) the run that a
 :class:`~kdlab.config.TrainConfig` describes. After every epoch it writes, each atomically:
-``best.pth`` (when the test accuracy improved), ``checkpoint.pth`` (everything needed to
+``best.pth`` (when the accuracy on the selection split improved: test, or the validation
+hold-out, see :mod:`kdlab.training.selection`), ``checkpoint.pth`` (everything needed to
 resume), ``metrics.json`` and ``status.json``. Killed at any instant, the run resumes from
 the last finished epoch and ends with exactly the metrics of an uninterrupted run (on CPU):
 shuffling and augmentation of epoch ``e`` draw from a generator seeded by ``(seed, e)``, and
