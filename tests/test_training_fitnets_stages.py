@@ -14,7 +14,7 @@ from kdlab.errors import UserError
 from kdlab.models import build_model
 from kdlab.training.guards import StopFlag
 from kdlab.training.loop import train_epoch
-from kdlab.training.settings import _with_complete_options
+from kdlab.config import _with_complete_options
 from kdlab.training.state import RunContext, build_state, read_checkpoint
 
 STUDENT_UP_TO_LAYER1 = ("conv1.", "bn1.", "layer1.")
@@ -86,7 +86,7 @@ def test_without_hint_epochs_the_first_epoch_is_joint(tmp_path):
 
 
 @pytest.mark.parametrize("hint_epochs, expected", [(3, "fewer than --epochs 3"),
-                                                   (-1, "expected 0 or more")])
+                                                   (-1, "hint_epochs -1: expected a number >= 0")])
 def test_impossible_hint_epochs_are_one_line(tmp_path, hint_epochs, expected):
     from kdlab.data import dataset_info
     from kdlab.models import feature_shapes

@@ -50,6 +50,12 @@ def _finite(test: Callable[[float], bool], expected: str):
     return lambda value: None if math.isfinite(value) and test(value) else expected
 
 
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
 _REQUIRED = object()
 
 
@@ -113,7 +119,10 @@ class TrainConfig:
                                   check=_at_least(1, "a positive integer"), optional=True,
                                   in_identity=False)
     tensorboard: bool = setting(False, "also write TensorBoard event files of the per-epoch "
-                                "metrics into the run directory", bool, in_identity=False)
+                                "metrics into the run directory", bool, in_identity=False,
+                                check=lambda on: None if not on or _installed("tensorboard")
+                                else "the tensorboard package installed (pip install "
+                                     "'kdlab[tensorboard]')")
     precision: str = setting("auto", "arithmetic of training: auto (bf16 on CUDA where "
                              "supported, else fp16 with a grad scaler; fp32 on CPU), fp32, "
                              "bf16 or fp16 (through a grad scaler, on CPU too)", str,
@@ -229,7 +238,7 @@ def complete_options(config: TrainConfig) -> TrainConfig:
         raise SettingError(f"method_options.{error.key}", error.value, error.expected) from None
     if resolved.get("hint_epochs", 0) >= config.epochs:
         raise SettingError("method_options.hint_epochs", resolved["hint_epochs"],
-                           f"fewer than the run's {config.epochs} epochs (stage 1 leaves "
+                           f"fewer than --epochs {config.epochs} (stage 1 leaves "
                            "the classifier untrained)")
     return replace(config, method_options=resolved)
 

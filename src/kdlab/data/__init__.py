@@ -13,6 +13,8 @@ reused while it is newer than every source file; ``load`` ties readers and cache
 ``device`` holds :class:`DeviceData` (the arrays as tensors on the training device) and
 ``augmentation`` its batched augmentation, ``earlier`` the earlier research code's
 (``augmentation = "earlier"``): no PIL and no per-image Python in the hot loop.
+``validation`` holds out the stratified validation part of the training split
+(``selection = "validation"``).
 """
 
 from __future__ import annotations

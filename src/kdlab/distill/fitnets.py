@@ -1,5 +1,15 @@
 """FitNets (Romero et al. 2015): a regressor maps the student's guided layer onto the
-teacher's hint layer; the student learns to make that regression small."""
+teacher's hint layer; the student learns to make that regression small.
+
+Two forms. By default (``hint_epochs = 0``) the hint is trained jointly with the
+cross-entropy from the first epoch, ``(1 - alpha) CE + alpha hint``, as the earlier research
+code and RepDistiller do. The paper trains in two stages: first the student up to the guided
+layer and the regressor on the hint loss alone, then the whole student on the KD objective.
+``hint_epochs = N`` gives that form: the run's first N epochs are stage 1 (only the stem,
+the stages up to ``student_layer`` and the regressor are updated; the later stages and the
+classifier are untouched, their BatchNorm statistics included), the remaining epochs train
+the normal objective; the learning-rate schedule runs over all epochs.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +72,11 @@ class FitNetsDistiller(Distiller):
             layers.append(nn.ReLU())
         self.regressor = nn.Sequential(*layers)
         self.weight = float(self.options["weight"])
+        self.hint_epochs = int(self.options["hint_epochs"])  # >= 0: checked by the catalog
+
+    def partial_stage(self, epoch: int) -> int | None:
+        """Stage 1 (``epoch < hint_epochs``): train up to the guided layer on the hint alone."""
+        return self.student_index if epoch < self.hint_epochs else None
 
     def forward(self, student_outputs, teacher_outputs, labels):
         """Feature maps ``[B, C, H, W]`` -> ``{"hint": scalar}``."""

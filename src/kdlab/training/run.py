@@ -2,7 +2,8 @@
 
 One call of :func:`train_run` trains (or resumes, or skips) the run that a
 :class:`~kdlab.config.TrainConfig` describes. After every epoch it writes, each atomically:
-``best.pth`` (when the test accuracy improved), ``checkpoint.pth`` (everything needed to
+``best.pth`` (when the accuracy on the selection split improved: test, or the validation
+hold-out, see :mod:`kdlab.training.selection`), ``checkpoint.pth`` (everything needed to
 resume), ``metrics.json`` and ``status.json``. Killed at any instant, the run resumes from
 the last finished epoch and ends with exactly the metrics of an uninterrupted run (on CPU):
 shuffling and augmentation of epoch ``e`` draw from a generator seeded by ``(seed, e)``, and
@@ -34,6 +35,8 @@ from .lock import RunLock
 from .loop import evaluate, pretrain, train_epoch
 from .selection import VALIDATION, accuracy_summary
 from .state import RunContext, TrainingState, build_state, read_checkpoint
+from .tensorboard import EpochEvents
+from .threads import thread_limits
 
 
 def train_run(config: TrainConfig, *, force_restart: bool = False, download: bool = False,
@@ -51,7 +54,9 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
     device = device_module.resolve_device(config.device)
     ctx = RunContext(config, spec, run_dir, device, quiet,
                      device_module.amp_dtype(device, config.precision))
-    with RunLock(run_dir) as lock, stop_signals(flag):
+    with RunLock(run_dir) as lock, stop_signals(flag), \
+            thread_limits(config.threads) as threads:
+        ctx.threads = threads
         if run_dir.exists():  # refuse early when another process trains it
             lock.acquire()
         status = _read_own_status(run_dir, force_restart)
@@ -185,6 +190,7 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     base_status = _starting_status(ctx, state, status, force_restart)
     if validation_split is not None:
         base_status["validation_split"] = validation_split
+    events = EpochEvents(ctx.run_dir, config.tensorboard)
     try:
         if state.distiller is not None:
             pretrain(ctx, state.distiller, teacher, data, flag)
@@ -192,13 +198,20 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
             failure = _run_epoch(ctx, state, teacher, data, epoch, flag, base_status)
             if failure:
                 return runstate.FAILED
+            events.write(state.metrics, state.epoch)
     except Preempted:
         base_status.update(stopped_by=flag.signal_name, stopped_at=time.time())
         _write_status(ctx.run_dir, base_status)
         ctx.say(f"{ctx.spec.name}: stopped by {flag.signal_name}; checkpoint of epoch "
                 f"{base_status['epoch']} kept, resumes from there", always=True)
         return runstate.IN_PROGRESS
+    finally:
+        events.close()
+    return _complete(ctx, state, base_status)
 
+
+def _complete(ctx: RunContext, state: TrainingState, base_status: dict) -> str:
+    config = ctx.config
     base_status.update(status=runstate.COMPLETED, completed_at=time.time())
     base_status.pop("stopped_by", None)
     base_status.pop("stopped_at", None)
@@ -239,6 +252,8 @@ def _starting_status(ctx: RunContext, state: TrainingState, status: dict | None,
                        config=ctx.config.to_dict(), selection=ctx.config.selection,
                        **accuracy_summary(state.metrics, ctx.config.selection),
                        run=ctx.spec.name, host=os.uname().nodename, pid=os.getpid())
+    if ctx.threads is not None:
+        base_status.update(threads=ctx.threads["count"], thread_settings=ctx.threads)
     base_status.setdefault("started_at", time.time())
     _write_status(ctx.run_dir, base_status)
     return base_status

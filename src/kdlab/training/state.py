@@ -37,6 +37,7 @@ class RunContext:
     device: torch.device
     quiet: bool
     amp_dtype: torch.dtype | None = None
+    threads: dict | None = None  # the record of training.threads.thread_limits
 
     def say(self, line: str, *, always: bool = False) -> None:
         if always or not self.quiet:
