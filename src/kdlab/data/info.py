@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import catalog
 from ..errors import UserError
 
 DATA_ROOT_ENV = "KDLAB_DATA_ROOT"
@@ -30,34 +31,35 @@ class DatasetInfo:
     pad: int = 4
 
 
+def _info(name: str, mean, std, flip: bool) -> DatasetInfo:
+    """Classes and image size come from the catalog (one place); the pipeline's own facts
+    (normalisation, flip) are given here."""
+    facts = catalog.DATASETS[name]
+    return DatasetInfo(name, facts.classes, facts.image_size, mean, std, flip=flip)
+
+
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
         # Channel statistics of the training splits as commonly published (the exact
         # per-pixel std, not the 0.2023/0.1994/0.2010 that circulates for CIFAR-10).
-        DatasetInfo("Cifar10", 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                    flip=True),
-        DatasetInfo("Cifar100", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                    flip=True),
+        _info("Cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), flip=True),
+        _info("Cifar100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), flip=True),
         # House numbers: a mirrored digit is not the same digit, so no flip.
-        DatasetInfo("SVHN", 10, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                    flip=False),
-        DatasetInfo("TinyImageNet", 200, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262),
-                    flip=True),
+        _info("SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), flip=False),
+        _info("TinyImageNet", (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), flip=True),
         # Computed from this package's Digits train split (1,437 images) after the conversion
         # in digits.load_digits: mean and population std of all pixel values / 255 (the three
         # channels are copies of one grey channel; 4x replication changes neither statistic).
         # tests/test_data.py recomputes them.
-        DatasetInfo("Digits", 10, 32, (0.3054, 0.3054, 0.3054), (0.3760, 0.3760, 0.3760),
-                    flip=False),
+        _info("Digits", (0.3054, 0.3054, 0.3054), (0.3760, 0.3760, 0.3760), flip=False),
     )
 }
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
 # Augmentations a run can name (TrainConfig.augmentation); see kdlab.data.earlier.
-EARLIER = "earlier"
-KDLAB = "kdlab"
-AUGMENTATIONS = (KDLAB, EARLIER)
+KDLAB, EARLIER = catalog.AUGMENTATIONS
+AUGMENTATIONS = catalog.AUGMENTATIONS
 
 # The earlier research code's Normalize constants per data set (mean, std), as its data
 # loader (toolbox/data_loader.py) set them: ImageNet's for TinyImageNet. It had no Digits:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from .. import catalog
 from ..errors import UserError
 from .base import TEMPLATE_FIELDS, Scheduler, SchedulerError
 
-BACKEND_NAMES = ("local", "slurm", "pbs")
+BACKEND_NAMES = catalog.BACKENDS
 
 
 def get_scheduler(name: str) -> Scheduler:
