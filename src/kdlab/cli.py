@@ -72,7 +72,9 @@ class _StdoutUntilClosed:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kdlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="kdlab", description="Knowledge-distillation research at thesis "
+                     "scale: train, run a study grid on a cluster, analyse representations. "
+                     "`kdlab COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"kdlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
