@@ -151,8 +151,12 @@ def method_defaults(name: str) -> dict[str, Any]:
 class OptionError(UserError):
     """A bad method option; ``key`` names it, ``expected`` says what was wanted."""
 
-    def __init__(self, method: str, key: str, value: Any, expected: str) -> None:
-        super().__init__(f"option {key}={value!r} for method {method!r}: expected {expected}")
+    def __init__(self, method: str, key: str, value: Any, expected: str,
+                 unknown: bool = False) -> None:
+        what = "unknown option" if unknown else "option"
+        super().__init__(f"{what} {key}={value!r} for method {method!r}: expected {expected}")
+        if unknown:  # as read where the message names only the key (the study's checks)
+            expected += "; this option is unknown"
         self.method, self.key, self.value, self.expected = method, key, value, expected
 
 
@@ -163,8 +167,8 @@ def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(facts.options))
     if unknown:
         raise OptionError(name, unknown[0], options[unknown[0]],
-                          f"one of the known options ({', '.join(sorted(facts.options))}); "
-                          "this option is unknown")
+                          f"one of the known options ({', '.join(sorted(facts.options))})",
+                          unknown=True)
     merged = facts.defaults()
     for key, value in options.items():
         merged[key] = _option_value(name, key, facts.options[key], value)
