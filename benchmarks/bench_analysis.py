@@ -112,6 +112,9 @@ def _side_by_side(without, with_both) -> None:
               f"{cold_on.step_seconds[step]:8.1f}")
     print(f"  {'total':<40} {seconds_off:8.1f}   {seconds_on:8.1f}   "
           f"(+{100 * (seconds_on / seconds_off - 1):.0f} %, goal <= +25 %)")
+    cpu_off, cpu_on = sum(cold_off.metric_seconds.values()), sum(cold_on.metric_seconds.values())
+    print(f"  {'metric CPU s, all workers (load-proof)':<40} {cpu_off:8.1f}   {cpu_on:8.1f}   "
+          f"(+{100 * (cpu_on / cpu_off - 1):.0f} %)")
     print("  CPU time per metric with intervals and floors, summed over all models / pairs "
           "(workers run one BLAS thread each):")
     for name, seconds in sorted(cold_on.metric_seconds.items(), key=lambda kv: -kv[1]):

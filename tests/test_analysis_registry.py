@@ -162,3 +162,35 @@ def test_provenance_is_stored_and_old_or_damaged_files_still_load(tmp_path):
     assert read_provenance(damaged) is None
     assert load_representation(damaged)["labels"].shape == (120,)
     assert json.loads(json.dumps(provenance)) == provenance
+
+
+# ---- shape of the package (issue 13) -------------------------------------------------------
+
+def test_figures_and_report_do_not_import_the_analyze_pass():
+    """The pass imports figures and report, never the other way round (no import circle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import kdlab.analysis.figures, kdlab.analysis.report, "
+            "kdlab.analysis.compute, kdlab.analysis.workers; "
+            "print('kdlab.analysis.analyze' in sys.modules)")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert output.strip() == "False"
+
+
+def test_the_analysis_folder_layout_lives_in_layout(tmp_path):
+    from kdlab import layout
+
+    root = layout.analysis_dir(tmp_path, "s")
+    representation = layout.representations_dir(tmp_path, "s") / "Digits" / "pure_s0.npz"
+    paths = [layout.model_cache_path(tmp_path, "s", "Digits", representation),
+             layout.pair_cache_path(tmp_path, "s", "Digits", "teacher_s0.npz", representation),
+             layout.figure_manifest_path(tmp_path, "s"), layout.report_path(tmp_path, "s"),
+             layout.figures_dir(tmp_path, "s", "Digits"),
+             layout.analysis_table_path(tmp_path, "s", "floors.csv")]
+    assert all(path.is_relative_to(root) for path in paths)
+    assert paths[0].name == "model_pure_s0.npz"
+    assert paths[1].name == "pair_teacher_s0__pure_s0.json"
+    with pytest.raises(ValueError, match="unknown analysis table"):
+        layout.analysis_table_path(tmp_path, "s", "../x.csv")

@@ -54,6 +54,7 @@ SETTINGS = {
     "scatter_samples": 2000,
     "effective_dim_thresholds": [0.9, 0.95],
     "bootstrap_samples": 200,   # 0: no intervals
+    "bootstrap_matrix_samples": 1000,  # rows of the CKA Gram matrices the bootstrap resamples
     "bootstrap_seed": 0,
 }
 
@@ -188,28 +189,22 @@ def _cross_layer_cka(pair):
     return {f"cka_linear_vs_teacher_{layer}": pair.linear_cka(layer) for layer in LAYERS}
 
 
-def _linear_resamples(pair):
-    a, b = pair.a.linear_terms, pair.b.linear_terms
-    counts = pair.reference.counts
-    if a is None or b is None:
-        return None
-    # the point estimate uses every sample: the subsample's spread shrinks to that size
-    return (bootstrap.cka_resamples(a, b, counts),
-            float(np.sqrt(counts.shape[0] / pair.reference.size)))
-
-
 def _rbf_cka(pair):
     return metrics.cka_from_normalized(pair.a.rbf_gram, pair.b.rbf_gram)
 
 
-def _resamples_of(terms: str, statistic: Callable, counts: str) -> Callable:
+def _resamples_of(terms: str, statistic: Callable, counts: str, full: str | None) -> Callable:
     """A ``resamples`` function: ``statistic`` of both sides' bootstrap ``terms`` (attribute
-    of a LayerView) with the reference's ``counts``; the point uses the same subsample."""
+    of a LayerView) with the reference's ``counts``; the spread is scaled from the
+    resampled size to the ``{full}_samples`` subsample the point estimate used (None: all
+    samples)."""
     def resamples(pair):
         a, b = getattr(pair.a, terms), getattr(pair.b, terms)
         if a is None or b is None:
             return None
-        return statistic(a, b, getattr(pair.reference, counts)), 1.0
+        resampled = getattr(pair.reference, counts)
+        used = pair.reference.subsample(full).size if full else pair.reference.size
+        return statistic(a, b, resampled), float(np.sqrt(resampled.shape[0] / used))
     return resamples
 
 
@@ -242,10 +237,11 @@ for _metric in (
     Metric("cka_linear", "pair", lambda pair: pair.linear_cka(pair.layer),
            "linear CKA with teacher",
            "Linear centred kernel alignment with the teacher at the same layer, 1 = the same "
-           "representation up to rotation and scale; interval: bootstrap of the "
-           "{rbf_cka_samples:,}-sample linear Gram matrices, scaled to all samples.",
+           "representation up to rotation and scale; interval: bootstrap of "
+           "{bootstrap_matrix_samples:,}-sample linear Gram matrices, scaled to all samples.",
            "Kornblith et al. 2019", settings=("rbf_cka_samples",), sweep="cka_linear",
-           resamples=_linear_resamples),
+           resamples=_resamples_of("linear_terms", bootstrap.cka_resamples, "counts",
+                                   None)),
     Metric("cka_linear_vs_teacher", "pair", _cross_layer_cka, "linear CKA across layers",
            "Linear CKA of this student layer against the named teacher layer (the 3 × 3 "
            "cross-layer matrix).", "Kornblith et al. 2019",
@@ -257,10 +253,11 @@ for _metric in (
            "Song et al. 2012; Nguyen et al. 2021", sweep="cka_linear_debiased"),
     Metric("cka_rbf", "pair", _rbf_cka, "RBF CKA with teacher",
            "CKA with a Gaussian kernel (bandwidth {rbf_sigma_fraction} × the median distance, "
-           "on {rbf_cka_samples:,} samples); interval: bootstrap of those Gram matrices.",
+           "on {rbf_cka_samples:,} samples); interval: bootstrap of {bootstrap_matrix_samples:,} "
+           "rows of those Gram matrices, scaled to the {rbf_cka_samples:,}.",
            "Kornblith et al. 2019", settings=("rbf_cka_samples", "rbf_sigma_fraction"),
            sweep="cka_rbf",
-           resamples=_resamples_of("rbf_terms", bootstrap.cka_resamples, "counts")),
+           resamples=_resamples_of("rbf_terms", bootstrap.cka_resamples, "counts", "rbf_cka")),
     Metric("cka_rbf_minus_linear", "pair",
            lambda pair: _rbf_cka(pair) - pair.linear_cka(pair.layer), "RBF CKA − linear CKA",
            "How far RBF CKA exceeds linear CKA: similarity a linear kernel misses.",
@@ -282,13 +279,12 @@ for _metric in (
            "{rsa_samples:,} samples; interval: bootstrap over those samples.",
            "Kriegeskorte et al. 2008", settings=("rsa_samples", "rsa_distance"),
            sweep="rsa_spearman", resamples=_resamples_of("rank_terms", bootstrap.rsa_resamples,
-                                            "rsa_counts")),
+                                            "rsa_counts", "rsa")),
     Metric("procrustes_distance", "pair",
            lambda pair: metrics.procrustes_distance(pair.a.features, pair.b.features),
            "orthogonal Procrustes distance to teacher",
            "Distance after the best rotation of unit-norm centred features (0 = the same "
-           "shape, at most 2).", "Ding et al. 2021; Williams et al. 2021",
-           sweep="procrustes_distance"),
+           "shape, at most 2).", "Ding et al. 2021; Williams et al. 2021"),
     Metric("twonn_dim", "model", _twonn, "TwoNN intrinsic dimension",
            "Intrinsic dimension from the ratios of second to first nearest-neighbour "
            "distances on {twonn_samples:,} samples.", "Facco et al. 2017",

@@ -120,6 +120,8 @@ def _tables_and_notes(study, result, root: Path) -> list[str]:
 
 TABLES = [("metrics.csv", "metrics.csv — every metric, one row per data set × method × alpha "
                           "× seed × layer × metric"),
+          ("floors.csv", "floors.csv — noise floors: pair metrics of pure students and of "
+                         "teachers across seeds (no distillation between them)"),
           ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds"),
           ("accuracy.md", "accuracy.md — the same as Markdown")]
 

@@ -41,17 +41,28 @@ class ModelView:
                                          self.settings["subsample_seed"])
 
     @cached_property
-    def counts(self) -> np.ndarray:
-        """Bootstrap count matrix [m, B] of the RBF-CKA subsample (m samples)."""
-        return bootstrap.resample_counts(self.subsample("rbf_cka").size,
-                                         self.settings["bootstrap_samples"],
+    def bootstrap_positions(self) -> np.ndarray:
+        """Rows / columns of the RBF-CKA subsample's n x n matrices that the CKA bootstrap
+        resamples (``bootstrap_matrix_samples`` of them: the cost grows with its square)."""
+        return metrics.subsample_indices(self.subsample("rbf_cka").size,
+                                         self.settings["bootstrap_matrix_samples"],
                                          self.settings["bootstrap_seed"])
+
+    def _counts(self, size: int) -> np.ndarray:
+        # float32: the resamples' products are the bootstrap's whole cost; single precision
+        # halves it and is far finer than any interval
+        return bootstrap.resample_counts(size, self.settings["bootstrap_samples"],
+                                         self.settings["bootstrap_seed"]).astype(np.float32)
+
+    @cached_property
+    def counts(self) -> np.ndarray:
+        """Bootstrap count matrix [m, B] over :attr:`bootstrap_positions`."""
+        return self._counts(self.bootstrap_positions.size)
 
     @cached_property
     def rsa_counts(self) -> np.ndarray:
-        return bootstrap.resample_counts(self.subsample("rsa").size,
-                                         self.settings["bootstrap_samples"],
-                                         self.settings["bootstrap_seed"])
+        """Bootstrap count matrix [m, B] over the RSA subsample."""
+        return self._counts(self.subsample("rsa").size)
 
 
 class LayerView:
@@ -87,11 +98,17 @@ class LayerView:
         return metrics.normalized_centered_gram(
             metrics.rbf_gram(self.sample("rbf_cka"), self.settings["rbf_sigma_fraction"]))
 
+    def _bootstrap_block(self, gram):
+        block = gram[np.ix_(self.model.bootstrap_positions, self.model.bootstrap_positions)]
+        return block.astype(np.float32)
+
     @cached_property
     def linear_gram(self):
-        """Normalised centred linear Gram matrix of the same subsample (for intervals)."""
-        sample = self.sample("rbf_cka")
-        return metrics.normalized_centered_gram(sample @ sample.T)
+        """Normalised centred linear Gram matrix of the bootstrap's rows of the RBF-CKA
+        subsample (for the interval of linear CKA), float32."""
+        sample = self.sample("rbf_cka")[self.model.bootstrap_positions]
+        gram = metrics.normalized_centered_gram(sample @ sample.T)
+        return None if gram is None else gram.astype(np.float32)
 
     @cached_property
     def distance_ranks(self):
@@ -100,7 +117,8 @@ class LayerView:
 
     @cached_property
     def rbf_terms(self):
-        return _terms(self.rbf_gram, self.model.counts, bootstrap.gram_terms)
+        gram = None if self.rbf_gram is None else self._bootstrap_block(self.rbf_gram)
+        return _terms(gram, self.model.counts, bootstrap.gram_terms)
 
     @cached_property
     def linear_terms(self):
@@ -109,7 +127,7 @@ class LayerView:
     @cached_property
     def rank_terms(self):
         ranks = self.distance_ranks
-        matrix = None if ranks is None else squareform(ranks, checks=False)
+        matrix = None if ranks is None else squareform(ranks.astype(np.float32), checks=False)
         return _terms(matrix, self.model.rsa_counts, bootstrap.rank_terms)
 
     @cached_property
