@@ -188,10 +188,12 @@ def _option_value(method: str, key: str, option: Option, value: Any) -> Any:
             raise OptionError(method, key, value, _KIND_NAMES[kind]) from None
         if isinstance(number, float) and not math.isfinite(number):
             raise OptionError(method, key, value, "a finite number")
+        # The converted number is named: '0' and '0.0' are the same bad value.
         if option.minimum is not None and not number >= option.minimum:
-            raise OptionError(method, key, value, f"a number >= {option.minimum:g}")
+            raise OptionError(method, key, number, f"a number >= {option.minimum:g}")
         if option.above is not None and not number > option.above:
-            raise OptionError(method, key, value, f"a number > {option.above:g}")
+            raise OptionError(method, key, number, "a positive number (> 0)" if option.above == 0
+                              else f"a number > {option.above:g}")
         return number
     if not isinstance(value, str):
         raise OptionError(method, key, value, "a string")
@@ -205,7 +207,7 @@ def _option_value(method: str, key: str, option: Option, value: Any) -> Any:
     return value
 
 
-_KIND_NAMES = {int: "an integer", float: "a number"}
+_KIND_NAMES = {int: "int (an integer)", float: "float (a number)"}
 
 
 def _to_bool(method: str, key: str, value: Any) -> bool:
