@@ -21,9 +21,11 @@ def _add_study(parser: argparse.ArgumentParser) -> None:
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train one run (pure or distilled)",
                        description="Train one run. Resumes from checkpoint.pth when present.")
-    p.add_argument("--dataset", required=True,
-                   help="Cifar10, Cifar100, SVHN, TinyImageNet or Digits")
-    p.add_argument("--model", required=True, help="ResNet8, ResNet20, ResNet56, ResNet110/112")
+    p.add_argument("--config", action="append", default=[], metavar="CONFIG_JSON",
+                   help="a run's config.json instead of the flags below; given more than once, "
+                        "the runs train as one pack (same data set, seed, batch size, teacher)")
+    p.add_argument("--dataset", help="Cifar10, Cifar100, SVHN, TinyImageNet or Digits")
+    p.add_argument("--model", help="ResNet8, ResNet20, ResNet56, ResNet110/112")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=128)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from .training.device import epoch_generator, resolve_device, seed_everything
 from .training.guards import check_epoch as _guard
 from .training.loop import evaluate
-from .training.run import command, train_run
+from .training.pack import command, train_pack
+from .training.run import train_run
 from .training.settings import (_with_complete_options, config_from_args, parse_options,
                                 validate_config)
 
-__all__ = ["train_run", "command", "evaluate", "resolve_device", "seed_everything",
+__all__ = ["train_run", "train_pack", "command", "evaluate", "resolve_device", "seed_everything",
            "epoch_generator", "validate_config", "parse_options", "config_from_args",
            "_with_complete_options", "_guard"]

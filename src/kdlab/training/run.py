@@ -29,11 +29,12 @@ from ..config import TrainConfig
 from ..errors import EXIT_PREEMPTED, UserError
 from ..layout import PURE
 from . import device as device_module
-from .guards import Preempted, StopFlag, check_epoch, stop_signals
+from .epochs import mark_stopped, run_epochs, write_status
+from .guards import Preempted, StopFlag, stop_signals
 from .lock import RunLock
-from .loop import evaluate, pretrain, train_epoch
+from .loop import crash_reason, pretrain
 from .settings import _with_complete_options, config_from_args, validate_config
-from .state import RunContext, TrainingState, build_state, read_checkpoint
+from .state import RunContext, Student, TrainingState, build_state, read_checkpoint
 
 
 def train_run(config: TrainConfig, *, force_restart: bool = False, download: bool = False,
@@ -84,8 +85,7 @@ def _record_crash(ctx: RunContext, error: Exception) -> str:
     import traceback
 
     traceback.print_exc()
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    reason = f"crashed: {type(error).__name__}: {first_line}"
+    reason = crash_reason(error)
     try:
         runstate.update_status(ctx.run_dir, status=runstate.FAILED, reason=reason,
                                failed_at=time.time())
@@ -172,28 +172,15 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     state = build_state(ctx, info.num_classes, info.image_size)
     if not lock.held:  # a new run: its directory is created only now, once all is valid
         lock.acquire()
-    _restore_or_restart(ctx, state, force_restart)
-    base_status = _starting_status(ctx, state, status, force_restart)
+    student = start_student(ctx, state, status, force_restart)
     try:
         if state.distiller is not None:
             pretrain(ctx, state.distiller, teacher, data, flag)
-        for epoch in range(state.epoch, config.epochs):
-            failure = _run_epoch(ctx, state, teacher, data, epoch, flag, base_status)
-            if failure:
-                return runstate.FAILED
     except Preempted:
-        base_status.update(stopped_by=flag.signal_name, stopped_at=time.time())
-        _write_status(ctx.run_dir, base_status)
-        ctx.say(f"{ctx.spec.name}: stopped by {flag.signal_name}; checkpoint of epoch "
-                f"{base_status['epoch']} kept, resumes from there", always=True)
-        return runstate.IN_PROGRESS
-
-    base_status.update(status=runstate.COMPLETED, completed_at=time.time())
-    base_status.pop("stopped_by", None)
-    base_status.pop("stopped_at", None)
-    _write_status(ctx.run_dir, base_status)
-    ctx.say(f"{ctx.spec.name}: completed, best test accuracy {state.best_acc:.2f}%")
-    return runstate.COMPLETED
+        mark_stopped(student, flag.signal_name)
+        return student.result
+    run_epochs([student], teacher, data, flag)
+    return student.result
 
 
 def _restore_or_restart(ctx: RunContext, state: TrainingState, force_restart: bool) -> None:
@@ -215,9 +202,11 @@ def _restore_or_restart(ctx: RunContext, state: TrainingState, force_restart: bo
             path.unlink()
 
 
-def _starting_status(ctx: RunContext, state: TrainingState, status: dict | None,
-                     force_restart: bool) -> dict:
-    """Keep what others wrote (job id, scheduler, submitted_at); set what this run owns."""
+def start_student(ctx: RunContext, state: TrainingState, status: dict | None,
+                  force_restart: bool) -> Student:
+    """Resume (or restart) ``state`` and write the status of a run that now trains: keep
+    what others wrote (job id, scheduler, submitted_at), set what this run owns."""
+    _restore_or_restart(ctx, state, force_restart)
     base_status = {key: value for key, value in (status or {}).items() if key != "reason"}
     if force_restart:
         base_status.pop("started_at", None)
@@ -225,73 +214,8 @@ def _starting_status(ctx: RunContext, state: TrainingState, status: dict | None,
                        max_acc=max(state.best_acc, 0.0), config=ctx.config.to_dict(),
                        run=ctx.spec.name, host=os.uname().nodename, pid=os.getpid())
     base_status.setdefault("started_at", time.time())
-    _write_status(ctx.run_dir, base_status)
-    return base_status
-
-
-def _run_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int,
-               flag: StopFlag, base_status: dict) -> str | None:
-    """Train, evaluate and save epoch ``epoch``; the failure reason when the run must stop."""
-    epoch_start = time.perf_counter()
-    train_stats = train_epoch(ctx, state, teacher, data, epoch, flag)
-    state.scheduler.step()
-    test_loss, test_acc = evaluate(state.model, data, ctx.config.eval_batch_size, ctx.amp_dtype)
-    seconds = time.perf_counter() - epoch_start
-    failure = check_epoch(train_stats, epoch)
-    state.record_epoch(train_stats, test_loss, test_acc, seconds)
-    if failure:
-        _fail(ctx, base_status, state.metrics, failure, epoch + 1)
-        ctx.say(f"{ctx.spec.name}: FAILED at epoch {epoch + 1}: {failure}", always=True)
-        return failure
-    state.epoch = epoch + 1
-    _save_epoch(ctx, state, test_acc, base_status)
-    images_per_second = train_stats["images"] / max(train_stats["seconds"], 1e-9)
-    ctx.say(f"{ctx.spec.name} epoch {epoch + 1}/{ctx.config.epochs}  "
-            f"loss {train_stats['loss']:.4f}  acc {train_stats['acc']:.2f}%  "
-            f"test_loss {test_loss:.4f}  test_acc {test_acc:.2f}%  "
-            f"{images_per_second:.0f} img/s  {seconds:.1f}s")
-    return None
-
-
-def _save_epoch(ctx: RunContext, state: TrainingState, test_acc: float,
-                base_status: dict) -> None:
-    """best.pth (when improved), checkpoint.pth, metrics.json, status.json — in that order,
-    so that a kill between two writes resumes from a consistent checkpoint."""
-    if test_acc > state.best_acc:
-        state.best_acc = test_acc
-        runstate.atomic_torch_save({"weights": state.model.state_dict()},
-                                   ctx.run_dir / runstate.BEST_FILE)
-    runstate.atomic_torch_save(state.state_dict(), ctx.run_dir / runstate.CHECKPOINT_FILE)
-    _write_metrics(ctx.run_dir, state.metrics, ctx.config)
-    base_status.update(epoch=state.epoch, max_acc=state.best_acc,
-                       duration_seconds=sum(state.metrics["epoch_seconds"]))
-    base_status.pop("environment_failures", None)  # it progressed: the count starts over
-    _write_status(ctx.run_dir, base_status)
-
-
-def _write_status(run_dir: Path, status: dict) -> None:
-    # Merge with what is on disk so that a job id written by the queue after we started
-    # (e.g. a re-submission that found this process alive) is never lost.
-    try:
-        on_disk = runstate.read_status(run_dir) or {}
-    except runstate.StateFileError:
-        on_disk = {}
-    for key in ("job_id", "scheduler", "submitted_at"):
-        if key in on_disk and key not in status:
-            status[key] = on_disk[key]
-    runstate.write_status(run_dir, status)
-
-
-def _write_metrics(run_dir: Path, metrics: dict, config: TrainConfig) -> None:
-    runstate.atomic_write_json(run_dir / runstate.METRICS_FILE,
-                               {**metrics, "config": config.to_dict(), "epochs": config.epochs})
-
-
-def _fail(ctx: RunContext, status: dict, metrics: dict, reason: str, epoch: int) -> None:
-    _write_metrics(ctx.run_dir, metrics, ctx.config)
-    status.update(status=runstate.FAILED, reason=reason, failed_epoch=epoch,
-                  failed_at=time.time())
-    _write_status(ctx.run_dir, status)
+    write_status(ctx.run_dir, base_status)
+    return Student(ctx, state, base_status)
 
 
 def command(args) -> int:
