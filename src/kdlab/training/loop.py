@@ -11,7 +11,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from .. import runstate
+from .. import layout, runstate
 from .device import autocast, epoch_generator
 from .guards import Preempted, StopFlag
 from .state import RunContext, Student, TrainingState
@@ -187,7 +187,8 @@ def pretrain(ctx: RunContext, distiller, teacher, data, flag: StopFlag) -> None:
         device=ctx.device, run_dir=ctx.run_dir, seed=config.seed,
         should_stop=lambda: bool(flag), log=ctx.say,
         save=lambda path, obj: runstate.atomic_torch_save(obj, path),
-        batch_size=config.batch_size)
+        batch_size=config.batch_size,
+        teacher_dir=layout.run_dir(config.experiments_dir, config.run_spec().teacher_run()))
     distiller.pretrain(context)
     flag.raise_if_set()
 
