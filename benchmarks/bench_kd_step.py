@@ -38,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--angle-repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (steps are synchronised)")
     return parser.parse_args()
 
 
@@ -46,7 +47,8 @@ class StepRunner:
 
     def __init__(self, args, distiller, teacher, images, labels) -> None:
         torch.manual_seed(0)
-        self.student = build_model(args.student, args.num_classes).train()
+        self.device = torch.device(args.device)
+        self.student = build_model(args.student, args.num_classes).to(self.device).train()
         self.distiller = distiller
         self.teacher = teacher
         self.images, self.labels = images, labels
@@ -58,6 +60,8 @@ class StepRunner:
 
     def step(self) -> float:
         """Seconds for one step."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         outputs = self.student(self.images)
         loss = F.cross_entropy(outputs[-1], self.labels)
@@ -70,6 +74,8 @@ class StepRunner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
 
@@ -99,14 +105,15 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator)
-    teacher = build_model(args.teacher, args.num_classes).eval()
+    images, labels = images.to(args.device), labels.to(args.device)
+    teacher = build_model(args.teacher, args.num_classes).to(args.device).eval()
     teacher.requires_grad_(False)
     student_shapes = feature_shapes(args.student, args.num_classes, args.image_size)
     teacher_shapes = feature_shapes(args.teacher, args.num_classes, args.image_size)
 
     runners = {"pure": StepRunner(args, None, teacher, images, labels)}
     for name in methods:
-        distiller = build_distiller(name, student_shapes, teacher_shapes, {})
+        distiller = build_distiller(name, student_shapes, teacher_shapes, {}).to(args.device)
         if name == "factor_transfer":
             distiller.paraphraser_ready = True  # stage 1 is a one-off, not part of a step
         runners[name] = StepRunner(args, distiller, teacher, images, labels)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from kdlab.distill import (METHOD_NAMES, Preempted, PretrainContext, build_distiller,
                            method_class, resolve_options)
-from kdlab.distill.factor_transfer import PARAPHRASER_CHECKPOINT_FILE, PARAPHRASER_FILE
+from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRASER_FILE,
+                                          settings_key)
 from kdlab.distill.fitnets import regressor_conv
 from kdlab.errors import UserError
 from kdlab.models import build_model, feature_shapes
@@ -374,7 +375,8 @@ def test_fitnets_regressor_is_a_trainable_submodule():
 class _Context:
     """A PretrainContext over a tiny deterministic data stream; counts batches served."""
 
-    def __init__(self, run_dir, stop_after=None, serve=True, teacher_seed=0, batch_size=4):
+    def __init__(self, run_dir, stop_after=None, serve=True, teacher_seed=0, batch_size=4,
+                 teacher_dir=None):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(teacher_seed)  # the same teacher in every context
             self.teacher = build_model("ResNet8", 10).eval()
@@ -385,8 +387,10 @@ class _Context:
         self.context = PretrainContext(
             teacher=self.teacher, train_batches=self.batches, device=torch.device("cpu"),
             run_dir=run_dir, seed=3, should_stop=self.should_stop, log=lambda line: None,
-            save=lambda path, obj: atomic_torch_save(obj, path), batch_size=batch_size)
+            save=lambda path, obj: atomic_torch_save(obj, path), batch_size=batch_size,
+            teacher_dir=teacher_dir)
         self.batch_size = batch_size
+        self.stop_checks = 0
 
     def batches(self, epoch):
         assert self.serve, "stage 1 should have been skipped"
@@ -397,6 +401,7 @@ class _Context:
                    torch.zeros(self.batch_size).long())
 
     def should_stop(self):
+        self.stop_checks += 1
         return self.stop_after is not None and self.batches_served >= self.stop_after
 
 
@@ -470,6 +475,43 @@ def test_paraphraser_with_other_settings_is_retrained(tmp_path):
     distiller.pretrain(fake.context)
     assert fake.batches_served == 4
     assert torch.load(tmp_path / PARAPHRASER_FILE)["settings"]["batch_size"] == 5
+
+
+def test_one_paraphraser_per_teacher_is_shared_by_its_students(tmp_path):
+    options = resolve_options("factor_transfer", {"paraphraser_epochs": 2})
+    teacher_dir = tmp_path / "teacher"
+    solo = build_distiller("factor_transfer", SHAPES, SHAPES, options)
+    solo.pretrain(_Context(tmp_path / "solo").context)  # no sharing: today's per-run stage 1
+
+    first = build_distiller("factor_transfer", SHAPES, SHAPES, options)
+    fake = _Context(tmp_path / "alpha_0.5", teacher_dir=teacher_dir)
+    first.pretrain(fake.context)
+    assert fake.batches_served == 4
+    shared = list((teacher_dir / "paraphrasers").glob("paraphraser-*.pth"))
+    assert len(shared) == 1
+    second = build_distiller("factor_transfer", SHAPES, SHAPES, options)
+    second.pretrain(_Context(tmp_path / "alpha_0.9", teacher_dir=teacher_dir, serve=False).context)
+    assert second.paraphraser_ready
+    assert _same(_paraphraser_weights(second), _paraphraser_weights(solo))
+    assert _same(_paraphraser_weights(first), _paraphraser_weights(solo))
+    assert (tmp_path / "alpha_0.9" / PARAPHRASER_FILE).exists()
+
+
+def test_a_student_waits_for_the_teachers_paraphraser_and_stops_on_request(tmp_path):
+    import fcntl
+
+    options = resolve_options("factor_transfer", {"paraphraser_epochs": 1})
+    teacher_dir = tmp_path / "teacher"
+    (teacher_dir / "paraphrasers").mkdir(parents=True)
+    distiller = build_distiller("factor_transfer", SHAPES, SHAPES, options)
+    fake = _Context(tmp_path / "student", teacher_dir=teacher_dir, stop_after=0)
+    key_path = (teacher_dir / "paraphrasers" /
+                f"paraphraser-{settings_key(distiller.stage_settings(fake.context))}.lock")
+    with open(key_path, "a+") as holder:  # another job trains it now
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(Preempted, match="waiting"):
+            distiller.pretrain(fake.context)
+    assert fake.batches_served == 0 and fake.stop_checks >= 1
 
 
 def test_frozen_paraphraser_stays_in_eval_mode():

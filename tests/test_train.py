@@ -198,9 +198,9 @@ def test_guard_stops_an_epoch_whose_steps_were_skipped():
 
 
 def test_failed_run_exit_code(tmp_path, monkeypatch):
-    import kdlab.training.run as run_module
+    import kdlab.training.epochs as epochs_module
 
-    monkeypatch.setattr(run_module, "check_epoch", lambda stats, epoch: "forced failure")
+    monkeypatch.setattr(epochs_module, "check_epoch", lambda stats, epoch: "forced failure")
     assert main(train_args(tmp_path, 1, "--quiet")) == 1
     assert runstate.read_status(the_run_dir(tmp_path))["reason"] == "forced failure"
 
@@ -264,12 +264,12 @@ def test_per_epoch_progress_line(tmp_path, capsys):
 
 
 def test_a_crash_marks_the_run_failed_with_its_reason(tmp_path, monkeypatch, capsys):
-    import kdlab.training.run as run_module
+    import kdlab.training.epochs as epochs_module
 
     def crash(*args, **kwargs):
         raise FloatingPointError("non-finite reconstruction loss in epoch 1")
 
-    monkeypatch.setattr(run_module, "evaluate", crash)
+    monkeypatch.setattr(epochs_module, "evaluate", crash)
     assert main(train_args(tmp_path, 1, "--quiet")) == 1
     status = runstate.read_status(the_run_dir(tmp_path))
     assert status["status"] == "failed"

@@ -15,7 +15,7 @@ from kdlab.models import build_model
 from kdlab.training.guards import StopFlag
 from kdlab.training.loop import train_epoch
 from kdlab.config import _with_complete_options
-from kdlab.training.state import RunContext, build_state, read_checkpoint
+from kdlab.training.state import RunContext, Student, build_state, read_checkpoint
 
 STUDENT_UP_TO_LAYER1 = ("conv1.", "bn1.", "layer1.")
 STUDENT_AFTER_LAYER1 = ("layer2.", "layer3.", "linear.")
@@ -52,7 +52,7 @@ def test_hint_stage_trains_only_the_student_up_to_the_guided_layer_and_the_regre
 
     before = copy.deepcopy(state.model.state_dict())
     regressor_before = copy.deepcopy(state.distiller.state_dict())
-    stats = train_epoch(ctx, state, teacher, data, 0, StopFlag())
+    (stats,) = train_epoch([Student(ctx, state)], teacher, data, 0, StopFlag())
     after = state.model.state_dict()
     # Stage 1: every tensor of the stem and layer1 moved (weights and BN statistics) ...
     trained = changed(before, after, STUDENT_UP_TO_LAYER1)
@@ -67,7 +67,7 @@ def test_hint_stage_trains_only_the_student_up_to_the_guided_layer_and_the_regre
 
     # Stage 2 (epoch 1 of 3): the normal objective trains the whole student.
     before = copy.deepcopy(state.model.state_dict())
-    stats = train_epoch(ctx, state, teacher, data, 1, StopFlag())
+    (stats,) = train_epoch([Student(ctx, state)], teacher, data, 1, StopFlag())
     assert all(changed(before, state.model.state_dict(), STUDENT_AFTER_LAYER1).values())
     expected = 0.5 * stats["terms"]["ce"] + 0.5 * stats["terms"]["distill"]
     assert stats["loss"] == pytest.approx(expected, rel=1e-6)
@@ -80,7 +80,7 @@ def test_without_hint_epochs_the_first_epoch_is_joint(tmp_path):
     torch.manual_seed(0)
     state = build_state(ctx, 10, 32)
     before = copy.deepcopy(state.model.state_dict())
-    train_epoch(ctx, state, build_model("ResNet8", 10).eval().requires_grad_(False),
+    train_epoch([Student(ctx, state)], build_model("ResNet8", 10).eval().requires_grad_(False),
                 small_digits(), 0, StopFlag())
     assert all(changed(before, state.model.state_dict(), STUDENT_AFTER_LAYER1).values())
 

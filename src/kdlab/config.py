@@ -130,9 +130,8 @@ class TrainConfig:
     channels_last: bool = setting(False, "NHWC memory layout for models and batches", bool)
 
     def __post_init__(self) -> None:
-        for name in ("dataset", "model"):
-            if getattr(self, name) is _REQUIRED:
-                raise UserError(f"--{name} is required (or --config FILE)")
+        if self.dataset is _REQUIRED or self.model is _REQUIRED:
+            raise UserError("--dataset and --model are required (or --config FILE)")
 
     @property
     def effective_label_smoothing(self) -> float:

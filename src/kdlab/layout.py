@@ -231,3 +231,9 @@ def analysis_table_path(analysis_root: str | Path, study_name: str, name: str) -
 
 def report_path(analysis_root: str | Path, study_name: str) -> Path:
     return analysis_dir(analysis_root, study_name) / "report.html"
+
+
+def shared_paraphraser_path(teacher_run_dir: str | Path, settings_key: str) -> Path:
+    """Factor transfer's stage-1 paraphraser of one teacher run, shared by all its students
+    whose stage 1 has the settings hashed as ``settings_key``: inside the teacher's run."""
+    return Path(teacher_run_dir) / "paraphrasers" / f"paraphraser-{settings_key}.pth"

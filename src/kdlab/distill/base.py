@@ -29,7 +29,9 @@ class PretrainContext:
     ``train_batches(epoch)`` yields augmented, normalised ``(images, labels)`` batches of
     ``batch_size`` on ``device`` drawn deterministically from the run's seed and ``epoch``;
     ``should_stop()`` turns True once the scheduler asked the job to stop: save progress
-    and raise :class:`Preempted`. ``save(path, obj)`` writes atomically.
+    and raise :class:`Preempted`. ``save(path, obj)`` writes atomically. ``teacher_dir``:
+    the teacher's run directory, where a stage's result that depends only on the teacher,
+    the seed and the stage's settings is shared by every student (None: not shared).
     """
 
     teacher: nn.Module
@@ -41,6 +43,7 @@ class PretrainContext:
     log: Callable[[str], None]
     save: Callable[[Path, Any], None]
     batch_size: int
+    teacher_dir: Path | None = None
 
 
 class Distiller(nn.Module):

@@ -10,7 +10,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +23,7 @@ from torch import nn
 
 from .. import catalog
 from ..errors import UserError
+from ..layout import shared_paraphraser_path
 from ..models import describe_mismatch
 from . import register
 from .attention import match_spatial_size
@@ -168,12 +173,15 @@ class FactorTransferDistiller(Distiller):
         ``context.train_batches(epoch)``, resuming from ``paraphraser_checkpoint.pth``
         (written after every finished epoch) and skipped when ``paraphraser.pth`` exists.
 
+        The paraphraser depends only on the teacher, the seed, the batch stream and the stage's
+        settings, so it is trained once per teacher and stored in the teacher's run directory
+        (``context.teacher_dir``), under a lock: every other factor-transfer student of that
+        teacher (any alpha, packed or not) loads it, bit-identical to training it itself.
+
         A stop request between batches raises :class:`Preempted`; the checkpoint on disk is
         then the last finished epoch, and the interrupted epoch is redone on resume with the
         same batches (they depend only on seed and epoch), so the result is the same."""
-        run_dir = Path(context.run_dir)
-        final_path = run_dir / PARAPHRASER_FILE
-        checkpoint_path = run_dir / PARAPHRASER_CHECKPOINT_FILE
+        final_path = Path(context.run_dir) / PARAPHRASER_FILE
         settings = self.stage_settings(context)  # hashes the teacher's weights: once
         if final_path.exists():
             if self.load_paraphraser(final_path, settings):
@@ -181,7 +189,23 @@ class FactorTransferDistiller(Distiller):
                 return
             context.log(f"factor_transfer: {final_path.name} was made with other settings; "
                         "training the paraphraser again")
+        shared = (None if context.teacher_dir is None else
+                  shared_paraphraser_path(context.teacher_dir, settings_key(settings)))
+        with _exclusive(shared, context):
+            if shared is not None and shared.exists() and self.load_paraphraser(shared, settings):
+                context.log(f"factor_transfer: stage 1 shared with the teacher's other "
+                            f"students ({shared} loaded)")
+            else:
+                self.paraphraser.load_state_dict(self._train_paraphraser(context, settings))
+                if shared is not None:
+                    context.save(shared, {"weights": self.paraphraser.state_dict(),
+                                          "settings": settings})
+        context.save(final_path, {"weights": self.paraphraser.state_dict(), "settings": settings})
+        self.paraphraser_ready = True
 
+    def _train_paraphraser(self, context: PretrainContext, settings: dict) -> dict:
+        """The trained paraphraser's state dict (resumed from the run's stage-1 checkpoint)."""
+        checkpoint_path = Path(context.run_dir) / PARAPHRASER_CHECKPOINT_FILE
         epochs = settings["paraphraser_epochs"]
         trainee = self._fresh_paraphraser(context.seed).to(context.device)
         optimizer = torch.optim.SGD(trainee.parameters(), lr=settings["paraphraser_lr"],
@@ -197,38 +221,15 @@ class FactorTransferDistiller(Distiller):
                 context.log(f"factor_transfer: resuming stage 1 after epoch {start_epoch}/{epochs}")
             else:
                 context.log(f"factor_transfer: ignoring {checkpoint_path.name} (other settings)")
-
-        teacher = context.teacher
-        teacher.eval()
+        context.teacher.eval()
         for epoch in range(start_epoch, epochs):
-            trainee.train()
-            loss_sum, sample_count = 0.0, 0
-            for images, _labels in context.train_batches(epoch):
-                if context.should_stop():
-                    raise Preempted(f"factor_transfer stage 1 stopped in epoch {epoch + 1}; "
-                                    f"{checkpoint_path.name} holds {epoch} finished epochs")
-                with torch.inference_mode():
-                    features = teacher(images)[2]
-                # Out of inference mode so that autograd may use them as the target.
-                features = features.float().clone()
-                loss = F.mse_loss(trainee(features), features)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"factor_transfer stage 1: non-finite reconstruction "
-                                             f"loss in epoch {epoch + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.item() * images.shape[0]
-                sample_count += images.shape[0]
+            mean_loss = _paraphraser_epoch(trainee, optimizer, context, epoch, checkpoint_path)
             context.save(checkpoint_path, {"paraphraser": trainee.state_dict(),
                                            "optimizer": optimizer.state_dict(),
                                            "epoch": epoch + 1, "settings": settings})
             context.log(f"factor_transfer stage 1: epoch {epoch + 1}/{epochs} reconstruction "
-                        f"MSE {loss_sum / max(sample_count, 1):.5f}")
-
-        context.save(final_path, {"weights": trainee.state_dict(), "settings": settings})
-        self.paraphraser.load_state_dict(trainee.state_dict())
-        self.paraphraser_ready = True
+                        f"MSE {mean_loss:.5f}")
+        return trainee.state_dict()
 
     def _fresh_paraphraser(self, seed: int) -> Paraphraser:
         """A newly initialised paraphraser drawn from ``seed`` alone (the global RNG is left
@@ -257,3 +258,54 @@ def _load(path: Path, device=None) -> dict:
     if not isinstance(payload, dict):
         raise UserError(f"{path}: expected a dict, found {type(payload).__name__}")
     return payload
+
+
+def _paraphraser_epoch(trainee, optimizer, context: PretrainContext, epoch: int,
+                       checkpoint_path: Path) -> float:
+    """One stage-1 epoch; the mean reconstruction MSE."""
+    trainee.train()
+    loss_sum, sample_count = 0.0, 0
+    for images, _labels in context.train_batches(epoch):
+        if context.should_stop():
+            raise Preempted(f"factor_transfer stage 1 stopped in epoch {epoch + 1}; "
+                            f"{checkpoint_path.name} holds {epoch} finished epochs")
+        with torch.inference_mode():
+            features = context.teacher(images)[2]
+        # Out of inference mode so that autograd may use them as the target.
+        features = features.float().clone()
+        loss = F.mse_loss(trainee(features), features)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"factor_transfer stage 1: non-finite reconstruction "
+                                     f"loss in epoch {epoch + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * images.shape[0]
+        sample_count += images.shape[0]
+    return loss_sum / max(sample_count, 1)
+
+
+def settings_key(settings: dict) -> str:
+    """A short stable hash of stage-1 settings (the shared paraphraser's file name)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path | None, context: PretrainContext, poll_seconds: float = 0.2):
+    """Hold an OS lock beside ``path`` (none when None) so that concurrent students of one
+    teacher train its paraphraser once; waiting stops with Preempted on a stop request."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a+") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if context.should_stop():
+                    raise Preempted(f"stopped while waiting for {path.name} (another "
+                                    "student of this teacher trains it)") from None
+                time.sleep(poll_seconds)
+        yield

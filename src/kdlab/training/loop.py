@@ -6,14 +6,15 @@ from __future__ import annotations
 import math
 import sys
 import time
+import traceback
 
 import torch
 import torch.nn.functional as F
 
-from .. import runstate
+from .. import layout, runstate
 from .device import autocast, epoch_generator
 from .guards import Preempted, StopFlag
-from .state import RunContext, TrainingState
+from .state import RunContext, Student, TrainingState
 
 # Stage 1 of a method draws its batches from another stream than the student's epochs.
 PRETRAIN_SEED_OFFSET = 7919
@@ -49,23 +50,25 @@ class EpochSums:
                 "images": self.seen, "seconds": seconds}
 
 
-def batch_loss(ctx: RunContext, state: TrainingState, teacher, images, labels,
+def teacher_forward(ctx: RunContext, teacher, images) -> list[torch.Tensor]:
+    """The frozen teacher's outputs for a batch, in float32 and out of inference mode
+    (autograd may save them); computed once per batch for every student of a pack."""
+    with torch.inference_mode(), autocast(ctx.device, ctx.amp_dtype):
+        outputs = teacher(images)
+    return [output.float().clone() for output in outputs]
+
+
+def batch_loss(ctx: RunContext, state: TrainingState, teacher_outputs, images, labels,
                distill_only: bool = False):
     """(total loss, named terms, student logits) of one batch; ``distill_only``: the total is
     the method's terms alone (a partial stage), the cross-entropy is only logged."""
     config, device = ctx.config, ctx.device
-    if config.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
     with autocast(device, ctx.amp_dtype):
         student_outputs = state.model(images)
     logits = student_outputs[-1].float()
     ce = F.cross_entropy(logits, labels, label_smoothing=config.effective_label_smoothing)
     if state.distiller is None:
         return ce, {"ce": ce}, logits
-    with torch.inference_mode(), autocast(device, ctx.amp_dtype):
-        teacher_outputs = teacher(images)
-    # Out of inference mode (autograd may save them) and in float32.
-    teacher_outputs = [output.float().clone() for output in teacher_outputs]
     with torch.autocast(device.type, enabled=False):
         distill_terms = state.distiller([output.float() for output in student_outputs],
                                         teacher_outputs, labels)
@@ -100,29 +103,60 @@ def _progress_bar(ctx: RunContext, num_train: int, epoch: int):
                 unit="batch")
 
 
-def train_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int,
-                flag: StopFlag) -> dict:
-    """Train epoch ``epoch`` (0-based) over the batches of ``(seed, epoch)``; the epoch's
-    figures (see :class:`EpochSums`). A stop request raises Preempted between batches."""
-    stage = _enter_train_mode(state, epoch)
-    sums = EpochSums(ctx.device)
-    start = time.perf_counter()
-    progress = _progress_bar(ctx, data.num_train, epoch)
+def crash_reason(error: Exception) -> str:
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"crashed: {type(error).__name__}: {first_line}"
+
+
+def _step(student: Student, sums: EpochSums, images, labels, teacher_outputs,
+          isolate: bool, partial: bool) -> None:
     try:
-        for images, labels in data.train_batches(ctx.config.batch_size,
-                                                 epoch_generator(ctx.config.seed, epoch)):
+        total_loss, terms, logits = batch_loss(student.ctx, student.state, teacher_outputs,
+                                               images, labels, distill_only=partial)
+        skipped = optimizer_step(student.state, total_loss)
+    except Exception as error:
+        if not isolate:
+            raise
+        # In a pack one student's crash is its own: it leaves, the others go on.
+        traceback.print_exc()
+        student.failure = crash_reason(error)
+        return
+    sums.add(total_loss, terms, logits, labels, skipped)
+
+
+def train_epoch(students: list[Student], teacher, data, epoch: int, flag: StopFlag, *,
+                isolate: bool = False) -> list[dict]:
+    """Train epoch ``epoch`` (0-based) of every student over the batches of ``(seed,
+    epoch)``, shared (one teacher pass per batch); each student's figures (see
+    :class:`EpochSums`). A stop request raises Preempted between batches; with ``isolate``
+    a student whose step raises gets ``failure`` set and sits out the rest."""
+    lead = students[0].ctx
+    sums = [EpochSums(student.ctx.device) for student in students]
+    partial = [_enter_train_mode(student.state, epoch) is not None for student in students]
+    start = time.perf_counter()
+    progress = _progress_bar(lead, data.num_train, epoch) if len(students) == 1 else None
+    try:
+        for images, labels in data.train_batches(lead.config.batch_size,
+                                                 epoch_generator(lead.config.seed, epoch)):
             flag.raise_if_set()
-            total_loss, terms, logits = batch_loss(ctx, state, teacher, images, labels,
-                                                   distill_only=stage is not None)
-            skipped = optimizer_step(state, total_loss)
-            sums.add(total_loss, terms, logits, labels, skipped)
+            if lead.config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            live = [(student, student_sums, stage)
+                    for student, student_sums, stage in zip(students, sums, partial)
+                    if student.failure is None]
+            teacher_outputs = (teacher_forward(lead, teacher, images)
+                               if any(s.state.distiller is not None for s, _, _ in live)
+                               else None)
+            for student, student_sums, stage in live:
+                _step(student, student_sums, images, labels, teacher_outputs, isolate, stage)
             if progress is not None:
                 progress.update(1)
     finally:
         if progress is not None:
             progress.close()
     flag.raise_if_set()
-    return sums.stats(time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return [student_sums.stats(seconds) for student_sums in sums]
 
 
 def _enter_train_mode(state: TrainingState, epoch: int) -> int | None:
@@ -175,10 +209,11 @@ def pretrain(ctx: RunContext, distiller, teacher, data, flag: StopFlag) -> None:
         device=ctx.device, run_dir=ctx.run_dir, seed=config.seed,
         should_stop=lambda: bool(flag), log=ctx.say,
         save=lambda path, obj: runstate.atomic_torch_save(obj, path),
-        batch_size=config.batch_size)
+        batch_size=config.batch_size,
+        teacher_dir=layout.run_dir(config.experiments_dir, config.run_spec().teacher_run()))
     distiller.pretrain(context)
     flag.raise_if_set()
 
 
-__all__ = ["EpochSums", "batch_loss", "optimizer_step", "train_epoch", "evaluate", "pretrain",
-           "Preempted"]
+__all__ = ["EpochSums", "teacher_forward", "batch_loss", "optimizer_step", "crash_reason",
+           "train_epoch", "evaluate", "pretrain", "Preempted"]

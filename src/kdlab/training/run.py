@@ -25,16 +25,16 @@ from pathlib import Path
 import torch
 
 from .. import layout, runstate
-from ..config import (TrainConfig, _with_complete_options, prepare_configs, validate_config,
-                      write_config_file)
+from ..config import TrainConfig, _with_complete_options, validate_config, write_config_file
 from ..errors import EXIT_PREEMPTED, UserError, WriteError
 from ..layout import PURE
 from . import device as device_module
-from .guards import Preempted, StopFlag, check_epoch, stop_signals
+from .epochs import mark_stopped, run_epochs, write_status
+from .guards import Preempted, StopFlag, stop_signals
 from .lock import RunLock
-from .loop import evaluate, pretrain, train_epoch
+from .loop import crash_reason, pretrain
 from .selection import VALIDATION, accuracy_summary
-from .state import RunContext, TrainingState, build_state, read_checkpoint
+from .state import RunContext, Student, TrainingState, build_state, read_checkpoint
 from .tensorboard import EpochEvents
 from .threads import thread_limits
 
@@ -91,8 +91,7 @@ def _record_crash(ctx: RunContext, error: Exception) -> str:
     import traceback
 
     traceback.print_exc()
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    reason = f"crashed: {type(error).__name__}: {first_line}"
+    reason = crash_reason(error)
     try:
         runstate.update_status(ctx.run_dir, status=runstate.FAILED, reason=reason,
                                failed_at=time.time())
@@ -167,60 +166,40 @@ def load_teacher(config: TrainConfig, num_classes: int, device: torch.device):
 
 def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: bool,
            flag: StopFlag, lock: RunLock) -> str:
-    from ..data import DeviceData, load_arrays
-
     config = ctx.config
     device_module.make_deterministic(ctx.device, config.seed)
+    data, info, validation_split = load_data(config, ctx.device, download)
+    teacher = (load_teacher(config, info.num_classes, ctx.device)
+               if config.distillation != PURE else None)
+    state = build_state(ctx, info.num_classes, info.image_size)
+    if not lock.held:  # a new run: its directory is created only now, once all is valid
+        lock.acquire()
+        write_config_file(ctx.run_dir, config)
+    student = start_student(ctx, state, status, force_restart, validation_split)
+    try:
+        if state.distiller is not None:
+            pretrain(ctx, state.distiller, teacher, data, flag)
+    except Preempted:
+        mark_stopped(student, flag.signal_name)
+        return student.result
+    run_epochs([student], teacher, data, flag)
+    return student.result
+
+
+def load_data(config: TrainConfig, device: torch.device, download: bool):
+    """The run's data on the device (with its augmentation), the data set's facts, and the
+    validation hold-out's record when best.pth is chosen on one (else None)."""
+    from ..data import DeviceData, load_arrays
+
     arrays = load_arrays(config.dataset, config.data_root, download=download)
-    info = arrays.info
     validation_split = None
     if config.selection == VALIDATION:
         from ..data.validation import hold_out_validation
 
         arrays, validation_split = hold_out_validation(arrays, config.validation_fraction,
                                                        config.seed)
-    teacher = (load_teacher(config, info.num_classes, ctx.device)
-               if config.distillation != PURE else None)
-    data = DeviceData(arrays, ctx.device, augmentation=config.augmentation)
-    state = build_state(ctx, info.num_classes, info.image_size)
-    if not lock.held:  # a new run: its directory is created only now, once all is valid
-        lock.acquire()
-        write_config_file(ctx.run_dir, config)
-    _restore_or_restart(ctx, state, force_restart)
-    base_status = _starting_status(ctx, state, status, force_restart)
-    if validation_split is not None:
-        base_status["validation_split"] = validation_split
-    events = EpochEvents(ctx.run_dir, config.tensorboard)
-    try:
-        if state.distiller is not None:
-            pretrain(ctx, state.distiller, teacher, data, flag)
-        for epoch in range(state.epoch, config.epochs):
-            failure = _run_epoch(ctx, state, teacher, data, epoch, flag, base_status)
-            if failure:
-                return runstate.FAILED
-            events.write(state.metrics, state.epoch)
-    except Preempted:
-        base_status.update(stopped_by=flag.signal_name, stopped_at=time.time())
-        _write_status(ctx.run_dir, base_status)
-        ctx.say(f"{ctx.spec.name}: stopped by {flag.signal_name}; checkpoint of epoch "
-                f"{base_status['epoch']} kept, resumes from there", always=True)
-        return runstate.IN_PROGRESS
-    finally:
-        events.close()
-    return _complete(ctx, state, base_status)
-
-
-def _complete(ctx: RunContext, state: TrainingState, base_status: dict) -> str:
-    config = ctx.config
-    base_status.update(status=runstate.COMPLETED, completed_at=time.time())
-    base_status.pop("stopped_by", None)
-    base_status.pop("stopped_at", None)
-    _write_status(ctx.run_dir, base_status)
-    summary = accuracy_summary(state.metrics, config.selection)
-    chosen = summary.get("selected_acc", summary["max_acc"])
-    ctx.say(f"{ctx.spec.name}: completed, test accuracy {chosen:.2f}% at the epoch chosen "
-            f"on the {config.selection} split (epoch {summary.get('selected_epoch', '-')})")
-    return runstate.COMPLETED
+    return (DeviceData(arrays, device, augmentation=config.augmentation), arrays.info,
+            validation_split)
 
 
 def _restore_or_restart(ctx: RunContext, state: TrainingState, force_restart: bool) -> None:
@@ -242,9 +221,11 @@ def _restore_or_restart(ctx: RunContext, state: TrainingState, force_restart: bo
             path.unlink()
 
 
-def _starting_status(ctx: RunContext, state: TrainingState, status: dict | None,
-                     force_restart: bool) -> dict:
-    """Keep what others wrote (job id, scheduler, submitted_at); set what this run owns."""
+def start_student(ctx: RunContext, state: TrainingState, status: dict | None,
+                  force_restart: bool, validation_split: dict | None = None) -> Student:
+    """Resume (or restart) ``state`` and write the status of a run that now trains: keep
+    what others wrote (job id, scheduler, submitted_at, pack), set what this run owns."""
+    _restore_or_restart(ctx, state, force_restart)
     base_status = {key: value for key, value in (status or {}).items() if key != "reason"}
     if force_restart:
         base_status.pop("started_at", None)
@@ -252,91 +233,10 @@ def _starting_status(ctx: RunContext, state: TrainingState, status: dict | None,
                        config=ctx.config.to_dict(), selection=ctx.config.selection,
                        **accuracy_summary(state.metrics, ctx.config.selection),
                        run=ctx.spec.name, host=os.uname().nodename, pid=os.getpid())
+    if validation_split is not None:
+        base_status["validation_split"] = validation_split
     if ctx.threads is not None:
         base_status.update(threads=ctx.threads["count"], thread_settings=ctx.threads)
     base_status.setdefault("started_at", time.time())
-    _write_status(ctx.run_dir, base_status)
-    return base_status
-
-
-def _run_epoch(ctx: RunContext, state: TrainingState, teacher, data, epoch: int,
-               flag: StopFlag, base_status: dict) -> str | None:
-    """Train, evaluate and save epoch ``epoch``; the failure reason when the run must stop."""
-    epoch_start = time.perf_counter()
-    lr = state.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
-    train_stats = train_epoch(ctx, state, teacher, data, epoch, flag)
-    state.scheduler.step()
-    evaluation = {"test": evaluate(state.model, data, ctx.config.eval_batch_size,
-                                   ctx.amp_dtype)}
-    if ctx.config.selection == VALIDATION:
-        evaluation["validation"] = evaluate(state.model, data, ctx.config.eval_batch_size,
-                                            ctx.amp_dtype, split=VALIDATION)
-    test_loss, test_acc = evaluation["test"]
-    seconds = time.perf_counter() - epoch_start
-    failure = check_epoch(train_stats, epoch)
-    state.record_epoch(train_stats, evaluation, seconds, lr)
-    if failure:
-        _fail(ctx, base_status, state.metrics, failure, epoch + 1)
-        ctx.say(f"{ctx.spec.name}: FAILED at epoch {epoch + 1}: {failure}", always=True)
-        return failure
-    state.epoch = epoch + 1
-    _save_epoch(ctx, state, evaluation[ctx.config.selection][1], base_status)
-    images_per_second = train_stats["images"] / max(train_stats["seconds"], 1e-9)
-    ctx.say(f"{ctx.spec.name} epoch {epoch + 1}/{ctx.config.epochs}  "
-            f"loss {train_stats['loss']:.4f}  acc {train_stats['acc']:.2f}%  "
-            f"test_loss {test_loss:.4f}  test_acc {test_acc:.2f}%  "
-            f"{images_per_second:.0f} img/s  {seconds:.1f}s")
-    return None
-
-
-def _save_epoch(ctx: RunContext, state: TrainingState, selection_acc: float,
-                base_status: dict) -> None:
-    """best.pth (when the accuracy on the selection split improved), checkpoint.pth,
-    metrics.json, status.json — in that order, so that a kill between two writes resumes
-    from a consistent checkpoint."""
-    if selection_acc > state.best_acc:
-        state.best_acc = selection_acc
-        runstate.atomic_torch_save({"weights": state.model.state_dict()},
-                                   ctx.run_dir / runstate.BEST_FILE)
-    runstate.atomic_torch_save(state.state_dict(), ctx.run_dir / runstate.CHECKPOINT_FILE)
-    _write_metrics(ctx.run_dir, state.metrics, ctx.config)
-    base_status.update(epoch=state.epoch, **accuracy_summary(state.metrics, ctx.config.selection),
-                       duration_seconds=sum(state.metrics["epoch_seconds"]))
-    base_status.pop("environment_failures", None)  # it progressed: the count starts over
-    _write_status(ctx.run_dir, base_status)
-
-
-def _write_status(run_dir: Path, status: dict) -> None:
-    # Merge with what is on disk so that a job id written by the queue after we started
-    # (e.g. a re-submission that found this process alive) is never lost.
-    try:
-        on_disk = runstate.read_status(run_dir) or {}
-    except runstate.StateFileError:
-        on_disk = {}
-    for key in ("job_id", "scheduler", "submitted_at"):
-        if key in on_disk and key not in status:
-            status[key] = on_disk[key]
-    runstate.write_status(run_dir, status)
-
-
-def _write_metrics(run_dir: Path, metrics: dict, config: TrainConfig) -> None:
-    runstate.atomic_write_json(run_dir / runstate.METRICS_FILE,
-                               {**metrics, "config": config.to_dict(), "epochs": config.epochs})
-
-
-def _fail(ctx: RunContext, status: dict, metrics: dict, reason: str, epoch: int) -> None:
-    _write_metrics(ctx.run_dir, metrics, ctx.config)
-    status.update(status=runstate.FAILED, reason=reason, failed_epoch=epoch,
-                  failed_at=time.time())
-    _write_status(ctx.run_dir, status)
-
-
-def command(args) -> int:
-    """``kdlab train``: 0 completed, 75 stopped by a signal (resumable), 1 failed."""
-    for config in prepare_configs(args):  # one per --config file (or the flags' one run)
-        final = train_run(config, force_restart=args.force_restart, download=args.download,
-                          quiet=args.quiet)
-        exit_status = {runstate.COMPLETED: 0, runstate.IN_PROGRESS: EXIT_PREEMPTED}.get(final, 1)
-        if exit_status:
-            return exit_status
-    return 0
+    write_status(ctx.run_dir, base_status)
+    return Student(ctx, state, base_status, events=EpochEvents(ctx.run_dir, ctx.config.tensorboard))

@@ -95,6 +95,20 @@ class TrainingState:
             self.metrics.setdefault(key, []).append(value)
 
 
+@dataclass
+class Student:
+    """One run while it trains, alone or in a pack: its fixed facts, its state, the status it
+    writes, a failure met inside a step (packs keep going without it) and, once it is out of
+    the epoch loop, its final status."""
+
+    ctx: RunContext
+    state: TrainingState
+    status: dict = field(default_factory=dict)
+    failure: str | None = None
+    result: str | None = None
+    events: Any = None  # the run's TensorBoard writer (tensorboard.EpochEvents)
+
+
 def build_state(ctx: RunContext, num_classes: int, image_size: int) -> TrainingState:
     """A fresh student (and the method's modules) with its optimizer, schedule and scaler,
     drawn from the global generator in the order a solo run has always used."""

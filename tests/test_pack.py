@@ -1,0 +1,176 @@
+"""Packs (issue 14): runs of one data set, seed and teacher trained by one process end with
+exactly the metrics and weights they get alone (CPU, every method), one student's failure is
+its own, and a stopped pack resumes every student to the same end."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kdlab import runstate
+from kdlab.config import TrainConfig
+from kdlab.distill import METHOD_NAMES
+from kdlab.errors import UserError
+from kdlab.layout import run_dir
+from kdlab.training.pack import train_pack
+from kdlab.training.run import train_run
+
+TEACHER, STUDENT, SEED, EPOCHS = "ResNet20", "ResNet8", 2, 2
+
+
+def configs(root, epochs=EPOCHS) -> list[TrainConfig]:
+    """The pure student and one KD student per method (logit trains one epoch less: a pack
+    holds runs of different lengths)."""
+    base = dict(dataset="Digits", model=STUDENT, seed=SEED, batch_size=128, device="cpu",
+                experiments_dir=str(root / "experiments"), data_root=str(root / "data"))
+    runs = [TrainConfig(epochs=epochs, **base)]
+    for method in METHOD_NAMES:
+        options = {"paraphraser_epochs": 1} if method == "factor_transfer" else {}
+        runs.append(TrainConfig(epochs=epochs - (method == "logit"), distillation=method,
+                                teacher_model=TEACHER, alpha=0.9, method_options=options,
+                                **base))
+    return runs
+
+
+def outcome(config: TrainConfig) -> dict:
+    directory = run_dir(config.experiments_dir, config.run_spec())
+    metrics = runstate.read_metrics(directory)
+    return {"metrics": {key: value for key, value in metrics.items()
+                        if key not in ("epoch_seconds", "config")},
+            "weights": torch.load(directory / "checkpoint.pth", weights_only=True)["model"],
+            "status": runstate.read_status(directory)["status"]}
+
+
+def same(left: dict, right: dict) -> bool:
+    return (left["metrics"] == right["metrics"] and left["status"] == right["status"]
+            and all(torch.equal(left["weights"][key], right["weights"][key])
+                    for key in left["weights"]))
+
+
+@pytest.fixture(scope="module")
+def solo(tmp_path_factory):
+    """A trained teacher, and every run of :func:`configs` trained alone."""
+    root = tmp_path_factory.mktemp("solo")
+    teacher = TrainConfig(dataset="Digits", model=TEACHER, seed=SEED, epochs=1, batch_size=128,
+                          device="cpu", experiments_dir=str(root / "experiments"),
+                          data_root=str(root / "data"))
+    assert train_run(teacher, quiet=True) == "completed"
+    outcomes = {}
+    for config in configs(root):
+        assert train_run(config, quiet=True) == "completed"
+        outcomes[config.run_spec().name] = outcome(config)
+    return {"root": root, "teacher_dir": run_dir(teacher.experiments_dir, teacher.run_spec()),
+            "outcomes": outcomes}
+
+
+def with_teacher(solo, root):
+    import shutil
+
+    target = run_dir(root / "experiments", TrainConfig(dataset="Digits", model=TEACHER,
+                                                       seed=SEED).run_spec())
+    shutil.copytree(solo["teacher_dir"], target)
+
+
+def test_every_method_packed_equals_solo(solo, tmp_path):
+    with_teacher(solo, tmp_path)
+    results = train_pack(configs(tmp_path), quiet=True)
+    assert set(results.values()) == {"completed"} and len(results) == len(METHOD_NAMES) + 1
+    for config in configs(tmp_path):
+        assert same(outcome(config), solo["outcomes"][config.run_spec().name]), config.run_spec()
+
+
+def test_one_students_failure_is_its_own(solo, tmp_path, monkeypatch):
+    import kdlab.distill.nst as nst
+
+    with_teacher(solo, tmp_path)
+
+    def broken(self, *args):
+        raise RuntimeError("nst exploded")
+
+    monkeypatch.setattr(nst.NSTDistiller, "forward", broken)
+    results = train_pack(configs(tmp_path), quiet=True)
+    failed = [name for name, result in results.items() if result == "failed"]
+    assert len(failed) == 1 and "nst" in failed[0]
+    for config in configs(tmp_path):
+        name = config.run_spec().name
+        if name in failed:
+            status = runstate.read_status(run_dir(config.experiments_dir, config.run_spec()))
+            assert status["reason"] == "crashed: RuntimeError: nst exploded"
+        else:
+            assert same(outcome(config), solo["outcomes"][name]), name
+
+
+def test_a_pack_must_share_its_settings(tmp_path):
+    runs = configs(tmp_path)
+    runs[1].batch_size = 64
+    with pytest.raises(UserError, match="differ in batch_size"):
+        train_pack(runs, quiet=True)
+    with pytest.raises(UserError, match="given twice"):
+        train_pack([runs[0], runs[0]], quiet=True)
+    assert not (tmp_path / "experiments").exists()
+
+
+_PACK_JOB = """
+import sys
+from kdlab.config import TrainConfig
+from kdlab.training.pack import train_pack
+sys.path.insert(0, {tests!r})
+from test_pack import configs
+from pathlib import Path
+results = train_pack(configs(Path({root!r})), quiet=True)
+sys.exit(0 if set(results.values()) == {{"completed"}} else 75)
+"""
+
+
+def test_a_pack_resumes_after_sigkill_and_stops_on_sigterm(solo, tmp_path):
+    with_teacher(solo, tmp_path)
+    script = _PACK_JOB.format(tests=os.path.dirname(__file__), root=str(tmp_path))
+    pure = configs(tmp_path)[0]
+    pure_dir = run_dir(pure.experiments_dir, pure.run_spec())
+
+    def start_and_wait_for_epoch_1():
+        process = subprocess.Popen([sys.executable, "-c", script])
+        deadline = time.time() + 600
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if (runstate.read_status(pure_dir) or {}).get("epoch", 0) >= 1:
+                    return process
+            except runstate.StateFileError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"no progress (exit {process.poll()})")
+
+    process = start_and_wait_for_epoch_1()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=600) == 75
+    assert runstate.read_status(pure_dir)["stopped_by"] == "SIGTERM"
+    process = start_and_wait_for_epoch_1()
+    time.sleep(0.5)
+    process.kill()
+    process.wait()
+    assert train_pack(configs(tmp_path), quiet=True)
+    for config in configs(tmp_path):
+        assert same(outcome(config), solo["outcomes"][config.run_spec().name]), config.run_spec()
+
+
+def test_cli_trains_a_pack_from_config_files(solo, tmp_path, capsys):
+    from kdlab.cli import main
+
+    paths = []
+    for config in configs(solo["root"])[:3]:
+        path = tmp_path / f"{config.run_spec().name}.json"
+        runstate.atomic_write_json(path, config.to_dict())
+        paths += ["--config", str(path)]
+    assert main(["train", *paths]) == 0  # every member is done: nothing trains again
+    assert capsys.readouterr().out.count("already completed") == 3
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(b"{\xff")
+    assert main(["train", *paths, "--config", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(broken) in err
+    assert main(["train", "--model", STUDENT]) == 2
+    assert "--dataset and --model are required" in capsys.readouterr().err
