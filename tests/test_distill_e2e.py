@@ -6,15 +6,18 @@ the user's mistakes end in one line and exit code 2.
 What a collapse is: the earlier round's RKD students sat at chance accuracy with a cross-
 entropy stuck at ln(10) for 150 epochs. The test asserts the opposite of that, against a pure
 student trained as long in the same test: the distilled student's best test accuracy covers
-at least MIN_LEARNED_SHARE of the pure student's way from chance, and its training cross-
-entropy fell well below the chance level ln(10). It does not ask for closeness to the pure
-student within a few points: at alpha 0.95 the labels carry 5% of the loss and a feature
-method's later layers learn from that share alone, so such a student climbs slowly, and how
-fast moves by several points with the CPU's kernels (one machine measured AT at 95.6% after
-30 epochs, another 88.6%, against a pure 100%). Measured on this kind of machine after 8-12
-epochs, the slowest (FitNets at 0.95) covers about two thirds of the way (66-78% against a
-pure 99-100%); the bar of one third leaves a margin of over 25 points either way, to the
-slow learners above and to a collapsed student at chance below."""
+at least MIN_LEARNED_SHARE of the pure student's way up from chance, and its training
+cross-entropy left the chance level ln(10) ~ 2.30 by at least MIN_CE_DROP. It does not ask for
+closeness to the pure student within a few points: at alpha 0.95 the labels carry 5% of the
+loss and a feature method's later layers learn from that share alone, so such a student
+climbs slowly, and how fast moves by several points with the CPU's kernels (one machine
+measured AT at 95.6% after 30 epochs, another 88.6%, against a pure 100%).
+
+Measured here (seed 0, one thread, 10 epochs, pure student 100%): FitNets, AT and FT at 0.95
+reached best accuracies of 73%, 69% and 75% (shares 0.70, 0.66, 0.72 of the way) and final
+cross-entropies of 1.36, 1.73 and 1.56; the students train 12 epochs in the test. The bars (a share of 1/3, a drop of
+0.25) leave over 25 points of accuracy and 0.2 of cross-entropy to the slowest learner above
+them, and as much to a collapsed student at chance below them."""
 
 import math
 import os
@@ -44,11 +47,11 @@ STEPS_PER_EPOCH = 45
 PARAPHRASER_EPOCHS = 2
 CLASSES = 10
 CHANCE = 100.0 / CLASSES
-# A student that is not collapsed covers at least this share of the pure student's way
-# from chance accuracy, and ends with a training cross-entropy below this share of the
-# chance level ln(CLASSES) (a collapsed one stays at ln(CLASSES)).
+# A student that is not collapsed covers at least this share of the pure student's way up
+# from chance accuracy, and its training cross-entropy falls at least this far below the
+# chance level ln(CLASSES) (a collapsed one stays at ln(CLASSES)); see the module docstring.
 MIN_LEARNED_SHARE = 1 / 3
-MAX_CE_SHARE = 0.75
+MIN_CE_DROP = 0.25
 
 
 def student_epochs(alpha: float) -> int:
@@ -123,9 +126,9 @@ def test_no_method_collapses(trained, method, alpha):
     # Not flat near chance: a real share of what the pure student learned, learned.
     bar = CHANCE + MIN_LEARNED_SHARE * (pure_acc - CHANCE)
     assert max(accuracy) >= bar, (method, alpha, accuracy, pure_acc)
-    # Not a stuck loss: the label term fell well below the chance level.
-    assert metrics["train_ce"][-1] < MAX_CE_SHARE * math.log(CLASSES), (method, alpha,
-                                                                        metrics["train_ce"])
+    # Not a stuck loss: the label term left the chance level.
+    assert min(metrics["train_ce"]) < math.log(CLASSES) - MIN_CE_DROP, (method, alpha,
+                                                                       metrics["train_ce"])
     # Every loss term is logged per epoch, finite, and the terms add up to the distill loss.
     terms = [key for key in metrics if key.startswith("train_")
              and key not in ("train_loss", "train_acc", "train_ce", "train_distill")]
@@ -139,7 +142,10 @@ def test_no_method_collapses(trained, method, alpha):
 
 
 def _copy_teacher(trained, root):
-    shutil.copytree(teacher_dir(trained["root"]), teacher_dir(root))
+    """The finished teacher, without the stage-1 paraphrasers its students stored in it (the
+    tests below train stage 1 themselves)."""
+    shutil.copytree(teacher_dir(trained["root"]), teacher_dir(root),
+                    ignore=shutil.ignore_patterns("paraphrasers"))
 
 
 def _signal_on_call(monkeypatch, cls, call_number):

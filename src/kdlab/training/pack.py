@@ -17,7 +17,7 @@ from ..config import TrainConfig
 from ..errors import EXIT_PREEMPTED, UserError
 from ..layout import PURE
 from . import device as device_module
-from .epochs import mark_stopped, run_epochs
+from .epochs import mark_stopped, run_epochs, write_status
 from .guards import Preempted, StopFlag, stop_signals
 from .lock import RunLock
 from .loop import pretrain
@@ -103,7 +103,8 @@ def _train_members(members: list[_Member], force_restart: bool, download: bool,
         teacher, data = _setup(members, students, force_restart, download)
         for student in students:
             if student.state.distiller is not None:
-                pretrain(student.ctx, student.state.distiller, teacher, data, flag)
+                pretrain(student.ctx, student.state.distiller, teacher, data, flag,
+                         fresh=force_restart)
         run_epochs(students, teacher, data, flag, isolate=True)
     except (UserError, KeyboardInterrupt):
         raise
@@ -144,6 +145,10 @@ def _setup(members: list[_Member], students: list[Student], force_restart: bool,
         state = build_state(member.ctx, info.num_classes, info.image_size)
         member.lock.acquire()
         students.append(start_student(member.ctx, state, member.status, force_restart))
+    names = sorted(member.ctx.spec.name for member in members)
+    for student in students:  # each member's status names the pack it trains in
+        student.status["pack"] = names
+        write_status(student.ctx.run_dir, student.status)
     return teacher, data
 
 
