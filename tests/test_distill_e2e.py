@@ -3,18 +3,23 @@
 transfer resumes mid-way through either stage with the metrics of an uninterrupted run, and
 the user's mistakes end in one line and exit code 2.
 
-What a collapse is: the earlier round's RKD students sat at chance accuracy with a cross-
-entropy stuck at ln(10) for 150 epochs. The test asserts the opposite of that, against a pure
-student trained as long in the same test: the distilled student's best test accuracy covers
-at least MIN_LEARNED_SHARE of the pure student's way from chance, and its training cross-
-entropy fell well below the chance level ln(10). It does not ask for closeness to the pure
-student within a few points: at alpha 0.95 the labels carry 5% of the loss and a feature
-method's later layers learn from that share alone, so such a student climbs slowly, and how
-fast moves by several points with the CPU's kernels (one machine measured AT at 95.6% after
-30 epochs, another 88.6%, against a pure 100%). Measured on this kind of machine after 8-12
-epochs, the slowest (FitNets at 0.95) covers about two thirds of the way (66-78% against a
-pure 99-100%); the bar of one third leaves a margin of over 25 points either way, to the
-slow learners above and to a collapsed student at chance below."""
+What a collapse is (:func:`collapse_reasons`), judged against a pure student trained as long
+in the same module: the run did not complete, a figure is not finite, the accuracy stays near
+chance (its lift above chance is under MIN_LIFT_SHARE of the pure student's), the accuracy
+does not climb (by MIN_CLIMB points from the first epoch), or the training loss is stuck (the
+last epoch's mean above MAX_LOSS_RATIO of the first's). The labels' cross-entropy alone is no
+such sign at alpha 0.95: it falls slowly even in a student that learns (attention transfer, 8
+epochs: 2.37 -> 1.84 while the accuracy climbs from 18% to 62%). The earlier round's RKD runs
+sat at chance for 150 epochs; ``test_criterion_rejects_collapsed_runs`` shows a frozen student
+and a NaN loss rejected. The criterion does not ask for closeness to the pure student: at
+alpha 0.95 the labels carry 5% of the loss, and with a feature method (FitNets, AT, FT, NST,
+RKD) the layers past the guided one and the classifier learn from that share alone, i.e. at
+1/20 of the learning rate; such a student is still climbing after a few epochs, and where it
+stands then moves by many points with the CPU kernels (30 epochs of attention transfer: 95.6%
+on one machine, 88.6% on another, against a pure student's 99.7% and 100%).
+
+The bars and the margins measured for them: the comment above ``test_no_method_collapses``.
+"""
 
 import math
 import os
@@ -28,6 +33,7 @@ from kdlab import runstate
 from kdlab.cli import main
 from kdlab.config import TrainConfig
 from kdlab.distill import METHOD_NAMES
+from kdlab.distill.logit import LogitDistiller
 from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRASER_FILE,
                                           FactorTransferDistiller, Paraphraser)
 from kdlab.layout import RunSpec, run_dir
@@ -35,20 +41,18 @@ from kdlab.models import build_model
 from kdlab.train import train_run
 
 TEACHER, STUDENT, SEED = "ResNet20", "ResNet8", 0
-TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 8
-LONG_EPOCHS = 12         # for the alpha 0.95 students (see the module's docstring)
+TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 4
+LONG_EPOCHS = 8          # for the alpha 0.95 students, which climb slowly (see the docstring)
 # Small batches: Digits has 1,437 training images, and 45 steps per epoch learn far more
 # in a few epochs than 12 steps of 128 would.
 BATCH = 32
 STEPS_PER_EPOCH = 45
 PARAPHRASER_EPOCHS = 2
-CLASSES = 10
-CHANCE = 100.0 / CLASSES
-# A student that is not collapsed covers at least this share of the pure student's way
-# from chance accuracy, and ends with a training cross-entropy below this share of the
-# chance level ln(CLASSES) (a collapsed one stays at ln(CLASSES)).
-MIN_LEARNED_SHARE = 1 / 3
-MAX_CE_SHARE = 0.75
+CHANCE = 10.0            # ten digit classes
+# The collapse criterion (bars set from the margins measured above).
+MIN_LIFT_SHARE = 0.25    # of the pure student's lift above chance, at the last epoch
+MIN_CLIMB = 10.0         # points of test accuracy from the first epoch to the last
+MAX_LOSS_RATIO = 0.8     # last epoch's mean training loss over the first epoch's
 
 
 def student_epochs(alpha: float) -> int:
@@ -109,6 +113,57 @@ def kd_metrics(trained, method, alpha) -> dict:
     return trained["kd"][key]
 
 
+def loss_terms(metrics: dict) -> list[str]:
+    """The method's own per-epoch loss terms in ``metrics``."""
+    return [key for key in metrics if key.startswith("train_")
+            and key not in ("train_loss", "train_acc", "train_ce", "train_distill")]
+
+
+def collapse_reasons(status: str, metrics: dict, epochs: int, reference_acc: float) -> list:
+    """Why the run (final ``status``, ``metrics``, ``epochs`` asked for) collapsed, judged
+    against the last test accuracy of a pure student trained as long; [] when it learned."""
+    if status != "completed":
+        return [f"the run ended {status!r}"]
+    accuracy, loss = metrics["test_acc"], metrics["train_loss"]
+    if len(accuracy) != epochs:
+        return [f"{len(accuracy)} of {epochs} epochs recorded"]
+    series = ["test_acc", "train_loss", "train_ce", *loss_terms(metrics)]
+    series += ["train_distill"] if "train_distill" in metrics else []
+    if not all(math.isfinite(value) for key in series for value in metrics[key]):
+        return ["a non-finite figure"]
+    reasons = []
+    bar = CHANCE + MIN_LIFT_SHARE * (reference_acc - CHANCE)
+    if accuracy[-1] < bar:
+        reasons.append(f"near chance: {accuracy[-1]:.1f}% < {bar:.1f}%")
+    if accuracy[-1] < accuracy[0] + MIN_CLIMB:
+        reasons.append(f"flat: {accuracy[0]:.1f}% -> {accuracy[-1]:.1f}%")
+    if loss[-1] > MAX_LOSS_RATIO * loss[0]:
+        reasons.append(f"loss stuck: {loss[0]:.4g} -> {loss[-1]:.4g}")
+    return reasons
+
+
+# Margins measured (Digits, this file's settings; the same machine, loaded): seed 0 with 1 and
+# with 2 torch threads, seed 1 with 1 thread (alpha 0.95, the slow climbers, only). The worst
+# figure per method over those runs (n of them) against the bars; the pure students reached
+# 99.7-100% (8 epochs) and 96.9-97.8% (4 epochs).
+#   method             alpha  lift share  climb  loss ratio  last acc.  n
+#   (bar)                        >= 0.25   >= 10     <= 0.80
+#   attention_transfer   0.5        0.95   34.7        0.27      92.5%  2
+#   attention_transfer  0.95        0.53   43.6        0.27      57.8%  3
+#   factor_transfer      0.5        0.97   48.9        0.36      94.2%  2
+#   factor_transfer     0.95        0.60   34.4        0.38      63.6%  3
+#   fitnets              0.5        0.95   57.5        0.40      92.8%  2
+#   fitnets             0.95        0.58   36.1        0.32      62.5%  3
+#   logit                0.5        0.97   41.9        0.18      94.2%  2
+#   logit               0.95        0.94   57.5        0.08      94.2%  3
+#   nst                  0.5        0.97   35.8        0.28      94.7%  2
+#   nst                 0.95        0.69   59.4        0.28      71.9%  3
+#   rkd                  0.5        0.93   54.4        0.20      90.8%  2
+#   rkd                 0.95        0.86   63.9        0.47      87.8%  3
+# Collapsed runs (test_criterion_rejects_collapsed_runs, 1 thread): the frozen student (lr 1e-9)
+# stayed at 10.0% -> 10.0% (bar 17.8% from a 2-epoch pure student), loss ratio 22.64 / 22.66;
+# the NaN loss failed the run. The old bar (within 10 points of the pure student) failed AT at
+# alpha 0.95 on another machine of this kind (88.6% vs 100% after 30 epochs).
 @pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.5, 0.95])
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -118,17 +173,15 @@ def test_no_method_collapses(trained, method, alpha):
     pure_acc = trained["pure_acc"][epochs]
     assert trained["teacher_acc"] > 9 * CHANCE and pure_acc > 9 * CHANCE
     metrics = kd_metrics(trained, method, alpha)
-    accuracy = metrics["test_acc"]
-    assert len(accuracy) == epochs
-    # Not flat near chance: a real share of what the pure student learned, learned.
-    bar = CHANCE + MIN_LEARNED_SHARE * (pure_acc - CHANCE)
-    assert max(accuracy) >= bar, (method, alpha, accuracy, pure_acc)
-    # Not a stuck loss: the label term fell well below the chance level.
-    assert metrics["train_ce"][-1] < MAX_CE_SHARE * math.log(CLASSES), (method, alpha,
-                                                                        metrics["train_ce"])
+    accuracy, loss = metrics["test_acc"], metrics["train_loss"]
+    # The margins to the bars, for the record (pytest -rP shows them).
+    print(f"MARGINS {method} {alpha}: accuracy {accuracy[-1]:.1f}% (pure {pure_acc:.1f}%), "
+          f"lift share {(accuracy[-1] - CHANCE) / (pure_acc - CHANCE):.3f}, climb "
+          f"{accuracy[-1] - accuracy[0]:.1f}, loss ratio {loss[-1] / loss[0]:.3f}")
+    assert collapse_reasons("completed", metrics, epochs, pure_acc) == [], \
+        (method, alpha, accuracy, loss, pure_acc)
     # Every loss term is logged per epoch, finite, and the terms add up to the distill loss.
-    terms = [key for key in metrics if key.startswith("train_")
-             and key not in ("train_loss", "train_acc", "train_ce", "train_distill")]
+    terms = loss_terms(metrics)
     assert terms and len(metrics["train_distill"]) == epochs
     for epoch in range(epochs):
         values = [metrics[key][epoch] for key in terms]
@@ -138,8 +191,45 @@ def test_no_method_collapses(trained, method, alpha):
         assert metrics["train_loss"][epoch] == pytest.approx(mixed, rel=1e-6)
 
 
+COLLAPSE_EPOCHS = 2      # of the runs that show collapses rejected
+
+
+def judged(config: TrainConfig, reference_acc: float) -> list:
+    """Train ``config`` and return :func:`collapse_reasons` of the outcome."""
+    status = train_run(config, quiet=True)
+    metrics = runstate.read_metrics(directory_of(config)) or {}
+    return collapse_reasons(status, metrics, config.epochs, reference_acc)
+
+
+def test_criterion_rejects_collapsed_runs(tmp_path, monkeypatch):
+    """A distilled student that does not move (lr 1e-9: every step as good as skipped, as in
+    the earlier RKD runs) and one whose distillation loss turns NaN are collapses, judged
+    against a pure student trained as long. Cheap: a teacher of random weights, 2 epochs."""
+    pure = train_config(tmp_path / "pure", epochs=COLLAPSE_EPOCHS)
+    assert train_run(pure, quiet=True) == "completed"
+    reference_acc = runstate.read_metrics(directory_of(pure))["test_acc"][-1]
+
+    def distilled(name, **changes):
+        fake_teacher(tmp_path / name)
+        return train_config(tmp_path / name, epochs=COLLAPSE_EPOCHS, distillation="logit",
+                            teacher_model=TEACHER, alpha=0.95, **changes)
+
+    frozen = judged(distilled("frozen", lr=1e-9), reference_acc)
+    print("REJECTED frozen:", frozen)
+    assert any(reason.startswith("flat") for reason in frozen), frozen
+    assert any(reason.startswith("loss stuck") for reason in frozen), frozen
+
+    real_forward = LogitDistiller.forward
+    monkeypatch.setattr(LogitDistiller, "forward", lambda self, *args: {
+        name: value * float("nan") for name, value in real_forward(self, *args).items()})
+    assert judged(distilled("nan"), reference_acc) == ["the run ended 'failed'"]
+
+
 def _copy_teacher(trained, root):
-    shutil.copytree(teacher_dir(trained["root"]), teacher_dir(root))
+    """The finished teacher, without the stage-1 paraphrasers its students stored in it (the
+    tests below train stage 1 themselves)."""
+    shutil.copytree(teacher_dir(trained["root"]), teacher_dir(root),
+                    ignore=shutil.ignore_patterns("paraphrasers"))
 
 
 def _signal_on_call(monkeypatch, cls, call_number):
@@ -232,7 +322,8 @@ def fake_teacher(root, status="completed", model=TEACHER, num_classes=10):
 
 def test_unknown_method(tmp_path, capsys):
     assert main(kd_args(tmp_path, method="crd")) == 2
-    assert "unknown distillation method 'crd'" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert "--distillation 'crd': expected one of" in line and "attention_transfer" in line
 
 
 @pytest.mark.parametrize("alpha", ["1.5", "-0.1", "nan"])
@@ -244,7 +335,8 @@ def test_alpha_outside_unit_interval(tmp_path, capsys, alpha):
 def test_unknown_method_option(tmp_path, capsys):
     fake_teacher(tmp_path)
     assert main(kd_args(tmp_path, "--option", "beta=2", method="rkd")) == 2
-    assert "unknown option(s) beta for method 'rkd'" in one_error_line(capsys)
+    assert ("--option beta '2': expected one of the known options (angle, angle_weight, "
+            "distance_weight, weight)") in one_error_line(capsys)
 
 
 def test_missing_teacher(tmp_path, capsys):

@@ -83,6 +83,41 @@ def test_every_method_packed_equals_solo(solo, tmp_path):
         assert same(outcome(config), solo["outcomes"][config.run_spec().name]), config.run_spec()
 
 
+def test_runs_at_different_epochs_are_levelled_first(solo, tmp_path, monkeypatch):
+    """The pure run was stopped after epoch 1 alone: it waits while the others train their
+    epoch 1, then all train epoch 2 in lock-step; every end is the solo end."""
+    import kdlab.training.epochs as epochs_module
+
+    with_teacher(solo, tmp_path)
+    real_train_epoch = epochs_module.train_epoch
+
+    def stop_before_epoch_2(students, teacher, data, epoch, flag, **kwargs):
+        if epoch == 1:
+            raise epochs_module.Preempted("stopped")
+        return real_train_epoch(students, teacher, data, epoch, flag, **kwargs)
+
+    monkeypatch.setattr(epochs_module, "train_epoch", stop_before_epoch_2)
+    pure = configs(tmp_path)[0]
+    assert train_run(pure, quiet=True) == "in_progress"
+    monkeypatch.undo()
+    epochs_trained = []
+
+    def recording(students, teacher, data, epoch, flag, **kwargs):
+        epochs_trained.append((epoch, sorted(s.ctx.config.distillation for s in students)))
+        return real_train_epoch(students, teacher, data, epoch, flag, **kwargs)
+
+    monkeypatch.setattr(epochs_module, "train_epoch", recording)
+    assert set(train_pack(configs(tmp_path), quiet=True).values()) == {"completed"}
+    assert [epoch for epoch, _ in epochs_trained] == [0, 1]
+    assert "none" not in epochs_trained[0][1] and "none" in epochs_trained[1][1]
+    assert "logit" not in epochs_trained[1][1]  # its single epoch was done
+    for config in configs(tmp_path):
+        name = config.run_spec().name
+        assert same(outcome(config), solo["outcomes"][name]), name
+        assert runstate.read_status(run_dir(config.experiments_dir, config.run_spec()))[
+            "pack"] == sorted(c.run_spec().name for c in configs(tmp_path))
+
+
 def test_one_students_failure_is_its_own(solo, tmp_path, monkeypatch):
     import kdlab.distill.nst as nst
 

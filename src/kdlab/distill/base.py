@@ -31,7 +31,8 @@ class PretrainContext:
     ``should_stop()`` turns True once the scheduler asked the job to stop: save progress
     and raise :class:`Preempted`. ``save(path, obj)`` writes atomically. ``teacher_dir``:
     the teacher's run directory, where a stage's result that depends only on the teacher,
-    the seed and the stage's settings is shared by every student (None: not shared).
+    the seed and the stage's settings is shared by every student (None: not shared);
+    ``fresh``: the run starts over (``--force-restart``), so a shared result is redone too.
     """
 
     teacher: nn.Module
@@ -44,6 +45,7 @@ class PretrainContext:
     save: Callable[[Path, Any], None]
     batch_size: int
     teacher_dir: Path | None = None
+    fresh: bool = False
 
 
 class Distiller(nn.Module):

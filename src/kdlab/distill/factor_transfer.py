@@ -192,7 +192,8 @@ class FactorTransferDistiller(Distiller):
         shared = (None if context.teacher_dir is None else
                   shared_paraphraser_path(context.teacher_dir, settings_key(settings)))
         with _exclusive(shared, context):
-            if shared is not None and shared.exists() and self.load_paraphraser(shared, settings):
+            if (shared is not None and shared.exists() and not context.fresh
+                    and self.load_paraphraser(shared, settings)):
                 context.log(f"factor_transfer: stage 1 shared with the teacher's other "
                             f"students ({shared} loaded)")
             else:

@@ -197,8 +197,10 @@ def evaluate(model, data, batch_size: int, amp_dtype=None,
     return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
 
 
-def pretrain(ctx: RunContext, distiller, teacher, data, flag: StopFlag) -> None:
-    """The method's stage before student training (a no-op for most methods)."""
+def pretrain(ctx: RunContext, distiller, teacher, data, flag: StopFlag,
+             fresh: bool = False) -> None:
+    """The method's stage before student training (a no-op for most methods); ``fresh``:
+    redo it even where a result shared by the teacher's students exists."""
     from ..distill import PretrainContext
 
     config = ctx.config
@@ -210,7 +212,8 @@ def pretrain(ctx: RunContext, distiller, teacher, data, flag: StopFlag) -> None:
         should_stop=lambda: bool(flag), log=ctx.say,
         save=lambda path, obj: runstate.atomic_torch_save(obj, path),
         batch_size=config.batch_size,
-        teacher_dir=layout.run_dir(config.experiments_dir, config.run_spec().teacher_run()))
+        teacher_dir=layout.run_dir(config.experiments_dir, config.run_spec().teacher_run()),
+        fresh=fresh)
     distiller.pretrain(context)
     flag.raise_if_set()
 

@@ -18,7 +18,7 @@ from ..config import (TrainConfig, _with_complete_options, prepare_configs, vali
 from ..errors import EXIT_PREEMPTED, UserError, WriteError
 from ..layout import PURE
 from . import device as device_module
-from .epochs import mark_stopped, run_epochs
+from .epochs import mark_stopped, run_epochs, write_status
 from .guards import Preempted, StopFlag, stop_signals
 from .lock import RunLock
 from .loop import pretrain
@@ -108,7 +108,8 @@ def _train_members(members: list[_Member], force_restart: bool, download: bool,
         teacher, data = _setup(members, students, force_restart, download)
         for student in students:
             if student.state.distiller is not None:
-                pretrain(student.ctx, student.state.distiller, teacher, data, flag)
+                pretrain(student.ctx, student.state.distiller, teacher, data, flag,
+                         fresh=force_restart)
         run_epochs(students, teacher, data, flag, isolate=True)
     except WriteError as error:  # a full disk or lost mount: every unfinished run resumes
         return _unfinished(members, students, error, environment=True)
@@ -156,6 +157,11 @@ def _setup(members: list[_Member], students: list[Student], force_restart: bool,
             write_config_file(member.ctx.run_dir, config)
         students.append(start_student(member.ctx, state, member.status, force_restart,
                                       validation_split))
+    names = sorted(member.ctx.spec.name for member in members)
+    for student in students:  # each member's status names its pack (the queue's order kept)
+        if student.status.get("pack") is None or set(student.status["pack"]) != set(names):
+            student.status["pack"] = names
+        write_status(student.ctx.run_dir, student.status)
     return teacher, data
 
 

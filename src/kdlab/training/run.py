@@ -178,7 +178,7 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     student = start_student(ctx, state, status, force_restart, validation_split)
     try:
         if state.distiller is not None:
-            pretrain(ctx, state.distiller, teacher, data, flag)
+            pretrain(ctx, state.distiller, teacher, data, flag, fresh=force_restart)
     except Preempted:
         mark_stopped(student, flag.signal_name)
         return student.result
