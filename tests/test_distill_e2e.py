@@ -3,14 +3,21 @@
 transfer resumes mid-way through either stage with the metrics of an uninterrupted run, and
 the user's mistakes end in one line and exit code 2.
 
-"Close to the pure student" is judged against a pure student trained as long. At alpha 0.95
+What a collapse is (:func:`collapse_reasons`), judged against a pure student trained as long
+in the same module: the run did not complete, a figure is not finite, the accuracy stays near
+chance (its lift above chance is under MIN_LIFT_SHARE of the pure student's), the accuracy
+does not climb (by MIN_CLIMB points from the first epoch), or the labels' loss is stuck (the
+last epoch's cross-entropy above MAX_CE_RATIO of the first's). The earlier round's RKD runs
+sat at chance for 150 epochs; ``test_criterion_rejects_collapsed_runs`` shows each of these
+modes rejected. The criterion does not ask for closeness to the pure student: at alpha 0.95
 the labels carry 5% of the loss, and with a feature method (FitNets, AT, FT, NST, RKD) the
 layers past the guided one and the classifier learn from that share alone, i.e. at 1/20 of
-the learning rate: such a student climbs slowly (measured after 8 epochs: FitNets 66%, AT
-70%, FT 69% against a pure 99.4%) but arrives (after 30 epochs: 96.9%, 95.6%, 95.0% against
-99.7%). So the alpha 0.95 students train LONG_EPOCHS and the alpha 0.5 ones STUDENT_EPOCHS
-(after 8 epochs all six were within 2 points of the pure student's 99.4%; after 4, FitNets
-trailed by 11 points, still climbing)."""
+the learning rate; such a student is still climbing after a few epochs, and where it stands
+then moves by many points with the CPU kernels (30 epochs of attention transfer: 95.6% on
+one machine, 88.6% on another, against a pure student's 99.7% and 100%).
+
+MEASURED (MARGINS_PLACEHOLDER)
+"""
 
 import math
 import os
@@ -24,6 +31,7 @@ from kdlab import runstate
 from kdlab.cli import main
 from kdlab.config import TrainConfig
 from kdlab.distill import METHOD_NAMES
+from kdlab.distill.logit import LogitDistiller
 from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRASER_FILE,
                                           FactorTransferDistiller, Paraphraser)
 from kdlab.layout import RunSpec, run_dir
@@ -31,15 +39,18 @@ from kdlab.models import build_model
 from kdlab.train import train_run
 
 TEACHER, STUDENT, SEED = "ResNet20", "ResNet8", 0
-TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 8
-LONG_EPOCHS = 30         # for the alpha 0.95 students (see the module's docstring)
+TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 4
+LONG_EPOCHS = 8          # for the alpha 0.95 students, which climb slowly (see the docstring)
 # Small batches: Digits has 1,437 training images, and 45 steps per epoch learn far more
 # in a few epochs than 12 steps of 128 would.
 BATCH = 32
 STEPS_PER_EPOCH = 45
 PARAPHRASER_EPOCHS = 2
 CHANCE = 10.0            # ten digit classes
-MAX_GAP = 10.0           # points of test accuracy a distilled student may trail the pure one
+# The collapse criterion (bars set from the margins measured above).
+MIN_LIFT_SHARE = 0.25    # of the pure student's lift above chance, at the last epoch
+MIN_CLIMB = 10.0         # points of test accuracy from the first epoch to the last
+MAX_CE_RATIO = 0.8       # last epoch's mean cross-entropy over the first epoch's
 
 
 def student_epochs(alpha: float) -> int:
@@ -100,6 +111,35 @@ def kd_metrics(trained, method, alpha) -> dict:
     return trained["kd"][key]
 
 
+def loss_terms(metrics: dict) -> list[str]:
+    """The method's own per-epoch loss terms in ``metrics``."""
+    return [key for key in metrics if key.startswith("train_")
+            and key not in ("train_loss", "train_acc", "train_ce", "train_distill")]
+
+
+def collapse_reasons(status: str, metrics: dict, epochs: int, reference_acc: float) -> list:
+    """Why the run (final ``status``, ``metrics``, ``epochs`` asked for) collapsed, judged
+    against the last test accuracy of a pure student trained as long; [] when it learned."""
+    if status != "completed":
+        return [f"the run ended {status!r}"]
+    accuracy, ce = metrics["test_acc"], metrics["train_ce"]
+    if len(accuracy) != epochs:
+        return [f"{len(accuracy)} of {epochs} epochs recorded"]
+    series = ["test_acc", "train_loss", "train_ce", *loss_terms(metrics)]
+    series += ["train_distill"] if "train_distill" in metrics else []
+    if not all(math.isfinite(value) for key in series for value in metrics[key]):
+        return ["a non-finite figure"]
+    reasons = []
+    bar = CHANCE + MIN_LIFT_SHARE * (reference_acc - CHANCE)
+    if accuracy[-1] < bar:
+        reasons.append(f"near chance: {accuracy[-1]:.1f}% < {bar:.1f}%")
+    if accuracy[-1] < accuracy[0] + MIN_CLIMB:
+        reasons.append(f"flat: {accuracy[0]:.1f}% -> {accuracy[-1]:.1f}%")
+    if ce[-1] > MAX_CE_RATIO * ce[0]:
+        reasons.append(f"labels' loss stuck: {ce[0]:.3f} -> {ce[-1]:.3f}")
+    return reasons
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.5, 0.95])
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -109,14 +149,10 @@ def test_no_method_collapses(trained, method, alpha):
     pure_acc = trained["pure_acc"][epochs]
     assert trained["teacher_acc"] > 9 * CHANCE and pure_acc > 9 * CHANCE
     metrics = kd_metrics(trained, method, alpha)
-    accuracy = metrics["test_acc"]
-    assert len(accuracy) == epochs
-    # Not stuck: the accuracy climbs over the epochs (the earlier RKD runs sat flat at chance).
-    assert accuracy[-1] > accuracy[0] + CHANCE, (method, alpha, accuracy)
-    assert accuracy[-1] >= pure_acc - MAX_GAP, (method, alpha, accuracy, pure_acc)
+    assert collapse_reasons("completed", metrics, epochs, pure_acc) == [], \
+        (method, alpha, metrics["test_acc"], metrics["train_ce"], pure_acc)
     # Every loss term is logged per epoch, finite, and the terms add up to the distill loss.
-    terms = [key for key in metrics if key.startswith("train_")
-             and key not in ("train_loss", "train_acc", "train_ce", "train_distill")]
+    terms = loss_terms(metrics)
     assert terms and len(metrics["train_distill"]) == epochs
     for epoch in range(epochs):
         values = [metrics[key][epoch] for key in terms]
@@ -124,6 +160,39 @@ def test_no_method_collapses(trained, method, alpha):
         assert sum(values) == pytest.approx(metrics["train_distill"][epoch], rel=1e-6)
         mixed = (1 - alpha) * metrics["train_ce"][epoch] + alpha * metrics["train_distill"][epoch]
         assert metrics["train_loss"][epoch] == pytest.approx(mixed, rel=1e-6)
+
+
+COLLAPSE_EPOCHS = 2      # of the runs that show collapses rejected
+
+
+def judged(config: TrainConfig, reference_acc: float) -> list:
+    """Train ``config`` and return :func:`collapse_reasons` of the outcome."""
+    status = train_run(config, quiet=True)
+    metrics = runstate.read_metrics(directory_of(config)) or {}
+    return collapse_reasons(status, metrics, config.epochs, reference_acc)
+
+
+def test_criterion_rejects_collapsed_runs(tmp_path, monkeypatch):
+    """A distilled student that does not move (lr 1e-9: every step as good as skipped, as in
+    the earlier RKD runs) and one whose distillation loss turns NaN are collapses, judged
+    against a pure student trained as long. Cheap: a teacher of random weights, 2 epochs."""
+    pure = train_config(tmp_path / "pure", epochs=COLLAPSE_EPOCHS)
+    assert train_run(pure, quiet=True) == "completed"
+    reference_acc = runstate.read_metrics(directory_of(pure))["test_acc"][-1]
+
+    def distilled(name, **changes):
+        fake_teacher(tmp_path / name)
+        return train_config(tmp_path / name, epochs=COLLAPSE_EPOCHS, distillation="logit",
+                            teacher_model=TEACHER, alpha=0.95, **changes)
+
+    frozen = judged(distilled("frozen", lr=1e-9), reference_acc)
+    assert any(reason.startswith("flat") for reason in frozen), frozen
+    assert any(reason.startswith("labels' loss stuck") for reason in frozen), frozen
+
+    real_forward = LogitDistiller.forward
+    monkeypatch.setattr(LogitDistiller, "forward", lambda self, *args: {
+        name: value * float("nan") for name, value in real_forward(self, *args).items()})
+    assert judged(distilled("nan"), reference_acc) == ["the run ended 'failed'"]
 
 
 def _copy_teacher(trained, root):
