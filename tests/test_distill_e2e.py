@@ -6,8 +6,10 @@ the user's mistakes end in one line and exit code 2.
 What a collapse is (:func:`collapse_reasons`), judged against a pure student trained as long
 in the same module: the run did not complete, a figure is not finite, the accuracy stays near
 chance (its lift above chance is under MIN_LIFT_SHARE of the pure student's), the accuracy
-does not climb (by MIN_CLIMB points from the first epoch), or the labels' loss is stuck (the
-last epoch's cross-entropy above MAX_CE_RATIO of the first's). The earlier round's RKD runs
+does not climb (by MIN_CLIMB points from the first epoch), or the training loss is stuck (the
+last epoch's mean above MAX_LOSS_RATIO of the first's). The labels' cross-entropy alone is
+no such sign at alpha 0.95: it falls slowly even in a student that learns (attention
+transfer, 8 epochs: 2.37 -> 1.84 while the accuracy climbs from 18% to 62%). The earlier round's RKD runs
 sat at chance for 150 epochs; ``test_criterion_rejects_collapsed_runs`` shows each of these
 modes rejected. The criterion does not ask for closeness to the pure student: at alpha 0.95
 the labels carry 5% of the loss, and with a feature method (FitNets, AT, FT, NST, RKD) the
@@ -50,7 +52,7 @@ CHANCE = 10.0            # ten digit classes
 # The collapse criterion (bars set from the margins measured above).
 MIN_LIFT_SHARE = 0.25    # of the pure student's lift above chance, at the last epoch
 MIN_CLIMB = 10.0         # points of test accuracy from the first epoch to the last
-MAX_CE_RATIO = 0.8       # last epoch's mean cross-entropy over the first epoch's
+MAX_LOSS_RATIO = 0.8     # last epoch's mean training loss over the first epoch's
 
 
 def student_epochs(alpha: float) -> int:
@@ -122,7 +124,7 @@ def collapse_reasons(status: str, metrics: dict, epochs: int, reference_acc: flo
     against the last test accuracy of a pure student trained as long; [] when it learned."""
     if status != "completed":
         return [f"the run ended {status!r}"]
-    accuracy, ce = metrics["test_acc"], metrics["train_ce"]
+    accuracy, loss = metrics["test_acc"], metrics["train_loss"]
     if len(accuracy) != epochs:
         return [f"{len(accuracy)} of {epochs} epochs recorded"]
     series = ["test_acc", "train_loss", "train_ce", *loss_terms(metrics)]
@@ -135,8 +137,8 @@ def collapse_reasons(status: str, metrics: dict, epochs: int, reference_acc: flo
         reasons.append(f"near chance: {accuracy[-1]:.1f}% < {bar:.1f}%")
     if accuracy[-1] < accuracy[0] + MIN_CLIMB:
         reasons.append(f"flat: {accuracy[0]:.1f}% -> {accuracy[-1]:.1f}%")
-    if ce[-1] > MAX_CE_RATIO * ce[0]:
-        reasons.append(f"labels' loss stuck: {ce[0]:.3f} -> {ce[-1]:.3f}")
+    if loss[-1] > MAX_LOSS_RATIO * loss[0]:
+        reasons.append(f"loss stuck: {loss[0]:.4g} -> {loss[-1]:.4g}")
     return reasons
 
 
@@ -149,8 +151,13 @@ def test_no_method_collapses(trained, method, alpha):
     pure_acc = trained["pure_acc"][epochs]
     assert trained["teacher_acc"] > 9 * CHANCE and pure_acc > 9 * CHANCE
     metrics = kd_metrics(trained, method, alpha)
+    accuracy, loss = metrics["test_acc"], metrics["train_loss"]
+    # The margins to the bars, for the record (pytest -rP shows them).
+    print(f"MARGINS {method} {alpha}: accuracy {accuracy[-1]:.1f}% (pure {pure_acc:.1f}%), "
+          f"lift share {(accuracy[-1] - CHANCE) / (pure_acc - CHANCE):.3f}, climb "
+          f"{accuracy[-1] - accuracy[0]:.1f}, loss ratio {loss[-1] / loss[0]:.3f}")
     assert collapse_reasons("completed", metrics, epochs, pure_acc) == [], \
-        (method, alpha, metrics["test_acc"], metrics["train_ce"], pure_acc)
+        (method, alpha, accuracy, loss, pure_acc)
     # Every loss term is logged per epoch, finite, and the terms add up to the distill loss.
     terms = loss_terms(metrics)
     assert terms and len(metrics["train_distill"]) == epochs
@@ -187,7 +194,7 @@ def test_criterion_rejects_collapsed_runs(tmp_path, monkeypatch):
 
     frozen = judged(distilled("frozen", lr=1e-9), reference_acc)
     assert any(reason.startswith("flat") for reason in frozen), frozen
-    assert any(reason.startswith("labels' loss stuck") for reason in frozen), frozen
+    assert any(reason.startswith("loss stuck") for reason in frozen), frozen
 
     real_forward = LogitDistiller.forward
     monkeypatch.setattr(LogitDistiller, "forward", lambda self, *args: {
@@ -289,7 +296,8 @@ def fake_teacher(root, status="completed", model=TEACHER, num_classes=10):
 
 def test_unknown_method(tmp_path, capsys):
     assert main(kd_args(tmp_path, method="crd")) == 2
-    assert "unknown distillation method 'crd'" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert "--distillation 'crd': expected one of" in line and "attention_transfer" in line
 
 
 @pytest.mark.parametrize("alpha", ["1.5", "-0.1", "nan"])
@@ -301,7 +309,8 @@ def test_alpha_outside_unit_interval(tmp_path, capsys, alpha):
 def test_unknown_method_option(tmp_path, capsys):
     fake_teacher(tmp_path)
     assert main(kd_args(tmp_path, "--option", "beta=2", method="rkd")) == 2
-    assert "unknown option(s) beta for method 'rkd'" in one_error_line(capsys)
+    assert ("--option beta '2': expected one of the known options (angle, angle_weight, "
+            "distance_weight, weight)") in one_error_line(capsys)
 
 
 def test_missing_teacher(tmp_path, capsys):
