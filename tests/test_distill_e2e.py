@@ -7,18 +7,18 @@ What a collapse is (:func:`collapse_reasons`), judged against a pure student tra
 in the same module: the run did not complete, a figure is not finite, the accuracy stays near
 chance (its lift above chance is under MIN_LIFT_SHARE of the pure student's), the accuracy
 does not climb (by MIN_CLIMB points from the first epoch), or the training loss is stuck (the
-last epoch's mean above MAX_LOSS_RATIO of the first's). The labels' cross-entropy alone is
-no such sign at alpha 0.95: it falls slowly even in a student that learns (attention
-transfer, 8 epochs: 2.37 -> 1.84 while the accuracy climbs from 18% to 62%). The earlier round's RKD runs
-sat at chance for 150 epochs; ``test_criterion_rejects_collapsed_runs`` shows each of these
-modes rejected. The criterion does not ask for closeness to the pure student: at alpha 0.95
-the labels carry 5% of the loss, and with a feature method (FitNets, AT, FT, NST, RKD) the
-layers past the guided one and the classifier learn from that share alone, i.e. at 1/20 of
-the learning rate; such a student is still climbing after a few epochs, and where it stands
-then moves by many points with the CPU kernels (30 epochs of attention transfer: 95.6% on
-one machine, 88.6% on another, against a pure student's 99.7% and 100%).
+last epoch's mean above MAX_LOSS_RATIO of the first's). The labels' cross-entropy alone is no
+such sign at alpha 0.95: it falls slowly even in a student that learns (attention transfer, 8
+epochs: 2.37 -> 1.84 while the accuracy climbs from 18% to 62%). The earlier round's RKD runs
+sat at chance for 150 epochs; ``test_criterion_rejects_collapsed_runs`` shows a frozen student
+and a NaN loss rejected. The criterion does not ask for closeness to the pure student: at
+alpha 0.95 the labels carry 5% of the loss, and with a feature method (FitNets, AT, FT, NST,
+RKD) the layers past the guided one and the classifier learn from that share alone, i.e. at
+1/20 of the learning rate; such a student is still climbing after a few epochs, and where it
+stands then moves by many points with the CPU kernels (30 epochs of attention transfer: 95.6%
+on one machine, 88.6% on another, against a pure student's 99.7% and 100%).
 
-MEASURED (MARGINS_PLACEHOLDER)
+The bars and the margins measured for them: the comment above ``test_no_method_collapses``.
 """
 
 import math
@@ -142,6 +142,28 @@ def collapse_reasons(status: str, metrics: dict, epochs: int, reference_acc: flo
     return reasons
 
 
+# Margins measured (Digits, this file's settings; the same machine, loaded): seed 0 with 1 and
+# with 2 torch threads, seed 1 with 1 thread (alpha 0.95, the slow climbers, only). The worst
+# figure per method over those runs (n of them) against the bars; the pure students reached
+# 99.7-100% (8 epochs) and 96.9-97.8% (4 epochs).
+#   method             alpha  lift share  climb  loss ratio  last acc.  n
+#   (bar)                        >= 0.25   >= 10     <= 0.80
+#   attention_transfer   0.5        0.95   34.7        0.27      92.5%  2
+#   attention_transfer  0.95        0.53   43.6        0.27      57.8%  3
+#   factor_transfer      0.5        0.97   48.9        0.36      94.2%  2
+#   factor_transfer     0.95        0.60   34.4        0.38      63.6%  3
+#   fitnets              0.5        0.95   57.5        0.40      92.8%  2
+#   fitnets             0.95        0.58   36.1        0.32      62.5%  3
+#   logit                0.5        0.97   41.9        0.18      94.2%  2
+#   logit               0.95        0.94   57.5        0.08      94.2%  3
+#   nst                  0.5        0.97   35.8        0.28      94.7%  2
+#   nst                 0.95        0.69   59.4        0.28      71.9%  3
+#   rkd                  0.5        0.93   54.4        0.20      90.8%  2
+#   rkd                 0.95        0.86   63.9        0.47      87.8%  3
+# Collapsed runs (test_criterion_rejects_collapsed_runs, 1 thread): the frozen student (lr 1e-9)
+# stayed at 10.0% -> 10.0% (bar 17.8% from a 2-epoch pure student), loss ratio 22.64 / 22.66;
+# the NaN loss failed the run. The old bar (within 10 points of the pure student) failed AT at
+# alpha 0.95 on another machine of this kind (88.6% vs 100% after 30 epochs).
 @pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.5, 0.95])
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -193,6 +215,7 @@ def test_criterion_rejects_collapsed_runs(tmp_path, monkeypatch):
                             teacher_model=TEACHER, alpha=0.95, **changes)
 
     frozen = judged(distilled("frozen", lr=1e-9), reference_acc)
+    print("REJECTED frozen:", frozen)
     assert any(reason.startswith("flat") for reason in frozen), frozen
     assert any(reason.startswith("loss stuck") for reason in frozen), frozen
 
