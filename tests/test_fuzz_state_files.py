@@ -19,8 +19,8 @@ Every case asserts:
 - every other run is still processed (status lists them completed, queue marks them done,
   plot keeps their curves, extract writes their representations, analyze counts them);
 - no file changes except those the command is meant to write, and the damaged file is
-  never rewritten (analyze may replace a damaged file of its own cache: derived data that
-  it recomputes).
+  never rewritten -- except derived data the command recomputes: analyze replaces a damaged
+  entry of its own cache, extract a damaged representation (named first), from best.pth.
 
 Paths in the study are relative and every command runs inside the copy, so a copy is
 byte-identical to the original tree and the analysis cache stays valid (fast).
@@ -311,8 +311,10 @@ def _train_flags(config: dict) -> list[str]:
     return argv
 
 
-# Derived files that analyze recomputes and may replace when damaged.
+# Derived files that a command recomputes and may replace when damaged (after naming it,
+# for the representation): analyze its caches, extract a representation (from best.pth).
 CACHES = ("model_cache", "pair_cache", "figure_manifest")
+REDERIVED = {"analyze": CACHES, "extract": ("npz",)}
 
 
 def _may_write(command: str, name: str) -> bool:
@@ -399,7 +401,7 @@ def check_command(tree: Path, target: str | None, how: str, command: str,
                      if before.get(name) != after.get(name))
     damaged = TARGETS[target].as_posix() if target else None
     for name in changed:
-        if name == damaged and not (target in CACHES and command == "analyze") \
+        if name == damaged and target not in REDERIVED.get(command, ()) \
                 and not (target == "train_lock" and command in TRAIN):
             pytest.fail(f"{command} rewrote the damaged {name}:\n{output}")
         assert _may_write(command, name), f"{command} changed {name}:\n{output}"
@@ -427,3 +429,22 @@ def test_extract_analyze_and_train_name_a_damaged_file_and_go_on(target, how, co
     if target is not None:
         corrupt(tree / TARGETS[target], how)
     check_command(tree, target, how, command, argv)
+
+
+@pytest.mark.parametrize("how", ["random", "json_types"])
+def test_a_held_run_lock_with_damaged_content_is_refused_in_one_line(how, tree, pristine):
+    """The one reader of train.lock's content: the refusal of a second ``kdlab train``
+    names the lock, though the holder's pid and host cannot be read from it."""
+    import fcntl
+
+    lock_path = tree / TARGETS["train_lock"]
+    corrupt(lock_path, how)
+    argv = _prepare(tree, "train_config", pristine)
+    with open(lock_path, "a") as holder:   # another open file description: a second holder
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        before = snapshot(tree)
+        code, output = run(argv)
+        after = snapshot(tree)
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert str(TARGETS["train_lock"]) in output and "another process" in output, output
+    assert before == after

@@ -110,14 +110,13 @@ def _is_up_to_date(targets: list[Path], weights_path: Path) -> bool:
 
 
 def _damaged_representation(targets: list[Path]) -> str | None:
-    """Why an existing representation file of a run is damaged (it is kept as it is, not
-    overwritten: the user decides), or None."""
+    """Why an existing representation file of a run is damaged, or None. Such a file holds
+    nothing that its run's best.pth does not: it is named and extracted again."""
     for target in targets:
         if target.exists():
             reason = store.unreadable_reason(target)
             if reason is not None:
-                return (f"representation {target} is {reason}; kept it: delete it to "
-                        "extract the run again")
+                return f"representation {target} is {reason}; extracting it again"
     return None
 
 
@@ -139,10 +138,8 @@ def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
         targets = [layout.representation_path(study.analysis_dir, study.name, spec, role)
                    for role in _roles(study, spec)]
         damaged = _damaged_representation(targets)
-        if damaged is not None:
-            report.skipped.append((spec.name, damaged))
-            log(f"skip {spec.name}: {damaged}")
-            continue
+        if damaged is not None:  # derived from best.pth: named, then extracted again
+            log(f"{spec.name}: {damaged}")
         if _is_up_to_date(targets, run_dir / runstate.BEST_FILE):
             report.up_to_date.extend(targets)
             continue

@@ -10,8 +10,8 @@
 - A completed run at chance accuracy is *collapsed*: marked in both overview figures, left
   out of the accuracy overview's means and axis range (one collapsed run would flatten
   every other line), and its curves drawn on a 0–100 % axis.
-- Every run without complete curves is reported: one line per reason with a count (a run
-  whose file is unreadable is also listed by name, with the file and why).
+- Every run without complete curves is reported: one line per reason with a count; every
+  unreadable file is also named on its own line, with why.
 """
 
 from __future__ import annotations
@@ -432,14 +432,17 @@ def plot_study(study: Study, *, progress=None, full_scale: bool = False) -> Plot
 
 def format_report(report: PlotReport, verbose: bool = False) -> str:
     """What plot did: counts, the overview files, then one line per reason a run lacks
-    complete curves (with a count; ``verbose`` lists the runs under each; runs with an
-    unreadable file are always listed, naming the file)."""
+    complete curves (with a count; ``verbose`` lists the runs under each). Every unreadable
+    file is named on its own line first, verbose or not."""
     lines = [f"curves: {len(report.written)} drawn, {len(report.unchanged)} unchanged "
              f"(metrics.json did not change)"]
     lines += [f"overview: {path}" for path in report.figures]
     if report.collapsed:
         lines.append(f"collapsed (completed at chance accuracy): {len(report.collapsed)}"
                      + (" — " + ", ".join(report.collapsed) if verbose else ""))
+    # a damaged file is always named (the reason names it), verbose or not
+    lines += [why for name, why, _ in report.incomplete
+              if report.reasons[name] == "unreadable file"]
     if report.incomplete:
         lines.append(f"runs without complete curves ({len(report.incomplete)}):")
         known = [r for r in REASONS if r in report.reasons.values()]
@@ -449,7 +452,7 @@ def format_report(report: PlotReport, verbose: bool = False) -> str:
             partial = sum(1 for _, _, drawn in entries if drawn)
             lines.append(f"  {reason}: {len(entries)}"
                          + (f" ({partial} with curves so far)" if partial else ""))
-            if verbose or reason == "unreadable file":  # a damaged file is always named
+            if verbose:
                 lines += [f"    {name}: {why}" + ("  [curves so far drawn]" if drawn else "")
                           for name, why, drawn in entries]
         if not verbose:
