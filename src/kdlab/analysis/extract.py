@@ -213,20 +213,29 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
         arrays = representations_of(model.to(torch_device), device_data, batch_size)
         provenance = store.provenance_of(spec.name, run_dir, study.name,
                                          run_dir / runstate.BEST_FILE)
-        try:
-            for target in targets:
-                store.save_representation(target, arrays, provenance)
-                report.extracted.append(target)
-        except WriteError:
-            raise
-        except UserError as error:  # e.g. a diverged model's NaN features
-            report.skipped.append((spec.name, f"not saved: {error}"))
-            log(f"skip {spec.name}: not saved: {error}")
+        if not _save(spec, targets, arrays, provenance, report, log):
             continue
         log(f"[{index}/{len(work)}] extracted {spec.name} -> {targets[0]}"
             + (f" (+{len(targets) - 1} more)" if len(targets) > 1 else "")
             + f" ({arrays['labels'].shape[0]} samples)")
     return report
+
+
+def _save(spec: RunSpec, targets: list[Path], arrays: dict, provenance: dict,
+          report: ExtractReport, log: Callable[[str], None]) -> bool:
+    """Write the run's representation files; False (the run skipped, with the reason) when
+    its arrays are not a valid representation, e.g. a diverged model's NaN features."""
+    try:
+        for target in targets:
+            store.save_representation(target, arrays, provenance)
+            report.extracted.append(target)
+    except WriteError:
+        raise
+    except UserError as error:
+        report.skipped.append((spec.name, f"not saved: {error}"))
+        log(f"skip {spec.name}: not saved: {error}")
+        return False
+    return True
 
 
 def command(args) -> int:
