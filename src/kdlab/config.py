@@ -339,7 +339,23 @@ def read_config_file(path: str | Path) -> TrainConfig:
     for name in ("dataset", "model"):
         if name not in data:
             raise UserError(f"{path}: key '{name}' is missing")
-    return TrainConfig.from_dict(data)
+    config = TrainConfig.from_dict(data)
+    try:  # a wrong value is named with the file it came from, not as a flag
+        validate_config(config)
+    except SettingError as error:
+        raise UserError(f"{path}: key '{error.key}' is {error.value!r}: expected "
+                        f"{error.expected}") from None
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+    return config
+
+
+def _refuse_damaged_config(path: Path) -> None:
+    """UserError naming ``path`` when it is not a readable run config (kept as it is)."""
+    try:
+        read_config_file(path)
+    except UserError as error:
+        raise UserError(f"{error}; kept it: fix or delete it, or pass --force-restart") from None
 
 
 def config_flags(config: TrainConfig) -> list[str]:
@@ -386,19 +402,22 @@ def prepare_configs(args) -> list[TrainConfig]:
         # A new run's directory (and its config.json) is made by training once the teacher
         # and the data are found: a refused run leaves nothing behind.
         if directory.is_dir() and (not completed or getattr(args, "force_restart", False)):
-            write_config_file(directory, config)
+            write_config_file(directory, config, force=getattr(args, "force_restart", False))
         configs.append(config)
     return configs
 
 
-def write_config_file(directory: Path, config: TrainConfig) -> Path:
+def write_config_file(directory: Path, config: TrainConfig, force: bool = False) -> Path:
     """Write ``config.json`` of a run atomically (unchanged content is not rewritten);
-    an unwritable directory is one UserError line."""
+    an unwritable directory is one UserError line. A damaged ``config.json`` (unreadable,
+    not a run config) is kept and named in a UserError unless ``force`` (--force-restart)."""
     path = Path(directory) / CONFIG_FILE
     text = config_json(config)
     try:
         if path.is_file() and path.read_bytes() == text.encode("utf-8"):
             return path
+        if path.is_file() and not force:
+            _refuse_damaged_config(path)
         runstate.atomic_write_text(path, text)
     except OSError as error:
         raise UserError(f"cannot write the run directory {directory} "

@@ -289,9 +289,9 @@ def submit_pack(study: Study, pack: Pack, scheduler: Scheduler) -> str:
     SchedulerError when the submission fails."""
     names = pack.names
     changes = [_submission_changes(scheduler, decision, names) for decision in pack.members]
-    for decision in pack.members:
+    for decision in pack.members:  # the job's input, from the study: replaces a damaged one
         write_config_file(decision.run.run_dir,
-                          complete_options(study.train_config(decision.run.spec)))
+                          complete_options(study.train_config(decision.run.spec)), force=True)
     argv = scheduler.argv(study.scheduler, pack_arguments(study, pack))
 
     def record(job_id: str) -> None:

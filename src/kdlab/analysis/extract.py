@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .. import layout, runstate
-from ..errors import UserError
+from ..errors import UserError, WriteError
 from ..layout import RunSpec
 from ..study import Study, load_study
 from . import store
@@ -109,6 +109,17 @@ def _is_up_to_date(targets: list[Path], weights_path: Path) -> bool:
     return True
 
 
+def _damaged_representation(targets: list[Path]) -> str | None:
+    """Why an existing representation file of a run is damaged, or None. Such a file holds
+    nothing that its run's best.pth does not: it is named and extracted again."""
+    for target in targets:
+        if target.exists():
+            reason = store.unreadable_reason(target)
+            if reason is not None:
+                return f"representation {target} is {reason}; extracting it again"
+    return None
+
+
 def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
                   log: Callable[[str], None]) -> list[tuple[RunSpec, Path, list[Path]]]:
     """(run, run directory, representation files) of every finished run of the study whose
@@ -126,6 +137,9 @@ def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
             continue
         targets = [layout.representation_path(study.analysis_dir, study.name, spec, role)
                    for role in _roles(study, spec)]
+        damaged = _damaged_representation(targets)
+        if damaged is not None:  # derived from best.pth: named, then extracted again
+            log(f"{spec.name}: {damaged}")
         if _is_up_to_date(targets, run_dir / runstate.BEST_FILE):
             report.up_to_date.extend(targets)
             continue
@@ -199,13 +213,29 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
         arrays = representations_of(model.to(torch_device), device_data, batch_size)
         provenance = store.provenance_of(spec.name, run_dir, study.name,
                                          run_dir / runstate.BEST_FILE)
-        for target in targets:
-            store.save_representation(target, arrays, provenance)
-            report.extracted.append(target)
+        if not _save(spec, targets, arrays, provenance, report, log):
+            continue
         log(f"[{index}/{len(work)}] extracted {spec.name} -> {targets[0]}"
             + (f" (+{len(targets) - 1} more)" if len(targets) > 1 else "")
             + f" ({arrays['labels'].shape[0]} samples)")
     return report
+
+
+def _save(spec: RunSpec, targets: list[Path], arrays: dict, provenance: dict,
+          report: ExtractReport, log: Callable[[str], None]) -> bool:
+    """Write the run's representation files; False (the run skipped, with the reason) when
+    its arrays are not a valid representation, e.g. a diverged model's NaN features."""
+    try:
+        for target in targets:
+            store.save_representation(target, arrays, provenance)
+            report.extracted.append(target)
+    except WriteError:
+        raise
+    except UserError as error:
+        report.skipped.append((spec.name, f"not saved: {error}"))
+        log(f"skip {spec.name}: not saved: {error}")
+        return False
+    return True
 
 
 def command(args) -> int:

@@ -32,7 +32,8 @@ PROVENANCE_KEY = "provenance"
 
 
 def validate_representation(arrays: dict, where: str) -> dict[str, np.ndarray]:
-    """Check keys, ranks, dtypes and that every array has the same N; return the arrays as
+    """Check keys, ranks, dtypes, that every array has the same N and that the features are
+    finite; return the arrays as
     float32 features and int64 labels. UserError naming ``where`` otherwise."""
     missing = [key for key in KEYS if key not in arrays]
     if missing:
@@ -50,6 +51,10 @@ def validate_representation(arrays: dict, where: str) -> dict[str, np.ndarray]:
                             f"found {array.shape}")
         if not np.issubdtype(array.dtype, np.floating):
             raise UserError(f"representation {where}: '{key}' must be float, found {array.dtype}")
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise UserError(f"representation {where}: '{key}' holds {int(finite.size - finite.sum())} "
+                            "NaN or infinite values, expected finite numbers")
         result[key] = array.astype(np.float32, copy=False)
     return result
 

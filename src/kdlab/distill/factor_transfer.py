@@ -214,7 +214,8 @@ class FactorTransferDistiller(Distiller):
                                     weight_decay=PARAPHRASER_WEIGHT_DECAY)
         start_epoch = 0
         if checkpoint_path.exists():
-            payload = _load(checkpoint_path, context.device)
+            payload = _load(checkpoint_path, context.device,
+                            ("paraphraser", "optimizer", "epoch", "settings"))
             if payload.get("settings") == settings:
                 trainee.load_state_dict(payload["paraphraser"])
                 optimizer.load_state_dict(payload["optimizer"])
@@ -250,7 +251,9 @@ def weights_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _load(path: Path, device=None) -> dict:
+def _load(path: Path, device=None, expected=("weights", "settings")) -> dict:
+    """The dict in a stage-1 file with the ``expected`` entries; UserError naming the file
+    when it is unreadable or damaged."""
     try:
         payload = torch.load(path, map_location=device or "cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a corrupt file
@@ -258,6 +261,10 @@ def _load(path: Path, device=None) -> dict:
                         "to redo factor_transfer stage 1") from None
     if not isinstance(payload, dict):
         raise UserError(f"{path}: expected a dict, found {type(payload).__name__}")
+    problem = next(filter(None, (_entry_problem(key, payload.get(key)) for key in expected)),
+                   None)
+    if problem is not None:  # damaged, not merely made with other settings: named, kept
+        raise UserError(f"{path}: {problem}; delete it to redo factor_transfer stage 1")
     return payload
 
 
@@ -310,3 +317,20 @@ def _exclusive(path: Path | None, context: PretrainContext, poll_seconds: float 
                                     "student of this teacher trains it)") from None
                 time.sleep(poll_seconds)
         yield
+
+
+_PLAIN = (bool, int, float, str)
+
+
+def _entry_problem(key: str, value) -> str | None:
+    """What is wrong with one entry of a stage-1 file, or None."""
+    if key == "settings":
+        if not (isinstance(value, dict) and all(isinstance(name, str) and isinstance(item, _PLAIN)
+                                                for name, item in value.items())):
+            return "'settings' is not a table of plain values"
+    elif key == "epoch":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"'epoch' is {type(value).__name__}, expected an integer"
+    elif not isinstance(value, dict):
+        return f"'{key}' is {type(value).__name__}, expected a dict"
+    return None

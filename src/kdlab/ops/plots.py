@@ -10,7 +10,8 @@
 - A completed run at chance accuracy is *collapsed*: marked in both overview figures, left
   out of the accuracy overview's means and axis range (one collapsed run would flatten
   every other line), and its curves drawn on a 0–100 % axis.
-- Every run without complete curves is reported: one line per reason with a count.
+- Every run without complete curves is reported: one line per reason with a count; every
+  unreadable file is also named on its own line, with why.
 """
 
 from __future__ import annotations
@@ -431,13 +432,17 @@ def plot_study(study: Study, *, progress=None, full_scale: bool = False) -> Plot
 
 def format_report(report: PlotReport, verbose: bool = False) -> str:
     """What plot did: counts, the overview files, then one line per reason a run lacks
-    complete curves (with a count; ``verbose`` lists the runs under each)."""
+    complete curves (with a count; ``verbose`` lists the runs under each). Every unreadable
+    file is named on its own line first, verbose or not."""
     lines = [f"curves: {len(report.written)} drawn, {len(report.unchanged)} unchanged "
              f"(metrics.json did not change)"]
     lines += [f"overview: {path}" for path in report.figures]
     if report.collapsed:
         lines.append(f"collapsed (completed at chance accuracy): {len(report.collapsed)}"
                      + (" — " + ", ".join(report.collapsed) if verbose else ""))
+    # a damaged file is always named (the reason names it), verbose or not
+    lines += [why for name, why, _ in report.incomplete
+              if report.reasons[name] == "unreadable file"]
     if report.incomplete:
         lines.append(f"runs without complete curves ({len(report.incomplete)}):")
         known = [r for r in REASONS if r in report.reasons.values()]

@@ -151,10 +151,17 @@ def dataset_groups(study, dataset: str, data, scatter: dict) -> list[tuple]:
 
 
 def _read_manifest(path: Path) -> dict:
+    """The figure manifest; a damaged file, or an entry of the wrong shape, counts as absent
+    (its groups are drawn again)."""
     try:
-        return read_json(path) or {}
+        manifest = read_json(path) or {}
     except StateFileError:
         return {}
+    return {group: entry for group, entry in manifest.items()
+            if isinstance(entry, dict) and isinstance(entry.get("digest"), str)
+            and all(isinstance(entry.get(key, []), list)
+                    and all(isinstance(item, str) for item in entry.get(key, []))
+                    for key in ("files", "notes"))}
 
 
 def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True) -> FigureOutcome:
