@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_study
+from conftest import write_study, snapshot
 from kdlab import cli, layout, runstate
 from kdlab.layout import RunSpec
 from kdlab.study import load_study
@@ -288,9 +288,6 @@ def tree(pristine, tmp_path, monkeypatch):
     return copy
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 def run(argv: list[str]) -> tuple[int, str]:

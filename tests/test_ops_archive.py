@@ -19,12 +19,9 @@ from kdlab.ops import archive
 from kdlab.schedulers.local import make_job_id
 from kdlab.study import load_study
 from legacy_tree import copy_legacy_tree, write_run, write_study
+from conftest import snapshot
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    """relative path -> SHA-256 of every file under ``root``."""
-    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ every decision, KD waiting included, is in test_queue.py.)"""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -21,10 +22,12 @@ from kdlab import runstate
 from kdlab.schedulers.local import LocalScheduler, parse_job_id
 from kdlab.status import study_run_states
 from kdlab.study import load_study
+import conftest
 
 pytestmark = pytest.mark.slow
 
 DEADLINE_SECONDS = 900  # generous, for a loaded machine; nothing here asserts a duration
+wait_until = functools.partial(conftest.wait_until, timeout=DEADLINE_SECONDS)
 
 
 def queue(study_path: Path, *extra: str) -> list[str]:
@@ -34,14 +37,6 @@ def queue(study_path: Path, *extra: str) -> list[str]:
     return result.stdout.splitlines()
 
 
-def wait_until(predicate, what: str, every: float = 0.2):
-    deadline = time.time() + DEADLINE_SECONDS
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def test_local_study_completes_and_a_killed_job_resumes(tmp_path):

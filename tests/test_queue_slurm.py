@@ -12,6 +12,7 @@ these tests are skipped, saying why."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -27,12 +28,14 @@ from kdlab import runstate
 from kdlab.cli import main
 from kdlab.status import format_report, status_report, study_run_states
 from kdlab.study import load_study
+import conftest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SCRIPT = Path(__file__).resolve().parent / "slurm_cluster.sh"
 SLURM_DIR = Path(os.environ.get("KDLAB_SLURM_DIR", "/tmp/kdlab-slurm"))
 DEADLINE_SECONDS = 900  # for the whole study under a loaded machine; never a timing assertion
+wait_until = functools.partial(conftest.wait_until, timeout=DEADLINE_SECONDS)
 
 
 def _read_env_file() -> dict[str, str]:
@@ -116,14 +119,6 @@ def queue(study_path: Path, capsys) -> list[str]:
     return capsys.readouterr().out.splitlines()
 
 
-def wait_until(predicate, what: str, timeout: float = DEADLINE_SECONDS, every: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"gave up waiting for {what} after {timeout} s")
 
 
 def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp_path, capsys):
