@@ -129,7 +129,7 @@ TABLES = [("metrics.csv", "metrics.csv — every metric, one row per data set ×
 def _dataset_section(study, dataset: str, accuracy, groups: dict, root: Path) -> list[str]:
     parts = [f"<h2>{html.escape(dataset)}</h2>",
              "<h3>Test accuracy</h3>" + _accuracy_html(accuracy, dataset)]
-    summary = groups.get(f"{dataset}/summary", [])
+    summary = groups.get(f"{dataset}/summary", []) + groups.get(f"{dataset}/umap", [])
     sweep_groups = [f"{dataset}/sweeps/{metric}" for metric, *_ in sweep_metrics()]
     sweep_groups.append(f"{dataset}/sweeps/accuracy_vs_alignment")
     sweeps = [path for group_id in sweep_groups for path in groups.get(group_id, [])]
