@@ -147,7 +147,27 @@ def _dataset_section(study, dataset: str, accuracy, groups: dict, root: Path) ->
     for method in study.methods:
         parts.append(f"<h3>Per method: {html.escape(method)}</h3>"
                      + _gallery(groups.get(f"{dataset}/per_method/{method}", []), root))
+    parts.append("<h3>Figures of the earlier analysis</h3><p>The ICA correlation heatmap of "
+                 "one representative run per method (test accuracy nearest the method's "
+                 "median), the teacher-vs-itself cross-layer CKA panel, and the layer3 PCA "
+                 "scatter in the teacher's basis, as the earlier analysis drew them.</p>"
+                 + _gallery(groups.get(f"{dataset}/earlier", []), root))
     return parts
+
+
+def setup_differences_html() -> str:
+    """The paragraph on how kdlab's ICA and principal angles differ from the earlier
+    analysis's (:func:`kdlab.analysis.earlier_metrics.earlier_setup_differences`), with
+    kdlab's settings, as HTML."""
+    import re
+
+    from .earlier_metrics import earlier_setup_differences
+
+    keys = ("ica_components", "ica_fit_samples", "ica_max_iter", "ica_tol", "ica_random_state",
+            "principal_angle_components")
+    text = html.escape(earlier_setup_differences(**{k: registry.SETTINGS[k] for k in keys}))
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return "<p>" + re.sub(r"`(.+?)`", r"<code>\1</code>", text) + "</p>"
 
 
 def write_report(study, result, accuracy) -> Path:
@@ -165,6 +185,7 @@ def write_report(study, result, accuracy) -> Path:
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>"
               for name, text in metric_descriptions()]
     parts.append("</dl>")
+    parts.append(setup_differences_html())
     for dataset in study.datasets:
         parts += _dataset_section(study, dataset, accuracy, groups, root)
     parts.append("</body></html>")

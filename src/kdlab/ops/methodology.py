@@ -365,6 +365,7 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
     ])
     sections.append(robustness)
 
+    sections.append(_earlier_analysis_section())
     software = Section("Software")
     software.paragraph("Versions installed where this section was generated:")
     software.table(["software", "version"], [list(row) for row in software_versions()])
@@ -390,6 +391,20 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
         timing.paragraph("No run has recorded epoch durations yet.")
     sections.append(timing)
     return sections
+
+
+def _earlier_analysis_section() -> Section:
+    """How kdlab's ICA and principal angles differ from the earlier analysis's, with the
+    analysis settings kdlab uses (plain text: the renderers escape it)."""
+    from ..analysis.earlier_metrics import earlier_setup_differences
+    from ..analysis.registry import SETTINGS
+
+    keys = ("ica_components", "ica_fit_samples", "ica_max_iter", "ica_tol", "ica_random_state",
+            "principal_angle_components")
+    text = earlier_setup_differences(**{key: SETTINGS[key] for key in keys})
+    section = Section("Representation analysis against the earlier code")
+    section.paragraph(text.replace("**", "").replace("`", ""))
+    return section
 
 
 def _augmentation_text(study: Study) -> str:

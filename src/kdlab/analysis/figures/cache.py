@@ -21,6 +21,7 @@ from ... import layout
 from ...runstate import atomic_write_json, read_json, StateFileError
 from .. import workers
 from .common import FIGURE_VERSION, FLOORS, PURE, TEACHER, Grid, Values, alpha_text
+from .earlier import PATH_KEYS as _EARLIER_PATH_KEYS, draw_earlier, earlier_payload
 from .per_method import draw_per_method
 from .summary import draw_summary, umap_figure
 from .sweeps import draw_accuracy_vs_alignment, draw_sweep, sweep_metrics
@@ -50,6 +51,8 @@ def draw_group(kind: str, grid: Grid, frame, payload: dict, out_dir: str) -> dic
         files = draw_accuracy_vs_alignment(grid, values, out)
     elif kind == "summary":
         files, notes = draw_summary(grid, values, payload, out)
+    elif kind == "earlier":
+        files, notes = draw_earlier(grid, payload, out)
     elif kind == "umap":
         drawn = umap_figure(grid, payload, out)
         files, notes = ([drawn], []) if isinstance(drawn, Path) else ([], [drawn])
@@ -71,7 +74,7 @@ def _digest(kind: str, grid: Grid, frame, payload: dict) -> str:
     return digest.hexdigest()
 
 
-_PATH_KEYS = ("umap_teacher", "umap_students")
+_PATH_KEYS = ("umap_teacher", "umap_students") + _EARLIER_PATH_KEYS
 
 
 def _payload_bytes(value) -> bytes:
@@ -152,6 +155,11 @@ def dataset_groups(study, dataset: str, data, scatter: dict) -> list[tuple]:
                    base / "summary"))
     # apart from the summary: the UMAP (slow) is redrawn only when the files it shows change
     groups.append((f"{dataset}/umap", "umap", data.iloc[0:0], umap, base / "summary"))
+    # the earlier analysis's figures: redrawn when the representations they show change,
+    # or the test accuracies that choose each method's representative run
+    groups.append((f"{dataset}/earlier", "earlier",
+                   data[data["metric"] == "test_acc"].reset_index(drop=True),
+                   earlier_payload(grid, list(scatter), data), base / "earlier"))
     return [(group_id, kind, grid, subset, payload, out)
             for group_id, kind, subset, payload, out in groups]
 
