@@ -97,3 +97,14 @@ def test_methodology_contains_the_setup_paragraph(analysed):
             "ica_random_state", "principal_angle_components")})
     plain = re.sub(r"\s+", " ", paragraph.replace("**", "").replace("`", ""))
     assert plain in text
+
+
+def test_report_states_the_selection_rule_and_the_selected_accuracy(analysed):
+    from kdlab.status import study_run_states
+
+    report = layout.report_path(analysed.analysis_dir, analysed.name).read_text()
+    assert "Selection rule: [training] selection = &quot;test&quot;" in report
+    assert "<th>max_acc (%): mean ± std, 95% CI (n)</th><th>final_acc (%)</th>" in report
+    kd = next(state for state in study_run_states(analysed) if state.spec.method == "logit")
+    # one seed: the mean and n, no interval
+    assert f"<td>{kd.max_acc:.2f} (n=1)</td>" in report

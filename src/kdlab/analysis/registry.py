@@ -61,6 +61,14 @@ SETTINGS = {
 MATCH_THRESHOLD = 0.5  # ICA components count as matched above this |r|
 
 
+def setup_differences() -> str:
+    """The paragraph (Markdown) on how kdlab's ICA and principal angles differ from the
+    earlier analysis's, with the settings above."""
+    keys = ("ica_components", "ica_fit_samples", "ica_max_iter", "ica_tol", "ica_random_state",
+            "principal_angle_components")
+    return earlier_metrics.earlier_setup_differences(**{key: SETTINGS[key] for key in keys})
+
+
 @dataclass(frozen=True)
 class Metric:
     """One metric. ``rows`` names what it writes when that is not just ``name`` (for the

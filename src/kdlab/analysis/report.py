@@ -61,16 +61,21 @@ def _figure(path: Path, root: Path) -> str:
 
 
 def _accuracy_html(accuracy, dataset: str) -> str:
-    from .tables import format_mean_std
+    from .tables import format_mean_std, selection_cells
 
-    rows = ["<table><tr><th>method</th><th>alpha</th><th>accuracy (%)</th><th>seeds</th></tr>"]
+    key = html.escape(str(accuracy["selected_by"].iloc[0])) if len(accuracy) else "max_acc"
+    rows = ["<table><tr><th>method</th><th>alpha</th><th>accuracy of the extracted weights "
+            f"(%)</th><th>seeds</th><th>{key} (%): mean ± std, 95% CI (n)</th>"
+            "<th>final_acc (%)</th></tr>"]
     for row in accuracy[accuracy["dataset"] == dataset].itertuples():
         alpha = "—" if math.isnan(row.alpha) else layout.format_alpha(row.alpha)
         cell = format_mean_std(row.accuracy_mean, row.accuracy_std, row.n_seeds)
         css = ' class="na"' if row.n_seeds == 0 else ""
+        selected, final = selection_cells(row)
         rows.append(f"<tr><td>{html.escape(row.method)}</td><td>{alpha}</td>"
                     f"<td{css}>{html.escape(cell)}</td>"
-                    f"<td>{row.n_seeds}/{row.seeds_expected}</td></tr>")
+                    f"<td>{row.n_seeds}/{row.seeds_expected}</td>"
+                    f"<td>{html.escape(selected)}</td><td>{html.escape(final)}</td></tr>")
     rows.append("</table>")
     return "\n".join(rows)
 
@@ -122,7 +127,8 @@ TABLES = [("metrics.csv", "metrics.csv — every metric, one row per data set ×
                           "× seed × layer × metric"),
           ("floors.csv", "floors.csv — noise floors: pair metrics of pure students and of "
                          "teachers across seeds (no distillation between them)"),
-          ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds"),
+          ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds; the accuracy "
+                           "the study selects by with its 95% interval and n; final_acc"),
           ("accuracy.md", "accuracy.md — the same as Markdown")]
 
 
@@ -161,11 +167,7 @@ def setup_differences_html() -> str:
     kdlab's settings, as HTML."""
     import re
 
-    from .earlier_metrics import earlier_setup_differences
-
-    keys = ("ica_components", "ica_fit_samples", "ica_max_iter", "ica_tol", "ica_random_state",
-            "principal_angle_components")
-    text = html.escape(earlier_setup_differences(**{k: registry.SETTINGS[k] for k in keys}))
+    text = html.escape(registry.setup_differences())
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
     return "<p>" + re.sub(r"`(.+?)`", r"<code>\1</code>", text) + "</p>"
 
@@ -177,7 +179,10 @@ def write_report(study, result, accuracy) -> Path:
     ``accuracy``: the accuracy table (:func:`kdlab.analysis.tables.accuracy_table`)."""
     root = layout.analysis_dir(study.analysis_dir, study.name)
     groups = figure_files(study)
+    from .tables import selection_sentence
+
     parts = _header(study, result) + _tables_and_notes(study, result, root)
+    parts.append(f"<p>{html.escape(selection_sentence(study))}</p>")
     parts.append("<h2>Metrics</h2><p>Per model and layer (layers: "
                  f"{', '.join(LAYERS)}, global-average-pooled), and per teacher–student pair "
                  "of the same seed. Subsample sizes and seeds are fixed; see "
