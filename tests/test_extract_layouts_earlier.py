@@ -13,7 +13,7 @@ import pytest
 
 from kdlab import cli, layout, runstate
 from kdlab.analysis.extract import representations_of
-from kdlab.analysis.store import load_representation
+from kdlab.analysis.store import load_representation, read_provenance
 from kdlab.ops.plot_curves import CURVES_FILE
 from kdlab.study import load_study
 from trained_study import trained_copy
@@ -88,11 +88,11 @@ def test_extract_says_which_preprocessing_earlier_code_weights_get(tmp_path_fact
     kd_file = layout.representation_path(study.analysis_dir, study.name, spec, "kd")
     under_kdlab = load_representation(kd_file)
 
+    # switching the study's augmentation makes every representation stale: all re-extracted
     study = _rewrite(study, 'device = "cpu"', 'device = "cpu"\naugmentation = "earlier"')
-    for path in layout.representations_dir(study.analysis_dir, study.name).rglob("*.npz"):
-        path.unlink()
     assert cli.main(["extract", str(study.path), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
+    assert "3 extracted, 0 up to date" in out, out
     assert ("Digits: 1 run of the earlier code evaluated under the earlier code's "
             "preprocessing") in out, out
     under_earlier = load_representation(kd_file)
@@ -106,6 +106,9 @@ def test_extract_says_which_preprocessing_earlier_code_weights_get(tmp_path_fact
     np.testing.assert_allclose(under_earlier["logits"], expected["logits"], rtol=1e-5,
                                atol=1e-5)
     assert not np.allclose(under_earlier["logits"], under_kdlab["logits"], atol=1e-3)
+    assert read_provenance(kd_file)["augmentation"] == "earlier"
+    assert cli.main(["extract", str(study.path), "--device", "cpu"]) == 0
+    assert "0 extracted, 3 up to date" in capsys.readouterr().out
 
 
 def test_extract_of_kdlab_runs_prints_no_earlier_code_line(tmp_path_factory, capsys):

@@ -118,8 +118,9 @@ def _unfinished_reason(run_dir: Path) -> str | None:
     return None
 
 
-def _is_up_to_date(targets: list[Path], weights_path: Path) -> bool:
-    """Every target exists, is a complete representation and is not older than the weights."""
+def _is_up_to_date(targets: list[Path], weights_path: Path, augmentation: str) -> bool:
+    """Every target exists, is a complete representation, is not older than the weights and
+    was evaluated under ``augmentation``'s test view (provenance without one: kdlab's)."""
     weights_mtime = weights_path.stat().st_mtime_ns
     for target in targets:
         try:
@@ -128,6 +129,8 @@ def _is_up_to_date(targets: list[Path], weights_path: Path) -> bool:
         except FileNotFoundError:
             return False
         if not store.is_readable(target):
+            return False
+        if (store.read_provenance(target) or {}).get("augmentation", _KDLAB) != augmentation:
             return False
     return True
 
@@ -149,7 +152,8 @@ def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
             continue
         targets = [layout.representation_path(study.analysis_dir, study.name, spec, role)
                    for role in _roles(study, spec)]
-        if _is_up_to_date(targets, run_dir / runstate.BEST_FILE):
+        if _is_up_to_date(targets, run_dir / runstate.BEST_FILE,
+                          study.training["augmentation"]):
             report.up_to_date.extend(targets)
             continue
         work.append((spec, run_dir, targets))
@@ -226,6 +230,8 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
         arrays = representations_of(model.to(torch_device), device_data, batch_size)
         provenance = store.provenance_of(spec.name, run_dir, study.name,
                                          run_dir / runstate.BEST_FILE)
+        if augmentation != _KDLAB:   # the test view the outputs come from (absent: kdlab's)
+            provenance["augmentation"] = augmentation
         for target in targets:
             store.save_representation(target, arrays, provenance)
             report.extracted.append(target)
