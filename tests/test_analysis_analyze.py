@@ -344,6 +344,8 @@ def test_rerun_recomputes_only_what_a_new_run_touches(analysed, tmp_path, monkey
     assert teacher_added.models_computed == 1
     assert teacher_added.pairs_computed == 2
     assert not any("seed 1: no teacher" in note for note in teacher_added.notes)
+    # the UMAP shows the teacher of the smallest seed: a new seed-1 teacher leaves it alone
+    assert ("Digits", "umap", None) not in drawn and ("Digits", "summary", None) in drawn
 
 
 def test_cached_results_equal_fresh_results(analysed, tmp_path):

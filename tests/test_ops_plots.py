@@ -467,3 +467,35 @@ def test_read_only_figures_directory_is_one_line_exit_2(tmp_path):
         for path in [root, *root.rglob("*")]:
             path.chmod(0o755)
         shutil.rmtree(root)
+
+
+def test_plot_prints_the_outside_grid_line_that_status_prints(tmp_path, capsys):
+    from conftest import EARLIER_OUTSIDE, build_earlier_tree, write_earlier_study
+
+    build_earlier_tree(tmp_path)
+    study_path = write_earlier_study(tmp_path)
+    assert cli.main(["status", str(study_path)]) == 0
+    (status_line,) = [line for line in capsys.readouterr().out.splitlines()
+                      if line.startswith("outside the grid")]
+    assert cli.main(["plot", str(study_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("outside the grid")] == [status_line]
+    assert "6 run directories" in status_line
+    assert cli.main(["plot", "--verbose", str(study_path)]) == 0
+    out = capsys.readouterr().out
+    for relative, reason in EARLIER_OUTSIDE.items():
+        assert f"  {relative}: {reason}\n" in out
+
+
+def test_plot_and_status_share_one_collapse_rule(tmp_path):
+    from kdlab import run_states
+    from kdlab.study import Role
+
+    assert plots.is_collapsed is run_states.is_collapsed is plot_curves.is_collapsed
+    spec = RunSpec("Cifar10", "ResNet8", 0)
+    for accuracy, expected in ((12.0, True), (12.01, False), (0.0, True), (None, False)):
+        for state_name in ("completed", "running"):
+            state = run_states.RunState(spec, tmp_path, Role.PURE, state_name,
+                                        {"status": "completed", "max_acc": accuracy}, "")
+            assert state.collapsed is (expected and state_name == "completed")
+            assert plots.run_is_collapsed(state) is state.collapsed

@@ -37,6 +37,18 @@ MAX_ENVIRONMENT_RESUBMISSIONS = 3
 # has not learnt: it is flagged collapsed.
 COLLAPSE_MARGIN_POINTS = 2.0
 
+
+def is_collapsed(accuracy: float | None, num_classes: int | None) -> bool:
+    """The collapse rule (``status`` and ``plot`` both use it): ``accuracy`` (percent) within
+    :data:`COLLAPSE_MARGIN_POINTS` of chance (100 / ``num_classes``) or below it. Unknown
+    or NaN accuracy, or unknown class count: False."""
+    if accuracy is None or not num_classes or num_classes < 1:
+        return False
+    if isinstance(accuracy, float) and math.isnan(accuracy):
+        return False
+    return accuracy <= 100.0 / num_classes + COLLAPSE_MARGIN_POINTS
+
+
 # status.json 'status' -> state of the run
 _STATE_OF_STATUS = {runstate.COMPLETED: COMPLETED, runstate.IN_PROGRESS: RUNNING,
                     runstate.QUEUED: QUEUED, runstate.FAILED: FAILED}
@@ -103,10 +115,9 @@ class RunState:
     def collapsed(self) -> bool:
         """Completed at chance accuracy: within :data:`COLLAPSE_MARGIN_POINTS` of
         100/classes, or below it."""
-        if self.state != COMPLETED or self.max_acc is None:
-            return False
-        chance = catalog.DATASETS[self.spec.dataset].chance_percent
-        return self.max_acc <= chance + COLLAPSE_MARGIN_POINTS
+        info = catalog.DATASETS.get(self.spec.dataset)
+        return self.state == COMPLETED and is_collapsed(self.max_acc,
+                                                        info.classes if info else None)
 
 
 def classify_run(study: Study, spec: RunSpec, teacher_state: RunState | None = None) -> RunState:

@@ -19,7 +19,7 @@ from . import catalog
 from .config import (GRID, PATHS, TRAINING, SettingError, TrainConfig, complete_options,
                      kind_ok, setting_fields, validate_config)
 from .errors import UserError
-from .layout import ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, run_dir
+from .layout import ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs, run_dir
 
 # Known names come from the torch-free catalog; tests/test_study.py checks that they agree
 # with the real registries.
@@ -176,6 +176,13 @@ class Study:
     def run_dir(self, spec: RunSpec) -> Path:
         """The run's directory under this study's experiments directory and layout."""
         return run_dir(self.experiments_dir, spec, self.layout)
+
+    def run_dirs(self, experiments_dir: str | Path | None = None):
+        """(RunSpec, path) of every run directory in this study's layout under its
+        experiments directory (or ``experiments_dir``), of its grid or not."""
+        no_alpha = self.alphas[0] if self.layout == NO_ALPHA_LAYOUT else None
+        return iter_run_dirs(self.experiments_dir if experiments_dir is None else experiments_dir,
+                             self.layout, no_alpha)
 
     def train_config(self, spec: RunSpec) -> TrainConfig:
         """The run's settings as the study gives them (method options not yet completed)."""

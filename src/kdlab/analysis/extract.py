@@ -1,7 +1,7 @@
 """``kdlab extract STUDY``: save the representations of every finished run of a study.
 
-Runs are discovered by walking the experiments tree (:func:`kdlab.layout.iter_run_dirs`),
-not from a list of models: a run is finished when its status is ``completed`` and it has a
+Runs are discovered by walking the experiments tree in the study's layout
+(:meth:`kdlab.study.Study.run_dirs`), not from a list of models: a run is finished when its status is ``completed`` and it has a
 ``best.pth``. Each finished run of the study's teacher/student on one of its data sets is
 evaluated on the test split (no augmentation, eval mode, inference mode); the outputs of
 the three ResNet stages are global-average-pooled and saved with the logits and labels in
@@ -18,13 +18,14 @@ from typing import Callable
 
 import numpy as np
 
-from .. import layout, runstate
+from .. import catalog, layout, runstate
 from ..errors import UserError, WriteError
 from ..layout import RunSpec
 from ..study import Study, load_study
 from . import store
 
 DEFAULT_BATCH_SIZE = 500
+_KDLAB, EARLIER = catalog.AUGMENTATIONS   # as kdlab.data.info names them (no torch import)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ExtractReport:
     up_to_date: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     not_in_study: Counter = field(default_factory=Counter)
+    earlier_code: Counter = field(default_factory=Counter)   # data set -> earlier-code runs
 
     def summary(self) -> str:
         line = (f"{len(self.extracted)} extracted, {len(self.up_to_date)} up to date, "
@@ -74,6 +76,27 @@ def _outside_study(study: Study, spec: RunSpec) -> str | None:
     return None
 
 
+def _is_earlier_code(run_dir: Path) -> bool:
+    try:
+        return runstate.is_earlier_code(runstate.read_status(run_dir))
+    except runstate.StateFileError:
+        return False
+
+
+def earlier_code_note(dataset: str, count: int, augmentation: str) -> str:
+    """The line ``extract`` prints for a data set with ``count`` earlier-code runs: under
+    which preprocessing their weights were evaluated."""
+    runs = f"{count} run{'s' if count != 1 else ''} of the earlier code"
+    if augmentation == EARLIER:
+        return (f"{dataset}: {runs} evaluated under the earlier code's preprocessing "
+                "(resize + centre crop, its normalisation), as they were trained "
+                "([training] augmentation = \"earlier\")")
+    return (f"{dataset}: {runs} evaluated under kdlab's preprocessing (test images as they "
+            "are, kdlab's normalisation), not the resize + centre crop and normalisation "
+            "they were trained with; set [training] augmentation = \"earlier\" in the study "
+            "to evaluate them as trained")
+
+
 def _unfinished_reason(run_dir: Path) -> str | None:
     """Why the run in ``run_dir`` cannot be extracted yet (None when it can)."""
     try:
@@ -95,8 +118,9 @@ def _unfinished_reason(run_dir: Path) -> str | None:
     return None
 
 
-def _is_up_to_date(targets: list[Path], weights_path: Path) -> bool:
-    """Every target exists, is a complete representation and is not older than the weights."""
+def _is_up_to_date(targets: list[Path], weights_path: Path, augmentation: str) -> bool:
+    """Every target exists, is a complete representation, is not older than the weights and
+    was evaluated under ``augmentation``'s test view (provenance without one: kdlab's)."""
     weights_mtime = weights_path.stat().st_mtime_ns
     for target in targets:
         try:
@@ -105,6 +129,8 @@ def _is_up_to_date(targets: list[Path], weights_path: Path) -> bool:
         except FileNotFoundError:
             return False
         if not store.is_readable(target):
+            return False
+        if (store.read_provenance(target) or {}).get("augmentation", _KDLAB) != augmentation:
             return False
     return True
 
@@ -125,7 +151,7 @@ def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
     """(run, run directory, representation files) of every finished run of the study whose
     representations are missing or older than its weights; records the others."""
     work: list[tuple[RunSpec, Path, list[Path]]] = []
-    for spec, run_dir in layout.iter_run_dirs(experiments_dir):
+    for spec, run_dir in study.run_dirs(experiments_dir):
         outside = _outside_study(study, spec)
         if outside is not None:
             report.not_in_study[outside] += 1
@@ -140,7 +166,8 @@ def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
         damaged = _damaged_representation(targets)
         if damaged is not None:  # derived from best.pth: named, then extracted again
             log(f"{spec.name}: {damaged}")
-        if _is_up_to_date(targets, run_dir / runstate.BEST_FILE):
+        if _is_up_to_date(targets, run_dir / runstate.BEST_FILE,
+                          study.training["augmentation"]):
             report.up_to_date.extend(targets)
             continue
         work.append((spec, run_dir, targets))
@@ -188,6 +215,7 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
                                   "representations folder")
     torch_device = resolve_device(device) if work else None
     data_of: dict[str, object] = {}  # data set -> DeviceData, or the UserError text
+    augmentation = study.training["augmentation"]   # the test view: kdlab's or the earlier one
     # grouped by data set (stable: walk order within one), one data set in memory at a time
     for index, (spec, run_dir, targets) in enumerate(sorted(work, key=lambda w: w[0].dataset),
                                                      1):
@@ -195,7 +223,8 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
             data_of.clear()
             try:
                 arrays = kdata.load_arrays(spec.dataset, study.data_root)
-                data_of[spec.dataset] = kdata.DeviceData(arrays, torch_device)
+                data_of[spec.dataset] = kdata.DeviceData(arrays, torch_device,
+                                                         augmentation=augmentation)
             except UserError as error:
                 data_of[spec.dataset] = str(error)
         device_data = data_of[spec.dataset]
@@ -210,14 +239,20 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
             report.skipped.append((spec.name, f"corrupt: {error}"))
             log(f"skip {spec.name}: corrupt: {error}")
             continue
+        if _is_earlier_code(run_dir):
+            report.earlier_code[spec.dataset] += 1
         arrays = representations_of(model.to(torch_device), device_data, batch_size)
         provenance = store.provenance_of(spec.name, run_dir, study.name,
                                          run_dir / runstate.BEST_FILE)
+        if augmentation != _KDLAB:   # the test view the outputs come from (absent: kdlab's)
+            provenance["augmentation"] = augmentation
         if not _save(spec, targets, arrays, provenance, report, log):
             continue
         log(f"[{index}/{len(work)}] extracted {spec.name} -> {targets[0]}"
             + (f" (+{len(targets) - 1} more)" if len(targets) > 1 else "")
             + f" ({arrays['labels'].shape[0]} samples)")
+    for dataset, count in sorted(report.earlier_code.items()):
+        log(earlier_code_note(dataset, count, augmentation))
     return report
 
 

@@ -28,11 +28,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import bootstrap, metrics
+from . import bootstrap, earlier_metrics, metrics
 from .store import LAYERS
 
 # Bump when a metric's definition or its output rows change: every cache entry is recomputed.
-METRIC_VERSION = 2
+METRIC_VERSION = 3
 
 SETTINGS = {
     "subsample_seed": 0,
@@ -59,6 +59,14 @@ SETTINGS = {
 }
 
 MATCH_THRESHOLD = 0.5  # ICA components count as matched above this |r|
+
+
+def setup_differences() -> str:
+    """The paragraph (Markdown) on how kdlab's ICA and principal angles differ from the
+    earlier analysis's, with the settings above."""
+    keys = ("ica_components", "ica_fit_samples", "ica_max_iter", "ica_tol", "ica_random_state",
+            "principal_angle_components")
+    return earlier_metrics.earlier_setup_differences(**{key: SETTINGS[key] for key in keys})
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,13 @@ def _principal_angles(pair):
     return rows
 
 
+def _principal_angle_channel(pair):
+    try:
+        return earlier_metrics.principal_angle_channel_mean(pair.a.features, pair.b.features)
+    except ValueError:   # other channel counts, or a constant layer: no row
+        return None
+
+
 def _ica_match(pair):
     fit_a, fit_b = pair.a.ica_fit, pair.b.ica_fit
     if fit_a is None or fit_b is None:
@@ -268,6 +283,10 @@ for _metric in (
            "Björck & Golub 1973", settings=("principal_angle_components",),
            rows="principal_angle_i / principal_angle_mean", sweep="principal_angle_mean",
            digits=1),
+    Metric(earlier_metrics.PRINCIPAL_ANGLE_CHANNEL_DOC[0], "pair", _principal_angle_channel,
+           "mean channel-space principal angle (°)",
+           earlier_metrics.PRINCIPAL_ANGLE_CHANNEL_DOC[1].replace("{", "{{").replace("}", "}}"),
+           "the earlier analysis; Björck & Golub 1973", digits=1),
     Metric("ica_match", "pair", _ica_match, "mean matched ICA |r|",
            "FastICA components of student and teacher matched one-to-one by the Hungarian "
            "algorithm on |correlation|: mean matched |r|, the count above {match_threshold}, "

@@ -61,16 +61,21 @@ def _figure(path: Path, root: Path) -> str:
 
 
 def _accuracy_html(accuracy, dataset: str) -> str:
-    from .tables import format_mean_std
+    from .tables import format_mean_std, selection_cells
 
-    rows = ["<table><tr><th>method</th><th>alpha</th><th>accuracy (%)</th><th>seeds</th></tr>"]
+    key = html.escape(str(accuracy["selected_by"].iloc[0])) if len(accuracy) else "max_acc"
+    rows = ["<table><tr><th>method</th><th>alpha</th><th>accuracy of the extracted weights "
+            f"(%)</th><th>seeds</th><th>{key} (%): mean ± std, 95% CI (n)</th>"
+            "<th>final_acc (%)</th></tr>"]
     for row in accuracy[accuracy["dataset"] == dataset].itertuples():
         alpha = "—" if math.isnan(row.alpha) else layout.format_alpha(row.alpha)
         cell = format_mean_std(row.accuracy_mean, row.accuracy_std, row.n_seeds)
         css = ' class="na"' if row.n_seeds == 0 else ""
+        selected, final = selection_cells(row)
         rows.append(f"<tr><td>{html.escape(row.method)}</td><td>{alpha}</td>"
                     f"<td{css}>{html.escape(cell)}</td>"
-                    f"<td>{row.n_seeds}/{row.seeds_expected}</td></tr>")
+                    f"<td>{row.n_seeds}/{row.seeds_expected}</td>"
+                    f"<td>{html.escape(selected)}</td><td>{html.escape(final)}</td></tr>")
     rows.append("</table>")
     return "\n".join(rows)
 
@@ -122,14 +127,15 @@ TABLES = [("metrics.csv", "metrics.csv — every metric, one row per data set ×
                           "× seed × layer × metric"),
           ("floors.csv", "floors.csv — noise floors: pair metrics of pure students and of "
                          "teachers across seeds (no distillation between them)"),
-          ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds"),
+          ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds; the accuracy "
+                           "the study selects by with its 95% interval and n; final_acc"),
           ("accuracy.md", "accuracy.md — the same as Markdown")]
 
 
 def _dataset_section(study, dataset: str, accuracy, groups: dict, root: Path) -> list[str]:
     parts = [f"<h2>{html.escape(dataset)}</h2>",
              "<h3>Test accuracy</h3>" + _accuracy_html(accuracy, dataset)]
-    summary = groups.get(f"{dataset}/summary", [])
+    summary = groups.get(f"{dataset}/summary", []) + groups.get(f"{dataset}/umap", [])
     sweep_groups = [f"{dataset}/sweeps/{metric}" for metric, *_ in sweep_metrics()]
     sweep_groups.append(f"{dataset}/sweeps/accuracy_vs_alignment")
     sweeps = [path for group_id in sweep_groups for path in groups.get(group_id, [])]
@@ -147,7 +153,23 @@ def _dataset_section(study, dataset: str, accuracy, groups: dict, root: Path) ->
     for method in study.methods:
         parts.append(f"<h3>Per method: {html.escape(method)}</h3>"
                      + _gallery(groups.get(f"{dataset}/per_method/{method}", []), root))
+    parts.append("<h3>Figures of the earlier analysis</h3><p>The ICA correlation heatmap of "
+                 "one representative run per method (test accuracy nearest the method's "
+                 "median), the teacher-vs-itself cross-layer CKA panel, and the layer3 PCA "
+                 "scatter in the teacher's basis, as the earlier analysis drew them.</p>"
+                 + _gallery(groups.get(f"{dataset}/earlier", []), root))
     return parts
+
+
+def setup_differences_html() -> str:
+    """The paragraph on how kdlab's ICA and principal angles differ from the earlier
+    analysis's (:func:`kdlab.analysis.earlier_metrics.earlier_setup_differences`), with
+    kdlab's settings, as HTML."""
+    import re
+
+    text = html.escape(registry.setup_differences())
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return "<p>" + re.sub(r"`(.+?)`", r"<code>\1</code>", text) + "</p>"
 
 
 def write_report(study, result, accuracy) -> Path:
@@ -157,7 +179,10 @@ def write_report(study, result, accuracy) -> Path:
     ``accuracy``: the accuracy table (:func:`kdlab.analysis.tables.accuracy_table`)."""
     root = layout.analysis_dir(study.analysis_dir, study.name)
     groups = figure_files(study)
+    from .tables import selection_sentence
+
     parts = _header(study, result) + _tables_and_notes(study, result, root)
+    parts.append(f"<p>{html.escape(selection_sentence(study))}</p>")
     parts.append("<h2>Metrics</h2><p>Per model and layer (layers: "
                  f"{', '.join(LAYERS)}, global-average-pooled), and per teacher–student pair "
                  "of the same seed. Subsample sizes and seeds are fixed; see "
@@ -165,6 +190,7 @@ def write_report(study, result, accuracy) -> Path:
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>"
               for name, text in metric_descriptions()]
     parts.append("</dl>")
+    parts.append(setup_differences_html())
     for dataset in study.datasets:
         parts += _dataset_section(study, dataset, accuracy, groups, root)
     parts.append("</body></html>")

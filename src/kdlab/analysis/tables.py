@@ -48,20 +48,74 @@ def mean_std(values) -> tuple[float, float, int]:
     return float(np.mean(values)), std, int(values.size)
 
 
-def accuracy_table(frame, study: Study):
-    """Test accuracy (%) mean and std over seeds per data set x method x alpha, teacher and
-    pure student included; grid cells without any run have n_seeds 0 and NaN values."""
+def accuracy_table(frame, study: Study, states=None):
+    """Per data set x method x alpha (teacher and pure student included), over seeds:
+
+    - ``accuracy_mean``/``accuracy_std``/``n_seeds``: test accuracy (%) of the extracted
+      weights (best.pth), from the stored logits;
+    - ``selected_by`` and ``selected_mean``/``_std``/``_ci95_low``/``_ci95_high``/``_n``: the
+      accuracy the study selects by, as the runs recorded it (``max_acc`` with selection
+      'test', ``selected_acc`` with 'validation'; :func:`kdlab.ops.common.selection_accuracy`),
+      summarised by :func:`kdlab.stats.summarize` (Student-t 95 % interval of the mean);
+    - ``final_acc_mean``/``final_acc_n``: the last epoch's test accuracy.
+
+    Grid cells without any run have n 0 and NaN values. ``states``: the study's run states
+    (read here when not given)."""
     import pandas as pd
 
+    from ..ops.common import accuracy_groups, selection_accuracy
+    from ..status import study_run_states
+
+    if states is None:
+        states = study_run_states(study)
+    selected_key, _ = selection_accuracy(study)
+    groups = {(g.dataset, g.method, g.alpha): g for g in accuracy_groups(study, states)}
     records = []
     for dataset in study.datasets:
         for method, alpha in grid_rows(study):
             mean, std, count = mean_std(seed_values(frame, dataset, method, alpha, "test_acc"))
+            group = groups[(dataset, method, alpha)]
+            chosen, final = group.selected_summary, group.final_summary
             records.append({"dataset": dataset, "method": method,
                             "alpha": math.nan if alpha is None else alpha,
                             "accuracy_mean": mean, "accuracy_std": std, "n_seeds": count,
-                            "seeds_expected": len(study.seeds)})
+                            "seeds_expected": len(study.seeds), "selected_by": selected_key,
+                            **{f"selected_{name}": _nan(getattr(chosen, attribute))
+                               for name, attribute in (("mean", "mean"), ("std", "std"),
+                                                       ("ci95_low", "ci_low"),
+                                                       ("ci95_high", "ci_high"))},
+                            "selected_n": chosen.n, "final_acc_mean": _nan(final.mean),
+                            "final_acc_n": final.n})
     return pd.DataFrame.from_records(records)
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def selection_cells(row) -> tuple[str, str]:
+    """(selected accuracy 'mean ± std [low, high] (n=3)', final_acc 'mean (n=3)') of one
+    row of :func:`accuracy_table`, for the Markdown and HTML tables."""
+    from ..ops.common import summary_text
+    from ..stats import SeedSummary
+
+    n = int(row.selected_n)
+    summary = SeedSummary(n, *(None if math.isnan(v) else float(v) for v in (
+        row.selected_mean, row.selected_std, row.selected_ci95_low, row.selected_ci95_high)))
+    final = ("n/a" if int(row.final_acc_n) == 0
+             else f"{row.final_acc_mean:.2f} (n={int(row.final_acc_n)})")
+    return ("n/a" if n == 0 else summary_text(summary)), final
+
+
+def selection_sentence(study: Study) -> str:
+    """What the selected-accuracy column is and how best.pth was chosen."""
+    from ..ops.common import selection_accuracy
+
+    key, words = selection_accuracy(study)
+    return (f"Selection rule: [training] selection = \"{study.training.get('selection', 'test')}"
+            f"\"; the '{key}' column is the {words}, mean ± sample std, Student-t 95 % "
+            "interval of the mean and n over seeds, as the runs recorded it; final_acc is "
+            "the last epoch's test accuracy.")
 
 
 def format_mean_std(mean: float, std: float, count: int, digits: int = 2) -> str:
@@ -75,15 +129,18 @@ def format_mean_std(mean: float, std: float, count: int, digits: int = 2) -> str
 def accuracy_markdown(table, study: Study) -> str:
     """The accuracy table as Markdown, one section per data set."""
     lines = [f"# Test accuracy — study {study.name}", "",
-             f"Mean ± sample standard deviation over seeds (%), from the stored logits of "
-             f"each run's best weights; {len(study.seeds)} seed(s) expected per cell; "
-             "'n/a' = no finished run.", ""]
+             f"accuracy: mean ± sample standard deviation over seeds (%), from the stored "
+             f"logits of each run's best weights; {len(study.seeds)} seed(s) expected per cell; "
+             "'n/a' = no finished run.", "", selection_sentence(study), ""]
+    key = table["selected_by"].iloc[0] if len(table) else "max_acc"
     for dataset in study.datasets:
-        lines += [f"## {dataset}", "", "| method | alpha | accuracy (%) | seeds |",
-                  "|---|---|---|---|"]
+        lines += [f"## {dataset}", "", f"| method | alpha | accuracy (%) | seeds | {key} (%) "
+                  "| final_acc (%) |", "|---|---|---|---|---|---|"]
         for row in table[table["dataset"] == dataset].itertuples():
             alpha = "—" if math.isnan(row.alpha) else format_alpha(row.alpha)
             cell = format_mean_std(row.accuracy_mean, row.accuracy_std, row.n_seeds)
-            lines.append(f"| {row.method} | {alpha} | {cell} | {row.n_seeds}/{row.seeds_expected} |")
+            selected, final = selection_cells(row)
+            lines.append(f"| {row.method} | {alpha} | {cell} | {row.n_seeds}/{row.seeds_expected}"
+                         f" | {selected} | {final} |")
         lines.append("")
     return "\n".join(lines)

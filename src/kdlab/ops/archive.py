@@ -31,13 +31,14 @@ from typing import Callable
 
 from .. import runstate
 from ..errors import UserError
-from ..layout import analysis_dir, format_alpha, iter_run_dirs
+from ..layout import analysis_dir, format_alpha
 from ..schedulers import backend_of_status
 from ..status import COMPLETED, QUEUED, RUNNING, UNREADABLE, RunState, classify_run, \
     study_run_states
 from ..study import Study, load_study
 from .common import (accuracy_groups, earlier_code_runs, effective_method_options, group_key,
-                     is_earlier_code, markdown_table, time_text)
+                     interval_text, is_earlier_code, markdown_table, mean_std_text,
+                     selection_accuracy, time_text)
 
 JOURNAL_FILE = ".archive-journal.json"
 README_FILE = "README.md"
@@ -107,7 +108,7 @@ def _tree_states(study: Study, experiments: Path) -> list[RunState]:
     scoped = dataclasses.replace(study, experiments_dir=experiments)
     states = study_run_states(scoped)
     known = {state.spec for state in states}
-    for spec, _path in iter_run_dirs(experiments):
+    for spec, _path in scoped.run_dirs():
         if spec not in known:
             states.append(classify_run(scoped, spec))
     return states
@@ -307,9 +308,13 @@ def readme_text(study: Study, states: list[RunState], extra_states: list[RunStat
               f"{study.scheduler.cpus} CPUs, {study.scheduler.gpus} GPUs, "
               f"{study.scheduler.memory} per job.", ""]
 
+    selected_key, selected_words = selection_accuracy(study)
     lines += ["## Accuracy", "",
-              "Best test accuracy (%) of the completed runs (`max_acc`), mean ± sample "
-              "standard deviation over seeds; n = completed runs of the cell's planned runs.", ""]
+              f"Selection rule: [training] selection = \"{study.training.get('selection', 'test')}"
+              f"\". Accuracy (%) = {selected_words}; mean ± sample standard deviation over "
+              f"seeds, n = completed runs with a recorded `{selected_key}` of the cell's planned "
+              "runs, 95 % CI = Student-t interval of the mean over seeds; final_acc = test "
+              "accuracy of the last epoch (mean, n).", ""]
     rows = []
     earlier_cells: dict[tuple, int] = {}
     for state in (earlier.states if earlier is not None else []):
@@ -318,13 +323,17 @@ def readme_text(study: Study, states: list[RunState], extra_states: list[RunStat
     for group in accuracy_groups(study, states):
         alpha = "—" if group.alpha is None else format_alpha(group.alpha)
         kind = group.label(study) if group.role != "kd" else group.method
-        rows.append([group.dataset, kind, alpha, group.mean_std_text(),
-                     f"{group.n}/{group.planned}"])
+        selected, final = group.selected_summary, group.final_summary
+        rows.append([group.dataset, kind, alpha, mean_std_text(selected),
+                     f"{selected.n}/{group.planned}"])
         if earlier is not None:
             rows[-1].append(str(earlier_cells.get(
                 (group.dataset, group.role, group.method, group.alpha), 0)))
-    headers = ["data set", "run", "α", "accuracy (%)", "n"]
-    lines += [markdown_table(headers + (["of them earlier code"] if earlier else []), rows), ""]
+        rows[-1] += [interval_text(selected),
+                     "—" if final.mean is None else f"{final.mean:.2f} (n={final.n})"]
+    headers = (["data set", "run", "α", f"accuracy (%, {selected_key})", "n"]
+               + (["of them earlier code"] if earlier else []) + ["95 % CI", "final_acc (%)"])
+    lines += [markdown_table(headers, rows), ""]
 
     incomplete = [s for s in states if s.state != COMPLETED]
     lines += ["## Runs that did not complete", ""]
@@ -436,7 +445,7 @@ def archive_study(study: Study, *, assume_stopped: bool = False,
     archived = dataclasses.replace(study, experiments_dir=destination)
     states = study_run_states(archived)
     known = {state.spec for state in states}
-    extra = [classify_run(archived, spec) for spec, _ in iter_run_dirs(destination)
+    extra = [classify_run(archived, spec) for spec, _ in archived.run_dirs()
              if spec not in known]
     started = (journal_state or {}).get("started_at", time.time())
     runstate.atomic_write_text(readme, readme_text(study, states, extra, source, started))

@@ -3,13 +3,62 @@ plain-text table formatting."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..layout import format_alpha
+from ..stats import SeedSummary, summarize
 from ..status import COMPLETED, RunState
 from ..study import Study
+
+# The accuracy a study selects by ([training] selection): the status.json key holding it,
+# and what it is, for the tables that report it.
+SELECTION_ACCURACY = {
+    "test": ("max_acc", "best-epoch test accuracy (max_acc): best.pth was chosen on the test "
+                        "set, so this number is optimistic"),
+    "validation": ("selected_acc", "test accuracy of the epoch chosen on the validation "
+                                   "hold-out (selected_acc); the test set chose nothing"),
+}
+
+
+def selection_accuracy(study: Study) -> tuple[str, str]:
+    """(status.json key, description) of the accuracy ``study`` selects by."""
+    return SELECTION_ACCURACY[study.training.get("selection", "test")]
+
+
+def _recorded(status: dict | None, key: str) -> float | None:
+    value = (status or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def mean_std_text(summary: SeedSummary, digits: int = 2) -> str:
+    """'mean ± std', 'mean' (one seed) or '—' (none)."""
+    if summary.mean is None:
+        return "—"
+    if summary.std is None:
+        return f"{summary.mean:.{digits}f}"
+    return f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}"
+
+
+def interval_text(summary: SeedSummary, digits: int = 2) -> str:
+    """'[low, high]' (95 % t-interval of the mean) or '—' below two seeds."""
+    if summary.ci_low is None:
+        return "—"
+    return f"[{summary.ci_low:.{digits}f}, {summary.ci_high:.{digits}f}]"
+
+
+def summary_text(summary: SeedSummary, digits: int = 2) -> str:
+    """'mean ± std, 95% CI [low, high] (n=3)', 'mean (n=1)' or '—'."""
+    if summary.mean is None:
+        return "—"
+    if summary.std is None:
+        return f"{summary.mean:.{digits}f} (n={summary.n})"
+    return (f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}, 95% CI "
+            f"[{summary.ci_low:.{digits}f}, {summary.ci_high:.{digits}f}] (n={summary.n})")
 
 
 @dataclass
@@ -23,6 +72,17 @@ class AccuracyGroup:
     alpha: float | None
     accuracies: list[float]
     planned: int              # runs of this cell in the grid (completed or not)
+    selected: list[float] = field(default_factory=list)   # the accuracy the study selects by
+    finals: list[float] = field(default_factory=list)     # final_acc (last epoch)
+
+    @property
+    def selected_summary(self) -> SeedSummary:
+        """Mean, std, 95 % t-interval and n of :attr:`selected` (kdlab.stats.summarize)."""
+        return summarize(self.selected)
+
+    @property
+    def final_summary(self) -> SeedSummary:
+        return summarize(self.finals)
 
     @property
     def n(self) -> int:
@@ -54,8 +114,9 @@ class AccuracyGroup:
 
 def accuracy_groups(study: Study, states: list[RunState]) -> list[AccuracyGroup]:
     """One group per data set × row of the grid, in the study's order (data set, then
-    teacher, pure student, each method × alpha); only completed runs with a recorded
-    ``max_acc`` contribute accuracies."""
+    teacher, pure student, each method × alpha); only completed runs contribute: their
+    ``max_acc`` to ``accuracies``, the accuracy the study selects by
+    (:func:`selection_accuracy`) to ``selected``, ``final_acc`` to ``finals``."""
     groups: dict[tuple, AccuracyGroup] = {}
     order = []
     for dataset in study.datasets:
@@ -66,14 +127,21 @@ def accuracy_groups(study: Study, states: list[RunState]) -> list[AccuracyGroup]
                 order.append((dataset, "kd", method, alpha))
     for key in order:
         groups[key] = AccuracyGroup(key[0], key[1], key[2], key[3], [], 0)
+    selected_key, _ = selection_accuracy(study)
     for state in states:
         key = group_key(state)
         group = groups.get(key)
         if group is None:
             continue
         group.planned += 1
-        if state.state == COMPLETED and state.max_acc is not None:
+        if state.state != COMPLETED:
+            continue
+        if state.max_acc is not None:
             group.accuracies.append(state.max_acc)
+        for values, name in ((group.selected, selected_key), (group.finals, "final_acc")):
+            value = _recorded(state.status, name)
+            if value is not None:
+                values.append(value)
     return [groups[key] for key in order]
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from .. import runstate
 from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING
-from ..layout import analysis_dir, format_alpha
+from ..layout import analysis_dir, analysis_table_path, format_alpha
 from ..status import COMPLETED, RunState, study_run_states
 from ..study import Study, load_study
-from .common import effective_method_options
+from .common import effective_method_options, is_earlier_code
 from .methodology_facts import earlier_code_blocks, objective_blocks
 
 SOFTWARE = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotlib", "pandas",
@@ -365,6 +365,11 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
     ])
     sections.append(robustness)
 
+    # how kdlab's ICA and principal angles differ from the earlier analysis: said where there
+    # is an analysis to describe, or earlier-code runs to compare with
+    if (analysis_table_path(study.analysis_dir, study.name, "metrics.csv").is_file()
+            or any(is_earlier_code(state) for state in states)):
+        sections.append(_earlier_analysis_section())
     software = Section("Software")
     software.paragraph("Versions installed where this section was generated:")
     software.table(["software", "version"], [list(row) for row in software_versions()])
@@ -390,6 +395,17 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
         timing.paragraph("No run has recorded epoch durations yet.")
     sections.append(timing)
     return sections
+
+
+def _earlier_analysis_section() -> Section:
+    """How kdlab's ICA and principal angles differ from the earlier analysis's, with the
+    analysis settings kdlab uses (plain text: the renderers escape it)."""
+    from ..analysis.registry import setup_differences
+
+    text = setup_differences()
+    section = Section("Representation analysis against the earlier code")
+    section.paragraph(text.replace("**", "").replace("`", ""))
+    return section
 
 
 def _augmentation_text(study: Study) -> str:

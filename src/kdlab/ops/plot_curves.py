@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import runstate
+# the collapse rule: one for status and plot, kept in run_states (re-exported here)
+from ..run_states import COLLAPSE_MARGIN_POINTS, is_collapsed  # noqa: F401
 
 CURVES_FILE = "curves.png"
 # PNG text-chunk keys: the SHA-256 of the file the curves were drawn from, and the options.
@@ -30,21 +32,6 @@ _OPTIONS_KEY = "kdlab-curves-options"
 
 SERIES_KEYS = ("train_loss", "test_loss", "train_acc", "test_acc", "train_ce", "train_distill")
 _CURVE_KEYS = ("train_loss", "test_loss", "train_acc", "test_acc")
-
-# A completed run whose best test accuracy is at most this many points above chance
-# (100 / classes) learned nothing: it is *collapsed*.
-COLLAPSE_MARGIN_POINTS = 2.0
-
-
-def is_collapsed(accuracy: float | None, num_classes: int | None) -> bool:
-    """True when ``accuracy`` (percent) is within :data:`COLLAPSE_MARGIN_POINTS` of chance
-    (100 / ``num_classes``) or below it. Unknown accuracy or class count: False."""
-    if accuracy is None or not num_classes or num_classes < 1:
-        return False
-    if isinstance(accuracy, float) and math.isnan(accuracy):
-        return False
-    return accuracy <= 100.0 / num_classes + COLLAPSE_MARGIN_POINTS
-
 
 def num_classes_of(dataset: str) -> int | None:
     """Class count of a known data set (None for a name kdlab does not know)."""

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..layout import analysis_dir, format_alpha
 from ..status import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING, UNREADABLE,
                       WAITING, RunState, study_run_states)
+from ..run_states import outside_grid, outside_grid_summary
 from ..study import Study, load_study
 from .common import accuracy_groups, group_key, time_text
 from .plot_curves import (_STAMP_KEY, CURVES_FILE, Curves, is_collapsed,  # noqa: F401
@@ -66,6 +67,7 @@ class PlotReport:
     collapsed: list[str] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    outside_grid: list[dict] = field(default_factory=list)  # as status --json lists them
 
     def add_incomplete(self, name: str, reason: str, why: str, partial: bool) -> None:
         self.incomplete.append((name, why, partial))
@@ -75,9 +77,9 @@ class PlotReport:
 # ---- runs, their titles and why they lack curves -----------------------------------------
 
 def run_is_collapsed(state: RunState) -> bool:
-    """A completed run whose best accuracy is at chance (see :func:`is_collapsed`)."""
-    return state.state == COMPLETED and is_collapsed(state.max_acc,
-                                                     num_classes_of(state.spec.dataset))
+    """A completed run whose best accuracy is at chance (:attr:`RunState.collapsed`, the
+    rule ``status`` uses)."""
+    return state.collapsed
 
 
 def _planned_epochs(status: dict | None) -> int | None:
@@ -411,6 +413,7 @@ def plot_study(study: Study, *, progress=None, full_scale: bool = False) -> Plot
     ensure_output_dir(out)
     report = PlotReport()
     states = study_run_states(study)
+    report.outside_grid = outside_grid(study, states)
     for name in RUN_STATES:
         report.counts[name] = sum(1 for s in states if s.state == name)
     for state in states:
@@ -443,6 +446,11 @@ def format_report(report: PlotReport, verbose: bool = False) -> str:
     # a damaged file is always named (the reason names it), verbose or not
     lines += [why for name, why, _ in report.incomplete
               if report.reasons[name] == "unreadable file"]
+    outside = outside_grid_summary(report.outside_grid)
+    if outside:   # the line status prints: nothing on disk is silently left out
+        lines.append(f"outside the grid: {outside}"
+                     + "".join(f"\n  {entry['run_dir']}: {entry['reason']}"
+                               for entry in report.outside_grid if verbose))
     if report.incomplete:
         lines.append(f"runs without complete curves ({len(report.incomplete)}):")
         known = [r for r in REASONS if r in report.reasons.values()]

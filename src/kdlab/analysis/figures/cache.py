@@ -21,8 +21,9 @@ from ... import layout
 from ...runstate import atomic_write_json, read_json, StateFileError
 from .. import workers
 from .common import FIGURE_VERSION, FLOORS, PURE, TEACHER, Grid, Values, alpha_text
+from .earlier import PATH_KEYS as _EARLIER_PATH_KEYS, draw_earlier, earlier_payload
 from .per_method import draw_per_method
-from .summary import draw_summary
+from .summary import draw_summary, umap_figure
 from .sweeps import draw_accuracy_vs_alignment, draw_sweep, sweep_metrics
 
 
@@ -50,6 +51,11 @@ def draw_group(kind: str, grid: Grid, frame, payload: dict, out_dir: str) -> dic
         files = draw_accuracy_vs_alignment(grid, values, out)
     elif kind == "summary":
         files, notes = draw_summary(grid, values, payload, out)
+    elif kind == "earlier":
+        files, notes = draw_earlier(grid, payload, out)
+    elif kind == "umap":
+        drawn = umap_figure(grid, payload, out)
+        files, notes = ([drawn], []) if isinstance(drawn, Path) else ([], [drawn])
     else:
         raise ValueError(f"unknown figure group {kind!r}")
     return {"files": [str(path) for path in files], "notes": notes}
@@ -68,7 +74,7 @@ def _digest(kind: str, grid: Grid, frame, payload: dict) -> str:
     return digest.hexdigest()
 
 
-_PATH_KEYS = ("umap_teacher", "umap_students")
+_PATH_KEYS = ("umap_teacher", "umap_students") + _EARLIER_PATH_KEYS
 
 
 def _payload_bytes(value) -> bytes:
@@ -107,20 +113,20 @@ def _scatter_panels(grid: Grid, entries_scatter: dict):
     return panels, chosen
 
 
-def _summary_payload(grid: Grid, scatter: dict) -> dict:
-    """What the summary group shows besides the frame: scatter panels and UMAP inputs."""
+def _summary_payloads(grid: Grid, scatter: dict) -> tuple[dict, dict]:
+    """What the summary and UMAP groups show besides the frame: the scatter panels, and
+    the UMAP's input files (identified by name, size and time)."""
     from ..compute import file_key
 
     panels, chosen = _scatter_panels(grid, scatter)
     label_sets = [labels for _, _, labels in panels if labels is not None]
-    return {
-        "scatter_panels": panels,
-        "num_classes": int(max(int(labels.max()) + 1 for labels in label_sets))
-        if label_sets else None,
-        "umap_teacher": next((str(e.path) for m, e, _ in chosen if m == TEACHER), None),
-        "umap_students": [(title, str(e.path)) for m, e, title in chosen if m != TEACHER],
-        "umap_files": [file_key(e.path) for _, e, _ in chosen if e.path.exists()],
-    }
+    summary = {"scatter_panels": panels,
+               "num_classes": int(max(int(labels.max()) + 1 for labels in label_sets))
+               if label_sets else None}
+    umap = {"umap_teacher": next((str(e.path) for m, e, _ in chosen if m == TEACHER), None),
+            "umap_students": [(title, str(e.path)) for m, e, title in chosen if m != TEACHER],
+            "umap_files": [file_key(e.path) for _, e, _ in chosen if e.path.exists()]}
+    return summary, umap
 
 
 def dataset_groups(study, dataset: str, data, scatter: dict) -> list[tuple]:
@@ -143,9 +149,17 @@ def dataset_groups(study, dataset: str, data, scatter: dict) -> list[tuple]:
                        data[((data["metric"] == "cka_linear") & (data["layer"] == "layer3"))
                             | (data["metric"] == "test_acc")].reset_index(drop=True),
                        {}, base / "sweeps"))
+    summary, umap = _summary_payloads(grid, scatter)
     groups.append((f"{dataset}/summary", "summary",
+                   data[data["metric"] == "test_acc"].reset_index(drop=True), summary,
+                   base / "summary"))
+    # apart from the summary: the UMAP (slow) is redrawn only when the files it shows change
+    groups.append((f"{dataset}/umap", "umap", data.iloc[0:0], umap, base / "summary"))
+    # the earlier analysis's figures: redrawn when the representations they show change,
+    # or the test accuracies that choose each method's representative run
+    groups.append((f"{dataset}/earlier", "earlier",
                    data[data["metric"] == "test_acc"].reset_index(drop=True),
-                   _summary_payload(grid, scatter), base / "summary"))
+                   earlier_payload(grid, list(scatter), data), base / "earlier"))
     return [(group_id, kind, grid, subset, payload, out)
             for group_id, kind, subset, payload, out in groups]
 
@@ -212,12 +226,12 @@ def _draw_tasks(tasks, pool, show_progress, root: Path, manifest: dict, new_mani
         new_manifest[group_id]["notes"] = drawn["notes"]
         outcome.notes += drawn["notes"]
         outcome.drawn += len(files)
-        for stale in set(manifest.get(group_id, {}).get("files", [])) - set(files):
+    # files of the last pass that no group produces now (a group redrawn with fewer files,
+    # a group that no longer exists, or a file that moved to another group)
+    current = {name for entry in new_manifest.values() for name in entry["files"]}
+    for entry in manifest.values():
+        for stale in set(entry.get("files", [])) - current:
             (root / stale).unlink(missing_ok=True)
-    for group_id, entry in manifest.items():  # groups that no longer exist (study changed)
-        if group_id not in new_manifest:
-            for stale in entry.get("files", []):
-                (root / stale).unlink(missing_ok=True)
 
 
 def figure_files(study) -> dict[str, list[Path]]:

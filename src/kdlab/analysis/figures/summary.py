@@ -14,16 +14,11 @@ from .common import (PURE, TEACHER, Grid, Values, alpha_text, figure_title, no_d
 
 def draw_summary(grid: Grid, values: Values, payload: dict, out: Path
                  ) -> tuple[list[Path], list[str]]:
-    """The summary group: PCA scatter, UMAP and accuracy table; (files, notes)."""
-    written: list[Path] = []
-    notes: list[str] = []
-    for result in (pca_scatter(grid, payload, out), umap_figure(grid, payload, out)):
-        if isinstance(result, Path):
-            written.append(result)
-        elif result:
-            notes.append(result)
+    """The summary group: PCA scatter and accuracy table; (files, notes). The UMAP is a
+    group of its own (:func:`umap_figure`)."""
+    written = [path for path in (pca_scatter(grid, payload, out),) if path is not None]
     written.append(accuracy_table_figure(grid, values, out))
-    return written, notes
+    return written, []
 
 
 def class_colours(classes: int) -> np.ndarray:

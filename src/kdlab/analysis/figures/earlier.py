@@ -1,0 +1,102 @@
+"""The earlier analysis's figures as one figure group per data set (``earlier/``): the ICA
+correlation heatmap of one representative run per method, the teacher-vs-itself
+cross-layer CKA panel, and the PCA scatter in the teacher's basis
+(:mod:`kdlab.analysis.earlier_figures` draws them from arrays; this module picks the runs
+and reads their representations).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import PURE, TEACHER, Grid, alpha_text
+
+# payload keys holding paths (left out of the group's digest; the files enter it by name,
+# size and time in 'earlier_files')
+PATH_KEYS = ("earlier_teachers", "earlier_ica", "earlier_scatter")
+
+
+def _title(entry) -> str:
+    alpha = f" α={alpha_text(entry.alpha)}" if entry.alpha is not None else ""
+    return f"{entry.method}{alpha} s{entry.seed}"
+
+
+def earlier_payload(grid: Grid, entries, data) -> dict:
+    """Which representations the group shows: every teacher (by seed), one representative
+    run per method (test accuracy nearest the method's median; its own seed's teacher),
+    and for the scatter the teacher, the pure student and those representatives."""
+    from ..compute import file_key
+    from ..earlier_figures import representative_run
+
+    teachers = {e.seed: e for e in sorted(entries, key=lambda e: e.seed) if e.method == TEACHER}
+    accuracy = {(row.method, row.alpha, row.seed): row.value for row in
+                data[data["metric"] == "test_acc"].itertuples()}
+    representatives = []
+    for method in grid.methods:
+        runs = {(e.alpha, e.seed): e for e in entries if e.method == method
+                and e.seed in teachers and (method, e.alpha, e.seed) in accuracy}
+        if runs:
+            key = representative_run({k: accuracy[(method, *k)] for k in runs})
+            representatives.append(runs[key])
+    pure = sorted((e for e in entries if e.method == PURE), key=lambda e: e.seed)
+    first_teacher = next(iter(teachers.values()), None)
+    scatter = ([] if first_teacher is None else
+               [(f"teacher ({grid.teacher_model}) s{first_teacher.seed}", first_teacher)]
+               + [(f"pure ({grid.student_model}) s{e.seed}", e) for e in pure[:1]]
+               + [(_title(e), e) for e in representatives])
+    shown = list(teachers.values()) + representatives + pure[:1]
+    return {"earlier_teachers": [str(e.path) for e in teachers.values()],
+            "earlier_ica": [(_title(e), str(teachers[e.seed].path), str(e.path))
+                            for e in representatives],
+            "earlier_scatter": [(title, str(e.path)) for title, e in scatter],
+            "earlier_files": [file_key(e.path) for e in shown if e.path.exists()]}
+
+
+def _ica_sources(arrays: dict, layer: str):
+    from ..registry import SETTINGS
+    from ..views import ModelView
+
+    view = ModelView(arrays, SETTINGS).layer(layer)
+    fit = view.ica_fit
+    return None if fit is None else fit.sources(view.features)
+
+
+def draw_earlier(grid: Grid, payload: dict, out: Path) -> tuple[list[Path], list[str]]:
+    """Draw the group's figures under ``out``; returns (files, notes on what was skipped)."""
+    from .. import earlier_figures as ef
+    from ..store import LAYERS, load_representation
+
+    if not payload["earlier_teachers"]:
+        return [], [f"{grid.dataset}: figures of the earlier analysis skipped: no teacher "
+                    "representation"]
+    files, notes = [], []
+    teachers = [load_representation(path) for path in payload["earlier_teachers"]]
+    matrices = [ef.teacher_self_cka([t[layer] for layer in LAYERS]) for t in teachers]
+    files.append(ef.plot_teacher_self_cka(
+        matrices, out / ef.TEACHER_SELF_CKA_FILE, layer_names=LAYERS,
+        title=f"{grid.dataset}: cross-layer linear CKA of the teacher ({grid.teacher_model})"))
+    if payload["earlier_ica"]:
+        panels = {}
+        for title, teacher_path, student_path in payload["earlier_ica"]:
+            teacher, student = load_representation(teacher_path), load_representation(student_path)
+            row = {}
+            for layer in LAYERS:
+                a, b = _ica_sources(teacher, layer), _ica_sources(student, layer)
+                if a is not None and b is not None:
+                    row[layer] = (a, b)
+            panels[title] = row
+        if any(panels.values()):
+            files.append(ef.plot_ica_correlation(
+                panels, out / ef.ICA_CORRELATION_FILE,
+                title=f"{grid.dataset}: ICA components, teacher vs a representative student "
+                      "per method (|r|, Hungarian-matched order)"))
+    else:
+        notes.append(f"{grid.dataset}: ICA correlation heatmap skipped: no KD run with a "
+                     "teacher of its seed")
+    first = teachers[0]
+    models = [(title, load_representation(path)["layer3"])
+              for title, path in payload["earlier_scatter"]]
+    files.append(ef.plot_pca_scatter_teacher_basis(
+        first["layer3"], models, first["labels"], out / ef.PCA_SCATTER_TEACHER_BASIS_FILE,
+        num_classes=int(first["labels"].max()) + 1, title=f"{grid.dataset}: layer3"))
+    return files, notes
