@@ -344,3 +344,28 @@ def test_states_by_cell_follow_the_study_order(legacy):
     assert sorted((s.spec for _, members in cells for s in members)) == sorted(legacy.runs())
     for cell, members in cells:
         assert [state.spec for state in members] == legacy.cell_runs(cell)
+
+
+def test_status_summarises_the_accuracy_the_study_selects_by(tmp_path, capsys):
+    """With selection = "validation" the mean, std and interval are of selected_acc (the test
+    accuracy of the epoch chosen on the hold-out), not of the best-epoch max_acc."""
+    from conftest import write_study
+
+    path = write_study(tmp_path / "study.toml", methods=(), alphas=(), seeds=(0, 1),
+                       training='epochs = 4\nselection = "validation"')
+    study = load_study(path)
+    selected = {0: 90.0, 1: 94.0}
+    for spec in study.runs():
+        if spec.model == study.student:
+            runstate.write_status(study.run_dir(spec), {
+                "status": "completed", "epoch": 4, "max_acc": 99.0, "final_acc": 95.0,
+                "selected_acc": selected[spec.seed], "run": spec.name})
+    report = status_report(study, check_jobs=False)
+    assert report["accuracy_selected_by"]["key"] == "selected_acc"
+    (pure,) = [group for group in report["groups"] if group["method"] == "pure"]
+    summary = pure["selected_acc_summary"]
+    assert summary["n"] == 2 and summary["mean"] == pytest.approx(92.0)
+    assert summary["std"] == pytest.approx(2.0 ** 1.5)   # sample std of 90 and 94
+    assert pure["max_acc_summary"]["mean"] == pytest.approx(99.0)
+    text = format_report(report)
+    assert "92.00" in text and "selected_acc" in text

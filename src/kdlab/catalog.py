@@ -53,6 +53,14 @@ BACKENDS = ("local", "slurm", "pbs")
 AUGMENTATIONS = ("kdlab", "earlier")
 # Which split chooses best.pth (TrainConfig.selection).
 SELECTIONS = ("test", "validation")
+# The accuracy a study selects by ([training] selection): the status.json key holding it,
+# and what it is, for the tables that report it.
+SELECTION_ACCURACY = {
+    "test": ("max_acc", "best-epoch test accuracy (max_acc): best.pth was chosen on the test "
+                        "set, so this number is optimistic"),
+    "validation": ("selected_acc", "test accuracy of the epoch chosen on the validation "
+                                   "hold-out (selected_acc); the test set chose nothing"),
+}
 # Arithmetic of training (TrainConfig.precision).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .catalog import SELECTION_ACCURACY
 from .layout import format_alpha
 from .run_states import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,  # noqa: F401
                    UNREADABLE, WAITING, RunState, check_liveness, classify_run, outside_grid,
@@ -39,6 +40,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
     counts = {name: 0 for name in RUN_STATES}
     groups: dict[tuple, dict[str, Any]] = {}
     accuracies: dict[tuple, list[float]] = {}
+    selected_key, selected_text = SELECTION_ACCURACY[study.training.get("selection", "test")]
+    selected: dict[tuple, list[float]] = {}
     for cell in study.cells():
         _add_group(groups, accuracies, cell, study)
     epochs_done = epochs_planned = 0
@@ -54,6 +57,9 @@ def status_report(study: Study, states: list[RunState] | None = None,
         groups[key]["earlier_code"] += state.earlier_code
         if state.state == COMPLETED and state.max_acc is not None:
             accuracies[key].append(state.max_acc)
+        value = (state.status or {}).get(selected_key) if state.state == COMPLETED else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            selected.setdefault(key, []).append(float(value))
         planned = planned_epochs(state.status, int(study.training["epochs"]))
         epochs_planned += planned
         epochs_done += planned if state.state == COMPLETED else min(_epoch(state), planned)
@@ -62,6 +68,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
         group["mean_max_acc"] = summary.mean
         group["max_acc_summary"] = summary.to_dict()
         group["completed_with_accuracy"] = summary.n
+        # The accuracy the study selects by (max_acc with selection "test").
+        group["selected_acc_summary"] = summarize(selected.get(key, [])).to_dict()
     all_accuracies = [acc for values in accuracies.values() for acc in values]
 
     failed, stuck, unknown, unreadable = [], [], [], []
@@ -116,6 +124,7 @@ def status_report(study: Study, states: list[RunState] | None = None,
         "progress_percent": 100.0 * counts[COMPLETED] / total if total else 0.0,
         "epoch_progress_percent": 100.0 * epochs_done / epochs_planned if epochs_planned else 0.0,
         "mean_max_acc_completed": summarize(all_accuracies).mean,
+        "accuracy_selected_by": {"key": selected_key, "meaning": selected_text},
         "groups": list(groups.values()), "failed": failed, "stuck": stuck,
         "liveness_unknown": unknown, "unreadable": unreadable, "runs": runs,
         "collapsed": [run["run"] for run in runs if run["collapsed"]],
@@ -165,7 +174,7 @@ def format_report(report: dict[str, Any]) -> str:
     for group in report["groups"]:
         label = (f"{group['method']} {group['model']}" if group["method"] in ("teacher", "pure")
                  else group["method"])
-        summary = group["max_acc_summary"]
+        summary = group["selected_acc_summary"]
         ci = summary["ci95"]
         rows.append([group["dataset"], label, _alpha_text(group["alpha"]),
                      *(str(group[name]) for name in _COUNT_COLUMNS),
@@ -175,6 +184,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"study {report['study']} ({report['study_file']}): {report['total']} runs in "
              f"{report['experiments_dir']}, backend {report['backend']}", ""]
     lines += _table(headers, rows)
+    lines.append(f"mean acc: over seeds, of the {report['accuracy_selected_by']['meaning']}")
     counts = report["counts"]
     accuracy = report["mean_max_acc_completed"]
     lines += ["", f"progress: {counts[COMPLETED]}/{report['total']} runs completed "

@@ -8,19 +8,12 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from ..catalog import SELECTION_ACCURACY
 from ..layout import format_alpha
 from ..stats import SeedSummary, summarize
 from ..status import COMPLETED, RunState
 from ..study import Study
 
-# The accuracy a study selects by ([training] selection): the status.json key holding it,
-# and what it is, for the tables that report it.
-SELECTION_ACCURACY = {
-    "test": ("max_acc", "best-epoch test accuracy (max_acc): best.pth was chosen on the test "
-                        "set, so this number is optimistic"),
-    "validation": ("selected_acc", "test accuracy of the epoch chosen on the validation "
-                                   "hold-out (selected_acc); the test set chose nothing"),
-}
 
 
 def selection_accuracy(study: Study) -> tuple[str, str]:
