@@ -176,6 +176,21 @@ class SettingError(UserError):
         self.key, self.value, self.expected = key, value, expected
 
 
+# TrainConfig fields in which the runs of one pack may differ: what each run trains (model,
+# method, teacher model, alpha, method options) and how it is optimised (epochs, lr,
+# momentum, weight decay, label smoothing, temperature). Every other field shapes the
+# data pipeline or the shared process (data set, seed, batch size, augmentation,
+# data_root, device, ...), so the members of a pack agree on it.
+PER_RUN_FIELDS = frozenset({"model", "distillation", "teacher_model", "alpha",
+                            "method_options", "epochs", "lr", "momentum", "weight_decay",
+                            "label_smoothing", "temperature"})
+
+
+def pack_shared_fields() -> list[str]:
+    """The TrainConfig fields every run of a pack shares: all but :data:`PER_RUN_FIELDS`."""
+    return [item.name for item in fields(TrainConfig) if item.name not in PER_RUN_FIELDS]
+
+
 def setting_fields(where: str | None = None):
     """The TrainConfig fields (of one study place when ``where`` is given)."""
     return [f for f in fields(TrainConfig) if where is None or f.metadata["where"] == where]

@@ -13,19 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import setting_fields
+from .config import PER_RUN_FIELDS, pack_shared_fields  # noqa: F401 (queue re-exports it)
 from .study import Role, Study
 
 Decision = Any  # a kdlab.queue.Decision (not imported: queue imports this module)
 
-# TrainConfig fields in which the runs of one pack may differ: what each run trains (model,
-# method, teacher model, alpha, method options) and how it is optimised (epochs, lr,
-# momentum, weight decay, label smoothing, temperature). Every other field shapes the
-# data pipeline or the shared process (data set, seed, batch size, augmentation,
-# data_root, device, ...), so the members of a pack agree on it.
-PER_RUN_FIELDS = frozenset({"model", "distillation", "teacher_model", "alpha",
-                            "method_options", "epochs", "lr", "momentum", "weight_decay",
-                            "label_smoothing", "temperature"})
 
 
 @dataclass(eq=False)
@@ -51,8 +43,7 @@ class Pack:
 def pack_key(study: Study, decision: Decision) -> tuple:
     """What the runs of one pack share: every TrainConfig field but :data:`PER_RUN_FIELDS`."""
     config = study.train_config(decision.run.spec)
-    return tuple((item.name, repr(getattr(config, item.name))) for item in setting_fields()
-                 if item.name not in PER_RUN_FIELDS)
+    return tuple((name, repr(getattr(config, name))) for name in pack_shared_fields())
 
 
 def make_packs(study: Study, candidates: list[Decision]) -> list[Pack]:

@@ -13,8 +13,8 @@ import contextlib
 from dataclasses import dataclass
 
 from .. import layout, runstate
-from ..config import (TrainConfig, _with_complete_options, prepare_configs, validate_config,
-                      write_config_file)
+from ..config import (TrainConfig, _with_complete_options, pack_shared_fields,
+                      prepare_configs, validate_config, write_config_file)
 from ..errors import EXIT_PREEMPTED, UserError, WriteError
 from ..layout import PURE
 from . import device as device_module
@@ -28,11 +28,9 @@ from .run import (_check_writable, _read_own_status, _record_crash,
 from .state import RunContext, Student, build_state
 from .threads import thread_limits
 
-# What the members of a pack share (and the teacher model, for its KD members): everything
-# that shapes the batches they see or the teacher pass they share.
-PACK_KEYS = ("dataset", "seed", "batch_size", "data_root", "experiments_dir", "device",
-             "precision", "channels_last", "augmentation", "selection", "validation_fraction",
-             "threads")
+# What the members of a pack share (and the teacher model, for its KD members): every
+# setting but the per-run ones (kdlab.config.PER_RUN_FIELDS), as the queue groups them.
+PACK_KEYS = tuple(pack_shared_fields())
 
 
 @dataclass
