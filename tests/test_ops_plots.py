@@ -403,8 +403,8 @@ def test_figures_directory_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
     assert captured.out == ""
     error = captured.err.strip()
     assert "\n" not in error and "Traceback" not in error
-    assert error == (f"kdlab plot: error: cannot write figures to {plots.progress_dir(study)}: "
-                     f"{analysis} is not a directory")
+    assert error == (f"kdlab plot: error: cannot write {plots.progress_dir(study)} "
+                     f"({analysis} is a file, not a directory): expected a writable location")
     assert analysis.read_text() == "not a directory"
     # nothing drawn before the refusal
     assert not (run_dir(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))
@@ -460,8 +460,8 @@ def test_read_only_figures_directory_is_one_line_exit_2(tmp_path):
             capture_output=True, text=True, timeout=120, cwd=root,
             env={**os.environ, "PYTHONPATH": str(source), "MPLCONFIGDIR": str(root / "mpl")})
         assert result.returncode == 2, result.stderr
-        assert result.stderr.strip() == (f"kdlab plot: error: cannot write figures to {out}: "
-                                         f"the directory is read-only")
+        assert result.stderr.strip() == (f"kdlab plot: error: cannot write {out} (the "
+                                         "directory is read-only): expected a writable location")
         assert _state_hashes(root) == before
     finally:
         for path in [root, *root.rglob("*")]:

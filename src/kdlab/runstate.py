@@ -12,6 +12,7 @@ kill at any instant) sees either the old file or the new one, never a torn one.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -93,7 +94,25 @@ def current_umask() -> int:
     return mask
 
 
-def _write_error(path: Path, error: OSError) -> WriteError:
+def ensure_directory(path: str | Path) -> None:
+    """Create ``path`` (and its parents) for files kdlab writes, and check it takes a file;
+    the writer's one-line WriteError naming it, or the file in its way, otherwise (before
+    any work is done)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _write_error(path / "-", error, shown=path) from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        read_only = error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        raise WriteError(error.errno, "the directory is read-only" if read_only
+                         else error.strerror or type(error).__name__, str(path)) from None
+
+
+def _write_error(path: Path, error: OSError, shown: Path | None = None) -> WriteError:
     """The one-line error of a failed write of ``path`` (errno kept): names the path in the
     way when it is not ``path`` itself (a file where a directory must be)."""
     reason = error.strerror or type(error).__name__
@@ -103,7 +122,7 @@ def _write_error(path: Path, error: OSError) -> WriteError:
         reason = f"{blocker} is a file, not a directory"
     elif error.filename and Path(error.filename) != path and not str(error.filename).endswith(".tmp"):
         reason += f": {error.filename}"
-    return WriteError(error.errno, reason, str(path))
+    return WriteError(error.errno, reason, str(shown or path))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from .. import runstate
 from ..runstate import atomic_write_bytes
 
 LAYERS = ("layer1", "layer2", "layer3")
@@ -140,15 +140,9 @@ def unreadable_reason(path: str | Path) -> str | None:
 
 
 def ensure_writable_dir(folder: str | Path, what: str) -> None:
-    """Create ``folder`` if needed and check a file can be written in it; UserError naming
-    it (e.g. it is a file, or read-only) otherwise, before any work is done."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise UserError(f"cannot write the {what} {folder} ({error.strerror or error}): "
-                        "expected a writable directory") from None
+    """Create ``folder`` if needed and check a file can be written in it; the writer's one
+    line naming it (e.g. a file in the way, or read-only) otherwise, before any work."""
+    runstate.ensure_directory(folder)
 
 
 def write_failure(error: OSError) -> UserError:

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,21 +348,9 @@ def plot_accuracy_overview(study: Study, states: list[RunState], path: Path, mad
 # ---- the command -----------------------------------------------------------------------------
 
 def ensure_output_dir(path: Path) -> None:
-    """Create ``path`` for figures, or raise UserError naming it (a file in the way, a
-    read-only directory)."""
-    for ancestor in (path, *path.parents):
-        if ancestor.exists() or ancestor.is_symlink():
-            if not ancestor.is_dir():
-                raise UserError(f"cannot write figures to {path}: {ancestor} is not a directory")
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        where = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
-        raise UserError(f"cannot write figures to {path}: {error.strerror or error}{where}") \
-            from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write figures to {path}: the directory is read-only")
+    """Create ``path`` for figures, or the writer's one line naming it (a file in the way, a
+    read-only directory) before anything is drawn."""
+    runstate.ensure_directory(path)
 
 
 def _plot_run(state: RunState, report: PlotReport, full_scale: bool, progress) -> None:
