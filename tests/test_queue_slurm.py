@@ -196,9 +196,10 @@ def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp
 # far more memory than the study gives it, the Digits student outlives the time limit, the
 # Cifar10 teacher waits to be scancelled and the Cifar10 student fails with exit code 3.
 MISBEHAVING_TRAIN = """\
-import sys, time
+import json, sys, time
 args = sys.argv[1:]
-run = (args[args.index("--dataset") + 1], args[args.index("--model") + 1])
+config = json.load(open(args[args.index("--config") + 1]))   # the job's one argument
+run = (config["dataset"], config["model"])
 if run == ("Digits", "ResNet20"):
     block = bytearray(600 * 1024 * 1024)
     for i in range(0, len(block), 4096):
@@ -287,12 +288,11 @@ REQUEUED_TRAIN = """\
 import os, signal, sys, time
 from kdlab import runstate
 from kdlab.cli import build_parser
-from kdlab.config import TrainConfig
+from kdlab.config import read_config_file
 from kdlab.layout import run_dir
 
 args = build_parser().parse_args(sys.argv[1:])
-config = TrainConfig(dataset=args.dataset, model=args.model, seed=args.seed,
-                     epochs=args.epochs, experiments_dir=args.experiments_dir)
+config = read_config_file(args.config[0])   # the job's one argument: its config.json
 directory = run_dir(config.experiments_dir, config.run_spec())
 restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
 with open(directory / "starts.log", "a") as log:
