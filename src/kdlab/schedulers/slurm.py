@@ -187,11 +187,11 @@ class SlurmScheduler(Scheduler):
 
     def alive_jobs(self, job_ids: Iterable[str]) -> dict[str, bool | SchedulerError]:
         """One ``squeue`` call for all ``job_ids``; keys are the ids as given."""
-        given = {str(job_id): str(job_id).split(";")[0] for job_id in job_ids}
+        given = _bare_ids(job_ids)
         if not given:
             return {}
         argv = ["squeue", "-h", "-t", "all", "-o", "%i %T", "-j",
-                ",".join(sorted(set(given.values())))]
+                _id_list(given)]
         try:
             result = run_command(argv, "slurm liveness")
         except SchedulerError as error:
@@ -213,11 +213,11 @@ class SlurmScheduler(Scheduler):
 
     def job_states(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
         """One ``squeue -o '%i %t %M'`` call (compact state, time used)."""
-        given = {str(job_id): str(job_id).split(";")[0] for job_id in job_ids}
+        given = _bare_ids(job_ids)
         if not given:
             return {}
         argv = ["squeue", "-h", "-t", "all", "-o", "%i %t %M", "-j",
-                ",".join(sorted(set(given.values())))]
+                _id_list(given)]
         try:
             result = run_command(argv, "slurm job states")
         except SchedulerError:
@@ -228,11 +228,11 @@ class SlurmScheduler(Scheduler):
 
     def job_ends(self, job_ids: Iterable[str]) -> dict[str, dict]:
         """One ``sacct`` call; without accounting, ``scontrol`` per job. Keys as given."""
-        given = {str(job_id): str(job_id).split(";")[0] for job_id in job_ids}
+        given = _bare_ids(job_ids)
         if not given:
             return {}
         argv = ["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State,ExitCode,Elapsed", "-j",
-                ",".join(sorted(set(given.values())))]
+                _id_list(given)]
         ends: dict[str, dict] = {}
         try:
             result = run_command(argv, "slurm accounting")
@@ -256,3 +256,13 @@ class SlurmScheduler(Scheduler):
         result = run_command(argv, "slurm cancel")
         if result.returncode != 0:
             raise SchedulerError(command_failure(argv, result))
+
+
+def _bare_ids(job_ids: Iterable[str]) -> dict[str, str]:
+    """Each job id as given -> the id Slurm knows (a recorded id may carry ';cluster')."""
+    return {str(job_id): str(job_id).split(";")[0] for job_id in job_ids}
+
+
+def _id_list(given: dict[str, str]) -> str:
+    """The ``-j`` argument of squeue and sacct for the ids of :func:`_bare_ids`."""
+    return ",".join(sorted(set(given.values())))
