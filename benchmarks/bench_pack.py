@@ -26,7 +26,7 @@ from kdlab.distill import METHOD_NAMES
 from kdlab.layout import RunSpec
 from kdlab.training.device import resolve_device
 from kdlab.training.loop import batch_loss, optimizer_step, teacher_forward
-from kdlab.training.settings import _with_complete_options
+from kdlab.config import complete_options
 from kdlab.training.state import RunContext, build_state
 
 
@@ -55,7 +55,7 @@ def student(args, device, method: str | None):
                          distillation=method or "none", alpha=0.5 if kd else None,
                          teacher_model=args.teacher if kd else None, device=str(device))
     if kd:
-        config = _with_complete_options(config)
+        config = complete_options(config)
     ctx = RunContext(config, RunSpec("Cifar100", args.student, 0), None, device, True, None)
     state = build_state(ctx, args.num_classes, 32)
     if state.distiller is not None and hasattr(state.distiller, "paraphraser_ready"):

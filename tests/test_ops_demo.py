@@ -40,6 +40,21 @@ def test_prepare_workdir_anchors_paths_and_overrides_epochs(tmp_path):
         demo.prepare_workdir(tmp_path / "other", epochs=0)
 
 
+def test_prepare_workdir_overrides_the_pack_size(tmp_path):
+    """--pack-size N replaces the demo's [scheduler] pack_size (bench_demo's unpacked run)
+    and leaves every other setting, the training epochs included, as shipped."""
+    shipped = demo.prepare_workdir(tmp_path / "shipped")
+    assert shipped.scheduler.pack_size > 1          # the demo packs its KD runs
+    study = demo.prepare_workdir(tmp_path / "solo", pack_size=1, epochs=2)
+    assert study.scheduler.pack_size == 1
+    assert study.training["epochs"] == 2
+    assert study.scheduler.max_live_jobs == shipped.scheduler.max_live_jobs
+    assert study.training["batch_size"] == shipped.training["batch_size"]
+    with pytest.raises(UserError, match="--pack-size 0"):
+        demo.prepare_workdir(tmp_path / "other", pack_size=0)
+    assert not (tmp_path / "other").exists()     # refused before anything is written
+
+
 @pytest.mark.slow
 def test_demo_fast_variant_end_to_end(tmp_path, capsys):
     """The CI variant: every run of the demo grid for one epoch, through the real queue with

@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on the embedded Digits data set")
     p.add_argument("--workdir", default="kdlab-demo", help="where runs and results go")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.add_argument("--pack-size", type=int, default=None,
+                   help="override the demo's runs per job (1: unpacked, every run alone)")
     return parser
 
 

@@ -44,18 +44,34 @@ def packaged_demo_study() -> str:
             from None
 
 
-def prepare_workdir(workdir: str | Path, epochs: int | None = None) -> Study:
-    """Write the demo study into ``workdir`` (epochs overridden when given) and load it with
-    its relative paths anchored in ``workdir``."""
+def _override(text: str, section: str, key: str, value: int) -> str:
+    """The study text with ``key = value`` in ``[section]`` (replaced, or added first)."""
+    start = text.index(f"[{section}]\n")
+    end = text.find("\n[", start + 1)
+    end = len(text) if end < 0 else end
+    body, count = re.subn(rf"(?m)^(\s*{key}\s*=\s*)\d+", rf"\g<1>{value}", text[start:end],
+                          count=1)
+    if count == 0:
+        body = body.replace(f"[{section}]\n", f"[{section}]\n{key} = {value}\n", 1)
+    return text[:start] + body + text[end:]
+
+
+def prepare_workdir(workdir: str | Path, epochs: int | None = None,
+                    pack_size: int | None = None) -> Study:
+    """Write the demo study into ``workdir`` (epochs and the scheduler's pack size
+    overridden when given) and load it with its relative paths anchored in ``workdir``."""
     workdir = Path(workdir).resolve()
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs {epochs}: expected a positive number of epochs")
+    if pack_size is not None and pack_size < 1:
+        raise UserError(f"--pack-size {pack_size}: expected a positive number of runs per "
+                        "job (1: every run its own job)")
     workdir.mkdir(parents=True, exist_ok=True)
     text = packaged_demo_study()
     if epochs is not None:
-        if epochs < 1:
-            raise UserError(f"--epochs {epochs}: expected a positive number of epochs")
-        text, count = re.subn(r"(?m)^(\s*epochs\s*=\s*)\d+", rf"\g<1>{epochs}", text, count=1)
-        if count == 0:
-            text = text.replace("[training]\n", f"[training]\nepochs = {epochs}\n", 1)
+        text = _override(text, "training", "epochs", epochs)
+    if pack_size is not None:
+        text = _override(text, "scheduler", "pack_size", pack_size)
     study_path = workdir / DEMO_STUDY_FILE
     runstate.atomic_write_text(study_path, text)
     study = load_study(study_path)
@@ -158,7 +174,7 @@ def _cancel_live(study: Study, scheduler) -> None:
 
 
 def run_demo(workdir: str | Path, *, epochs: int | None = None,
-             poll_seconds: float = POLL_SECONDS, jobs: int = 0,
+             pack_size: int | None = None, poll_seconds: float = POLL_SECONDS, jobs: int = 0,
              log: Callable[[str], None] = print) -> Path:
     """The whole demo; returns the path of report.html."""
     from ..analysis.analyze import analyze_study
@@ -166,10 +182,10 @@ def run_demo(workdir: str | Path, *, epochs: int | None = None,
     from .plots import format_report, plot_study
 
     started = time.monotonic()
-    study = prepare_workdir(workdir, epochs)
+    study = prepare_workdir(workdir, epochs, pack_size)
     log(f"kdlab demo: {len(study.runs())} runs of study '{study.name}' "
-        f"({study.training['epochs']} epochs each, {study.scheduler.max_live_jobs} at a time, "
-        f"local processes) in {Path(workdir).resolve()}")
+        f"({study.training['epochs']} epochs each, {study.scheduler.max_live_jobs} jobs at a "
+        f"time, up to {study.scheduler.pack_size} runs per job, local processes) in {Path(workdir).resolve()}")
     log("step 1/4: train (kdlab queue, repeated until every run is done)")
     train_grid(study, poll_seconds=poll_seconds, log=log)
     log("step 2/4: extract representations")
@@ -189,5 +205,5 @@ def run_demo(workdir: str | Path, *, epochs: int | None = None,
 
 
 def command(args) -> int:
-    run_demo(args.workdir, epochs=args.epochs)
+    run_demo(args.workdir, epochs=args.epochs, pack_size=args.pack_size)
     return 0
