@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from kdlab import layout
-from kdlab.analysis import analyze, compute, figures, metrics
+from kdlab.analysis import analyze, compute, figures, floors, metrics
 from kdlab.analysis.figures import cache as figure_cache, common as figure_common, summary as figure_summary
 from kdlab.analysis.store import LAYERS, load_representation, save_representation
 from kdlab.cli import main
@@ -269,8 +269,9 @@ def test_umap_projection_maps_students_into_the_teacher_space(analysed, tmp_path
     assert written.read_bytes()[:4] == b"\x89PNG"
     # the real UMAP of the teacher keeps the classes apart (synthetic class means), and the
     # mapped copy lands where the teacher's own points do
-    reducer = umap.UMAP(n_components=2, random_state=0)
-    embedded = reducer.fit_transform(features)
+    mapped_features = figure_summary.map_into(rotated["layer3"].astype(np.float64), features)
+    embedded, (mapped, itself) = figure_summary.teacher_umap(features,
+                                                             [mapped_features, features])
     from sklearn.neighbors import KNeighborsClassifier
 
     labels = teacher["labels"]
@@ -278,11 +279,17 @@ def test_umap_projection_maps_students_into_the_teacher_space(analysed, tmp_path
     train, test = order[: labels.size // 2], order[labels.size // 2:]
     probe = KNeighborsClassifier(5).fit(embedded[train], labels[train])
     assert probe.score(embedded[test], labels[test]) > 0.5  # chance: 0.1
-    mapped = reducer.transform(figure_summary.map_into(rotated["layer3"].astype(np.float64),
-                                                       features))
-    itself = reducer.transform(features)
     spread = np.ptp(embedded, axis=0).max()
     assert np.median(np.linalg.norm(mapped - itself, axis=1)) < 0.02 * spread
+    # umap-learn's own Euclidean path (distances not precomputed) keeps local neighbourhoods
+    # as well: scikit-learn's trustworthiness of the two embeddings agrees (across UMAP
+    # seeds it varies by about 0.005)
+    from sklearn.manifold import trustworthiness
+
+    own = umap.UMAP(n_components=2, random_state=0, n_jobs=1).fit_transform(features)
+    ours_trust = trustworthiness(features, embedded, n_neighbors=10)
+    own_trust = trustworthiness(features, own, n_neighbors=10)
+    assert ours_trust > own_trust - 0.02
 
     monkeypatch.setitem(sys.modules, "umap", None)  # import fails as if not installed
     note = figure_summary.umap_figure(grid, payload, tmp_path)
@@ -420,6 +427,29 @@ def test_noise_floors_compare_networks_without_distillation(analysed):
             metrics.linear_cka(first[layer], second[layer]), rel=1e-5)
     html = (folder / "report.html").read_text()
     assert "floors.csv" in html and "noise floors" in html
+    # the absent teacher floor is explained, the present pure floor is not called absent
+    assert ("Digits: no teacher vs teacher (1 seed with a representation) noise floor: a "
+            "floor across seeds needs at least two seeds") in html
+    assert "no pure student vs pure student" not in html
+
+
+def test_missing_floor_notes_name_each_data_set_and_role():
+    from types import SimpleNamespace as Entry
+
+    entries = [Entry(dataset="Cifar10", method="teacher", seed=0),
+               Entry(dataset="Cifar10", method="pure", seed=0),
+               Entry(dataset="Cifar10", method="logit", seed=1),
+               Entry(dataset="SVHN", method="teacher", seed=0),
+               Entry(dataset="SVHN", method="teacher", seed=2),
+               Entry(dataset="SVHN", method="pure", seed=0),
+               Entry(dataset="SVHN", method="pure", seed=1)]
+    notes = floors.missing_floor_notes(entries)
+    assert notes == [
+        "Cifar10: no pure student vs pure student (1 seed with a representation) and teacher "
+        "vs teacher (1 seed with a representation) noise floors: a floor across seeds needs "
+        "at least two seeds; the pure student against the teacher (the 'pure' rows) is the "
+        "only no-distillation reference drawn"]
+    assert floors.missing_floor_notes(entries[3:]) == []
 
 
 def test_without_intervals_and_floors(analysed, tmp_path):
@@ -502,3 +532,43 @@ def test_a_write_failing_part_way_is_one_line_naming_the_file(analysed, tmp_path
     assert main(["analyze", "study.toml", "--jobs", "1"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "metrics.csv" in error and "No space left" in error
+
+
+def test_earlier_figures_are_digested_by_the_runs_they_show(analysed):
+    """The earlier analysis's group is redrawn when the runs it shows change, not whenever a
+    test accuracy does: a KD run that is no method's representative leaves its digest alone
+    (the summary, which tabulates every accuracy, changes)."""
+    _, study, _, _ = analysed
+    frame = pd.read_csv(layout.analysis_table_path(study.analysis_dir, study.name,
+                                                   "metrics.csv"))
+    data = frame[frame["dataset"] == "Digits"].reset_index(drop=True)
+    entries = [entry for entry in analyze.expected_entries(study)
+               if entry.dataset == "Digits" and entry.path.is_file()]
+    scatter = {entry: (np.zeros((2, 2)), np.zeros(2, dtype=int)) for entry in entries}
+
+    def groups(data):
+        return {group_id: (figure_cache._digest(kind, grid, subset, payload), payload)
+                for group_id, kind, grid, subset, payload, _ in figure_cache.dataset_groups(
+                    study, "Digits", data, scatter, compute.SETTINGS)}
+
+    before = groups(data)
+    shown = {item["file"] for item in before["Digits/earlier"][1]["earlier_files"]}
+    other = next(entry for entry in entries if entry.method not in ("teacher", "pure")
+                 and entry.path.name not in shown)
+    row = ((data["method"] == other.method) & (data["alpha"] == other.alpha)
+           & (data["seed"] == other.seed) & (data["metric"] == "test_acc"))
+    assert row.sum() == 1
+    changed = data.copy()
+    changed.loc[row, "value"] = changed.loc[row, "value"] - 50.0   # further from the median
+    after = groups(changed)
+    assert after["Digits/earlier"][0] == before["Digits/earlier"][0]
+    assert after["Digits/summary"][0] != before["Digits/summary"][0]
+    # a representative's own file changing redraws the group
+    representative = next(entry for entry in entries if entry.path.name in shown
+                          and entry.method not in ("teacher", "pure"))
+    stat = representative.path.stat()
+    os.utime(representative.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        assert groups(data)["Digits/earlier"][0] != before["Digits/earlier"][0]
+    finally:
+        os.utime(representative.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))

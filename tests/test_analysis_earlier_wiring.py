@@ -108,3 +108,25 @@ def test_report_states_the_selection_rule_and_the_selected_accuracy(analysed):
     kd = next(state for state in study_run_states(analysed) if state.spec.method == "logit")
     # one seed: the mean and n, no interval
     assert f"<td>{kd.max_acc:.2f} (n=1)</td>" in report
+
+
+def test_ica_heatmap_reuses_the_per_model_fit_and_gets_the_same_sources(analysed):
+    """The earlier group's ICA heatmap takes each model's FastICA fit from the per-model
+    cache instead of fitting again; the sources are those of a fresh fit."""
+    from kdlab.analysis.figures import earlier
+
+    for entry in expected_entries(analysed):
+        if entry.method not in ("teacher", "logit"):
+            continue
+        cache = layout.model_cache_path(analysed.analysis_dir, analysed.name, entry.dataset,
+                                        entry.path)
+        view, fits = earlier._ica_view(str(entry.path), str(cache), registry.SETTINGS)
+        assert fits and set(fits) <= {"layer1", "layer2", "layer3", "logits"}
+        fresh_view, _ = earlier._ica_view(str(entry.path), str(cache), registry.SETTINGS)
+        for layer in fits:
+            reused = earlier._ica_sources(view, fits, layer)
+            fitted = earlier._ica_sources(fresh_view, {}, layer)
+            np.testing.assert_allclose(reused, fitted, rtol=1e-6, atol=1e-6)
+        # a stale cache (another file) gives no fit: the heatmap fits again
+        assert earlier._ica_view(str(entry.path), str(cache.with_name("absent.npz")),
+                                 registry.SETTINGS)[1] == {}

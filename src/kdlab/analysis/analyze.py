@@ -222,7 +222,7 @@ def _figure_step(run: _Pass, frame, model_results: dict) -> None:
     scatter = {entry: (outcome["scatter"], outcome["scatter_labels"])
                for entry, outcome in model_results.items()}
     drawn = figures.draw_study(run.study, frame, scatter, run.pool,
-                               show_progress=run.show_progress)
+                               show_progress=run.show_progress, settings=run.settings)
     run.result.figures_drawn += drawn.drawn
     run.result.figures_kept += drawn.kept
     run.result.notes += drawn.notes
@@ -284,6 +284,8 @@ def _steps(run: _Pass, with_floors: bool, log: Callable[[str], None]):
     with _Step(result, "noise floors") as step:
         floor_results = (_pair_step(run, floors.floor_pairs(model_results), "floors",
                                     "noise floors") if with_floors else {})
+        if with_floors:
+            result.notes += floors.missing_floor_notes(model_results)
     log(f"  noise floors: {result.floors_computed} computed, {result.floors_cached} from "
         f"cache ({result.step_seconds[step.name]:.1f} s)")
     with _Step(result, "tables"):

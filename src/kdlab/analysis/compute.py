@@ -106,6 +106,14 @@ def _read_model_cache(cache_path: Path, key: dict) -> dict | None:
         return None  # absent or unreadable cache: recompute
 
 
+def cached_ica_fits(path: str | Path, cache: str | Path, settings: dict) -> dict:
+    """Layer -> the FastICA fit the per-model step stored for the representation at
+    ``path`` (its cache ``cache``, made with ``settings``); {} when the cache is absent,
+    stale or unreadable (the caller fits again)."""
+    cached = _read_model_cache(Path(cache), cache_key(path, settings=settings))
+    return {} if cached is None else cached["ica"]
+
+
 def _write_model_cache(cache_path: Path, key: dict, result: dict) -> None:
     arrays = {"key": np.array(json.dumps(key, sort_keys=True)),
               "rows": np.array(json.dumps(result["rows"])),

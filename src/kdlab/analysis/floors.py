@@ -31,6 +31,32 @@ def floor_pairs(entries) -> dict:
     return pairs
 
 
+def missing_floor_notes(entries) -> list[str]:
+    """One note per data set whose pure students or teachers have fewer than two seeds
+    with a representation: their across-seed floor cannot be formed, and the report says
+    why instead of leaving the band silently absent."""
+    seeds = defaultdict(set)
+    datasets = []
+    for entry in entries:
+        datasets.append(entry.dataset)
+        if entry.method in FLOORS:
+            seeds[(entry.dataset, entry.method)].add(entry.seed)
+    notes = []
+    for dataset in dict.fromkeys(datasets):
+        short = [(role, len(seeds[(dataset, role)])) for role in FLOORS
+                 if len(seeds[(dataset, role)]) < 2]
+        if short:
+            what = " and ".join(f"{'pure student' if role == 'pure' else role} "
+                                f"{'vs ' + ('pure student' if role == 'pure' else role)} "
+                                f"({count} seed{'s' if count != 1 else ''} with a "
+                                "representation)" for role, count in short)
+            floor = "floor" if len(short) == 1 else "floors"
+            notes.append(f"{dataset}: no {what} noise {floor}: a floor across seeds needs at "
+                         "least two seeds; the pure student against the teacher (the 'pure' "
+                         "rows) is the only no-distillation reference drawn")
+    return notes
+
+
 def floor_frame(results: dict):
     """``floors.csv``'s table from {(reference entry, partner entry): outcome}."""
     import pandas as pd

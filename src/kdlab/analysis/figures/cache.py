@@ -20,6 +20,7 @@ import numpy as np
 from ... import layout
 from ...runstate import atomic_write_json, read_json, StateFileError
 from .. import workers
+from ..registry import SETTINGS
 from .common import FIGURE_VERSION, FLOORS, PURE, TEACHER, Grid, Values, alpha_text
 from .earlier import PATH_KEYS as _EARLIER_PATH_KEYS, draw_earlier, earlier_payload
 from .per_method import draw_per_method
@@ -129,8 +130,9 @@ def _summary_payloads(grid: Grid, scatter: dict) -> tuple[dict, dict]:
     return summary, umap
 
 
-def dataset_groups(study, dataset: str, data, scatter: dict) -> list[tuple]:
-    """(group id, kind, frame subset, payload, output folder) of one data set's groups."""
+def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict) -> list[tuple]:
+    """(group id, kind, frame subset, payload, output folder) of one data set's groups;
+    ``settings``: the analysis' metric settings (the earlier group reuses its ICA fits)."""
     grid = Grid(study.name, dataset, tuple(study.methods), tuple(study.alphas),
                 tuple(study.seeds), study.teacher, study.student)
     base = layout.figures_dir(study.analysis_dir, study.name, dataset)
@@ -155,13 +157,23 @@ def dataset_groups(study, dataset: str, data, scatter: dict) -> list[tuple]:
                    base / "summary"))
     # apart from the summary: the UMAP (slow) is redrawn only when the files it shows change
     groups.append((f"{dataset}/umap", "umap", data.iloc[0:0], umap, base / "summary"))
-    # the earlier analysis's figures: redrawn when the representations they show change,
-    # or the test accuracies that choose each method's representative run
-    groups.append((f"{dataset}/earlier", "earlier",
-                   data[data["metric"] == "test_acc"].reset_index(drop=True),
-                   earlier_payload(grid, list(scatter), data), base / "earlier"))
+    # the earlier analysis's figures: redrawn only when the representations they show
+    # change (the test accuracies choose each method's representative run; the payload
+    # names the runs chosen, so a new run that is no method's representative redraws
+    # nothing here)
+    def cache_of(entry):
+        return str(layout.model_cache_path(study.analysis_dir, study.name, dataset, entry.path))
+
+    groups.append((f"{dataset}/earlier", "earlier", data.iloc[0:0],
+                   earlier_payload(grid, list(scatter), data, cache_of, settings),
+                   base / "earlier"))
     return [(group_id, kind, grid, subset, payload, out)
             for group_id, kind, subset, payload, out in groups]
+
+
+# figure kinds by drawing time, slowest first (one data set of charlie: UMAP ~15 s,
+# earlier ~4 s, per-method ~3 s, a sweep ~1 s; one thread)
+_SLOW_FIRST = {"umap": 0, "earlier": 1, "per_method": 2}
 
 
 def _read_manifest(path: Path) -> dict:
@@ -178,11 +190,13 @@ def _read_manifest(path: Path) -> dict:
                     for key in ("files", "notes"))}
 
 
-def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True) -> FigureOutcome:
+def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True,
+               settings: dict | None = None) -> FigureOutcome:
     """Draw (or keep, when unchanged) every figure group of every data set of the study.
 
     ``frame``: metrics frame; ``scatter``: Entry -> (coords [m,2], labels [m]); ``pool``:
-    where groups are drawn (:mod:`kdlab.analysis.workers`). Returns what was drawn, kept
+    where groups are drawn (:mod:`kdlab.analysis.workers`); ``settings``: the metric
+    settings of the analysis (default: the registry's). Returns what was drawn, kept
     and noticed. The manifest maps each group to its digest and files."""
     root = layout.analysis_dir(study.analysis_dir, study.name)
     manifest_path = layout.figure_manifest_path(study.analysis_dir, study.name)
@@ -200,7 +214,7 @@ def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True) ->
         dataset_scatter = {entry: value for entry, value in scatter.items()
                            if entry.dataset == dataset}
         for group_id, kind, grid, subset, payload, out in dataset_groups(
-                study, dataset, data, dataset_scatter):
+                study, dataset, data, dataset_scatter, settings or SETTINGS):
             digest = _digest(kind, grid, subset, payload)
             previous = manifest.get(group_id, {})
             if (previous.get("digest") == digest
@@ -211,6 +225,9 @@ def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True) ->
                 continue
             tasks.append((group_id, draw_group, kind, grid, subset, payload, str(out)))
             new_manifest[group_id] = {"digest": digest, "files": [], "notes": []}
+    # the slowest kinds first, so that no worker starts a long group while the others
+    # have run out of work
+    tasks.sort(key=lambda task: _SLOW_FIRST.get(task[2], len(_SLOW_FIRST)))
     _draw_tasks(tasks, pool, show_progress, root, manifest, new_manifest, outcome)
     atomic_write_json(manifest_path, new_manifest)
     return outcome

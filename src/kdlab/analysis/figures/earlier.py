@@ -21,10 +21,12 @@ def _title(entry) -> str:
     return f"{entry.method}{alpha} s{entry.seed}"
 
 
-def earlier_payload(grid: Grid, entries, data) -> dict:
+def earlier_payload(grid: Grid, entries, data, cache_of, settings: dict) -> dict:
     """Which representations the group shows: every teacher (by seed), one representative
     run per method (test accuracy nearest the method's median; its own seed's teacher),
-    and for the scatter the teacher, the pure student and those representatives."""
+    and for the scatter the teacher, the pure student and those representatives.
+    ``cache_of(entry)``: the entry's per-model cache, whose ICA fits the heatmap reuses
+    (made with ``settings``, the analysis' metric settings)."""
     from ..compute import file_key
     from ..earlier_figures import representative_run
 
@@ -46,19 +48,29 @@ def earlier_payload(grid: Grid, entries, data) -> dict:
                + [(_title(e), e) for e in representatives])
     shown = list(teachers.values()) + representatives + pure[:1]
     return {"earlier_teachers": [str(e.path) for e in teachers.values()],
-            "earlier_ica": [(_title(e), str(teachers[e.seed].path), str(e.path))
-                            for e in representatives],
+            "earlier_ica": [(_title(e), str(teachers[e.seed].path), str(e.path),
+                             cache_of(teachers[e.seed]), cache_of(e)) for e in representatives],
+            "settings": settings,
             "earlier_scatter": [(title, str(e.path)) for title, e in scatter],
             "earlier_files": [file_key(e.path) for e in shown if e.path.exists()]}
 
 
-def _ica_sources(arrays: dict, layer: str):
-    from ..registry import SETTINGS
+def _ica_sources(view, fits: dict, layer: str):
+    """The layer's ICA sources, from the fit the per-model step stored when there is one
+    (the same fit: same subsample, seed and settings), fitted here otherwise."""
+    layer_view = view.layer(layer)
+    if layer in fits:
+        layer_view.__dict__["ica_fit"] = fits[layer]
+    fit = layer_view.ica_fit
+    return None if fit is None else fit.sources(layer_view.features)
+
+
+def _ica_view(path: str, cache: str, settings: dict):
+    from ..compute import cached_ica_fits
+    from ..store import load_representation
     from ..views import ModelView
 
-    view = ModelView(arrays, SETTINGS).layer(layer)
-    fit = view.ica_fit
-    return None if fit is None else fit.sources(view.features)
+    return ModelView(load_representation(path), settings), cached_ica_fits(path, cache, settings)
 
 
 def draw_earlier(grid: Grid, payload: dict, out: Path) -> tuple[list[Path], list[str]]:
@@ -77,11 +89,14 @@ def draw_earlier(grid: Grid, payload: dict, out: Path) -> tuple[list[Path], list
         title=f"{grid.dataset}: cross-layer linear CKA of the teacher ({grid.teacher_model})"))
     if payload["earlier_ica"]:
         panels = {}
-        for title, teacher_path, student_path in payload["earlier_ica"]:
-            teacher, student = load_representation(teacher_path), load_representation(student_path)
+        settings = payload["settings"]
+        for title, teacher_path, student_path, teacher_cache, student_cache in \
+                payload["earlier_ica"]:
+            teacher = _ica_view(teacher_path, teacher_cache, settings)
+            student = _ica_view(student_path, student_cache, settings)
             row = {}
             for layer in LAYERS:
-                a, b = _ica_sources(teacher, layer), _ica_sources(student, layer)
+                a, b = _ica_sources(*teacher, layer), _ica_sources(*student, layer)
                 if a is not None and b is not None:
                     row[layer] = (a, b)
             panels[title] = row

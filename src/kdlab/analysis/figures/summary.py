@@ -119,6 +119,29 @@ def map_into(features: np.ndarray, target: np.ndarray) -> np.ndarray:
     return (features - mean) @ mapping + target_mean
 
 
+def teacher_umap(teacher: np.ndarray, others: list[np.ndarray]):
+    """The 2-D UMAP of ``teacher`` [n, d] (seed 0) and each of ``others`` [m, d] placed in
+    it by ``transform``: (teacher coords [n, 2], [coords [m, 2] per other]).
+
+    The Euclidean distances are computed by SciPy and given to UMAP precomputed: on fewer
+    than 4,096 points umap-learn's own exact path calls its distance function from Python
+    once per pair (4 million calls for 2,000 points), which made this figure take most of
+    a first analysis' figure time."""
+    import warnings
+
+    import umap
+    from scipy.spatial.distance import cdist
+
+    reducer = umap.UMAP(n_components=2, random_state=0, n_jobs=1, metric="precomputed")
+    with warnings.catch_warnings():
+        # umap notes that precomputed distances rule out inverse_transform (unused) and
+        # that transform expects distances to the training points (what it gets here)
+        warnings.filterwarnings("ignore", message=".*precomputed metric.*", category=UserWarning)
+        embedded = reducer.fit_transform(cdist(teacher, teacher))
+        placed = [reducer.transform(cdist(other, teacher)) for other in others]
+    return embedded, placed
+
+
 def umap_figure(grid: Grid, payload: dict, out: Path):
     """The teacher's layer3 in a 2-D UMAP (McInnes et al. 2018), with each method's chosen
     student mapped into the teacher's feature space (:func:`map_into`) and placed by the
@@ -138,11 +161,14 @@ def umap_figure(grid: Grid, payload: dict, out: Path):
     index = subsample_indices(teacher["labels"].shape[0], 2000, 0)
     teacher_features = teacher["layer3"][index].astype(np.float64)
     labels = teacher["labels"][index]
-    reducer = umap.UMAP(n_components=2, random_state=0)
-    panels = [("teacher", reducer.fit_transform(teacher_features), labels)]
+    titles, students = [], []
     for title, path in payload.get("umap_students", []):
         student = load_representation(path)["layer3"][index].astype(np.float64)
-        panels.append((title, reducer.transform(map_into(student, teacher_features)), labels))
+        titles.append(title)
+        students.append(map_into(student, teacher_features))
+    embedded, placed = teacher_umap(teacher_features, students)
+    panels = [("teacher", embedded, labels)] + [(title, coords, labels)
+                                                for title, coords in zip(titles, placed)]
     return scatter_panels(grid, panels, int(labels.max()) + 1, "layer3 in the teacher's UMAP "
                           "space (students mapped by least squares)",
                           out / "umap_teacher_layer3.png")
