@@ -355,6 +355,20 @@ def test_rerun_recomputes_only_what_a_new_run_touches(analysed, tmp_path, monkey
     assert ("Digits", "umap", None) not in drawn and ("Digits", "summary", None) in drawn
 
 
+def test_model_cache_outlives_a_bootstrap_change_but_not_a_model_setting(analysed, tmp_path):
+    """Per-model metrics do not use the bootstrap: analysing with another --bootstrap count
+    (or 0) reuses them; a setting they do use recomputes them."""
+    _, study, _, _ = analysed
+    path = _path(study, "Digits", "logit", 0.9, 0)
+    cache = str(tmp_path / "model.npz")
+    assert not compute.model_task(str(path), cache)["cached"]
+    for bootstrap in (0, 50):
+        other = {**compute.SETTINGS, "bootstrap_samples": bootstrap}
+        assert compute.model_task(str(path), cache, other)["cached"]
+    changed = {**compute.SETTINGS, "knn_k": compute.SETTINGS["knn_k"] + 2}
+    assert not compute.model_task(str(path), cache, changed)["cached"]
+
+
 def test_cached_results_equal_fresh_results(analysed, tmp_path):
     _, study, _, _ = analysed
     path = _path(study, "Digits", "logit", 0.9, 0)

@@ -60,6 +60,14 @@ def cache_key(*paths: str | Path, settings: dict | None = None) -> dict:
             "metrics": sorted(registry.REGISTRY), "settings": settings or SETTINGS}
 
 
+def model_cache_key(path: str | Path, settings: dict | None = None) -> dict:
+    """The per-model cache key: the settings without the bootstrap's, which only pair
+    metrics use (``--bootstrap N`` or 0 must not recompute every model)."""
+    settings = settings or SETTINGS
+    return cache_key(path, settings={name: value for name, value in settings.items()
+                                     if not name.startswith("bootstrap_")})
+
+
 class _Timer:
     """Accumulates CPU seconds of this process per metric name (CPU, not wall time, so the
     figures do not depend on what else the machine runs; a worker uses one BLAS thread,
@@ -110,7 +118,7 @@ def cached_ica_fits(path: str | Path, cache: str | Path, settings: dict) -> dict
     """Layer -> the FastICA fit the per-model step stored for the representation at
     ``path`` (its cache ``cache``, made with ``settings``); {} when the cache is absent,
     stale or unreadable (the caller fits again)."""
-    cached = _read_model_cache(Path(cache), cache_key(path, settings=settings))
+    cached = _read_model_cache(Path(cache), model_cache_key(path, settings))
     return {} if cached is None else cached["ica"]
 
 
@@ -157,7 +165,7 @@ def model_task(representation_path: str, cache_path: str, settings: dict | None 
     settings = settings or SETTINGS
     representation_path, cache_path = Path(representation_path), Path(cache_path)
     try:
-        key = cache_key(representation_path, settings=settings)
+        key = model_cache_key(representation_path, settings)
     except FileNotFoundError:
         return {"error": f"representation {representation_path} disappeared"}
     cached = _read_model_cache(cache_path, key)
@@ -224,7 +232,7 @@ def _load_view(path: str, cache: str, settings: dict, timer: _Timer) -> ModelVie
     """The model's arrays with its cached ICA fits set on its layers; UserError (one line)
     when the file is unreadable or its per-model results are missing."""
     model = ModelView(timer.run("load", load_representation, path), settings)
-    cached = _read_model_cache(Path(cache), cache_key(path, settings=settings))
+    cached = _read_model_cache(Path(cache), model_cache_key(path, settings))
     if cached is None:
         raise UserError(f"per-model results of {path} are missing")
     for layer in LAYERS:
