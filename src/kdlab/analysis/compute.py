@@ -60,12 +60,16 @@ def cache_key(*paths: str | Path, settings: dict | None = None) -> dict:
             "metrics": sorted(registry.REGISTRY), "settings": settings or SETTINGS}
 
 
+def model_settings(settings: dict | None = None) -> dict:
+    """The settings per-model results depend on: all but the bootstrap's, which only pair
+    metrics use (``--bootstrap N`` or 0 must not recompute or redraw every model)."""
+    return {name: value for name, value in (settings or SETTINGS).items()
+            if not name.startswith("bootstrap_")}
+
+
 def model_cache_key(path: str | Path, settings: dict | None = None) -> dict:
-    """The per-model cache key: the settings without the bootstrap's, which only pair
-    metrics use (``--bootstrap N`` or 0 must not recompute every model)."""
-    settings = settings or SETTINGS
-    return cache_key(path, settings={name: value for name, value in settings.items()
-                                     if not name.startswith("bootstrap_")})
+    """The per-model cache key (see :func:`model_settings`)."""
+    return cache_key(path, settings=model_settings(settings))
 
 
 class _Timer:

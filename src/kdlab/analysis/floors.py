@@ -14,6 +14,7 @@ from collections import defaultdict
 
 FLOORS = {"pure": "floor_pure_vs_pure", "teacher": "floor_teacher_vs_teacher"}
 COLUMNS = ["dataset", "floor", "seed_a", "seed_b", "layer", "metric", "value"]
+_ROLE_NAMES = {"pure": "pure student", "teacher": "teacher"}
 
 
 def floor_pairs(entries) -> dict:
@@ -46,10 +47,9 @@ def missing_floor_notes(entries) -> list[str]:
         short = [(role, len(seeds[(dataset, role)])) for role in FLOORS
                  if len(seeds[(dataset, role)]) < 2]
         if short:
-            what = " and ".join(f"{'pure student' if role == 'pure' else role} "
-                                f"{'vs ' + ('pure student' if role == 'pure' else role)} "
-                                f"({count} seed{'s' if count != 1 else ''} with a "
-                                "representation)" for role, count in short)
+            what = " and ".join(f"{_ROLE_NAMES[role]} vs {_ROLE_NAMES[role]} ({count} "
+                                f"seed{'s' if count != 1 else ''} with a representation)"
+                                for role, count in short)
             floor = "floor" if len(short) == 1 else "floors"
             notes.append(f"{dataset}: no {what} noise {floor}: a floor across seeds needs at "
                          "least two seeds; the pure student against the teacher (the 'pure' "

@@ -27,7 +27,7 @@ def earlier_payload(grid: Grid, entries, data, cache_of, settings: dict) -> dict
     and for the scatter the teacher, the pure student and those representatives.
     ``cache_of(entry)``: the entry's per-model cache, whose ICA fits the heatmap reuses
     (made with ``settings``, the analysis' metric settings)."""
-    from ..compute import file_key
+    from ..compute import file_key, model_settings
     from ..earlier_figures import representative_run
 
     teachers = {e.seed: e for e in sorted(entries, key=lambda e: e.seed) if e.method == TEACHER}
@@ -50,7 +50,7 @@ def earlier_payload(grid: Grid, entries, data, cache_of, settings: dict) -> dict
     return {"earlier_teachers": [str(e.path) for e in teachers.values()],
             "earlier_ica": [(_title(e), str(teachers[e.seed].path), str(e.path),
                              cache_of(teachers[e.seed]), cache_of(e)) for e in representatives],
-            "settings": settings,
+            "settings": model_settings(settings),
             "earlier_scatter": [(title, str(e.path)) for title, e in scatter],
             "earlier_files": [file_key(e.path) for e in shown if e.path.exists()]}
 
