@@ -176,6 +176,28 @@ def test_methodology_selection_on_validation_and_runs_that_differ(tmp_path, monk
     assert "Completed runs by how they selected best.pth: test: 1." in text
 
 
+def test_methodology_states_the_precision_and_what_best_weights_are_chosen_by(tmp_path):
+    """The hyper-parameter table gives the study's precision, and the checkpointing section
+    names the accuracy best.pth is chosen by (not always 'test')."""
+    (tmp_path / "a").mkdir()
+    shipped = write_methodology(_study(tmp_path / "a"), tmp_path / "a" / "out")[0].read_text()
+    assert ("| precision | auto: bf16 autocast on GPUs that support it, else fp16 with a "
+            "gradient scaler; fp32 on CPU |") in shipped
+    assert "the weights of its best test accuracy so far" in shipped
+    (tmp_path / "b").mkdir()
+    path = write_study(tmp_path / "b" / "study.toml", methods=["logit"], alphas=[0.5],
+                       seeds=[0], extra="")
+    path.write_text(path.read_text().replace(
+        '[training]\n', '[training]\nprecision = "fp16"\nselection = "validation"\n', 1))
+    study = load_study(path)
+    assert study.training["precision"] == "fp16"
+    markdown = write_methodology(study, tmp_path / "b" / "out")[0].read_text()
+    assert ("| precision | fp16: fp16 autocast with a gradient scaler (a step with inf/NaN "
+            "gradients is skipped) |") in markdown
+    assert "the weights of its best validation accuracy so far" in markdown
+    assert "best test accuracy so far" not in markdown
+
+
 def test_methodology_study_smoothing_and_paper_rkd_weights(tmp_path):
     path = write_study(tmp_path / "study.toml", methods=["rkd"], alphas=[0.5],
                        extra="[method_options.rkd]\ndistance_weight = 25.0\n"

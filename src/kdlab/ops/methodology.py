@@ -26,7 +26,7 @@ from ..layout import analysis_dir, analysis_table_path, format_alpha
 from ..status import COMPLETED, RunState, study_run_states
 from ..study import Study, load_study
 from .common import effective_method_options, is_earlier_code
-from .methodology_facts import earlier_code_blocks, objective_blocks
+from .methodology_facts import earlier_code_blocks, objective_blocks, selection_settings
 
 SOFTWARE = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotlib", "pandas",
             "kdlab")
@@ -244,9 +244,29 @@ _ROLE_NAMES = {"teacher": "teacher", "pure": "pure student", "kd": "distilled st
 # ---- the section -----------------------------------------------------------------------------
 
 def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
-    sections = []
-    scheduler, cluster = study.scheduler, study.cluster
+    earlier = earlier_code_blocks(study, states)
+    sections = [_hardware_section(study), _grid_section(study, earlier)]
+    objective = Section("Objective, schedule and model selection")
+    objective.blocks += objective_blocks(study, states)
+    sections.append(objective)
+    if study.methods:
+        sections.append(_methods_section(study, bool(earlier)))
+    sections.append(_robustness_section(study))
+    # how kdlab's ICA and principal angles differ from the earlier analysis: said where there
+    # is an analysis to describe, or earlier-code runs to compare with
+    if (analysis_table_path(study.analysis_dir, study.name, "metrics.csv").is_file()
+            or any(is_earlier_code(state) for state in states)):
+        sections.append(_earlier_analysis_section())
+    software = Section("Software")
+    software.paragraph("Versions installed where this section was generated:")
+    software.table(["software", "version"], [list(row) for row in software_versions()])
+    sections.append(software)
+    sections.append(_timing_section(study, states))
+    return sections
 
+
+def _hardware_section(study: Study) -> Section:
+    scheduler, cluster = study.scheduler, study.cluster
     hardware = Section("Hardware and scheduling")
     if cluster:
         where = cluster.get("name", "the cluster")
@@ -256,22 +276,7 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
         if cluster.get("scheduler"):
             sentence += f", scheduled with {cluster['scheduler']}"
         hardware.paragraph(sentence + ".")
-        items = []
-        if cluster.get("gpu_type"):
-            pool = ""
-            if cluster.get("gpus_total"):
-                pool = f" ({cluster['gpus_total']} in total"
-                pool += f" across {cluster['nodes']} nodes)" if cluster.get("nodes") else ")"
-            items.append(f"GPUs: {cluster['gpu_type']}{pool}")
-        if cluster.get("gpus_per_job") is not None:
-            items.append(f"GPUs per job: {cluster['gpus_per_job']}"
-                         + (f" ({cluster['multi_gpu']})" if cluster.get("multi_gpu") else ""))
-        if cluster.get("cpus_per_job") is not None:
-            items.append(f"CPU cores per job: {cluster['cpus_per_job']}")
-        if cluster.get("memory_per_job"):
-            items.append(f"Memory per job: {cluster['memory_per_job']}")
-        if cluster.get("notes"):
-            items.append(str(cluster["notes"]))
+        items = _cluster_items(cluster)
         if items:
             hardware.items(items)
     else:
@@ -286,8 +291,41 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
         ["concurrent jobs (at most)", scheduler.max_live_jobs],
         ["checkpoint signal before walltime", f"{scheduler.signal_seconds} s"],
     ])
-    sections.append(hardware)
+    return hardware
 
+
+def _cluster_items(cluster: dict) -> list[str]:
+    items = []
+    if cluster.get("gpu_type"):
+        pool = ""
+        if cluster.get("gpus_total"):
+            pool = f" ({cluster['gpus_total']} in total"
+            pool += f" across {cluster['nodes']} nodes)" if cluster.get("nodes") else ")"
+        items.append(f"GPUs: {cluster['gpu_type']}{pool}")
+    if cluster.get("gpus_per_job") is not None:
+        items.append(f"GPUs per job: {cluster['gpus_per_job']}"
+                     + (f" ({cluster['multi_gpu']})" if cluster.get("multi_gpu") else ""))
+    if cluster.get("cpus_per_job") is not None:
+        items.append(f"CPU cores per job: {cluster['cpus_per_job']}")
+    if cluster.get("memory_per_job"):
+        items.append(f"Memory per job: {cluster['memory_per_job']}")
+    if cluster.get("notes"):
+        items.append(str(cluster["notes"]))
+    return items
+
+
+# TrainConfig.precision -> what the methods section says of it
+_PRECISION_TEXT = {
+    "auto": "bf16 autocast on GPUs that support it, else fp16 with a gradient scaler; fp32 "
+            "on CPU",
+    "fp32": "fp32 throughout",
+    "bf16": "bf16 autocast",
+    "fp16": "fp16 autocast with a gradient scaler (a step with inf/NaN gradients is skipped)",
+}
+
+
+def _grid_section(study: Study, earlier: list) -> Section:
+    """'Experimental grid and training'; ``earlier``: the blocks on earlier-code runs."""
     training = study.training
     grid = Section("Experimental grid and training")
     grid.paragraph(
@@ -303,10 +341,10 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
     smoothing_text = (f"{smoothing}" if smoothing is not None else
                       f"{PURE_LABEL_SMOOTHING} for teachers and pure students, "
                       f"{KD_LABEL_SMOOTHING} for distilled students")
-    earlier = earlier_code_blocks(study, states)
     if earlier:   # before kdlab's settings, so nobody reads those as the earlier runs'
         grid.blocks += earlier
         grid.paragraph("The settings of the runs kdlab trains:")
+    precision = training.get("precision") or "auto"
     grid.table(["hyper-parameter", "value"], [
         ["epochs", training["epochs"]],
         ["batch size", training["batch_size"]],
@@ -317,38 +355,38 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
         ["distillation loss", "(1 − α)·CE + α·(method loss)"],
         ["temperature", f"{training['temperature']} (methods that take one, unless set "
                         "in their options)"],
-        ["precision", "bf16 autocast on GPUs that support it, else fp16 with a gradient "
-                      "scaler; fp32 on CPU"],
+        ["precision", f"{precision}: {_PRECISION_TEXT.get(precision, precision)}"],
     ])
     augmentation = _augmentation_text(study)
     grid.paragraph(f"In kdlab's runs: {augmentation[0].lower()}{augmentation[1:]}" if earlier
                    else augmentation)
-    sections.append(grid)
+    return grid
 
-    objective = Section("Objective, schedule and model selection")
-    objective.blocks += objective_blocks(study, states)
-    sections.append(objective)
 
-    if study.methods:
-        methods = Section("Distillation methods")
-        methods.paragraph(("For kdlab's runs, e" if earlier else "E") +
-                          "ach method's settings are its defaults in kdlab merged with the "
-                          "study's method_options; the student's loss is (1 − α)·CE + α·(sum "
-                          "of the method's weighted terms).")
-        rows = []
-        for method in study.methods:
-            citation, options = _method_facts(study, method)
-            rows.append([method, ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
-                         or "—", citation])
-        methods.table(["method", "settings", "reference"], rows)
-        sections.append(methods)
+def _methods_section(study: Study, earlier: bool) -> Section:
+    methods = Section("Distillation methods")
+    methods.paragraph(("For kdlab's runs, e" if earlier else "E") +
+                      "ach method's settings are its defaults in kdlab merged with the "
+                      "study's method_options; the student's loss is (1 − α)·CE + α·(sum "
+                      "of the method's weighted terms).")
+    rows = []
+    for method in study.methods:
+        citation, options = _method_facts(study, method)
+        rows.append([method, ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+                     or "—", citation])
+    methods.table(["method", "settings", "reference"], rows)
+    return methods
 
+
+def _robustness_section(study: Study) -> Section:
+    scheduler, cluster = study.scheduler, study.cluster
+    selection, _ = selection_settings(study)
     robustness = Section("Checkpointing, resumption and determinism")
     robustness.items([
         "After every epoch each run writes, atomically (temporary file, fsync, rename), a full "
         "checkpoint (model, optimiser, learning-rate schedule, gradient scaler, the method's "
         "extra modules, metric history, random-number-generator states), the weights of its "
-        "best test accuracy so far, and its status and per-epoch metrics.",
+        f"best {selection} accuracy so far, and its status and per-epoch metrics.",
         f"Before the walltime the scheduler signals the job ({scheduler.signal_seconds} s "
         "ahead); training saves a checkpoint at the next safe point and exits, and the next "
         "queue pass resubmits the run, which resumes from the following epoch. A resumed run "
@@ -363,18 +401,10 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
         + (" The cluster description confirms deterministic cuDNN."
            if cluster.get("deterministic_cudnn") else ""),
     ])
-    sections.append(robustness)
+    return robustness
 
-    # how kdlab's ICA and principal angles differ from the earlier analysis: said where there
-    # is an analysis to describe, or earlier-code runs to compare with
-    if (analysis_table_path(study.analysis_dir, study.name, "metrics.csv").is_file()
-            or any(is_earlier_code(state) for state in states)):
-        sections.append(_earlier_analysis_section())
-    software = Section("Software")
-    software.paragraph("Versions installed where this section was generated:")
-    software.table(["software", "version"], [list(row) for row in software_versions()])
-    sections.append(software)
 
+def _timing_section(study: Study, states: list[RunState]) -> Section:
     timing = Section("Measured training time")
     rows = training_times(study, states)
     if rows:
@@ -393,8 +423,7 @@ def methodology_sections(study: Study, states: list[RunState]) -> list[Section]:
                        len(row.run_seconds)] for row in rows])
     else:
         timing.paragraph("No run has recorded epoch durations yet.")
-    sections.append(timing)
-    return sections
+    return timing
 
 
 def _earlier_analysis_section() -> Section:

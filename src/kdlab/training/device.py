@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..catalog import PRECISIONS
 from ..errors import UserError
 
 
@@ -43,9 +44,6 @@ def make_deterministic(device: torch.device, seed: int) -> None:
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator that shuffles and augments epoch ``epoch`` of a run with ``seed``."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
