@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 from kdlab import runstate
 from kdlab.layout import run_dir
 from kdlab.queue import FAILED_ACTION, SUBMIT, plan_queue, run_queue
@@ -163,19 +164,9 @@ def test_pbs_job_ends_from_qstat_history(fake_bin, monkeypatch, flavour):
 
 
 def write_study(tmp_path: Path) -> Path:
-    path = tmp_path / "study.toml"
-    path.write_text(textwrap.dedent(f"""\
-        name = "ends"
-        datasets = ["Digits"]
-        teacher = "ResNet20"
-        student = "ResNet8"
-        seeds = [0]
-        experiments_dir = "{tmp_path / 'experiments'}"
-        [scheduler]
-        backend = "slurm"
-        kdlab_command = "true"
-        """))
-    return path
+    return conftest.write_study(tmp_path / "study.toml", name="ends", methods=(), alphas=(),
+                                training="",
+                                tables='[scheduler]\nbackend = "slurm"\nkdlab_command = "true"\n')
 
 
 def test_queue_records_why_a_job_ended_and_stops_after_three_out_of_memory(tmp_path, fake_slurm):

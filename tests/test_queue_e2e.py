@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -40,24 +39,10 @@ def queue(study_path: Path, *extra: str) -> list[str]:
 
 
 def test_local_study_completes_and_a_killed_job_resumes(tmp_path):
-    study_path = tmp_path / "study.toml"
-    study_path.write_text(textwrap.dedent(f"""\
-        name = "e2e"
-        datasets = ["Digits"]
-        teacher = "ResNet20"
-        student = "ResNet8"
-        seeds = [0]
-        experiments_dir = "{tmp_path / 'experiments'}"
-        data_root = "{tmp_path / 'data'}"
-
-        [training]
-        epochs = 2
-        device = "cpu"
-
-        [scheduler]
-        backend = "local"
-        max_live_jobs = 2
-        """))
+    study_path = conftest.write_study(
+        tmp_path / "study.toml", name="e2e", methods=(), alphas=(),
+        top=f'data_root = "{tmp_path / "data"}"\n', training='epochs = 2\ndevice = "cpu"',
+        tables='[scheduler]\nbackend = "local"\nmax_live_jobs = 2\n')
     study = load_study(study_path)
     teacher, pure = study.runs()
     lines = queue(study_path)

@@ -216,15 +216,9 @@ def test_real_slurm_says_why_jobs_ended(slurm_cluster, tmp_path, capsys):
     env = _read_env_file()
     fake = tmp_path / "misbehave.py"
     fake.write_text(MISBEHAVING_TRAIN)
-    study_path = tmp_path / "study.toml"
-    study_path.write_text(textwrap.dedent(f"""\
-        name = "slurmends"
-        datasets = ["Digits", "Cifar10"]
-        teacher = "ResNet20"
-        student = "ResNet8"
-        seeds = [0]
-        experiments_dir = "{tmp_path / 'experiments'}"
-
+    study_path = conftest.write_study(
+        tmp_path / "study.toml", name="slurmends", datasets=("Digits", "Cifar10"), methods=(),
+        alphas=(), training="", tables=textwrap.dedent(f"""\
         [scheduler]
         backend = "slurm"
         max_live_jobs = 4
@@ -314,15 +308,9 @@ def test_real_slurm_job_requeues_itself_under_its_id(slurm_cluster, tmp_path, ca
     after the requeue (EligibleTime), whatever the configuration of this test cluster."""
     fake = tmp_path / "requeued_train.py"
     fake.write_text(REQUEUED_TRAIN)
-    study_path = tmp_path / "study.toml"
-    study_path.write_text(textwrap.dedent(f"""\
-        name = "slurmrequeue"
-        datasets = ["Digits"]
-        teacher = "ResNet20"
-        student = "ResNet8"
-        seeds = [0]
-        experiments_dir = "{tmp_path / 'experiments'}"
-
+    study_path = conftest.write_study(
+        tmp_path / "study.toml", name="slurmrequeue", methods=(), alphas=(), training="",
+        tables=textwrap.dedent(f"""\
         [scheduler]
         backend = "slurm"
         max_live_jobs = 1

@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+import conftest
 from kdlab.errors import EXIT_PREEMPTED, UserError
 from kdlab.schedulers.slurm import job_script
 from kdlab.study import SchedulerSettings, load_study
@@ -88,14 +88,7 @@ def test_requeue_off_keeps_the_exec_script(tmp_path):
                                        'backend = "local"\nrequeue = true',
                                        'backend = "slurm"\nrequeue = true\nsignal_seconds = 0'])
 def test_requeue_needs_slurm_and_a_pre_timeout_signal(tmp_path, scheduler):
-    study = tmp_path / "study.toml"
-    study.write_text(textwrap.dedent("""\
-        name = "r"
-        datasets = ["Digits"]
-        teacher = "ResNet20"
-        student = "ResNet8"
-        seeds = [0]
-        [scheduler]
-        """) + scheduler + "\n")
+    study = conftest.write_study(tmp_path / "study.toml", name="r", methods=(), alphas=(),
+                                 training="", tables=f"[scheduler]\n{scheduler}\n")
     with pytest.raises(UserError, match="key 'scheduler.requeue'"):
         load_study(study)
