@@ -48,6 +48,22 @@ class PretrainContext:
     fresh: bool = False
 
 
+@dataclass
+class BatchContext:
+    """What a method may read about the batch besides both models' features.
+
+    ``labels`` [B] int64; ``indices`` [B] int64: each sample's index in the training set
+    (CRD's memory bank), None where the data has none; ``epoch``: 0-based epoch of student
+    training; ``step``: 0-based step within it; ``steps_per_epoch``: steps in one epoch
+    (DKD's warm-up is counted in epochs)."""
+
+    labels: torch.Tensor
+    indices: torch.Tensor | None = None
+    epoch: int = 0
+    step: int = 0
+    steps_per_epoch: int = 1
+
+
 class Distiller(nn.Module):
     """Base class. Subclasses set ``name``, ``defaults`` (option -> default, every option the
     method accepts, each default's source documented in the subclass) and implement

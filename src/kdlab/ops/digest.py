@@ -38,7 +38,7 @@ AREA_RULES = (
     ("src/kdlab/study.py", "orchestration"),
     ("src/kdlab/train.py", "training"),
     ("src/kdlab/data/", "training"),
-    ("src/kdlab/models.py", "training"),
+    ("src/kdlab/models/", "training"),
     ("src/kdlab/config.py", "training"),
     ("src/", "core"),
     ("tests/", "tests"),
