@@ -47,6 +47,27 @@ DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 MODELS: dict[str, int] = {"ResNet8": 1, "ResNet20": 3, "ResNet56": 9, "ResNet110": 18,
                           "ResNet112": 18}
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What methods, the analysis and validation know of a model without building it.
+
+    ``stage_names``: the names its ``Features.stages`` are saved and labelled under, first to
+    last; ``stage_channels``: channels of each stage's output; ``stage_strides``: how much
+    each stage's output is downsampled against the input (its side is ``image_size //
+    stride``); ``pooled_features``: length of the vector before the classifier."""
+
+    name: str
+    family: str
+    stage_names: tuple[str, ...]
+    stage_channels: tuple[int, ...]
+    stage_strides: tuple[int, ...]
+    pooled_features: int
+
+    def stage_sizes(self, image_size: int) -> tuple[int, ...]:
+        """Side in pixels of each stage's output for square inputs of ``image_size``."""
+        return tuple(image_size // stride for stride in self.stage_strides)
 LAYER_NAMES = ("layer1", "layer2", "layer3")
 
 BACKENDS = ("local", "slurm", "pbs")
