@@ -47,6 +47,7 @@ DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 MODELS: dict[str, int] = {"ResNet8": 1, "ResNet20": 3, "ResNet56": 9, "ResNet110": 18,
                           "ResNet112": 18}
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+LAYER_NAMES = ("layer1", "layer2", "layer3")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,21 @@ class ModelFacts:
     def stage_sizes(self, image_size: int) -> tuple[int, ...]:
         """Side in pixels of each stage's output for square inputs of ``image_size``."""
         return tuple(image_size // stride for stride in self.stage_strides)
-LAYER_NAMES = ("layer1", "layer2", "layer3")
+
+
+# Every model a study, a flag or a notebook can name -> its facts. The family modules in
+# kdlab/models/ build them; tests/test_models.py checks each entry against the real model.
+MODEL_FACTS: dict[str, ModelFacts] = {
+    name: ModelFacts(name, "resnet", LAYER_NAMES, (16, 32, 64), (1, 2, 4), 64)
+    for name in MODELS}
+
+
+def model_facts(name: str) -> ModelFacts:
+    """The facts of the named model; UserError naming the known models otherwise."""
+    if name not in MODEL_FACTS:
+        raise UserError(f"unknown model {name!r}: expected one of {', '.join(MODEL_FACTS)}")
+    return MODEL_FACTS[name]
+
 
 BACKENDS = ("local", "slurm", "pbs")
 AUGMENTATIONS = ("kdlab", "earlier")

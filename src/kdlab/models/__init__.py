@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .features import Features
+from .features import Features, FeatureShapes
 from .resnet import BLOCKS_PER_STAGE, LAYER_NAMES, STAGE_CHANNELS, CifarResNet
 
 MODEL_NAMES = tuple(BLOCKS_PER_STAGE)
@@ -35,6 +35,16 @@ def feature_shapes(name: str, num_classes: int, image_size: int) -> list[tuple[i
         model = build_model(name, num_classes)
         outputs = model(torch.empty(1, 3, image_size, image_size))
     return [tuple(output.shape[1:]) for output in outputs]
+
+
+def describe_features(name: str, num_classes: int, image_size: int) -> FeatureShapes:
+    """:class:`FeatureShapes` of the named model for square inputs of ``image_size``, from a
+    dry forward pass on the meta device (no arithmetic, the global random stream untouched)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = build_model(name, num_classes)
+        features = model(torch.empty(1, 3, image_size, image_size))
+    return FeatureShapes(tuple(tuple(stage.shape[1:]) for stage in features.stages),
+                         int(features.pooled.shape[1]), int(features.logits.shape[1]))
 
 
 def load_weights_file(model: nn.Module, path, what: str = "checkpoint") -> None:

@@ -45,3 +45,14 @@ class Features:
         ``.detach()``, ``.clone()``)."""
         return Features([function(t) for t in self.stages], [function(t) for t in self.preact],
                         function(self.pooled), function(self.logits))
+
+
+@dataclass(frozen=True)
+class FeatureShapes:
+    """Shapes (without batch) of a model's :class:`Features` for one input size:
+    ``stages`` (C, H, W) per stage, ``pooled`` D, ``classes`` K. What a method sizes its
+    connectors from."""
+
+    stages: tuple[tuple[int, int, int], ...]
+    pooled: int
+    classes: int
