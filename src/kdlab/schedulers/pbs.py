@@ -13,9 +13,10 @@ id is in status.json.
 Liveness: ``qstat -f -F json ID`` (``job_state``), falling back to plain ``qstat -f ID``
 where JSON output is not offered or not parseable. "Unknown Job Id" and "Job has
 finished" mean the job is gone; so does state F (finished), X (finished sub-job) or
-C (completed, Torque), and a reply read in full that does not list the job. A reply with
-lines kdlab cannot read, a job listed without a readable ``job_state`` or with a state
-kdlab does not know: liveness unknown.
+C (completed, Torque). qstat asked about one job it does not know says so and fails, so
+a reply that exits 0 without listing the job, one with lines kdlab cannot read, a job
+listed without a readable ``job_state`` or with a state kdlab does not know all mean
+liveness unknown.
 
 Why a job ended: ``qstat -x -f -F json IDS`` (job history, PBS Pro/OpenPBS), else plain
 ``qstat -x -f ID``: ``Exit_status`` (Torque: ``exit_status``), ``resources_used.walltime``
@@ -286,13 +287,12 @@ class PbsScheduler(Scheduler):
             except ValueError:
                 pass  # some PBS versions write invalid JSON; the plain format still works
             else:
-                if job is None:
-                    return False
                 state = job.get("job_state") if isinstance(job, dict) else None
                 if isinstance(state, str):
                     return _known(liveness_of(job_id, True, state, _state_verdict, [], "qstat"))
-                listed_unreadably = (f"qstat: job {job_id} is listed without a readable "
-                                     f"job_state ({reply_quote(repr(job))})")
+                if job is not None:
+                    listed_unreadably = (f"qstat: job {job_id} is listed without a readable "
+                                         f"job_state ({reply_quote(repr(job))})")
         elif _says_gone(result):
             return False
         # Older PBS/Torque without -F json, or JSON that did not parse: plain full format.
@@ -301,10 +301,12 @@ class PbsScheduler(Scheduler):
         if result.returncode == 0:
             blocks, unread = read_qstat_full(result.stdout)
             block = _matching_job(blocks, job_id)
-            if block is None and listed_unreadably is not None:
-                raise SchedulerError(listed_unreadably)
-            state = _JOB_STATE.search(block) if block is not None else None
-            return _known(liveness_of(job_id, block is not None, state[1] if state else None,
+            if block is None:
+                raise SchedulerError(listed_unreadably or (
+                    f"qstat: job {job_id} is not listed, though qstat exited 0"
+                    + (f" ({reply_quote(unread[0])})" if unread else "")))
+            state = _JOB_STATE.search(block)
+            return _known(liveness_of(job_id, True, state[1] if state else None,
                                       _state_verdict, unread, "qstat"))
         if _says_gone(result):
             return False

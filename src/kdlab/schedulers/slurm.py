@@ -11,6 +11,8 @@ Liveness: ``squeue -h -t all -o '%i %T' -j IDS`` lists the jobs the controller s
 remembers (for ``MinJobAge`` after they end); a job it does not list is gone, and the
 run's status.json decides, but only when every line of the reply was such a listing: a
 login banner or any other line kdlab cannot read makes an unlisted job's liveness unknown.
+A job squeue leaves out is asked of ``sacct`` too (where accounting exists): when that
+says it still runs, its liveness is unknown, not gone.
 
 Self-requeue (``scheduler.requeue = true``): ``--requeue``, and the script runs training
 as a child instead of ``exec``-ing it, so that it can pass the pre-timeout USR1 on; when
@@ -260,9 +262,32 @@ class SlurmScheduler(Scheduler):
             error = SchedulerError(command_failure(argv, result))
             return {job_id: error for job_id in given}
         states, unread = read_squeue_listing(result.stdout)
-        return {job_id: liveness_of(job_id, bare in states, states.get(bare), _state_verdict,
-                                    unread, "squeue")
-                for job_id, bare in given.items()}
+        answers = {job_id: liveness_of(job_id, bare in states, states.get(bare), _state_verdict,
+                                       unread, "squeue")
+                   for job_id, bare in given.items()}
+        unlisted = {bare for job_id, bare in given.items()
+                    if answers[job_id] is False and bare not in states}
+        accounted = self._accounting_states(unlisted)
+        for job_id, bare in given.items():
+            if bare in unlisted and accounted.get(bare) in ALIVE_STATES:
+                answers[job_id] = SchedulerError(
+                    f"squeue does not list job {bare}, but sacct says {accounted[bare]}")
+        return answers
+
+    def _accounting_states(self, bare_ids: set[str]) -> dict[str, str]:
+        """Job id -> state in ``sacct`` ({} where there is no accounting or it fails)."""
+        if not bare_ids:
+            return {}
+        argv = ["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State", "-j", ",".join(sorted(bare_ids))]
+        try:
+            result = run_command(argv, "slurm accounting")
+        except SchedulerError:
+            return {}
+        if result.returncode != 0:
+            return {}
+        rows = [line.split("|") for line in result.stdout.splitlines()]
+        return {row[0].strip(): row[1].split()[0].upper()
+                for row in rows if len(row) >= 2 and row[1].split()}
 
     def is_alive(self, job_id: str) -> bool:
         answer = self.alive_jobs([job_id])[str(job_id)]
