@@ -121,3 +121,72 @@ def test_status_and_queue_survive_every_reply_and_resubmit_nothing(
         assert max(map(len, output.splitlines()), default=0) < 1000  # quotes are bounded
     if kind == "hang":
         assert "did not answer within 1 s" in queued.out
+
+
+# ---- sbatch's reply (issue 20, item 6) ---------------------------------------------------------
+
+SBATCH = """
+STATE["next"] = STATE.get("next", 700) + 1
+job = str(STATE["next"])
+STATE.setdefault("jobs", {})[job] = {"state": "PENDING", "held": True, "script": argv[-1]}
+save()
+if os.environ.get("FAKE_SBATCH_GARBAGE"):
+    sys.stdout.write("sbatch: warning: " + "z" * 60_000_000 + "\\n")
+else:
+    print("sbatch: warning: can't run 1 processes on 2 nodes, setting nnodes to 1")
+    print(job + ";cluster1")
+"""
+SCONTROL = """
+if argv[:1] == ["release"]:
+    STATE["jobs"][argv[1]].update(held=False, state="RUNNING"); save()
+"""
+SQUEUE = """
+jobs = STATE.get("jobs", {})
+if "%i %o" in argv:   # this user's pending jobs of one name, with their scripts
+    for job, info in jobs.items():
+        if info["state"] == "PENDING":
+            print(job, info["script"])
+else:
+    for job in argv[argv.index("-j") + 1].split(","):
+        if job in jobs:
+            print(job, jobs[job]["state"])
+"""
+SCANCEL = """
+STATE["jobs"][argv[0]]["state"] = "CANCELLED"; save()
+"""
+
+
+@pytest.mark.parametrize("garbage", [False, True])
+def test_sbatch_warnings_never_leave_held_jobs_over_three_cycles(tmp_path, fake_bin, capsys,
+                                                                 monkeypatch, garbage):
+    for name, body in (("sbatch", SBATCH), ("scontrol", SCONTROL), ("squeue", SQUEUE),
+                       ("scancel", SCANCEL), ("sacct", "sys.exit(1)")):
+        install_fake(fake_bin, name, body)
+    if garbage:
+        monkeypatch.setenv("FAKE_SBATCH_GARBAGE", "1")
+    path = conftest.write_study(
+        tmp_path / "study.toml", name="sbatch", methods=(), alphas=(), training="",
+        tables='[scheduler]\nbackend = "slurm"\nkdlab_command = "true"\n')
+    study = load_study(path)
+    outputs = []
+    for _ in range(3):
+        assert main(["queue", str(path)]) == (1 if garbage else 0)
+        outputs.append(capsys.readouterr())
+    jobs = json.loads((fake_bin / "state.json").read_text())["jobs"]
+    sbatch_calls = [call for call in calls(fake_bin) if call[0] == "sbatch"]
+    assert not [job for job, info in jobs.items() if info["state"] == "PENDING"]  # none held
+    if not garbage:
+        # Two runs, two jobs, recorded and released once; later cycles see them live.
+        assert len(sbatch_calls) == 2 and sorted(jobs) == ["701", "702"]
+        assert {runstate.read_status(run_dir(study.experiments_dir, spec))["job_id"]
+                for spec in study.runs()} == {"701", "702"}
+        assert all(info["state"] == "RUNNING" for info in jobs.values())
+        return
+    # Each cycle's one submission fails (the first failure holds back the rest), and its
+    # held job is found by its script and cancelled.
+    assert len(sbatch_calls) == 3
+    assert [call[1] for call in calls(fake_bin) if call[0] == "scancel"] == ["701", "702", "703"]
+    for output in outputs:
+        errors = [line for line in output.out.splitlines() if "; submission failed:" in line]
+        assert len(errors) == 1 and len(errors[0]) < 1000
+        assert "expected a job id" in errors[0] and "was cancelled" in errors[0]
