@@ -614,3 +614,122 @@ def test_local_job_threads_follow_the_study_cpus(tmp_path, monkeypatch):
                               lambda job_id: None)
     wait_for(lambda: not scheduler.is_alive(job_id))
     assert "threads 3" in (run_dir / "train.log").read_text()
+
+
+# ---- replies kdlab cannot read (issue 20) ----------------------------------------------------
+
+def test_slurm_banner_makes_liveness_unknown_never_gone(fake_bin, monkeypatch):
+    """Login nodes print banners: squeue's reply then holds lines that are no job listing,
+    and a job it leaves out is not known to be gone (sacct and scontrol said RUNNING)."""
+    install_fake(fake_bin, "squeue", """
+print("Welcome to HPC!"); print("JOBID STATE"); print("(null)")
+if os.environ.get("FAKE_LISTED"):
+    print("4102 RUNNING")
+""")
+    install_fake(fake_bin, "sacct", 'print("4101|RUNNING|0:0|00:10:00")')
+    for name in ("sbatch", "scontrol", "scancel"):
+        install_fake(fake_bin, name, "")
+    scheduler = SlurmScheduler()
+    answer = scheduler.alive_jobs(["4101"])["4101"]
+    assert isinstance(answer, SchedulerError) and "Welcome to HPC!" in str(answer)
+    with pytest.raises(SchedulerError, match="cannot read"):
+        scheduler.is_alive("4101")
+    monkeypatch.setenv("FAKE_LISTED", "1")
+    assert scheduler.alive_jobs(["4102"]) == {"4102": True}  # listed: the banner is moot
+
+
+def test_slurm_unlisted_job_that_accounting_says_runs_is_unknown(fake_bin, monkeypatch):
+    install_fake(fake_bin, "squeue", "")   # lists nothing, exit 0
+    install_fake(fake_bin, "sacct", 'print(os.environ["FAKE_SACCT"])')
+    monkeypatch.setenv("FAKE_SACCT", "4101|RUNNING")
+    answer = SlurmScheduler().alive_jobs(["4101"])["4101"]
+    assert isinstance(answer, SchedulerError) and "sacct says RUNNING" in str(answer)
+    monkeypatch.setenv("FAKE_SACCT", "4101|COMPLETED")
+    assert SlurmScheduler().alive_jobs(["4101"]) == {"4101": False}
+    # A state kdlab does not know is not a verdict either.
+    install_fake(fake_bin, "squeue", 'print("4101 HIBERNATING")')
+    answer = SlurmScheduler().alive_jobs(["4101"])["4101"]
+    assert isinstance(answer, SchedulerError) and "HIBERNATING" in str(answer)
+
+
+@pytest.mark.parametrize("reply", [
+    '{"Jobs": {"4101.sched01": {"job_state": 5}}}', '{"Jobs": {"4101.sched01": "R"}}',
+    '{"Jobs": [{"job_state": "R"}]}', '["R"]', '{"Jobs": {"4101.sched01": {"job_state": null}}}'])
+def test_pbs_job_without_a_readable_state_is_unknown_never_gone(fake_bin, reply):
+    # Both formats answer the same JSON, as a broken or foreign qstat might.
+    install_fake(fake_bin, "qstat", f"print({reply!r})")
+    scheduler = PbsScheduler()
+    with pytest.raises(SchedulerError, match="4101.sched01"):
+        scheduler.is_alive("4101.sched01")
+    answers = scheduler.alive_jobs(["4101.sched01", "4102.sched01"])
+    assert all(isinstance(answer, SchedulerError) for answer in answers.values())
+
+
+def test_pbs_qstat_json_shapes():
+    from kdlab.schedulers.pbs import qstat_jobs
+
+    assert qstat_jobs('{"pbs_server": "s"}') == {}
+    assert qstat_jobs('{"Jobs": {"1.s": "R"}}') == {"1.s": "R"}  # the caller judges entries
+    for text in ('{"Jobs": [1]}', '[]', '"R"', "[" * 100_000, "{not json"):
+        with pytest.raises(ValueError):
+            qstat_jobs(text)
+    with pytest.raises(ValueError, match="job_state"):
+        parse_qstat_json('{"Jobs": {"1.s": "R"}}', "1.s")
+    # Escape sequences in JSON strings are gone once read.
+    jobs = qstat_jobs('{"Jobs": {"1.s": {"job_state": "\\u001b]0;owned\\u0007R\\u001b[2J"}}}')
+    assert jobs == {"1.s": {"job_state": "R"}}
+
+
+def test_scheduler_text_and_quotes_are_clean_and_bounded():
+    from kdlab.schedulers.base import reply_quote, scheduler_text
+
+    assert scheduler_text("\x1b]0;owned\x07RUNNING\x1b[2J\x1b[31m\r\n\tx\x9b1m\x00y") == "RUNNING\n\txy"
+    assert scheduler_text("\x1b]0;title to the line's end\nnext") == "\nnext"
+    quote = reply_quote("x" * 60_000_000)
+    assert len(quote) < 400 and quote.endswith("(59999700 more characters)")
+    assert reply_quote("a\n  b\tc") == "a b c"
+
+
+def test_non_utf8_and_escapes_in_a_reply_are_read_tolerantly(fake_bin):
+    install_fake(fake_bin, "squeue", """
+sys.stdout.buffer.write(b"4101 RUN\\x1b]0;owned\\x07NING\\n\\xff\\xfe 4102\\n")
+""")
+    answers = SlurmScheduler().alive_jobs(["4101", "4102"])
+    assert answers["4101"] is True
+    assert isinstance(answers["4102"], SchedulerError)
+    assert "\ufffd" in str(answers["4102"]) and "\x1b" not in str(answers["4102"])
+    install_fake(fake_bin, "squeue", """
+sys.stderr.buffer.write(b"\\x1b[2Jslurm_load_jobs error: \\xff" + b"y" * 10_000_000)
+sys.exit(1)
+""")
+    error = SlurmScheduler().alive_jobs(["4101", "4102"])["4101"]
+    assert str(error).startswith("squeue -h -t all") and "\x1b" not in str(error)
+    assert "slurm_load_jobs error: \ufffdyyy" in str(error) and len(str(error)) < 500
+
+
+def test_a_hanging_command_is_killed_with_its_children(fake_bin, monkeypatch, tmp_path):
+    """A wrapper script whose child holds the output open: the whole process group goes."""
+    from kdlab.schedulers import base
+
+    child_pid_file = tmp_path / "child.pid"
+    (fake_bin / "squeue").write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {child_pid_file}\n"
+                                     "wait\necho '4101 RUNNING'\n")
+    (fake_bin / "squeue").chmod(0o755)
+    monkeypatch.setattr(base, "COMMAND_TIMEOUT_SECONDS", 1)
+    answer = SlurmScheduler().alive_jobs(["4101"])["4101"]
+    assert isinstance(answer, SchedulerError)
+    assert str(answer) == "slurm liveness: squeue did not answer within 1 s"
+    child = int(child_pid_file.read_text())
+    wait_for(lambda: process_start_ticks(child) is None
+             or process_start_ticks(child)[1] in "ZX")
+    assert process_start_ticks(child) is None or process_start_ticks(child)[1] in "ZX"
+
+
+def test_sbatch_and_qsub_ids_among_warning_lines():
+    assert parse_sbatch_output("sbatch: warning: no --mem given\n4242;c1\n") == "4242"
+    assert parse_sbatch_output("Welcome to HPC!\n4242\nsbatch: note: ok\n") == "4242"
+    from kdlab.schedulers.pbs import parse_qsub_output as qsub_id
+    assert qsub_id("qsub: warning: project not set\n77.sched01\n") == "77.sched01"
+    with pytest.raises(SchedulerError) as caught:
+        parse_sbatch_output("x" * 60_000_000)
+    assert len(str(caught.value)) < 500

@@ -32,13 +32,16 @@ literal brace in the shell script is written twice: ``${{HOME}}``). The fields a
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ..errors import UserError
 from ..study import SchedulerSettings
@@ -49,13 +52,21 @@ TEMPLATE_FIELDS = ("job_name", "run_dir", "workdir", "output_file", "error_file"
 
 # Scheduler commands get this long to answer before kdlab gives up on them.
 COMMAND_TIMEOUT_SECONDS = 60
+# An error message quotes at most this much of what a scheduler printed (one line).
+REPLY_QUOTE_CHARACTERS = 300
 
 
 class SchedulerError(Exception):
     """A scheduler command failed or could not be run (the message says which and why).
 
     Raised by ``is_alive`` when the scheduler cannot tell (then a job must be treated as
-    'liveness unknown', never as gone) and by ``submit``/``cancel`` when they fail."""
+    'liveness unknown', never as gone) and by ``submit``/``cancel`` when they fail.
+
+    Liveness has three answers: alive (True), gone (False) and unknown (this error). A job
+    is gone only when the scheduler says so unambiguously: an end state, a message that
+    the job is unknown or finished, or a listing that kdlab read in full and that leaves the
+    job out. A reply kdlab cannot read (a login banner, another format, a timeout) is
+    unknown, and the queue leaves the job's run alone (see :func:`liveness_of`)."""
 
 
 class Scheduler(ABC):
@@ -148,25 +159,112 @@ class Scheduler(ABC):
             pass
 
 
+def liveness_of(job_id: str, listed: bool, state: Any, verdict: Callable[[Any], bool | None],
+                unread: list[str], what: str) -> bool | SchedulerError:
+    """The liveness of one job from a scheduler's listing of jobs: True (alive), False (gone)
+    or the SchedulerError saying why it is unknown.
+
+    ``listed``: the listing names the job, with ``state``; ``verdict(state)`` is True for an
+    alive state, False for an ended one, None for a state kdlab does not know (unknown).
+    A job the listing leaves out is gone only when ``unread`` (the lines of the reply kdlab
+    could not read) is empty: a banner or a message in another format may hide the job."""
+    if listed:
+        answer = verdict(state)
+        if answer is None:
+            return SchedulerError(f"{what}: job {job_id} has state "
+                                  f"{reply_quote(repr(state))}, which kdlab does not know")
+        return answer
+    if unread:
+        return SchedulerError(f"{what}: job {job_id} is not listed, and the reply holds lines "
+                              f"kdlab cannot read ({reply_quote(unread[0])})")
+    return False
+
+
+# Terminal escape sequences (CSI, OSC up to its terminator or the line's end, two-character
+# ESC sequences, 8-bit CSI), then every control character but tab and line feed.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"
+                              r"|\x1b[ -~]?|\x9b[0-?]*[ -/]*[@-~]?")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def scheduler_text(text: str) -> str:
+    """Text from outside kdlab (what a scheduler printed) as kdlab may store and print it:
+    without terminal escape sequences (a title change, a screen clear) and control
+    characters; tabs and line breaks are kept."""
+    return _CONTROL_CHARACTER.sub("", _ESCAPE_SEQUENCE.sub("", text))
+
+
+def reply_quote(text: str, limit: int = REPLY_QUOTE_CHARACTERS) -> str:
+    """``text`` (a scheduler's reply) for a one-line message: whitespace runs as one space,
+    cut after ``limit`` characters with a note of how much more there was."""
+    head = " ".join(text[:limit * 4].split())
+    if len(head) <= limit and len(text) <= limit * 4:
+        return head
+    return f"{head[:limit]}... ({len(text) - limit} more characters)"
+
+
+def scheduler_json(text: str) -> Any:
+    """A scheduler's JSON reply, with every key and string value of its objects passed
+    through :func:`scheduler_text`. ValueError when the text is not JSON (or nests too
+    deeply to read)."""
+    def clean(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        return {scheduler_text(key): scheduler_text(value) if isinstance(value, str) else value
+                for key, value in pairs}
+
+    try:
+        return json.loads(text, object_pairs_hook=clean)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def run_command(argv: list[str], what: str, input_text: str | None = None,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a scheduler command, capturing its output. Raises SchedulerError if the program
-    is missing or does not answer in time; the caller judges the exit status."""
+    """Run a scheduler command, capturing its output, decoded tolerantly (bytes that are
+    not UTF-8 become U+FFFD) and cleaned by :func:`scheduler_text`. Raises SchedulerError
+    if the program is missing or does not answer within :data:`COMMAND_TIMEOUT_SECONDS`;
+    then its whole process group is killed (a wrapper script's children too, which would
+    otherwise hold its output open). The caller judges the exit status."""
     try:
-        return subprocess.run(argv, capture_output=True, text=True, input=input_text,
-                              timeout=COMMAND_TIMEOUT_SECONDS, env=env)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL if input_text is None
+                                   else subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=env, start_new_session=True)
     except FileNotFoundError:
         raise SchedulerError(f"{what}: {argv[0]} not found on PATH") from None
-    except subprocess.TimeoutExpired:
-        raise SchedulerError(f"{what}: {argv[0]} did not answer within "
-                             f"{COMMAND_TIMEOUT_SECONDS} s") from None
     except OSError as error:
         raise SchedulerError(f"{what}: cannot run {argv[0]} ({error.strerror})") from None
+    try:
+        stdout, stderr = process.communicate(
+            None if input_text is None else input_text.encode("utf-8"),
+            timeout=COMMAND_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        raise SchedulerError(f"{what}: {argv[0]} did not answer within "
+                             f"{COMMAND_TIMEOUT_SECONDS} s") from None
+    except BaseException:
+        _kill_group(process)
+        raise
+    return subprocess.CompletedProcess(
+        argv, process.returncode, scheduler_text(stdout.decode("utf-8", errors="replace")),
+        scheduler_text(stderr.decode("utf-8", errors="replace")))
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kill a command started by :func:`run_command` (the leader of its own session) and
+    everything it started, and reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass  # a child that left the group holds the pipes: leave it, do not wait for it
 
 
 def command_failure(argv: list[str], result: subprocess.CompletedProcess) -> str:
-    """One line describing a failed command: the program, its exit status, its message."""
-    message = " ".join((result.stderr or result.stdout or "").split())
+    """One line describing a failed command: the program, its exit status, its message
+    (at most :data:`REPLY_QUOTE_CHARACTERS` of it)."""
+    message = reply_quote(result.stderr or result.stdout or "")
     return f"{shlex.join(argv)} exited with {result.returncode}: {message or 'no message'}"
 
 

@@ -27,7 +27,7 @@ MAX_OUT_OF_MEMORY = 3
 def end_record(job_id: str, state: str, exit_code: int | None, signal: int | None,
                elapsed: str | None, source: str) -> dict[str, Any]:
     return {"job_id": str(job_id), "state": state, "exit_code": exit_code, "signal": signal,
-            "elapsed": elapsed, "source": source}
+            "elapsed": None if elapsed is None else str(elapsed), "source": source}
 
 
 def end_text(end: dict[str, Any]) -> str:

@@ -40,16 +40,22 @@ def _boot_id() -> str:
 
 
 def process_start_ticks(pid: int) -> tuple[int, str] | None:
-    """(start time in clock ticks since boot, state letter) of a process; None if absent."""
+    """(start time in clock ticks since boot, state letter) of a process; None if absent.
+    SchedulerError when its stat file cannot be read or understood: then the process may
+    well be alive (liveness unknown), which must never read as gone."""
+    path = _PROC / str(pid) / "stat"
     try:
-        text = (_PROC / str(pid) / "stat").read_text()
+        text = path.read_text(errors="replace")
     except (FileNotFoundError, ProcessLookupError):
         return None
-    except OSError:
-        return None
+    except OSError as error:
+        raise SchedulerError(f"local: cannot read {path} ({error.strerror})") from None
     # The command name (field 2) is in parentheses and may itself hold spaces or ')'.
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[19]), fields[0]
+    try:
+        fields = text[text.rindex(")") + 2:].split()
+        return int(fields[19]), fields[0]
+    except (ValueError, IndexError):
+        raise SchedulerError(f"local: {path} is not in the expected format") from None
 
 
 def make_job_id(pid: int) -> str:
@@ -139,9 +145,9 @@ class LocalScheduler(Scheduler):
             try:
                 alive = self.is_alive(job_id)
                 uptime = float((_PROC / "uptime").read_text().split()[0])
+                info = process_start_ticks(parse_job_id(job_id)[0]) if alive else None
             except (SchedulerError, OSError, ValueError):
                 continue
-            info = process_start_ticks(parse_job_id(job_id)[0]) if alive else None
             if info is not None:
                 seconds = max(0, int(uptime - info[0] / os.sysconf("SC_CLK_TCK")))
                 states[job_id] = ("R", f"{seconds // 3600}:{seconds // 60 % 60:02d}:"

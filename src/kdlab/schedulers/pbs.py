@@ -13,7 +13,10 @@ id is in status.json.
 Liveness: ``qstat -f -F json ID`` (``job_state``), falling back to plain ``qstat -f ID``
 where JSON output is not offered or not parseable. "Unknown Job Id" and "Job has
 finished" mean the job is gone; so does state F (finished), X (finished sub-job) or
-C (completed, Torque).
+C (completed, Torque). qstat asked about one job it does not know says so and fails, so
+a reply that exits 0 without listing the job, one with lines kdlab cannot read, a job
+listed without a readable ``job_state`` or with a state kdlab does not know all mean
+liveness unknown.
 
 Why a job ended: ``qstat -x -f -F json IDS`` (job history, PBS Pro/OpenPBS), else plain
 ``qstat -x -f ID``: ``Exit_status`` (Torque: ``exit_status``), ``resources_used.walltime``
@@ -25,15 +28,15 @@ value FAILED with that exit code.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
-from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
-                   run_command, script_body, script_fields)
+from .base import (Scheduler, SchedulerError, command_failure, liveness_of, next_script_path,
+                   render_script, reply_quote, run_command, scheduler_json, script_body,
+                   script_fields)
 from .ending import OUT_OF_MEMORY, end_record
 from .fields import check_directive_values
 
@@ -77,12 +80,32 @@ def job_script(run_name: str, command: list[str], run_dir: Path, settings: Sched
     return render_script(fields, settings, default)
 
 
+_QSUB_LINE = re.compile(r"\s*(\d+(\[\d*\])?(\.[\w.-]+)?)\s*")
+
+
 def parse_qsub_output(text: str) -> str:
-    """The job id printed by ``qsub`` ('1234.server')."""
-    job_id = text.strip().splitlines()[-1].strip() if text.strip() else ""
-    if not re.fullmatch(r"\d+(\[\d*\])?(\.[\w.-]+)?", job_id):
-        raise SchedulerError(f"qsub: expected a job id such as 1234.server, got {text.strip()!r}")
-    return job_id
+    """The job id printed by ``qsub`` ('1234.server'), on a line of its own; other lines
+    (warnings) may come before or after it, and the last such line is taken."""
+    found = [match[1] for match in map(_QSUB_LINE.fullmatch, text.splitlines()) if match]
+    if not found:
+        raise SchedulerError(f"qsub: expected a job id such as 1234.server, got "
+                             f"{reply_quote(text) or 'no output'!r}")
+    return found[-1]
+
+
+def qstat_jobs(text: str) -> dict:
+    """The ``Jobs`` table of ``qstat -F json`` output: job id -> its attributes (an entry
+    that is not an object is kept as it is, for the caller to judge). {} when no job is
+    listed; ValueError when the text is not JSON of that shape."""
+    data = scheduler_json(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"qstat JSON is a {type(data).__name__}, not an object")
+    jobs = data.get("Jobs")  # PBS leaves out "Jobs" when no job matches
+    if jobs is None:
+        return {}
+    if not isinstance(jobs, dict):
+        raise ValueError(f"qstat JSON \"Jobs\" is a {type(jobs).__name__}, not an object")
+    return jobs
 
 
 def _matching_job(jobs: dict, job_id: str):
@@ -99,14 +122,10 @@ def _matching_job(jobs: dict, job_id: str):
 def parse_qstat_json(text: str, job_id: str) -> str | None:
     """job_state of ``job_id`` in ``qstat -f -F json`` output; None if the job is not listed.
     Raises ValueError when the text is not the expected JSON."""
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError("qstat JSON is not an object")
-    jobs = data.get("Jobs") or {}  # PBS leaves out "Jobs" when no job matches
-    job = _matching_job(jobs, job_id)
+    job = _matching_job(qstat_jobs(text), job_id)
     if job is None:
         return None
-    state = job.get("job_state")
+    state = job.get("job_state") if isinstance(job, dict) else None
     if not isinstance(state, str) or not state:
         raise ValueError(f"job {job_id} has no job_state")
     return state
@@ -116,14 +135,21 @@ _JOB_BLOCK = re.compile(r"^Job Id:\s*(\S+)\s*$", re.MULTILINE)
 _JOB_STATE = re.compile(r"^\s+job_state\s*=\s*(\S+)\s*$", re.MULTILINE)
 
 
-def parse_qstat_full(text: str, job_id: str) -> str | None:
-    """job_state of ``job_id`` in plain ``qstat -f`` output; None if the job is not listed."""
+def read_qstat_full(text: str) -> tuple[dict[str, str], list[str]]:
+    """(job id -> its block of attribute lines, the non-blank lines before the first block)
+    of plain ``qstat -f`` output: the lines kdlab cannot read as a job's."""
     starts = list(_JOB_BLOCK.finditer(text))
     blocks = {}
     for index, match in enumerate(starts):
         end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
         blocks[match[1]] = text[match.end():end]
-    block = _matching_job(blocks, job_id)
+    before = text[:starts[0].start()] if starts else text
+    return blocks, [line for line in before.splitlines() if line.strip()]
+
+
+def parse_qstat_full(text: str, job_id: str) -> str | None:
+    """job_state of ``job_id`` in plain ``qstat -f`` output; None if the job is not listed."""
+    block = _matching_job(read_qstat_full(text)[0], job_id)
     if block is None:
         return None
     state = _JOB_STATE.search(block)
@@ -188,15 +214,17 @@ def _says_gone(result) -> bool:
     return any(phrase in message for phrase in _GONE_MESSAGES)
 
 
-def _alive_from_state(state: str | None, job_id: str) -> bool:
-    if state is None:
-        return False
-    letter = state.strip()[:1].upper()
-    if letter in ALIVE_STATES:
-        return True
-    if letter in GONE_STATES:
-        return False
-    raise SchedulerError(f"qstat: job {job_id} has unknown job_state {state!r}")
+def _state_verdict(state) -> bool | None:
+    """True for an alive job_state, False for an ended one, None for anything else."""
+    letter = state.strip()[:1].upper() if isinstance(state, str) else ""
+    return True if letter and letter in ALIVE_STATES else (
+        False if letter and letter in GONE_STATES else None)
+
+
+def _known(answer: bool | SchedulerError) -> bool:
+    if isinstance(answer, SchedulerError):
+        raise answer
+    return answer
 
 
 class PbsScheduler(Scheduler):
@@ -232,18 +260,15 @@ class PbsScheduler(Scheduler):
         argv = ["qstat", "-f", "-F", "json", *job_ids]
         try:
             result = run_command(argv, "pbs liveness")
-            data = json.loads(result.stdout) if result.stdout.strip() else {}
-            jobs = (data.get("Jobs") or {}) if isinstance(data, dict) else {}
+            jobs = qstat_jobs(result.stdout) if result.stdout.strip() else {}
         except (SchedulerError, ValueError):
             jobs, result = {}, None
         messages = (result.stderr or "").splitlines() if result is not None else []
         for job_id in job_ids:
             job = _matching_job(jobs, job_id)
-            if job is not None and isinstance(job.get("job_state"), str):
-                try:
-                    answers[job_id] = _alive_from_state(job["job_state"], job_id)
-                except SchedulerError as error:
-                    answers[job_id] = error
+            if isinstance(job, dict) and isinstance(job.get("job_state"), str):
+                answers[job_id] = liveness_of(job_id, True, job["job_state"], _state_verdict,
+                                              [], "qstat")
                 continue
             about = [line.lower() for line in messages if job_id in line]
             if any(phrase in line for line in about for phrase in _GONE_MESSAGES):
@@ -255,18 +280,34 @@ class PbsScheduler(Scheduler):
     def is_alive(self, job_id: str) -> bool:
         argv = ["qstat", "-f", "-F", "json", job_id]
         result = run_command(argv, "pbs liveness")
+        listed_unreadably = None  # why the JSON listed the job, but not so that it can be read
         if result.returncode == 0:
             try:
-                return _alive_from_state(parse_qstat_json(result.stdout, job_id), job_id)
+                job = _matching_job(qstat_jobs(result.stdout), job_id)
             except ValueError:
                 pass  # some PBS versions write invalid JSON; the plain format still works
+            else:
+                state = job.get("job_state") if isinstance(job, dict) else None
+                if isinstance(state, str):
+                    return _known(liveness_of(job_id, True, state, _state_verdict, [], "qstat"))
+                if job is not None:
+                    listed_unreadably = (f"qstat: job {job_id} is listed without a readable "
+                                         f"job_state ({reply_quote(repr(job))})")
         elif _says_gone(result):
             return False
         # Older PBS/Torque without -F json, or JSON that did not parse: plain full format.
         plain = ["qstat", "-f", job_id]
         result = run_command(plain, "pbs liveness")
         if result.returncode == 0:
-            return _alive_from_state(parse_qstat_full(result.stdout, job_id), job_id)
+            blocks, unread = read_qstat_full(result.stdout)
+            block = _matching_job(blocks, job_id)
+            if block is None:
+                raise SchedulerError(listed_unreadably or (
+                    f"qstat: job {job_id} is not listed, though qstat exited 0"
+                    + (f" ({reply_quote(unread[0])})" if unread else "")))
+            state = _JOB_STATE.search(block)
+            return _known(liveness_of(job_id, True, state[1] if state else None,
+                                      _state_verdict, unread, "qstat"))
         if _says_gone(result):
             return False
         raise SchedulerError(command_failure(plain, result))
@@ -279,8 +320,7 @@ class PbsScheduler(Scheduler):
             return {}
         try:
             result = run_command(["qstat", "-f", "-F", "json", *job_ids], "pbs job states")
-            data = json.loads(result.stdout) if result.stdout.strip() else {}
-            listed = (data.get("Jobs") or {}) if isinstance(data, dict) else {}
+            listed = qstat_jobs(result.stdout) if result.stdout.strip() else {}
             jobs = {key: _flat(job) for key, job in listed.items() if isinstance(job, dict)}
         except (SchedulerError, ValueError):
             jobs = {}
@@ -310,8 +350,7 @@ class PbsScheduler(Scheduler):
             return ends
         try:
             result = run_command(["qstat", "-x", "-f", "-F", "json", *job_ids], "pbs history")
-            data = json.loads(result.stdout) if result.stdout.strip() else {}
-            jobs = (data.get("Jobs") or {}) if isinstance(data, dict) else {}
+            jobs = qstat_jobs(result.stdout) if result.stdout.strip() else {}
         except (SchedulerError, ValueError):
             jobs = {}
         for job_id in job_ids:

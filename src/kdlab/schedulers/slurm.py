@@ -9,7 +9,10 @@ one that receives it and checkpoints). Jobs are submitted held (``--hold``) and 
 
 Liveness: ``squeue -h -t all -o '%i %T' -j IDS`` lists the jobs the controller still
 remembers (for ``MinJobAge`` after they end); a job it does not list is gone, and the
-run's status.json decides.
+run's status.json decides, but only when every line of the reply was such a listing: a
+login banner or any other line kdlab cannot read makes an unlisted job's liveness unknown.
+A job squeue leaves out is asked of ``sacct`` too (where accounting exists): when that
+says it still runs, its liveness is unknown, not gone.
 
 Self-requeue (``scheduler.requeue = true``): ``--requeue``, and the script runs training
 as a child instead of ``exec``-ing it, so that it can pass the pre-timeout USR1 on; when
@@ -24,14 +27,16 @@ else ``scontrol -o show job ID`` while the controller still remembers the job.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import EXIT_PREEMPTED
 from ..runstate import atomic_write_text
 from ..study import SchedulerSettings
-from .base import (Scheduler, SchedulerError, command_failure, next_script_path, render_script,
-                   run_command, script_body, script_fields)
+from .base import (Scheduler, SchedulerError, command_failure, liveness_of, next_script_path,
+                   render_script, reply_quote, run_command, script_body, script_fields)
 from .ending import end_record
 from .fields import check_directive_values
 
@@ -40,8 +45,14 @@ ALIVE_STATES = frozenset({
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
     "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
     "RESV_DEL_HOLD", "POWER_UP_NODE", "UPDATE_DB"})
-# For reference: COMPLETED CANCELLED FAILED TIMEOUT NODE_FAIL PREEMPTED BOOT_FAIL DEADLINE
-# OUT_OF_MEMORY SPECIAL_EXIT REVOKED are ended jobs.
+# Job states of a job that has ended; a state in neither set makes liveness unknown.
+ENDED_STATES = frozenset({
+    "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+    "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
+# What sbatch --parsable prints for a job: 'ID' or 'ID;CLUSTER', on a line of its own.
+_PARSABLE_LINE = re.compile(r"\s*(\d+)(?:;[\w.-]+)?\s*")
+# A line of `squeue -h -o '%i %T'`: job id (array task 12_3 or 12_[4-9], het job 12+1), state.
+_SQUEUE_LINE = re.compile(r"\s*(\d+(?:_(?:\d+|\[[^\]\s]*\]))?(?:\+\d+)?)\s+([A-Za-z_]+)\s*")
 
 
 def directives(run_name: str, run_dir: Path, settings: SchedulerSettings) -> tuple[list[str], list[str]]:
@@ -109,12 +120,14 @@ def requeue_lines(command: str) -> list[str]:
 
 
 def parse_sbatch_output(text: str) -> str:
-    """The job id printed by ``sbatch --parsable`` ('123' or '123;cluster')."""
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    job_id = first.split(";")[0].strip()
-    if not job_id.isdigit():
-        raise SchedulerError(f"sbatch: expected a job id, got {text.strip()!r}")
-    return job_id
+    """The job id printed by ``sbatch --parsable`` ('123' or '123;cluster' on a line of its
+    own). Other lines (warnings of sbatch, of a site's wrapper or login scripts) may come
+    before or after it; sbatch prints the id last, so the last such line is taken."""
+    found = [match[1] for match in map(_PARSABLE_LINE.fullmatch, text.splitlines()) if match]
+    if not found:
+        raise SchedulerError(f"sbatch: expected a job id (ID or ID;CLUSTER on a line of its "
+                             f"own), got {reply_quote(text) or 'no output'!r}")
+    return found[-1]
 
 
 def _exit_and_signal(text: str) -> tuple[int | None, int | None]:
@@ -153,14 +166,27 @@ def parse_scontrol_job(text: str, job_id: str) -> dict | None:
     return end_record(job_id, state, exit_code, signal, fields.get("RunTime"), "scontrol")
 
 
-def parse_squeue_states(text: str) -> dict[str, str]:
-    """Job id -> state from ``squeue -h -o '%i %T'`` lines."""
+def read_squeue_listing(text: str) -> tuple[dict[str, str], list[str]]:
+    """(job id -> state, the non-blank lines that are no such listing) of ``squeue -h -o
+    '%i %T'`` output."""
     states: dict[str, str] = {}
+    unread: list[str] = []
     for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            states[parts[0]] = parts[1].upper()
-    return states
+        match = _SQUEUE_LINE.fullmatch(line)
+        if match:
+            states[match[1]] = match[2].upper()
+        elif line.strip():
+            unread.append(line)
+    return states, unread
+
+
+def parse_squeue_states(text: str) -> dict[str, str]:
+    """Job id -> state from ``squeue -h -o '%i %T'`` lines (others are left out)."""
+    return read_squeue_listing(text)[0]
+
+
+def _state_verdict(state: str) -> bool | None:
+    return True if state in ALIVE_STATES else False if state in ENDED_STATES else None
 
 
 class SlurmScheduler(Scheduler):
@@ -182,8 +208,41 @@ class SlurmScheduler(Scheduler):
         result = run_command(argv, "slurm submit")
         if result.returncode != 0:
             raise SchedulerError(command_failure(argv, result))
-        job_id = parse_sbatch_output(result.stdout)
+        try:
+            job_id = parse_sbatch_output(result.stdout)
+        except SchedulerError as error:
+            raise SchedulerError(f"{error}; {self._cancel_held_jobs(run_name, script_path)}") from None
         return self.record_then_release(job_id, record, ["scontrol", "release", job_id])
+
+    def _cancel_held_jobs(self, run_name: str, script_path: Path) -> str:
+        """Cancel the pending jobs of this user that run ``script_path`` (submitted by an
+        sbatch whose job id could not be read: the job exists, held, and would stay so for
+        ever). Every submission has a script path of its own, so no other job matches.
+        Returns what was done, for the error message."""
+        paths = {str(script_path), str(Path(script_path).resolve())}
+        argv = ["squeue", "-h", "-u", str(os.getuid()), "-t", "PENDING", "-n", run_name,
+                "-o", "%i %o"]
+        try:
+            result = run_command(argv, "slurm clean-up")
+        except SchedulerError as error:
+            return f"a held job of {script_path} may be left ({error}): scancel it"
+        if result.returncode != 0:
+            return (f"a held job of {script_path} may be left "
+                    f"({command_failure(argv, result)}): scancel it")
+        rows = [line.split(None, 1) for line in result.stdout.splitlines()]
+        held = [row[0] for row in rows if len(row) == 2 and row[0].isdigit()
+                and row[1].strip() in paths]
+        problems = []
+        for job_id in held:
+            try:
+                self.cancel(job_id)
+            except SchedulerError as error:
+                problems.append(str(error))
+        if problems:
+            return f"could not cancel its held job: {problems[0]}"
+        if held:
+            return f"its held job {', '.join(held)} was cancelled"
+        return f"no held job of {script_path} found"
 
     def alive_jobs(self, job_ids: Iterable[str]) -> dict[str, bool | SchedulerError]:
         """One ``squeue`` call for all ``job_ids``; keys are the ids as given."""
@@ -202,8 +261,33 @@ class SlurmScheduler(Scheduler):
                 return {job_id: False for job_id in given}
             error = SchedulerError(command_failure(argv, result))
             return {job_id: error for job_id in given}
-        states = parse_squeue_states(result.stdout)
-        return {job_id: states.get(bare) in ALIVE_STATES for job_id, bare in given.items()}
+        states, unread = read_squeue_listing(result.stdout)
+        answers = {job_id: liveness_of(job_id, bare in states, states.get(bare), _state_verdict,
+                                       unread, "squeue")
+                   for job_id, bare in given.items()}
+        unlisted = {bare for job_id, bare in given.items()
+                    if answers[job_id] is False and bare not in states}
+        accounted = self._accounting_states(unlisted)
+        for job_id, bare in given.items():
+            if bare in unlisted and accounted.get(bare) in ALIVE_STATES:
+                answers[job_id] = SchedulerError(
+                    f"squeue does not list job {bare}, but sacct says {accounted[bare]}")
+        return answers
+
+    def _accounting_states(self, bare_ids: set[str]) -> dict[str, str]:
+        """Job id -> state in ``sacct`` ({} where there is no accounting or it fails)."""
+        if not bare_ids:
+            return {}
+        argv = ["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State", "-j", ",".join(sorted(bare_ids))]
+        try:
+            result = run_command(argv, "slurm accounting")
+        except SchedulerError:
+            return {}
+        if result.returncode != 0:
+            return {}
+        rows = [line.split("|") for line in result.stdout.splitlines()]
+        return {row[0].strip(): row[1].split()[0].upper()
+                for row in rows if len(row) >= 2 and row[1].split()}
 
     def is_alive(self, job_id: str) -> bool:
         answer = self.alive_jobs([job_id])[str(job_id)]
