@@ -1,30 +1,59 @@
 """The model registry: name -> builder, and the helpers every family shares (strict weight
 loading, feature shapes). Each family lives in its own module; every forward returns
-:class:`~kdlab.models.features.Features`."""
+:class:`~kdlab.models.features.Features`.
+
+A family module declares ``BUILDERS`` (kdlab name -> ``build(name, num_classes)``),
+``REPDISTILLER_NAMES`` (kdlab name -> the benchmark's name) and ``from_repdistiller(key)``
+(a RepDistiller state-dict key -> kdlab's); its models answer ``modules_after(stage_index)``.
+Its facts (stage names, channels, strides) are in :data:`kdlab.catalog.MODEL_FACTS`, which
+must stay importable without torch; tests/test_models.py checks every model against them.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from . import mobilenetv2, resnet, resnet50, shufflenetv1, shufflenetv2, vgg, wrn
 from .features import Features, FeatureShapes
 from .resnet import BLOCKS_PER_STAGE, LAYER_NAMES, STAGE_CHANNELS, CifarResNet
 
-MODEL_NAMES = tuple(BLOCKS_PER_STAGE)
+FAMILIES = (resnet, wrn, vgg, mobilenetv2, shufflenetv1, shufflenetv2, resnet50)
+BUILDERS: dict[str, Callable[[str, int], nn.Module]] = {
+    name: builder for family in FAMILIES for name, builder in family.BUILDERS.items()}
+MODEL_NAMES = tuple(BUILDERS)
+FAMILY_OF = {name: family for family in FAMILIES for name in family.BUILDERS}
 
 
-def modules_after(model: CifarResNet, output_index: int) -> list[nn.Module]:
-    """The sub-modules that only compute outputs after ``output_index`` of ``forward``'s
-    ``[layer1, layer2, layer3, logits]`` (0 -> layer2, layer3, linear; 3 -> none)."""
-    return [model.layer2, model.layer3, model.linear][output_index:]
+def modules_after(model: nn.Module, stage_index: int) -> list[nn.Module]:
+    """The sub-modules of ``model`` that only compute outputs after stage ``stage_index`` of
+    its ``Features.stages`` (0-based; ``len(stages)``, the logits, -> none). Each family
+    answers it: FitNets' hint stage keeps these in eval mode."""
+    return model.modules_after(stage_index)
 
 
-def build_model(name: str, num_classes: int) -> CifarResNet:
-    """The named CIFAR ResNet with a ``num_classes``-way classifier."""
-    if name not in BLOCKS_PER_STAGE:
+def build_model(name: str, num_classes: int) -> nn.Module:
+    """The named model with a ``num_classes``-way classifier (UserError listing the known
+    names for an unknown one)."""
+    if name not in BUILDERS:
         raise UserError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
-    return CifarResNet(BLOCKS_PER_STAGE[name], num_classes)
+    return BUILDERS[name](name, num_classes)
+
+
+def repdistiller_name(name: str) -> str | None:
+    """RepDistiller's name of kdlab's model ``name`` (``WRN40_2`` -> ``wrn_40_2``), or None."""
+    return FAMILY_OF[name].REPDISTILLER_NAMES.get(name) if name in FAMILY_OF else None
+
+
+def from_repdistiller(name: str, state_dict: dict) -> dict:
+    """A RepDistiller state dict of the model ``name`` with kdlab's key names (values
+    untouched; the ``module.`` prefix that ``DataParallel`` adds is dropped)."""
+    mapping = FAMILY_OF[name].from_repdistiller
+    return {mapping(key[len("module."):] if key.startswith("module.") else key): value
+            for key, value in state_dict.items()}
 
 
 def feature_shapes(name: str, num_classes: int, image_size: int) -> list[tuple[int, ...]]:
