@@ -196,3 +196,47 @@ def test_strict_save_and_load_round_trip(name, tmp_path):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(target.eval()(images).logits, source(images).logits)
+
+
+def repdistiller_keys(name: str, state_dict: dict) -> dict:
+    """The state dict as RepDistiller's model of the same architecture names it: its CIFAR
+    ResNets call the projection ``downsample`` and the classifier ``fc``; the other families'
+    kdlab modules carry RepDistiller's names already."""
+    if catalog.model_facts(name).family != "resnet":
+        return dict(state_dict)
+    renamed = {}
+    for key, value in state_dict.items():
+        key = key.replace(".shortcut.", ".downsample.")
+        renamed["fc." + key[len("linear."):] if key.startswith("linear.") else key] = value
+    return renamed
+
+
+@pytest.mark.parametrize("name", ["ResNet8x4", "WRN16_1", "ShuffleNetV1"])
+def test_load_model_reads_kdlab_and_repdistiller_files(name, tmp_path):
+    import kdlab
+
+    torch.manual_seed(3)
+    source = kdlab.build_model(name, num_classes=10).eval()
+    weights = source.state_dict()
+    repdistiller = repdistiller_keys(name, weights)
+    if name == "ResNet8x4":
+        assert {"layer1.0.downsample.0.weight", "fc.weight", "fc.bias"} <= set(repdistiller)
+        assert not any(key.startswith("linear.") or ".shortcut." in key for key in repdistiller)
+    files = {"best.pth": {"weights": weights},
+             "checkpoint.pth": {"model": weights, "optimizer": {}, "epoch": 3},
+             "ckpt_epoch_240.pth": {"epoch": 240, "model": repdistiller,
+                                    "accuracy": torch.tensor(71.5), "optimizer": {}}}
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(images).logits
+    for file_name, payload in files.items():
+        torch.save(payload, tmp_path / file_name)
+        model = kdlab.load_model(tmp_path / file_name, model=name, num_classes=10)
+        assert not model.training, file_name
+        with torch.no_grad():
+            assert torch.equal(model(images).logits, expected), file_name
+    with pytest.raises(UserError, match="does not fit") as info:
+        kdlab.load_model(tmp_path / "ckpt_epoch_240.pth", model=name, num_classes=100)
+    assert "\n" not in str(info.value) and "ckpt_epoch_240.pth" in str(info.value)
+    with pytest.raises(UserError, match="unknown model"):
+        kdlab.load_model(tmp_path / "best.pth", model="wrn_16_1", num_classes=10)

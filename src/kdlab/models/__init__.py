@@ -76,18 +76,24 @@ def describe_features(name: str, num_classes: int, image_size: int) -> FeatureSh
                          int(features.pooled.shape[1]), int(features.logits.shape[1]))
 
 
-def load_weights_file(model: nn.Module, path, what: str = "checkpoint") -> None:
-    """Load ``{'weights': state_dict}`` (or a bare state dict) from ``path`` with strict keys.
-
-    Raises UserError naming the file when it is unreadable or its shapes/keys do not fit.
-    """
+def read_weights_payload(path, what: str = "checkpoint"):
+    """What ``torch.load(path, weights_only=True)`` returns, on the CPU; UserError naming the
+    file when it is missing, unreadable or corrupt."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:
         raise UserError(f"{what} {path} does not exist") from error
     except Exception as error:  # torch raises many types for a corrupt file
         raise UserError(f"{what} {path} is unreadable or corrupt ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+
+
+def load_weights_file(model: nn.Module, path, what: str = "checkpoint") -> None:
+    """Load ``{'weights': state_dict}`` (or a bare state dict) from ``path`` with strict keys.
+
+    Raises UserError naming the file when it is unreadable or its shapes/keys do not fit.
+    """
+    payload = read_weights_payload(path, what)
     state_dict = payload.get("weights", payload) if isinstance(payload, dict) else None
     if not isinstance(state_dict, dict):
         raise UserError(f"{what} {path}: expected a dict {{'weights': state_dict}}")
@@ -114,3 +120,41 @@ def describe_mismatch(expected: dict, found: dict, shown: int = 3) -> str:
             more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
             parts.append(f"{len(keys)} keys {label}: {', '.join(keys[:shown])}{more}")
     return "; ".join(parts)
+
+
+def fitting_state_dict(name: str, model: nn.Module, payload, path,
+                       what: str = "checkpoint") -> tuple[dict, str]:
+    """The state dict in ``payload`` (as read from ``path``) that fits ``model`` (kdlab's
+    model ``name``) with strict keys and shapes, in kdlab's key names, and its format:
+    ``"kdlab"`` (best.pth ``{'weights': ...}``, checkpoint.pth ``{'model': ...}`` or a bare
+    state dict) or ``"repdistiller"`` (``{'model': state_dict, ...}`` in RepDistiller's key
+    names, as its ``ckpt_epoch_240.pth`` teachers). UserError naming the file otherwise."""
+    if not isinstance(payload, dict):
+        raise UserError(f"{what} {path}: expected a dict holding a state dict, found "
+                        f"{type(payload).__name__}")
+    state_dict = payload.get("weights", payload.get("model", payload))
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise UserError(f"{what} {path}: expected a state dict under 'weights' (kdlab) or "
+                        "'model' (kdlab checkpoint, RepDistiller), or a bare state dict")
+    expected = model.state_dict()
+    mismatch = describe_mismatch(expected, state_dict)
+    if not mismatch:
+        return state_dict, "kdlab"
+    renamed = from_repdistiller(name, state_dict)
+    if not describe_mismatch(expected, renamed):
+        return renamed, "repdistiller"
+    raise UserError(f"{what} {path} does not fit {name} ({getattr(model, 'num_classes', '?')} "
+                    f"classes) in kdlab's or RepDistiller's key names: {mismatch}")
+
+
+def load_model(path, model: str, num_classes: int) -> nn.Module:
+    """The model ``model`` with a ``num_classes``-way classifier and the weights of ``path``
+    (kdlab's best.pth or checkpoint.pth, or a RepDistiller checkpoint), in eval mode, on the
+    CPU. For notebooks: ``kdlab.load_model("experiments/.../best.pth", model="WRN40_2",
+    num_classes=100)``."""
+    network = build_model(model, num_classes)
+    payload = read_weights_payload(path, "weights file")
+    state_dict, _ = fitting_state_dict(model, network, payload, path, "weights file")
+    network.load_state_dict(state_dict, strict=True)
+    return network.eval()
