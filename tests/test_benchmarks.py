@@ -48,3 +48,15 @@ def test_bench_pack_prints_per_student_ratios():
     assert [size for size, _ in ratios] == ["1", "6"]
     assert all(float(ratio) > 0 for _, ratio in ratios)
     assert re.search(r"packed / separate = [\d.]+", result.stdout)
+
+
+def test_bench_models_prints_every_asked_model_with_its_size():
+    result = _run(str(BENCHMARKS / "bench_models.py"), "--quick", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(r"^(ResNet8|WRN16_1) +([\d,]+) +(\S+) +([\d.]+) +([\d.]+) +([\d.]+)$",
+                      result.stdout, re.MULTILINE)
+    # 100 classes: the exact counts of tests/test_models.py's reference table.
+    assert [(name, int(count.replace(",", ""))) for name, count, *_ in rows] == [
+        ("ResNet8", 83_892), ("WRN16_1", 180_916)]
+    for _, _, _, macs, milliseconds, memory in rows:
+        assert float(macs) > 0 and float(milliseconds) > 0 and float(memory) > 0

@@ -91,3 +91,152 @@ def test_mismatched_checkpoint_is_one_clear_error(tmp_path):
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UserError, match="ResNet56"):
         build_model("ResNet9000", 10)
+
+
+# --- The contract every registered model honours (issue 22) ---------------------------------
+
+from kdlab import catalog  # noqa: E402
+from kdlab.models import MODEL_NAMES, describe_features, modules_after  # noqa: E402
+
+# Parameters for 100 classes, counted by hand from the reference definitions (RepDistiller's
+# models/resnet.py, wrn.py, vgg.py (the *_bn builders its model_dict uses), mobilenetv2.py
+# (mobile_half), ShuffleNetv1.py, ShuffleNetv2.py (net size 1), resnetv2.py (ResNet50)):
+# convolutions, BN weight+bias, biases where the reference has them, the classifier.
+REFERENCE_PARAMETERS_100 = {
+    "ResNet8": 83_892, "ResNet14": 181_108, "ResNet20": 278_324, "ResNet32": 472_756,
+    "ResNet44": 667_188, "ResNet56": 861_620, "ResNet110": 1_736_564,
+    "ResNet112": 1_736_564, "ResNet8x4": 1_233_540, "ResNet32x4": 7_433_860,
+    "WRN16_1": 180_916, "WRN16_2": 703_284, "WRN40_1": 569_780, "WRN40_2": 2_255_156,
+    "VGG8": 3_965_028, "VGG11": 9_277_284, "VGG13": 9_462_180, "VGG16": 14_774_436,
+    "VGG19": 20_086_692, "MobileNetV2": 812_836, "ShuffleNetV1": 949_258,
+    "ShuffleNetV2": 1_355_528, "ResNet50": 23_705_252,
+}
+# The sizes (millions, CIFAR-100) the KD literature quotes for the benchmark's models since
+# CRD (Tian et al. ICLR 2020) and its RepDistiller code: the exact counts must round to them.
+PUBLISHED_MILLIONS = {
+    "ResNet20": 0.28, "ResNet32": 0.47, "ResNet56": 0.86, "ResNet110": 1.74,
+    "ResNet8x4": 1.23, "ResNet32x4": 7.43, "WRN16_2": 0.70, "WRN40_1": 0.57, "WRN40_2": 2.26,
+    "VGG8": 3.97, "VGG13": 9.46, "MobileNetV2": 0.81, "ShuffleNetV1": 0.95,
+    "ShuffleNetV2": 1.36, "ResNet50": 23.71,
+}
+# Families whose stages are the ReLU of their preact (WRN's stages are raw pre-activation
+# sums; MobileNetV2's linear bottlenecks have no ReLU: there preact is the stage itself).
+RELU_OF_PREACT = {"resnet", "vgg", "shufflenetv1", "shufflenetv2", "resnet50"}
+
+
+def test_every_model_is_registered_with_its_facts_and_reference_size():
+    assert set(MODEL_NAMES) == set(catalog.MODEL_FACTS) == set(catalog.MODEL_NAMES) == \
+        set(REFERENCE_PARAMETERS_100)
+    for name, millions in PUBLISHED_MILLIONS.items():
+        assert round(REFERENCE_PARAMETERS_100[name] / 1e6, 2) == millions, name
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_count_equals_the_reference(name):
+    with torch.device("meta"):
+        model = build_model(name, 100)
+    assert sum(p.numel() for p in model.parameters()) == REFERENCE_PARAMETERS_100[name]
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_facts_equal_the_real_shapes(name, size):
+    facts = catalog.model_facts(name)
+    shapes = describe_features(name, 7, size)
+    assert len(facts.stage_names) == len(facts.stage_channels) == len(shapes.stages)
+    assert shapes.stages == tuple((channels, side, side) for channels, side in
+                                  zip(facts.stage_channels, facts.stage_sizes(size)))
+    assert (shapes.pooled, shapes.classes) == (facts.pooled_features, 7)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_forward_backward_and_what_comes_after_each_stage(name):
+    torch.manual_seed(0)
+    model = build_model(name, 10).train()
+    features = model(torch.randn(2, 3, 32, 32))
+    shapes = describe_features(name, 10, 32)
+    assert shapes.stages == tuple(tuple(stage.shape[1:]) for stage in features.stages)
+    assert (shapes.pooled, shapes.classes) == (features.pooled.shape[1], 10)
+    assert [p.shape for p in features.preact] == [s.shape for s in features.stages]
+    family = catalog.model_facts(name).family
+    for stage, before_relu in zip(features.stages, features.preact):
+        if family in RELU_OF_PREACT:
+            assert torch.equal(torch.relu(before_relu), stage)
+        elif family == "mobilenetv2":
+            assert stage is before_relu
+    assert features[-1] is features.logits
+
+    parameters = dict(model.named_parameters())
+    for index, stage in enumerate(features.stages):
+        # Exactly the parameters modules_after(index) holds take no part in the stage.
+        gradients = torch.autograd.grad(stage.float().square().mean(), list(parameters.values()),
+                                        retain_graph=True, allow_unused=True)
+        unused = {key for key, gradient in zip(parameters, gradients) if gradient is None}
+        after = {id(p) for module in modules_after(model, index) for p in module.parameters()}
+        assert unused == {key for key, p in parameters.items() if id(p) in after}, index
+    assert modules_after(model, len(features.stages)) == []
+
+    torch.nn.functional.cross_entropy(features.logits, torch.tensor([1, 2])).backward()
+    for key, parameter in parameters.items():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), key
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_strict_save_and_load_round_trip(name, tmp_path):
+    torch.manual_seed(1)
+    source = build_model(name, 10).eval()
+    path = tmp_path / "best.pth"
+    torch.save({"weights": source.state_dict()}, path)
+    torch.manual_seed(2)
+    target = build_model(name, 10)
+    load_weights_file(target, path)
+    assert target.state_dict().keys() == source.state_dict().keys()
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(target.eval()(images).logits, source(images).logits)
+
+
+def repdistiller_keys(name: str, state_dict: dict) -> dict:
+    """The state dict as RepDistiller's model of the same architecture names it: its CIFAR
+    ResNets call the projection ``downsample`` and the classifier ``fc``; the other families'
+    kdlab modules carry RepDistiller's names already."""
+    if catalog.model_facts(name).family != "resnet":
+        return dict(state_dict)
+    renamed = {}
+    for key, value in state_dict.items():
+        key = key.replace(".shortcut.", ".downsample.")
+        renamed["fc." + key[len("linear."):] if key.startswith("linear.") else key] = value
+    return renamed
+
+
+@pytest.mark.parametrize("name", ["ResNet8x4", "WRN16_1", "ShuffleNetV1"])
+def test_load_model_reads_kdlab_and_repdistiller_files(name, tmp_path):
+    import kdlab
+
+    torch.manual_seed(3)
+    source = kdlab.build_model(name, num_classes=10).eval()
+    weights = source.state_dict()
+    repdistiller = repdistiller_keys(name, weights)
+    if name == "ResNet8x4":
+        assert {"layer1.0.downsample.0.weight", "fc.weight", "fc.bias"} <= set(repdistiller)
+        assert not any(key.startswith("linear.") or ".shortcut." in key for key in repdistiller)
+    files = {"best.pth": {"weights": weights},
+             "checkpoint.pth": {"model": weights, "optimizer": {}, "epoch": 3},
+             "ckpt_epoch_240.pth": {"epoch": 240, "model": repdistiller,
+                                    "accuracy": torch.tensor(71.5), "optimizer": {}}}
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(images).logits
+    for file_name, payload in files.items():
+        torch.save(payload, tmp_path / file_name)
+        model = kdlab.load_model(tmp_path / file_name, model=name, num_classes=10)
+        assert not model.training, file_name
+        with torch.no_grad():
+            assert torch.equal(model(images).logits, expected), file_name
+    with pytest.raises(UserError, match="does not fit") as info:
+        kdlab.load_model(tmp_path / "ckpt_epoch_240.pth", model=name, num_classes=100)
+    assert "\n" not in str(info.value) and "ckpt_epoch_240.pth" in str(info.value)
+    with pytest.raises(UserError, match="unknown model"):
+        kdlab.load_model(tmp_path / "best.pth", model="wrn_16_1", num_classes=10)

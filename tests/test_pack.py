@@ -209,3 +209,24 @@ def test_cli_trains_a_pack_from_config_files(solo, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and str(broken) in err
     assert main(["train", "--model", STUDENT]) == 2
     assert "--dataset and --model are required" in capsys.readouterr().err
+
+
+def test_a_new_family_packed_equals_solo(solo, tmp_path):
+    """A pure WRN16_1 and a WRN16_1 distilled from the ResNet20 teacher (across families),
+    trained in one pack, end as each ends alone."""
+    def wrn_configs(root):
+        base = dict(dataset="Digits", model="WRN16_1", seed=SEED, batch_size=128, epochs=1,
+                    device="cpu", experiments_dir=str(root / "experiments"),
+                    data_root=str(root / "data"))
+        return [TrainConfig(**base), TrainConfig(distillation="logit", teacher_model=TEACHER,
+                                                 alpha=0.9, **base)]
+
+    alone = tmp_path / "alone"
+    with_teacher(solo, alone)
+    for config in wrn_configs(alone):
+        assert train_run(config, quiet=True) == "completed"
+    packed = tmp_path / "packed"
+    with_teacher(solo, packed)
+    assert set(train_pack(wrn_configs(packed), quiet=True).values()) == {"completed"}
+    for alone_config, packed_config in zip(wrn_configs(alone), wrn_configs(packed)):
+        assert same(outcome(packed_config), outcome(alone_config)), packed_config.run_spec()

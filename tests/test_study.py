@@ -191,7 +191,8 @@ BAD_STUDIES = [
     (('methods = ["logit"]', 'methods = ["logit", "dark_knowledge"]'), "methods",
      "dark_knowledge"),
     (('teacher = "ResNet20"', 'teacher = "ResNet18"'), "teacher", "ResNet18"),
-    (('student = "ResNet8"', 'student = "VGG8"'), "student", "VGG8"),
+    # VGG8 became a model with issue 22; VGG7 is none of the benchmark's.
+    (('student = "ResNet8"', 'student = "VGG7"'), "student", "VGG7"),
     (('datasets = ["Digits"]', 'datasets = ["MNIST"]'), "datasets", "MNIST"),
     (('alphas = [0.5]', 'alphas = [0.5, 1.5]'), "alphas", "[0, 1]"),
     (('alphas = [0.5]', 'alphas = [-0.25]'), "alphas", "[0, 1]"),

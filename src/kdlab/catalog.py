@@ -42,11 +42,10 @@ DATASETS: dict[str, DatasetFacts] = {facts.name: facts for facts in (
 )}
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
-# Model name -> BasicBlocks per stage of the CIFAR ResNet. "ResNet112" is the name the
-# study's teacher carries in the existing experiment trees (the 18-blocks network).
-MODELS: dict[str, int] = {"ResNet8": 1, "ResNet20": 3, "ResNet56": 9, "ResNet110": 18,
-                          "ResNet112": 18}
-MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+# Model name -> BasicBlocks per stage of the 16/32/64-channel CIFAR ResNets. "ResNet112" is
+# the name the study's teacher carries in the existing experiment trees (the 18-blocks network).
+MODELS: dict[str, int] = {"ResNet8": 1, "ResNet14": 2, "ResNet20": 3, "ResNet32": 5,
+                          "ResNet44": 7, "ResNet56": 9, "ResNet110": 18, "ResNet112": 18}
 LAYER_NAMES = ("layer1", "layer2", "layer3")
 
 
@@ -71,11 +70,28 @@ class ModelFacts:
         return tuple(image_size // stride for stride in self.stage_strides)
 
 
-# Every model a study, a flag or a notebook can name -> its facts. The family modules in
-# kdlab/models/ build them; tests/test_models.py checks each entry against the real model.
-MODEL_FACTS: dict[str, ModelFacts] = {
-    name: ModelFacts(name, "resnet", LAYER_NAMES, (16, 32, 64), (1, 2, 4), 64)
-    for name in MODELS}
+# Every model a study, a flag or a notebook can name -> its facts, one group per family module
+# of kdlab/models/ (which builds the model). They live here, not in those modules, because
+# the cron path (study validation, queue, status) must read them without importing torch,
+# and a module defining torch networks cannot be imported without it; tests/test_models.py
+# checks every entry against the real model at 32x32 and 64x64, so the two cannot drift.
+MODEL_FACTS: dict[str, ModelFacts] = {facts.name: facts for facts in (
+    *(ModelFacts(name, "resnet", LAYER_NAMES, (16, 32, 64), (1, 2, 4), 64) for name in MODELS),
+    *(ModelFacts(name, "resnet", LAYER_NAMES, (64, 128, 256), (1, 2, 4), 256)
+      for name in ("ResNet8x4", "ResNet32x4")),
+    *(ModelFacts(f"WRN{depth}_{width}", "wrn", ("block1", "block2", "block3"),
+                 (16 * width, 32 * width, 64 * width), (1, 2, 4), 64 * width)
+      for depth in (16, 40) for width in (1, 2)),
+    *(ModelFacts(f"VGG{depth}", "vgg", ("block1", "block2", "block3", "block4"),
+                 (128, 256, 512, 512), (2, 4, 8, 8), 512) for depth in (8, 11, 13, 16, 19)),
+    ModelFacts("MobileNetV2", "mobilenetv2", ("stage1", "stage2", "stage3", "stage4"),
+               (12, 16, 48, 160), (2, 4, 8, 16), 1280),
+    ModelFacts("ShuffleNetV1", "shufflenetv1", LAYER_NAMES, (240, 480, 960), (2, 4, 8), 960),
+    ModelFacts("ShuffleNetV2", "shufflenetv2", LAYER_NAMES, (116, 232, 464), (2, 4, 8), 1024),
+    ModelFacts("ResNet50", "resnet50", (*LAYER_NAMES, "layer4"), (256, 512, 1024, 2048),
+               (1, 2, 4, 8), 2048),
+)}
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_FACTS)
 
 
 def model_facts(name: str) -> ModelFacts:

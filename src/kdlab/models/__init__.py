@@ -1,30 +1,59 @@
 """The model registry: name -> builder, and the helpers every family shares (strict weight
 loading, feature shapes). Each family lives in its own module; every forward returns
-:class:`~kdlab.models.features.Features`."""
+:class:`~kdlab.models.features.Features`.
+
+A family module declares ``BUILDERS`` (kdlab name -> ``build(name, num_classes)``),
+``REPDISTILLER_NAMES`` (kdlab name -> the benchmark's name) and ``from_repdistiller(key)``
+(a RepDistiller state-dict key -> kdlab's); its models answer ``modules_after(stage_index)``.
+Its facts (stage names, channels, strides) are in :data:`kdlab.catalog.MODEL_FACTS`, which
+must stay importable without torch; tests/test_models.py checks every model against them.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from . import mobilenetv2, resnet, resnet50, shufflenetv1, shufflenetv2, vgg, wrn
 from .features import Features, FeatureShapes
 from .resnet import BLOCKS_PER_STAGE, LAYER_NAMES, STAGE_CHANNELS, CifarResNet
 
-MODEL_NAMES = tuple(BLOCKS_PER_STAGE)
+FAMILIES = (resnet, wrn, vgg, mobilenetv2, shufflenetv1, shufflenetv2, resnet50)
+BUILDERS: dict[str, Callable[[str, int], nn.Module]] = {
+    name: builder for family in FAMILIES for name, builder in family.BUILDERS.items()}
+MODEL_NAMES = tuple(BUILDERS)
+FAMILY_OF = {name: family for family in FAMILIES for name in family.BUILDERS}
 
 
-def modules_after(model: CifarResNet, output_index: int) -> list[nn.Module]:
-    """The sub-modules that only compute outputs after ``output_index`` of ``forward``'s
-    ``[layer1, layer2, layer3, logits]`` (0 -> layer2, layer3, linear; 3 -> none)."""
-    return [model.layer2, model.layer3, model.linear][output_index:]
+def modules_after(model: nn.Module, stage_index: int) -> list[nn.Module]:
+    """The sub-modules of ``model`` that only compute outputs after stage ``stage_index`` of
+    its ``Features.stages`` (0-based; ``len(stages)``, the logits, -> none). Each family
+    answers it: FitNets' hint stage keeps these in eval mode."""
+    return model.modules_after(stage_index)
 
 
-def build_model(name: str, num_classes: int) -> CifarResNet:
-    """The named CIFAR ResNet with a ``num_classes``-way classifier."""
-    if name not in BLOCKS_PER_STAGE:
+def build_model(name: str, num_classes: int) -> nn.Module:
+    """The named model with a ``num_classes``-way classifier (UserError listing the known
+    names for an unknown one)."""
+    if name not in BUILDERS:
         raise UserError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
-    return CifarResNet(BLOCKS_PER_STAGE[name], num_classes)
+    return BUILDERS[name](name, num_classes)
+
+
+def repdistiller_name(name: str) -> str | None:
+    """RepDistiller's name of kdlab's model ``name`` (``WRN40_2`` -> ``wrn_40_2``), or None."""
+    return FAMILY_OF[name].REPDISTILLER_NAMES.get(name) if name in FAMILY_OF else None
+
+
+def from_repdistiller(name: str, state_dict: dict) -> dict:
+    """A RepDistiller state dict of the model ``name`` with kdlab's key names (values
+    untouched; the ``module.`` prefix that ``DataParallel`` adds is dropped)."""
+    mapping = FAMILY_OF[name].from_repdistiller
+    return {mapping(key[len("module."):] if key.startswith("module.") else key): value
+            for key, value in state_dict.items()}
 
 
 def feature_shapes(name: str, num_classes: int, image_size: int) -> list[tuple[int, ...]]:
@@ -47,18 +76,24 @@ def describe_features(name: str, num_classes: int, image_size: int) -> FeatureSh
                          int(features.pooled.shape[1]), int(features.logits.shape[1]))
 
 
-def load_weights_file(model: nn.Module, path, what: str = "checkpoint") -> None:
-    """Load ``{'weights': state_dict}`` (or a bare state dict) from ``path`` with strict keys.
-
-    Raises UserError naming the file when it is unreadable or its shapes/keys do not fit.
-    """
+def read_weights_payload(path, what: str = "checkpoint"):
+    """What ``torch.load(path, weights_only=True)`` returns, on the CPU; UserError naming the
+    file when it is missing, unreadable or corrupt."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:
         raise UserError(f"{what} {path} does not exist") from error
     except Exception as error:  # torch raises many types for a corrupt file
         raise UserError(f"{what} {path} is unreadable or corrupt ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+
+
+def load_weights_file(model: nn.Module, path, what: str = "checkpoint") -> None:
+    """Load ``{'weights': state_dict}`` (or a bare state dict) from ``path`` with strict keys.
+
+    Raises UserError naming the file when it is unreadable or its shapes/keys do not fit.
+    """
+    payload = read_weights_payload(path, what)
     state_dict = payload.get("weights", payload) if isinstance(payload, dict) else None
     if not isinstance(state_dict, dict):
         raise UserError(f"{what} {path}: expected a dict {{'weights': state_dict}}")
@@ -85,3 +120,41 @@ def describe_mismatch(expected: dict, found: dict, shown: int = 3) -> str:
             more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
             parts.append(f"{len(keys)} keys {label}: {', '.join(keys[:shown])}{more}")
     return "; ".join(parts)
+
+
+def fitting_state_dict(name: str, model: nn.Module, payload, path,
+                       what: str = "checkpoint") -> tuple[dict, str]:
+    """The state dict in ``payload`` (as read from ``path``) that fits ``model`` (kdlab's
+    model ``name``) with strict keys and shapes, in kdlab's key names, and its format:
+    ``"kdlab"`` (best.pth ``{'weights': ...}``, checkpoint.pth ``{'model': ...}`` or a bare
+    state dict) or ``"repdistiller"`` (``{'model': state_dict, ...}`` in RepDistiller's key
+    names, as its ``ckpt_epoch_240.pth`` teachers). UserError naming the file otherwise."""
+    if not isinstance(payload, dict):
+        raise UserError(f"{what} {path}: expected a dict holding a state dict, found "
+                        f"{type(payload).__name__}")
+    state_dict = payload.get("weights", payload.get("model", payload))
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise UserError(f"{what} {path}: expected a state dict under 'weights' (kdlab) or "
+                        "'model' (kdlab checkpoint, RepDistiller), or a bare state dict")
+    expected = model.state_dict()
+    mismatch = describe_mismatch(expected, state_dict)
+    if not mismatch:
+        return state_dict, "kdlab"
+    renamed = from_repdistiller(name, state_dict)
+    if not describe_mismatch(expected, renamed):
+        return renamed, "repdistiller"
+    raise UserError(f"{what} {path} does not fit {name} ({getattr(model, 'num_classes', '?')} "
+                    f"classes) in kdlab's or RepDistiller's key names: {mismatch}")
+
+
+def load_model(path, model: str, num_classes: int) -> nn.Module:
+    """The model ``model`` with a ``num_classes``-way classifier and the weights of ``path``
+    (kdlab's best.pth or checkpoint.pth, or a RepDistiller checkpoint), in eval mode, on the
+    CPU. For notebooks: ``kdlab.load_model("experiments/.../best.pth", model="WRN40_2",
+    num_classes=100)``."""
+    network = build_model(model, num_classes)
+    payload = read_weights_payload(path, "weights file")
+    state_dict, _ = fitting_state_dict(model, network, payload, path, "weights file")
+    network.load_state_dict(state_dict, strict=True)
+    return network.eval()

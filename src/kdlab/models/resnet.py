@@ -1,8 +1,19 @@
-"""CIFAR ResNets (He et al. 2016, section 4.2): 6n+2 layers, BasicBlocks, 16/32/64 channels.
+"""CIFAR ResNets (He et al. 2016, section 4.2): 6n+2 layers, BasicBlocks, 16/32/64 channels,
+and RepDistiller's 4x-wide variants (``ResNet8x4``, ``ResNet32x4``: a 32-channel stem and
+stages of 64/128/256 channels).
 
 Module names follow the earlier research code's checkpoints (``conv1``, ``bn1``,
 ``layer1..3`` with blocks ``conv1/bn1/conv2/bn2`` and ``shortcut.0/.1``, ``linear``) so its
-``best.pth`` files load with strict key matching.
+``best.pth`` files load with strict key matching. RepDistiller names the same modules
+``downsample`` and ``fc``: :func:`from_repdistiller` renames its keys.
+
+Stages are ``layer1..3`` (RepDistiller's ``feats[1:-1]``: the stem's output is not a stage),
+each after its last block's ReLU; ``preact`` is that block's sum before the ReLU.
+
+Input size: the stem keeps the resolution and the two later stages halve it, so the stages
+are at 1, 1/2 and 1/4 of the input side (32x32: 32/16/8; 64x64: 64/32/16); global average
+pooling (instead of RepDistiller's fixed ``AvgPool2d(8)``) makes the classifier see one
+vector at any input size, so the parameters do not depend on it.
 """
 
 from __future__ import annotations
@@ -13,16 +24,24 @@ from torch import nn
 
 from .features import Features
 
-# name -> BasicBlocks per stage. "ResNet112" is the name the study's teacher carries in the
-# existing experiment trees; it is the 18-blocks-per-stage network (= ResNet110).
+# name -> BasicBlocks per stage of the 16/32/64-channel networks. "ResNet112" is the name the
+# study's teacher carries in the existing experiment trees; it is the 18-blocks-per-stage
+# network (= ResNet110).
 BLOCKS_PER_STAGE = {
     "ResNet8": 1,
+    "ResNet14": 2,
     "ResNet20": 3,
+    "ResNet32": 5,
+    "ResNet44": 7,
     "ResNet56": 9,
     "ResNet110": 18,
     "ResNet112": 18,
 }
 STAGE_CHANNELS = (16, 32, 64)
+# The 4x-wide networks: name -> BasicBlocks per stage (RepDistiller's resnet8x4, resnet32x4).
+WIDE_BLOCKS_PER_STAGE = {"ResNet8x4": 1, "ResNet32x4": 5}
+WIDE_STEM_CHANNELS = 32
+WIDE_STAGE_CHANNELS = (64, 128, 256)
 LAYER_NAMES = ("layer1", "layer2", "layer3")
 
 
@@ -52,25 +71,27 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """``forward(x [B,3,H,W])`` returns :class:`Features` with stages ``layer1..3``:
-    feature maps [B,16,H,W], [B,32,H/2,W/2], [B,64,H/4,W/4] (after each stage, before
-    pooling), their pre-ReLU values, the pooled [B,64] vector and logits [B,num_classes]."""
+    feature maps [B,C1,H,W], [B,C2,H/2,W/2], [B,C3,H/4,W/4] (after each stage, before
+    pooling; C = 16/32/64, or 64/128/256 for the x4 networks), their pre-ReLU values, the
+    pooled [B,C3] vector and logits [B,num_classes]."""
 
-    def __init__(self, blocks_per_stage: int, num_classes: int) -> None:
+    def __init__(self, blocks_per_stage: int, num_classes: int, stem_channels: int = 16,
+                 stage_channels: tuple[int, int, int] = STAGE_CHANNELS) -> None:
         super().__init__()
         self.blocks_per_stage = blocks_per_stage
         self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        in_planes = 16
+        self.conv1 = nn.Conv2d(3, stem_channels, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_channels)
+        in_planes = stem_channels
         stages = []
-        for planes, stride in zip(STAGE_CHANNELS, (1, 2, 2)):
+        for planes, stride in zip(stage_channels, (1, 2, 2)):
             blocks = []
             for index in range(blocks_per_stage):
                 blocks.append(BasicBlock(in_planes, planes, stride if index == 0 else 1))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(STAGE_CHANNELS[-1], num_classes)
+        self.linear = nn.Linear(stage_channels[-1], num_classes)
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight)
@@ -87,3 +108,29 @@ class CifarResNet(nn.Module):
             preact.append(before_relu)
         pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return Features(stages, preact, pooled, self.linear(pooled))
+
+    def modules_after(self, stage_index: int) -> list[nn.Module]:
+        """The sub-modules that only compute after stage ``stage_index`` (0-based; the
+        number of stages means after the logits: none)."""
+        return [self.layer2, self.layer3, self.linear][stage_index:]
+
+
+def build(name: str, num_classes: int) -> CifarResNet:
+    if name in WIDE_BLOCKS_PER_STAGE:
+        return CifarResNet(WIDE_BLOCKS_PER_STAGE[name], num_classes, WIDE_STEM_CHANNELS,
+                           WIDE_STAGE_CHANNELS)
+    return CifarResNet(BLOCKS_PER_STAGE[name], num_classes)
+
+
+BUILDERS = {name: build for name in (*BLOCKS_PER_STAGE, *WIDE_BLOCKS_PER_STAGE)}
+# kdlab name -> RepDistiller's model name (ResNet112 is kdlab's own name for ResNet110).
+REPDISTILLER_NAMES = {**{name: name.lower() for name in BLOCKS_PER_STAGE
+                         if name != "ResNet112"},
+                      "ResNet8x4": "resnet8x4", "ResNet32x4": "resnet32x4"}
+
+
+def from_repdistiller(key: str) -> str:
+    """kdlab's name of a RepDistiller ``resnet*`` state-dict key (``layer2.0.downsample.0.weight``
+    -> ``layer2.0.shortcut.0.weight``, ``fc.bias`` -> ``linear.bias``)."""
+    key = key.replace(".downsample.", ".shortcut.")
+    return "linear." + key[len("fc."):] if key.startswith("fc.") else key
