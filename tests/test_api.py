@@ -20,7 +20,7 @@ import kdlab
 from kdlab import runstate
 from kdlab.errors import UserError
 from kdlab.layout import RunSpec, analysis_dir, run_dir
-from kdlab.status import study_run_states
+from kdlab.status import status_report, study_run_states
 from kdlab.study import load_study
 from legacy_tree import write_run, write_study
 from trained_study import analysed_copy
@@ -194,3 +194,97 @@ def test_api_names_survive_every_kdlab_module_being_imported():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def _damaged_runs(tmp_path):
+    """A teacher run per seed, each status.json carrying one value as a hostile tester wrote
+    it; seed 3 is left intact."""
+    study = load_study(write_study(tmp_path / "study.toml", seeds=[0, 1, 2, 3]))
+    changes = {0: lambda status: status.update(started_at=status["started_at"] * 1000),
+               1: lambda status: status.update(epoch=10 ** 30),
+               2: lambda status: (status.pop("epochs"), status["config"].update(epochs=2.5))}
+    directories = {}
+    for seed in range(4):
+        directory = write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", seed))
+        status = json.loads((directory / "status.json").read_text())
+        if seed in changes:
+            changes[seed](status)
+        (directory / "status.json").write_text(json.dumps(status))
+        directories[seed] = directory
+    return study, directories
+
+
+def test_runs_reads_out_of_range_values_as_missing_and_says_why(tmp_path):
+    """started_at in milliseconds (OutOfBoundsDatetime), epoch 10**30 and config epochs 2.5
+    (TypeError) once made runs() raise where kdlab status copes."""
+    study, directories = _damaged_runs(tmp_path)
+    report = status_report(study, check_jobs=False)      # the command copes: so must the API
+    assert report["counts"]["completed"] == 4
+
+    frame = kdlab.runs(study).set_index("run_dir")
+    rows = {seed: frame.loc[str(directory)] for seed, directory in directories.items()}
+    assert (frame.loc[[str(d) for d in directories.values()], "state"] == "completed").all()
+    milliseconds = rows[0]
+    assert pd.isna(milliseconds.started_at)
+    assert milliseconds.problem.startswith("started_at is ") and "unix seconds" in \
+        milliseconds.problem
+    intact = json.loads((directories[0] / "status.json").read_text())
+    assert milliseconds.completed_at == pd.Timestamp(intact["completed_at"], unit="s", tz="UTC")
+    assert milliseconds.epoch == 3 and milliseconds.epochs == 3
+
+    huge_epoch = rows[1]
+    assert pd.isna(huge_epoch.epoch) and huge_epoch.epochs == 3
+    assert huge_epoch.problem == ("epoch is a 31-digit integer, expected a whole number in "
+                                  f"0..{2 ** 63 - 1}")
+
+    fractional = rows[2]
+    assert pd.isna(fractional.epochs) and fractional.epoch == 3
+    assert fractional.problem == "config epochs is 2.5, expected a whole number"
+
+    assert pd.isna(rows[3].problem) and rows[3].epochs == 3
+    assert str(frame["problem"].dtype) == "string" and str(frame["epoch"].dtype) == "Int64"
+    assert str(frame["started_at"].dtype).startswith("datetime64")
+    # every other value of the damaged rows is read as from the intact one
+    for seed in (0, 1, 2):
+        assert rows[seed].max_acc == rows[3].max_acc and rows[seed].final_acc == 70.0
+
+
+def test_a_number_beyond_float_range_makes_status_unreadable_not_a_traceback(tmp_path):
+    """A 400-digit integer is valid JSON; float() of it raised OverflowError in kdlab status
+    and in runs()."""
+    study = load_study(write_study(tmp_path / "study.toml"))
+    directory = write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))
+    text = (directory / "status.json").read_text()
+    status = json.loads(text)
+    (directory / "status.json").write_text(
+        text.replace(json.dumps(status["max_acc"]), "1" + "0" * 400, 1))
+    [state] = [s for s in study_run_states(study) if s.run_dir == directory]
+    assert state.state == "unreadable"
+    assert "'max_acc' is a 401-digit integer, expected a number within float range" in \
+        state.detail
+    row = kdlab.runs(study).set_index("run_dir").loc[str(directory)]
+    assert row.state == "unreadable" and pd.isna(row.max_acc)
+
+
+def test_metrics_reads_a_seed_it_cannot_hold_as_missing_and_says_why(tmp_path):
+    """seed '1.5' read as 1, and a 23-digit seed as INT64_MIN."""
+    study = load_study(write_study(tmp_path / "study.toml"))
+    csv_path = analysis_dir(study.analysis_dir, study.name) / "metrics.csv"
+    runstate.atomic_write_text(csv_path, "dataset,method,alpha,seed,layer,metric,value\n"
+                                         "Digits,teacher,,1.5,layer1,effective_dim,3.5\n"
+                                         "Digits,teacher,,12345678901234567890123,layer1,"
+                                         "effective_dim,4.5\n"
+                                         "Digits,logit,0.5,2,layer1,effective_dim,many\n"
+                                         "Digits,pure,,3.0,layer1,effective_dim,inf\n")
+    frame = kdlab.metrics(study)
+    assert str(frame["seed"].dtype) == "Int64" and str(frame["value"].dtype) == "float64"
+    assert pd.isna(frame["seed"][0]) and pd.isna(frame["seed"][1])
+    assert frame["seed"][2] == 2 and frame["seed"][3] == 3
+    assert frame["problem"][0] == "seed is '1.5', expected a whole number"
+    assert frame["problem"][1] == ("seed is '12345678901234567890123', expected a whole "
+                                   f"number in {-2 ** 63}..{2 ** 63 - 1}")
+    assert frame["value"].tolist()[:2] == [3.5, 4.5]
+    assert math.isnan(frame["value"][2]) and frame["problem"][2] == \
+        "value is 'many', expected a number"
+    assert frame["value"][3] == math.inf and pd.isna(frame["problem"][3])
+    assert frame["alpha"][2] == 0.5 and str(frame["problem"].dtype) == "string"
