@@ -288,3 +288,109 @@ def test_metrics_reads_a_seed_it_cannot_hold_as_missing_and_says_why(tmp_path):
         "value is 'many', expected a number"
     assert frame["value"][3] == math.inf and pd.isna(frame["problem"][3])
     assert frame["alpha"][2] == 0.5 and str(frame["problem"].dtype) == "string"
+
+
+def _tree_for_curves(tmp_path):
+    """Every kind of run of a two-method, two-seed grid, with curves of their own values;
+    one run not started (no rows), one with an extra per-epoch metric."""
+    study = load_study(write_study(tmp_path / "study.toml", methods=["logit", "rkd"],
+                                   alphas=[0.5, 0.9], seeds=[0, 1]))
+    for index, spec in enumerate(study.runs()):
+        if spec.seed == 1 and spec.method == "rkd" and spec.alpha == 0.9:
+            continue                                  # not started
+        directory = write_run(study.experiments_dir, spec, epochs=3 + index % 3,
+                              test_acc=[10.0 * index + 0.1 * epoch
+                                        for epoch in range(3 + index % 3)])
+        if index == 2:
+            path = directory / "metrics.json"
+            metrics = json.loads(path.read_text())
+            metrics["lr"] = [0.1, 0.05, 0.025, 0.0125, 0.00625][:len(metrics["test_acc"])]
+            path.write_text(json.dumps(metrics))
+    return study
+
+
+def _without_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its categoricals as text: a selection holds only its own categories."""
+    return frame.astype({column: "string" for column in frame.columns
+                         if isinstance(frame[column].dtype, pd.CategoricalDtype)})
+
+
+def test_curves_lean_dtypes_and_values_equal_to_the_files(tmp_path):
+    study = _tree_for_curves(tmp_path)
+    full = kdlab.curves(study)
+    assert list(full.columns) == ["dataset", "role", "method", "alpha", "seed", "run_dir",
+                                  "epoch", "metric", "value"]
+    for column in ("dataset", "role", "method", "run_dir", "metric"):
+        assert isinstance(full[column].dtype, pd.CategoricalDtype), column
+    assert str(full["seed"].dtype) == "int32" and str(full["epoch"].dtype) == "int32"
+    assert str(full["value"].dtype) == "float64" and str(full["alpha"].dtype) == "float64"
+    expected_rows = []
+    for state in study_run_states(study):
+        if state.status is None:
+            continue
+        metrics = json.loads((state.run_dir / "metrics.json").read_text())
+        method = state.spec.method if state.role == "kd" else str(state.role)
+        for name in sorted(metrics):
+            if name == "config":
+                continue
+            expected_rows += [(state.spec.dataset, str(state.role), method, state.spec.alpha,
+                               state.spec.seed, str(state.run_dir), epoch, name, value)
+                              for epoch, value in enumerate(metrics[name], start=1)]
+    got = [tuple(None if isinstance(v, float) and math.isnan(v) and column == "alpha" else v
+                 for v, column in zip(row, full.columns))
+           for row in full.itertuples(index=False)]
+    assert got == expected_rows       # every value exactly as in metrics.json, in order
+
+
+def test_curves_selection_is_exactly_the_full_call_filtered(tmp_path):
+    study = _tree_for_curves(tmp_path)
+    full = kdlab.curves(study)
+    runs = kdlab.runs(study)
+    names = [spec.name for spec in study.runs()]
+
+    def filtered(mask) -> pd.DataFrame:
+        return _without_categories(full[mask].reset_index(drop=True))
+
+    chosen = [names[5], names[1]]                  # any order: rows come in grid order
+    directories = [str(study.run_dir(spec)) for spec in study.runs()
+                   if spec.name in chosen]
+    by_name = kdlab.curves(study, runs=chosen)
+    pd.testing.assert_frame_equal(_without_categories(by_name),
+                                  filtered(full["run_dir"].isin(directories)))
+    assert set(by_name["run_dir"]) == set(directories)
+    assert by_name.dtypes.to_dict() == {column: (full[column].dtype if not isinstance(
+        full[column].dtype, pd.CategoricalDtype) else by_name[column].dtype)
+        for column in full.columns}
+    pd.testing.assert_frame_equal(kdlab.curves(study, runs=directories), by_name)
+
+    logit = runs[runs["method"] == "logit"]        # a subset of runs()' rows
+    from_frame = kdlab.curves(study, runs=logit)
+    pd.testing.assert_frame_equal(_without_categories(from_frame),
+                                  filtered(full["method"] == "logit"))
+    assert len(from_frame) > 0
+
+    two = kdlab.curves(study, metrics=["test_acc", "lr"])
+    pd.testing.assert_frame_equal(_without_categories(two),
+                                  filtered(full["metric"].isin(["test_acc", "lr"])))
+    assert set(two["metric"]) == {"test_acc", "lr"}
+    both = kdlab.curves(study, runs=logit, metrics="test_acc")
+    pd.testing.assert_frame_equal(
+        _without_categories(both),
+        filtered((full["method"] == "logit") & (full["metric"] == "test_acc")))
+    not_started = [name for name in names if name.endswith("rkd-a0.9-ResNet20_to_ResNet8-s1")]
+    assert len(kdlab.curves(study, runs=not_started)) == 0
+
+    with pytest.raises(UserError, match=r"curves\(runs=\.\.\.\): 1 not a run of study tiny "
+                                        r"\(Digits-pure-ResNet8-s7\)"):
+        kdlab.curves(study, runs=[names[0], "Digits-pure-ResNet8-s7"])
+
+
+def test_curves_of_one_run_with_a_seed_its_column_cannot_hold(tmp_path):
+    """A run's own curves identify it from its config: a seed of 2.5 made the cast raise."""
+    directory = write_run(tmp_path / "experiments", RunSpec("Digits", "ResNet20", 0))
+    metrics = json.loads((directory / "metrics.json").read_text())
+    metrics["config"]["seed"] = 2.5
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    frame = kdlab.curves(directory)
+    assert frame["seed"].isna().all() and str(frame["seed"].dtype) == "Int64"
+    assert frame[frame["metric"] == "test_acc"]["value"].tolist() == metrics["test_acc"]
