@@ -130,17 +130,23 @@ class _Values:
         return numbers
 
 
-def _numbers(values: Any) -> list[float] | None:
-    """A list of finite-or-NaN numbers, or None when ``values`` is not such a list."""
+def _number_array(values: Any) -> np.ndarray | None:
+    """A non-empty list of numbers (JSON's int and float; NaN kept, True is no number) as
+    float64, or None when ``values`` is no such list."""
     if not isinstance(values, list) or not values:
         return None
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
+    if not set(map(type, values)) <= {int, float}:    # type, not isinstance: bool is out
+        return None
     try:
-        return [float(value) for value in values]
+        return np.array(values, dtype=np.float64)
     except OverflowError:    # an integer beyond float range
         return None
+
+
+def _numbers(values: Any) -> list[float] | None:
+    """:func:`_number_array` as a list of floats."""
+    numbers = _number_array(values)
+    return None if numbers is None else numbers.tolist()
 
 
 def _read_metrics(run_dir: Path) -> dict:
@@ -262,17 +268,17 @@ def _metric_selection(metrics: Any) -> set[str] | None:
 def _curve_series(metrics: dict, wanted: set[str] | None) -> list[tuple[str, np.ndarray]]:
     """(metric, values) of the run's per-epoch series, by metric name; a list of another
     length than test_acc (a stage's own list) or of non-numbers is no per-epoch series."""
-    test_acc = _numbers(metrics.get("test_acc"))
-    epochs = len(test_acc) if test_acc else None
+    test_acc = _number_array(metrics.get("test_acc"))
+    epochs = len(test_acc) if test_acc is not None else None
     series = []
     for metric in sorted(metrics):
         if wanted is not None and metric not in wanted:
             continue
-        values = _numbers(metrics[metric])
+        # an array per series at once: the file's Python floats are freed run by run
+        values = test_acc if metric == "test_acc" else _number_array(metrics[metric])
         if values is None or (epochs is not None and len(values) != epochs):
             continue    # not a per-epoch series (config, a stage's own list)
-        # an array per series at once: the file's Python floats are freed run by run
-        series.append((metric, np.array(values, dtype=np.float64)))
+        series.append((metric, values))
     return series
 
 
@@ -353,8 +359,11 @@ def curves(study_or_run: Study | str | Path, runs: Any = None,
     metrics.json); seed as int32 (Int64 where a seed is missing or beyond int32's range);
     epoch as int32.
 
-    What a full call costs (benchmarks/bench_api.py, a 9,984-run tree of 150 epochs x 8
-    metrics, 12.0 million rows): {FULL_COST}
+    What it costs (benchmarks/bench_api.py: a 9,984-run tree of 150 epochs x 8 metrics, on
+    a busy 2-core machine): the full call, 12.0 million rows, took 13.5 s, a 344 MB frame
+    and 0.9 GB of peak memory (the row-by-row layout took 52 s and 5.8 GB for 12.7 million
+    rows); ``runs=`` with 10 runs, 0.3 s (only their files are read); ``metrics=
+    ["test_acc"]``, 1.5 million rows, 12.5 s (every metrics.json is still parsed) and 44 MB.
     """
     wanted_metrics = _metric_selection(metrics)
     if not isinstance(study_or_run, Study) and Path(study_or_run).is_dir():
