@@ -60,3 +60,17 @@ def test_bench_models_prints_every_asked_model_with_its_size():
         ("ResNet8", 83_892), ("WRN16_1", 180_916)]
     for _, _, _, macs, milliseconds, memory in rows:
         assert float(macs) > 0 and float(milliseconds) > 0 and float(memory) > 0
+
+
+def test_bench_api_prints_rows_seconds_and_megabytes():
+    result = _run(str(BENCHMARKS / "bench_api.py"), "--quick")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = re.findall(r"^(full tree|runs= \(10 runs\)|metrics=\['test_acc'\]) +(\d+) +"
+                         r"([\d,]+) +([\d.]+) +([\d.]+) +(\d+)$", result.stdout, re.MULTILINE)
+    assert [label for label, *_ in figures] == ["full tree", "runs= (10 runs)",
+                                                "metrics=['test_acc']"]
+    runs, rows = int(figures[0][1]), int(figures[0][2].replace(",", ""))
+    # the quick tree: 104 runs x 5 epochs x 8 metrics; 10 runs; one metric of every run
+    assert (runs, rows) == (104, 104 * 5 * 8)
+    assert int(figures[1][2].replace(",", "")) == 10 * 5 * 8
+    assert int(figures[2][2].replace(",", "")) == 104 * 5

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kdlab import cli
+from kdlab.errors import UserError
 from kdlab.layout import RunSpec, run_dir
 from kdlab.ops import sync
 from kdlab.ops.plots import CURVES_FILE
@@ -326,3 +327,163 @@ def test_remote_dir_under_the_home_directory(tmp_path):
     study_path.write_text(text)
     assert sync.SyncPlan(load_study(study_path)).remote_dir == \
         str(Path("~/kd project").expanduser())
+
+
+def test_cron_line_escapes_percent_signs(tmp_path, fake_crontab):
+    """cron ends a command at its first unescaped '%': a project path holding '%', or
+    log_file = "sync-%Y.log", once left an entry that never ran a sync."""
+    project_root = tmp_path / "kd 100%"
+    project_root.mkdir()
+    local, remote, study_path = make_project(project_root)
+    study_path.write_text(study_path.read_text().replace('log_file = "logs/sync.log"',
+                                                         'log_file = "logs/sync-%Y.log"'))
+    assert cli.main(["sync", str(study_path), "--install-cron", "--every", "30"]) == 0
+    [entry] = [line for line in fake_crontab.read_text().splitlines()
+               if line.endswith("# kdlab-sync:syncstudy")]
+    installed = entry[len("*/30 * * * * "):-len(" # kdlab-sync:syncstudy")]
+
+    def as_cron_reads(text: str) -> tuple[str, str | None]:
+        """cronie's do_command: '\\%' gives '%', the first bare '%' ends the command (the
+        rest is its standard input); other backslashes stay."""
+        command, escaped = [], False
+        for index, character in enumerate(text):
+            if escaped:
+                if character == "%":
+                    command[-1] = "%"
+                else:
+                    command.append(character)
+                escaped = False
+            elif character == "\\":
+                command.append(character)
+                escaped = True
+            elif character == "%":
+                return "".join(command), text[index + 1:]
+            else:
+                command.append(character)
+        return "".join(command), None
+
+    command, standard_input = as_cron_reads(installed)
+    assert standard_input is None
+    assert command == (f"cd {shlex.quote(str(local))} && {shlex.quote(sys.executable)} -m kdlab "
+                       f"sync {shlex.quote(str(study_path))} --quiet "
+                       f">> {shlex.quote(str(local / 'logs' / 'sync-%Y.log'))} 2>&1")
+    # as cron then runs it, through a shell: a sync, logged to the file named literally
+    subprocess.run(["/bin/sh", "-c", command], check=True, cwd="/", timeout=300)
+    assert "sync syncstudy: all steps ok" in (local / "logs" / "sync-%Y.log").read_text()
+    assert (remote / "src" / "code.py").exists()
+
+
+def test_cron_refuses_what_a_crontab_line_cannot_hold():
+    assert sync.cron_command("cd '/a/100%' && run") == "cd '/a/100\\%' && run"
+    for command in ("cd '/a\\%b' && run", "cd '/a\nb' && run"):
+        with pytest.raises(UserError, match="cron cannot run"):
+            sync.cron_command(command)
+
+
+def _with_remote_dir(study_path: Path, remote: Path, value: str, host: str | None = None):
+    text = study_path.read_text().replace(f'remote_dir = "{remote}"',
+                                          f"remote_dir = {_toml(value)}")
+    if host is not None:
+        text = text.replace("[sync]\n", f"[sync]\nhost = {_toml(host)}\n")
+    study_path.write_text(text)
+
+
+@pytest.mark.parametrize("where, reason", [
+    ("{local}/mirror", "lies inside the project directory"),
+    ("{local}/backup/../mirror/", "lies inside the project directory"),
+    ("{local}", "is the project directory itself"),
+    ("{tmp}", "contains the project directory"),
+    ("..", "contains the project directory"),
+    ("/", "is a filesystem root (/)"),
+    ("~", "is a home directory"),
+])
+def test_a_destination_holding_or_inside_the_project_is_refused(tmp_path, capsys, monkeypatch,
+                                                                 where, reason):
+    """Without a host, a remote_dir inside local_dir nested a new copy on every run
+    (mirror/mirror/mirror/); '..', '/' and '~' were accepted and pushed to."""
+    local, remote, study_path = make_project(tmp_path)
+    monkeypatch.chdir(local)          # '..' as cron's 'cd local_dir' would read it
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    value = where.format(local=local, tmp=tmp_path)
+    _with_remote_dir(study_path, remote, value)
+    before = sorted(str(path) for path in tmp_path.rglob("*"))
+    assert cli.main(["sync", str(study_path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and captured.out == ""
+    assert "key 'sync.remote_dir'" in err and reason in err and str(study_path) in err
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == before   # nothing copied
+
+
+@pytest.mark.parametrize("value", ["/", "~", "~/", "..", "../..", "."])
+def test_a_root_or_home_destination_over_ssh_is_refused(tmp_path, capsys, value):
+    local, remote, study_path = make_project(tmp_path)
+    _with_remote_dir(study_path, remote, value, host="login.example.org")
+    assert cli.main(["sync", str(study_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key 'sync.remote_dir'" in err
+    assert "filesystem root, the login's home directory or above it on login.example.org" in err
+    assert not (local / "logs").exists()
+
+
+def test_a_project_beside_the_destination_is_accepted(tmp_path):
+    """The checks refuse nesting, not names that merely share a prefix."""
+    local, remote, study_path = make_project(tmp_path)
+    _with_remote_dir(study_path, remote, f"{local}-mirror")
+    assert sync.SyncPlan(load_study(study_path)).remote_dir == f"{local}-mirror"
+
+
+OLD_RSYNC = """#!/bin/sh
+if [ "$1" = "--version" ]; then
+  echo "rsync  version 2.6.9  protocol version 29"; exit 0
+fi
+echo "$@" >> "$FAKE_RSYNC_CALLS"
+"""
+
+
+@pytest.fixture
+def old_rsync(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "oldbin"
+    bin_dir.mkdir()
+    (bin_dir / "rsync").write_text(OLD_RSYNC)
+    (bin_dir / "rsync").chmod(0o755)
+    calls = tmp_path / "rsync-calls.txt"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_RSYNC_CALLS", str(calls))
+    return calls
+
+
+def test_rsync_paths_are_secluded_from_the_remote_shell(tmp_path):
+    """rsync >= 3.0.0 here: -s sends the paths through rsync's protocol, so RSYNC_OLD_ARGS
+    (or an rsync older than 3.2.4) cannot hand them to the remote shell."""
+    local, remote, study_path = make_project(tmp_path)
+    _with_remote_dir(study_path, remote, "/srv/kd $(touch x)/`id`", host="login.example.org")
+    plan = sync.SyncPlan(load_study(study_path))
+    for argv in (plan.pull_argv(), plan.push_argv()):
+        assert argv[:3] == ["rsync", "-a", "-s"]
+    assert plan.push_argv()[-1] == "login.example.org:/srv/kd $(touch x)/`id`/"
+
+
+@pytest.mark.parametrize("value", ["/srv/kd $(touch {m})", "/srv/kd`touch {m}`", "/srv/kd x",
+                                   "/srv/kd;touch {m}"])
+def test_without_secluded_args_a_shell_active_remote_dir_is_refused(tmp_path, capsys,
+                                                                    old_rsync, value):
+    """An rsync without -s (before 3.0.0) cannot keep the remote shell off the paths: such
+    characters are refused in one line, before anything runs."""
+    local, remote, study_path = make_project(tmp_path)
+    marker = tmp_path / "pwned"
+    _with_remote_dir(study_path, remote, value.format(m=marker), host="login.example.org")
+    assert cli.main(["sync", str(study_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key 'sync.remote_dir'" in err
+    assert "this rsync has no -s" in err
+    assert not old_rsync.exists() and not marker.exists() and not (local / "logs").exists()
+
+
+def test_without_secluded_args_a_plain_remote_dir_is_pushed_as_before(tmp_path, old_rsync):
+    local, remote, study_path = make_project(tmp_path)
+    _with_remote_dir(study_path, remote, "/srv/kd-project_1", host="login.example.org")
+    plan = sync.SyncPlan(load_study(study_path))
+    assert "-s" not in plan.push_argv() and plan.push_argv()[:2] == ["rsync", "-a"]
+    assert plan.push_argv()[-1] == "login.example.org:/srv/kd-project_1/"

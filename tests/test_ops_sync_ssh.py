@@ -239,3 +239,28 @@ def test_unreachable_host_ends_in_one_line_naming_the_host(tmp_path, sshd, capsy
     local, remote, study_path = ssh_project(tmp_path, sshd, remote_runs=False,
                                             port=_free_port())   # nothing listens there
     _assert_refused_in_one_line(local, remote, study_path, capsys, "Connection refused")
+
+
+@pytest.mark.parametrize("payload", ["$(touch {marker})", "`touch {marker}`"])
+def test_remote_dir_reaches_no_remote_shell_with_old_args_rsync(tmp_path, sshd, monkeypatch,
+                                                                 payload):
+    """rsync's old-args behaviour (rsync < 3.2.4, or RSYNC_OLD_ARGS=1) hands the remote path
+    to the remote shell unquoted: '$(...)' and backticks in remote_dir ran there."""
+    local, remote, study_path = ssh_project(tmp_path, sshd)
+    marker = tmp_path / "pwned"
+    odd_remote = Path(f"{tmp_path}/remote {payload.format(marker=marker)}")
+    odd_remote.mkdir(parents=True)            # a directory with that very name, literally
+    shutil.copytree(remote / "experiments", odd_remote / "experiments")
+    study_path.write_text(study_path.read_text().replace(f'remote_dir = "{remote}"',
+                                                         f"remote_dir = '{odd_remote}'"))
+    monkeypatch.setenv("RSYNC_OLD_ARGS", "1")
+    exit_code = cli.main(["sync", str(study_path), "--quiet"])
+    assert not marker.exists()                # the payload never ran ...
+    assert exit_code == 0, _log(local)[-3:]   # ... and the paths reached rsync whole
+    # pulled from and pushed to the directory of that name
+    study = load_study(study_path)
+    for spec in study.runs():
+        assert (run_dir(local / "experiments", spec) / "status.json").read_bytes() == \
+            (run_dir(odd_remote / "experiments", spec) / "status.json").read_bytes()
+    assert (odd_remote / "src" / "code.py").read_text() == "print('new code')\n"
+    assert (odd_remote / "came_over_ssh.txt").exists()

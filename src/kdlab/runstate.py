@@ -16,6 +16,7 @@ import errno
 import io
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -175,6 +176,7 @@ def read_json(path: str | Path) -> dict | None:
 # Fields of status.json that kdlab reads, with the type each must have when present
 # (None is allowed for all). A wrong type makes the file unreadable, like corrupt bytes.
 _NUMBER = (int, float)
+_LARGEST_FLOAT = int(sys.float_info.max)
 STATUS_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "status": (str,), "epoch": (int,), "epochs": (int,), "max_acc": _NUMBER,
     "config": (dict,), "reason": (str,), "previous_reason": (str,), "scheduler": (str,),
@@ -195,6 +197,11 @@ def check_status_fields(path: Path, status: dict) -> None:
         if isinstance(value, bool) or not isinstance(value, kinds):
             names = " or ".join(kind.__name__ for kind in kinds)
             raise StateFileError(f"{path}: '{key}' is {value!r}, expected {names}")
+        # JSON integers have no bound; one beyond float range breaks every reader's
+        # arithmetic (OverflowError), so it reads like a wrong type
+        if kinds == _NUMBER and isinstance(value, int) and abs(value) > _LARGEST_FLOAT:
+            raise StateFileError(f"{path}: '{key}' is a {len(str(abs(value)))}-digit "
+                                 "integer, expected a number within float range")
     history = status.get("job_history") or []
     if not all(isinstance(item, (str, int)) and not isinstance(item, bool) for item in history):
         raise StateFileError(f"{path}: 'job_history' holds {history!r}, expected job ids")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import posixpath
 import shlex
 import shutil
 import subprocess
@@ -80,6 +81,7 @@ class SyncPlan:
                             "directory; expected the project directory here")
         _check_values(study)
         self.remote_dir = _remote_directory(settings.remote_dir, settings.host)
+        _check_destination(study, self.local_dir, self.remote_dir)
         try:
             self.study_relative = Path(study.path).resolve().relative_to(self.local_dir)
         except ValueError:
@@ -89,6 +91,13 @@ class SyncPlan:
         log_path = Path(settings.log_file)
         self.log_path = log_path if log_path.is_absolute() else self.local_dir / log_path
         self.lock_path = self.local_dir / f".kdlab-sync-{study.name}.lock"
+        self.rsync_secludes_arguments = False
+        if settings.host is not None:
+            self.rsync_secludes_arguments = _rsync_secludes_arguments()
+            if not self.rsync_secludes_arguments:
+                for key, path in (("sync.remote_dir", self.remote_dir),
+                                  ("experiments_dir", self.remote_path(study.experiments_dir))):
+                    _check_shell_inert(study, key, path)
 
     # ---- paths on either side ----
     def local_path(self, path: Path) -> Path:
@@ -125,6 +134,9 @@ class SyncPlan:
     def rsync_base(self) -> list[str]:
         argv = ["rsync", "-a", f"--exclude={_TEMP_PATTERN}"]
         if self.settings.host is not None:
+            # -s (--secluded-args, formerly --protect-args) sends the paths through rsync's
+            # own protocol, never through the remote shell, whatever RSYNC_OLD_ARGS says
+            argv[2:2] = ["-s"] if self.rsync_secludes_arguments else []
             argv += ["-e", shlex.join(self.ssh_argv())]
         return argv
 
@@ -175,6 +187,87 @@ def _remote_directory(remote_dir: str, host: str | None) -> str:
     if remote_dir == "~":
         return "."
     return remote_dir[2:] if remote_dir.startswith("~/") else remote_dir
+
+
+# rsync gained -s (then --protect-args) in 3.0.0; the remote rsync must be 3.0.0 or newer too.
+_SECLUDED_ARGS_SINCE = (3, 0, 0)
+# What a remote shell reads as plain text in an unquoted word: letters, digits and these.
+_SHELL_INERT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                         "_-./+,:=@%")
+
+
+def _rsync_secludes_arguments() -> bool:
+    """Whether this machine's rsync has ``-s`` (3.0.0 and newer, from ``rsync --version``);
+    False when rsync is missing or its version cannot be read (the sync step reports a
+    missing rsync itself)."""
+    try:
+        result = subprocess.run(["rsync", "--version"], capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    words = (result.stdout.splitlines() or [""])[0].split()
+    if result.returncode != 0 or "version" not in words[:-1]:
+        return False
+    number = words[words.index("version") + 1].lstrip("v")
+    try:
+        version = tuple(int(part) for part in number.split("-")[0].split(".")[:3])
+    except ValueError:
+        return False
+    return version >= _SECLUDED_ARGS_SINCE
+
+
+def _check_shell_inert(study: Study, key: str, remote_path: str) -> None:
+    """Without rsync's -s the remote shell reads the remote paths (old-args behaviour): refuse
+    any character it would read as more than text (``$(...)``, a backtick, a space ...)."""
+    odd = sorted({character for character in remote_path if character not in _SHELL_INERT})
+    if odd:
+        raise UserError(f"{study.path}: key '{key}': {remote_path!r} holds "
+                        f"{' '.join(repr(c) for c in odd)}, which the remote shell would read "
+                        "(this rsync has no -s to protect paths, 3.0.0 has); expected letters, "
+                        "digits and _-./+,:=@% only")
+
+
+def _home_directories() -> set[Path]:
+    """This user's home and every account's home directory that this machine knows."""
+    homes = {Path.home().resolve()}
+    try:
+        import pwd
+        homes |= {Path(entry.pw_dir).resolve() for entry in pwd.getpwall()
+                  if entry.pw_dir not in ("", "/")}
+    except (ImportError, OSError):
+        pass
+    return homes
+
+
+def _check_destination(study: Study, local_dir: Path, remote_dir: str) -> None:
+    """Refuse a push destination that would nest the project in itself or scatter it over a
+    filesystem root or a home directory, in one line, before anything is copied. Without a
+    host the destination is a directory here: it must neither contain ``local_dir`` nor lie
+    inside it (rsync would copy the previous copy into the next, mirror/mirror/...). With a
+    host only its text is known: '/', '~' (the login directory) and '..' are refused."""
+    def fail(reason: str) -> None:
+        raise UserError(f"{study.path}: key 'sync.remote_dir': {study.sync.remote_dir!r} "
+                        f"{reason}; expected a project directory of its own, outside "
+                        f"sync.local_dir {local_dir}")
+
+    if study.sync.host is not None:
+        normal = posixpath.normpath(remote_dir)
+        if normal == "/" or normal == "." or normal == ".." or normal.startswith("../"):
+            fail("is a filesystem root, the login's home directory or above it on "
+                 f"{study.sync.host}")
+        return
+    destination = Path(remote_dir).resolve()
+    if destination.parent == destination:
+        fail(f"is a filesystem root ({destination})")
+    if destination in _home_directories():
+        fail(f"is a home directory ({destination})")
+    if destination == local_dir:
+        fail("is the project directory itself")
+    if local_dir in destination.parents:
+        fail(f"lies inside the project directory ({destination}): every sync would push a "
+             "copy into the last one")
+    if destination in local_dir.parents:
+        fail(f"contains the project directory ({destination})")
 
 
 def _has_control(text: str) -> bool:
@@ -377,7 +470,18 @@ def cron_line(study: Study, every_minutes: int) -> str:
     command = (f"cd {shlex.quote(str(plan.local_dir))} && {shlex.quote(sys.executable)} -m kdlab "
                f"sync {shlex.quote(str(Path(study.path).resolve()))} --quiet "
                f">> {shlex.quote(str(plan.log_path))} 2>&1")
-    return f"{cron_schedule(every_minutes)} {command} {cron_marker(study)}"
+    return f"{cron_schedule(every_minutes)} {cron_command(command)} {cron_marker(study)}"
+
+
+def cron_command(command: str) -> str:
+    """``command`` as a crontab line must spell it: cron ends the command at the first
+    unescaped '%' (the rest becomes its input) and turns '\\%' into '%', so every '%' is
+    written '\\%'. A backslash right before a '%' (cron would keep both and cut there) or a
+    control character (a line break ends the entry) cannot be written: UserError."""
+    if "\\%" in command or _has_control(command):
+        raise UserError(f"cron cannot run {command!r}: it holds a backslash before '%' or a "
+                        "control character; expected paths without them")
+    return command.replace("%", "\\%")
 
 
 def _read_crontab() -> str:
