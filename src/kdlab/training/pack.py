@@ -4,7 +4,10 @@ Each batch is loaded and augmented once and the teacher runs once on it; then ev
 steps. A student keeps its own run directory, files, optimizer, schedule and method modules,
 and is initialised from the global generator exactly as a solo run (the same seed, the same
 draws before it), so a packed run ends with the metrics and weights it gets alone (on CPU).
-One student's failure is its own; a stop signal stops all, each with its last epoch saved.
+One student's failure is its own, a member that cannot resume (a damaged checkpoint, other
+settings) included: it leaves the pack, failed with the reason, and the others train on. A
+stop signal stops all, each with its last epoch saved. A pack never holds the teacher of one
+of its members.
 """
 
 from __future__ import annotations
