@@ -230,3 +230,103 @@ def test_a_new_family_packed_equals_solo(solo, tmp_path):
     assert set(train_pack(wrn_configs(packed), quiet=True).values()) == {"completed"}
     for alone_config, packed_config in zip(wrn_configs(alone), wrn_configs(packed)):
         assert same(outcome(packed_config), outcome(alone_config)), packed_config.run_spec()
+
+
+def _stopped_after_epoch_1(monkeypatch, runs):
+    """Train ``runs`` as a pack and stop it after its first epoch (every member resumable)."""
+    import kdlab.training.epochs as epochs_module
+
+    real_train_epoch = epochs_module.train_epoch
+
+    def stop_before_epoch_2(students, teacher, data, epoch, flag, **kwargs):
+        if epoch == 1:
+            raise epochs_module.Preempted("stopped")
+        return real_train_epoch(students, teacher, data, epoch, flag, **kwargs)
+
+    monkeypatch.setattr(epochs_module, "train_epoch", stop_before_epoch_2)
+    assert set(train_pack(runs, quiet=True).values()) == {"in_progress"}
+    monkeypatch.undo()
+
+
+def test_a_member_that_cannot_resume_leaves_the_pack(solo, tmp_path, monkeypatch, capsys):
+    """Issue 20.3: one member's checkpoint truncated after epoch 1: it leaves the pack,
+    failed with a reason naming the file (its files kept), and the others train on to
+    exactly their solo ends."""
+    with_teacher(solo, tmp_path)
+    runs = [config for config in configs(tmp_path)
+            if config.distillation in ("none", "fitnets", "nst")]
+    _stopped_after_epoch_1(monkeypatch, runs)
+    damaged = run_dir(runs[1].experiments_dir, runs[1].run_spec())
+    checkpoint = damaged / "checkpoint.pth"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    kept = {name: (damaged / name).read_bytes() for name in ("checkpoint.pth", "config.json")}
+    capsys.readouterr()
+    results = train_pack(runs, quiet=True)
+    assert results == {runs[0].run_spec().name: "completed",
+                       runs[1].run_spec().name: "failed", runs[2].run_spec().name: "completed"}
+    status = runstate.read_status(damaged)
+    assert status["status"] == "failed" and str(checkpoint) in status["reason"]
+    assert "corrupt" in status["reason"] and "--force-restart" in status["reason"]
+    assert str(checkpoint) in capsys.readouterr().err
+    assert {name: (damaged / name).read_bytes() for name in kept} == kept
+    for config in (runs[0], runs[2]):
+        name = config.run_spec().name
+        assert same(outcome(config), solo["outcomes"][name]), name
+        assert runstate.read_status(run_dir(config.experiments_dir, config.run_spec()))[
+            "pack"] == sorted([runs[0].run_spec().name, runs[2].run_spec().name])
+    # --force-restart clears it: the run trains from the start, alone, to its solo end.
+    assert train_run(runs[1], force_restart=True, quiet=True) == "completed"
+    assert same(outcome(runs[1]), solo["outcomes"][runs[1].run_spec().name])
+
+
+def test_a_pack_refused_for_a_differing_setting_writes_nothing(tmp_path, capsys):
+    """Issue 20.2 for packs: a member given with another batch size is refused before any
+    member's config.json is written."""
+    from kdlab.cli import main
+    from kdlab.config import write_config_file
+
+    first, second = configs(tmp_path)[:2]
+    paths = []
+    for config in (first, second):
+        directory = run_dir(config.experiments_dir, config.run_spec())
+        write_config_file(directory, config)
+        runstate.write_status(directory, {"status": "in_progress", "epoch": 1,
+                                          "run": config.run_spec().name})
+        paths.append(directory / "config.json")
+    before = [path.read_bytes() for path in paths]
+    template = tmp_path / "other-batch-size.json"
+    runstate.atomic_write_json(template, {**second.to_dict(), "batch_size": 64})
+    assert main(["train", "--config", str(paths[0]), "--config", str(template)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "differ in batch_size" in err
+    assert [path.read_bytes() for path in paths] == before
+
+
+def test_a_pack_holding_its_own_teacher_is_refused(solo, tmp_path, capsys):
+    """Issue 20.5: `kdlab train --config TEACHER --config STUDENT --force-restart` would
+    distil the student from the old teacher while the teacher is retrained."""
+    from dataclasses import replace
+
+    from conftest import snapshot
+    from kdlab.cli import main
+    from kdlab.config import read_config_file, write_config_file
+
+    with_teacher(solo, tmp_path)
+    teacher_dir = run_dir(tmp_path / "experiments", TrainConfig(
+        dataset="Digits", model=TEACHER, seed=SEED).run_spec())
+    teacher = read_config_file(teacher_dir / "config.json")
+    write_config_file(teacher_dir, replace(teacher, experiments_dir=str(tmp_path / "experiments")))
+    before = snapshot(teacher_dir)
+    student = configs(tmp_path)[1]
+    template = tmp_path / "student.json"
+    runstate.atomic_write_json(template, student.to_dict())
+    for order in ([teacher_dir / "config.json", template],
+                  [template, teacher_dir / "config.json"]):
+        arguments = [item for path in order for item in ("--config", str(path))]
+        assert main(["train", *arguments, "--force-restart"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert teacher.run_spec().name in err and student.run_spec().name in err
+        assert "teacher" in err
+    assert snapshot(teacher_dir) == before
+    assert not run_dir(student.experiments_dir, student.run_spec()).exists()

@@ -371,7 +371,7 @@ def test_cli_queue_and_bad_study(tmp_path, capsys):
 
 def test_queue_writes_config_json_and_hand_typed_train_writes_the_same(tmp_path, monkeypatch):
     from kdlab.cli import build_parser
-    from kdlab.config import prepare_configs
+    from kdlab.config import prepare_configs, write_config_file
 
     study = load_study(write_study(tmp_path, methods=("fitnets",), alphas=(0.75,)))
     # The job ends before training (a completed run's config.json is never rewritten).
@@ -400,6 +400,10 @@ def test_queue_writes_config_json_and_hand_typed_train_writes_the_same(tmp_path,
         "--teacher-model", "ResNet20", "--alpha", "0.75", "--epochs", "2", "--device", "cpu",
         "--experiments-dir", str(study.experiments_dir), "--data-root", str(study.data_root)])
     (typed,) = prepare_configs(args)
+    # Preparing writes nothing (issue 20.2: a refused train leaves the run as it was);
+    # training writes the prepared config once every check has passed, with this call.
+    assert not config_path.exists()
+    write_config_file(config_path.parent, typed)
     assert config_path.read_bytes() == written
     # ... and reading that file back gives that run.
     (read,) = prepare_configs(build_parser().parse_args(["train", "--config", str(config_path)]))

@@ -424,3 +424,80 @@ def test_wrong_typed_pack_fields_make_the_status_unreadable_and_left_alone(tmp_p
     assert decision.action == "error" and named in decision.reason
     assert str(study.run_dir(pure) / "status.json") in decision.reason
     assert (study.run_dir(pure) / "status.json").read_bytes() == before
+
+
+# ---- a member that cannot resume -------------------------------------------------------------
+
+class DeadJobScheduler(RecordingScheduler):
+    """Records a real local job id whose process has already ended: the job is gone."""
+
+    def submit(self, run_name, command, run_dir, settings, record):
+        job_id = dead_local_job_id()
+        self.submitted.append({"name": run_name, "argv": command, "job_id": job_id})
+        record(job_id)
+        return job_id
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_leaves_its_pack_and_the_others_train_on(tmp_path, monkeypatch):
+    """Issue 20.3 as found, with real ``kdlab train`` jobs of the local backend: a pack's
+    job ended after epoch 1, then one member's checkpoint.pth was truncated. The damaged
+    member leaves the pack (failed, its file named in ``status``, waiting for the user),
+    the healthy members train to the end, and the queue submits nothing more for it."""
+    import conftest
+    import kdlab.training.epochs as epochs_module
+    from kdlab.cli import main
+    from kdlab.config import complete_options
+    from kdlab.training.run import train_run
+
+    study = load_study(conftest.write_study(
+        tmp_path / "study.toml", name="damaged", methods=("logit", "nst"), alphas=(0.5,),
+        top=f'data_root = "{tmp_path / "data"}"\n', training='epochs = 2\ndevice = "cpu"',
+        tables='[scheduler]\nbackend = "local"\nmax_live_jobs = 2\npack_size = 3\n'))
+    teacher, pure, logit, nst = study.runs()
+    assert train_run(complete_options(study.train_config(teacher)), quiet=True) == "completed"
+    # The pack's first job: its `kdlab train --config ...` stopped after epoch 1, job gone.
+    scheduler = DeadJobScheduler()
+    run_queue(study, say=lambda line: None, scheduler=scheduler)
+    (job,) = scheduler.submitted
+    real_train_epoch = epochs_module.train_epoch
+
+    def stop_before_epoch_2(students, teacher, data, epoch, flag, **kwargs):
+        if epoch == 1:
+            raise epochs_module.Preempted("stopped")
+        return real_train_epoch(students, teacher, data, epoch, flag, **kwargs)
+
+    monkeypatch.setattr(epochs_module, "train_epoch", stop_before_epoch_2)
+    assert main(job["argv"][job["argv"].index("train"):] + ["--quiet"]) == 75
+    monkeypatch.undo()
+    members = {spec.name: study.run_dir(spec) for spec in (pure, logit, nst)}
+    assert all(runstate.read_status(directory)["epoch"] == 1 for directory in members.values())
+    damaged = members[logit.name] / "checkpoint.pth"
+    damaged.write_bytes(damaged.read_bytes()[:2000])
+    kept = damaged.read_bytes()
+    # The next cycle resubmits the pack; its real job trains the healthy members on.
+    decisions, code = run_queue(study, say=lambda line: None)
+    plan = by_name(decisions)
+    assert code == 0 and plan[pure.name].action == SUBMIT
+    assert plan[pure.name].job_id == plan[logit.name].job_id == plan[nst.name].job_id
+    wait_for_jobs(study)
+    for name in (pure.name, nst.name):
+        status = runstate.read_status(members[name])
+        assert status["status"] == "completed" and status["epoch"] == 2, (name, status)
+    status = runstate.read_status(members[logit.name])
+    assert status["status"] == "failed" and str(damaged) in status["reason"]
+    assert damaged.read_bytes() == kept
+    report = status_report(study)
+    (failed,) = report["failed"]
+    assert failed["run"] == logit.name and str(damaged) in failed["reason"]
+    assert str(damaged) in format_report(report)
+    # It waits for the user: the queue leaves it alone...
+    decisions, _ = run_queue(study, say=lambda line: None)
+    plan = by_name(decisions)
+    assert plan[logit.name].action == FAILED_ACTION and "--retry-failed" in plan[logit.name].reason
+    assert [d.action for d in decisions].count(SUBMIT) == 0
+    # ... until it starts the run over.
+    assert main(["train", "--config", str(study.config_path(logit)), "--force-restart",
+                 "--quiet"]) == 0
+    decisions, _ = run_queue(study, say=lambda line: None)
+    assert {decision.action for decision in decisions} == {DONE}

@@ -96,3 +96,34 @@ def test_archive_readme_reports_the_selected_accuracy_with_interval(tmp_path, ca
             f"{statistics.fmean(FINAL.values()):.2f} (n=3) |") in readme
     # teachers without selected_acc: no value, said as such
     assert "| Digits | teacher (ResNet20) | — | — | 0/3 | — | — |" in readme
+
+
+def test_each_row_says_what_chose_its_best_pth(tmp_path, capsys):
+    """Issue 20, wording: a validation-selecting study whose teachers the test set chose
+    said "the test set chose nothing", and the teachers' n/a read as "no finished run"."""
+    from kdlab.status import format_report, status_report
+
+    study = _study(tmp_path, "validation")
+    for seed in SEEDS:  # the students chose on the validation hold-out, as they record
+        directory = study.run_dir(RunSpec("Digits", "ResNet8", seed, "logit", "ResNet20", 0.5))
+        status = json.loads((directory / runstate.STATUS_FILE).read_text())
+        status["selection"] = "validation"
+        (directory / runstate.STATUS_FILE).write_text(json.dumps(status))
+    table = tables.accuracy_table(pd.DataFrame(columns=COLUMNS), study)
+    markdown = tables.accuracy_markdown(table, study)
+    assert cli.main(["archive", str(study.path)]) == 0
+    readme = (analysis_dir(study.analysis_dir, study.name) / archive.README_FILE).read_text()
+    report = format_report(status_report(study, check_jobs=False))
+    for text in (markdown, readme, report):
+        assert "chose nothing" not in text and "no finished run." not in text
+    assert "| teacher | — | n/a | 0/3 | n/a | n/a | test (3): no selected_acc recorded |" \
+        in markdown
+    assert "| Digits | teacher (ResNet20) | — | — | 0/3 | — | — | test (3): no selected_acc " \
+           "recorded |" in readme
+    values = list(SELECTED.values())
+    assert (f"| {statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} | 3/3 | "
+            f"[{_t_interval(values)[0]:.2f}, {_t_interval(values)[1]:.2f}] | "
+            f"{statistics.fmean(FINAL.values()):.2f} (n=3) | validation (3) |") in readme
+    assert list(table["chosen_on"]) == ["test (3): no selected_acc recorded",
+                                        "— (no finished run)", "validation (3)"]
+    assert "a teacher trained with selection 'test'" in report

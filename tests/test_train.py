@@ -518,3 +518,78 @@ def test_precision_choices(tmp_path, capsys):
     metrics = runstate.read_metrics(the_run_dir(tmp_path))
     assert metrics["skipped_steps"] == [0]
     assert all(math.isfinite(value) for value in metrics["train_loss"] + metrics["test_loss"])
+
+
+RUN_STATE_FILES = ("config.json", "status.json", "metrics.json", "checkpoint.pth", "best.pth")
+
+
+def _state_bytes(directory: Path) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in RUN_STATE_FILES}
+
+
+def _edit_config(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def test_a_copied_run_never_trains_over_its_original(tmp_path, capsys):
+    """Issue 20.1: a finished run copied to mycopy/run, its lr changed and trained with
+    --force-restart: the copy's config.json still names the original's directory."""
+    import shutil
+
+    from conftest import snapshot
+
+    assert main(train_args(tmp_path, 1, "--quiet")) == 0
+    original = the_run_dir(tmp_path)
+    before = _state_bytes(original)
+    copy = tmp_path / "mycopy" / "run"
+    shutil.copytree(original, copy)
+    _edit_config(copy / "config.json", lr=0.05)
+    copied = snapshot(copy)
+    line = _error_line(capsys, ["train", "--config", str(copy / "config.json"),
+                                "--force-restart"])
+    assert str(copy) in line and str(original) in line and "config.json" in line
+    assert _state_bytes(original) == before
+    assert snapshot(copy) == copied
+    assert sorted(path.name for path in (tmp_path / "mycopy").iterdir()) == ["run"]
+
+
+def test_a_copied_experiments_tree_trains_where_it_lies(tmp_path):
+    """A whole tree copied elsewhere: the run's place in the copy is coherent with the
+    layout, so the copy trains there and the original stays as it was."""
+    import shutil
+
+    assert main(train_args(tmp_path, 1, "--quiet")) == 0
+    original = the_run_dir(tmp_path)
+    before = _state_bytes(original)
+    shutil.copytree(tmp_path / "experiments", tmp_path / "elsewhere" / "experiments")
+    copy = run_dir(tmp_path / "elsewhere" / "experiments", RunSpec("Digits", "ResNet8", 1))
+    _edit_config(copy / "config.json", lr=0.05)
+    assert main(["train", "--config", str(copy / "config.json"), "--force-restart",
+                 "--quiet"]) == 0
+    assert _state_bytes(original) == before
+    written = json.loads((copy / "config.json").read_text())
+    assert written["lr"] == 0.05
+    assert written["experiments_dir"] == str(tmp_path / "elsewhere" / "experiments")
+    status = runstate.read_status(copy)
+    assert status["status"] == "completed" and status["config"]["lr"] == 0.05
+    assert (runstate.read_metrics(copy)["train_loss"]
+            != runstate.read_metrics(original)["train_loss"])
+
+
+def test_a_refused_resume_leaves_config_json_as_it_was(tmp_path, capsys):
+    """Issue 20.2: resuming a run in progress by flags with another batch size is refused,
+    and nothing (config.json above all) is written: its own job resumes it afterwards."""
+    train_run(config(tmp_path, epochs=2), quiet=True)
+    directory = the_run_dir(tmp_path)
+    status = runstate.read_status(directory)
+    status["status"] = "in_progress"
+    runstate.write_status(directory, status)
+    before = _state_bytes(directory)
+    line = _error_line(capsys, train_args(tmp_path, 2, "--batch-size", "64"))
+    assert "other settings" in line and "batch_size" in line
+    assert _state_bytes(directory) == before
+    assert json.loads(before["config.json"])["batch_size"] == 128
+    assert main(["train", "--config", str(directory / "config.json"), "--quiet"]) == 0
+    assert runstate.read_status(directory)["status"] == "completed"

@@ -111,7 +111,9 @@ SELECTION_ACCURACY = {
     "test": ("max_acc", "best-epoch test accuracy (max_acc): best.pth was chosen on the test "
                         "set, so this number is optimistic"),
     "validation": ("selected_acc", "test accuracy of the epoch chosen on the validation "
-                                   "hold-out (selected_acc); the test set chose nothing"),
+                                   "hold-out (selected_acc; a run whose best.pth the test set "
+                                   "chose, such as a teacher trained with selection 'test', "
+                                   "records none)"),
 }
 # Arithmetic of training (TrainConfig.precision).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from . import catalog, runstate
 from .errors import UserError
-from .layout import PURE, RunSpec, run_dir
+from .layout import PURE, RunSpec, experiments_dir_of, run_dir
 from .runstate import CONFIG_FILE
 
 PURE_LABEL_SMOOTHING = 0.1   # pure runs
@@ -320,7 +320,7 @@ def configs_from_args(args) -> list[TrainConfig]:
         if given:
             raise UserError(f"--config was given with --{sorted(given)[0].replace('_', '-')}: "
                             "expected either config files or setting flags")
-        return [read_config_file(path) for path in args.config]
+        return [run_config_at(path) for path in args.config]
     if given.get("method_options") and given.get("distillation", PURE) == PURE:
         raise UserError(f"--option {args.option[0]!r} given without --distillation")
     if "data_root" not in given:
@@ -365,6 +365,54 @@ def read_config_file(path: str | Path) -> TrainConfig:
     return config
 
 
+# The files a run directory holds besides config.json: a --config file lying beside one of
+# them is that run's own config, whatever name it has.
+_RUN_STATE_FILES = (runstate.STATUS_FILE, runstate.CHECKPOINT_FILE, runstate.METRICS_FILE,
+                    runstate.BEST_FILE)
+
+
+def run_config_at(path: str | Path) -> TrainConfig:
+    """The run a ``--config`` file trains, never anywhere but where the file lies.
+
+    A run's own config (a file named config.json, or one beside a run's state files) names
+    its run directory by its contents (``experiments_dir`` and the run): a copied or moved
+    run would otherwise train, and overwrite, the original. When the file's directory is
+    that run's directory under another experiments directory (a copied or moved tree, a
+    relative ``experiments_dir`` read from elsewhere) the run trains there; any other place
+    is one UserError. A config file outside any run directory (a template) trains where its
+    ``experiments_dir`` says."""
+    path = Path(path)
+    config = read_config_file(path)
+    directory = path.absolute().parent
+    if path.name != CONFIG_FILE and not any((directory / name).exists()
+                                            for name in _RUN_STATE_FILES):
+        return config
+    spec = config.run_spec()
+    named = run_dir(config.experiments_dir, spec)
+    if named.resolve() == directory.resolve():
+        return config
+    root = experiments_dir_of(directory, spec)
+    if root is not None:
+        return replace(config, experiments_dir=str(root))
+    raise UserError(f"{path}: names run {spec.name} in {named} (experiments_dir "
+                    f"{config.experiments_dir!r}), not {directory} where the file lies: "
+                    "expected a run's config.json inside its own run directory (train a "
+                    "copy from a config file outside any run directory, with its own "
+                    "experiments_dir)")
+
+
+def check_config_file(directory: Path, config: TrainConfig, force: bool = False) -> None:
+    """UserError when the run's ``config.json`` in ``directory`` is damaged (unreadable,
+    not a run config) and would be replaced by ``config``'s without ``force``; reads only."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        if force or not path.is_file() or path.read_bytes() == config_json(config).encode("utf-8"):
+            return
+    except OSError:
+        pass  # unreadable: named below
+    _refuse_damaged_config(path)
+
+
 def _refuse_damaged_config(path: Path) -> None:
     """UserError naming ``path`` when it is not a readable run config (kept as it is)."""
     try:
@@ -401,9 +449,11 @@ def config_json(config: TrainConfig) -> str:
 
 def prepare_configs(args) -> list[TrainConfig]:
     """What ``kdlab train`` does before training: read the run(s) from the arguments,
-    validate each (before any directory is made), complete the method options, and write
-    each run's ``config.json`` (unless the run is completed and not being restarted), so
-    that a hand-typed run and a queued one leave the same file."""
+    validate each (before any directory is made), complete the method options, and refuse
+    a damaged ``config.json`` it would replace. Writes nothing: training writes each run's
+    ``config.json`` once every check (teacher, data, checkpoint) has passed, so that a
+    refused train leaves the run as it was, and a hand-typed run and a queued one leave
+    the same file."""
     configs = []
     for config in configs_from_args(args):
         validate_config(config)
@@ -414,10 +464,9 @@ def prepare_configs(args) -> list[TrainConfig]:
         except runstate.StateFileError:
             status = None  # training reports it
         completed = bool(status) and status.get("status") == runstate.COMPLETED
-        # A new run's directory (and its config.json) is made by training once the teacher
-        # and the data are found: a refused run leaves nothing behind.
-        if directory.is_dir() and (not completed or getattr(args, "force_restart", False)):
-            write_config_file(directory, config, force=getattr(args, "force_restart", False))
+        force = getattr(args, "force_restart", False)
+        if directory.is_dir() and (not completed or force):
+            check_config_file(directory, config, force=force)
         configs.append(config)
     return configs
 
@@ -431,8 +480,7 @@ def write_config_file(directory: Path, config: TrainConfig, force: bool = False)
     try:
         if path.is_file() and path.read_bytes() == text.encode("utf-8"):
             return path
-        if path.is_file() and not force:
-            _refuse_damaged_config(path)
+        check_config_file(directory, config, force)
         runstate.atomic_write_text(path, text)
     except OSError as error:
         raise UserError(f"cannot write the run directory {directory} "

@@ -80,6 +80,18 @@ def run_dir(experiments_dir: str | Path, spec: RunSpec, scheme: str = ALPHA_LAYO
     return root / spec.method / f"alpha_{format_alpha(spec.alpha)}" / pair / str(spec.seed)
 
 
+def experiments_dir_of(directory: str | Path, spec: RunSpec,
+                       scheme: str = ALPHA_LAYOUT) -> Path | None:
+    """The experiments directory under which ``directory`` is ``spec``'s run directory
+    (absolute; the inverse of :func:`run_dir` for a known run); None when ``directory``
+    is not named as that run's directory."""
+    directory = Path(directory).absolute()
+    parts = run_dir(".", spec, scheme).parts
+    if len(directory.parts) <= len(parts) or directory.parts[-len(parts):] != parts:
+        return None
+    return directory.parents[len(parts) - 1]
+
+
 _PURE_RE = re.compile(r"^(?P<dataset>[^/]+)/pure/(?P<model>[^/]+)/(?P<seed>\d+)$")
 _KD_RE = re.compile(r"^(?P<dataset>[^/]+)/(?P<method>[^/]+)/alpha_(?P<alpha>[0-9.eE+-]+)/"
                     r"(?P<teacher>[^/]+)_to_(?P<model>[^/]+)/(?P<seed>\d+)$")

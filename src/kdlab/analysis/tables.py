@@ -57,7 +57,9 @@ def accuracy_table(frame, study: Study, states=None):
       accuracy the study selects by, as the runs recorded it (``max_acc`` with selection
       'test', ``selected_acc`` with 'validation'; :func:`kdlab.ops.common.selection_accuracy`),
       summarised by :func:`kdlab.stats.summarize` (Student-t 95 % interval of the mean);
-    - ``final_acc_mean``/``final_acc_n``: the last epoch's test accuracy.
+    - ``final_acc_mean``/``final_acc_n``: the last epoch's test accuracy;
+    - ``chosen_on``: the split that chose the best.pth of the cell's completed runs, and
+      why some record no selected accuracy (:meth:`kdlab.ops.common.AccuracyGroup.chosen_on_text`).
 
     Grid cells without any run have n 0 and NaN values. ``states``: the study's run states
     (read here when not given)."""
@@ -85,7 +87,8 @@ def accuracy_table(frame, study: Study, states=None):
                                                        ("ci95_low", "ci_low"),
                                                        ("ci95_high", "ci_high"))},
                             "selected_n": chosen.n, "final_acc_mean": _nan(final.mean),
-                            "final_acc_n": final.n})
+                            "final_acc_n": final.n,
+                            "chosen_on": group.chosen_on_text(selected_key)})
     return pd.DataFrame.from_records(records)
 
 
@@ -131,16 +134,18 @@ def accuracy_markdown(table, study: Study) -> str:
     lines = [f"# Test accuracy — study {study.name}", "",
              f"accuracy: mean ± sample standard deviation over seeds (%), from the stored "
              f"logits of each run's best weights; {len(study.seeds)} seed(s) expected per cell; "
-             "'n/a' = no finished run.", "", selection_sentence(study), ""]
+             "'n/a' = no value: the last column says why (no finished run, or runs whose "
+             "best.pth another split chose, which record no such value).", "",
+             selection_sentence(study), ""]
     key = table["selected_by"].iloc[0] if len(table) else "max_acc"
     for dataset in study.datasets:
         lines += [f"## {dataset}", "", f"| method | alpha | accuracy (%) | seeds | {key} (%) "
-                  "| final_acc (%) |", "|---|---|---|---|---|---|"]
+                  "| final_acc (%) | best.pth chosen on (runs) |", "|---|---|---|---|---|---|---|"]
         for row in table[table["dataset"] == dataset].itertuples():
             alpha = "—" if math.isnan(row.alpha) else format_alpha(row.alpha)
             cell = format_mean_std(row.accuracy_mean, row.accuracy_std, row.n_seeds)
             selected, final = selection_cells(row)
             lines.append(f"| {row.method} | {alpha} | {cell} | {row.n_seeds}/{row.seeds_expected}"
-                         f" | {selected} | {final} |")
+                         f" | {selected} | {final} | {row.chosen_on} |")
         lines.append("")
     return "\n".join(lines)

@@ -314,7 +314,8 @@ def readme_text(study: Study, states: list[RunState], extra_states: list[RunStat
               f"\". Accuracy (%) = {selected_words}; mean ± sample standard deviation over "
               f"seeds, n = completed runs with a recorded `{selected_key}` of the cell's planned "
               "runs, 95 % CI = Student-t interval of the mean over seeds; final_acc = test "
-              "accuracy of the last epoch (mean, n).", ""]
+              "accuracy of the last epoch (mean, n); the last column: the split that chose "
+              "the best.pth of each row's completed runs, as they recorded it.", ""]
     rows = []
     earlier_cells: dict[tuple, int] = {}
     for state in (earlier.states if earlier is not None else []):
@@ -330,9 +331,11 @@ def readme_text(study: Study, states: list[RunState], extra_states: list[RunStat
             rows[-1].append(str(earlier_cells.get(
                 (group.dataset, group.role, group.method, group.alpha), 0)))
         rows[-1] += [interval_text(selected),
-                     "—" if final.mean is None else f"{final.mean:.2f} (n={final.n})"]
+                     "—" if final.mean is None else f"{final.mean:.2f} (n={final.n})",
+                     group.chosen_on_text(selected_key)]
     headers = (["data set", "run", "α", f"accuracy (%, {selected_key})", "n"]
-               + (["of them earlier code"] if earlier else []) + ["95 % CI", "final_acc (%)"])
+               + (["of them earlier code"] if earlier else [])
+               + ["95 % CI", "final_acc (%)", "best.pth chosen on (runs)"])
     lines += [markdown_table(headers, rows), ""]
 
     incomplete = [s for s in states if s.state != COMPLETED]

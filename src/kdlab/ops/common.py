@@ -8,7 +8,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from ..catalog import SELECTION_ACCURACY
+from ..catalog import SELECTION_ACCURACY, SELECTIONS
 from ..layout import format_alpha
 from ..stats import SeedSummary, summarize
 from ..status import COMPLETED, RunState
@@ -67,6 +67,23 @@ class AccuracyGroup:
     planned: int              # runs of this cell in the grid (completed or not)
     selected: list[float] = field(default_factory=list)   # the accuracy the study selects by
     finals: list[float] = field(default_factory=list)     # final_acc (last epoch)
+    chosen_on: list[str] = field(default_factory=list)    # what chose each one's best.pth
+
+    def chosen_on_text(self, selected_key: str) -> str:
+        """What chose the best.pth of the completed runs, per split ('validation (3)',
+        'test (2), validation (1)'), and why some record no ``selected_key`` ('test (3): no
+        selected_acc recorded'); '— (no finished run)' without any."""
+        if not self.chosen_on:
+            return "— (no finished run)"
+        counts: dict[str, int] = {}
+        for split in self.chosen_on:
+            counts[split] = counts.get(split, 0) + 1
+        text = ", ".join(f"{split} ({count})" for split, count in sorted(counts.items()))
+        missing = len(self.chosen_on) - len(self.selected)
+        if missing:
+            text += (f": no {selected_key} recorded" if missing == len(self.chosen_on)
+                     else f"; {missing} with no {selected_key} recorded")
+        return text
 
     @property
     def selected_summary(self) -> SeedSummary:
@@ -131,11 +148,22 @@ def accuracy_groups(study: Study, states: list[RunState]) -> list[AccuracyGroup]
             continue
         if state.max_acc is not None:
             group.accuracies.append(state.max_acc)
+        group.chosen_on.append(chosen_on(state))
         for values, name in ((group.selected, selected_key), (group.finals, "final_acc")):
             value = _recorded(state.status, name)
             if value is not None:
                 values.append(value)
     return [groups[key] for key in order]
+
+
+def chosen_on(state: RunState) -> str:
+    """The split that chose the run's best.pth, as status.json records it: 'test' or
+    'validation'; 'test' for the earlier research code's runs and kdlab's from before
+    the setting (they chose on the test set)."""
+    status = state.status or {}
+    config = status.get("config") if isinstance(status.get("config"), dict) else {}
+    found = status.get("selection") or config.get("selection") or "test"
+    return found if found in SELECTIONS else f"unknown ({found!r})"
 
 
 def group_key(state: RunState) -> tuple:

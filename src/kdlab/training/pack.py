@@ -4,17 +4,22 @@ Each batch is loaded and augmented once and the teacher runs once on it; then ev
 steps. A student keeps its own run directory, files, optimizer, schedule and method modules,
 and is initialised from the global generator exactly as a solo run (the same seed, the same
 draws before it), so a packed run ends with the metrics and weights it gets alone (on CPU).
-One student's failure is its own; a stop signal stops all, each with its last epoch saved.
+One student's failure is its own, a member that cannot resume (a damaged checkpoint, other
+settings) included: it leaves the pack, failed with the reason, and the others train on. A
+stop signal stops all, each with its last epoch saved. A pack never holds the teacher of one
+of its members.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from dataclasses import dataclass
 
 from .. import layout, runstate
 from ..config import (TrainConfig, _with_complete_options, pack_shared_fields,
-                      prepare_configs, validate_config, write_config_file)
+                      prepare_configs, validate_config)
 from ..errors import EXIT_PREEMPTED, UserError, WriteError
 from ..layout import PURE
 from . import device as device_module
@@ -23,8 +28,8 @@ from .guards import Preempted, StopFlag, stop_signals
 from .lock import RunLock
 from .loop import pretrain
 from .run import (_check_writable, _read_own_status, _record_crash,
-                  _record_environment_failure, load_data, load_teacher, start_student,
-                  train_run)
+                  _record_environment_failure, load_data, load_teacher, restore_state,
+                  start_student, train_run)
 from .state import RunContext, Student, build_state
 from .threads import thread_limits
 
@@ -38,6 +43,7 @@ class _Member:
     ctx: RunContext
     status: dict | None
     lock: RunLock
+    left: bool = False  # it could not resume and left the pack, failed (see _leave_pack)
 
 
 def check_pack(configs: list[TrainConfig]) -> None:
@@ -54,6 +60,13 @@ def check_pack(configs: list[TrainConfig]) -> None:
     if len(teachers) > 1:
         raise UserError(f"the runs of a pack distil from {', '.join(sorted(teachers))}: "
                         "expected one teacher")
+    specs = {config.run_spec() for config in configs}
+    for config in configs:  # experiments_dir is shared: a run spec names one directory
+        teacher_spec = config.run_spec().teacher_run()
+        if teacher_spec in specs:
+            raise UserError(f"run {teacher_spec.name} is the teacher of run "
+                            f"{config.run_spec().name} in the same pack: expected a teacher "
+                            "to be trained (and completed) alone before its students")
     names = [config.run_spec().name for config in configs]
     if len(set(names)) != len(names):
         raise UserError(f"run {max(names, key=names.count)} is given twice: expected each run "
@@ -119,19 +132,34 @@ def _train_members(members: list[_Member], force_restart: bool, download: bool,
                 mark_stopped(student, flag.signal_name)
     except Exception as error:  # outside any one student's step: every unfinished one
         return _unfinished(members, students, error, environment=isinstance(error, OSError))
-    return {student.ctx.spec.name: student.result for student in students}
+    return {**{member.ctx.spec.name: runstate.FAILED for member in members if member.left},
+            **{student.ctx.spec.name: student.result for student in students}}
+
+
+def _leave_pack(member: _Member, reason: str) -> None:
+    """Record ``member`` as failed with ``reason`` (it waits for the user: ``kdlab queue
+    --retry-failed`` or ``kdlab train --force-restart``); its other files are kept."""
+    member.left = True
+    try:
+        runstate.update_status(member.ctx.run_dir, status=runstate.FAILED, reason=reason,
+                               failed_at=time.time())
+    except (OSError, runstate.StateFileError):
+        pass  # the line below still names it
+    print(f"{member.ctx.spec.name}: FAILED, left its pack: {reason}", file=sys.stderr,
+          flush=True)
 
 
 def _unfinished(members: list[_Member], students: list[Student], error: Exception,
                 environment: bool) -> dict[str, str]:
     """Record ``error`` for every member that has no result yet; the results by run name."""
     for member in members:
-        if not any(student.ctx is member.ctx and student.result for student in students):
+        if not member.left and not any(student.ctx is member.ctx and student.result for student in students):
             (_record_environment_failure if environment else _record_crash)(member.ctx, error)
     unfinished = runstate.IN_PROGRESS if environment else runstate.FAILED
-    return {member.ctx.spec.name: next((student.result for student in students
-                                        if student.ctx is member.ctx and student.result),
-                                       unfinished) for member in members}
+    return {member.ctx.spec.name: runstate.FAILED if member.left else
+            next((student.result for student in students
+                  if student.ctx is member.ctx and student.result), unfinished)
+            for member in members}
 
 
 def _setup(members: list[_Member], students: list[Student], force_restart: bool,
@@ -144,18 +172,28 @@ def _setup(members: list[_Member], students: list[Student], force_restart: bool,
     data, info, validation_split = load_data(lead.config, lead.device, download)
     kd_configs = [m.ctx.config for m in members if m.ctx.config.distillation != PURE]
     teacher = load_teacher(kd_configs[0], info.num_classes, lead.device) if kd_configs else None
+    checked = []
     for member in members:
         config = member.ctx.config
         device_module.seed_everything(config.seed)
         if config.distillation != PURE:  # the draws of the teacher a solo run builds first
             build_model(config.teacher_model, info.num_classes)
         state = build_state(member.ctx, info.num_classes, info.image_size)
+        try:
+            restore_state(member.ctx, state, force_restart)
+        except UserError as error:
+            # A member that cannot resume (a damaged checkpoint or config.json, other
+            # settings) leaves the pack, failed with the reason: a pack that stopped for it
+            # would stall its healthy members in every job the queue submits.
+            _leave_pack(member, str(error))
+            continue
+        checked.append((member, state))
+    for member, state in checked:  # every check passed: now the members' files are written
         if not member.lock.held:  # a new run: its directory is made only now, all valid
             member.lock.acquire()
-            write_config_file(member.ctx.run_dir, config)
         students.append(start_student(member.ctx, state, member.status, force_restart,
                                       validation_split))
-    names = sorted(member.ctx.spec.name for member in members)
+    names = sorted(member.ctx.spec.name for member, _ in checked)
     for student in students:  # each member's status names its pack (the queue's order kept)
         if student.status.get("pack") is None or set(student.status["pack"]) != set(names):
             student.status["pack"] = names

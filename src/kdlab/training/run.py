@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from .. import layout, runstate
-from ..config import TrainConfig, _with_complete_options, validate_config, write_config_file
+from ..config import (TrainConfig, _with_complete_options, check_config_file, validate_config,
+                      write_config_file)
 from ..errors import EXIT_PREEMPTED, UserError, WriteError
 from ..layout import PURE
 from . import device as device_module
@@ -172,9 +173,9 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     teacher = (load_teacher(config, info.num_classes, ctx.device)
                if config.distillation != PURE else None)
     state = build_state(ctx, info.num_classes, info.image_size)
+    restore_state(ctx, state, force_restart)
     if not lock.held:  # a new run: its directory is created only now, once all is valid
         lock.acquire()
-        write_config_file(ctx.run_dir, config)
     student = start_student(ctx, state, status, force_restart, validation_split)
     try:
         if state.distiller is not None:
@@ -202,30 +203,39 @@ def load_data(config: TrainConfig, device: torch.device, download: bool):
             validation_split)
 
 
-def _restore_or_restart(ctx: RunContext, state: TrainingState, force_restart: bool) -> None:
-    """Resume from the checkpoint, or (``--force-restart``) remove the method's stage files."""
+def restore_state(ctx: RunContext, state: TrainingState, force_restart: bool) -> None:
+    """Resume ``state`` from the run's checkpoint (unless ``--force-restart``), after
+    checking that the run's config.json may be replaced; writes nothing, so that a refusal
+    (a UserError naming the file) leaves the run as it was."""
+    check_config_file(ctx.run_dir, ctx.config, force_restart)
     checkpoint_path = ctx.run_dir / runstate.CHECKPOINT_FILE
     if checkpoint_path.exists() and not force_restart:
         state.load_state_dict(read_checkpoint(checkpoint_path, ctx.config))
         ctx.say(f"{ctx.spec.name}: resuming after epoch {state.epoch}/{ctx.config.epochs}")
-    elif force_restart:
-        # Also the method's own stage files (factor transfer's paraphraser): starting over
-        # means stage 1 too, e.g. after the teacher or the batch size changed.
-        distiller = state.distiller
-        stale = [ctx.run_dir / name
-                 for name in (distiller.frozen_state_files() if distiller else [])
-                 if (ctx.run_dir / name).exists()]
-        if stale or checkpoint_path.exists():
-            ctx.say(f"{ctx.spec.name}: --force-restart: starting over")
-        for path in stale:
-            path.unlink()
+
+
+def _start_over(ctx: RunContext, state: TrainingState) -> None:
+    """``--force-restart``: also remove the method's stage files (factor transfer's
+    paraphraser): starting over means stage 1 too, e.g. after the teacher or the batch size
+    changed."""
+    distiller = state.distiller
+    stale = [ctx.run_dir / name
+             for name in (distiller.frozen_state_files() if distiller else [])
+             if (ctx.run_dir / name).exists()]
+    if stale or (ctx.run_dir / runstate.CHECKPOINT_FILE).exists():
+        ctx.say(f"{ctx.spec.name}: --force-restart: starting over")
+    for path in stale:
+        path.unlink()
 
 
 def start_student(ctx: RunContext, state: TrainingState, status: dict | None,
                   force_restart: bool, validation_split: dict | None = None) -> Student:
-    """Resume (or restart) ``state`` and write the status of a run that now trains: keep
-    what others wrote (job id, scheduler, submitted_at, pack), set what this run owns."""
-    _restore_or_restart(ctx, state, force_restart)
+    """Write what a run that now trains owns, once :func:`restore_state` has checked it:
+    its config.json and its status (keeping what others wrote: job id, scheduler,
+    submitted_at, pack)."""
+    write_config_file(ctx.run_dir, ctx.config, force=force_restart)
+    if force_restart:
+        _start_over(ctx, state)
     base_status = {key: value for key, value in (status or {}).items() if key != "reason"}
     if force_restart:
         base_status.pop("started_at", None)
