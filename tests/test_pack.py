@@ -279,6 +279,28 @@ def test_a_member_that_cannot_resume_leaves_the_pack(solo, tmp_path, monkeypatch
     assert same(outcome(runs[1]), solo["outcomes"][runs[1].run_spec().name])
 
 
+def test_a_member_with_a_damaged_status_leaves_the_pack(solo, tmp_path, monkeypatch, capsys):
+    """Issue 20.3 for a damaged status.json: that member is named and left out (its file
+    kept for the user, not replaced by a 'failed' status), and the others train on to
+    exactly their solo ends."""
+    with_teacher(solo, tmp_path)
+    runs = [config for config in configs(tmp_path)
+            if config.distillation in ("none", "fitnets", "nst")]
+    _stopped_after_epoch_1(monkeypatch, runs)
+    damaged = run_dir(runs[1].experiments_dir, runs[1].run_spec())
+    (damaged / "status.json").write_bytes(b"{not json")
+    capsys.readouterr()
+    results = train_pack(runs, quiet=True)
+    assert results == {runs[0].run_spec().name: "completed",
+                       runs[1].run_spec().name: "failed", runs[2].run_spec().name: "completed"}
+    assert (damaged / "status.json").read_bytes() == b"{not json"
+    err = capsys.readouterr().err
+    assert f"{runs[1].run_spec().name}: FAILED, left its pack" in err
+    assert str(damaged / "status.json") in err
+    for config in (runs[0], runs[2]):
+        assert same(outcome(config), solo["outcomes"][config.run_spec().name])
+
+
 def test_a_pack_refused_for_a_differing_setting_writes_nothing(tmp_path, capsys):
     """Issue 20.2 for packs: a member given with another batch size is refused before any
     member's config.json is written."""

@@ -101,7 +101,16 @@ def train_pack(configs: list[TrainConfig], *, force_restart: bool = False,
             lock = stack.enter_context(RunLock(run_dir))
             if run_dir.exists():
                 lock.acquire()
-            status = _read_own_status(run_dir, force_restart)
+            try:
+                status = _read_own_status(run_dir, force_restart)
+            except UserError as error:
+                # Its status.json is damaged: it is kept for the user (writing 'failed'
+                # would replace it), and the member stays out of the pack so the others
+                # train on instead of stalling in every job the queue submits.
+                print(f"{spec.name}: FAILED, left its pack: {error}", file=sys.stderr,
+                      flush=True)
+                results[spec.name] = runstate.FAILED
+                continue
             if status and status["status"] == runstate.COMPLETED and not force_restart:
                 ctx.say(f"{spec.name}: already completed; --force-restart to retrain")
                 results[spec.name] = runstate.COMPLETED
