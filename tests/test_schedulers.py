@@ -733,3 +733,51 @@ def test_sbatch_and_qsub_ids_among_warning_lines():
     with pytest.raises(SchedulerError) as caught:
         parse_sbatch_output("x" * 60_000_000)
     assert len(str(caught.value)) < 500
+
+
+QSUB_WITHOUT_ID = """
+STATE["next"] = STATE.get("next", 4101300) + 1
+job = f"{STATE['next']}.sched01"
+STATE.setdefault("jobs", {})[job] = {"state": "H" if "-h" in argv else "Q",
+                                     "args": " ".join(argv)}
+save()
+print("qsub: warning: accounting project not set")
+"""
+QSELECT = """
+user, state = argv[argv.index("-u") + 1], argv[argv.index("-s") + 1]
+for job, info in STATE.get("jobs", {}).items():
+    if info["state"] == state:
+        print(job)
+"""
+QSTAT_SUBMIT_ARGUMENTS = """
+ids = [arg for arg in argv if not arg.startswith("-") and arg != "json"]
+print(json.dumps({"Jobs": {job: {"job_state": STATE["jobs"][job]["state"],
+                                 "Submit_arguments": STATE["jobs"][job]["args"]}
+                           for job in ids}}))
+"""
+QDEL_RECORD = """
+STATE["jobs"][argv[0]]["state"] = "F"; save()
+"""
+
+
+def test_qsub_without_an_id_never_leaves_held_jobs_over_three_cycles(tmp_path, fake_bin):
+    """Issue 20.6 for PBS: qsub printed no job id, so the held job it made would wait for
+    ever; kdlab finds it by the script its submission ran and deletes it, and only it (a
+    held job of another script of the same user is kept)."""
+    for name, body in (("qsub", QSUB_WITHOUT_ID), ("qselect", QSELECT),
+                       ("qstat", QSTAT_SUBMIT_ARGUMENTS), ("qdel", QDEL_RECORD)):
+        install_fake(fake_bin, name, body)
+    (fake_bin / "state.json").write_text(json.dumps({"jobs": {"99.sched01": {
+        "state": "H", "args": "-h /elsewhere/pbs-job-1.sh"}}}))
+    scheduler = PbsScheduler()
+    for cycle in range(3):
+        with pytest.raises(SchedulerError) as caught:
+            scheduler.submit("run-x", ["kdlab", "train"], tmp_path / "run", settings(backend="pbs"),
+                             lambda job_id: None)
+        assert "expected a job id" in str(caught.value)
+        assert f"held job 41013{cycle + 1:02d}.sched01 was cancelled" in str(caught.value)
+        assert len(str(caught.value).splitlines()) == 1
+    jobs = json.loads((fake_bin / "state.json").read_text())["jobs"]
+    assert {job: info["state"] for job, info in jobs.items()} == {
+        "99.sched01": "H", "4101301.sched01": "F", "4101302.sched01": "F",
+        "4101303.sched01": "F"}

@@ -28,6 +28,8 @@ value FAILED with that exit code.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 from pathlib import Path
 from typing import Callable, Iterable
@@ -247,8 +249,47 @@ class PbsScheduler(Scheduler):
         result = run_command(argv, "pbs submit")
         if result.returncode != 0:
             raise SchedulerError(command_failure(argv, result))
-        job_id = parse_qsub_output(result.stdout)
+        try:
+            job_id = parse_qsub_output(result.stdout)
+        except SchedulerError as error:
+            raise SchedulerError(f"{error}; {self._cancel_held_jobs(script_path)}") from None
         return self.record_then_release(job_id, record, ["qrls", job_id])
+
+    def _cancel_held_jobs(self, script_path: Path) -> str:
+        """Cancel this user's held jobs whose submission ran ``script_path`` (a qsub whose
+        job id could not be read: the job exists, held, and would stay so for ever). PBS
+        records each job's ``Submit_arguments``; every submission has a script path of its
+        own, so no other job matches. Returns what was done, for the error message."""
+        paths = {str(script_path), str(Path(script_path).resolve())}
+        left = f"a held job of {script_path} may be left"
+        argv = ["qselect", "-u", pwd.getpwuid(os.getuid()).pw_name, "-s", "H"]
+        try:
+            result = run_command(argv, "pbs clean-up")
+            if result.returncode != 0:
+                return f"{left} ({command_failure(argv, result)}): qdel it"
+            candidates = [line.strip() for line in result.stdout.splitlines()
+                          if _QSUB_LINE.fullmatch(line.strip())]
+            if not candidates:
+                return f"no held job of {script_path} found"
+            argv = ["qstat", "-f", "-F", "json", *candidates]
+            result = run_command(argv, "pbs clean-up")
+            jobs = qstat_jobs(result.stdout)
+        except (SchedulerError, ValueError) as error:
+            return f"{left} ({reply_quote(str(error))}): qdel it"
+        held = [job_id for job_id, attributes in jobs.items() if isinstance(attributes, dict)
+                and str(attributes.get("Submit_arguments", "")).split()[-1:] in
+                ([path] for path in paths)]
+        problems = []
+        for job_id in held:
+            try:
+                self.cancel(job_id)
+            except SchedulerError as error:
+                problems.append(str(error))
+        if problems:
+            return f"could not cancel its held job: {problems[0]}"
+        if held:
+            return f"its held job {', '.join(held)} was cancelled"
+        return f"no held job of {script_path} found; qdel it if one is left"
 
     def alive_jobs(self, job_ids: Iterable[str]) -> dict[str, bool | SchedulerError]:
         """One ``qstat -f -F json ID...`` call for all jobs; a job that call leaves unexplained
