@@ -21,7 +21,7 @@ import numpy as np
 from .. import catalog, layout, runstate
 from ..errors import UserError, WriteError
 from ..layout import RunSpec
-from ..study import Study, load_study
+from ..study import Pair, Study, load_study
 from . import store
 
 DEFAULT_BATCH_SIZE = 500
@@ -53,7 +53,7 @@ def _roles(study: Study, spec: RunSpec) -> list[str]:
     """Representation roles of a run: a pure run of a model the study uses both as teacher
     and as student is written as both."""
     role = study.role_of(spec)
-    if role == "teacher" and spec.model == study.student:
+    if role == "teacher" and spec.model in {pair.student for pair in study.pairs}:
         return ["teacher", "pure"]
     return [role]
 
@@ -62,10 +62,11 @@ def _outside_study(study: Study, spec: RunSpec) -> str | None:
     """Why a discovered run does not belong to the study (a short category), or None."""
     if spec.dataset not in study.datasets:
         return f"data set {spec.dataset}"
-    if spec.model not in (study.teacher, study.student):
+    if spec.model not in {model for pair in study.pairs for model in (pair.teacher,
+                                                                      pair.student)}:
         return f"model {spec.model}"
     if not spec.is_pure:
-        if spec.model != study.student or spec.teacher != study.teacher:
+        if Pair(spec.teacher, spec.model) not in study.pairs:
             return f"pair {spec.teacher}->{spec.model}"
         if spec.method not in study.methods:
             return f"method {spec.method}"
