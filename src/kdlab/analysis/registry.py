@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from . import bootstrap, earlier_metrics, metrics
+from .store import UNNAMED_STAGES
 
 # Bump when a metric's definition or its output rows change: every cache entry is recomputed.
 METRIC_VERSION = 3
@@ -115,10 +116,12 @@ def of_scope(scope: str) -> list[Metric]:
     return [metric for metric in REGISTRY.values() if metric.scope == scope]
 
 
-def sweep_metrics() -> list[tuple[str, str, bool, tuple[str, ...], int]]:
+def sweep_metrics(stages: tuple[str, ...] = UNNAMED_STAGES
+                  ) -> list[tuple[str, str, bool, tuple[str, ...], int]]:
     """(row, axis label, compares with the teacher, layers, digits) of every metric drawn
-    against alpha, in declaration order."""
-    return [(m.sweep, m.label, m.scope == "pair", m.layers, m.digits)
+    against alpha, in declaration order; a metric of every stage lists ``stages`` (the
+    student's stage names; default the CIFAR ResNets')."""
+    return [(m.sweep, m.label, m.scope == "pair", m.layers or tuple(stages), m.digits)
             for m in REGISTRY.values() if m.sweep]
 
 

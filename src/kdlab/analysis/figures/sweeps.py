@@ -54,8 +54,7 @@ def sweep_axis(ax, grid: Grid, values: Values, layer: str, metric: str, pairwise
 def draw_sweep(grid: Grid, values: Values, out: Path, metric: str) -> list[Path]:
     """sweep_{metric}.png and heatmap_{metric}.png."""
     written = []
-    for name, label, pairwise, layers, digits in sweep_metrics():
-        layers = layers or grid.stages   # None: every stage of the student
+    for name, label, pairwise, layers, digits in sweep_metrics(grid.stages):
         if name != metric:
             continue
         figure, axes = subplots(1, len(layers), width=4.2, height=3.2)
