@@ -162,8 +162,9 @@ def no_data(ax, text: str = "no runs") -> None:
     ax.set_facecolor("0.96")
 
 
-def grouped_bars(ax, series, layers) -> None:
-    """Bars per layer for several series [(label, colour, [(mean, std, count)] per layer)];
+def grouped_bars(ax, series, layers=LAYERS) -> None:
+    """Bars per layer (default: the CIFAR ResNets' stages) for several series
+    [(label, colour, [(mean, std, count)] per layer)];
     a missing value is labelled 'n/a' where its bar would be."""
     positions = np.arange(len(layers))
     width = 0.8 / max(1, len(series))
