@@ -3,7 +3,7 @@
 Keys: one per stage of the model, under the stage's own name (``catalog.ModelFacts
 .stage_names``: [N, channels of the stage], its global-average-pooled output), ``logits``
 [N,C] (float32), ``labels`` [N] (int64), rows in the order of the data set's test split,
-and ``stage_names`` (the stage keys, first to last). Files without ``stage_names`` (the
+and ``stage_names`` (the stage keys, first to last; left out for the ResNets' stages). Files without ``stage_names`` (the
 earlier research code's and kdlab's before it named stages) hold the CIFAR ResNets'
 :data:`UNNAMED_STAGES`. Where a file lives is decided by
 :func:`kdlab.layout.representation_path`.
@@ -55,8 +55,9 @@ def stage_names_of(arrays: dict, where: str = "") -> tuple[str, ...]:
 
 def validate_representation(arrays: dict, where: str) -> dict[str, np.ndarray]:
     """Check keys, ranks, dtypes, that every array has the same N and that the features are
-    finite; return the arrays as float32 features (each stage, logits), int64 labels and
-    ``stage_names`` (str [S]). UserError naming ``where`` otherwise."""
+    finite; return the arrays as float32 features (each stage, logits), int64 labels and,
+    unless they are :data:`UNNAMED_STAGES`, ``stage_names`` (str [S]). UserError naming
+    ``where`` otherwise."""
     stages = stage_names_of(arrays, where)
     keys = (*stages, *BASE_KEYS)
     missing = [key for key in keys if key not in arrays]
@@ -67,8 +68,9 @@ def validate_representation(arrays: dict, where: str) -> dict[str, np.ndarray]:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"representation {where}: 'labels' must be integer [N], found "
                         f"{labels.dtype} {labels.shape}")
-    result = {"labels": labels.astype(np.int64, copy=False),
-              STAGE_NAMES_KEY: np.array(stages, dtype=str)}
+    result = {"labels": labels.astype(np.int64, copy=False)}
+    if stages != UNNAMED_STAGES:   # the ResNets' files read and write as they always did
+        result[STAGE_NAMES_KEY] = np.array(stages, dtype=str)
     for key in (*stages, "logits"):
         array = np.asarray(arrays[key])
         if array.ndim != 2 or array.shape[0] != labels.shape[0] or array.shape[1] < 1:
@@ -89,7 +91,7 @@ def save_representation(path: str | Path, arrays: dict, provenance: dict | None 
     with ``provenance`` (JSON-serialisable) when given."""
     arrays = validate_representation(arrays, str(path))
     stored = {key: arrays[key] for key in (*stage_names_of(arrays), *BASE_KEYS,
-                                           STAGE_NAMES_KEY)}
+                                           STAGE_NAMES_KEY) if key in arrays}
     if provenance is not None:
         stored[PROVENANCE_KEY] = np.array(json.dumps(provenance, sort_keys=True))
     buffer = io.BytesIO()
