@@ -113,13 +113,16 @@ def test_planning_charlie_imports_no_torch(tmp_path):
 
 
 def test_cells_are_named_once_in_report_order():
-    from kdlab.study import Cell, Role
+    from kdlab.study import Cell, Pair, Role
 
     study = load_study(CHARLIE)
     cells = study.cells()
     assert len(cells) == 4 * (2 + 6 * 4)
-    assert cells[:3] == [Cell("Cifar10", Role.TEACHER), Cell("Cifar10", Role.PURE),
-                         Cell("Cifar10", Role.KD, "logit", 0.25)]
+    pair = Pair("ResNet112", "ResNet56")   # charlie's one pair: every cell names it
+    assert study.pairs == [pair]
+    assert cells[:3] == [Cell("Cifar10", Role.TEACHER, pair=pair),
+                         Cell("Cifar10", Role.PURE, pair=pair),
+                         Cell("Cifar10", Role.KD, "logit", 0.25, pair)]
     assert [cell.row for cell in cells[:2]] == ["teacher", "pure"]
     # Every run lies in exactly one cell, and each cell holds one run per seed.
     members = [spec for cell in cells for spec in study.cell_runs(cell)]

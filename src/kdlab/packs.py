@@ -50,9 +50,9 @@ def make_packs(study: Study, candidates: list[Decision]) -> list[Pack]:
     """Group the runs to submit (in priority order) into packs of at most
     ``scheduler.pack_size`` runs, in the order of their first members; sets each
     decision's ``pack``. A group larger than the pack size is cut into packs of even size.
-    KD runs are grouped by :func:`pack_key` and their teacher run; the
-    pure student joins the KD runs of its key (placed first); a teacher, or a run started
-    over, is alone."""
+    KD runs are grouped by :func:`pack_key` and their teacher run, whatever the students'
+    models (the students of every pair sharing that teacher); the pure students join the
+    KD runs of their key (placed first); a teacher, or a run started over, is alone."""
     size = study.scheduler.pack_size
     groups: list[tuple[tuple | None, object, list[Decision]]] = []  # (key, teacher, runs)
     pure: list[Decision] = []
@@ -69,14 +69,19 @@ def make_packs(study: Study, candidates: list[Decision]) -> list[Pack]:
                 group[2].append(decision)
         else:
             pure.append(decision)
+    pure_placed: dict[int, int] = {}   # id(group) -> pure students put before its KD runs
     for decision in pure:
         key = pack_key(study, decision)
         group = next((g for g in groups if g[0] == key and g[1] is not None), None)
         group = group or next((g for g in groups if g[0] == key and g[1] == "pure"), None)
         if group is None:
             groups.append((key, "pure", [decision]))
-        else:
-            group[2].insert(0 if group[1] != "pure" else len(group[2]), decision)
+        elif group[1] == "pure":
+            group[2].append(decision)
+        else:  # the pure students (one per pair's student) first, in grid order
+            position = pure_placed.get(id(group), 0)
+            group[2].insert(position, decision)
+            pure_placed[id(group)] = position + 1
     order = {id(decision): index for index, decision in enumerate(candidates)}
     packs = [Pack(chunk) for _, _, runs in groups for chunk in _even_chunks(runs, size)]
     packs.sort(key=lambda pack: min(order[id(decision)] for decision in pack.members))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import catalog, runstate
 from .layout import LAYOUTS, RunSpec, format_alpha, read_run_path, run_dir, status_files
-from .study import Cell, Role, Study
+from .study import Cell, Pair, Role, Study
 
 # The states a run of a study can be in (what the status table counts).
 COMPLETED = "completed"
@@ -222,9 +222,8 @@ def states_by_cell(study: Study, states: list[RunState]) -> list[tuple[Cell, lis
     ``states`` outside the grid are left out): the one iteration tables and figures use."""
     by_key: dict[tuple, list[RunState]] = {cell.key: [] for cell in study.cells()}
     for state in states:
-        key = study.cell_of(state.spec).key
-        if key in by_key:
-            by_key[key].append(state)
+        for cell in study.cells_of(state.spec):  # a shared teacher: in each of its pairs
+            by_key[cell.key].append(state)
     return [(cell, sorted(by_key[cell.key], key=lambda state: state.spec.seed))
             for cell in study.cells()]
 
@@ -306,10 +305,11 @@ def _why_outside(study: Study, relative: str) -> dict:
     if spec.dataset not in study.datasets:
         return {"reason": "other data set"}
     if spec.is_pure:
-        if spec.model not in (study.teacher, study.student):
+        if spec.model not in {model for pair in study.pairs for model in (pair.teacher,
+                                                                          pair.student)}:
             return {"reason": "other model"}
         return {"reason": "other seed"}
-    if spec.model != study.student or spec.teacher != study.teacher:
+    if Pair(spec.teacher, spec.model) not in study.pairs:
         return {"reason": "other model"}
     if spec.method not in study.methods:
         return {"reason": "other method"}

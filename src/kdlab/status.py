@@ -47,19 +47,21 @@ def status_report(study: Study, states: list[RunState] | None = None,
     epochs_done = epochs_planned = 0
     for state in states:
         counts[state.state] += 1
-        cell = study.cell_of(state.spec)
-        if cell.key not in groups:  # a run given by the caller from outside the grid
-            _add_group(groups, accuracies, cell, study)
-        key = cell.key
-        groups[key]["runs"] += 1
-        groups[key][state.state] += 1
-        groups[key]["collapsed"] += state.collapsed
-        groups[key]["earlier_code"] += state.earlier_code
-        if state.state == COMPLETED and state.max_acc is not None:
-            accuracies[key].append(state.max_acc)
-        value = (state.status or {}).get(selected_key) if state.state == COMPLETED else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            selected.setdefault(key, []).append(float(value))
+        # A teacher shared by several pairs is counted once in the totals, in each pair's rows.
+        cells = study.cells_of(state.spec) or [study.cell_of(state.spec)]
+        for cell in cells:
+            if cell.key not in groups:  # a run given by the caller from outside the grid
+                _add_group(groups, accuracies, cell, study)
+            key = cell.key
+            groups[key]["runs"] += 1
+            groups[key][state.state] += 1
+            groups[key]["collapsed"] += state.collapsed
+            groups[key]["earlier_code"] += state.earlier_code
+            if state.state == COMPLETED and state.max_acc is not None:
+                accuracies[key].append(state.max_acc)
+            value = (state.status or {}).get(selected_key) if state.state == COMPLETED else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                selected.setdefault(key, []).append(float(value))
         planned = planned_epochs(state.status, int(study.training["epochs"]))
         epochs_planned += planned
         epochs_done += planned if state.state == COMPLETED else min(_epoch(state), planned)
@@ -153,8 +155,12 @@ def _packs(states: list[RunState], liveness: dict) -> list[dict[str, Any]]:
 
 
 def _add_group(groups: dict, accuracies: dict, cell, study: Study) -> None:
+    """A row of the status table for ``cell`` (its pair and the model its runs train)."""
+    pair = cell.pair
     groups[cell.key] = {"dataset": cell.dataset, "method": cell.row, "alpha": cell.alpha,
-                        "model": study.teacher if cell.row == "teacher" else study.student,
+                        "model": cell.model, "teacher": pair.teacher if pair else None,
+                        "student": pair.student if pair else None,
+                        "pair": pair.label if pair else None,
                         "runs": 0, "collapsed": 0, "earlier_code": 0,
                         **{name: 0 for name in _COUNT_COLUMNS}}
     accuracies[cell.key] = []
@@ -171,19 +177,24 @@ def format_report(report: dict[str, Any]) -> str:
                "waiting", "to do", "unreadable", "mean acc %", "± std", "95% CI", "n",
                "collapsed", "made by earlier code"]
     rows = []
+    # With several pairs every row says its pair; one pair's table is as it always was.
+    several_pairs = len({group.get("pair") for group in report["groups"]}) > 1
+    if several_pairs:
+        headers.insert(1, "pair")
     for group in report["groups"]:
         label = (f"{group['method']} {group['model']}" if group["method"] in ("teacher", "pure")
                  else group["method"])
         summary = group["selected_acc_summary"]
         ci = summary["ci95"]
-        rows.append([group["dataset"], label, _alpha_text(group["alpha"]),
+        first = [group["dataset"], group.get("pair") or "-"] if several_pairs else [group["dataset"]]
+        rows.append([*first, label, _alpha_text(group["alpha"]),
                      *(str(group[name]) for name in _COUNT_COLUMNS),
                      _number(summary["mean"]), _number(summary["std"]),
                      "-" if ci is None else f"{ci[0]:.2f}..{ci[1]:.2f}", str(summary["n"]),
                      str(group["collapsed"] or "-"), str(group["earlier_code"] or "-")])
     lines = [f"study {report['study']} ({report['study_file']}): {report['total']} runs in "
              f"{report['experiments_dir']}, backend {report['backend']}", ""]
-    lines += _table(headers, rows)
+    lines += _table(headers, rows, text_columns=4 if several_pairs else 3)
     lines.append(f"mean acc: over seeds, of the {report['accuracy_selected_by']['meaning']}")
     counts = report["counts"]
     accuracy = report["mean_max_acc_completed"]
@@ -232,10 +243,10 @@ def _ended(entry: dict[str, Any]) -> str:
     return f"; job {end.get('job_id')} {end_text(end)}"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+def _table(headers: list[str], rows: list[list[str]], text_columns: int = 3) -> list[str]:
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     def line(cells):
-        return "  ".join(str(cell).ljust(width) if i < 3 else str(cell).rjust(width)
+        return "  ".join(str(cell).ljust(width) if i < text_columns else str(cell).rjust(width)
                          for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
     return [line(headers), line(["-" * width for width in widths]), *(line(row) for row in rows)]
 

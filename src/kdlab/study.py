@@ -1,7 +1,7 @@
 """Study files: load a TOML study, validate it, expand it into the runs of its grid.
 
-A study names a grid (data sets x methods x alphas x seeds, one teacher and one student
-model), the training settings, where runs live, and how jobs are submitted. See
+A study names a grid (data sets x teacher-student pairs x methods x alphas x seeds), the
+training settings, where runs live, and how jobs are submitted. See
 ``studies/charlie.toml`` for a fully commented example. Relative paths in a study are
 relative to the directory kdlab is run from.
 """
@@ -24,7 +24,7 @@ from .layout import ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_di
 # Known names come from the torch-free catalog; tests/test_study.py checks that they agree
 # with the real registries.
 KNOWN_DATASETS = catalog.DATASET_NAMES
-KNOWN_MODELS = catalog.MODEL_NAMES
+KNOWN_MODELS = catalog.MODEL_NAMES   # the models of the catalog at import; pairs read MODEL_FACTS
 KNOWN_METHODS = catalog.METHOD_NAMES
 BACKENDS = catalog.BACKENDS
 
@@ -89,13 +89,30 @@ class SyncSettings:
     log_file: str = "sync.log"
 
 
+@dataclass(frozen=True, order=True)
+class Pair:
+    """One teacher-student pair of a study: its KD runs distil ``teacher`` into ``student``;
+    ``teacher == student`` is self-distillation (the teacher run is the pure student run)."""
+
+    teacher: str
+    student: str
+
+    @property
+    def label(self) -> str:
+        """'ResNet56 -> ResNet20', as reports name the pair."""
+        return f"{self.teacher} -> {self.student}"
+
+    @property
+    def distils_itself(self) -> bool:
+        return self.teacher == self.student
+
+
 @dataclass
 class Study:
     name: str
     path: Path
     datasets: list[str]
-    teacher: str
-    student: str
+    pairs: list[Pair]
     methods: list[str]
     alphas: list[float]
     seeds: list[int]
@@ -111,21 +128,49 @@ class Study:
     layout: str = ALPHA_LAYOUT
     accept_earlier_teachers: bool = False
 
+    # ---- the pairs --------------------------------------------------------------------
+    @property
+    def teacher(self) -> str:
+        """The teacher of the first pair (the only one of a study written with
+        ``teacher``/``student``)."""
+        return self.pairs[0].teacher
+
+    @property
+    def student(self) -> str:
+        """The student of the first pair (see :attr:`teacher`)."""
+        return self.pairs[0].student
+
+    def teachers(self) -> list[str]:
+        """Every teacher model of the pairs once, in pair order."""
+        return list(dict.fromkeys(pair.teacher for pair in self.pairs))
+
+    def students(self) -> list[str]:
+        """Every model with a pure (baseline) student run, in pair order: the students that
+        are not a teacher of any pair (a teacher's pure run is its teacher run)."""
+        teachers = set(self.teachers())
+        return list(dict.fromkeys(pair.student for pair in self.pairs
+                                  if pair.student not in teachers))
+
+    def pair_has_pure_cell(self, pair: Pair) -> bool:
+        """Whether ``pair`` shows a pure-student row: not for self-distillation."""
+        return not pair.distils_itself
+
     # ---- the grid ---------------------------------------------------------------------
     def teacher_runs(self) -> list[RunSpec]:
-        return [RunSpec(d, self.teacher, s) for d in self.datasets for s in self.seeds]
+        """Every teacher's runs once (a teacher shared by several pairs trains once)."""
+        return [RunSpec(d, teacher, s) for d in self.datasets for teacher in self.teachers()
+                for s in self.seeds]
 
     def pure_student_runs(self) -> list[RunSpec]:
-        """The baseline students; none when the teacher is the student (self-distillation:
-        the teacher run is the pure student run)."""
-        if self.student == self.teacher:
-            return []
-        return [RunSpec(d, self.student, s) for d in self.datasets for s in self.seeds]
+        """The baseline students; none for a student that is a teacher itself (its teacher
+        run is its pure run, as in self-distillation)."""
+        return [RunSpec(d, student, s) for d in self.datasets for student in self.students()
+                for s in self.seeds]
 
     def kd_runs(self) -> list[RunSpec]:
-        return [RunSpec(d, self.student, s, method=m, teacher=self.teacher, alpha=a)
-                for d in self.datasets for m in self.methods for a in self.alphas
-                for s in self.seeds]
+        return [RunSpec(d, pair.student, s, method=m, teacher=pair.teacher, alpha=a)
+                for d in self.datasets for pair in self.pairs for m in self.methods
+                for a in self.alphas for s in self.seeds]
 
     def runs(self) -> list[RunSpec]:
         """Every run of the grid once, in priority order: teachers, pure students, then KD
@@ -140,38 +185,70 @@ class Study:
         return unique
 
     def cells(self) -> list[Cell]:
-        """The grid's cells (a data set x teacher | pure student | method x alpha; one run
-        per seed each) in the one order every report uses: data set, then teacher, pure
-        student, each method with its alphas."""
+        """The grid's cells (a data set x pair x teacher | pure student | method x alpha;
+        one run per seed each) in the one order every report uses: data set, pair, then
+        teacher, pure student, each method with its alphas. A teacher shared by two pairs
+        has a cell in each pair (the same runs: trained once, shown with each pair)."""
         cells = []
         for dataset in self.datasets:
-            cells.append(Cell(dataset, Role.TEACHER))
-            if self.student != self.teacher:
-                cells.append(Cell(dataset, Role.PURE))
-            cells += [Cell(dataset, Role.KD, method, alpha)
-                      for method in self.methods for alpha in self.alphas]
+            for pair in self.pairs:
+                cells.append(Cell(dataset, Role.TEACHER, pair=pair))
+                if self.pair_has_pure_cell(pair):
+                    cells.append(Cell(dataset, Role.PURE, pair=pair))
+                cells += [Cell(dataset, Role.KD, method, alpha, pair)
+                          for method in self.methods for alpha in self.alphas]
+        return cells
+
+    def cells_of(self, spec: RunSpec) -> list[Cell]:
+        """Every cell of the grid that holds ``spec`` (several for a teacher shared by
+        pairs, or a model that is one pair's teacher and another's student), in report
+        order; none for a run outside the grid."""
+        if spec.dataset not in self.datasets or spec.seed not in self.seeds:
+            return []
+        if not spec.is_pure:
+            pair = Pair(spec.teacher, spec.model)
+            if (pair in self.pairs and spec.method in self.methods
+                    and spec.alpha in self.alphas):
+                return [Cell(spec.dataset, Role.KD, spec.method, spec.alpha, pair)]
+            return []
+        cells = []
+        for pair in self.pairs:
+            if pair.teacher == spec.model:
+                cells.append(Cell(spec.dataset, Role.TEACHER, pair=pair))
+            elif pair.student == spec.model and self.pair_has_pure_cell(pair):
+                cells.append(Cell(spec.dataset, Role.PURE, pair=pair))
         return cells
 
     def cell_of(self, spec: RunSpec) -> Cell:
+        """The first cell holding ``spec`` in report order; for a run outside the grid, the
+        cell it would have (its pair: its own teacher and model)."""
+        cells = self.cells_of(spec)
+        if cells:
+            return cells[0]
         role = self.role_of(spec)
         if role is Role.KD:
-            return Cell(spec.dataset, role, spec.method, spec.alpha)
-        return Cell(spec.dataset, role)
+            return Cell(spec.dataset, role, spec.method, spec.alpha,
+                        Pair(spec.teacher, spec.model))
+        pair = next((pair for pair in self.pairs if spec.model in (pair.teacher,
+                                                                   pair.student)),
+                    Pair(spec.model, spec.model))
+        return Cell(spec.dataset, role, pair=pair)
 
     def cell_runs(self, cell: Cell) -> list[RunSpec]:
         """The runs of one cell, in seed order."""
+        pair = cell.pair
         if cell.role is Role.KD:
-            return [RunSpec(cell.dataset, self.student, seed, method=cell.method,
-                            teacher=self.teacher, alpha=cell.alpha) for seed in self.seeds]
-        model = self.teacher if cell.role is Role.TEACHER else self.student
+            return [RunSpec(cell.dataset, pair.student, seed, method=cell.method,
+                            teacher=pair.teacher, alpha=cell.alpha) for seed in self.seeds]
+        model = pair.teacher if cell.role is Role.TEACHER else pair.student
         return [RunSpec(cell.dataset, model, seed) for seed in self.seeds]
 
     def role_of(self, spec: RunSpec) -> Role:
-        """Role.TEACHER, Role.PURE (baseline student) or Role.KD; compares equal to
-        'teacher', 'pure' and 'kd'."""
+        """Role.TEACHER (the pure run of any pair's teacher), Role.PURE (baseline student)
+        or Role.KD; compares equal to 'teacher', 'pure' and 'kd'."""
         if not spec.is_pure:
             return Role.KD
-        return Role.TEACHER if spec.model == self.teacher else Role.PURE
+        return Role.TEACHER if spec.model in self.teachers() else Role.PURE
 
     def run_dir(self, spec: RunSpec) -> Path:
         """The run's directory under this study's experiments directory and layout."""
@@ -218,27 +295,37 @@ ROLES = tuple(Role)
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of a study's grid: a data set and a role, with the method and alpha of a
-    KD cell (None for teacher and pure cells). ``row``: 'teacher', 'pure' or the method."""
+    """One cell of a study's grid: a data set, a pair and a role, with the method and alpha
+    of a KD cell (None for teacher and pure cells). ``row``: 'teacher', 'pure' or the
+    method. ``pair`` is always set in the cells of :meth:`Study.cells`."""
 
     dataset: str
     role: Role
     method: str | None = None
     alpha: float | None = None
+    pair: Pair | None = None
 
     @property
     def row(self) -> str:
         return self.method if self.role is Role.KD else str(self.role)
 
     @property
-    def key(self) -> tuple[str, str, float | None]:
-        """(data set, row, alpha): the key reports group runs by."""
-        return self.dataset, self.row, self.alpha
+    def model(self) -> str | None:
+        """The model its runs train: the pair's teacher for the teacher cell, else its
+        student."""
+        if self.pair is None:
+            return None
+        return self.pair.teacher if self.role is Role.TEACHER else self.pair.student
+
+    @property
+    def key(self) -> tuple[str, Pair | None, str, float | None]:
+        """(data set, pair, row, alpha): the key reports group runs by."""
+        return self.dataset, self.pair, self.row, self.alpha
 
 
 # ---- loading and validation ----------------------------------------------------------------
 
-_TOP_KEYS = {"name", "datasets", "teacher", "student", "methods", "alphas", "seeds",
+_TOP_KEYS = {"name", "datasets", "teacher", "student", "pairs", "methods", "alphas", "seeds",
              "experiments_dir", "data_root", "analysis_dir", "training", "method_options",
              "scheduler", "cluster", "sync", "description", "layout",
              "accept_earlier_teachers"}
@@ -327,10 +414,7 @@ def load_study(path: str | Path) -> Study:
         check.fail("name", "a non-empty name without spaces or slashes", name)
     datasets = check.get(raw, "datasets", (list, str), "")
     check.names(datasets, KNOWN_DATASETS, "datasets")
-    teacher = check.get(raw, "teacher", str, "")
-    student = check.get(raw, "student", str, "")
-    check.names([teacher], KNOWN_MODELS, "teacher")
-    check.names([student], KNOWN_MODELS, "student")
+    pairs = _load_pairs(check, raw)
     methods = check.get(raw, "methods", (list, str), "", [])
     check.names(methods, KNOWN_METHODS, "methods")
     alphas = [float(a) for a in check.get(raw, "alphas", (list, float), "", [])]
@@ -374,15 +458,44 @@ def load_study(path: str | Path) -> Study:
         check.fail(*problem)
 
     study = Study(
-        name=name, path=path, datasets=list(datasets), teacher=teacher, student=student,
-        methods=list(methods), alphas=alphas, seeds=list(seeds),
+        name=name, path=path, datasets=list(datasets), pairs=pairs, methods=list(methods), alphas=alphas, seeds=list(seeds),
         experiments_dir=Path(experiments_dir), data_root=Path(data_root),
         analysis_dir=Path(check.get(raw, "analysis_dir", str, "", "analysis")),
         training=training, method_options={k: dict(v) for k, v in method_options.items()},
         scheduler=scheduler, cluster=dict(cluster), sync=sync, layout=layout,
         accept_earlier_teachers=check.get(raw, "accept_earlier_teachers", bool, "", False))
-    _validate_settings(check, study)
+    _validate_settings(check, study, "pairs" if "pairs" in raw else None)
     return study
+
+
+def _load_pairs(check: _Checker, raw: dict) -> list[Pair]:
+    """``pairs = [["WRN40_2", "WRN16_2"], ...]`` or, for one pair, ``teacher``/``student``;
+    every model named must be in the catalog (the error lists the known ones)."""
+    known = tuple(catalog.MODEL_FACTS)
+    if "pairs" not in raw:
+        teacher = check.get(raw, "teacher", str, "")
+        student = check.get(raw, "student", str, "")
+        check.names([teacher], known, "teacher")
+        check.names([student], known, "student")
+        return [Pair(teacher, student)]
+    for key in ("teacher", "student"):
+        if key in raw:
+            check.fail(key, "either pairs or teacher/student, not both (teacher/student "
+                            "name one pair)", raw[key])
+    entries = raw["pairs"]
+    if not isinstance(entries, list) or not entries:
+        check.fail("pairs", 'a non-empty list of [teacher, student] lists, such as '
+                            '[["ResNet56", "ResNet20"]]', entries)
+    pairs = []
+    for entry in entries:
+        if (not isinstance(entry, list) or len(entry) != 2
+                or not all(isinstance(name, str) for name in entry)):
+            check.fail("pairs", "[teacher, student] lists of two model names", entry)
+        check.names(entry, known, "pairs")
+        pairs.append(Pair(*entry))
+    if len(set(pairs)) != len(pairs):
+        check.fail("pairs", "no repeated pairs", entries)
+    return pairs
 
 
 def _load_training(check: _Checker, table: dict) -> dict[str, Any]:
@@ -403,15 +516,18 @@ _GRID_KEYS = {"dataset": "datasets", "model": "student", "teacher_model": "teach
               "seed": "seeds", "alpha": "alphas", "distillation": "methods"}
 
 
-def _validate_settings(check: _Checker, study: Study) -> None:
+def _validate_settings(check: _Checker, study: Study, models_key: str | None = None) -> None:
     """Run :func:`kdlab.config.validate_config` on one run of every kind the grid holds
-    (every seed, the teacher, the student, every method with its options), so that the
-    study refuses what ``kdlab train`` would refuse; the error names the study key."""
-    samples = [RunSpec(study.datasets[0], study.teacher, seed) for seed in study.seeds]
-    samples.append(RunSpec(study.datasets[0], study.student, study.seeds[0]))
-    samples += [RunSpec(study.datasets[0], study.student, study.seeds[0], method=method,
-                        teacher=study.teacher, alpha=study.alphas[0])
-                for method in study.methods]
+    (every seed, each pair's teacher and student, every method with its options), so that
+    the study refuses what ``kdlab train`` would refuse; the error names the study key
+    (``models_key``: the key that named the models, when not teacher/student)."""
+    dataset, seed = study.datasets[0], study.seeds[0]
+    samples = [RunSpec(dataset, teacher, each) for teacher in study.teachers()
+               for each in study.seeds]
+    samples += [RunSpec(dataset, pair.student, seed) for pair in study.pairs]
+    samples += [RunSpec(dataset, pair.student, seed, method=method, teacher=pair.teacher,
+                        alpha=study.alphas[0])
+                for pair in study.pairs for method in study.methods]
     for method in study.method_options:
         if method not in study.methods:  # options of a method the grid does not use
             samples.append(RunSpec(study.datasets[0], study.student, study.seeds[0],
@@ -422,6 +538,8 @@ def _validate_settings(check: _Checker, study: Study) -> None:
         except SettingError as error:
             if error.key.startswith("method_options."):
                 key = f"method_options.{spec.method}.{error.key.split('.', 1)[1]}"
+            elif error.key in ("model", "teacher_model") and models_key:
+                key = models_key
             elif error.key in _GRID_KEYS:
                 key = _GRID_KEYS[error.key]
             elif error.key in study.training:

@@ -45,7 +45,7 @@ from ..errors import UserError
 from ..runstate import atomic_write_bytes, atomic_write_json, read_json, StateFileError
 from . import bootstrap, metrics, registry
 from .registry import MATCH_THRESHOLD, METRIC_VERSION, SETTINGS  # noqa: F401  (re-exported)
-from .store import LAYERS, load_representation
+from .store import load_representation
 from .views import ModelView, PairView
 
 
@@ -107,8 +107,9 @@ def _read_model_cache(cache_path: Path, key: dict) -> dict | None:
             result = {"rows": [tuple(row) for row in json.loads(str(archive["rows"]))],
                       "scatter": archive["scatter"], "scatter_labels": archive["scatter_labels"],
                       "ica": {}}
-            for layer in LAYERS:
-                if f"ica_{layer}_unmixing" in archive.files:
+            fitted = [name[len("ica_"):-len("_unmixing")] for name in archive.files
+                      if name.startswith("ica_") and name.endswith("_unmixing")]
+            for layer in fitted:
                     result["ica"][layer] = metrics.IcaFit(
                         archive[f"ica_{layer}_unmixing"], archive[f"ica_{layer}_mean"],
                         bool(archive[f"ica_{layer}_converged"]),
@@ -142,18 +143,18 @@ def _write_model_cache(cache_path: Path, key: dict, result: dict) -> None:
 
 def _model_rows(model: ModelView, timer: _Timer) -> tuple[list, dict, np.ndarray]:
     """Rows (layer, metric, value) of every model metric, the ICA fits per layer and the
-    layer3 2-D PCA scores of the scatter subsample."""
+    2-D PCA scores of the last stage on the scatter subsample."""
     rows: list[tuple[str, str, float]] = []
     for metric in registry.of_scope("model"):
-        for layer in metric.layers:
+        for layer in metric.layers or model.stage_names:
             view = model.layer(layer)
             rows += _rows(metric, layer, timer.run(metric.name, metric.function, view))
     ica = {layer: view.ica_fit for layer, view in model.layers.items()
            if view.__dict__.get("ica_fit") is not None}
     scatter_index = model.subsample("scatter")
-    layer3 = model.layer("layer3")
-    if layer3.rank >= 2:
-        scores = timer.run("scatter", metrics.pca_projection, layer3.features, 2)
+    last_stage = model.layer(model.stage_names[-1])
+    if last_stage.rank >= 2:
+        scores = timer.run("scatter", metrics.pca_projection, last_stage.features, 2)
         scatter = scores[scatter_index].astype(np.float32)
     else:
         scatter = np.full((scatter_index.size, 2), np.nan, dtype=np.float32)
@@ -163,7 +164,7 @@ def _model_rows(model: ModelView, timer: _Timer) -> tuple[list, dict, np.ndarray
 def model_task(representation_path: str, cache_path: str, settings: dict | None = None) -> dict:
     """Per-model metrics of one representation file, from the cache when it is current.
 
-    Returns {'rows': [(layer, metric, value)], 'scatter': float32 [m, 2] layer3 PCA scores
+    Returns {'rows': [(layer, metric, value)], 'scatter': float32 [m, 2] last-stage PCA scores
     of the fixed scatter subsample, 'scatter_labels': int64 [m], 'timings': {metric: s},
     'cached': bool, 'error': None or one line}."""
     settings = settings or SETTINGS
@@ -207,19 +208,29 @@ def _interval_rows(metric: registry.Metric, pair: PairView, point: float,
 
 def _pair_rows(reference: ModelView, other: ModelView, timer: _Timer) -> list:
     """Rows (layer, metric, value) of every pair metric of ``other`` against
-    ``reference``, keyed by the compared model's layer."""
+    ``reference``, keyed by the compared model's layer: the stages are paired by position
+    from the last (the reference's last with the other's last, and so on for as many
+    stages as both have), whatever their names and counts."""
     rows: list[tuple[str, str, float]] = []
     shared: dict = {}
-    for layer in LAYERS:
-        pair = PairView(reference, other, layer, shared)
+    for reference_layer, layer in stage_pairs(reference.stage_names, other.stage_names):
+        pair = PairView(reference, other, layer, shared, reference_layer)
         for metric in registry.of_scope("pair"):
-            if layer not in metric.layers:
+            if metric.layers is not None and layer not in metric.layers:
                 continue
             value = timer.run(metric.name, metric.function, pair)
             rows += _rows(metric, layer, value)
             if isinstance(value, float):
                 rows += _interval_rows(metric, pair, value, timer)
     return rows
+
+
+def stage_pairs(reference_stages, other_stages) -> list[tuple[str, str]]:
+    """(reference stage, other stage) compared by the same-stage metrics, first to last:
+    position -k of one with position -k of the other for k = 1 .. the shorter count."""
+    count = min(len(reference_stages), len(other_stages))
+    return list(zip(reference_stages[len(reference_stages) - count:],
+                    other_stages[len(other_stages) - count:]))
 
 
 def _read_pair_cache(cache_path: Path, key: dict) -> list | None:
@@ -239,7 +250,7 @@ def _load_view(path: str, cache: str, settings: dict, timer: _Timer) -> ModelVie
     cached = _read_model_cache(Path(cache), model_cache_key(path, settings))
     if cached is None:
         raise UserError(f"per-model results of {path} are missing")
-    for layer in LAYERS:
+    for layer in model.stage_names:
         model.layer(layer).__dict__["ica_fit"] = cached["ica"].get(layer)
     return model
 

@@ -3,9 +3,9 @@
 Runs are discovered by walking the experiments tree in the study's layout
 (:meth:`kdlab.study.Study.run_dirs`), not from a list of models: a run is finished when its status is ``completed`` and it has a
 ``best.pth``. Each finished run of the study's teacher/student on one of its data sets is
-evaluated on the test split (no augmentation, eval mode, inference mode); the outputs of
-the three ResNet stages are global-average-pooled and saved with the logits and labels in
-one ``.npz`` per run (see :mod:`kdlab.analysis.store`). A representation newer than its
+evaluated on the test split (no augmentation, eval mode, inference mode); the output of
+every stage of the model is global-average-pooled and saved under the stage's own name
+(the model's facts) with the logits and labels in one ``.npz`` per run (see :mod:`kdlab.analysis.store`). A representation newer than its
 ``best.pth`` is kept; unfinished, failed or corrupt runs are skipped with a one-line reason.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from .. import catalog, layout, runstate
 from ..errors import UserError, WriteError
 from ..layout import RunSpec
-from ..study import Study, load_study
+from ..study import Pair, Study, load_study
 from . import store
 
 DEFAULT_BATCH_SIZE = 500
@@ -53,7 +53,7 @@ def _roles(study: Study, spec: RunSpec) -> list[str]:
     """Representation roles of a run: a pure run of a model the study uses both as teacher
     and as student is written as both."""
     role = study.role_of(spec)
-    if role == "teacher" and spec.model == study.student:
+    if role == "teacher" and spec.model in {pair.student for pair in study.pairs}:
         return ["teacher", "pure"]
     return [role]
 
@@ -62,10 +62,11 @@ def _outside_study(study: Study, spec: RunSpec) -> str | None:
     """Why a discovered run does not belong to the study (a short category), or None."""
     if spec.dataset not in study.datasets:
         return f"data set {spec.dataset}"
-    if spec.model not in (study.teacher, study.student):
+    if spec.model not in {model for pair in study.pairs for model in (pair.teacher,
+                                                                      pair.student)}:
         return f"model {spec.model}"
     if not spec.is_pure:
-        if spec.model != study.student or spec.teacher != study.teacher:
+        if Pair(spec.teacher, spec.model) not in study.pairs:
             return f"pair {spec.teacher}->{spec.model}"
         if spec.method not in study.methods:
             return f"method {spec.method}"
@@ -174,24 +175,36 @@ def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
     return work
 
 
-def representations_of(model, device_data, batch_size: int = DEFAULT_BATCH_SIZE
-                       ) -> dict[str, np.ndarray]:
+def representations_of(model, device_data, batch_size: int = DEFAULT_BATCH_SIZE,
+                       stage_names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """Evaluate ``model`` on ``device_data``'s test split in order.
 
-    Returns ``layer1..3`` [N, channels] (feature maps averaged over height and width),
-    ``logits`` [N, C] as float32 and ``labels`` [N] int64 on the host."""
+    Returns one array per stage of the model's ``Features.stages``, under its name in
+    ``stage_names`` (the model's facts; None: 'stage1', 'stage2', ...): [N, channels], the
+    feature map averaged over height and width; ``logits`` [N, C] as float32, ``labels``
+    [N] int64 on the host and ``stage_names`` (str [S])."""
     import torch
 
     model.eval()
-    outputs: dict[str, list] = {key: [] for key in store.KEYS}
+    stages: list[list] = []
+    outputs: dict[str, list] = {"logits": [], "labels": []}
     with torch.inference_mode():
         for images, labels in device_data.test_batches(batch_size):
-            *feature_maps, logits = model(images)
-            for name, feature_map in zip(store.LAYERS, feature_maps):
-                outputs[name].append(feature_map.float().mean(dim=(2, 3)).cpu())
-            outputs["logits"].append(logits.float().cpu())
+            features = model(images)
+            if not stages:
+                stages = [[] for _ in features.stages]
+            for parts, feature_map in zip(stages, features.stages):
+                parts.append(feature_map.float().mean(dim=(2, 3)).cpu())
+            outputs["logits"].append(features.logits.float().cpu())
             outputs["labels"].append(labels.cpu())
-    return {key: torch.cat(parts).numpy() for key, parts in outputs.items()}
+    names = stage_names or tuple(f"stage{index}" for index in range(1, len(stages) + 1))
+    if len(names) != len(stages):
+        raise ValueError(f"the model has {len(stages)} stages, its facts name {len(names)}: "
+                         f"{', '.join(names)}")
+    arrays = {key: torch.cat(parts).numpy() for key, parts in outputs.items()}
+    arrays.update({name: torch.cat(parts).numpy() for name, parts in zip(names, stages)})
+    arrays[store.STAGE_NAMES_KEY] = np.array(names, dtype=str)
+    return arrays
 
 
 def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
@@ -241,7 +254,8 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
             continue
         if _is_earlier_code(run_dir):
             report.earlier_code[spec.dataset] += 1
-        arrays = representations_of(model.to(torch_device), device_data, batch_size)
+        arrays = representations_of(model.to(torch_device), device_data, batch_size,
+                                    catalog.model_facts(spec.model).stage_names)
         provenance = store.provenance_of(spec.name, run_dir, study.name,
                                          run_dir / runstate.BEST_FILE)
         if augmentation != _KDLAB:   # the test view the outputs come from (absent: kdlab's)

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from . import bootstrap, earlier_metrics, metrics
-from .store import LAYERS
+from .store import UNNAMED_STAGES
 
 # Bump when a metric's definition or its output rows change: every cache entry is recomputed.
 METRIC_VERSION = 3
@@ -73,7 +73,8 @@ def setup_differences() -> str:
 class Metric:
     """One metric. ``rows`` names what it writes when that is not just ``name`` (for the
     glossary); ``sweep`` is the row drawn against alpha (None: no sweep figure);
-    ``layers`` where it is computed; ``settings`` the keys of :data:`SETTINGS` it reads
+    ``layers`` where it is computed (None: every stage of each model; a pair metric
+    compares the stages at the same position from the last); ``settings`` the keys of :data:`SETTINGS` it reads
     (``{key}`` in the description is filled from them)."""
 
     name: str
@@ -85,7 +86,7 @@ class Metric:
     settings: tuple[str, ...] = ()
     rows: str | None = None
     sweep: str | None = None
-    layers: tuple[str, ...] = LAYERS
+    layers: tuple[str, ...] | None = None
     resamples: Callable | None = None
     digits: int = 2
 
@@ -115,10 +116,12 @@ def of_scope(scope: str) -> list[Metric]:
     return [metric for metric in REGISTRY.values() if metric.scope == scope]
 
 
-def sweep_metrics() -> list[tuple[str, str, bool, tuple[str, ...], int]]:
+def sweep_metrics(stages: tuple[str, ...] = UNNAMED_STAGES
+                  ) -> list[tuple[str, str, bool, tuple[str, ...], int]]:
     """(row, axis label, compares with the teacher, layers, digits) of every metric drawn
-    against alpha, in declaration order."""
-    return [(m.sweep, m.label, m.scope == "pair", m.layers, m.digits)
+    against alpha, in declaration order; a metric of every stage lists ``stages`` (the
+    student's stage names; default the CIFAR ResNets')."""
+    return [(m.sweep, m.label, m.scope == "pair", m.layers or tuple(stages), m.digits)
             for m in REGISTRY.values() if m.sweep]
 
 
@@ -194,7 +197,9 @@ for _metric in (
 # ---- pair metrics (reference: the teacher, or the first model of a noise-floor pair) ---------
 
 def _cross_layer_cka(pair):
-    return {f"cka_linear_vs_teacher_{layer}": pair.linear_cka(layer) for layer in LAYERS}
+    """Every stage of the reference against this stage of the other model."""
+    return {f"cka_linear_vs_teacher_{layer}": pair.linear_cka(layer)
+            for layer in pair.reference.stage_names}
 
 
 def _rbf_cka(pair):
@@ -249,7 +254,7 @@ def _rsa(pair):
 
 
 for _metric in (
-    Metric("cka_linear", "pair", lambda pair: pair.linear_cka(pair.layer),
+    Metric("cka_linear", "pair", lambda pair: pair.linear_cka(pair.reference_layer),
            "linear CKA with teacher",
            "Linear centred kernel alignment with the teacher at the same layer, 1 = the same "
            "representation up to rotation and scale; interval: bootstrap of "
@@ -274,7 +279,7 @@ for _metric in (
            sweep="cka_rbf",
            resamples=_resamples_of("rbf_terms", bootstrap.cka_resamples, "counts", "rbf_cka")),
     Metric("cka_rbf_minus_linear", "pair",
-           lambda pair: _rbf_cka(pair) - pair.linear_cka(pair.layer), "RBF CKA − linear CKA",
+           lambda pair: _rbf_cka(pair) - pair.linear_cka(pair.reference_layer), "RBF CKA − linear CKA",
            "How far RBF CKA exceeds linear CKA: similarity a linear kernel misses.",
            sweep="cka_rbf_minus_linear"),
     Metric("principal_angles", "pair", _principal_angles, "mean principal angle (°)",

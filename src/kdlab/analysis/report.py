@@ -12,11 +12,10 @@ import os
 import time
 from pathlib import Path
 
-from .. import layout
+from .. import catalog, layout
 from ..runstate import atomic_write_text
 from . import registry
 from .figures import figure_files, sweep_metrics
-from .store import LAYERS
 
 
 def metric_descriptions() -> list[tuple[str, str]]:
@@ -155,7 +154,7 @@ def _dataset_section(study, dataset: str, accuracy, groups: dict, root: Path) ->
                      + _gallery(groups.get(f"{dataset}/per_method/{method}", []), root))
     parts.append("<h3>Figures of the earlier analysis</h3><p>The ICA correlation heatmap of "
                  "one representative run per method (test accuracy nearest the method's "
-                 "median), the teacher-vs-itself cross-layer CKA panel, and the layer3 PCA "
+                 "median), the teacher-vs-itself cross-layer CKA panel, and the last stage's PCA "
                  "scatter in the teacher's basis, as the earlier analysis drew them.</p>"
                  + _gallery(groups.get(f"{dataset}/earlier", []), root))
     return parts
@@ -183,9 +182,13 @@ def write_report(study, result, accuracy) -> Path:
 
     parts = _header(study, result) + _tables_and_notes(study, result, root)
     parts.append(f"<p>{html.escape(selection_sentence(study))}</p>")
-    parts.append("<h2>Metrics</h2><p>Per model and layer (layers: "
-                 f"{', '.join(LAYERS)}, global-average-pooled), and per teacher–student pair "
-                 "of the same seed. Subsample sizes and seeds are fixed; see "
+    stages = "; ".join(f"{model}: {', '.join(catalog.model_facts(model).stage_names)}"
+                       for model in dict.fromkeys(model for pair in study.pairs
+                                                  for model in (pair.teacher, pair.student)))
+    parts.append("<h2>Metrics</h2><p>Per model and stage (each model's own stages, "
+                 f"global-average-pooled: {html.escape(stages)}), and per teacher–student pair "
+                 "of the same seed, the teacher's and the student's stages paired by position "
+                 "from the last; the cross-layer CKA compares every pair of stages. Subsample sizes and seeds are fixed; see "
                  "<code>kdlab.analysis.compute</code>.</p><dl>")
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>"
               for name, text in metric_descriptions()]

@@ -1,8 +1,11 @@
 """Representation files: one ``.npz`` per run, written atomically, read with clear errors.
 
-Keys: ``layer1`` [N,16], ``layer2`` [N,32], ``layer3`` [N,64] (global-average-pooled
-outputs of the three ResNet stages), ``logits`` [N,C] (float32) and ``labels`` [N] (int64),
-rows in the order of the data set's test split. Where a file lives is decided by
+Keys: one per stage of the model, under the stage's own name (``catalog.ModelFacts
+.stage_names``: [N, channels of the stage], its global-average-pooled output), ``logits``
+[N,C] (float32), ``labels`` [N] (int64), rows in the order of the data set's test split,
+and ``stage_names`` (the stage keys, first to last; left out for the ResNets' stages). Files without ``stage_names`` (the
+earlier research code's and kdlab's before it named stages) hold the CIFAR ResNets'
+:data:`UNNAMED_STAGES`. Where a file lives is decided by
 :func:`kdlab.layout.representation_path`.
 
 Provenance (optional key ``provenance``, a JSON string): the run (its name and directory),
@@ -21,30 +24,54 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import catalog, runstate
 from ..errors import UserError
-from .. import runstate
 from ..runstate import atomic_write_bytes
 
-LAYERS = ("layer1", "layer2", "layer3")
-FEATURE_KEYS = LAYERS + ("logits",)
-KEYS = FEATURE_KEYS + ("labels",)
+# The stages of a file that does not name them: every model that wrote such files was a
+# CIFAR ResNet, whose stages the ResNet facts name.
+UNNAMED_STAGES = catalog.LAYER_NAMES
+LAYERS = UNNAMED_STAGES   # the name earlier callers import
+STAGE_NAMES_KEY = "stage_names"
+BASE_KEYS = ("logits", "labels")
 PROVENANCE_KEY = "provenance"
+
+
+def stage_names_of(arrays: dict, where: str = "") -> tuple[str, ...]:
+    """The stage keys of a representation's ``arrays``, first to last."""
+    if STAGE_NAMES_KEY not in arrays:
+        return UNNAMED_STAGES
+    names = np.asarray(arrays[STAGE_NAMES_KEY])
+    if names.ndim != 1 or names.size == 0 or names.dtype.kind != "U":
+        raise UserError(f"representation {where}: '{STAGE_NAMES_KEY}' must be a non-empty "
+                        f"list of names, found {names.dtype} {names.shape}")
+    stages = tuple(str(name) for name in names)
+    reserved = set(stages) & {*BASE_KEYS, STAGE_NAMES_KEY, PROVENANCE_KEY}
+    if reserved or len(set(stages)) != len(stages):
+        raise UserError(f"representation {where}: stage names {', '.join(stages)}: expected "
+                        "distinct names other than " + ", ".join(BASE_KEYS))
+    return stages
 
 
 def validate_representation(arrays: dict, where: str) -> dict[str, np.ndarray]:
     """Check keys, ranks, dtypes, that every array has the same N and that the features are
-    finite; return the arrays as
-    float32 features and int64 labels. UserError naming ``where`` otherwise."""
-    missing = [key for key in KEYS if key not in arrays]
+    finite; return the arrays as float32 features (each stage, logits), int64 labels and,
+    unless they are :data:`UNNAMED_STAGES`, ``stage_names`` (str [S]). UserError naming
+    ``where`` otherwise."""
+    stages = stage_names_of(arrays, where)
+    keys = (*stages, *BASE_KEYS)
+    missing = [key for key in keys if key not in arrays]
     if missing:
         raise UserError(f"representation {where}: missing array(s) {', '.join(missing)}; "
-                        f"expected {', '.join(KEYS)}")
+                        f"expected {', '.join(keys)}")
     labels = np.asarray(arrays["labels"])
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"representation {where}: 'labels' must be integer [N], found "
                         f"{labels.dtype} {labels.shape}")
     result = {"labels": labels.astype(np.int64, copy=False)}
-    for key in FEATURE_KEYS:
+    if stages != UNNAMED_STAGES:   # the ResNets' files read and write as they always did
+        result[STAGE_NAMES_KEY] = np.array(stages, dtype=str)
+    for key in (*stages, "logits"):
         array = np.asarray(arrays[key])
         if array.ndim != 2 or array.shape[0] != labels.shape[0] or array.shape[1] < 1:
             raise UserError(f"representation {where}: '{key}' must be [{labels.shape[0]}, d], "
@@ -63,7 +90,8 @@ def save_representation(path: str | Path, arrays: dict, provenance: dict | None 
     """Validate ``arrays`` (see module docstring) and write them to ``path`` atomically,
     with ``provenance`` (JSON-serialisable) when given."""
     arrays = validate_representation(arrays, str(path))
-    stored = {key: arrays[key] for key in KEYS}
+    stored = {key: arrays[key] for key in (*stage_names_of(arrays), *BASE_KEYS,
+                                           STAGE_NAMES_KEY) if key in arrays}
     if provenance is not None:
         stored[PROVENANCE_KEY] = np.array(json.dumps(provenance, sort_keys=True))
     buffer = io.BytesIO()
@@ -133,7 +161,12 @@ def unreadable_reason(path: str | Path) -> str | None:
     """Why ``path`` is not a complete representation file (one line), or None when it is."""
     try:
         with _open_archive(path) as archive:
-            missing = [key for key in KEYS if key not in archive.files]
+            names = {STAGE_NAMES_KEY: archive[STAGE_NAMES_KEY]} \
+                if STAGE_NAMES_KEY in archive.files else {}
+            keys = (*stage_names_of(names, str(path)), *BASE_KEYS)
+            missing = [key for key in keys if key not in archive.files]
+    except UserError as error:
+        return f"unreadable: {error}"
     except _READ_ERRORS as error:
         return f"unreadable: {type(error).__name__}: {error}"
     return f"unreadable: missing array(s) {', '.join(missing)}" if missing else None

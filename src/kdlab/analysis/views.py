@@ -15,6 +15,7 @@ import numpy as np
 from scipy.spatial.distance import squareform
 
 from . import bootstrap, metrics
+from .store import stage_names_of
 
 
 class ModelView:
@@ -24,6 +25,11 @@ class ModelView:
         self.arrays = arrays
         self.settings = settings
         self.layers: dict[str, LayerView] = {}
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The model's stage keys, first to last (see :mod:`kdlab.analysis.store`)."""
+        return stage_names_of(self.arrays)
 
     @property
     def size(self) -> int:
@@ -149,15 +155,17 @@ def _terms(matrix, counts, make):
 
 class PairView:
     """A reference model (the teacher, or the first of a floor pair) and another model,
-    compared at one layer: ``a`` and ``b`` are their :class:`LayerView` s. ``shared`` is
-    one dict per model pair, for values several layers' metrics reuse."""
+    compared at one stage of each: ``a`` (the reference's ``reference_layer``, default the
+    same name) and ``b`` (the other's ``layer``) are their :class:`LayerView` s. ``shared``
+    is one dict per model pair, for values several layers' metrics reuse."""
 
     def __init__(self, reference: ModelView, other: ModelView, layer: str,
-                 shared: dict) -> None:
+                 shared: dict, reference_layer: str | None = None) -> None:
         self.reference = reference
         self.other = other
         self.layer = layer
-        self.a = reference.layer(layer)
+        self.reference_layer = reference_layer or layer
+        self.a = reference.layer(self.reference_layer)
         self.b = other.layer(layer)
         self.settings = reference.settings
         self.shared = shared

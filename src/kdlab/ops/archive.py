@@ -274,7 +274,7 @@ def readme_text(study: Study, states: list[RunState], extra_states: list[RunStat
              "this file, in kdlab's run layout.", "",
              "## Scope", "",
              f"- Data sets: {', '.join(study.datasets)}",
-             f"- Teacher: {study.teacher}; student: {study.student}",
+             "- Pairs (teacher -> student): " + "; ".join(pair.label for pair in study.pairs),
              f"- Methods: {', '.join(study.methods) or '—'}; alphas: "
              f"{', '.join(format_alpha(a) for a in study.alphas) or '—'}",
              f"- Seeds: {', '.join(str(s) for s in study.seeds)}",

@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import runstate
+from .. import catalog, runstate
 from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING
 from ..layout import analysis_dir, analysis_table_path, format_alpha
 from ..status import COMPLETED, RunState, study_run_states
@@ -329,9 +329,8 @@ def _grid_section(study: Study, earlier: list) -> Section:
     training = study.training
     grid = Section("Experimental grid and training")
     grid.paragraph(
-        f"Data sets: {', '.join(study.datasets)}. Teacher {study.teacher}, student "
-        f"{study.student} (CIFAR-style ResNets: a 3×3 stem with 16 channels and three stages "
-        "of basic blocks with 16, 32 and 64 channels). Each configuration is trained with "
+        f"Data sets: {', '.join(study.datasets)}. {_pairs_sentence(study)} Each configuration "
+        "is trained with "
         f"seeds {', '.join(str(s) for s in study.seeds)}; distillation methods "
         f"{', '.join(study.methods) or 'none'} at alphas "
         f"{', '.join(format_alpha(a) for a in study.alphas) or '—'}, giving "
@@ -482,3 +481,19 @@ def command(args) -> int:
     markdown_path, latex_path = write_methodology(study, args.output_dir)
     print(f"wrote {markdown_path}\nwrote {latex_path}")
     return 0
+
+
+def _pairs_sentence(study: Study) -> str:
+    """The study's teacher-student pairs and each model's stages (from its facts)."""
+    pairs = "; ".join(f"teacher {pair.teacher}, student {pair.student}"
+                      for pair in study.pairs)
+    models = dict.fromkeys(model for pair in study.pairs for model in (pair.teacher,
+                                                                       pair.student))
+    stages = "; ".join(
+        f"{model}: {catalog.model_facts(model).family}, stages "
+        + ", ".join(f"{name} ({channels} channels)" for name, channels in
+                    zip(catalog.model_facts(model).stage_names,
+                        catalog.model_facts(model).stage_channels))
+        for model in models)
+    what = "Pairs" if len(study.pairs) > 1 else "Pair"
+    return f"{what}: {pairs} ({stages})."

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ... import layout
+from ... import catalog, layout
 from ...runstate import atomic_write_json, read_json, StateFileError
 from .. import workers
 from ..registry import SETTINGS
@@ -91,7 +91,7 @@ def _payload_bytes(value) -> bytes:
 
 def _scatter_panels(grid: Grid, entries_scatter: dict):
     """Teacher, pure student and one student per method (largest alpha present, then the
-    smallest seed) for the layer3 PCA scatter."""
+    smallest seed) for the last stage's PCA scatter."""
     def pick(method):
         candidates = [entry for entry in entries_scatter if entry.method == method]
         if not candidates:
@@ -134,7 +134,9 @@ def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict) -> 
     """(group id, kind, frame subset, payload, output folder) of one data set's groups;
     ``settings``: the analysis' metric settings (the earlier group reuses its ICA fits)."""
     grid = Grid(study.name, dataset, tuple(study.methods), tuple(study.alphas),
-                tuple(study.seeds), study.teacher, study.student)
+                tuple(study.seeds), study.teacher, study.student,
+                catalog.model_facts(study.teacher).stage_names,
+                catalog.model_facts(study.student).stage_names)
     base = layout.figures_dir(study.analysis_dir, study.name, dataset)
     groups = []
     if study.methods and study.alphas:
@@ -148,7 +150,7 @@ def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict) -> 
                            data[data["metric"] == metric].reset_index(drop=True),
                            {"metric": metric}, base / "sweeps"))
         groups.append((f"{dataset}/sweeps/accuracy_vs_alignment", "accuracy_vs_alignment",
-                       data[((data["metric"] == "cka_linear") & (data["layer"] == "layer3"))
+                       data[((data["metric"] == "cka_linear") & (data["layer"] == grid.last_stage))
                             | (data["metric"] == "test_acc")].reset_index(drop=True),
                        {}, base / "sweeps"))
     summary, umap = _summary_payloads(grid, scatter)

@@ -42,6 +42,25 @@ class Grid:
     seeds: tuple[int, ...]
     teacher_model: str
     student_model: str
+    # Each model's stage names (its facts; the ResNets' for files that name none). Figures
+    # draw the student's stages and compare the teacher's at the same position from the last.
+    teacher_stages: tuple[str, ...] = LAYERS
+    student_stages: tuple[str, ...] = LAYERS
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages a figure's axis shows: the student's, first to last."""
+        return self.student_stages
+
+    @property
+    def last_stage(self) -> str:
+        return self.student_stages[-1]
+
+    def teacher_stage(self, student_stage: str) -> str | None:
+        """The teacher's stage at the position of ``student_stage`` from the last (None
+        when the teacher has fewer stages)."""
+        back = len(self.student_stages) - self.student_stages.index(student_stage)
+        return self.teacher_stages[-back] if back <= len(self.teacher_stages) else None
 
     def method_colour(self, method: str):
         if method == TEACHER:
@@ -144,7 +163,8 @@ def no_data(ax, text: str = "no runs") -> None:
 
 
 def grouped_bars(ax, series, layers=LAYERS) -> None:
-    """Bars per layer for several series [(label, colour, [(mean, std, count)] per layer)];
+    """Bars per layer (default: the CIFAR ResNets' stages) for several series
+    [(label, colour, [(mean, std, count)] per layer)];
     a missing value is labelled 'n/a' where its bar would be."""
     positions = np.arange(len(layers))
     width = 0.8 / max(1, len(series))

@@ -76,16 +76,18 @@ def _ica_view(path: str, cache: str, settings: dict):
 def draw_earlier(grid: Grid, payload: dict, out: Path) -> tuple[list[Path], list[str]]:
     """Draw the group's figures under ``out``; returns (files, notes on what was skipped)."""
     from .. import earlier_figures as ef
-    from ..store import LAYERS, load_representation
+    from ..compute import stage_pairs
+    from ..store import load_representation, stage_names_of
 
     if not payload["earlier_teachers"]:
         return [], [f"{grid.dataset}: figures of the earlier analysis skipped: no teacher "
                     "representation"]
     files, notes = [], []
     teachers = [load_representation(path) for path in payload["earlier_teachers"]]
-    matrices = [ef.teacher_self_cka([t[layer] for layer in LAYERS]) for t in teachers]
+    teacher_stages = stage_names_of(teachers[0])
+    matrices = [ef.teacher_self_cka([t[layer] for layer in teacher_stages]) for t in teachers]
     files.append(ef.plot_teacher_self_cka(
-        matrices, out / ef.TEACHER_SELF_CKA_FILE, layer_names=LAYERS,
+        matrices, out / ef.TEACHER_SELF_CKA_FILE, layer_names=teacher_stages,
         title=f"{grid.dataset}: cross-layer linear CKA of the teacher ({grid.teacher_model})"))
     if payload["earlier_ica"]:
         panels = {}
@@ -95,8 +97,9 @@ def draw_earlier(grid: Grid, payload: dict, out: Path) -> tuple[list[Path], list
             teacher = _ica_view(teacher_path, teacher_cache, settings)
             student = _ica_view(student_path, student_cache, settings)
             row = {}
-            for layer in LAYERS:
-                a, b = _ica_sources(*teacher, layer), _ica_sources(*student, layer)
+            # stages paired by position from the last, labelled by the student's name
+            for teacher_layer, layer in stage_pairs(teacher_stages, grid.student_stages):
+                a, b = _ica_sources(*teacher, teacher_layer), _ica_sources(*student, layer)
                 if a is not None and b is not None:
                     row[layer] = (a, b)
             panels[title] = row
@@ -109,9 +112,10 @@ def draw_earlier(grid: Grid, payload: dict, out: Path) -> tuple[list[Path], list
         notes.append(f"{grid.dataset}: ICA correlation heatmap skipped: no KD run with a "
                      "teacher of its seed")
     first = teachers[0]
-    models = [(title, load_representation(path)["layer3"])
-              for title, path in payload["earlier_scatter"]]
+    last_stages = [(title, load_representation(path)) for title, path in payload["earlier_scatter"]]
+    models = [(title, arrays[stage_names_of(arrays)[-1]]) for title, arrays in last_stages]
     files.append(ef.plot_pca_scatter_teacher_basis(
-        first["layer3"], models, first["labels"], out / ef.PCA_SCATTER_TEACHER_BASIS_FILE,
-        num_classes=int(first["labels"].max()) + 1, title=f"{grid.dataset}: layer3"))
+        first[teacher_stages[-1]], models, first["labels"], out / ef.PCA_SCATTER_TEACHER_BASIS_FILE,
+        num_classes=int(first["labels"].max()) + 1,
+        title=f"{grid.dataset}: {teacher_stages[-1]} (the last stage)"))
     return files, notes

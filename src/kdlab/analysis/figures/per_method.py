@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from ..registry import MATCH_THRESHOLD
-from ..store import LAYERS
 from .common import (PURE, PURE_COLOUR, TEACHER, TEACHER_COLOUR, Grid, Values, alpha_text,
                      floor_bands,
                      alpha_titles, figure_legend, figure_title, grouped_bars, heatmap,
@@ -44,15 +43,17 @@ class Method:
         """Bar series of the teacher (optional) and the pure student for one metric."""
         grid, values = self.grid, self.values
         series = [(f"pure ({grid.student_model})", PURE_COLOUR,
-                   [values.stats(PURE, None, layer, metric) for layer in LAYERS])]
+                   [values.stats(PURE, None, layer, metric) for layer in grid.stages])]
         if with_teacher:
             series.insert(0, (f"teacher ({grid.teacher_model})", TEACHER_COLOUR,
-                              [values.stats(TEACHER, None, layer, metric) for layer in LAYERS]))
+                              [values.stats(TEACHER, None, grid.teacher_stage(layer), metric)
+                               for layer in grid.stages]))
         return series
 
     def method_series(self, alpha: float, metric: str) -> tuple:
         return (self.student, self.colour,
-                [self.values.stats(self.method, alpha, layer, metric) for layer in LAYERS])
+                [self.values.stats(self.method, alpha, layer, metric)
+                 for layer in self.grid.stages])
 
 
 def seed_points(ax, values: Values, method: str, alpha, layer: str, metric: str,
@@ -87,8 +88,8 @@ def pca_variance(group: Method) -> Path:
     grid, values, method, out = group.grid, group.values, group.method, group.out
     student, colour = group.student, group.colour
     seeds_found = group.seeds_found
-    figure, axes = subplots(len(LAYERS), len(grid.alphas))
-    for row, layer in enumerate(LAYERS):
+    figure, axes = subplots(len(grid.stages), len(grid.alphas))
+    for row, layer in enumerate(grid.stages):
         for column, alpha in enumerate(grid.alphas):
             ax = axes[row, column]
             drawn = False
@@ -96,7 +97,9 @@ def pca_variance(group: Method) -> Path:
                     (TEACHER, None, TEACHER_COLOUR, "-", f"teacher ({grid.teacher_model})"),
                     (PURE, None, PURE_COLOUR, "--", f"pure ({grid.student_model})"),
                     (method, alpha, colour, "-", student)):
-                mean, std, count = values.curve(who, who_alpha, layer, "pca_cumvar_")
+                mean, std, count = values.curve(
+                    who, who_alpha, grid.teacher_stage(layer) if who == TEACHER else layer,
+                    "pca_cumvar_")
                 if count == 0:
                     if who == method:
                         missing_note(ax, f"no {method} run")
@@ -128,7 +131,7 @@ def bar_grid(group: Method, rows: list[tuple[str, str]], with_teacher: bool,
         for column, alpha in enumerate(group.grid.alphas):
             ax = axes[row, column]
             grouped_bars(ax, group.reference_series(metric, with_teacher)
-                         + [group.method_series(alpha, metric)])
+                         + [group.method_series(alpha, metric)], group.grid.stages)
             ax.set_ylabel(label, fontsize=8)
             if decorate is not None:
                 decorate(ax, metric, alpha)
@@ -148,7 +151,7 @@ def effective_dimensionality(group: Method) -> Path:
 
 def cka_same_layer(group: Method) -> Path:
     def seeds_and_limits(ax, metric, alpha):
-        for position, layer in enumerate(LAYERS):
+        for position, layer in enumerate(group.grid.stages):
             floor_bands(ax, group.values, layer, metric, span=(position - 0.45, position + 0.45))
             seed_points(ax, group.values, group.method, alpha, layer, metric, position + 0.2)
         ax.set_ylim(0, 1.05)
@@ -170,9 +173,11 @@ def cka_cross_layer(group: Method) -> Path:
     for column, (who, alpha, title) in enumerate(panels):
         matrix = np.array([[values.stats(who, alpha, student_layer,
                                          f"cka_linear_vs_teacher_{teacher_layer}")[0]
-                            for student_layer in LAYERS] for teacher_layer in LAYERS])
-        image = heatmap(axes[0, column], matrix, LAYERS, LAYERS, vmin=0.0, vmax=1.0)
-        count = values.stats(who, alpha, LAYERS[0], "cka_linear")[2]
+                            for student_layer in grid.student_stages]
+                           for teacher_layer in grid.teacher_stages])
+        image = heatmap(axes[0, column], matrix, grid.teacher_stages, grid.student_stages,
+                        vmin=0.0, vmax=1.0)
+        count = values.stats(who, alpha, grid.last_stage, "cka_linear")[2]
         axes[0, column].set_title(f"{title} ({count}/{len(grid.seeds)})", fontsize=9)
         axes[0, column].set_xlabel("student layer", fontsize=8)
         if column:
@@ -187,16 +192,16 @@ def principal_angles_figure(group: Method) -> Path:
     grid, values, method, out = group.grid, group.values, group.method, group.out
     seeds_found = group.seeds_found
     figure, axes = subplots(1, len(grid.alphas))
-    layer_colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(LAYERS)))
+    layer_colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(grid.stages)))
     for column, alpha in enumerate(grid.alphas):
         ax = axes[0, column]
         drawn = False
-        for layer, layer_colour in zip(LAYERS, layer_colours):
+        for layer, layer_colour in zip(grid.stages, layer_colours):
             for who, who_alpha, style, suffix in ((method, alpha, "-o", ""),
                                                   (PURE, None, "--", " pure")):
                 mean, std, count = values.curve(who, who_alpha, layer, "principal_angle_")
                 if count == 0:
-                    if who == method and layer == LAYERS[0]:
+                    if who == method and layer == grid.stages[0]:
                         missing_note(ax, f"no {method} run")
                     continue
                 index = np.arange(1, mean.size + 1)
@@ -229,10 +234,11 @@ def ica_summary(group: Method) -> Path:
     rows = [("ica_matched_r_mean", "mean matched |r|"),
             (f"ica_matched_above_{MATCH_THRESHOLD}", f"components with |r| > {MATCH_THRESHOLD}")]
     figure, _ = bar_grid(group, rows, with_teacher=False, decorate=unit_range)
-    failures = sum(1 for alpha in grid.alphas for layer in LAYERS
+    failures = sum(1 for alpha in grid.alphas for layer in grid.stages
                    for converged in values.seeds(method, alpha, layer, "ica_converged").values()
                    if converged == 0)
-    failures += sum(1 for who in (TEACHER, PURE) for layer in LAYERS
+    failures += sum(1 for who, stages in ((TEACHER, grid.teacher_stages), (PURE, grid.stages))
+                    for layer in stages
                     for converged in values.seeds(who, None, layer, "ica_converged").values()
                     if converged == 0)
     warning = f" — {failures} FastICA fit(s) did not converge" if failures else ""

@@ -1,5 +1,6 @@
-"""Summary figures under ``figures/{dataset}/summary/``: pca_scatter_layer3, the UMAP of
-the teacher's layer3 with students mapped into it (umap-learn), and the accuracy table.
+"""Summary figures under ``figures/{dataset}/summary/``: pca_scatter_{last stage}, the UMAP
+of the teacher's last stage with students' last stages mapped into it (umap-learn), and the
+accuracy table. Files are named by the student's last stage (``layer3`` for the ResNets).
 """
 
 from __future__ import annotations
@@ -64,13 +65,14 @@ def scatter_panels(grid: Grid, panels: list, classes: int, title: str, path: Pat
 
 
 def pca_scatter(grid: Grid, payload: dict, out: Path) -> Path | None:
-    """Layer3 in each chosen model's first two principal components."""
+    """The last stage in each chosen model's first two principal components."""
     panels = payload["scatter_panels"]  # [(title, coords [m,2] or None, labels [m] or None)]
     classes = payload["num_classes"]
     if not panels or classes is None:
         return None
-    return scatter_panels(grid, panels, classes, "layer3, first two principal components "
-                          "(each model's own PCA)", out / "pca_scatter_layer3.png")
+    return scatter_panels(grid, panels, classes, f"{grid.last_stage} (the last stage), first "
+                          "two principal components (each model's own PCA)",
+                          out / f"pca_scatter_{grid.last_stage}.png")
 
 
 def accuracy_table_figure(grid: Grid, values: Values, out: Path) -> Path:
@@ -143,7 +145,7 @@ def teacher_umap(teacher: np.ndarray, others: list[np.ndarray]):
 
 
 def umap_figure(grid: Grid, payload: dict, out: Path):
-    """The teacher's layer3 in a 2-D UMAP (McInnes et al. 2018), with each method's chosen
+    """The teacher's last stage in a 2-D UMAP (McInnes et al. 2018), with each method's chosen
     student mapped into the teacher's feature space (:func:`map_into`) and placed by the
     teacher's UMAP. Returns the figure path, or a note saying why it was skipped."""
     try:
@@ -152,23 +154,24 @@ def umap_figure(grid: Grid, payload: dict, out: Path):
         return (f"{grid.dataset}: UMAP projection skipped: umap-learn is not installed "
                 "(optional extra: pip install 'kdlab[umap]')")
     from ..metrics import subsample_indices
-    from ..store import load_representation
+    from ..store import load_representation, stage_names_of
 
     teacher_path = payload.get("umap_teacher")
     if teacher_path is None:
         return f"{grid.dataset}: UMAP projection skipped: no teacher representation"
     teacher = load_representation(teacher_path)
     index = subsample_indices(teacher["labels"].shape[0], 2000, 0)
-    teacher_features = teacher["layer3"][index].astype(np.float64)
+    teacher_features = teacher[stage_names_of(teacher)[-1]][index].astype(np.float64)
     labels = teacher["labels"][index]
     titles, students = [], []
     for title, path in payload.get("umap_students", []):
-        student = load_representation(path)["layer3"][index].astype(np.float64)
+        arrays = load_representation(path)
+        student = arrays[stage_names_of(arrays)[-1]][index].astype(np.float64)
         titles.append(title)
         students.append(map_into(student, teacher_features))
     embedded, placed = teacher_umap(teacher_features, students)
     panels = [("teacher", embedded, labels)] + [(title, coords, labels)
                                                 for title, coords in zip(titles, placed)]
-    return scatter_panels(grid, panels, int(labels.max()) + 1, "layer3 in the teacher's UMAP "
-                          "space (students mapped by least squares)",
-                          out / "umap_teacher_layer3.png")
+    return scatter_panels(grid, panels, int(labels.max()) + 1, f"{grid.last_stage} (the last "
+                          "stage) in the teacher's UMAP space (students mapped by least "
+                          "squares)", out / f"umap_teacher_{grid.last_stage}.png")

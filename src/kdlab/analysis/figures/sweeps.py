@@ -1,6 +1,6 @@
 """Alpha sweeps under ``figures/{dataset}/sweeps/``: sweep_{metric} (the metric against
 alpha, one line per method, +-1 std over seeds shaded, teacher / pure-student references),
-heatmap_{metric} (method x alpha) and accuracy_vs_cka_layer3 (one point per run).
+heatmap_{metric} (method x alpha) and accuracy_vs_cka_{last stage} (one point per run).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def sweep_axis(ax, grid: Grid, values: Values, layer: str, metric: str, pairwise
 def draw_sweep(grid: Grid, values: Values, out: Path, metric: str) -> list[Path]:
     """sweep_{metric}.png and heatmap_{metric}.png."""
     written = []
-    for name, label, pairwise, layers, digits in sweep_metrics():
+    for name, label, pairwise, layers, digits in sweep_metrics(grid.stages):
         if name != metric:
             continue
         figure, axes = subplots(1, len(layers), width=4.2, height=3.2)
@@ -95,7 +95,7 @@ def draw_accuracy_vs_alignment(grid: Grid, values: Values, out: Path) -> list[Pa
         alphas = [None] if method == PURE else list(grid.alphas)
         points = []
         for alpha in alphas:
-            cka = values.seeds(method, alpha, "layer3", "cka_linear")
+            cka = values.seeds(method, alpha, grid.last_stage, "cka_linear")
             accuracy = values.seeds(method, alpha, "logits", "test_acc")
             points += [(cka[seed], accuracy[seed]) for seed in sorted(set(cka) & set(accuracy))]
         if points:
@@ -119,13 +119,13 @@ def draw_accuracy_vs_alignment(grid: Grid, values: Values, out: Path) -> list[Pa
             bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
     if not xs and not ax.collections:
         no_data(ax)
-    ax.set_xlabel("linear CKA with teacher, layer3", fontsize=9)
+    ax.set_xlabel(f"linear CKA with teacher, {grid.last_stage} (the last stage)", fontsize=9)
     ax.set_ylabel("test accuracy (%)", fontsize=9)
     ax.grid(alpha=0.3)
     if ax.collections:
         ax.legend(fontsize=7, loc="lower right")
     figure_title(figure, grid, "accuracy against alignment (one point per run)")
-    written.append(out / "accuracy_vs_cka_layer3.png")
+    written.append(out / f"accuracy_vs_cka_{grid.last_stage}.png")
     save_figure(figure, written[-1])
     return written
 
