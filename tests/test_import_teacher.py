@@ -220,6 +220,11 @@ def wrong_files(tmp_path) -> dict:
     kdlab_best = tmp_path / "best.pth"
     torch.save({"weights": network.state_dict()}, kdlab_best)
     files["no 'model'"] = (kdlab_best, "found a dict with keys weights")
+    kdlab_checkpoint = tmp_path / "checkpoint.pth"
+    torch.save({"model": network.state_dict(), "optimizer": {}, "epoch": 3, "rng": {},
+                "config": {"model": TEACHER}}, kdlab_checkpoint)
+    files["kdlab's checkpoint"] = (kdlab_checkpoint, "is kdlab's own checkpoint.pth: expected "
+                                                     "RepDistiller's checkpoint")
     hundred = tmp_path / "hundred.pth"
     write_repdistiller_file(hundred, teacher_model(classes=100))
     files["100 classes"] = (hundred, f"holds a 100-class {TEACHER} (classifier (100, 64)): "
@@ -232,8 +237,9 @@ def wrong_files(tmp_path) -> dict:
     return files
 
 
-@pytest.mark.parametrize("case", ["not a torch file", "not a dict", "no 'model'", "100 classes",
-                                  "another architecture", "missing"])
+@pytest.mark.parametrize("case", ["not a torch file", "not a dict", "no 'model'",
+                                  "kdlab's checkpoint", "100 classes", "another architecture",
+                                  "missing"])
 def test_a_wrong_file_is_one_line_and_writes_nothing(study_path, tmp_path, capsys, case):
     source, words = wrong_files(tmp_path)[case]
     before = snapshot(tmp_path)

@@ -148,6 +148,12 @@ def read_teacher_file(path: Path, model_name: str, model, dataset: str) -> tuple
     from ..models import fitting_state_dict, from_repdistiller, read_weights_payload
 
     payload = read_weights_payload(path, "teacher file")
+    if isinstance(payload, dict) and {"model", "rng", "config"} <= set(payload):
+        # kdlab's checkpoint.pth: its weights were trained with kdlab's normalisation, not
+        # RepDistiller's, and the run it belongs to is a kdlab run already.
+        raise UserError(f"teacher file {path} is kdlab's own checkpoint.pth: expected "
+                        "RepDistiller's checkpoint; a kdlab run needs no import (copy its run "
+                        "directory into the study's experiments directory instead)")
     weights = payload.get("model") if isinstance(payload, dict) else None
     if not isinstance(weights, dict) or not weights or not all(
             isinstance(value, torch.Tensor) for value in weights.values()):
