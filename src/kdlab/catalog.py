@@ -101,6 +101,24 @@ def model_facts(name: str) -> ModelFacts:
     return MODEL_FACTS[name]
 
 
+# The published teachers (kdlab import-teacher): RepDistiller's test accuracies (%) of its
+# pretrained CIFAR-100 teachers (``{name}_vanilla/ckpt_epoch_240.pth``), the "Teacher" rows of
+# the two tables of its README (HobbitLong/RepDistiller), by (kdlab model, data set).
+PUBLISHED_TEACHER_SOURCE = "RepDistiller's README (CIFAR-100 teacher rows)"
+PUBLISHED_TEACHER_ACCURACY: dict[tuple[str, str], float] = {
+    ("ResNet56", "Cifar100"): 72.34, ("ResNet110", "Cifar100"): 74.31,
+    ("ResNet32x4", "Cifar100"): 79.42, ("WRN40_2", "Cifar100"): 75.61,
+    ("VGG13", "Cifar100"): 74.64, ("ResNet50", "Cifar100"): 79.34,
+}
+# The normalisation (mean, std per RGB channel, in [0, 1] pixel units) RepDistiller trained
+# and tested its teachers with (its dataset/cifar100.py); the test images are otherwise used
+# as they are (no resize, no crop).
+REPDISTILLER_NORMALIZATION: dict[str, tuple[tuple[float, float, float],
+                                            tuple[float, float, float]]] = {
+    "Cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
+
+
 BACKENDS = ("local", "slurm", "pbs")
 AUGMENTATIONS = ("kdlab", "earlier")
 # Which split chooses best.pth (TrainConfig.selection).

@@ -86,6 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-script", action="store_true",
                    help="with --dry-run: print the exact job script of each would-be submission")
 
+    p = sub.add_parser(
+        "import-teacher", help="a published teacher (RepDistiller checkpoint) as a study's "
+                               "completed teacher run",
+        description="Map a RepDistiller checkpoint ({name}_vanilla/ckpt_epoch_240.pth, a "
+                    "dict whose 'model' is a state dict) onto kdlab's model, load it "
+                    "strictly, measure its test accuracy with the normalisation it was "
+                    "trained with (RepDistiller's for Cifar100) and write it as the study's "
+                    "completed teacher run of DATASET and SEED: best.pth, config.json and "
+                    "status.json (made_by names the file and its SHA-256). Students then "
+                    "distil from it like from any teacher.")
+    p.add_argument("file", help="the teacher's checkpoint file")
+    p.add_argument("--model", required=True, help="kdlab's model name, e.g. WRN40_2")
+    p.add_argument("--dataset", required=True, help="data set of the study, e.g. Cifar100")
+    p.add_argument("--seed", type=int, required=True, help="seed of the study whose teacher "
+                   "run it becomes")
+    p.add_argument("--study", required=True, help="study file (TOML)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing teacher run (its files move to replaced-TIME/)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                   help="the file's normalisation mean (default: RepDistiller's for Cifar100, "
+                        "else kdlab's statistics of the data set)")
+    p.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                   help="the file's normalisation std (with --mean)")
+    p.add_argument("--download", action="store_true",
+                   help="download a missing data set through torchvision where it offers one")
+
     p = sub.add_parser("status", help="table of the study's progress")
     _add_study(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -158,6 +185,7 @@ _COMMAND_MODULES = {
     "train": "kdlab.train",
     "queue": "kdlab.queue",
     "status": "kdlab.status",
+    "import-teacher": "kdlab.ops.import_teacher",
     "extract": "kdlab.analysis.extract",
     "analyze": "kdlab.analysis.analyze",
     "plot": "kdlab.ops.plots",

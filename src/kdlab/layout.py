@@ -162,15 +162,23 @@ def iter_run_dirs(experiments_dir: str | Path, scheme: str = ALPHA_LAYOUT,
                 yield spec, path
 
 
+# A run replaced in place (``kdlab import-teacher --force``) keeps its files in
+# ``{run_dir}/replaced-TIME/``: kept, but no run of any grid.
+REPLACED_PREFIX = "replaced-"
+
+
 def status_files(experiments_dir: str | Path):
     """Every directory under ``experiments_dir`` that holds a status.json, with its path
-    relative to ``experiments_dir`` (for finding what is outside a study's grid)."""
+    relative to ``experiments_dir`` (for finding what is outside a study's grid); the
+    replaced runs kept inside a run directory (:data:`REPLACED_PREFIX`) are not listed."""
     root = Path(experiments_dir)
     if not root.is_dir():
         return
     for status_path in sorted(root.rglob("status.json")):
-        if status_path.is_file():
-            yield status_path.parent, status_path.parent.relative_to(root).as_posix()
+        relative = status_path.parent.relative_to(root)
+        if status_path.is_file() and not any(part.startswith(REPLACED_PREFIX)
+                                             for part in relative.parts):
+            yield status_path.parent, relative.as_posix()
 
 
 # ---- analysis outputs -------------------------------------------------------------------

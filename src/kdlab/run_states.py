@@ -190,6 +190,8 @@ def _detail(state: str, status: dict) -> str:
     max_acc = status.get("max_acc")
     accuracy = (f", best {max_acc:.2f}%" if isinstance(max_acc, (int, float))
                 and not isinstance(max_acc, bool) else "")
+    if state == COMPLETED and isinstance(status.get("imported"), dict):
+        return f"completed: imported (kdlab import-teacher){accuracy}"
     if state == COMPLETED:
         return f"completed {progress}{accuracy}"
     if state == FAILED:

@@ -259,12 +259,13 @@ def is_earlier_code(status: dict | None) -> bool:
     return "made_by" not in status and "run" not in status and not kdlab_config
 
 
-def write_status(run_dir: str | Path, status: dict) -> dict:
+def write_status(run_dir: str | Path, status: dict, provenance: str | None = None) -> dict:
     """Write a whole status.json atomically, stamping ``updated_at`` (unix seconds) and
-    ``made_by`` (kdlab and its version)."""
+    ``made_by`` (kdlab and its version, then ``provenance`` when given: what else made the
+    run, e.g. the file an imported teacher came from)."""
     status = dict(status)
     status["updated_at"] = time.time()
-    status["made_by"] = made_by()
+    status["made_by"] = f"{made_by()} {provenance}" if provenance else made_by()
     atomic_write_json(Path(run_dir) / STATUS_FILE, status)
     return status
 

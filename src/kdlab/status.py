@@ -117,7 +117,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
                      "made_by": state.made_by, "pack": state.pack,
                      "run_dir": str(state.run_dir),
                      "last_job_end": ends.get(state.run_dir) or status.get("last_job_end"),
-                     "job_state": job_states.get(state.run_dir)})
+                     "job_state": job_states.get(state.run_dir),
+                     "imported": imported_record(status)})
     outside = outside_grid(study, states)
     return {
         "study": study.name, "study_file": str(study.path),
@@ -132,10 +133,33 @@ def status_report(study: Study, states: list[RunState] | None = None,
         "collapsed": [run["run"] for run in runs if run["collapsed"]],
         "earlier_code_runs": sum(run["made_by"] == "earlier code" for run in runs),
         "outside_grid": outside, "packs": _packs(states, liveness),
+        "imported": [{"run": run["run"], **run["imported"]} for run in runs if run["imported"]],
         "live": [{"run": run["run"], "job_id": run["job_id"], "job_state": run["job_state"],
                   "last_job_end": run["last_job_end"]}
                  for run in runs if run["job_alive"] is True],
     }
+
+
+def imported_record(status: dict) -> dict[str, Any] | None:
+    """What ``kdlab import-teacher`` recorded of a run's file (source, SHA-256, measured and
+    published test accuracy, %), read tolerantly: None for a trained run, None values for
+    fields missing or of the wrong type."""
+    record = status.get("imported")
+    if not isinstance(record, dict):
+        return None
+
+    def number(key: str) -> float | None:
+        value = record.get(key)
+        return float(value) if isinstance(value, (int, float)) and \
+            not isinstance(value, bool) else None
+
+    def text(key: str) -> str | None:
+        return record[key] if isinstance(record.get(key), str) else None
+
+    return {"source": text("source"), "sha256": text("sha256"), "test_acc": number("test_acc"),
+            "study_preprocessing_test_acc": number("study_preprocessing_test_acc"),
+            "published_acc": number("published_acc"),
+            "published_source": text("published_source")}
 
 
 def _packs(states: list[RunState], liveness: dict) -> list[dict[str, Any]]:
@@ -219,6 +243,9 @@ def format_report(report: dict[str, Any]) -> str:
     outside = outside_grid_summary(report["outside_grid"])
     if outside:
         lines.append(f"outside the grid: {outside}")
+    if report.get("imported"):
+        lines += ["", f"imported teachers ({len(report['imported'])}; kdlab import-teacher):"]
+        lines += [f"  {entry['run']}: {_imported_text(entry)}" for entry in report["imported"]]
     if report["packs"]:
         lines += ["", f"packs (jobs training several runs; {len(report['packs'])}):"]
         for pack in report["packs"]:
@@ -232,6 +259,20 @@ def format_report(report: dict[str, Any]) -> str:
             lines += ["", f"{title} ({len(report[key])}):"]
             lines += [f"  {entry['run']}: {entry[field]}" for entry in report[key]]
     return "\n".join(lines)
+
+
+def _imported_text(entry: dict[str, Any]) -> str:
+    """'measured 75.02% (published 75.61%, RepDistiller's README ...) from FILE'."""
+    text = f"measured {_number(entry['test_acc'])}%"
+    if entry["study_preprocessing_test_acc"] is not None:
+        text += f" ({_number(entry['study_preprocessing_test_acc'])}% as students see it)"
+    if entry["published_acc"] is not None:
+        text += f", published {_number(entry['published_acc'])}%"
+        if entry["published_source"]:
+            text += f" ({entry['published_source']})"
+    else:
+        text += ", no published accuracy known"
+    return text + f", from {entry['source'] or 'a file not recorded'}"
 
 
 def _ended(entry: dict[str, Any]) -> str:

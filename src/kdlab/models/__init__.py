@@ -4,7 +4,9 @@ loading, feature shapes). Each family lives in its own module; every forward ret
 
 A family module declares ``BUILDERS`` (kdlab name -> ``build(name, num_classes)``),
 ``REPDISTILLER_NAMES`` (kdlab name -> the benchmark's name) and ``from_repdistiller(key)``
-(a RepDistiller state-dict key -> kdlab's); its models answer ``modules_after(stage_index)``.
+(a RepDistiller state-dict key -> kdlab's); its models answer ``modules_after(stage_index)``
+and ``preact_batchnorms()`` (per stage, the BN before its last ReLU, or a UserError saying why
+the family has none).
 Its facts (stage names, channels, strides) are in :data:`kdlab.catalog.MODEL_FACTS`, which
 must stay importable without torch; tests/test_models.py checks every model against them.
 """

@@ -93,6 +93,13 @@ class MobileNetV2(nn.Module):
                 nn.init.normal_(module.weight, 0.0, 0.01)
                 nn.init.zeros_(module.bias)
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the batch norm of the stage's last linear bottleneck (its projection's
+        BN, mdistiller's ``get_bn_before_relu``): its output, plus the block's input where the
+        block is residual, is the stage's ``preact`` (= the stage: no ReLU follows a linear
+        bottleneck). Same order and length as ``Features.preact``."""
+        return [self.blocks[group][-1].conv[-1] for group in STAGE_GROUPS]
+
     def forward(self, x: torch.Tensor) -> Features:
         out = self.conv1(x)
         stages = []

@@ -78,6 +78,12 @@ class ResNet50(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the batch norm whose output (plus the shortcut, which OFD's margin
+        ignores, as mdistiller's ``get_bn_before_relu``) precedes the stage's last ReLU: the
+        last bottleneck's ``bn3``. Same order and length as ``Features.preact``."""
+        return [stage[-1].bn3 for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
+
     def forward(self, x: torch.Tensor) -> Features:
         out = F.relu(self.bn1(self.conv1(x)))
         stages, preact = [], []

@@ -87,6 +87,14 @@ class ShuffleNetV1(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(in_channels, num_classes)
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the batch norm whose output plus the shortcut (the block's input: every
+        stage's last bottleneck has stride 1) is the stage's ``preact``: the last
+        bottleneck's ``bn3``. mdistiller's ShuffleNet raises NotImplementedError here; this
+        BN is the one its own forward adds to the shortcut before the ReLU, as in the
+        ResNets. Same order and length as ``Features.preact``."""
+        return [stage[-1].bn3 for stage in (self.layer1, self.layer2, self.layer3)]
+
     def forward(self, x: torch.Tensor) -> Features:
         out = F.relu(self.bn1(self.conv1(x)))
         stages, preact = [], []

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .features import Features
 from .shufflenetv1 import channel_shuffle
 
@@ -103,6 +104,16 @@ class ShuffleNetV2(nn.Module):
         self.conv2 = nn.Conv2d(in_channels, LAST_CHANNELS, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(LAST_CHANNELS)
         self.linear = nn.Linear(LAST_CHANNELS, num_classes)
+
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """None exists: half of each stage's ``preact`` channels are the unit's passed half,
+        already a ReLU output, and the other half come from ``bn3`` (half the stage's
+        channels), interleaved by the shuffle; no batch norm of the stage's width precedes
+        its last ReLU. Raises UserError (mdistiller's ``get_bn_before_relu`` raises
+        NotImplementedError for the same network), so OFD cannot take it as a teacher."""
+        raise UserError("ShuffleNetV2 has no batch norm before its stages' last ReLU (half of "
+                        "each stage's channels pass the unit already activated): OFD's margin "
+                        "cannot be read from it; expected a teacher of another family")
 
     def forward(self, x: torch.Tensor) -> Features:
         out = F.relu(self.bn1(self.conv1(x)))

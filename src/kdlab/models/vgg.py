@@ -70,6 +70,12 @@ class VGG(nn.Module):
                 nn.init.normal_(module.weight, 0.0, 0.01)
                 nn.init.zeros_(module.bias)
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the batch norm whose output is the stage's ``preact`` exactly: the last
+        module of ``block1..4`` (mdistiller's ``get_bn_before_relu``). Same order and length
+        as ``Features.preact``."""
+        return [block[-1] for block in (self.block1, self.block2, self.block3, self.block4)]
+
     def forward(self, x: torch.Tensor) -> Features:
         out = F.max_pool2d(F.relu(self.block0(x)), 2)
         stages, preact = [], []

@@ -89,6 +89,13 @@ class WideResNet(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the batch norm whose output is the stage's ``preact`` exactly (no
+        shortcut is added after it): the next stage's first ``bn1``, and the final ``bn1``
+        for the last stage (mdistiller's ``get_bn_before_relu``). Same order and length as
+        ``Features.preact``."""
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
     def forward(self, x: torch.Tensor) -> Features:
         raw = self.conv1(x)
         activated = None
