@@ -351,3 +351,21 @@ def test_reported_accuracy_last_makes_the_tables_report_final_acc(tmp_path):
     assert selection_accuracy(default)[0] == "max_acc"
     with pytest.raises(UserError, match="key 'reported_accuracy': expected one of best, last"):
         load_study(write_study(tmp_path / "b.toml", top='reported_accuracy = "mean"\n'))
+
+
+def test_a_checkpoint_from_before_the_schedule_settings_still_resumes(tmp_path):
+    """A checkpoint written before lr_schedule/lr_milestones/lr_decay existed trained with
+    the cosine schedule: it resumes under the defaults, and not under 'multistep'."""
+    from kdlab.training.state import read_checkpoint
+
+    config = _recipe_config(tmp_path, lr_schedule="cosine", lr_milestones=[], lr_decay=0.1,
+                            augmentation="kdlab")
+    identity = config.identity()
+    for key in ("lr_schedule", "lr_milestones", "lr_decay"):
+        del identity[key]
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "metrics": {}, "best_acc": 1.0,
+                "epoch": 1, "rng": {}, "config": identity}, path)
+    assert read_checkpoint(path, config)["epoch"] == 1
+    with pytest.raises(UserError, match=r"other settings \(lr_milestones, lr_schedule\)"):
+        read_checkpoint(path, _recipe_config(tmp_path, augmentation="kdlab"))
