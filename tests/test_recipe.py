@@ -369,3 +369,13 @@ def test_a_checkpoint_from_before_the_schedule_settings_still_resumes(tmp_path):
     assert read_checkpoint(path, config)["epoch"] == 1
     with pytest.raises(UserError, match=r"other settings \(lr_milestones, lr_schedule\)"):
         read_checkpoint(path, _recipe_config(tmp_path, augmentation="kdlab"))
+
+
+def test_methodology_states_the_schedule_and_the_per_model_values(tmp_path):
+    from kdlab.ops.methodology import methodology_sections, render_markdown
+
+    study = load_study(write_study(tmp_path / "s.toml", training="epochs = 4", tables=PER_MODEL))
+    text = render_markdown("Methodology", methodology_sections(study, []))
+    assert "| ResNet8's runs | lr 0.01, batch_size 64, lr_schedule multistep, lr_milestones " \
+           "[2, 3] |" in text
+    assert "cosine annealing to 0 over the epochs" in text

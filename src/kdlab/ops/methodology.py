@@ -356,6 +356,8 @@ def _grid_section(study: Study, earlier: list) -> Section:
         ["temperature", f"{training['temperature']} (methods that take one, unless set "
                         "in their options)"],
         ["precision", f"{precision}: {_PRECISION_TEXT.get(precision, precision)}"],
+        *[[f"{model}'s runs", ", ".join(f"{key} {value}" for key, value in values.items())]
+          for model, values in study.model_training.items()],
     ])
     augmentation = _augmentation_text(study)
     grid.paragraph(f"In kdlab's runs: {augmentation[0].lower()}{augmentation[1:]}" if earlier
