@@ -109,6 +109,9 @@ def test_schedule_flags_round_trip_through_config_json(tmp_path):
     assert flags[flags.index("--lr-milestones") + 1] == "150,180,210"
     again = configs_from_args(build_parser().parse_args(["train", *flags]))[0]
     assert again == config
+    bracketed = [*argv[:argv.index("150,180,210")], "[150, 180, 210]"]
+    assert configs_from_args(build_parser().parse_args(bracketed))[0].lr_milestones == [
+        150, 180, 210]
 
 
 def test_a_bad_milestone_flag_is_one_line_exit_2(tmp_path, capsys):

@@ -337,11 +337,15 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def _flag_value(kind: type | tuple):
     """The argparse converter of a field's kind (``bool("false")`` would be True; a list is
-    a comma list: ``--lr-milestones 150,180,210``)."""
+    a comma list: ``--lr-milestones 150,180,210``, also as config.json writes it, with
+    brackets: ``[150, 180, 210]``)."""
     if isinstance(kind, tuple):
         def to_list(text: str) -> list:
+            inner = text.strip()
+            if inner.startswith("[") and inner.endswith("]"):
+                inner = inner[1:-1]
             try:
-                return [kind[1](part) for part in text.split(",") if part.strip()]
+                return [kind[1](part) for part in inner.split(",") if part.strip()]
             except ValueError:
                 raise argparse.ArgumentTypeError(
                     f"{text!r}: expected a comma list of numbers") from None
