@@ -120,7 +120,9 @@ REPDISTILLER_NORMALIZATION: dict[str, tuple[tuple[float, float, float],
 
 
 BACKENDS = ("local", "slurm", "pbs")
-AUGMENTATIONS = ("kdlab", "earlier")
+AUGMENTATIONS = ("kdlab", "earlier", "benchmark")
+# Learning-rate schedules (TrainConfig.lr_schedule).
+LR_SCHEDULES = ("cosine", "multistep")
 # Which split chooses best.pth (TrainConfig.selection).
 SELECTIONS = ("test", "validation")
 # The accuracy a study selects by ([training] selection): the status.json key holding it,
@@ -133,6 +135,22 @@ SELECTION_ACCURACY = {
                                    "chose, such as a teacher trained with selection 'test', "
                                    "records none)"),
 }
+# Which epoch's accuracy a study's tables report (the study's ``reported_accuracy``): "best"
+# is the epoch chosen by the selection split (SELECTION_ACCURACY, as mdistiller reports);
+# "last" the last epoch's test accuracy (as RepDistiller / the CRD paper report).
+REPORTED_ACCURACIES = ("best", "last")
+LAST_EPOCH_ACCURACY = ("final_acc", "last-epoch test accuracy (final_acc): no epoch was "
+                                    "chosen, so this number is not optimistic")
+
+
+def reported_accuracy(selection: str, reported: str = "best") -> tuple[str, str]:
+    """(status.json key, description) of the accuracy a study's tables report, from its
+    ``[training] selection`` and its ``reported_accuracy``."""
+    if reported == "last":
+        return LAST_EPOCH_ACCURACY
+    return SELECTION_ACCURACY[selection]
+
+
 # Arithmetic of training (TrainConfig.precision).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

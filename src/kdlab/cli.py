@@ -164,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(p)
     p.add_argument("--output-dir", default=None)
 
+    p = sub.add_parser("compare", help="kdlab's accuracies beside the published numbers",
+                       description="Per data set, pair and row of the grid: kdlab's mean, "
+                       "Student-t 95%% interval and n over seeds of the accuracy the study "
+                       "reports, the reference number (the CRD and DKD papers' tables shipped "
+                       "with kdlab, or the study's [compare] reference CSV), the difference, "
+                       "and whether the reference lies inside the interval. Writes "
+                       "compare.md, compare.csv and compare.png under the study's analysis "
+                       "directory.")
+    _add_study(p)
+    p.add_argument("--output-dir", default=None)
+
     p = sub.add_parser("sync", help="pull results, plot, push code, queue on the remote")
     _add_study(p)
     p.add_argument("--install-cron", action="store_true")
@@ -192,6 +203,7 @@ _COMMAND_MODULES = {
     "digest": "kdlab.ops.digest",
     "archive": "kdlab.ops.archive",
     "methodology": "kdlab.ops.methodology",
+    "compare": "kdlab.ops.compare",
     "sync": "kdlab.ops.sync",
     "demo": "kdlab.ops.demo",
 }

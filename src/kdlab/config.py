@@ -37,8 +37,8 @@ def setting(default: Any, help: str, kind: type, *, check: Callable[[Any], str |
     value must match for a checkpoint to be resumed (paths and device may move)."""
     metadata = {"help": help, "kind": kind, "check": check, "choices": choices,
                 "optional": optional, "where": where, "in_identity": in_identity}
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata=metadata)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=type(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -48,6 +48,17 @@ def _at_least(minimum: int, expected: str | None = None):
 
 def _finite(test: Callable[[float], bool], expected: str):
     return lambda value: None if math.isfinite(value) and test(value) else expected
+
+
+def _increasing_epochs(milestones: list[int]) -> str | None:
+    if all(epoch >= 1 for epoch in milestones) and all(
+            later > earlier for earlier, later in zip(milestones, milestones[1:])):
+        return None
+    return "strictly increasing epochs >= 1 (e.g. 150,180,210)"
+
+
+# A list setting's kind: (list, kind of its items), as the study loader writes list kinds.
+EPOCH_LIST = (list, int)
 
 
 def _installed(package: str) -> bool:
@@ -74,8 +85,18 @@ class TrainConfig:
     epochs: int = setting(150, "training epochs", int, check=_at_least(1, "a positive integer"))
     batch_size: int = setting(128, "training batch size", int, check=_at_least(
         2, "an integer >= 2 (BatchNorm needs at least 2 samples per batch)"))
-    lr: float = setting(0.1, "SGD learning rate (cosine schedule over the epochs)", float,
+    lr: float = setting(0.1, "SGD learning rate (at the start of the schedule)", float,
                         check=_finite(lambda v: v > 0, "a finite number > 0"))
+    lr_schedule: str = setting("cosine", "learning-rate schedule: 'cosine' (annealed to 0 over "
+                               "the epochs) or 'multistep' (multiplied by lr_decay after each "
+                               "of lr_milestones, as RepDistiller and mdistiller train)", str,
+                               choices=catalog.LR_SCHEDULES)
+    lr_milestones: list[int] = setting([], "epochs after which a 'multistep' schedule "
+                                       "multiplies the rate by lr_decay (comma list, e.g. "
+                                       "150,180,210: the rate drops from epoch 151 on)",
+                                       EPOCH_LIST, check=_increasing_epochs)
+    lr_decay: float = setting(0.1, "factor of a 'multistep' schedule at each milestone",
+                              float, check=_finite(lambda v: 0 < v <= 1, "a number in (0, 1]"))
     momentum: float = setting(0.9, "SGD momentum", float,
                               check=_finite(lambda v: 0 <= v < 1, "a number in [0, 1)"))
     weight_decay: float = setting(5e-4, "SGD weight decay", float,
@@ -92,9 +113,10 @@ class TrainConfig:
                                   else "a KD strength in [0, 1]", optional=True, where=GRID)
     temperature: float = setting(4.0, "softmax temperature of the logit-based losses", float,
                                  check=_finite(lambda v: v > 0, "a finite number > 0"))
-    augmentation: str = setting("kdlab", "training augmentation: 'kdlab' (pad and crop) or "
-                                "'earlier' (the earlier code's resized crops)", str,
-                                choices=catalog.AUGMENTATIONS)
+    augmentation: str = setting("kdlab", "training augmentation: 'kdlab' (pad and crop), "
+                                "'earlier' (the earlier code's resized crops) or 'benchmark' "
+                                "(RepDistiller's CIFAR-100 recipe: pad-4 crop, flip, its "
+                                "mean and std)", str, choices=catalog.AUGMENTATIONS)
     method_options: dict[str, Any] = setting({}, "the method's options (KEY=VALUE)", dict,
                                              where=OPTIONS)
     data_root: str = setting("data", "data directory ($KDLAB_DATA_ROOT when set)", str,
@@ -165,6 +187,18 @@ class TrainConfig:
         validate_config(self)
 
 
+def schedule_words(settings: dict[str, Any]) -> str:
+    """How the rate moves over the epochs, from a run's or a study's [training] settings:
+    'cosine annealing to 0 over the epochs' or 'multiplied by 0.1 after epochs 150, 180,
+    210'."""
+    if settings.get("lr_schedule", "cosine") == "multistep":
+        milestones = settings["lr_milestones"]
+        epochs = ", ".join(str(epoch) for epoch in milestones)
+        return (f"multiplied by {settings['lr_decay']:g} after "
+                f"epoch{'s' if len(milestones) != 1 else ''} {epochs}")
+    return "cosine annealing to 0 over the epochs"
+
+
 class SettingError(UserError):
     """One bad setting: ``key`` (a TrainConfig field, or ``method_options.KEY``),
     the value found and what was expected."""
@@ -178,12 +212,13 @@ class SettingError(UserError):
 
 # TrainConfig fields in which the runs of one pack may differ: what each run trains (model,
 # method, teacher model, alpha, method options) and how it is optimised (epochs, lr,
-# momentum, weight decay, label smoothing, temperature). Every other field shapes the
+# schedule, momentum, weight decay, label smoothing, temperature). Every other field shapes the
 # data pipeline or the shared process (data set, seed, batch size, augmentation,
 # data_root, device, ...), so the members of a pack agree on it.
 PER_RUN_FIELDS = frozenset({"model", "distillation", "teacher_model", "alpha",
-                            "method_options", "epochs", "lr", "momentum", "weight_decay",
-                            "label_smoothing", "temperature"})
+                            "method_options", "epochs", "lr", "lr_schedule", "lr_milestones",
+                            "lr_decay", "momentum", "weight_decay", "label_smoothing",
+                            "temperature"})
 
 
 def pack_shared_fields() -> list[str]:
@@ -191,12 +226,24 @@ def pack_shared_fields() -> list[str]:
     return [item.name for item in fields(TrainConfig) if item.name not in PER_RUN_FIELDS]
 
 
+def setting_default(item) -> Any:
+    """A TrainConfig field's default (a fresh one for list and table settings; MISSING for
+    none)."""
+    from dataclasses import MISSING
+
+    if item.default_factory is not MISSING:
+        return item.default_factory()
+    return item.default
+
+
 def setting_fields(where: str | None = None):
     """The TrainConfig fields (of one study place when ``where`` is given)."""
     return [f for f in fields(TrainConfig) if where is None or f.metadata["where"] == where]
 
 
-def kind_ok(value: Any, kind: type) -> bool:
+def kind_ok(value: Any, kind: type | tuple) -> bool:
+    if isinstance(kind, tuple):
+        return isinstance(value, list) and all(kind_ok(item, kind[1]) for item in value)
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
@@ -205,7 +252,7 @@ def kind_ok(value: Any, kind: type) -> bool:
 
 
 _KIND_TEXT = {str: "a string", int: "an integer", float: "a number", dict: "a table",
-              bool: "true or false"}
+              bool: "true or false", EPOCH_LIST: "a list of integers"}
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -222,6 +269,11 @@ def validate_config(config: TrainConfig) -> None:
         problem = meta["check"](value) if meta["check"] else None
         if problem is not None:
             raise SettingError(item.name, value, problem)
+    if config.lr_schedule == "multistep" and (
+            not config.lr_milestones or config.lr_milestones[-1] >= config.epochs):
+        raise SettingError("lr_milestones", config.lr_milestones,
+                           f"one or more epochs below --epochs {config.epochs} for the "
+                           "'multistep' schedule")
     if config.distillation == PURE:
         if config.alpha is not None or config.teacher_model is not None:
             raise UserError("--alpha/--teacher-model were given without --distillation: "
@@ -274,7 +326,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
                                 help="a method option, e.g. --option weight=100 "
                                      "--option hint_layer=layer2")
             continue
-        default = item.default
+        default = setting_default(item)
         shown = "" if default is _REQUIRED else f" (default: {default})"
         # A yes/no setting is a plain switch (--tensorboard) that also takes a value.
         switch = {"nargs": "?", "const": True} if meta["kind"] is bool else {}
@@ -283,8 +335,21 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
                             metavar=item.name.upper(), help=meta["help"] + shown)
 
 
-def _flag_value(kind: type):
-    """The argparse converter of a field's kind (``bool("false")`` would be True)."""
+def _flag_value(kind: type | tuple):
+    """The argparse converter of a field's kind (``bool("false")`` would be True; a list is
+    a comma list: ``--lr-milestones 150,180,210``, also as config.json writes it, with
+    brackets: ``[150, 180, 210]``)."""
+    if isinstance(kind, tuple):
+        def to_list(text: str) -> list:
+            inner = text.strip()
+            if inner.startswith("[") and inner.endswith("]"):
+                inner = inner[1:-1]
+            try:
+                return [kind[1](part) for part in inner.split(",") if part.strip()]
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r}: expected a comma list of numbers") from None
+        return to_list
     if kind is not bool:
         return kind
 
@@ -430,6 +495,9 @@ def config_flags(config: TrainConfig) -> list[str]:
         if item.name == "method_options":
             for key, option in sorted(value.items()):
                 argv += ["--option", f"{key}={_option_text(option)}"]
+        elif isinstance(value, list):
+            if value:
+                argv += ["--" + item.name.replace("_", "-"), ",".join(map(str, value))]
         elif value is not None and not (item.metadata["where"] == GRID and value == item.default):
             argv += ["--" + item.name.replace("_", "-"),
                      repr(value) if isinstance(value, float) else str(value)]

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .catalog import SELECTION_ACCURACY
+from .catalog import reported_accuracy
 from .layout import format_alpha
 from .run_states import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,  # noqa: F401
                    UNREADABLE, WAITING, RunState, check_liveness, classify_run, outside_grid,
@@ -40,7 +40,8 @@ def status_report(study: Study, states: list[RunState] | None = None,
     counts = {name: 0 for name in RUN_STATES}
     groups: dict[tuple, dict[str, Any]] = {}
     accuracies: dict[tuple, list[float]] = {}
-    selected_key, selected_text = SELECTION_ACCURACY[study.training.get("selection", "test")]
+    selected_key, selected_text = reported_accuracy(study.training.get("selection", "test"),
+                                                    study.reported_accuracy)
     selected: dict[tuple, list[float]] = {}
     for cell in study.cells():
         _add_group(groups, accuracies, cell, study)

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import catalog
 from .config import (GRID, PATHS, TRAINING, SettingError, TrainConfig, complete_options,
-                     kind_ok, setting_fields, validate_config)
+                     kind_ok, setting_default, setting_fields, validate_config)
 from .errors import UserError
 from .layout import ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs, run_dir
 
@@ -127,6 +127,14 @@ class Study:
 
     layout: str = ALPHA_LAYOUT
     accept_earlier_teachers: bool = False
+    # [training.model.NAME]: [training] values for the runs of one model only (teacher,
+    # pure or distilled student), e.g. RepDistiller's lr 0.01 for MobileNetV2.
+    model_training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Which epoch's accuracy the tables report: catalog.REPORTED_ACCURACIES.
+    reported_accuracy: str = "best"
+    # [compare] reference: the CSV of reference numbers `kdlab compare` reads (None: the
+    # published numbers shipped with kdlab).
+    compare_reference: Path | None = None
 
     # ---- the pairs --------------------------------------------------------------------
     @property
@@ -264,6 +272,7 @@ class Study:
     def train_config(self, spec: RunSpec) -> TrainConfig:
         """The run's settings as the study gives them (method options not yet completed)."""
         settings = {item.name: self.training[item.name] for item in setting_fields(TRAINING)}
+        settings.update(self.model_training.get(spec.model, {}))
         return TrainConfig(
             dataset=spec.dataset, model=spec.model, seed=spec.seed,
             distillation=spec.method, teacher_model=spec.teacher, alpha=spec.alpha,
@@ -328,7 +337,7 @@ class Cell:
 _TOP_KEYS = {"name", "datasets", "teacher", "student", "pairs", "methods", "alphas", "seeds",
              "experiments_dir", "data_root", "analysis_dir", "training", "method_options",
              "scheduler", "cluster", "sync", "description", "layout",
-             "accept_earlier_teachers"}
+             "accept_earlier_teachers", "reported_accuracy", "compare"}
 _CLUSTER_KEYS = {"name": str, "scheduler": str, "gpu_type": str, "gpus_total": int,
                  "nodes": int, "gpus_per_job": int, "cpus_per_job": int,
                  "memory_per_job": str, "deterministic_cudnn": bool, "notes": str,
@@ -436,7 +445,14 @@ def load_study(path: str | Path) -> Study:
     if layout == NO_ALPHA_LAYOUT and len(alphas) != 1:
         check.fail("alphas", "exactly one alpha with layout = \"no-alpha\"", alphas)
 
-    training = _load_training(check, check.get(raw, "training", dict, "", {}))
+    training_table = dict(check.get(raw, "training", dict, "", {}))
+    model_training = _load_model_training(check, training_table.pop("model", {}))
+    training = _load_training(check, training_table)
+    reported = check.get(raw, "reported_accuracy", str, "", "best")
+    if reported not in catalog.REPORTED_ACCURACIES:
+        check.fail("reported_accuracy", f"one of {', '.join(catalog.REPORTED_ACCURACIES)}",
+                   reported)
+    compare_reference = _load_compare(check, check.get(raw, "compare", dict, "", {}))
     method_options = check.get(raw, "method_options", dict, "", {})
     for method, options in method_options.items():
         if method not in KNOWN_METHODS:
@@ -463,7 +479,14 @@ def load_study(path: str | Path) -> Study:
         analysis_dir=Path(check.get(raw, "analysis_dir", str, "", "analysis")),
         training=training, method_options={k: dict(v) for k, v in method_options.items()},
         scheduler=scheduler, cluster=dict(cluster), sync=sync, layout=layout,
-        accept_earlier_teachers=check.get(raw, "accept_earlier_teachers", bool, "", False))
+        accept_earlier_teachers=check.get(raw, "accept_earlier_teachers", bool, "", False),
+        model_training=model_training, reported_accuracy=reported,
+        compare_reference=compare_reference)
+    trained = study.teachers() + [pair.student for pair in study.pairs]
+    for model in model_training:
+        if model not in trained:
+            check.fail(f"training.model.{model}", "a model this study trains "
+                       f"({', '.join(sorted(set(trained)))})")
     _validate_settings(check, study, "pairs" if "pairs" in raw else None)
     return study
 
@@ -506,9 +529,47 @@ def _load_training(check: _Checker, table: dict) -> dict[str, Any]:
     training = {}
     for item in items:
         kind = item.metadata["kind"]
-        value = check.get(table, item.name, kind, "training", item.default)
+        value = check.get(table, item.name, kind, "training", setting_default(item))
         training[item.name] = float(value) if kind is float and value is not None else value
     return training
+
+
+def _load_model_training(check: _Checker, table: Any) -> dict[str, dict[str, Any]]:
+    """``[training.model.NAME]`` tables: [training] keys for one model's runs, typed as
+    [training] types them."""
+    if not isinstance(table, dict):
+        check.fail("training.model", "a table of models ([training.model.NAME])", table)
+    per_model = {}
+    for model, values in table.items():
+        where = f"training.model.{model}"
+        if model not in KNOWN_MODELS:
+            check.fail(where, f"a model from {', '.join(KNOWN_MODELS)}")
+        if not isinstance(values, dict):
+            check.fail(where, "a table of [training] keys", values)
+        items = {item.name: item for item in setting_fields(TRAINING)}
+        check.no_unknown(values, set(items), where)
+        typed = {}
+        for key in values:
+            kind = items[key].metadata["kind"]
+            value = check.get(values, key, kind, where)
+            typed[key] = float(value) if kind is float else value
+        per_model[model] = typed
+    return per_model
+
+
+def _load_compare(check: _Checker, table: dict) -> Path | None:
+    """``[compare] reference``: a CSV of reference numbers, relative to the study file."""
+    check.no_unknown(table, {"reference"}, "compare")
+    reference = check.get(table, "reference", str, "compare", None)
+    if reference is None:
+        return None
+    path = Path(reference)
+    if not path.is_absolute():
+        path = check.path.parent / path
+    if not path.is_file():
+        check.fail("compare.reference", "an existing CSV file of reference numbers",
+                   str(path))
+    return path
 
 
 # TrainConfig fields set by the grid -> the study key that sets them
@@ -528,6 +589,7 @@ def _validate_settings(check: _Checker, study: Study, models_key: str | None = N
     samples += [RunSpec(dataset, pair.student, seed, method=method, teacher=pair.teacher,
                         alpha=study.alphas[0])
                 for pair in study.pairs for method in study.methods]
+    samples += [RunSpec(dataset, model, seed) for model in study.model_training]
     for method in study.method_options:
         if method not in study.methods:  # options of a method the grid does not use
             samples.append(RunSpec(study.datasets[0], study.student, study.seeds[0],
@@ -542,6 +604,8 @@ def _validate_settings(check: _Checker, study: Study, models_key: str | None = N
                 key = models_key
             elif error.key in _GRID_KEYS:
                 key = _GRID_KEYS[error.key]
+            elif error.key in study.model_training.get(spec.model, {}):
+                key = f"training.model.{spec.model}.{error.key}"
             elif error.key in study.training:
                 key = f"training.{error.key}"
             else:

@@ -25,7 +25,7 @@ from ..study import Pair, Study, load_study
 from . import store
 
 DEFAULT_BATCH_SIZE = 500
-_KDLAB, EARLIER = catalog.AUGMENTATIONS   # as kdlab.data.info names them (no torch import)
+_KDLAB, EARLIER, _BENCHMARK = catalog.AUGMENTATIONS   # as kdlab.data.info names them (no torch import)
 
 
 @dataclass

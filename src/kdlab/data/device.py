@@ -10,7 +10,8 @@ import torch
 from ..errors import UserError
 from .augmentation import augment, normalization
 from .earlier import earlier_test_view, earlier_train_augment
-from .info import AUGMENTATIONS, EARLIER, EARLIER_NORMALIZATION, DatasetArrays
+from .info import (AUGMENTATIONS, BENCHMARK, BENCHMARK_NORMALIZATION, EARLIER,
+                   EARLIER_NORMALIZATION, DatasetArrays)
 
 
 class DeviceData:
@@ -20,7 +21,10 @@ class DeviceData:
     ``augmentation``: ``"kdlab"`` (pad-and-crop + flip where the data set flips, test
     images as they are, ``info``'s statistics) or ``"earlier"`` (the earlier research
     code's preprocessing, see :mod:`kdlab.data.earlier`: resized crops + flip on every
-    data set, resized centre crops for testing, its normalisation constants).
+    data set, resized centre crops for testing, its normalisation constants) or
+    ``"benchmark"`` (kdlab's pad-and-crop + flip, which are RepDistiller's RandomCrop(32,
+    padding=4) + RandomHorizontalFlip, with RepDistiller's normalisation constants where it
+    gives them: :data:`kdlab.data.info.BENCHMARK_NORMALIZATION`).
     """
 
     def __init__(self, arrays: DatasetArrays, device: torch.device | str,
@@ -43,9 +47,11 @@ class DeviceData:
             self.validation_labels = torch.as_tensor(arrays.validation_labels,
                                                      dtype=torch.int64).to(self.device)
         self.num_validation = 0 if self.validation_labels is None else len(self.validation_labels)
-        # The earlier code had no Digits: its runs keep kdlab's statistics there.
-        mean, std = (EARLIER_NORMALIZATION.get(self.info.name, (self.info.mean, self.info.std))
-                     if augmentation == EARLIER else (self.info.mean, self.info.std))
+        # The earlier code had no Digits, the benchmark only CIFAR-100: elsewhere their runs
+        # keep kdlab's statistics.
+        constants = {EARLIER: EARLIER_NORMALIZATION, BENCHMARK: BENCHMARK_NORMALIZATION}
+        mean, std = constants.get(augmentation, {}).get(self.info.name,
+                                                        (self.info.mean, self.info.std))
         self.mean, self.std = mean, std
         self._scale, self._shift = normalization(mean, std, self.device)
 

@@ -8,7 +8,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from ..catalog import SELECTION_ACCURACY, SELECTIONS
+from ..catalog import SELECTIONS, reported_accuracy
 from ..layout import format_alpha
 from ..stats import SeedSummary, summarize
 from ..status import COMPLETED, RunState
@@ -17,8 +17,9 @@ from ..study import Study
 
 
 def selection_accuracy(study: Study) -> tuple[str, str]:
-    """(status.json key, description) of the accuracy ``study`` selects by."""
-    return SELECTION_ACCURACY[study.training.get("selection", "test")]
+    """(status.json key, description) of the accuracy ``study``'s tables report: the one it
+    selects by, or the last epoch's with ``reported_accuracy = "last"``."""
+    return reported_accuracy(study.training.get("selection", "test"), study.reported_accuracy)
 
 
 def _recorded(status: dict | None, key: str) -> float | None:

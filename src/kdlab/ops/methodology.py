@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import catalog, runstate
-from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING
+from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words
 from ..layout import analysis_dir, analysis_table_path, format_alpha
 from ..status import COMPLETED, RunState, study_run_states
 from ..study import Study, load_study
@@ -349,12 +349,14 @@ def _grid_section(study: Study, earlier: list) -> Section:
         ["batch size", training["batch_size"]],
         ["optimiser", f"SGD, momentum {training['momentum']}, weight decay "
                       f"{training['weight_decay']}"],
-        ["learning rate", f"{training['lr']}, cosine annealing to 0 over the epochs"],
+        ["learning rate", f"{training['lr']}, {schedule_words(training)}"],
         ["label smoothing", smoothing_text],
         ["distillation loss", "(1 − α)·CE + α·(method loss)"],
         ["temperature", f"{training['temperature']} (methods that take one, unless set "
                         "in their options)"],
         ["precision", f"{precision}: {_PRECISION_TEXT.get(precision, precision)}"],
+        *[[f"{model}'s runs", ", ".join(f"{key} {value}" for key, value in values.items())]
+          for model, values in study.model_training.items()],
     ])
     augmentation = _augmentation_text(study)
     grid.paragraph(f"In kdlab's runs: {augmentation[0].lower()}{augmentation[1:]}" if earlier
@@ -449,9 +451,18 @@ def _augmentation_text(study: Study) -> str:
         flip = " and horizontal flip" if info.flip else " (no flip)"
         parts.append(f"{name}: {info.image_size}×{info.image_size} px, random crop with "
                      f"{info.pad}-pixel zero padding{flip}")
-    return ("Augmentation, applied on the training device as batched tensor operations, then "
+    text = ("Augmentation, applied on the training device as batched tensor operations, then "
             "normalisation with each data set's channel mean and standard deviation — "
             + "; ".join(parts) + ". Test images are neither augmented nor resized.")
+    if study.training.get("augmentation") == "benchmark":
+        from ..data.info import BENCHMARK_NORMALIZATION
+
+        constants = [f"{name}: mean {mean}, std {std}" for name, (mean, std)
+                     in BENCHMARK_NORMALIZATION.items() if name in study.datasets]
+        if constants:
+            text += (" The channel statistics are RepDistiller's constants (augmentation = "
+                     "\"benchmark\"): " + "; ".join(constants) + ".")
+    return text
 
 
 def _method_facts(study: Study, method: str) -> tuple[str, dict]:

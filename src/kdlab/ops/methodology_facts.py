@@ -10,7 +10,7 @@ and the runs' state files; methodology.py places them.
 
 from __future__ import annotations
 
-from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING
+from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words
 from ..layout import format_alpha
 from ..status import COMPLETED, RunState
 from ..study import Study
@@ -101,7 +101,7 @@ def schedule_text(study: Study) -> str:
     epochs = training["epochs"]
     return (f"Schedule: {epochs} epoch{'s' if epochs != 1 else ''}, SGD with learning rate "
             f"{_number(training['lr'])}, momentum {_number(training['momentum'])}, weight decay "
-            f"{_number(training['weight_decay'])}, cosine annealing to 0 over the epochs "
+            f"{_number(training['weight_decay'])}, {schedule_words(training)} "
             f"(kdlab's default: 150 epochs, learning rate 0.1). RepDistiller, whose tables "
             f"KD papers usually compare with, trains {REPDISTILLER_SCHEDULE}: accuracies "
             "from the two schedules are not directly comparable.")

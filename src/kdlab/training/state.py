@@ -129,9 +129,20 @@ def build_state(ctx: RunContext, num_classes: int, image_size: int) -> TrainingS
     trainable = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    scheduler = lr_scheduler(optimizer, config)
     scaler = device_module.grad_scaler(ctx.device, ctx.amp_dtype)
     return TrainingState(model, distiller, optimizer, scheduler, scaler, config.identity())
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    """The run's learning-rate schedule, stepped once after each epoch: 'cosine' anneals
+    ``lr`` to 0 over ``epochs``; 'multistep' trains epoch e (0-based) at ``lr * lr_decay**k``,
+    k the number of milestones <= e (RepDistiller's rule for its 1-based epoch e + 1 >
+    milestone)."""
+    if config.lr_schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_milestones,
+                                                    gamma=config.lr_decay)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
 
 
 def read_checkpoint(path: Path, config: TrainConfig) -> dict:
@@ -165,8 +176,10 @@ def _with_new_defaults(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[st
     behaved as its default does, so it resumes as long as the run keeps that default."""
     from dataclasses import MISSING, fields
 
-    defaults = {item.name: item.default for item in fields(TrainConfig)
-                if item.default is not MISSING and item.name in wanted}
+    from ..config import setting_default
+
+    defaults = {item.name: setting_default(item) for item in fields(TrainConfig)
+                if setting_default(item) is not MISSING and item.name in wanted}
     completed = {**defaults, **saved}
     options = completed.get("method_options")
     if isinstance(options, dict) and wanted.get("distillation") not in (None, layout.PURE):
