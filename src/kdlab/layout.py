@@ -199,20 +199,44 @@ def representations_dir(analysis_root: str | Path, study_name: str) -> Path:
 
 
 def representation_path(analysis_root: str | Path, study_name: str, spec: RunSpec,
-                        role: str) -> Path:
+                        role: str, epoch: int | None = None) -> Path:
     """Where the extracted representation of one run is stored.
 
     ``role`` is ``'teacher'`` or ``'pure'`` for pure runs (a model can be both only if the
-    study uses it as both) and ``'kd'`` for distilled runs.
+    study uses it as both) and ``'kd'`` for distilled runs. ``epoch``: the representation of
+    the run's snapshot after that (1-based) epoch instead of its final weights.
     """
     base = representations_dir(analysis_root, study_name) / spec.dataset
     if role == "teacher":
-        return base / f"teacher_s{spec.seed}.npz"
-    if role == "pure":
-        return base / f"pure_s{spec.seed}.npz"
-    if role == "kd":
-        return base / f"{spec.method}_a{format_alpha(spec.alpha)}_s{spec.seed}.npz"
-    raise ValueError(f"unknown role {role!r}: expected 'teacher', 'pure' or 'kd'")
+        path = base / f"teacher_s{spec.seed}.npz"
+    elif role == "pure":
+        path = base / f"pure_s{spec.seed}.npz"
+    elif role == "kd":
+        path = base / f"{spec.method}_a{format_alpha(spec.alpha)}_s{spec.seed}.npz"
+    else:
+        raise ValueError(f"unknown role {role!r}: expected 'teacher', 'pure' or 'kd'")
+    if epoch is None:
+        return path
+    return path.parent / "snapshots" / f"{path.stem}_e{epoch:04d}.npz"
+
+
+SNAPSHOTS_DIR = "snapshots"
+
+
+def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
+    """The weights a run kept after its (1-based) ``epoch``: ``{'weights': state_dict,
+    'epoch': epoch}``, written atomically, loaded with ``weights_only=True``."""
+    return Path(run_dir) / SNAPSHOTS_DIR / f"epoch-{epoch:04d}.pth"
+
+
+def snapshot_epochs_present(run_dir: str | Path) -> list[int]:
+    """The epochs of the snapshots a run directory holds, ascending."""
+    found = []
+    for path in (Path(run_dir) / SNAPSHOTS_DIR).glob("epoch-*.pth"):
+        number = path.stem.removeprefix("epoch-")
+        if number.isdigit():
+            found.append(int(number))
+    return sorted(found)
 
 
 def analysis_cache_dir(analysis_root: str | Path, study_name: str) -> Path:
