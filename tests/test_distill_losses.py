@@ -16,23 +16,31 @@ from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRA
                                           settings_key)
 from kdlab.distill.fitnets import regressor_conv
 from kdlab.errors import UserError
-from kdlab.models import build_model, feature_shapes
+from kdlab.models import Features, build_model, describe_features
 from kdlab.runstate import atomic_torch_save
 
 RELATIVE = 1e-5
 BATCH = 6
 IMAGE = 8  # maps 8x8, 4x4, 2x2: small enough for explicit loops
-SHAPES = feature_shapes("ResNet8", 10, IMAGE)
+SHAPES = describe_features("ResNet8", 10, IMAGE)
+
+
+def as_features(tensors) -> Features:
+    """Features from ``[*stages, logits]`` (pre-activations = the stages themselves, pooled =
+    the last stage's spatial mean; ``None`` entries stay None)."""
+    *stages, logits = list(tensors)
+    last = stages[-1]
+    return Features(stages, list(stages), None if last is None else last.mean(dim=(2, 3)), logits)
 
 
 def random_outputs(seed: int, batch: int = BATCH, shapes=SHAPES, relu=True):
     """Fake model outputs [layer1, layer2, layer3, logits] (post-ReLU maps like the ResNets)."""
     generator = torch.Generator().manual_seed(seed)
     outputs = []
-    for shape in shapes:
+    for shape in [*shapes.stages, (shapes.classes,)]:
         tensor = torch.randn(batch, *shape, generator=generator)
         outputs.append(tensor.relu() if relu and len(shape) == 3 else tensor)
-    return outputs
+    return as_features(outputs)
 
 
 def build(name, **options):
@@ -178,7 +186,7 @@ def _rkd_reference(student: np.ndarray, teacher: np.ndarray, angle: str):
 def test_rkd_equals_loops(angle):
     student, teacher = random_outputs(11), random_outputs(12)
     # Scale the student so that some Huber entries fall in the linear (|x| > 1) branch.
-    student = [output * 3 for output in student]
+    student = student.map(lambda output: output * 3)
     terms = build("rkd", angle=angle, distance_weight=1.5, angle_weight=2.0, weight=2.0)(
         student, teacher, None)
     distance, angle_loss = _rkd_reference(as64(student[2]).mean(axis=(2, 3)),
@@ -213,7 +221,7 @@ def test_factor_transfer_equals_normalised_l1_mean():
 
 def test_zero_when_student_equals_teacher():
     outputs = random_outputs(15)
-    copies = [output.clone() for output in outputs]
+    copies = outputs.map(torch.clone)
     assert float(build("logit")(outputs, copies, None)["kl"]) == pytest.approx(0, abs=1e-7)
     assert float(build("attention_transfer")(outputs, copies, None)["attention"]) == 0
     assert float(build("nst")(outputs, copies, None)["nst"]) == pytest.approx(0, abs=1e-5)
@@ -230,7 +238,7 @@ def test_fitnets_zero_with_identity_regressor():
         conv.bias.zero_()
     bn.eps = 0.0
     distiller.eval()  # running statistics 0 / 1: BN is the identity
-    value = distiller(outputs, [output.clone() for output in outputs], None)["hint"]
+    value = distiller(outputs, outputs.map(torch.clone), None)["hint"]
     assert float(value.detach()) == 0
 
 
@@ -239,7 +247,7 @@ def test_factor_transfer_zero_when_translator_is_the_encoder():
     distiller = build("factor_transfer")
     distiller.translator.load_state_dict(distiller.paraphraser.encoder.state_dict())
     distiller.eval()  # the translator's BN on running statistics, like the frozen encoder's
-    value = distiller(outputs, [output.clone() for output in outputs], None)["factor"]
+    value = distiller(outputs, outputs.map(torch.clone), None)["factor"]
     assert float(value.detach()) == pytest.approx(0, abs=1e-6)
 
 
@@ -247,16 +255,18 @@ def test_factor_transfer_zero_when_translator_is_the_encoder():
 
 def _degenerate_batches():
     base = random_outputs(18)
-    duplicates = [torch.cat([output[:3], output[:3]]) for output in base]
-    identical = [output[:1].expand_as(output).clone() for output in base]
-    zeros = [torch.zeros_like(output) for output in base]
+    duplicates = as_features([torch.cat([output[:3], output[:3]]) for output in base])
+    identical = as_features([output[:1].expand_as(output).clone() for output in base])
+    zeros = as_features([torch.zeros_like(output) for output in base])
     return {
-        "duplicates": (duplicates, [torch.cat([o[:3], o[:3]]) for o in random_outputs(19)]),
-        "identical embeddings": (identical, [o[:1].expand_as(o).clone() for o in random_outputs(20)]),
+        "duplicates": (duplicates, as_features([torch.cat([o[:3], o[:3]])
+                                                for o in random_outputs(19)])),
+        "identical embeddings": (identical, as_features([o[:1].expand_as(o).clone()
+                                                         for o in random_outputs(20)])),
         "identical student only": (identical, random_outputs(21)),
-        "all-zero maps": (zeros, [torch.zeros_like(o) for o in base]),
+        "all-zero maps": (zeros, as_features([torch.zeros_like(o) for o in base])),
         "all-zero student": (zeros, random_outputs(22)),
-        "all-zero teacher": (base, [torch.zeros_like(o) for o in base]),
+        "all-zero teacher": (base, as_features([torch.zeros_like(o) for o in base])),
     }
 
 
@@ -267,11 +277,11 @@ def test_gradients_finite_in_degenerate_batches(method, precision):
         distiller = build(method)
         leaves = [output.clone().requires_grad_(True) for output in student]
         if precision == "float32":
-            terms = distiller(leaves, teacher, None)
+            terms = distiller(as_features(leaves), teacher, None)
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                terms = distiller([leaf.bfloat16() for leaf in leaves],
-                                  [output.bfloat16() for output in teacher], None)
+                terms = distiller(as_features([leaf.bfloat16() for leaf in leaves]),
+                                  teacher.map(lambda t: t.bfloat16()), None)
         assert all(term.dtype == torch.float32 for term in terms.values()), case
         total = sum(terms.values())
         assert torch.isfinite(total), (case, terms)
@@ -289,8 +299,9 @@ def test_rkd_exact_duplicates_pass_no_gradient_through_their_zero_difference():
     student = torch.cat([student, student[:1]]).requires_grad_(True)  # row 4 duplicates row 0
     teacher = torch.randn(5, 8)
     distiller = build("rkd", distance_weight=0.0)
-    terms = distiller([None, None, student[:, :, None, None], None],
-                      [None, None, teacher[:, :, None, None], None], None)
+    terms = distiller(as_features([None, None, student[:, :, None, None], torch.zeros(5, 10)]),
+                      as_features([None, None, teacher[:, :, None, None], torch.zeros(5, 10)]),
+                      None)
     terms["rkd_angle"].backward()
     assert student.grad.abs().max() < 1e3
 
@@ -305,8 +316,8 @@ def test_every_method_registered_with_documented_defaults():
 
 
 def test_unknown_method_and_option_are_user_errors():
-    with pytest.raises(UserError, match="unknown distillation method 'crd'"):
-        method_class("crd")
+    with pytest.raises(UserError, match="unknown distillation method 'no_such_method'"):
+        method_class("no_such_method")
     with pytest.raises(UserError, match="unknown option.*beta.*for method 'nst'"):
         resolve_options("nst", {"beta": "3"})
 
@@ -345,7 +356,7 @@ def _conv_of(student_shape, teacher_shape):
 
 
 def test_fitnets_stride_from_spatial_ratio():
-    cifar = feature_shapes("ResNet8", 10, 32)
+    cifar = describe_features("ResNet8", 10, 32).stages
     conv = _conv_of(cifar[0], cifar[1])  # layer1 -> layer2: 32x32 -> 16x16
     assert (type(conv).__name__, conv.kernel_size, conv.stride, conv.padding) == (
         "Conv2d", (3, 3), (2, 2), (1, 1))
@@ -353,7 +364,7 @@ def test_fitnets_stride_from_spatial_ratio():
     assert (conv.kernel_size, conv.stride) == ((1, 1), (1, 1))
     conv = _conv_of(cifar[0], cifar[2])  # layer1 -> layer3: 32 -> 8
     assert conv.stride == (4, 4)
-    odd = feature_shapes("ResNet8", 10, 7)  # 7 -> 4 -> 2, like the ResNets' own strides
+    odd = describe_features("ResNet8", 10, 7).stages  # 7 -> 4 -> 2, like the ResNets' own strides
     assert _conv_of(odd[0], odd[1]).stride == (2, 2)
     conv = _conv_of(cifar[1], cifar[0])  # student map at half the hint's size
     assert type(conv).__name__ == "ConvTranspose2d"

@@ -105,7 +105,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class Option:
     """One option of a method: ``default`` fixes its type (bool, int, float or str);
     ``minimum``/``above`` bound numbers (inclusive / exclusive); ``choices`` lists the
-    allowed strings; ``layers``: a comma list of layer names; ``source``: why this default."""
+    allowed strings; ``stage``: one stage of a model, ``layers``: a comma list of stages
+    (see :func:`stage_reference_problem`); ``source``: why this default."""
 
     default: Any
     source: str
@@ -113,6 +114,7 @@ class Option:
     above: float | None = None
     choices: tuple[str, ...] | None = None
     layers: bool = False
+    stage: bool = False
 
     @property
     def kind(self) -> type:
@@ -153,9 +155,8 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
                          layers=True)}),
     MethodFacts("fitnets", {
-        "student_layer": Option("layer1", "the earlier round's guided layer",
-                                choices=LAYER_NAMES),
-        "hint_layer": Option("layer2", "the earlier round's hint layer", choices=LAYER_NAMES),
+        "student_layer": Option("layer1", "the earlier round's guided layer", stage=True),
+        "hint_layer": Option("layer2", "the earlier round's hint layer", stage=True),
         "weight": Option(100.0, "RepDistiller's --beta for FitNets (train_student.py)",
                          minimum=0.0),
         # The hints are post-ReLU maps, so a non-negative regressor output can match zeros.
@@ -243,12 +244,35 @@ def _option_value(method: str, key: str, option: Option, value: Any) -> Any:
         raise OptionError(method, key, value, "a string")
     if option.choices is not None and value not in option.choices:
         raise OptionError(method, key, value, f"one of {', '.join(option.choices)}")
-    if option.layers:
+    if option.layers or option.stage:
         names = [part.strip() for part in value.split(",")]
-        if not value.strip() or any(part not in LAYER_NAMES for part in names):
+        problem = (not value.strip() or (option.stage and len(names) != 1)
+                   or (not (option.layers and names == ["all"])
+                       and any(not is_stage_reference(part) for part in names)))
+        if problem:
+            what = "a comma list of stages or all" if option.layers else "one stage"
             raise OptionError(method, key, value,
-                              f"a comma list of {', '.join(LAYER_NAMES)}")
+                              f"{what}: layer1, layer2, ... (the K-th stage), a position "
+                              "(0, -1, ...), last, or a model's stage name")
     return value
+
+
+def is_stage_reference(text: str) -> bool:
+    """Whether ``text`` can name a stage of some model: ``layerK`` (K >= 1, the K-th stage),
+    an integer position, ``last`` or a stage name of a model in :data:`MODEL_FACTS`. Whether
+    the pair has that stage is checked when the method is built."""
+    text = text.strip()
+    if text == "last" or (text.startswith("layer") and text[5:].isdigit() and int(text[5:]) > 0):
+        return True
+    if text.lstrip("-").isdigit():
+        return True
+    return any(text in facts.stage_names for facts in MODEL_FACTS.values())
+
+
+def stage_options(name: str) -> tuple[str, ...]:
+    """The options of a method that name stages (one or a comma list)."""
+    return tuple(key for key, option in method_facts(name).options.items()
+                 if option.stage or option.layers)
 
 
 _KIND_NAMES = {int: "int (an integer)", float: "float (a number)"}

@@ -149,7 +149,7 @@ def _setup(members: list[_Member], students: list[Student], force_restart: bool,
         device_module.seed_everything(config.seed)
         if config.distillation != PURE:  # the draws of the teacher a solo run builds first
             build_model(config.teacher_model, info.num_classes)
-        state = build_state(member.ctx, info.num_classes, info.image_size)
+        state = build_state(member.ctx, info.num_classes, info.image_size, data.train_labels)
         if not member.lock.held:  # a new run: its directory is made only now, all valid
             member.lock.acquire()
             write_config_file(member.ctx.run_dir, config)
