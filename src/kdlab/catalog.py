@@ -177,6 +177,14 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "weight": Option(50.0, "RepDistiller's --beta for NST", minimum=0.0),
         "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
                          layers=True)}),
+    MethodFacts("crd", {
+        "weight": Option(0.8, "RepDistiller's --beta for CRD (train_student.py)", minimum=0.0),
+        "feature_dim": Option(128, "RepDistiller's --feat_dim", minimum=1),
+        "negatives": Option(16384, "RepDistiller's --nce_k", minimum=1),
+        # Not 'temperature': a method's 'temperature' option is filled from the run's KD
+        # temperature (--temperature, 4 by default).
+        "nce_temperature": Option(0.07, "RepDistiller's --nce_t", above=0.0),
+        "momentum": Option(0.5, "RepDistiller's --nce_m (memory bank update)", minimum=0.0)}),
 )}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 

@@ -21,6 +21,7 @@ _METHOD_MODULES = {
     "factor_transfer": "factor_transfer",
     "nst": "nst",
     "rkd": "rkd",
+    "crd": "crd",
 }
 METHOD_NAMES = tuple(_METHOD_MODULES)
 
