@@ -186,7 +186,28 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "nce_temperature": Option(0.07, "RepDistiller's --nce_t", above=0.0),
         "momentum": Option(0.5, "RepDistiller's --nce_m (memory bank update)", minimum=0.0)}),
 )}
-METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+COMBINATION_SEPARATOR = "+"
+
+
+def combination_parts(name: str) -> tuple[str, ...] | None:
+    """The methods of a combination ``"crd+logit"`` (two or more distinct known methods,
+    each with its own options and weight); None when ``name`` is not one."""
+    parts = tuple(str(name).split(COMBINATION_SEPARATOR))
+    if len(parts) < 2 or len(set(parts)) != len(parts) or not all(p in METHODS for p in parts):
+        return None
+    return parts
+
+
+class MethodNames(tuple):
+    """Method names; ``in`` also accepts a combination of them joined by ``+`` (so every
+    check that a study or a flag names a known method accepts ``crd+logit``)."""
+
+    def __contains__(self, name) -> bool:
+        return tuple.__contains__(self, name) or (
+            isinstance(name, str) and combination_parts(name) is not None)
+
+
+METHOD_NAMES: tuple[str, ...] = MethodNames(METHODS)
 
 
 def method_facts(name: str) -> MethodFacts:
@@ -197,7 +218,12 @@ def method_facts(name: str) -> MethodFacts:
 
 
 def method_defaults(name: str) -> dict[str, Any]:
-    """Every option of a method with its default value."""
+    """Every option of a method with its default value; a combination's as
+    ``"method.option"``."""
+    parts = combination_parts(name)
+    if parts is not None:
+        return {f"{part}.{key}": value for part in parts
+                for key, value in method_facts(part).defaults().items()}
     return method_facts(name).defaults()
 
 
@@ -216,6 +242,9 @@ class OptionError(UserError):
 def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The method's defaults overridden by ``options`` (values may be text, as from
     ``--option``), each converted to its option's type and checked; OptionError otherwise."""
+    parts = combination_parts(name)
+    if parts is not None:
+        return _resolve_combination(name, parts, options)
     facts = method_facts(name)
     unknown = sorted(set(options) - set(facts.options))
     if unknown:
@@ -226,6 +255,26 @@ def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     for key, value in options.items():
         merged[key] = _option_value(name, key, facts.options[key], value)
     return merged
+
+
+def _resolve_combination(name: str, parts: tuple[str, ...],
+                         options: dict[str, Any]) -> dict[str, Any]:
+    """Options ``"method.option"`` of a combination, each part's resolved on its own."""
+    by_part: dict[str, dict[str, Any]] = {part: {} for part in parts}
+    for key, value in options.items():
+        part, _, option = str(key).partition(".")
+        if part not in by_part or not option:
+            raise OptionError(name, key, value, "method.option with the method one of "
+                              f"{', '.join(parts)}", unknown=True)
+        by_part[part][option] = value
+    resolved = {}
+    for part in parts:
+        try:
+            part_options = resolve_options(part, by_part[part])
+        except OptionError as error:
+            raise OptionError(name, f"{part}.{error.key}", error.value, error.expected) from None
+        resolved.update({f"{part}.{key}": value for key, value in part_options.items()})
+    return resolved
 
 
 def _option_value(method: str, key: str, option: Option, value: Any) -> Any:

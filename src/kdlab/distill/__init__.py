@@ -43,13 +43,16 @@ def method_class(name: str) -> type[Distiller]:
 
 def method_defaults(name: str) -> dict[str, Any]:
     """Every option of a method with its default value (declared in :mod:`kdlab.catalog`)."""
-    method_class(name)
+    for part in catalog.combination_parts(name) or (name,):
+        method_class(part)
     return catalog.method_defaults(name)
 
 
 def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Defaults overridden by ``options``, typed and checked by :mod:`kdlab.catalog`."""
-    method_class(name)
+    """Defaults overridden by ``options``, typed and checked by :mod:`kdlab.catalog`; a
+    combination's (``"crd+logit"``) keyed ``"method.option"``."""
+    for part in catalog.combination_parts(name) or (name,):
+        method_class(part)
     return catalog.resolve_options(name, options)
 
 
@@ -60,6 +63,18 @@ def build_distiller(name: str, student_shapes, teacher_shapes, options: dict[str
     and complete ``options``. Given the models' names, options that name stages by a model's
     own stage names (``catalog.model_facts(model).stage_names``) reach the method as
     positions."""
+    parts = catalog.combination_parts(name)
+    if parts is not None:
+        from .combination import Combination
+
+        options = resolve_options(name, options)
+        built = {part: build_distiller(part, student_shapes, teacher_shapes,
+                                       {key.partition(".")[2]: value
+                                        for key, value in options.items()
+                                        if key.partition(".")[0] == part},
+                                       student_model=student_model, teacher_model=teacher_model)
+                 for part in parts}
+        return Combination(student_shapes, teacher_shapes, options, built)
     cls = method_class(name)
     options = resolve_options(name, options)
     for key in catalog.stage_options(name):
