@@ -326,6 +326,57 @@ def is_stage_reference(text: str) -> bool:
     return any(text in facts.stage_names for facts in MODEL_FACTS.values())
 
 
+def stage_reference_problem(text: str, stage_names: tuple[str, ...], many: bool) -> str | None:
+    """What is wrong with ``text`` as one stage (``many``: a comma list of distinct stages, or
+    all) of a model whose stages are ``stage_names``; None when it names existing stages."""
+    count = len(stage_names)
+    parts = [part.strip() for part in str(text).split(",")]
+    if many and parts == ["all"]:
+        return None
+    positions = []
+    for part in parts:
+        if part in stage_names:
+            positions.append(stage_names.index(part))
+        elif part == "last":
+            positions.append(count - 1)
+        elif part.startswith("layer") and part[5:].isdigit() and 1 <= int(part[5:]) <= count:
+            positions.append(int(part[5:]) - 1)
+        elif part.lstrip("-").isdigit() and -count <= int(part) < count:
+            positions.append(int(part) % count)
+        else:
+            positions = []
+            break
+    if positions and (many or len(positions) == 1) and len(set(positions)) == len(positions):
+        return None
+    names = ", ".join(f"layer{k}" for k in range(1, count + 1))
+    return (f"{'distinct stages' if many else 'one stage'} of the model's {count}: {names}, "
+            f"last or a position -{count}..{count - 1}")
+
+
+def pair_option_problem(name: str, options: dict[str, Any], student_model: str,
+                        teacher_model: str) -> tuple[str, Any, str] | None:
+    """(option, value, what was expected) for the first stage option of method ``name``
+    (resolved ``options``; a combination's ``"method.option"``) that the pair does not have;
+    None when every one names stages of the models. Unknown models are left to their own
+    check."""
+    if student_model not in MODEL_FACTS or teacher_model not in MODEL_FACTS:
+        return None
+    student, teacher = MODEL_FACTS[student_model], MODEL_FACTS[teacher_model]
+    for part in combination_parts(name) or (name,):
+        prefix = "" if part == name else f"{part}."
+        for key, option in method_facts(part).options.items():
+            if not (option.stage or option.layers) or prefix + key not in options:
+                continue
+            models = ([teacher] if key.startswith(("hint", "teacher")) else
+                      [student] if option.stage else [student, teacher])
+            for model in models:
+                problem = stage_reference_problem(options[prefix + key], model.stage_names,
+                                                  option.layers)
+                if problem:
+                    return prefix + key, options[prefix + key], problem
+    return None
+
+
 def stage_options(name: str) -> tuple[str, ...]:
     """The options of a method that name stages (one or a comma list)."""
     return tuple(key for key, option in method_facts(name).options.items()

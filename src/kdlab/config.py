@@ -252,6 +252,10 @@ def complete_options(config: TrainConfig) -> TrainConfig:
         resolved = catalog.resolve_options(config.distillation, options)
     except catalog.OptionError as error:
         raise SettingError(f"method_options.{error.key}", error.value, error.expected) from None
+    problem = catalog.pair_option_problem(config.distillation, resolved, config.model,
+                                          config.teacher_model)
+    if problem is not None:
+        raise SettingError(f"method_options.{problem[0]}", problem[1], problem[2])
     hint_key = next((key for key in resolved if key.split(".")[-1] == "hint_epochs"),
                     "hint_epochs")
     if resolved.get(hint_key, 0) >= config.epochs:
