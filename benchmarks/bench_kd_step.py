@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from kdlab.distill import METHOD_NAMES, build_distiller
 from kdlab.distill.rkd import RKDDistiller
-from kdlab.models import build_model, feature_shapes
+from kdlab.distill.base import BatchContext
+from kdlab.models import build_model, describe_features
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,6 +53,7 @@ class StepRunner:
         self.distiller = distiller
         self.teacher = teacher
         self.images, self.labels = images, labels
+        self.indices = torch.arange(len(labels), device=labels.device)
         parameters = list(self.student.parameters())
         if distiller is not None:
             distiller.train()
@@ -68,8 +70,9 @@ class StepRunner:
         if self.distiller is not None:
             with torch.inference_mode():
                 teacher_outputs = self.teacher(self.images)
-            teacher_outputs = [output.clone() for output in teacher_outputs]
-            terms = self.distiller(outputs, teacher_outputs, self.labels)
+            teacher_outputs = teacher_outputs.map(torch.clone)
+            terms = self.distiller(outputs, teacher_outputs,
+                                   BatchContext(self.labels, self.indices))
             loss = 0.5 * loss + 0.5 * sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -108,12 +111,15 @@ def main() -> None:
     images, labels = images.to(args.device), labels.to(args.device)
     teacher = build_model(args.teacher, args.num_classes).to(args.device).eval()
     teacher.requires_grad_(False)
-    student_shapes = feature_shapes(args.student, args.num_classes, args.image_size)
-    teacher_shapes = feature_shapes(args.teacher, args.num_classes, args.image_size)
+    student_shapes = describe_features(args.student, args.num_classes, args.image_size)
+    teacher_shapes = describe_features(args.teacher, args.num_classes, args.image_size)
 
     runners = {"pure": StepRunner(args, None, teacher, images, labels)}
     for name in methods:
-        distiller = build_distiller(name, student_shapes, teacher_shapes, {}).to(args.device)
+        distiller = build_distiller(name, student_shapes, teacher_shapes, {})
+        # CRD's bank over a training set of one batch's size: its step, not CIFAR's memory.
+        distiller.attach_training_set(labels.cpu())
+        distiller = distiller.to(args.device)
         if name == "factor_transfer":
             distiller.paraphraser_ready = True  # stage 1 is a one-off, not part of a step
         runners[name] = StepRunner(args, distiller, teacher, images, labels)

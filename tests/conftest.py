@@ -18,6 +18,16 @@ from kdlab.schedulers.base import Scheduler, SchedulerError
 # ---- studies ------------------------------------------------------------------------------
 
 
+# Options that keep a method's Digits test run short: its stage before student training
+# shortened, CRD's negatives fewer than Digits' samples (16,384 would gather 2 x 1 GB of bank
+# rows per batch of 128). A method with a costly default adds its entry here.
+FAST_METHOD_OPTIONS = {"factor_transfer": {"paraphraser_epochs": 1}, "crd": {"negatives": 64}}
+
+
+def fast_method_options(method: str) -> dict:
+    return dict(FAST_METHOD_OPTIONS.get(method, {}))
+
+
 def write_study(path: Path, *, name: str = "s", datasets=("Digits",), teacher: str = "ResNet20",
                 student: str = "ResNet8", methods=("logit",), alphas=(0.5,), seeds=(0,),
                 experiments_dir: Path | str | None = None, training: str = "epochs = 4",

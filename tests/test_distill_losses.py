@@ -10,33 +10,47 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab.distill import (METHOD_NAMES, Preempted, PretrainContext, build_distiller,
+from kdlab.distill import (METHOD_NAMES, BatchContext, Preempted, PretrainContext, build_distiller,
                            method_class, resolve_options)
 from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRASER_FILE,
                                           settings_key)
 from kdlab.distill.fitnets import regressor_conv
 from kdlab.errors import UserError
-from kdlab.models import build_model, feature_shapes
+from kdlab.models import Features, build_model, describe_features
 from kdlab.runstate import atomic_torch_save
 
 RELATIVE = 1e-5
 BATCH = 6
 IMAGE = 8  # maps 8x8, 4x4, 2x2: small enough for explicit loops
-SHAPES = feature_shapes("ResNet8", 10, IMAGE)
+SHAPES = describe_features("ResNet8", 10, IMAGE)
+
+
+def as_features(tensors) -> Features:
+    """Features from ``[*stages, logits]`` (pre-activations = the stages themselves, pooled =
+    the last stage's spatial mean; ``None`` entries stay None)."""
+    *stages, logits = list(tensors)
+    last = stages[-1]
+    return Features(stages, list(stages), None if last is None else last.mean(dim=(2, 3)), logits)
 
 
 def random_outputs(seed: int, batch: int = BATCH, shapes=SHAPES, relu=True):
     """Fake model outputs [layer1, layer2, layer3, logits] (post-ReLU maps like the ResNets)."""
     generator = torch.Generator().manual_seed(seed)
     outputs = []
-    for shape in shapes:
+    for shape in [*shapes.stages, (shapes.classes,)]:
         tensor = torch.randn(batch, *shape, generator=generator)
         outputs.append(tensor.relu() if relu and len(shape) == 3 else tensor)
-    return outputs
+    return as_features(outputs)
+
+
+# A batch of BATCH samples of a 40-sample training set of 10 classes (CRD reads the indices).
+TRAIN_LABELS = torch.arange(40) % 10
+CONTEXT = BatchContext(torch.arange(BATCH) % 10, torch.arange(BATCH) * 3)
 
 
 def build(name, **options):
     distiller = build_distiller(name, SHAPES, SHAPES, options)
+    distiller.attach_training_set(TRAIN_LABELS)
     if name == "factor_transfer":
         distiller.paraphraser_ready = True  # stage 1 is tested on its own below
     return distiller
@@ -65,7 +79,7 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_logit_equals_kl_by_loops(temperature):
     student, teacher = random_outputs(1), random_outputs(2)
-    value = build("logit", temperature=temperature, weight=0.7)(student, teacher, None)["kl"]
+    value = build("logit", temperature=temperature, weight=0.7)(student, teacher, CONTEXT)["kl"]
     s, t = as64(student[3]) / temperature, as64(teacher[3]) / temperature
     total = 0.0
     for row in range(BATCH):
@@ -78,7 +92,7 @@ def test_logit_equals_kl_by_loops(temperature):
 def test_fitnets_equals_unfolded_regression():
     student, teacher = random_outputs(3), random_outputs(4)
     distiller = build("fitnets", weight=100.0)  # layer1 [16,8,8] -> layer2 [32,4,4]
-    value = distiller(student, teacher, None)["hint"]
+    value = distiller(student, teacher, CONTEXT)["hint"]
     conv, bn = distiller.regressor[0], distiller.regressor[1]
     # The strided 3x3 conv as explicit patches (zero padding 1, stride 2) times the weights.
     x = np.pad(as64(student[0]), ((0, 0), (0, 0), (1, 1), (1, 1)))
@@ -99,7 +113,7 @@ def test_fitnets_equals_unfolded_regression():
 
 def test_attention_transfer_equals_loops():
     student, teacher = random_outputs(5), random_outputs(6)
-    value = build("attention_transfer")(student, teacher, None)["attention"]
+    value = build("attention_transfer")(student, teacher, CONTEXT)["attention"]
     expected = 0.0
     for index in range(3):
         s, t = as64(student[index]), as64(teacher[index])
@@ -117,7 +131,7 @@ def test_attention_transfer_equals_loops():
 def test_attention_transfer_p_and_layers_options():
     student, teacher = random_outputs(7), random_outputs(8)
     value = build("attention_transfer", p=4.0, layers="layer3", weight=1.0)(
-        student, teacher, None)["attention"]
+        student, teacher, CONTEXT)["attention"]
     q_s = as64(student[2]).__pow__(4).mean(axis=1).reshape(BATCH, -1)
     q_t = as64(teacher[2]).__pow__(4).mean(axis=1).reshape(BATCH, -1)
     q_s /= np.linalg.norm(q_s, axis=1, keepdims=True)
@@ -129,7 +143,7 @@ def test_nst_equals_second_moment_route():
     """mean_{b,i,j} (x_bi·y_bj)² = mean_b <M_x^b, M_y^b>_F with M^b = (1/C) Σ_i x_bi x_biᵀ, so the
     squared MMD is mean_b ‖M_s^b − M_t^b‖_F²: a different route to the same number."""
     student, teacher = random_outputs(9), random_outputs(10)
-    value = build("nst")(student, teacher, None)["nst"]
+    value = build("nst")(student, teacher, CONTEXT)["nst"]
     expected = 0.0
     for index in range(3):
         per_sample = []
@@ -178,9 +192,9 @@ def _rkd_reference(student: np.ndarray, teacher: np.ndarray, angle: str):
 def test_rkd_equals_loops(angle):
     student, teacher = random_outputs(11), random_outputs(12)
     # Scale the student so that some Huber entries fall in the linear (|x| > 1) branch.
-    student = [output * 3 for output in student]
+    student = student.map(lambda output: output * 3)
     terms = build("rkd", angle=angle, distance_weight=1.5, angle_weight=2.0, weight=2.0)(
-        student, teacher, None)
+        student, teacher, CONTEXT)
     distance, angle_loss = _rkd_reference(as64(student[2]).mean(axis=(2, 3)),
                                           as64(teacher[2]).mean(axis=(2, 3)), angle)
     assert close(terms["rkd_distance"], 3.0 * distance)
@@ -196,7 +210,7 @@ def test_rkd_default_weights_are_the_earlier_rounds():
 def test_factor_transfer_equals_normalised_l1_mean():
     student, teacher = random_outputs(13), random_outputs(14)
     distiller = build("factor_transfer")
-    value = distiller(student, teacher, None)["factor"]
+    value = distiller(student, teacher, CONTEXT)["factor"]
     with torch.no_grad():
         factor_s = as64(distiller.translator(student[2])).reshape(BATCH, -1)
         factor_t = as64(distiller.paraphraser.encoder(teacher[2])).reshape(BATCH, -1)
@@ -213,11 +227,11 @@ def test_factor_transfer_equals_normalised_l1_mean():
 
 def test_zero_when_student_equals_teacher():
     outputs = random_outputs(15)
-    copies = [output.clone() for output in outputs]
-    assert float(build("logit")(outputs, copies, None)["kl"]) == pytest.approx(0, abs=1e-7)
-    assert float(build("attention_transfer")(outputs, copies, None)["attention"]) == 0
-    assert float(build("nst")(outputs, copies, None)["nst"]) == pytest.approx(0, abs=1e-5)
-    terms = build("rkd")(outputs, copies, None)
+    copies = outputs.map(torch.clone)
+    assert float(build("logit")(outputs, copies, CONTEXT)["kl"]) == pytest.approx(0, abs=1e-7)
+    assert float(build("attention_transfer")(outputs, copies, CONTEXT)["attention"]) == 0
+    assert float(build("nst")(outputs, copies, CONTEXT)["nst"]) == pytest.approx(0, abs=1e-5)
+    terms = build("rkd")(outputs, copies, CONTEXT)
     assert float(terms["rkd_distance"]) == 0 and float(terms["rkd_angle"]) == 0
 
 
@@ -230,7 +244,7 @@ def test_fitnets_zero_with_identity_regressor():
         conv.bias.zero_()
     bn.eps = 0.0
     distiller.eval()  # running statistics 0 / 1: BN is the identity
-    value = distiller(outputs, [output.clone() for output in outputs], None)["hint"]
+    value = distiller(outputs, outputs.map(torch.clone), CONTEXT)["hint"]
     assert float(value.detach()) == 0
 
 
@@ -239,7 +253,7 @@ def test_factor_transfer_zero_when_translator_is_the_encoder():
     distiller = build("factor_transfer")
     distiller.translator.load_state_dict(distiller.paraphraser.encoder.state_dict())
     distiller.eval()  # the translator's BN on running statistics, like the frozen encoder's
-    value = distiller(outputs, [output.clone() for output in outputs], None)["factor"]
+    value = distiller(outputs, outputs.map(torch.clone), CONTEXT)["factor"]
     assert float(value.detach()) == pytest.approx(0, abs=1e-6)
 
 
@@ -247,16 +261,18 @@ def test_factor_transfer_zero_when_translator_is_the_encoder():
 
 def _degenerate_batches():
     base = random_outputs(18)
-    duplicates = [torch.cat([output[:3], output[:3]]) for output in base]
-    identical = [output[:1].expand_as(output).clone() for output in base]
-    zeros = [torch.zeros_like(output) for output in base]
+    duplicates = as_features([torch.cat([output[:3], output[:3]]) for output in base])
+    identical = as_features([output[:1].expand_as(output).clone() for output in base])
+    zeros = as_features([torch.zeros_like(output) for output in base])
     return {
-        "duplicates": (duplicates, [torch.cat([o[:3], o[:3]]) for o in random_outputs(19)]),
-        "identical embeddings": (identical, [o[:1].expand_as(o).clone() for o in random_outputs(20)]),
+        "duplicates": (duplicates, as_features([torch.cat([o[:3], o[:3]])
+                                                for o in random_outputs(19)])),
+        "identical embeddings": (identical, as_features([o[:1].expand_as(o).clone()
+                                                         for o in random_outputs(20)])),
         "identical student only": (identical, random_outputs(21)),
-        "all-zero maps": (zeros, [torch.zeros_like(o) for o in base]),
+        "all-zero maps": (zeros, as_features([torch.zeros_like(o) for o in base])),
         "all-zero student": (zeros, random_outputs(22)),
-        "all-zero teacher": (base, [torch.zeros_like(o) for o in base]),
+        "all-zero teacher": (base, as_features([torch.zeros_like(o) for o in base])),
     }
 
 
@@ -267,11 +283,11 @@ def test_gradients_finite_in_degenerate_batches(method, precision):
         distiller = build(method)
         leaves = [output.clone().requires_grad_(True) for output in student]
         if precision == "float32":
-            terms = distiller(leaves, teacher, None)
+            terms = distiller(as_features(leaves), teacher, CONTEXT)
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                terms = distiller([leaf.bfloat16() for leaf in leaves],
-                                  [output.bfloat16() for output in teacher], None)
+                terms = distiller(as_features([leaf.bfloat16() for leaf in leaves]),
+                                  teacher.map(lambda t: t.bfloat16()), CONTEXT)
         assert all(term.dtype == torch.float32 for term in terms.values()), case
         total = sum(terms.values())
         assert torch.isfinite(total), (case, terms)
@@ -289,8 +305,9 @@ def test_rkd_exact_duplicates_pass_no_gradient_through_their_zero_difference():
     student = torch.cat([student, student[:1]]).requires_grad_(True)  # row 4 duplicates row 0
     teacher = torch.randn(5, 8)
     distiller = build("rkd", distance_weight=0.0)
-    terms = distiller([None, None, student[:, :, None, None], None],
-                      [None, None, teacher[:, :, None, None], None], None)
+    terms = distiller(as_features([None, None, student[:, :, None, None], torch.zeros(5, 10)]),
+                      as_features([None, None, teacher[:, :, None, None], torch.zeros(5, 10)]),
+                      None)
     terms["rkd_angle"].backward()
     assert student.grad.abs().max() < 1e3
 
@@ -301,12 +318,12 @@ def test_every_method_registered_with_documented_defaults():
     for name in METHOD_NAMES:
         cls = method_class(name)
         assert cls.name == name and "weight" in cls.defaults and cls.citation
-        assert set(build(name).forward(random_outputs(23), random_outputs(24), None)) != set()
+        assert set(build(name).forward(random_outputs(23), random_outputs(24), CONTEXT)) != set()
 
 
 def test_unknown_method_and_option_are_user_errors():
-    with pytest.raises(UserError, match="unknown distillation method 'crd'"):
-        method_class("crd")
+    with pytest.raises(UserError, match="unknown distillation method 'no_such_method'"):
+        method_class("no_such_method")
     with pytest.raises(UserError, match="unknown option.*beta.*for method 'nst'"):
         resolve_options("nst", {"beta": "3"})
 
@@ -345,7 +362,7 @@ def _conv_of(student_shape, teacher_shape):
 
 
 def test_fitnets_stride_from_spatial_ratio():
-    cifar = feature_shapes("ResNet8", 10, 32)
+    cifar = describe_features("ResNet8", 10, 32).stages
     conv = _conv_of(cifar[0], cifar[1])  # layer1 -> layer2: 32x32 -> 16x16
     assert (type(conv).__name__, conv.kernel_size, conv.stride, conv.padding) == (
         "Conv2d", (3, 3), (2, 2), (1, 1))
@@ -353,7 +370,7 @@ def test_fitnets_stride_from_spatial_ratio():
     assert (conv.kernel_size, conv.stride) == ((1, 1), (1, 1))
     conv = _conv_of(cifar[0], cifar[2])  # layer1 -> layer3: 32 -> 8
     assert conv.stride == (4, 4)
-    odd = feature_shapes("ResNet8", 10, 7)  # 7 -> 4 -> 2, like the ResNets' own strides
+    odd = describe_features("ResNet8", 10, 7).stages  # 7 -> 4 -> 2, like the ResNets' own strides
     assert _conv_of(odd[0], odd[1]).stride == (2, 2)
     conv = _conv_of(cifar[1], cifar[0])  # student map at half the hint's size
     assert type(conv).__name__ == "ConvTranspose2d"
@@ -417,7 +434,7 @@ def test_paraphraser_pretrain_writes_file_and_is_skipped_when_present(tmp_path):
     distiller = build_distiller("factor_transfer", SHAPES, SHAPES,
                                 resolve_options("factor_transfer", {"paraphraser_epochs": 2}))
     with pytest.raises(RuntimeError, match="pretrain"):
-        distiller(random_outputs(25), random_outputs(26), None)
+        distiller(random_outputs(25), random_outputs(26), CONTEXT)
     before = _paraphraser_weights(distiller)
     fake = _Context(tmp_path)
     rng_before = torch.get_rng_state()
@@ -520,5 +537,5 @@ def test_frozen_paraphraser_stays_in_eval_mode():
     assert distiller.translator.training and not distiller.paraphraser.training
     assert all(not module.training for module in distiller.paraphraser.modules())
     running_mean = distiller.paraphraser.encoder[1].running_mean.clone()
-    distiller(random_outputs(27), random_outputs(28), None)
+    distiller(random_outputs(27), random_outputs(28), CONTEXT)
     assert torch.equal(distiller.paraphraser.encoder[1].running_mean, running_mean)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.models import BLOCKS_PER_STAGE, build_model, feature_shapes, load_weights_file
+from kdlab.models import BLOCKS_PER_STAGE, build_model, describe_features, load_weights_file
 
 
 def expected_parameter_count(blocks: int, classes: int) -> int:
@@ -41,7 +41,8 @@ def test_resnet112_is_the_18_block_network():
 def test_output_shapes(name, size, classes):
     model = build_model(name, classes).eval()
     outputs = model(torch.randn(2, 3, size, size))
-    assert [tuple(o.shape[1:]) for o in outputs] == feature_shapes(name, classes, size)
+    shapes = describe_features(name, classes, size)
+    assert [tuple(o.shape[1:]) for o in outputs] == [*shapes.stages, (shapes.classes,)]
     assert [tuple(o.shape) for o in outputs] == [
         (2, 16, size, size), (2, 32, size // 2, size // 2), (2, 64, size // 4, size // 4),
         (2, classes)]

@@ -228,3 +228,18 @@ def test_methodology_describes_earlier_code_runs_as_such(tmp_path, monkeypatch):
     (tmp_path / "plain").mkdir()
     plain = write_methodology(_study(tmp_path / "plain"), tmp_path / "out2")[0].read_text()
     assert "earlier" not in plain and "The settings of the runs kdlab trains" not in plain
+
+
+def test_methodology_describes_crd_and_a_combination(tmp_path):
+    path = write_study(tmp_path / "study.toml", methods=["crd", "crd+logit"], alphas=[0.5],
+                       seeds=[0])
+    markdown = write_methodology(load_study(path), tmp_path / "out")[0].read_text()
+    text = _objective(markdown)
+    assert ("16,384 entries of images of other classes" in text
+            or "16384 entries of images of other classes" in text), text
+    assert "temperature 0.07" in text and "momentum 0.5" in text and "first batch" in text
+    # each part of the combination with its own weight (the defaults)
+    assert f"| crd+logit (crd) | {method_defaults('crd')['weight']:g} |" in text
+    assert f"| crd+logit (logit) | {method_defaults('logit')['weight']:g} |" in text
+    citations = f"{method_class('crd').citation}; {method_class('logit').citation}"
+    assert citations in markdown

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from conftest import fast_method_options
 from kdlab import runstate
 from kdlab.config import TrainConfig
 from kdlab.distill import METHOD_NAMES
@@ -29,7 +30,7 @@ def configs(root, epochs=EPOCHS) -> list[TrainConfig]:
                 experiments_dir=str(root / "experiments"), data_root=str(root / "data"))
     runs = [TrainConfig(epochs=epochs, **base)]
     for method in METHOD_NAMES:
-        options = {"paraphraser_epochs": 1} if method == "factor_transfer" else {}
+        options = fast_method_options(method)
         runs.append(TrainConfig(epochs=epochs - (method == "logit"), distillation=method,
                                 teacher_model=TEACHER, alpha=0.9, method_options=options,
                                 **base))

@@ -89,12 +89,12 @@ def test_without_hint_epochs_the_first_epoch_is_joint(tmp_path):
                                                    (-1, "hint_epochs -1: expected a number >= 0")])
 def test_impossible_hint_epochs_are_one_line(tmp_path, hint_epochs, expected):
     from kdlab.data import dataset_info
-    from kdlab.models import feature_shapes
+    from kdlab.models import describe_features
     from kdlab.distill import build_distiller
 
     with pytest.raises(UserError) as error:
         config = _with_complete_options(fitnets_config(tmp_path, hint_epochs=hint_epochs))
-        shapes = feature_shapes("ResNet8", 10, dataset_info("Digits").image_size)
+        shapes = describe_features("ResNet8", 10, dataset_info("Digits").image_size)
         build_distiller("fitnets", shapes, shapes, config.method_options)
     assert "\n" not in str(error.value) and expected in str(error.value)
 

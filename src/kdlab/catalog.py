@@ -159,7 +159,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class Option:
     """One option of a method: ``default`` fixes its type (bool, int, float or str);
     ``minimum``/``above`` bound numbers (inclusive / exclusive); ``choices`` lists the
-    allowed strings; ``layers``: a comma list of layer names; ``source``: why this default."""
+    allowed strings; ``stage``: one stage of a model, ``layers``: a comma list of stages
+    (see :func:`stage_reference_problem`); ``source``: why this default."""
 
     default: Any
     source: str
@@ -167,6 +168,7 @@ class Option:
     above: float | None = None
     choices: tuple[str, ...] | None = None
     layers: bool = False
+    stage: bool = False
 
     @property
     def kind(self) -> type:
@@ -207,9 +209,8 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
                          layers=True)}),
     MethodFacts("fitnets", {
-        "student_layer": Option("layer1", "the earlier round's guided layer",
-                                choices=LAYER_NAMES),
-        "hint_layer": Option("layer2", "the earlier round's hint layer", choices=LAYER_NAMES),
+        "student_layer": Option("layer1", "the earlier round's guided layer", stage=True),
+        "hint_layer": Option("layer2", "the earlier round's hint layer", stage=True),
         "weight": Option(100.0, "RepDistiller's --beta for FitNets (train_student.py)",
                          minimum=0.0),
         # The hints are post-ReLU maps, so a non-negative regressor output can match zeros.
@@ -230,8 +231,37 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "weight": Option(50.0, "RepDistiller's --beta for NST", minimum=0.0),
         "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
                          layers=True)}),
+    MethodFacts("crd", {
+        "weight": Option(0.8, "RepDistiller's --beta for CRD (train_student.py)", minimum=0.0),
+        "feature_dim": Option(128, "RepDistiller's --feat_dim", minimum=1),
+        "negatives": Option(16384, "RepDistiller's --nce_k", minimum=1),
+        # Not 'temperature': a method's 'temperature' option is filled from the run's KD
+        # temperature (--temperature, 4 by default).
+        "nce_temperature": Option(0.07, "RepDistiller's --nce_t", above=0.0),
+        "momentum": Option(0.5, "RepDistiller's --nce_m (memory bank update)", minimum=0.0)}),
 )}
-METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+COMBINATION_SEPARATOR = "+"
+
+
+def combination_parts(name: str) -> tuple[str, ...] | None:
+    """The methods of a combination ``"crd+logit"`` (two or more distinct known methods,
+    each with its own options and weight); None when ``name`` is not one."""
+    parts = tuple(str(name).split(COMBINATION_SEPARATOR))
+    if len(parts) < 2 or len(set(parts)) != len(parts) or not all(p in METHODS for p in parts):
+        return None
+    return parts
+
+
+class MethodNames(tuple):
+    """Method names; ``in`` also accepts a combination of them joined by ``+`` (so every
+    check that a study or a flag names a known method accepts ``crd+logit``)."""
+
+    def __contains__(self, name) -> bool:
+        return tuple.__contains__(self, name) or (
+            isinstance(name, str) and combination_parts(name) is not None)
+
+
+METHOD_NAMES: tuple[str, ...] = MethodNames(METHODS)
 
 
 def method_facts(name: str) -> MethodFacts:
@@ -242,7 +272,12 @@ def method_facts(name: str) -> MethodFacts:
 
 
 def method_defaults(name: str) -> dict[str, Any]:
-    """Every option of a method with its default value."""
+    """Every option of a method with its default value; a combination's as
+    ``"method.option"``."""
+    parts = combination_parts(name)
+    if parts is not None:
+        return {f"{part}.{key}": value for part in parts
+                for key, value in method_facts(part).defaults().items()}
     return method_facts(name).defaults()
 
 
@@ -261,6 +296,9 @@ class OptionError(UserError):
 def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The method's defaults overridden by ``options`` (values may be text, as from
     ``--option``), each converted to its option's type and checked; OptionError otherwise."""
+    parts = combination_parts(name)
+    if parts is not None:
+        return _resolve_combination(name, parts, options)
     facts = method_facts(name)
     unknown = sorted(set(options) - set(facts.options))
     if unknown:
@@ -271,6 +309,26 @@ def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     for key, value in options.items():
         merged[key] = _option_value(name, key, facts.options[key], value)
     return merged
+
+
+def _resolve_combination(name: str, parts: tuple[str, ...],
+                         options: dict[str, Any]) -> dict[str, Any]:
+    """Options ``"method.option"`` of a combination, each part's resolved on its own."""
+    by_part: dict[str, dict[str, Any]] = {part: {} for part in parts}
+    for key, value in options.items():
+        part, _, option = str(key).partition(".")
+        if part not in by_part or not option:
+            raise OptionError(name, key, value, "method.option with the method one of "
+                              f"{', '.join(parts)}", unknown=True)
+        by_part[part][option] = value
+    resolved = {}
+    for part in parts:
+        try:
+            part_options = resolve_options(part, by_part[part])
+        except OptionError as error:
+            raise OptionError(name, f"{part}.{error.key}", error.value, error.expected) from None
+        resolved.update({f"{part}.{key}": value for key, value in part_options.items()})
+    return resolved
 
 
 def _option_value(method: str, key: str, option: Option, value: Any) -> Any:
@@ -297,12 +355,86 @@ def _option_value(method: str, key: str, option: Option, value: Any) -> Any:
         raise OptionError(method, key, value, "a string")
     if option.choices is not None and value not in option.choices:
         raise OptionError(method, key, value, f"one of {', '.join(option.choices)}")
-    if option.layers:
+    if option.layers or option.stage:
         names = [part.strip() for part in value.split(",")]
-        if not value.strip() or any(part not in LAYER_NAMES for part in names):
+        problem = (not value.strip() or (option.stage and len(names) != 1)
+                   or (not (option.layers and names == ["all"])
+                       and any(not is_stage_reference(part) for part in names)))
+        if problem:
+            what = "a comma list of stages or all" if option.layers else "one stage"
             raise OptionError(method, key, value,
-                              f"a comma list of {', '.join(LAYER_NAMES)}")
+                              f"{what}: layer1, layer2, ... (the K-th stage), a position "
+                              "(0, -1, ...), last, or a model's stage name")
     return value
+
+
+def is_stage_reference(text: str) -> bool:
+    """Whether ``text`` can name a stage of some model: ``layerK`` (K >= 1, the K-th stage),
+    an integer position, ``last`` or a stage name of a model in :data:`MODEL_FACTS`. Whether
+    the pair has that stage is checked when the method is built."""
+    text = text.strip()
+    if text == "last" or (text.startswith("layer") and text[5:].isdigit() and int(text[5:]) > 0):
+        return True
+    if text.lstrip("-").isdigit():
+        return True
+    return any(text in facts.stage_names for facts in MODEL_FACTS.values())
+
+
+def stage_reference_problem(text: str, stage_names: tuple[str, ...], many: bool) -> str | None:
+    """What is wrong with ``text`` as one stage (``many``: a comma list of distinct stages, or
+    all) of a model whose stages are ``stage_names``; None when it names existing stages."""
+    count = len(stage_names)
+    parts = [part.strip() for part in str(text).split(",")]
+    if many and parts == ["all"]:
+        return None
+    positions = []
+    for part in parts:
+        if part in stage_names:
+            positions.append(stage_names.index(part))
+        elif part == "last":
+            positions.append(count - 1)
+        elif part.startswith("layer") and part[5:].isdigit() and 1 <= int(part[5:]) <= count:
+            positions.append(int(part[5:]) - 1)
+        elif part.lstrip("-").isdigit() and -count <= int(part) < count:
+            positions.append(int(part) % count)
+        else:
+            positions = []
+            break
+    if positions and (many or len(positions) == 1) and len(set(positions)) == len(positions):
+        return None
+    names = ", ".join(f"layer{k}" for k in range(1, count + 1))
+    return (f"{'distinct stages' if many else 'one stage'} of the model's {count}: {names}, "
+            f"last or a position -{count}..{count - 1}")
+
+
+def pair_option_problem(name: str, options: dict[str, Any], student_model: str,
+                        teacher_model: str) -> tuple[str, Any, str] | None:
+    """(option, value, what was expected) for the first stage option of method ``name``
+    (resolved ``options``; a combination's ``"method.option"``) that the pair does not have;
+    None when every one names stages of the models. Unknown models are left to their own
+    check."""
+    if student_model not in MODEL_FACTS or teacher_model not in MODEL_FACTS:
+        return None
+    student, teacher = MODEL_FACTS[student_model], MODEL_FACTS[teacher_model]
+    for part in combination_parts(name) or (name,):
+        prefix = "" if part == name else f"{part}."
+        for key, option in method_facts(part).options.items():
+            if not (option.stage or option.layers) or prefix + key not in options:
+                continue
+            models = ([teacher] if key.startswith(("hint", "teacher")) else
+                      [student] if option.stage else [student, teacher])
+            for model in models:
+                problem = stage_reference_problem(options[prefix + key], model.stage_names,
+                                                  option.layers)
+                if problem:
+                    return prefix + key, options[prefix + key], problem
+    return None
+
+
+def stage_options(name: str) -> tuple[str, ...]:
+    """The options of a method that name stages (one or a comma list)."""
+    return tuple(key for key, option in method_facts(name).options.items()
+                 if option.stage or option.layers)
 
 
 _KIND_NAMES = {int: "int (an integer)", float: "float (a number)"}

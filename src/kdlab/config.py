@@ -105,7 +105,8 @@ class TrainConfig:
         None, "label smoothing (default 0.1 for pure runs, 0 when distilling)", float,
         check=_finite(lambda v: 0 <= v < 1, "a number in [0, 1)"), optional=True)
     distillation: str = setting(PURE, "KD method: none, " + ", ".join(catalog.METHOD_NAMES),
-                                str, choices=(PURE, *catalog.METHOD_NAMES), where=GRID)
+                                str, choices=catalog.MethodNames((PURE, *catalog.METHOD_NAMES)),
+                                where=GRID)
     teacher_model: str | None = setting(None, "teacher model of a distilled run", str,
                                         choices=catalog.MODEL_NAMES, optional=True, where=GRID)
     alpha: float | None = setting(None, "KD strength: loss = (1-alpha)*CE + alpha*distill",
@@ -296,14 +297,21 @@ def complete_options(config: TrainConfig) -> TrainConfig:
     if config.distillation == PURE:
         return config
     options = dict(config.method_options)
-    if "temperature" in catalog.method_defaults(config.distillation):
-        options.setdefault("temperature", config.temperature)
+    for key in catalog.method_defaults(config.distillation):
+        if key == "temperature" or key.endswith(".temperature"):
+            options.setdefault(key, config.temperature)
     try:
         resolved = catalog.resolve_options(config.distillation, options)
     except catalog.OptionError as error:
         raise SettingError(f"method_options.{error.key}", error.value, error.expected) from None
-    if resolved.get("hint_epochs", 0) >= config.epochs:
-        raise SettingError("method_options.hint_epochs", resolved["hint_epochs"],
+    problem = catalog.pair_option_problem(config.distillation, resolved, config.model,
+                                          config.teacher_model)
+    if problem is not None:
+        raise SettingError(f"method_options.{problem[0]}", problem[1], problem[2])
+    hint_key = next((key for key in resolved if key.split(".")[-1] == "hint_epochs"),
+                    "hint_epochs")
+    if resolved.get(hint_key, 0) >= config.epochs:
+        raise SettingError(f"method_options.{hint_key}", resolved[hint_key],
                            f"fewer than --epochs {config.epochs} (stage 1 leaves "
                            "the classifier untrained)")
     return replace(config, method_options=resolved)

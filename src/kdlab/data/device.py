@@ -82,13 +82,16 @@ class DeviceData:
         finally:
             torch.set_num_threads(previous)
 
-    def train_batches(self, batch_size: int,
-                      generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of (float32 [B,3,H,W] augmented, normalised images, int64 [B] labels).
+    def train_batches(self, batch_size: int, generator: torch.Generator, *,
+                      with_indices: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        """One epoch of (float32 [B,3,H,W] augmented, normalised images, int64 [B] labels),
+        with ``with_indices`` also int64 [B] indices: each sample's position in the training
+        set (``train_images``), on the device.
 
         The order is a permutation drawn from ``generator`` (a CPU ``torch.Generator``), as
-        are the crops and flips. Every image appears once; a final partial batch is kept
-        unless it holds a single image (BatchNorm needs two).
+        are the crops and flips; asking for the indices draws nothing more. Every image
+        appears once; a final partial batch is kept unless it holds a single image
+        (BatchNorm needs two).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -104,7 +107,7 @@ class DeviceData:
                 index = index.to(self.device, non_blocking=True)
                 images = self._augment(self.train_images[index], generator)
                 batch = self._normalize(images), self.train_labels[index]
-            yield batch
+            yield (*batch, index) if with_indices else batch
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test set in order, normalised, never augmented: (float32 [B,3,H,W], int64 [B])."""

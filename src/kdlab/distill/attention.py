@@ -8,18 +8,18 @@ import torch.nn.functional as F
 
 from .. import catalog
 from ..errors import UserError
-from ..models import LAYER_NAMES
 from . import register
-from .base import Distiller
+from .base import Distiller, autocast_off, stage_positions
 
 
-def parse_layers(text: str, method: str) -> list[int]:
-    """``"layer1,layer3"`` -> ``[0, 2]`` (indices into the model outputs)."""
-    names = [part.strip() for part in str(text).split(",") if part.strip()]
-    if not names or any(name not in LAYER_NAMES for name in names) or len(set(names)) != len(names):
-        raise UserError(f"option layers={text!r} for method {method!r}: expected a comma-"
-                        f"separated list of distinct names from {', '.join(LAYER_NAMES)}")
-    return [LAYER_NAMES.index(name) for name in names]
+def parse_layers(text: str, method: str, student, teacher) -> list[int]:
+    """``"layer1,layer3"`` -> ``[0, 2]``: positions in both models' stages (see
+    :func:`~kdlab.distill.base.stage_positions`); the pair must have as many stages."""
+    if len(student.stages) != len(teacher.stages):
+        raise UserError(f"method {method!r} pairs stages by position: the student has "
+                        f"{len(student.stages)} stages, the teacher {len(teacher.stages)}; "
+                        "expected the same number")
+    return stage_positions(text, len(student.stages), "layers", method)
 
 
 def match_spatial_size(student: torch.Tensor, teacher: torch.Tensor):
@@ -48,23 +48,23 @@ class AttentionTransferDistiller(Distiller):
                 "arXiv:1612.03928")
     defaults = catalog.method_defaults("attention_transfer")  # defaults and sources: kdlab/catalog.py
 
-    def __init__(self, student_shapes, teacher_shapes, options) -> None:
-        super().__init__(student_shapes, teacher_shapes, options)
-        self.layer_indices = parse_layers(self.options["layers"], self.name)
+    def __init__(self, student, teacher, options) -> None:
+        super().__init__(student, teacher, options)
+        self.layer_indices = parse_layers(self.options["layers"], self.name, student, teacher)
         self.p = float(self.options["p"])
         if not self.p >= 1:
             # f^p with p < 1 has an infinite slope at 0, and ReLU maps are 0 in many places.
             raise UserError(f"option p={self.p} for method {self.name!r}: expected a number >= 1")
         self.weight = float(self.options["weight"])
 
-    def forward(self, student_outputs, teacher_outputs, labels):
-        """Feature maps ``[B, C, H, W]`` -> ``{"attention": scalar}``."""
-        device_type = student_outputs[0].device.type
-        with torch.autocast(device_type, enabled=False):
-            total = student_outputs[0].new_zeros((), dtype=torch.float32)
+    def forward(self, student, teacher, batch):
+        """Stage maps ``[B, C, H, W]`` -> ``{"attention": scalar}``."""
+        with autocast_off(student):
+            total = student.logits.new_zeros((), dtype=torch.float32)
             for index in self.layer_indices:
-                student, teacher = match_spatial_size(student_outputs[index].float(),
-                                                      teacher_outputs[index].float().detach())
-                difference = attention_map(student, self.p) - attention_map(teacher, self.p)
+                student_map, teacher_map = match_spatial_size(
+                    student.stages[index].float(), teacher.stages[index].float().detach())
+                difference = (attention_map(student_map, self.p)
+                              - attention_map(teacher_map, self.p))
                 total = total + difference.pow(2).mean()
             return {"attention": self.weight * total}

@@ -17,6 +17,9 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import nn
 
+from ..errors import UserError
+from ..models.features import Features, FeatureShapes
+
 
 class Preempted(Exception):
     """Raised when a stop was requested (SIGTERM/SIGUSR1) and progress has been saved."""
@@ -66,35 +69,42 @@ class BatchContext:
 
 class Distiller(nn.Module):
     """Base class. Subclasses set ``name``, ``defaults`` (option -> default, every option the
-    method accepts, each default's source documented in the subclass) and implement
+    method accepts, each default's source documented in :mod:`kdlab.catalog`) and implement
     ``forward``."""
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     citation: ClassVar[str] = ""
 
-    def __init__(self, student_shapes: list[tuple[int, ...]],
-                 teacher_shapes: list[tuple[int, ...]], options: dict[str, Any]) -> None:
-        """``student_shapes``/``teacher_shapes``: shapes without batch of the four model
-        outputs ``[layer1, layer2, layer3, logits]``; ``options``: complete option dict
-        (defaults already merged and validated by the registry)."""
+    def __init__(self, student: FeatureShapes, teacher: FeatureShapes,
+                 options: dict[str, Any]) -> None:
+        """``student``/``teacher``: the shapes of both models' :class:`Features` (what a
+        method sizes its connectors from); ``options``: complete option dict (defaults
+        already merged and validated by the registry)."""
         super().__init__()
-        self.student_shapes = student_shapes
-        self.teacher_shapes = teacher_shapes
+        self.student_shapes = student
+        self.teacher_shapes = teacher
         self.options = dict(options)
 
-    def forward(self, student_outputs: list[torch.Tensor], teacher_outputs: list[torch.Tensor],
-                labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named, weighted float32 scalar loss terms; their sum is the distillation loss."""
+    def forward(self, student: Features, teacher: Features,
+                batch: BatchContext) -> dict[str, torch.Tensor]:
+        """Named, weighted float32 scalar loss terms; their sum is the distillation loss.
+        ``teacher`` arrives detached, in float32."""
         raise NotImplementedError
+
+    # ---- optional: state over the whole training set (CRD's memory bank) ----
+    def attach_training_set(self, labels: torch.Tensor) -> None:
+        """Called once before training (and before a checkpoint is loaded) with the labels
+        [N] int64 of the training set that ``BatchContext.indices`` index into."""
+        return None
 
     # ---- optional stage that trains part of the student on this method alone (FitNets) ----
     def partial_stage(self, epoch: int) -> int | None:
         """For epoch ``epoch`` (0-based) of a stage that trains only the student up to one of
-        its outputs, on this method's terms alone: that output's index in
-        ``[layer1, layer2, layer3, logits]``; None for the normal objective (the default).
-        The loop then leaves the later student modules out of training (eval mode, no
-        gradient reaches them) and drops the cross-entropy from the loss."""
+        its outputs, on this method's terms alone: that output's position in ``[*stages,
+        logits]``; None for the normal objective (the default). The loop then leaves the
+        later student modules out of training (eval mode, no gradient reaches them) and
+        drops the cross-entropy from the loss."""
         return None
 
     # ---- optional stage before the student is trained (factor transfer's paraphraser) ----
@@ -106,3 +116,48 @@ class Distiller(nn.Module):
         """Files in the run directory this method writes besides the loop's own; the loop
         removes them when a run is started over (``--force-restart``)."""
         return []
+
+
+def stage_position(value: Any, stage_count: int, option: str, method: str) -> int:
+    """The 0-based position among ``stage_count`` stages that an option names: ``"layerK"``
+    (the K-th stage, 1-based: the CIFAR ResNets' own stage names, valid for every model with
+    K stages or more), an integer position (negative from the end) or ``"last"``. A model's
+    own stage names are turned into positions by the registry before a method sees them."""
+    text = str(value).strip()
+    position = None
+    if text == "last":
+        position = stage_count - 1
+    elif text.startswith("layer") and text[5:].isdigit() and int(text[5:]) >= 1:
+        position = int(text[5:]) - 1
+    else:
+        try:
+            position = int(text)
+        except ValueError:
+            position = None
+        if position is not None and position < 0:
+            position += stage_count
+    if position is None or not 0 <= position < stage_count:
+        names = ", ".join(f"layer{k}" for k in range(1, stage_count + 1))
+        raise UserError(f"option {option}={value!r} for method {method!r}: expected one of "
+                        f"{names}, last or a position -{stage_count}..{stage_count - 1} "
+                        f"(this model has {stage_count} stages)")
+    return position
+
+
+def stage_positions(value: Any, stage_count: int, option: str, method: str) -> list[int]:
+    """Distinct positions of a comma list of stages (each as :func:`stage_position`), or every
+    stage for ``"all"``."""
+    parts = [part.strip() for part in str(value).split(",") if part.strip()]
+    if parts == ["all"]:
+        return list(range(stage_count))
+    positions = [stage_position(part, stage_count, option, method) for part in parts]
+    if not positions or len(set(positions)) != len(positions):
+        raise UserError(f"option {option}={value!r} for method {method!r}: expected a comma-"
+                        "separated list of distinct stages (layerK, positions or last) or all")
+    return positions
+
+
+def autocast_off(features: Features):
+    """A context with autocast disabled on the device of ``features`` (methods run their loss
+    math in float32)."""
+    return torch.autocast(features.logits.device.type, enabled=False)

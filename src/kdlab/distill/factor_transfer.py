@@ -1,10 +1,10 @@
 """Factor transfer (Kim, Park & Kwak 2018), two stages.
 
-1. A *paraphraser* (conv encoder from the teacher's layer3 to ``rate · C`` channels and a
-   mirrored decoder) is trained as an autoencoder on the frozen teacher's layer3 maps
+1. A *paraphraser* (conv encoder from the teacher's last stage to ``rate · C`` channels and a
+   mirrored decoder) is trained as an autoencoder on the frozen teacher's last-stage maps
    (reconstruction MSE). Its result, ``paraphraser.pth``, lives in the run directory, and
    ``paraphraser_checkpoint.pth`` after every epoch lets a killed stage 1 resume.
-2. With the paraphraser frozen, a *translator* (conv encoder on the student's layer3 to the
+2. With the paraphraser frozen, a *translator* (conv encoder on the student's last stage to the
    same factor width) is trained with the student so that its factors match the teacher's.
 """
 
@@ -27,7 +27,7 @@ from ..layout import shared_paraphraser_path
 from ..models import describe_mismatch
 from . import register
 from .attention import match_spatial_size
-from .base import Distiller, Preempted, PretrainContext
+from .base import Distiller, Preempted, PretrainContext, autocast_off
 
 PARAPHRASER_FILE = "paraphraser.pth"
 PARAPHRASER_CHECKPOINT_FILE = "paraphraser_checkpoint.pth"
@@ -96,8 +96,8 @@ class FactorTransferDistiller(Distiller):
                 "Factor Transfer, NeurIPS 2018, arXiv:1802.04977")
     defaults = catalog.method_defaults("factor_transfer")  # defaults and sources: kdlab/catalog.py
 
-    def __init__(self, student_shapes, teacher_shapes, options) -> None:
-        super().__init__(student_shapes, teacher_shapes, options)
+    def __init__(self, student, teacher, options) -> None:
+        super().__init__(student, teacher, options)
         rate = float(self.options["rate"])
         if not rate > 0:
             raise UserError(f"option rate={rate} for method {self.name!r}: expected a positive "
@@ -105,13 +105,13 @@ class FactorTransferDistiller(Distiller):
         if int(self.options["paraphraser_epochs"]) < 1:
             raise UserError(f"option paraphraser_epochs={self.options['paraphraser_epochs']} for "
                             f"method {self.name!r}: expected at least 1")
-        self.teacher_channels = int(teacher_shapes[2][0])
+        self.teacher_channels = int(teacher.stages[-1][0])
         self.factor_channels = max(1, int(round(self.teacher_channels * rate)))
         batch_norm = bool(self.options["batch_norm"])
         self.paraphraser = Paraphraser(self.teacher_channels, self.factor_channels, batch_norm)
         self.paraphraser.requires_grad_(False)
         self.paraphraser.eval()
-        self.translator = _encoder(int(student_shapes[2][0]), self.factor_channels, batch_norm)
+        self.translator = _encoder(int(student.stages[-1][0]), self.factor_channels, batch_norm)
         self.weight = float(self.options["weight"])
         # Set once stage 1 is done (or loaded): a forward with an untrained paraphraser
         # would train the student towards noise without any visible error.
@@ -126,16 +126,15 @@ class FactorTransferDistiller(Distiller):
     def frozen_state_files(self) -> list[str]:
         return [PARAPHRASER_FILE, PARAPHRASER_CHECKPOINT_FILE]
 
-    def forward(self, student_outputs, teacher_outputs, labels):
-        """Layer3 maps ``[B, C, H, W]`` -> ``{"factor": scalar}``."""
+    def forward(self, student, teacher, batch):
+        """Last stage maps ``[B, C, H, W]`` -> ``{"factor": scalar}``."""
         if not self.paraphraser_ready:
             raise RuntimeError("factor_transfer: pretrain() must run (or load paraphraser.pth) "
                                "before the student is trained")
-        device_type = student_outputs[2].device.type
-        with torch.autocast(device_type, enabled=False):
-            student_factor = self.translator(student_outputs[2].float())
+        with autocast_off(student):
+            student_factor = self.translator(student.stages[-1].float())
             with torch.no_grad():
-                teacher_factor = self.paraphraser.encoder(teacher_outputs[2].float())
+                teacher_factor = self.paraphraser.encoder(teacher.stages[-1].float())
             student_factor, teacher_factor = match_spatial_size(student_factor, teacher_factor)
             difference = factor_vector(student_factor) - factor_vector(teacher_factor)
             return {"factor": self.weight * difference.abs().mean()}
@@ -278,7 +277,7 @@ def _paraphraser_epoch(trainee, optimizer, context: PretrainContext, epoch: int,
             raise Preempted(f"factor_transfer stage 1 stopped in epoch {epoch + 1}; "
                             f"{checkpoint_path.name} holds {epoch} finished epochs")
         with torch.inference_mode():
-            features = context.teacher(images)[2]
+            features = context.teacher(images).stages[-1]
         # Out of inference mode so that autograd may use them as the target.
         features = features.float().clone()
         loss = F.mse_loss(trainee(features), features)

@@ -21,9 +21,8 @@ from torch import nn
 
 from .. import catalog
 from ..errors import UserError
-from ..models import LAYER_NAMES
 from . import register
-from .base import Distiller
+from .base import Distiller, autocast_off, stage_position
 
 
 def regressor_conv(student_shape, teacher_shape) -> nn.Module:
@@ -61,12 +60,14 @@ class FitNetsDistiller(Distiller):
                 "arXiv:1412.6550")
     defaults = catalog.method_defaults("fitnets")  # defaults and sources: kdlab/catalog.py
 
-    def __init__(self, student_shapes, teacher_shapes, options) -> None:
-        super().__init__(student_shapes, teacher_shapes, options)
-        self.student_index = _layer_index(self.options["student_layer"], "student_layer")
-        self.hint_index = _layer_index(self.options["hint_layer"], "hint_layer")
-        student_shape = tuple(student_shapes[self.student_index])
-        teacher_shape = tuple(teacher_shapes[self.hint_index])
+    def __init__(self, student, teacher, options) -> None:
+        super().__init__(student, teacher, options)
+        self.student_index = stage_position(self.options["student_layer"], len(student.stages),
+                                            "student_layer", self.name)
+        self.hint_index = stage_position(self.options["hint_layer"], len(teacher.stages),
+                                         "hint_layer", self.name)
+        student_shape = tuple(student.stages[self.student_index])
+        teacher_shape = tuple(teacher.stages[self.hint_index])
         layers = [regressor_conv(student_shape, teacher_shape), nn.BatchNorm2d(teacher_shape[0])]
         if self.options["regressor_relu"]:
             layers.append(nn.ReLU())
@@ -78,17 +79,10 @@ class FitNetsDistiller(Distiller):
         """Stage 1 (``epoch < hint_epochs``): train up to the guided layer on the hint alone."""
         return self.student_index if epoch < self.hint_epochs else None
 
-    def forward(self, student_outputs, teacher_outputs, labels):
+    def forward(self, student, teacher, batch):
         """Feature maps ``[B, C, H, W]`` -> ``{"hint": scalar}``."""
-        guided = student_outputs[self.student_index]
-        with torch.autocast(guided.device.type, enabled=False):
-            regressed = self.regressor(guided.float())
-            hint = teacher_outputs[self.hint_index].float().detach()
+        with autocast_off(student):
+            regressed = self.regressor(student.stages[self.student_index].float())
+            hint = teacher.stages[self.hint_index].float().detach()
             return {"hint": self.weight * F.mse_loss(regressed, hint)}
 
-
-def _layer_index(value: str, option: str) -> int:
-    if value not in LAYER_NAMES:
-        raise UserError(f"option {option}={value!r} for method 'fitnets': expected one of "
-                        f"{', '.join(LAYER_NAMES)}")
-    return LAYER_NAMES.index(value)

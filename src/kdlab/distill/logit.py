@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from .. import catalog
 from ..errors import UserError
 from . import register
-from .base import Distiller
+from .base import Distiller, autocast_off
 
 
 @register
@@ -22,23 +22,22 @@ class LogitDistiller(Distiller):
                 "arXiv:1503.02531")
     defaults = catalog.method_defaults("logit")  # defaults and sources: kdlab/catalog.py
 
-    def __init__(self, student_shapes, teacher_shapes, options) -> None:
-        super().__init__(student_shapes, teacher_shapes, options)
-        if student_shapes[-1] != teacher_shapes[-1]:
-            raise UserError(f"logit distillation: student has {student_shapes[-1][0]} classes, "
-                            f"teacher {teacher_shapes[-1][0]}: expected the same class count")
+    def __init__(self, student, teacher, options) -> None:
+        super().__init__(student, teacher, options)
+        if student.classes != teacher.classes:
+            raise UserError(f"logit distillation: student has {student.classes} classes, "
+                            f"teacher {teacher.classes}: expected the same class count")
         self.temperature = float(self.options["temperature"])
         if not self.temperature > 0:
             raise UserError(f"option temperature={self.temperature} for method 'logit': "
                             "expected a positive number")
         self.weight = float(self.options["weight"])
 
-    def forward(self, student_outputs, teacher_outputs, labels):
-        """Logits ``[B, K]`` (last entry of each output list) -> ``{"kl": scalar}``."""
-        device_type = student_outputs[-1].device.type
-        with torch.autocast(device_type, enabled=False):
-            student_logits = student_outputs[-1].float()
-            teacher_logits = teacher_outputs[-1].float().detach()
+    def forward(self, student, teacher, batch):
+        """Logits ``[B, K]`` -> ``{"kl": scalar}``."""
+        with autocast_off(student):
+            student_logits = student.logits.float()
+            teacher_logits = teacher.logits.float().detach()
             temperature = self.temperature
             log_p_student = F.log_softmax(student_logits / temperature, dim=1)
             log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)

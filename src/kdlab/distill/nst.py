@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from .. import catalog
 from . import register
 from .attention import match_spatial_size, parse_layers
-from .base import Distiller
+from .base import Distiller, autocast_off
 
 
 def polynomial_kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -37,18 +37,17 @@ class NSTDistiller(Distiller):
                 "Selectivity Transfer, arXiv:1707.01219")
     defaults = catalog.method_defaults("nst")  # defaults and sources: kdlab/catalog.py
 
-    def __init__(self, student_shapes, teacher_shapes, options) -> None:
-        super().__init__(student_shapes, teacher_shapes, options)
-        self.layer_indices = parse_layers(self.options["layers"], self.name)
+    def __init__(self, student, teacher, options) -> None:
+        super().__init__(student, teacher, options)
+        self.layer_indices = parse_layers(self.options["layers"], self.name, student, teacher)
         self.weight = float(self.options["weight"])
 
-    def forward(self, student_outputs, teacher_outputs, labels):
-        """Feature maps ``[B, C, H, W]`` -> ``{"nst": scalar}``."""
-        device_type = student_outputs[0].device.type
-        with torch.autocast(device_type, enabled=False):
-            total = student_outputs[0].new_zeros((), dtype=torch.float32)
+    def forward(self, student, teacher, batch):
+        """Stage maps ``[B, C, H, W]`` -> ``{"nst": scalar}``."""
+        with autocast_off(student):
+            total = student.logits.new_zeros((), dtype=torch.float32)
             for index in self.layer_indices:
-                student, teacher = match_spatial_size(student_outputs[index].float(),
-                                                      teacher_outputs[index].float().detach())
-                total = total + squared_mmd(student, teacher)
+                student_map, teacher_map = match_spatial_size(
+                    student.stages[index].float(), teacher.stages[index].float().detach())
+                total = total + squared_mmd(student_map, teacher_map)
             return {"nst": self.weight * total}

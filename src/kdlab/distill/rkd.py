@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from .. import catalog
 from ..errors import UserError
 from . import register
-from .base import Distiller
+from .base import Distiller, autocast_off
 
 # Squared distances are clamped here before the square root (RepDistiller / lenscloth pdist):
 # a duplicate pair gets distance 1e-6 and a zero gradient instead of sqrt's infinite slope.
@@ -63,15 +63,15 @@ class RKDDistiller(Distiller):
     """``rkd_distance = weight · distance_weight · mean_{B²} Huber(ψ_D(s), ψ_D(t))``,
     ``rkd_angle = weight · angle_weight · mean_{B³} Huber(ψ_A(s), ψ_A(t))`` (smooth L1 with
     β = 1, mean over all entries, as RepDistiller ``RKDLoss`` and lenscloth ``RkdDistance`` /
-    ``RKdAngle``), on the GAP-pooled layer3 embeddings."""
+    ``RKdAngle``), on the GAP-pooled last-stage embeddings."""
 
     name = "rkd"
     citation = ("Park, Kim, Lu & Cho (2019), Relational Knowledge Distillation, CVPR 2019, "
                 "arXiv:1904.05068")
     defaults = catalog.method_defaults("rkd")  # defaults and sources: kdlab/catalog.py
 
-    def __init__(self, student_shapes, teacher_shapes, options) -> None:
-        super().__init__(student_shapes, teacher_shapes, options)
+    def __init__(self, student, teacher, options) -> None:
+        super().__init__(student, teacher, options)
         if self.options["angle"] not in ANGLE_FORMS:
             raise UserError(f"option angle={self.options['angle']!r} for method 'rkd': "
                             f"expected one of {', '.join(ANGLE_FORMS)}")
@@ -79,13 +79,13 @@ class RKDDistiller(Distiller):
         self.distance_weight = float(self.options["weight"]) * float(self.options["distance_weight"])
         self.angle_weight = float(self.options["weight"]) * float(self.options["angle_weight"])
 
-    def forward(self, student_outputs, teacher_outputs, labels):
-        """Layer3 maps ``[B, C, H, W]`` -> ``{"rkd_distance": scalar, "rkd_angle": scalar}``."""
-        device_type = student_outputs[2].device.type
-        with torch.autocast(device_type, enabled=False):
-            student = embedding(student_outputs[2].float())
+    def forward(self, student, teacher, batch):
+        """Last stage maps ``[B, C, H, W]`` -> ``{"rkd_distance": scalar, "rkd_angle": scalar}``."""
+        with autocast_off(student):
+            student_map, teacher_map = student.stages[-1], teacher.stages[-1]
+            student = embedding(student_map.float())
             with torch.no_grad():
-                teacher = embedding(teacher_outputs[2].float())
+                teacher = embedding(teacher_map.float())
             terms = {}
             terms["rkd_distance"] = self.distance_weight * F.smooth_l1_loss(
                 normalised_distances(student), _no_grad(normalised_distances, teacher))

@@ -58,16 +58,6 @@ def from_repdistiller(name: str, state_dict: dict) -> dict:
             for key, value in state_dict.items()}
 
 
-def feature_shapes(name: str, num_classes: int, image_size: int) -> list[tuple[int, ...]]:
-    """Shapes (without batch) of the four outputs of ``forward`` for an input of
-    ``image_size``, from a dry forward pass of the named model on the meta device (no
-    arithmetic, no memory, the global random stream untouched)."""
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = build_model(name, num_classes)
-        outputs = model(torch.empty(1, 3, image_size, image_size))
-    return [tuple(output.shape[1:]) for output in outputs]
-
-
 def describe_features(name: str, num_classes: int, image_size: int) -> FeatureShapes:
     """:class:`FeatureShapes` of the named model for square inputs of ``image_size``, from a
     dry forward pass on the meta device (no arithmetic, the global random stream untouched)."""

@@ -183,8 +183,9 @@ def effective_method_options(study: Study, method: str) -> dict:
         from ..distill import method_defaults, resolve_options
     except ImportError:
         return options
-    if "temperature" in method_defaults(method):
-        options.setdefault("temperature", study.training["temperature"])
+    for key in method_defaults(method):
+        if key == "temperature" or key.endswith(".temperature"):
+            options.setdefault(key, study.training["temperature"])
     return resolve_options(method, options)
 
 

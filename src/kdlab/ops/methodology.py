@@ -471,7 +471,10 @@ def _method_facts(study: Study, method: str) -> tuple[str, dict]:
         from ..distill import method_class
     except ImportError:
         return "—", options
-    return method_class(method).citation or "—", options
+    from .. import catalog
+
+    parts = catalog.combination_parts(method) or (method,)
+    return "; ".join(method_class(part).citation or "—" for part in parts), options
 
 
 def write_methodology(study: Study, output_dir: str | Path | None = None) -> tuple[Path, Path]:

@@ -10,6 +10,7 @@ and the runs' state files; methodology.py places them.
 
 from __future__ import annotations
 
+from .. import catalog
 from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words
 from ..layout import format_alpha
 from ..status import COMPLETED, RunState
@@ -47,6 +48,22 @@ def method_term_weights(study: Study, method: str) -> dict[str, float] | None:
     times each ``*_weight`` option (RKD: distance and angle), else ``weight`` alone. None
     when the options give no weight."""
     options = effective_method_options(study, method)
+    parts = catalog.combination_parts(method)
+    if parts is not None:  # each part's terms, named as the run logs them
+        combined = {}
+        for part in parts:
+            own = {key.partition(".")[2]: value for key, value in options.items()
+                   if key.partition(".")[0] == part}
+            terms = _term_weights(own, part)
+            if terms is None:
+                return None
+            combined.update({term if term.startswith(part) else f"{part}_{term}": weight
+                             for term, weight in terms.items()})
+        return combined
+    return _term_weights(options, method)
+
+
+def _term_weights(options: dict, method: str) -> dict[str, float] | None:
     weight = options.get("weight")
     if not isinstance(weight, (int, float)) or isinstance(weight, bool):
         return None
@@ -94,6 +111,34 @@ def rkd_text(study: Study) -> str | None:
             "gradient scaler skipping every step, not to these weights. At the paper's "
             f"weights both relational terms would weigh {_number(paper[0] / distance)} and "
             f"{_number(paper[1] / angle)} times as much.")
+
+
+def crd_text(study: Study) -> str | None:
+    """How CRD was run (RepDistiller's crd/), for every study method that uses it."""
+    runs = [method for method in study.methods
+            if "crd" in (catalog.combination_parts(method) or (method,))]
+    if not runs:
+        return None
+    prefix = "" if runs[0] == "crd" else "crd."
+    options = effective_method_options(study, runs[0])
+    try:
+        dim, negatives = int(options[prefix + "feature_dim"]), int(options[prefix + "negatives"])
+        temperature = float(options[prefix + "nce_temperature"])
+        momentum = float(options[prefix + "momentum"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (f"CRD embeds both networks' pooled vectors linearly into {dim} dimensions and "
+            "L2-normalises them; a memory bank per network holds one embedding per training "
+            f"image (2 × N × {dim} floats). Each image is contrasted with its own bank entry "
+            f"and {_number(negatives)} entries of images of other classes, drawn afresh at "
+            "every step (without replacement where the class has that many others), in the "
+            "other network's bank, at temperature "
+            f"{_number(temperature)}; the NCE loss uses the noise prior K/N and a "
+            "normalisation constant Z estimated once, on the first batch, as RepDistiller "
+            f"does. After each step the batch's bank entries move to momentum {_number(momentum)} "
+            "towards the new embeddings and are renormalised. The banks and the generator of "
+            "the negatives are saved with every checkpoint, so a resumed run draws the same "
+            "negatives.")
 
 
 def schedule_text(study: Study) -> str:
@@ -158,9 +203,9 @@ def objective_blocks(study: Study, states: list[RunState]) -> list[tuple]:
                             "table gives each term's weight w and its weight relative to "
                             "cross-entropy, α·w / (1 − α), at each alpha of the study:"))
         blocks.append(("table", headers, rows))
-    rkd = rkd_text(study)
-    if rkd:
-        blocks.append(("p", rkd))
+    for text in (rkd_text(study), crd_text(study)):
+        if text:
+            blocks.append(("p", text))
     blocks.append(("p", schedule_text(study)))
     blocks.append(("p", selection_text(study, states)))
     return blocks

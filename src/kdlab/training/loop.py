@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from .. import layout, runstate
 from .device import autocast, epoch_generator
 from .guards import Preempted, StopFlag
+from ..distill.base import BatchContext
+from ..models.features import Features
 from .state import RunContext, Student, TrainingState
 
 # Stage 1 of a method draws its batches from another stream than the student's epochs.
@@ -50,28 +52,30 @@ class EpochSums:
                 "images": self.seen, "seconds": seconds}
 
 
-def teacher_forward(ctx: RunContext, teacher, images) -> list[torch.Tensor]:
-    """The frozen teacher's outputs for a batch, in float32 and out of inference mode
+def teacher_forward(ctx: RunContext, teacher, images) -> Features:
+    """The frozen teacher's features for a batch, in float32 and out of inference mode
     (autograd may save them); computed once per batch for every student of a pack."""
     with torch.inference_mode(), autocast(ctx.device, ctx.amp_dtype):
-        outputs = teacher(images)
-    return [output.float().clone() for output in outputs]
+        features = teacher(images)
+    return features.map(lambda tensor: tensor.float().clone())
 
 
-def batch_loss(ctx: RunContext, state: TrainingState, teacher_outputs, images, labels,
-               distill_only: bool = False):
+def batch_loss(ctx: RunContext, state: TrainingState, teacher_features, images, labels,
+               distill_only: bool = False, batch: BatchContext | None = None):
     """(total loss, named terms, student logits) of one batch; ``distill_only``: the total is
-    the method's terms alone (a partial stage), the cross-entropy is only logged."""
+    the method's terms alone (a partial stage), the cross-entropy is only logged; ``batch``:
+    what the method reads about the batch (default: its labels alone)."""
     config, device = ctx.config, ctx.device
     with autocast(device, ctx.amp_dtype):
-        student_outputs = state.model(images)
-    logits = student_outputs[-1].float()
+        student_features = state.model(images)
+    logits = student_features.logits.float()
     ce = F.cross_entropy(logits, labels, label_smoothing=config.effective_label_smoothing)
     if state.distiller is None:
         return ce, {"ce": ce}, logits
     with torch.autocast(device.type, enabled=False):
-        distill_terms = state.distiller([output.float() for output in student_outputs],
-                                        teacher_outputs, labels)
+        distill_terms = state.distiller(student_features.map(lambda tensor: tensor.float()),
+                                        teacher_features,
+                                        batch if batch is not None else BatchContext(labels))
     distill_loss = sum(distill_terms.values())
     total = (distill_loss if distill_only
              else (1.0 - config.alpha) * ce + config.alpha * distill_loss)
@@ -108,11 +112,12 @@ def crash_reason(error: Exception) -> str:
     return f"crashed: {type(error).__name__}: {first_line}"
 
 
-def _step(student: Student, sums: EpochSums, images, labels, teacher_outputs,
+def _step(student: Student, sums: EpochSums, images, teacher_features, batch: BatchContext,
           isolate: bool, partial: bool) -> None:
+    labels = batch.labels
     try:
-        total_loss, terms, logits = batch_loss(student.ctx, student.state, teacher_outputs,
-                                               images, labels, distill_only=partial)
+        total_loss, terms, logits = batch_loss(student.ctx, student.state, teacher_features,
+                                               images, labels, distill_only=partial, batch=batch)
         skipped = optimizer_step(student.state, total_loss)
     except Exception as error:
         if not isolate:
@@ -135,20 +140,23 @@ def train_epoch(students: list[Student], teacher, data, epoch: int, flag: StopFl
     partial = [_enter_train_mode(student.state, epoch) is not None for student in students]
     start = time.perf_counter()
     progress = _progress_bar(lead, data.num_train, epoch) if len(students) == 1 else None
+    steps_per_epoch = steps_in_epoch(data.num_train, lead.config.batch_size)
     try:
-        for images, labels in data.train_batches(lead.config.batch_size,
-                                                 epoch_generator(lead.config.seed, epoch)):
+        batches = data.train_batches(lead.config.batch_size,
+                                     epoch_generator(lead.config.seed, epoch), with_indices=True)
+        for step, (images, labels, indices) in enumerate(batches):
             flag.raise_if_set()
+            batch = BatchContext(labels, indices, epoch, step, steps_per_epoch)
             if lead.config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             live = [(student, student_sums, stage)
                     for student, student_sums, stage in zip(students, sums, partial)
                     if student.failure is None]
-            teacher_outputs = (teacher_forward(lead, teacher, images)
-                               if any(s.state.distiller is not None for s, _, _ in live)
-                               else None)
+            teacher_features = (teacher_forward(lead, teacher, images)
+                                if any(s.state.distiller is not None for s, _, _ in live)
+                                else None)
             for student, student_sums, stage in live:
-                _step(student, student_sums, images, labels, teacher_outputs, isolate, stage)
+                _step(student, student_sums, images, teacher_features, batch, isolate, stage)
             if progress is not None:
                 progress.update(1)
     finally:
@@ -157,6 +165,13 @@ def train_epoch(students: list[Student], teacher, data, epoch: int, flag: StopFl
     flag.raise_if_set()
     seconds = time.perf_counter() - start
     return [student_sums.stats(seconds) for student_sums in sums]
+
+
+def steps_in_epoch(num_train: int, batch_size: int) -> int:
+    """Batches in one epoch of ``DeviceData.train_batches`` (a last batch of one image is
+    dropped)."""
+    full, rest = divmod(num_train, batch_size)
+    return full + (rest >= 2 or (rest == 1 and batch_size == 1))
 
 
 def _enter_train_mode(state: TrainingState, epoch: int) -> int | None:

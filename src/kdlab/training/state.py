@@ -109,10 +109,13 @@ class Student:
     events: Any = None  # the run's TensorBoard writer (tensorboard.EpochEvents)
 
 
-def build_state(ctx: RunContext, num_classes: int, image_size: int) -> TrainingState:
+def build_state(ctx: RunContext, num_classes: int, image_size: int,
+                train_labels: torch.Tensor | None = None) -> TrainingState:
     """A fresh student (and the method's modules) with its optimizer, schedule and scaler,
-    drawn from the global generator in the order a solo run has always used."""
-    from ..models import build_model, feature_shapes
+    drawn from the global generator in the order a solo run has always used.
+    ``train_labels`` [N]: the training set's labels, given to a method with state over the
+    training set (CRD's memory bank)."""
+    from ..models import build_model, describe_features
 
     config = ctx.config
     model = build_model(config.model, num_classes).to(ctx.device)
@@ -122,10 +125,14 @@ def build_state(ctx: RunContext, num_classes: int, image_size: int) -> TrainingS
     if config.distillation != layout.PURE:
         from ..distill import build_distiller
 
-        shapes = feature_shapes(config.model, num_classes, image_size)
-        teacher_shapes = feature_shapes(config.teacher_model, num_classes, image_size)
+        shapes = describe_features(config.model, num_classes, image_size)
+        teacher_shapes = describe_features(config.teacher_model, num_classes, image_size)
         distiller = build_distiller(config.distillation, shapes, teacher_shapes,
-                                    config.method_options).to(ctx.device)
+                                    config.method_options, student_model=config.model,
+                                    teacher_model=config.teacher_model)
+        if train_labels is not None:
+            distiller.attach_training_set(train_labels)
+        distiller = distiller.to(ctx.device)
     trainable = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
