@@ -134,7 +134,11 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "temperature": Option(4.0, "the earlier round's T (also RepDistiller's and "
                                    "mdistiller's default)", above=0.0),
         "weight": Option(1.0, "the paper weighs the soft term only through T² and alpha",
-                         minimum=0.0)}),
+                         minimum=0.0),
+        # Sun et al. (CVPR 2024) run it with temperature 2 (their base temperature) and a KD
+        # weight of 9 against CE 0.1 (sunshangquan/logit-standardization-KD).
+        "standardize": Option(False, "Hinton's form; true: Sun et al. 2024's z-scored logits "
+                                     "(their base temperature 2: set temperature = 2)")}),
     MethodFacts("factor_transfer", {
         "rate": Option(0.5, "paraphrase rate k: the paper's and the FT authors' default",
                        above=0.0),
@@ -176,6 +180,50 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "weight": Option(50.0, "RepDistiller's --beta for NST", minimum=0.0),
         "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
                          layers=True)}),
+    MethodFacts("sp", {
+        "weight": Option(3000.0, "RepDistiller's --beta for SP (README)", minimum=0.0)}),
+    MethodFacts("cc", {
+        "weight": Option(0.02, "RepDistiller's --beta for CC (README)", minimum=0.0),
+        "embedding": Option(128, "RepDistiller's --feat_dim (LinearEmbed on the pooled "
+                                 "features)", minimum=1),
+        "form": Option("consecutive", "RepDistiller's CC.py (consecutive samples' "
+                                      "differences); 'gaussian': the paper's kernel "
+                                      "correlation", choices=("consecutive", "gaussian")),
+        "gamma": Option(0.4, "form 'gaussian' only: torchdistill's CCKD example (the paper's "
+                             "Gaussian RBF kernel, Taylor-expanded)", above=0.0),
+        "order": Option(2, "form 'gaussian' only: Taylor order P, torchdistill's CCKD "
+                           "example", minimum=1)}),
+    MethodFacts("vid", {
+        "weight": Option(1.0, "RepDistiller's --beta for VID (README)", minimum=0.0),
+        # Above the 1e-5 the variance is floored at (distill/vid.py's VARIANCE_FLOOR).
+        "initial_variance": Option(5.0, "RepDistiller VIDLoss init_pred_var", above=1e-5)}),
+    MethodFacts("pkt", {
+        "weight": Option(30000.0, "RepDistiller's --beta for PKT (README)", minimum=0.0)}),
+    MethodFacts("dkd", {
+        "weight": Option(1.0, "mdistiller weighs DKD only through alpha and beta",
+                         minimum=0.0),
+        "alpha": Option(1.0, "mdistiller DKD.ALPHA (TCKD weight)", minimum=0.0),
+        # Per pair, mdistiller's configs/cifar100/dkd/*.yaml override BETA: 2 for
+        # res56->res20 and res110->res32; 6 for vgg13->vgg8, vgg13->MobileNetV2,
+        # wrn40_2->wrn16_2 and wrn40_2->wrn40_1; the default 8 for res32x4->res8x4,
+        # res32x4->ShuffleV1/V2, ResNet50->MobileNetV2 and wrn40_2->ShuffleV1.
+        "beta": Option(8.0, "mdistiller DKD.BETA (NCKD weight); its CIFAR-100 configs use 2 "
+                            "for res56->res20 and res110->res32, 6 for vgg13->vgg8, "
+                            "vgg13->MobileNetV2, wrn40_2->wrn16_2 and wrn40_2->wrn40_1, 8 "
+                            "for the other pairs", minimum=0.0),
+        "temperature": Option(4.0, "mdistiller DKD.T", above=0.0),
+        "warmup_epochs": Option(20, "mdistiller DKD.WARMUP: the loss rises linearly over the "
+                                    "first 20 epochs (0: no warm-up)", minimum=0),
+        "standardize": Option(False, "mdistiller's form; true: Sun et al. 2024's z-scored "
+                                     "logits (their base temperature 2: set temperature = 2)")}),
+    MethodFacts("dist", {
+        "weight": Option(1.0, "DIST weighs its terms through beta and gamma", minimum=0.0),
+        "beta": Option(1.0, "inter-class weight: DIST reference code (hunto, dist_kd.py) "
+                            "and torchdistill default", minimum=0.0),
+        "gamma": Option(1.0, "intra-class weight: DIST reference code and torchdistill "
+                             "default", minimum=0.0),
+        "temperature": Option(1.0, "tau: DIST reference code and torchdistill default",
+                              above=0.0)}),
 )}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 

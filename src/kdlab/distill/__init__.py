@@ -19,6 +19,12 @@ _METHOD_MODULES = {
     "factor_transfer": "factor_transfer",
     "nst": "nst",
     "rkd": "rkd",
+    "sp": "sp",
+    "cc": "cc",
+    "vid": "vid",
+    "pkt": "pkt",
+    "dkd": "dkd",
+    "dist": "dist",
 }
 METHOD_NAMES = tuple(_METHOD_MODULES)
 
