@@ -324,7 +324,7 @@ def test_dkd_terms_recompose_classical_kd():
 
 def test_dist_equals_its_formula_with_gradients():
     student, teacher = random_features(15, STUDENT), random_features(16, TEACHER)
-    terms, leaves = run(build("dist", temperature=2.0, beta=1.5, gamma=0.5), student, teacher)
+    terms, leaves = run(build("dist", tau=2.0, beta=1.5, gamma=0.5), student, teacher)
     logits64 = float64_leaf(student.logits)
     inter, intra = dist_reference(logits64, teacher.logits.double(), 2.0)
     (1.5 * inter + 0.5 * intra).backward()
@@ -438,7 +438,7 @@ def test_cc_against_torchdistill_differs_as_documented(torchdistill_losses):
 
 def test_dist_equals_torchdistill(torchdistill_losses):
     student, teacher = random_features(30, STUDENT), random_features(31, TEACHER)
-    terms = build("dist", temperature=4.0, beta=2.0, gamma=2.0)(
+    terms = build("dist", tau=4.0, beta=2.0, gamma=2.0)(
         student, teacher, BatchContext(labels=labels_for(0)))
     theirs = torchdistill_losses.DISTLoss("m", "output", "m", "output", beta=2.0, gamma=2.0,
                                           tau=4.0)({"m": {"output": student.logits}},
@@ -532,7 +532,8 @@ def test_every_new_method_registered_with_documented_defaults():
     ("dkd", {"warmup_epochs": "2.5"}, r"option warmup_epochs='2.5' for method 'dkd': "
                                       r"expected int"),
     ("dkd", {"standardize": "maybe"}, r"standardize.*for method 'dkd'.*expected true or false"),
-    ("dist", {"tau": "4"}, r"unknown option tau='4' for method 'dist'"),
+    ("dist", {"temperature": "4"}, r"unknown option temperature='4' for method 'dist'"),
+    ("dist", {"tau": "0"}, r"option tau=0.0 for method 'dist': expected a positive number"),
     ("dist", {"gamma": "-2"}, r"option gamma=-2.0 for method 'dist': expected a number >= 0"),
     ("logit", {"standardize": "maybe"}, r"standardize.*for method 'logit'.*expected true or false"),
 ])

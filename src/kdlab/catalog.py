@@ -222,8 +222,10 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
                             "and torchdistill default", minimum=0.0),
         "gamma": Option(1.0, "intra-class weight: DIST reference code and torchdistill "
                              "default", minimum=0.0),
-        "temperature": Option(1.0, "tau: DIST reference code and torchdistill default",
-                              above=0.0)}),
+        # Named tau, not temperature: the run's temperature (4 by default) fills every
+        # method option called temperature, and DIST's reference softens with 1.
+        "tau": Option(1.0, "DIST reference code and torchdistill default (not the run's "
+                           "temperature)", above=0.0)}),
 )}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 

@@ -44,14 +44,14 @@ class DISTDistiller(Distiller):
         self.weight = float(self.options["weight"])
         self.beta = float(self.options["beta"])
         self.gamma = float(self.options["gamma"])
-        self.temperature = float(self.options["temperature"])
+        self.tau = float(self.options["tau"])
 
     def forward(self, student, teacher, batch: BatchContext):
         """Logits ``[B, K]`` -> ``{"dist_inter": scalar, "dist_intra": scalar}``."""
         with torch.autocast(student.logits.device.type, enabled=False):
-            student_p = F.softmax(student.logits.float() / self.temperature, dim=1)
-            teacher_p = F.softmax(teacher.logits.float().detach() / self.temperature, dim=1)
-            scale = self.weight * self.temperature ** 2
+            student_p = F.softmax(student.logits.float() / self.tau, dim=1)
+            teacher_p = F.softmax(teacher.logits.float().detach() / self.tau, dim=1)
+            scale = self.weight * self.tau ** 2
             inter = 1 - mean_pearson(student_p, teacher_p)
             intra = 1 - mean_pearson(student_p.t(), teacher_p.t())
             return {"dist_inter": scale * self.beta * inter,
