@@ -549,3 +549,23 @@ def test_dkd_and_dist_reject_different_class_counts():
     for name in ("dkd", "dist"):
         with pytest.raises(UserError, match=f"{name}: student has 10 classes, teacher 11"):
             build(name, teacher=other)
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_every_new_method_runs_on_real_models_sized_from_their_shapes(name):
+    """Connectors sized by describe_features fit the models' real Features (a ResNet8
+    student, a ResNet20 teacher: 10 classes, 16-pixel images)."""
+    from kdlab.models import build_model, describe_features
+
+    torch.manual_seed(0)
+    student_model, teacher_model = build_model("ResNet8", 10), build_model("ResNet20", 10)
+    distiller = build_distiller(name, describe_features("ResNet8", 10, 16),
+                                describe_features("ResNet20", 10, 16), {})
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        teacher = teacher_model(images)
+    terms = distiller(student_model(images), teacher, BatchContext(labels=labels_for(48, 4)))
+    total = sum(terms.values())
+    total.backward()
+    assert torch.isfinite(total)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student_model.parameters())
