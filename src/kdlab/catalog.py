@@ -226,6 +226,21 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         # method option called temperature, and DIST's reference softens with 1.
         "tau": Option(1.0, "DIST reference code and torchdistill default (not the run's "
                            "temperature)", above=0.0)}),
+    MethodFacts("ofd", {
+        "weight": Option(0.001, "mdistiller OFD.LOSS.FEAT_WEIGHT (configs/cifar100/ofd.yaml "
+                                "keeps it; the authors' code divides by 1000)", minimum=0.0),
+        "kernel_size": Option(1, "mdistiller OFD.CONNECTOR.KERNEL_SIZE (odd: the connector "
+                                 "keeps the student's map size)", minimum=1)}),
+    MethodFacts("reviewkd", {
+        "weight": Option(5.0, "mdistiller configs/cifar100/reviewkd.yaml REVIEWKD_WEIGHT "
+                              "(its code default is 1)", minimum=0.0),
+        "warmup_epochs": Option(20, "mdistiller REVIEWKD.WARMUP_EPOCHS: the loss rises "
+                                    "linearly over the first 20 epochs (0: no warm-up)",
+                                minimum=0),
+        "max_mid_channels": Option(512, "mdistiller ReviewKD: ABF width min(512, the student's "
+                                        "pooled width) (REVIEWKD.MAX_MID_CHANNEL)", minimum=1),
+        "student_preact": Option(False, "mdistiller REVIEWKD.STU_PREACT: the student's stages "
+                                        "after their ReLU; true: before it")}),
 )}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 

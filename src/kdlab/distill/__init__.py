@@ -25,6 +25,8 @@ _METHOD_MODULES = {
     "pkt": "pkt",
     "dkd": "dkd",
     "dist": "dist",
+    "ofd": "ofd",
+    "reviewkd": "reviewkd",
 }
 METHOD_NAMES = tuple(_METHOD_MODULES)
 

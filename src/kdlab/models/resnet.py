@@ -75,6 +75,12 @@ class CifarResNet(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight)
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the batch norm whose output (plus the shortcut, which OFD's margin
+        ignores, as mdistiller's ``get_bn_before_relu``) precedes the stage's last ReLU: the
+        last block's ``bn2``. Same order and length as ``Features.preact``."""
+        return [stage[-1].bn2 for stage in (self.layer1, self.layer2, self.layer3)]
+
     def forward(self, x: torch.Tensor) -> Features:
         out = F.relu(self.bn1(self.conv1(x)))
         stages, preact = [], []
