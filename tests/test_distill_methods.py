@@ -1,5 +1,5 @@
-"""The methods written against the feature contract (sp, pkt, cc, vid, dkd, dist, and logit's
-standardize option): each loss and its gradient against a computation of the formula written
+"""The methods written against the feature contract (sp, pkt, cc, vid, dkd, dist, ofd, reviewkd
+and logit's standardize option): each loss and its gradient against a computation of the formula written
 out here in float64 (loops and numpy-style algebra, nothing from kdlab's modules), against
 torchdistill where its loss has the same form (and the documented difference where it does
 not), finite gradients in degenerate batches, and one-line errors for bad options."""
@@ -22,7 +22,7 @@ CLASSES = 10
 STUDENT = FeatureShapes(((16, 8, 8), (32, 4, 4), (64, 2, 2)), 64, CLASSES)
 TEACHER = FeatureShapes(((32, 8, 8), (64, 4, 4), (128, 2, 2)), 128, CLASSES)
 LARGER_TEACHER = FeatureShapes(((32, 16, 16), (64, 8, 8), (128, 4, 4)), 128, CLASSES)
-NEW_METHODS = ("sp", "pkt", "cc", "vid", "dkd", "dist")
+NEW_METHODS = ("sp", "pkt", "cc", "vid", "dkd", "dist", "ofd", "reviewkd")
 
 
 def random_features(seed: int, shapes: FeatureShapes, batch: int = BATCH) -> Features:
@@ -43,9 +43,30 @@ def labels_for(seed: int, batch: int = BATCH) -> torch.Tensor:
     return torch.randint(0, CLASSES, (batch,), generator=torch.Generator().manual_seed(seed))
 
 
+class TeacherBatchNorms(torch.nn.Module):
+    """Stands in for a teacher where a method reads its weights (OFD's margins): per stage
+    the batch norm before its last ReLU, with seeded affine parameters (some γ negative)."""
+
+    def __init__(self, shapes: FeatureShapes, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.norms = torch.nn.ModuleList(torch.nn.BatchNorm2d(c) for c, _, _ in shapes.stages)
+        with torch.no_grad():
+            for norm in self.norms:
+                norm.weight.copy_(torch.randn(norm.num_features, generator=generator) * 0.6)
+                norm.bias.copy_(torch.randn(norm.num_features, generator=generator) * 0.6)
+
+    def preact_batchnorms(self):
+        return list(self.norms)
+
+
 def build(name, student=STUDENT, teacher=TEACHER, **options):
+    """The method built from shapes and attached to a stand-in teacher (a no-op for the
+    methods that read nothing from it)."""
     torch.manual_seed(0)
-    return build_distiller(name, student, teacher, options)
+    distiller = build_distiller(name, student, teacher, options)
+    distiller.attach_teacher(TeacherBatchNorms(teacher))
+    return distiller
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor | float) -> bool:
@@ -488,6 +509,11 @@ def degenerate_batches():
 def test_gradients_finite_in_degenerate_batches(name, options, precision):
     for case, (student, teacher) in degenerate_batches().items():
         distiller = build(name, **options)
+        if student.logits.shape[0] == 1:
+            # Training batches hold at least 2 samples (data/device.py drops a last batch of
+            # one), as batch norm over ReviewKD's 1×1 pooled level needs: one sample is the
+            # evaluation case.
+            distiller.eval()
         leaves = leaf_features(student)
         batch = BatchContext(labels=labels_for(44, batch=student.logits.shape[0]), epoch=30)
         if precision == "float32":
@@ -517,6 +543,8 @@ def test_every_new_method_registered_with_documented_defaults():
     assert (resolve_options("sp", {})["weight"], resolve_options("cc", {})["weight"],
             resolve_options("vid", {})["weight"], resolve_options("pkt", {})["weight"]) \
         == (3000.0, 0.02, 1.0, 30000.0)
+    assert (resolve_options("ofd", {})["weight"], resolve_options("reviewkd", {})["weight"],
+            resolve_options("reviewkd", {})["warmup_epochs"]) == (0.001, 5.0, 20)
 
 
 @pytest.mark.parametrize("name, options, message", [
@@ -537,6 +565,16 @@ def test_every_new_method_registered_with_documented_defaults():
     ("dist", {"tau": "0"}, r"option tau=0.0 for method 'dist': expected a positive number"),
     ("dist", {"gamma": "-2"}, r"option gamma=-2.0 for method 'dist': expected a number >= 0"),
     ("logit", {"standardize": "maybe"}, r"standardize.*for method 'logit'.*expected true or false"),
+    ("ofd", {"kernel_size": "2"}, r"option kernel_size=2 for method 'ofd': expected an odd "
+                                  r"number"),
+    ("ofd", {"kernel_size": "0"}, r"option kernel_size=0 for method 'ofd': expected a number >= 1"),
+    ("ofd", {"weight": "-0.1"}, r"option weight=-0.1 for method 'ofd': expected a number >= 0"),
+    ("reviewkd", {"warmup_epochs": "-1"}, r"option warmup_epochs=-1 for method 'reviewkd': "
+                                          r"expected a number >= 0"),
+    ("reviewkd", {"max_mid_channels": "0"}, r"option max_mid_channels=0 for method 'reviewkd': "
+                                            r"expected a number >= 1"),
+    ("reviewkd", {"student_preact": "pre"}, r"student_preact.*for method 'reviewkd'.*expected "
+                                            r"true or false"),
 ])
 def test_bad_options_are_one_line_user_errors(name, options, message):
     with pytest.raises(UserError, match=message) as caught:
@@ -561,6 +599,7 @@ def test_every_new_method_runs_on_real_models_sized_from_their_shapes(name):
     student_model, teacher_model = build_model("ResNet8", 10), build_model("ResNet20", 10)
     distiller = build_distiller(name, describe_features("ResNet8", 10, 16),
                                 describe_features("ResNet20", 10, 16), {})
+    distiller.attach_teacher(teacher_model)
     images = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         teacher = teacher_model(images)
@@ -569,3 +608,250 @@ def test_every_new_method_runs_on_real_models_sized_from_their_shapes(name):
     total.backward()
     assert torch.isfinite(total)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student_model.parameters())
+
+
+# --------------------------------------------------------------------------- ofd and reviewkd
+
+def clipped_normal_margin(gamma: float, beta: float) -> float:
+    """Heo et al. eq. 4 / get_margin_from_BN: E[x | x < 0] for x ~ N(β, γ²), integrated
+    numerically by scipy; −3|γ| where P(x < 0) ≤ 0.001."""
+    from scipy.stats import norm
+
+    distribution = norm(loc=beta, scale=abs(gamma))
+    if distribution.cdf(0.0) > 0.001:
+        return distribution.expect(lambda x: x, ub=0.0, conditional=True)
+    return -3 * abs(gamma)
+
+
+def test_ofd_margin_equals_the_clipped_normal_expectation():
+    from kdlab.distill.ofd import margins_from_batchnorm
+
+    gammas = [1.0, -1.0, 0.3, 2.5, -0.7, 0.5, 1.0, 0.2]
+    betas = [0.0, 0.0, -0.4, 1.2, 0.9, 1.4, -2.0, 1.0]    # the last: P(x < 0) < 0.001
+    norm_layer = torch.nn.BatchNorm2d(len(gammas))
+    with torch.no_grad():
+        norm_layer.weight.copy_(torch.tensor(gammas))
+        norm_layer.bias.copy_(torch.tensor(betas))
+        norm_layer.running_mean.fill_(7.0)      # the running statistics play no part
+    margins = margins_from_batchnorm(norm_layer)
+    expected = torch.tensor([clipped_normal_margin(g, b) for g, b in zip(gammas, betas)],
+                            dtype=torch.float64)
+    torch.testing.assert_close(margins.double(), expected, rtol=RELATIVE, atol=0)
+    assert margins[-1] == pytest.approx(-0.6) and bool((margins < 0).all())
+    # γ = 0: the output is the constant β; the formula's limit is min(β, 0).
+    with torch.no_grad():
+        norm_layer.weight.zero_()
+    assert torch.equal(margins_from_batchnorm(norm_layer),
+                       torch.tensor([min(b, 0.0) for b in betas]))
+
+
+def ofd_partial_l2_reference(student, teacher, margin):
+    """Heo et al. eq. 5-6: the teacher lifted to its margin, T = max(t, m); the distance
+    (T − S)² except where S ≤ T ≤ 0; summed over C, H, W and averaged over the batch."""
+    target = torch.maximum(teacher, margin)
+    skipped = (student <= target) & (target <= 0)
+    return torch.where(skipped, torch.zeros_like(student), (target - student) ** 2).sum() \
+        / student.shape[0]
+
+
+def batchnorm_training_reference(x, norm_layer):
+    """(x − batch mean) / sqrt(biased batch variance + ε) · γ + β per channel."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    variance = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+    gamma = norm_layer.weight.detach().double().view(1, -1, 1, 1)
+    beta = norm_layer.bias.detach().double().view(1, -1, 1, 1)
+    return (x - mean) / torch.sqrt(variance + norm_layer.eps) * gamma + beta
+
+
+def block_mean(x, side_h, side_w):
+    """Average of equal blocks: [B, C, H, W] -> [B, C, side_h, side_w]."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, side_h, h // side_h, side_w, w // side_w).mean(dim=(3, 5))
+
+
+@pytest.mark.parametrize("teacher_shapes", [TEACHER, LARGER_TEACHER], ids=["same size", "larger"])
+def test_ofd_equals_its_formula_with_gradients(teacher_shapes):
+    student, teacher = random_features(50, STUDENT), random_features(51, teacher_shapes)
+    distiller = build("ofd", teacher=teacher_shapes)
+    with torch.no_grad():   # connectors' BN away from its (1, 0) start, so a mix-up shows
+        for connector in distiller.connectors:
+            connector[1].weight.uniform_(0.5, 1.5)
+            connector[1].bias.uniform_(-0.5, 0.5)
+    terms, leaves = run(distiller, student, teacher)
+    stand_in = TeacherBatchNorms(teacher_shapes)
+    expected, student_leaves = 0, []
+    for stage, connector in enumerate(distiller.connectors):
+        student_map = float64_leaf(student.preact[stage])
+        student_leaves.append(student_map)
+        weight = connector[0].weight.detach().double()[:, :, 0, 0]
+        connected = batchnorm_training_reference(
+            torch.einsum("oc,bchw->bohw", weight, student_map), connector[1])
+        target = block_mean(teacher.preact[stage].double(), *connected.shape[-2:])
+        norm_layer = stand_in.preact_batchnorms()[stage]
+        margin = torch.tensor([clipped_normal_margin(g, b) for g, b in
+                               zip(norm_layer.weight.tolist(), norm_layer.bias.tolist())],
+                              dtype=torch.float64).view(1, -1, 1, 1)
+        # the last stage weighs 1, each earlier one half the next (mdistiller's ofd_loss)
+        expected = expected + ofd_partial_l2_reference(connected, target, margin) \
+            / 2 ** (len(distiller.connectors) - 1 - stage)
+        assert connector[0].weight.shape == (teacher_shapes.stages[stage][0],
+                                             STUDENT.stages[stage][0], 1, 1)
+    expected = 0.001 * expected
+    expected.backward()
+    assert set(terms) == {"ofd"} and close(terms["ofd"], expected)
+    for leaf, student_leaf in zip(leaves.preact, student_leaves):
+        assert_gradients_match(leaf.grad, student_leaf.grad)
+    assert all(leaf.grad is None for leaf in leaves.stages)   # pre-ReLU maps only
+
+
+def test_ofd_margins_are_buffers_restored_with_the_state_dict():
+    student, teacher = random_features(52, STUDENT), random_features(53, TEACHER)
+    trained = build("ofd")
+    batch = BatchContext(labels=labels_for(0))
+    state = trained.state_dict()
+    assert {f"margin_{i}" for i in range(3)} <= set(state)
+    restored = build_distiller("ofd", STUDENT, TEACHER, {})
+    with pytest.raises(UserError, match=r"ofd: the teacher's margins are unset") as caught:
+        restored(student, teacher, batch)
+    assert "\n" not in str(caught.value)
+    restored.load_state_dict(state)
+    for index in range(3):
+        assert torch.equal(restored.margin(index), trained.margin(index))
+    assert torch.equal(restored(student, teacher, batch)["ofd"],
+                       trained(student, teacher, batch)["ofd"])
+
+
+def test_ofd_reads_the_resnet_batchnorm_before_each_stage_relu():
+    """preact_batchnorms(): the BN whose output plus the block's shortcut is Features.preact."""
+    from kdlab.models import build_model
+
+    torch.manual_seed(0)
+    for name in ("ResNet8", "ResNet20"):
+        model = build_model(name, 10).eval()
+        norms = model.preact_batchnorms()
+        blocks = [stage[-1] for stage in (model.layer1, model.layer2, model.layer3)]
+        norm_outputs, block_inputs = {}, {}
+        handles = []
+        for stage, (norm, block) in enumerate(zip(norms, blocks)):
+            handles.append(norm.register_forward_hook(
+                lambda m, i, o, stage=stage: norm_outputs.__setitem__(stage, o)))
+            # the block's input is its first convolution's (the forward calls the block's
+            # preactivation, not its forward)
+            handles.append(block.conv1.register_forward_pre_hook(
+                lambda m, i, stage=stage: block_inputs.__setitem__(stage, i[0])))
+        with torch.no_grad():
+            features = model(torch.randn(2, 3, 16, 16))
+        for handle in handles:
+            handle.remove()
+        assert len(norms) == len(features.preact) == 3
+        for stage, (block, preact) in enumerate(zip(blocks, features.preact)):
+            with torch.no_grad():
+                shortcut = block.shortcut(block_inputs[stage])
+            norm_output = norm_outputs[stage]
+            torch.testing.assert_close(norm_output + shortcut, preact)
+
+
+def test_ofd_teacher_without_batchnorms_or_with_too_few_is_a_user_error():
+    distiller = build_distiller("ofd", STUDENT, TEACHER, {})
+    with pytest.raises(UserError, match=r"ofd: the teacher \(Linear\) has no "
+                                        r"preact_batchnorms\(\)") as caught:
+        distiller.attach_teacher(torch.nn.Linear(2, 2))
+    assert "\n" not in str(caught.value)
+    two_stages = FeatureShapes(TEACHER.stages[:2], TEACHER.pooled, CLASSES)
+    with pytest.raises(UserError, match=r"gives 2 pre-ReLU batch norms for 3 stages"):
+        distiller.attach_teacher(TeacherBatchNorms(two_stages))
+
+
+def nearest_resize(x, height, width):
+    """Nearest-neighbour resize by whole factors (each pixel repeated)."""
+    return x.repeat_interleave(height // x.shape[2], dim=2) \
+        .repeat_interleave(width // x.shape[3], dim=3)
+
+
+def hcl_reference(student, teacher):
+    """Chen et al.'s HCL as mdistiller's hcl_loss: MSE, plus the MSE of both maps averaged to
+    4×4, 2×2, 1×1 (each side below the map's), weighted 1/2, 1/4, ... and normalised by the
+    weights' sum."""
+    loss, weight, total = ((student - teacher) ** 2).mean(), 1.0, 1.0
+    for side in (4, 2, 1):
+        if side >= student.shape[2]:
+            continue
+        weight /= 2
+        loss = loss + weight * ((block_mean(student, side, side)
+                                 - block_mean(teacher, side, side)) ** 2).mean()
+        total += weight
+    return loss / total
+
+
+def abf_reference(fusion, student_map, deeper, output_size):
+    """One ABF level in float64: 1×1 conv + BN; sigmoid attention over [x, deeper↑] mixing
+    both; nearest resize to the teacher's size; 3×3 conv + BN."""
+    weight = fusion.reduce[0].weight.detach().double()[:, :, 0, 0]
+    x = batchnorm_training_reference(torch.einsum("oc,bchw->bohw", weight, student_map),
+                                     fusion.reduce[1])
+    if deeper is not None:
+        deeper = nearest_resize(deeper, *x.shape[-2:])
+        attention = fusion.attention[0]
+        logits = torch.einsum("oc,bchw->bohw", attention.weight.detach().double()[:, :, 0, 0],
+                              torch.cat([x, deeper], dim=1)) \
+            + attention.bias.detach().double().view(1, -1, 1, 1)
+        gates = 1 / (1 + torch.exp(-logits))
+        x = x * gates[:, :1] + deeper * gates[:, 1:]
+    x = nearest_resize(x, *output_size)
+    out = torch.nn.functional.conv2d(x, fusion.output[0].weight.detach().double(), padding=1)
+    return batchnorm_training_reference(out, fusion.output[1]), x
+
+
+@pytest.mark.parametrize("teacher_shapes, epoch, factor",
+                         [(TEACHER, 30, 1.0), (LARGER_TEACHER, 30, 1.0), (TEACHER, 4, 5 / 20)],
+                         ids=["same size", "larger", "warm-up"])
+def test_reviewkd_equals_its_formula_with_gradients(teacher_shapes, epoch, factor):
+    student, teacher = random_features(54, STUDENT), random_features(55, teacher_shapes)
+    student = signed_pooled(student, 4)
+    distiller = build("reviewkd", teacher=teacher_shapes)
+    labels = labels_for(56)
+    terms, leaves = run(distiller, student, teacher, BatchContext(labels=labels, epoch=epoch))
+    inputs = [float64_leaf(map_) for map_ in student.stages] + [float64_leaf(student.pooled)]
+    levels = inputs[:3] + [inputs[3][:, :, None, None]]
+    targets = [t.double() for t in teacher.preact] + [teacher.pooled.double()[:, :, None, None]]
+    expected, deeper = 0, None
+    for level in (3, 2, 1, 0):     # deepest first, each fusing the deeper result
+        output, deeper = abf_reference(distiller.fusions[level], levels[level], deeper,
+                                       targets[level].shape[-2:])
+        expected = expected + hcl_reference(output, targets[level])
+    expected = 5.0 * factor * expected
+    expected.backward()
+    assert set(terms) == {"reviewkd"} and close(terms["reviewkd"], expected)
+    for leaf, reference in zip([*leaves.stages, leaves.pooled], inputs):
+        assert_gradients_match(leaf.grad, reference.grad)
+    assert all(leaf.grad is None for leaf in leaves.preact)   # student after its ReLU
+    # widths: in = student level, mid = min(512, student pooled), out = teacher level
+    assert [f.reduce[0].weight.shape[:2] for f in distiller.fusions] == \
+        [(64, 16), (64, 32), (64, 64), (64, 64)]
+    assert [f.output[0].weight.shape[0] for f in distiller.fusions] == [32, 64, 128, 128]
+    assert [f.attention is None for f in distiller.fusions] == [False, False, False, True]
+
+
+def test_reviewkd_student_preact_option_reads_the_pre_relu_maps():
+    student, teacher = random_features(57, STUDENT), random_features(58, TEACHER)
+    terms, leaves = run(build("reviewkd", student_preact=True), student, teacher)
+    assert all(leaf.grad is not None for leaf in leaves.preact)
+    assert all(leaf.grad is None for leaf in leaves.stages)
+    post = build("reviewkd")(student, teacher, BatchContext(labels=labels_for(0)))
+    assert not close(post["reviewkd"], terms["reviewkd"])
+
+
+def test_reviewkd_hcl_equals_torchdistill(torchdistill_losses):
+    """torchdistill's HierarchicalContextLoss (after the authors' ImageNet code) is HCL of
+    one level; kdlab's sum over levels equals the sum of torchdistill's per level."""
+    from kdlab.distill.reviewkd import hierarchical_context_loss
+
+    generator = torch.Generator().manual_seed(59)
+    for side in (8, 4, 2, 1):
+        fused = torch.randn(BATCH, 5, side, side, generator=generator)
+        target = torch.randn(BATCH, 5, side, side, generator=generator)
+        loss = torchdistill_losses.HierarchicalContextLoss("s", "output", "t", "output")
+        theirs = loss({"s": {"output": (fused, None)}}, {"t": {"output": target}})
+        assert close(hierarchical_context_loss(fused, target), theirs)
+        assert close(hierarchical_context_loss(fused, target), hcl_reference(fused.double(),
+                                                                             target.double()))
