@@ -1,8 +1,10 @@
-"""The methods written against the feature contract (sp, pkt, cc, vid, dkd, dist, ofd, reviewkd
-and logit's standardize option): each loss and its gradient against a computation of the formula written
-out here in float64 (loops and numpy-style algebra, nothing from kdlab's modules), against
-torchdistill where its loss has the same form (and the documented difference where it does
-not), finite gradients in degenerate batches, and one-line errors for bad options."""
+"""The methods written against the feature contract (sp, pkt, cc, vid, dkd, dist, ofd,
+reviewkd and logit's standardize option): each loss and its gradient against a computation of
+the formula written out here in float64 (loops and numpy-style algebra, nothing from kdlab's
+modules), against torchdistill where its loss has the same form (and the documented
+difference where it does not), finite gradients in degenerate batches, and one-line errors
+for bad options. torchdistill has no OFD loss (its AltActTransferLoss is AB's); its
+HierarchicalContextLoss is ReviewKD's HCL for one level."""
 
 import math
 
