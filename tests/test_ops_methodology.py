@@ -243,3 +243,29 @@ def test_methodology_describes_crd_and_a_combination(tmp_path):
     assert f"| crd+logit (logit) | {method_defaults('logit')['weight']:g} |" in text
     citations = f"{method_class('crd').citation}; {method_class('logit').citation}"
     assert citations in markdown
+
+
+def test_methodology_says_what_each_method_distils(tmp_path):
+    """Each method's summary from the catalog, and an option's note only where the study sets
+    it away from its default (standardize for dkd, not for logit)."""
+    from kdlab import catalog
+
+    methods = ["logit", "sp", "pkt", "cc", "vid", "dkd", "dist", "ofd", "reviewkd"]
+    path = write_study(tmp_path / "study.toml", methods=methods, alphas=[0.5], seeds=[0],
+                       extra="[method_options.dkd]\nstandardize = true\ntemperature = 2.0\n"
+                             "[method_options.reviewkd]\nstudent_preact = true\n")
+    markdown_path, latex_path = write_methodology(load_study(path), tmp_path / "out")
+    markdown = markdown_path.read_text()
+    section = markdown.split("## Distillation methods")[1].split("\n## ")[0]
+    assert "What each method distils:" in section
+    latex = latex_path.read_text()
+    assert latex.isascii() and "1$\\times$1" in latex and "T$^2$" in latex
+    for method in methods:
+        assert f"- {method}: {catalog.METHODS[method].summary}" in section, method
+    note = catalog.METHODS["dkd"].options["standardize"].note
+    assert "Sun et al. 2024" in note and "base temperature 2" in note
+    assert f"{catalog.METHODS['dkd'].summary} {note}" in section
+    assert section.count(note) == 1                                # not under logit
+    assert "(student_preact = true)" in section
+    assert "mdistiller's OFD.py" in section and "evaluation mode" in section
+    assert "hierarchical context loss" in section and "4×4, 2×2 and 1×1" in section

@@ -160,7 +160,8 @@ class Option:
     """One option of a method: ``default`` fixes its type (bool, int, float or str);
     ``minimum``/``above`` bound numbers (inclusive / exclusive); ``choices`` lists the
     allowed strings; ``stage``: one stage of a model, ``layers``: a comma list of stages
-    (see :func:`stage_reference_problem`); ``source``: why this default."""
+    (see :func:`stage_reference_problem`); ``source``: why this default; ``note``: what the
+    methodology adds where a study sets another value than the default."""
 
     default: Any
     source: str
@@ -169,6 +170,7 @@ class Option:
     choices: tuple[str, ...] | None = None
     layers: bool = False
     stage: bool = False
+    note: str = ""
 
     @property
     def kind(self) -> type:
@@ -177,20 +179,41 @@ class Option:
 
 @dataclass(frozen=True)
 class MethodFacts:
+    """``summary``: what the method distils and how, for ``kdlab methodology`` (one or two
+    sentences naming the reference code it equals)."""
+
     name: str
     options: dict[str, Option] = field(default_factory=dict)
+    summary: str = ""
 
     def defaults(self) -> dict[str, Any]:
         return {key: option.default for key, option in self.options.items()}
 
+    def description(self, options: dict[str, Any]) -> str:
+        """The summary, then the note of each option ``options`` sets away from its default."""
+        notes = [option.note for key, option in self.options.items()
+                 if option.note and key in options and options[key] != option.default]
+        return " ".join(part for part in (self.summary, *notes) if part)
+
 
 _ALL_LAYERS = ",".join(LAYER_NAMES)
+STANDARDIZE_NOTE = ("With standardize = true both models' logits are first z-scored per sample "
+                    "(mean 0, standard deviation 1 across classes; Sun et al. 2024, logit "
+                    "standardisation), which makes the loss blind to each sample's logit shift "
+                    "and scale; the authors use base temperature 2.")
 METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
     MethodFacts("logit", {
         "temperature": Option(4.0, "the earlier round's T (also RepDistiller's and "
                                    "mdistiller's default)", above=0.0),
         "weight": Option(1.0, "the paper weighs the soft term only through T² and alpha",
-                         minimum=0.0)}),
+                         minimum=0.0),
+        # Sun et al. (CVPR 2024) run it with temperature 2 (their base temperature) and a KD
+        # weight of 9 against CE 0.1 (sunshangquan/logit-standardization-KD).
+        "standardize": Option(False, "Hinton's form; true: Sun et al. 2024's z-scored logits "
+                                     "(their base temperature 2: set temperature = 2)",
+                              note=STANDARDIZE_NOTE)},
+        summary="Logit KD (Hinton et al. 2015): the KL divergence from the teacher's to the "
+                "student's softmax at temperature T, times T², averaged over the batch."),
     MethodFacts("factor_transfer", {
         "rate": Option(0.5, "paraphrase rate k: the paper's and the FT authors' default",
                        above=0.0),
@@ -202,12 +225,19 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         # With the MSE reconstruction and lr 0.1, the plain conv stack diverged to NaN within
         # two epochs on a ResNet20's layer3 (Digits); with BN it trained stably.
         "batch_norm": Option(True, "BN after every conv of paraphraser and translator "
-                                   "(RepDistiller's use_bn)")}),
+                                   "(RepDistiller's use_bn)")},
+        summary="Factor transfer (Kim et al. 2018): a paraphraser, an autoencoder trained first "
+                "on the teacher's last stage, gives the teacher's factors; a translator on the "
+                "student's last stage gives the student's; the loss is the mean absolute "
+                "difference of the L2-normalised factors."),
     MethodFacts("attention_transfer", {
         "p": Option(2.0, "the paper's and RepDistiller's p", minimum=1.0),
         "weight": Option(1000.0, "RepDistiller's --beta for AT; mdistiller 1000", minimum=0.0),
         "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
-                         layers=True)}),
+                         layers=True)},
+        summary="Attention transfer (Zagoruyko & Komodakis 2017): each distilled stage's "
+                "spatial attention map (the channel mean of the activations to the power p), "
+                "L2-normalised, matched by squared distance."),
     MethodFacts("fitnets", {
         "student_layer": Option("layer1", "the earlier round's guided layer", stage=True),
         "hint_layer": Option("layer2", "the earlier round's hint layer", stage=True),
@@ -218,7 +248,9 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         # 0: hint and CE jointly from the first epoch (RepDistiller, the earlier code); N > 0:
         # the paper's two stages, the first N epochs on the hint alone.
         "hint_epochs": Option(0, "RepDistiller's joint form; the paper's stage 1 when > 0",
-                              minimum=0)}),
+                              minimum=0)},
+        summary="FitNets (Romero et al. 2015): a convolutional regressor maps the student's "
+                "guided stage onto the teacher's hint stage, matched by mean squared error."),
     MethodFacts("rkd", {
         # The paper (and RepDistiller) use 25 / 50; the earlier round's collapse came from
         # the grad scaler skipping every step, not these weights.
@@ -226,11 +258,17 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "angle_weight": Option(2.0, "the earlier round's weight", minimum=0.0),
         "weight": Option(1.0, "RepDistiller's --beta for RKD", minimum=0.0),
         "angle": Option("triplet", "the paper's form; 'pairwise_cosine' is the earlier "
-                                   "round's", choices=("triplet", "pairwise_cosine"))}),
+                                   "round's", choices=("triplet", "pairwise_cosine"))},
+        summary="RKD (Park et al. 2019): the student's batch of pooled vectors should have the "
+                "teacher's pairwise distances (normalised by their mean) and angles, each "
+                "matched by the Huber loss and weighted separately."),
     MethodFacts("nst", {
         "weight": Option(50.0, "RepDistiller's --beta for NST", minimum=0.0),
         "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
-                         layers=True)}),
+                         layers=True)},
+        summary="NST (Huang & Wang 2017): the distributions of each distilled stage's "
+                "L2-normalised channel patterns, matched by the squared maximum mean "
+                "discrepancy with a polynomial kernel."),
     MethodFacts("crd", {
         "weight": Option(0.8, "RepDistiller's --beta for CRD (train_student.py)", minimum=0.0),
         "feature_dim": Option(128, "RepDistiller's --feat_dim", minimum=1),
@@ -238,7 +276,117 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         # Not 'temperature': a method's 'temperature' option is filled from the run's KD
         # temperature (--temperature, 4 by default).
         "nce_temperature": Option(0.07, "RepDistiller's --nce_t", above=0.0),
-        "momentum": Option(0.5, "RepDistiller's --nce_m (memory bank update)", minimum=0.0)}),
+        "momentum": Option(0.5, "RepDistiller's --nce_m (memory bank update)", minimum=0.0)},
+        summary="CRD (Tian et al. 2020): both pooled vectors are embedded (linear, "
+                "L2-normalised); each sample's student embedding must pick out the teacher's "
+                "embedding of the same image among negatives drawn from momentum memory banks "
+                "of the whole training set, by RepDistiller's NCE loss, and symmetrically."),
+    MethodFacts("sp", {
+        "weight": Option(3000.0, "RepDistiller's --beta for SP (README)", minimum=0.0)},
+        summary="SP (Tung & Mori 2019): the student's batch should have the teacher's "
+                "pairwise similarities, the row-normalised Gram matrices of both last stages' "
+                "maps compared by squared Frobenius distance over B², as RepDistiller's SP.py."),
+    MethodFacts("cc", {
+        "weight": Option(0.02, "RepDistiller's --beta for CC (README)", minimum=0.0),
+        "embedding": Option(128, "RepDistiller's --feat_dim (LinearEmbed on the pooled "
+                                 "features)", minimum=1),
+        "form": Option("consecutive", "RepDistiller's CC.py (consecutive samples' "
+                                      "differences); 'gaussian': the paper's kernel "
+                                      "correlation", choices=("consecutive", "gaussian")),
+        "gamma": Option(0.4, "form 'gaussian' only: torchdistill's CCKD example (the paper's "
+                             "Gaussian RBF kernel, Taylor-expanded)", above=0.0),
+        "order": Option(2, "form 'gaussian' only: Taylor order P, torchdistill's CCKD "
+                           "example", minimum=1)},
+        summary="CC (Peng et al. 2019): both pooled vectors pass through trained linear "
+                "embeddings; by default, as RepDistiller's CC.py (the code behind its published "
+                "numbers, not the paper's formula), the loss averages the products of "
+                "consecutive samples' absolute embedding differences; form = gaussian is the "
+                "paper's: correlation matrices under a Taylor-expanded Gaussian kernel compared "
+                "by mean squared difference."),
+    MethodFacts("vid", {
+        "weight": Option(1.0, "RepDistiller's --beta for VID (README)", minimum=0.0),
+        # Above the 1e-5 the variance is floored at (distill/vid.py's VARIANCE_FLOOR).
+        "initial_variance": Option(5.0, "RepDistiller VIDLoss init_pred_var", above=1e-5)},
+        summary="VID (Ahn et al. 2019) maximises a variational bound on the mutual "
+                "information between paired stages: the negative log-likelihood of the "
+                "teacher's map under a Gaussian whose mean three 1×1 convolutions predict from "
+                "the student's map and whose per-channel variance is learnt (the larger map "
+                "average-pooled to the other's size), as RepDistiller's VID.py."),
+    MethodFacts("pkt", {
+        "weight": Option(30000.0, "RepDistiller's --beta for PKT (README)", minimum=0.0)},
+        summary="PKT (Passalis & Tefas 2018): the cosine similarities between the batch's "
+                "pooled vectors, each row made a probability distribution, matched by KL "
+                "divergence, as the authors' code and RepDistiller's PKT.py."),
+    MethodFacts("dkd", {
+        "weight": Option(1.0, "mdistiller weighs DKD only through alpha and beta",
+                         minimum=0.0),
+        "alpha": Option(1.0, "mdistiller DKD.ALPHA (TCKD weight)", minimum=0.0),
+        # Per pair, mdistiller's configs/cifar100/dkd/*.yaml override BETA: 2 for
+        # res56->res20 and res110->res32; 6 for vgg13->vgg8, vgg13->MobileNetV2,
+        # wrn40_2->wrn16_2 and wrn40_2->wrn40_1; the default 8 for res32x4->res8x4,
+        # res32x4->ShuffleV1/V2, ResNet50->MobileNetV2 and wrn40_2->ShuffleV1.
+        "beta": Option(8.0, "mdistiller DKD.BETA (NCKD weight); its CIFAR-100 configs use 2 "
+                            "for res56->res20 and res110->res32, 6 for vgg13->vgg8, "
+                            "vgg13->MobileNetV2, wrn40_2->wrn16_2 and wrn40_2->wrn40_1, 8 "
+                            "for the other pairs", minimum=0.0),
+        "temperature": Option(4.0, "mdistiller DKD.T", above=0.0),
+        "warmup_epochs": Option(20, "mdistiller DKD.WARMUP: the loss rises linearly over the "
+                                    "first 20 epochs (0: no warm-up)", minimum=0),
+        "standardize": Option(False, "mdistiller's form; true: Sun et al. 2024's z-scored "
+                                     "logits (their base temperature 2: set temperature = 2)",
+                              note=STANDARDIZE_NOTE)},
+        summary="DKD (Zhao et al. 2022) splits the KD loss at temperature T into a target-class "
+                "term (TCKD: the teacher's and student's binary target-versus-rest "
+                "distributions, weighted alpha) and a non-target term (NCKD: their "
+                "distributions over the other classes, weighted beta), both rising linearly "
+                "over the first warmup_epochs epochs, as mdistiller's DKD.py; mdistiller's "
+                "CIFAR-100 configurations lower beta to 2 or 6 for some pairs."),
+    MethodFacts("dist", {
+        "weight": Option(1.0, "DIST weighs its terms through beta and gamma", minimum=0.0),
+        "beta": Option(1.0, "inter-class weight: DIST reference code (hunto, dist_kd.py) "
+                            "and torchdistill default", minimum=0.0),
+        "gamma": Option(1.0, "intra-class weight: DIST reference code and torchdistill "
+                             "default", minimum=0.0),
+        # Named tau, not temperature: the run's temperature (4 by default) fills every
+        # method option called temperature, and DIST's reference softens with 1.
+        "tau": Option(1.0, "DIST reference code and torchdistill default (not the run's "
+                           "temperature)", above=0.0)},
+        summary="DIST (Huang et al. 2022): one minus the Pearson correlation of the teacher's "
+                "and student's softmax outputs at temperature tau, across classes for each "
+                "sample (inter-class, weighted beta) and across the batch for each class "
+                "(intra-class, weighted gamma), each times tau²."),
+    MethodFacts("ofd", {
+        "weight": Option(0.001, "mdistiller OFD.LOSS.FEAT_WEIGHT (configs/cifar100/ofd.yaml "
+                                "keeps it; the authors' code divides by 1000)", minimum=0.0),
+        "kernel_size": Option(1, "mdistiller OFD.CONNECTOR.KERNEL_SIZE (odd: the connector "
+                                 "keeps the student's map size)", minimum=1)},
+        summary="OFD (Heo et al. 2019) distils every paired stage before its ReLU: the "
+                "student's map through a 1×1 convolution and batch norm, against the teacher's "
+                "(average-pooled to the student's size) with values below a per-channel margin "
+                "raised to it, by a partial L2 distance that skips positions where both are at "
+                "most 0 and the student lower; the margin is the expected value of the "
+                "teacher's batch-norm output given that it is negative, from the norm's "
+                "weight and bias; the last stage weighs 1 and each one before half the next, "
+                "as mdistiller's OFD.py. Unlike mdistiller, which switches the teacher to "
+                "training mode, the teacher stays in evaluation mode."),
+    MethodFacts("reviewkd", {
+        "weight": Option(5.0, "mdistiller configs/cifar100/reviewkd.yaml REVIEWKD_WEIGHT "
+                              "(its code default is 1)", minimum=0.0),
+        "warmup_epochs": Option(20, "mdistiller REVIEWKD.WARMUP_EPOCHS: the loss rises "
+                                    "linearly over the first 20 epochs (0: no warm-up)",
+                                minimum=0),
+        "max_mid_channels": Option(512, "mdistiller ReviewKD: ABF width min(512, the student's "
+                                        "pooled width) (REVIEWKD.MAX_MID_CHANNEL)", minimum=1),
+        "student_preact": Option(False, "mdistiller REVIEWKD.STU_PREACT: the student's stages "
+                                        "after their ReLU; true: before it",
+                                 note="The student's stages enter before their ReLU "
+                                      "(student_preact = true).")},
+        summary="ReviewKD (Chen et al. 2021) matches each paired teacher stage (before its "
+                "ReLU) and the teacher's pooled vector with a fusion of the student's same and "
+                "deeper levels, built deepest first by attention-based fusion modules, compared "
+                "by the hierarchical context loss (mean squared error at full size and at 4×4, "
+                "2×2 and 1×1 average-pooled levels); the loss rises linearly over the first "
+                "warmup_epochs epochs, as mdistiller's ReviewKD.py."),
 )}
 COMBINATION_SEPARATOR = "+"
 

@@ -22,6 +22,14 @@ _METHOD_MODULES = {
     "nst": "nst",
     "rkd": "rkd",
     "crd": "crd",
+    "sp": "sp",
+    "cc": "cc",
+    "vid": "vid",
+    "pkt": "pkt",
+    "dkd": "dkd",
+    "dist": "dist",
+    "ofd": "ofd",
+    "reviewkd": "reviewkd",
 }
 METHOD_NAMES = tuple(_METHOD_MODULES)
 
@@ -101,8 +109,11 @@ def build(name: str, student="ResNet8x4", teacher="ResNet32x4", *, num_classes: 
     method's options (defaults from :mod:`kdlab.catalog`); ``train_labels`` [N] int64: the
     training set's labels, for methods with state over it (CRD). The module's
     ``forward(student_features, teacher_features, batch)`` returns the named, weighted loss
-    terms; put its ``parameters()`` into the optimizer beside the student's.
+    terms; put its ``parameters()`` into the optimizer beside the student's. A method that
+    reads the teacher's weights (OFD's margins) needs the built teacher, with its weights.
     """
+    from ..models import FeatureShapes
+
     student_shapes = _shapes_of(student, num_classes, image_size)
     teacher_shapes = _shapes_of(teacher, num_classes, image_size)
     distiller = build_distiller(name, student_shapes, teacher_shapes, options,
@@ -112,6 +123,8 @@ def build(name: str, student="ResNet8x4", teacher="ResNet32x4", *, num_classes: 
         import torch
 
         distiller.attach_training_set(torch.as_tensor(train_labels, dtype=torch.int64))
+    if not isinstance(teacher, (str, FeatureShapes)):  # a built teacher: its weights too
+        distiller.attach_teacher(teacher)
     return distiller
 
 

@@ -112,6 +112,14 @@ class Distiller(nn.Module):
         """Run (or resume, or skip when already done) a stage before student training."""
         return None
 
+    # ---- optional: read what the method needs from the loaded teacher (OFD's margins) ----
+    def attach_teacher(self, teacher: nn.Module) -> None:
+        """Called once with the teacher, its weights loaded, before student training starts
+        (and before a checkpoint's distiller state is restored). A method that derives fixed
+        values from the teacher's weights computes them here and keeps them in buffers, so
+        they are saved with the checkpoint. The default needs nothing."""
+        return None
+
     def frozen_state_files(self) -> list[str]:
         """Files in the run directory this method writes besides the loop's own; the loop
         removes them when a run is started over (``--force-restart``)."""

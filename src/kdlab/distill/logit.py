@@ -10,12 +10,29 @@ from ..errors import UserError
 from . import register
 from .base import Distiller, autocast_off
 
+# Added to the standard deviation before dividing (Sun et al.'s reference code and torchdistill's
+# LogitStdKDLoss): keeps a constant logit vector finite.
+STANDARDIZE_EPSILON = 1e-7
+# The variance is floored here before its square root: a constant logit vector (variance 0)
+# then gets a zero gradient instead of sqrt's 0/0; above it the value is torch.std's.
+VARIANCE_FLOOR = 1e-30
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` -> the same logits z-scored per sample along the class axis,
+    ``(z - mean) / (1e-7 + std)`` with the unbiased standard deviation (``torch.std``), as
+    Sun et al. (CVPR 2024, logit standardisation) compute it."""
+    mean = logits.mean(dim=1, keepdim=True)
+    std = logits.var(dim=1, keepdim=True).clamp(min=VARIANCE_FLOOR).sqrt()
+    return (logits - mean) / (STANDARDIZE_EPSILON + std)
+
 
 @register
 class LogitDistiller(Distiller):
     """``kl = weight · T² · KL(softmax(t/T) ‖ softmax(s/T))``, summed over classes, mean over
     the batch (RepDistiller ``DistillKL``: ``kl_div(sum) · T² / B``; mdistiller ``kd_loss``:
-    ``kl_div(none).sum(1).mean() · T²``). The T² keeps the gradient scale independent of T."""
+    ``kl_div(none).sum(1).mean() · T²``). The T² keeps the gradient scale independent of T.
+    ``standardize``: both logits z-scored first (:func:`standardize`, Sun et al. 2024)."""
 
     name = "logit"
     citation = ("Hinton, Vinyals & Dean (2015), Distilling the Knowledge in a Neural Network, "
@@ -32,12 +49,16 @@ class LogitDistiller(Distiller):
             raise UserError(f"option temperature={self.temperature} for method 'logit': "
                             "expected a positive number")
         self.weight = float(self.options["weight"])
+        self.standardize_logits = bool(self.options["standardize"])
 
     def forward(self, student, teacher, batch):
         """Logits ``[B, K]`` -> ``{"kl": scalar}``."""
         with autocast_off(student):
             student_logits = student.logits.float()
             teacher_logits = teacher.logits.float().detach()
+            if self.standardize_logits:
+                student_logits = standardize(student_logits)
+                teacher_logits = standardize(teacher_logits)
             temperature = self.temperature
             log_p_student = F.log_softmax(student_logits / temperature, dim=1)
             log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)

@@ -376,6 +376,12 @@ def _methods_section(study: Study, earlier: bool) -> Section:
         rows.append([method, ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
                      or "—", citation])
     methods.table(["method", "settings", "reference"], rows)
+    described = [(method, catalog.METHODS[method].description(
+        effective_method_options(study, method))) for method in study.methods
+        if method in catalog.METHODS]
+    if any(text for _, text in described):
+        methods.paragraph("What each method distils:")
+        methods.items([f"{method}: {text}" for method, text in described if text])
     return methods
 
 

@@ -187,7 +187,8 @@ def _setup(members: list[_Member], students: list[Student], force_restart: bool,
         device_module.seed_everything(config.seed)
         if config.distillation != PURE:  # the draws of the teacher a solo run builds first
             build_model(config.teacher_model, info.num_classes)
-        state = build_state(member.ctx, info.num_classes, info.image_size, data.train_labels)
+        state = build_state(member.ctx, info.num_classes, info.image_size,
+                            data.train_labels, teacher)
         try:
             restore_state(member.ctx, state, force_restart)
         except UserError as error:

@@ -172,7 +172,7 @@ def _train(ctx: RunContext, status: dict | None, force_restart: bool, download: 
     data, info, validation_split = load_data(config, ctx.device, download)
     teacher = (load_teacher(config, info.num_classes, ctx.device)
                if config.distillation != PURE else None)
-    state = build_state(ctx, info.num_classes, info.image_size, data.train_labels)
+    state = build_state(ctx, info.num_classes, info.image_size, data.train_labels, teacher)
     restore_state(ctx, state, force_restart)
     if not lock.held:  # a new run: its directory is created only now, once all is valid
         lock.acquire()

@@ -110,11 +110,13 @@ class Student:
 
 
 def build_state(ctx: RunContext, num_classes: int, image_size: int,
-                train_labels: torch.Tensor | None = None) -> TrainingState:
+                train_labels: torch.Tensor | None = None,
+                teacher: torch.nn.Module | None = None) -> TrainingState:
     """A fresh student (and the method's modules) with its optimizer, schedule and scaler,
     drawn from the global generator in the order a solo run has always used.
     ``train_labels`` [N]: the training set's labels, given to a method with state over the
-    training set (CRD's memory bank)."""
+    training set (CRD's memory bank); ``teacher``: the loaded teacher, given to a method that
+    derives fixed values from its weights (OFD's margins)."""
     from ..models import build_model, describe_features
 
     config = ctx.config
@@ -132,6 +134,8 @@ def build_state(ctx: RunContext, num_classes: int, image_size: int,
                                     teacher_model=config.teacher_model)
         if train_labels is not None:
             distiller.attach_training_set(train_labels)
+        if teacher is not None:
+            distiller.attach_teacher(teacher)
         distiller = distiller.to(ctx.device)
     trainable = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
