@@ -23,6 +23,7 @@ RELATIVE = 1e-5
 BATCH = 6
 IMAGE = 8  # maps 8x8, 4x4, 2x2: small enough for explicit loops
 SHAPES = describe_features("ResNet8", 10, IMAGE)
+TEACHER_MODEL = build_model("ResNet8", 10)
 
 
 def as_features(tensors) -> Features:
@@ -51,6 +52,7 @@ CONTEXT = BatchContext(torch.arange(BATCH) % 10, torch.arange(BATCH) * 3)
 def build(name, **options):
     distiller = build_distiller(name, SHAPES, SHAPES, options)
     distiller.attach_training_set(TRAIN_LABELS)
+    distiller.attach_teacher(TEACHER_MODEL)  # the teacher SHAPES describes (OFD's margins)
     if name == "factor_transfer":
         distiller.paraphraser_ready = True  # stage 1 is tested on its own below
     return distiller

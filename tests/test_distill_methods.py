@@ -209,10 +209,8 @@ def kd_reference(z_s, z_t, temperature):
 # ----------------------------------------------------------------------- each method's value
 
 def logit_distiller(options):
-    """The logit method, which still takes the old shapes ``[*stages, (K,)]`` and outputs
-    ``[*stages, logits]`` (Features reads as that sequence)."""
-    return build_distiller("logit", [*STUDENT.stages, (CLASSES,)],
-                           [*TEACHER.stages, (CLASSES,)], options)
+    """The logit method, built from the same shapes as the others."""
+    return build_distiller("logit", STUDENT, TEACHER, options)
 
 
 def run(distiller, student, teacher, batch=None):
