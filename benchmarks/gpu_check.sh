@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 14): train Digits on CUDA for 2 epochs (the pure teacher, and an RKD
+# GPU check (issues 14, 22, 23): train Digits on CUDA for 2 epochs (the pure teacher, and an RKD
 # student at alpha 0.95 from it), then run bench_pack.py and bench_kd_step.py on the GPU and
 # print their figures. Run from the repository root on a machine with a CUDA device:
 #     bash benchmarks/gpu_check.sh [WORKDIR]
@@ -39,3 +39,5 @@ echo "== bench_pack.py (ResNet56 students, ResNet110 teacher, B=128)"
 "$python" benchmarks/bench_pack.py --device cuda --sizes 1,6,18 --rounds 10
 echo "== bench_kd_step.py"
 "$python" benchmarks/bench_kd_step.py --device cuda --rounds 10
+echo "== bench_models.py (every model: parameters, MACs, one step's time and memory; channels_last, bf16)"
+"$python" benchmarks/bench_models.py --device cuda --rounds 5
