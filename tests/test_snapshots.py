@@ -120,3 +120,32 @@ def test_a_bad_study_value_is_one_line_naming_the_key(tmp_path, value, message):
         load_study(write_study(tmp_path / "s.toml",
                                training=f"epochs = 4\nsnapshot_epochs = {value}"))
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_methodology_states_the_snapshots_disk_use(tmp_path):
+    import torch
+
+    from kdlab.models import build_model
+    from kdlab.ops.methodology_facts import objective_blocks
+
+    study = load_study(write_study(tmp_path / "s.toml", teacher="ResNet56", student="ResNet8",
+                                   training='epochs = 4\nsnapshot_epochs = "log:3"'))
+    text = " ".join(block[1] for block in objective_blocks(study, [])
+                    if block[0] == "p" and block[1].startswith("Snapshots"))
+
+    def size(name: str) -> tuple[int, int]:   # float32 values, int64 BatchNorm counters
+        model = build_model(name, 10)
+        values = sum(p.numel() for p in model.parameters()) + sum(
+            b.numel() for b in model.buffers())
+        counters = sum(1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        return values, 4 * (values - counters) + 8 * counters
+
+    values, nbytes = size("ResNet56")
+    assert f"ResNet56 after epochs 1, 2, 4: {values:,} parameters and buffers, " \
+           f"{nbytes / 1e6:.1f} MB a snapshot" in text
+    runs = study.runs()
+    total = sum(3 * size(spec.model)[1] for spec in runs)
+    assert f"The {len(runs)} runs of the grid keep {total / 1e9:.2f} GB of snapshots." in text
+    plain = load_study(write_study(tmp_path / "p.toml"))
+    assert not any(block[1].startswith("Snapshots") for block in objective_blocks(plain, [])
+                   if block[0] == "p")
