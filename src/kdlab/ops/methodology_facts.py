@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 
 from .. import catalog
-from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words
+from ..config import (KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words,
+                      snapshot_epochs_of)
 from ..layout import format_alpha
 from ..status import COMPLETED, RunState
 from ..study import Study
@@ -192,7 +193,8 @@ def snapshot_text(study: Study) -> str | None:
     per_model: dict[str, tuple[list[int], int, int]] = {}
     total = 0
     for spec in runs:
-        epochs = study.train_config(spec).snapshot_epoch_list
+        settings = {**study.training, **study.model_training.get(spec.model, {})}
+        epochs = snapshot_epochs_of(settings.get("snapshot_epochs", []), settings["epochs"])
         classes = catalog.DATASETS[spec.dataset].classes
         if spec.model not in per_model:
             per_model[spec.model] = (epochs, *snapshot_bytes(spec.model, classes))
