@@ -5,6 +5,7 @@ on Digits for an epoch and extracts it (slow)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -96,10 +97,12 @@ def test_extracts_finished_runs_with_the_documented_names_and_shapes(tree):
         np.testing.assert_array_equal(arrays["labels"], labels)
 
 
-def _check_forward_pass(run_dir: Path, stored: dict) -> None:
-    """The stored rows are the spatial means of an independent forward pass."""
+def _check_forward_pass(run_dir: Path, stored: dict, weights: Path | None = None) -> None:
+    """The stored rows are the spatial means of an independent forward pass (of the run's
+    best.pth, or of ``weights``)."""
     model = build_model("ResNet8", 10)
-    model.load_state_dict(torch.load(run_dir / runstate.BEST_FILE)["weights"])
+    model.load_state_dict(torch.load(weights or run_dir / runstate.BEST_FILE,
+                                     weights_only=True)["weights"])
     model.eval()
     arrays = load_arrays("Digits")
     images = normalize(torch.as_tensor(arrays.test_images[:7]), arrays.info)
@@ -214,3 +217,69 @@ def test_analysis_folder_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys)
     assert error.count("\n") == 1 and "Traceback" not in error
     assert str(tmp_path / "analysis") in error and "writable" in error
     assert (tmp_path / "analysis").read_text().startswith("a file")
+
+
+@pytest.mark.slow
+def test_snapshots_of_a_queued_study_are_extracted_incrementally(tmp_path):
+    """A Digits study keeping snapshots after epochs 1 and 2, trained through the queue
+    (local backend): each snapshot becomes a representation with its epoch in the
+    provenance, computed as the final weights' is; a second pass does nothing."""
+    import json
+    import subprocess
+    import sys
+
+    import conftest
+    from kdlab.analysis.store import read_provenance
+    from kdlab.status import study_run_states
+
+    study_path = conftest.write_study(
+        tmp_path / "study.toml", name="snap", methods=(), alphas=(), student="ResNet8",
+        top=f'data_root = "{tmp_path / "data"}"\nanalysis_dir = "{tmp_path / "analysis"}"\n',
+        training='epochs = 2\ndevice = "cpu"\nsnapshot_epochs = [1, 2]',
+        tables='[scheduler]\nbackend = "local"\nmax_live_jobs = 2\n')
+    study = load_study(study_path)
+
+    def all_completed():
+        result = subprocess.run([sys.executable, "-m", "kdlab", "queue", str(study_path)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return all(state.state == "completed" for state in study_run_states(study))
+    conftest.wait_until(all_completed, "the study to complete", timeout=900, every=2.0)
+
+    report = extract.extract_study(study, device="cpu", log=lambda line: None)
+    pure, teacher = RunSpec("Digits", "ResNet8", 0), RunSpec("Digits", "ResNet20", 0)
+    expected = {layout.representation_path(study.analysis_dir, "snap", spec, role, epoch=epoch)
+                for spec, role in ((pure, "pure"), (teacher, "teacher"))
+                for epoch in (None, 1, 2)}
+    assert set(report.extracted) == expected and report.skipped == []
+    run_dir = layout.run_dir(study.experiments_dir, pure)
+    for epoch in (1, 2):
+        path = layout.representation_path(study.analysis_dir, "snap", pure, "pure", epoch=epoch)
+        assert path.parent.name == "snapshots" and path.name == f"pure_s0_e{epoch:04d}.npz"
+        snapshot = layout.snapshot_path(run_dir, epoch)
+        provenance = read_provenance(path)
+        assert provenance["epoch"] == epoch and provenance["run"] == pure.name
+        assert provenance["weights_sha256"] == hashlib.sha256(snapshot.read_bytes()).hexdigest()
+        _check_forward_pass(run_dir, load_representation(path), weights=snapshot)
+    assert "epoch" not in read_provenance(
+        layout.representation_path(study.analysis_dir, "snap", pure, "pure"))
+    # best.pth is the snapshot of the epoch with the best test accuracy (the first of equals):
+    # the two representations hold the same arrays
+    test_acc = json.loads((run_dir / runstate.METRICS_FILE).read_text())["test_acc"]
+    best_epoch = test_acc.index(max(test_acc)) + 1
+    final = load_representation(layout.representation_path(study.analysis_dir, "snap", pure,
+                                                            "pure"))
+    at_best = load_representation(layout.representation_path(study.analysis_dir, "snap", pure,
+                                                              "pure", epoch=best_epoch))
+    assert final.keys() == at_best.keys()
+    assert all(np.array_equal(final[key], at_best[key]) for key in final)
+
+    again = extract.extract_study(study, device="cpu", log=lambda line: None)
+    assert again.extracted == [] and set(again.up_to_date) == expected
+    # a snapshot written anew (as --force-restart's training writes it) is extracted again
+    snapshot = layout.snapshot_path(run_dir, 1)
+    stored = layout.representation_path(study.analysis_dir, "snap", pure, "pure", epoch=1)
+    future = stored.stat().st_mtime_ns + 10_000_000_000
+    os.utime(snapshot, ns=(future, future))
+    third = extract.extract_study(study, device="cpu", log=lambda line: None)
+    assert third.extracted == [stored]

@@ -353,3 +353,38 @@ def test_a_pack_holding_its_own_teacher_is_refused(solo, tmp_path, capsys):
         assert "teacher" in err
     assert snapshot(teacher_dir) == before
     assert not run_dir(student.experiments_dir, student.run_spec()).exists()
+
+
+def test_a_pack_member_s_snapshots_equal_the_solo_run_s(solo, tmp_path, monkeypatch):
+    """Snapshots after every epoch of a pure and a distilled student: alone, and in a pack
+    preempted after epoch 1 and resumed, the files hold the same tensors."""
+    from kdlab.layout import snapshot_epochs_present, snapshot_path
+
+    def snapshot_configs(root):
+        base = dict(dataset="Digits", model=STUDENT, seed=SEED, batch_size=128, epochs=2,
+                    device="cpu", snapshot_epochs=[1, 2],
+                    experiments_dir=str(root / "experiments"), data_root=str(root / "data"))
+        return [TrainConfig(**base), TrainConfig(distillation="logit", teacher_model=TEACHER,
+                                                 alpha=0.9, **base)]
+
+    def snapshots(config):
+        directory = run_dir(config.experiments_dir, config.run_spec())
+        return {epoch: torch.load(snapshot_path(directory, epoch), weights_only=True)
+                for epoch in snapshot_epochs_present(directory)}
+
+    alone = tmp_path / "alone"
+    with_teacher(solo, alone)
+    for config in snapshot_configs(alone):
+        assert train_run(config, quiet=True) == "completed"
+    packed = tmp_path / "packed"
+    with_teacher(solo, packed)
+    _stopped_after_epoch_1(monkeypatch, snapshot_configs(packed))
+    assert all(sorted(snapshots(config)) == [1] for config in snapshot_configs(packed))
+    assert set(train_pack(snapshot_configs(packed), quiet=True).values()) == {"completed"}
+    for alone_config, packed_config in zip(snapshot_configs(alone), snapshot_configs(packed)):
+        expected, found = snapshots(alone_config), snapshots(packed_config)
+        assert sorted(expected) == sorted(found) == [1, 2]
+        for epoch in (1, 2):
+            assert found[epoch]["epoch"] == epoch
+            assert all(torch.equal(found[epoch]["weights"][key], value)
+                       for key, value in expected[epoch]["weights"].items())

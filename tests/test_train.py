@@ -595,3 +595,105 @@ def test_a_refused_resume_leaves_config_json_as_it_was(tmp_path, capsys):
     assert json.loads(before["config.json"])["batch_size"] == 128
     assert main(["train", "--config", str(directory / "config.json"), "--quiet"]) == 0
     assert runstate.read_status(directory)["status"] == "completed"
+
+
+# ---- snapshots (issue 25): the weights after chosen epochs, equal however the run got there --
+
+SNAPSHOTS = [1, 2, 3]
+
+
+def _snapshots(directory: Path) -> dict[int, dict]:
+    from kdlab.layout import snapshot_epochs_present, snapshot_path
+
+    return {epoch: torch.load(snapshot_path(directory, epoch), weights_only=True)
+            for epoch in snapshot_epochs_present(directory)}
+
+
+def _same_snapshots(found: dict[int, dict], expected: dict[int, dict]) -> bool:
+    return sorted(found) == sorted(expected) and all(
+        found[epoch]["epoch"] == epoch and set(found[epoch]["weights"]) ==
+        set(expected[epoch]["weights"]) and all(
+            torch.equal(found[epoch]["weights"][key], value)
+            for key, value in expected[epoch]["weights"].items())
+        for epoch in expected)
+
+
+@pytest.fixture(scope="module")
+def snapshot_reference(tmp_path_factory):
+    """A run with snapshots after every epoch, trained straight through."""
+    root = tmp_path_factory.mktemp("snapshot_reference")
+    assert train_run(config(root, snapshot_epochs=SNAPSHOTS), quiet=True) == runstate.COMPLETED
+    directory = the_run_dir(root)
+    return {"snapshots": _snapshots(directory), "metrics": runstate.read_metrics(directory),
+            "last": torch.load(directory / "checkpoint.pth", weights_only=True)["model"]}
+
+
+def test_snapshots_hold_the_weights_after_their_epochs(snapshot_reference, reference):
+    snapshots = snapshot_reference["snapshots"]
+    assert sorted(snapshots) == SNAPSHOTS
+    assert all(set(payload) == {"weights", "epoch"} for payload in snapshots.values())
+    last = snapshot_reference["last"]   # the weights after the last epoch, from the checkpoint
+    assert all(torch.equal(snapshots[3]["weights"][key], value) for key, value in last.items())
+    assert not all(torch.equal(snapshots[1]["weights"][key], value)
+                   for key, value in last.items())
+    # keeping snapshots changes nothing of the training
+    assert comparable(snapshot_reference["metrics"]) == comparable(reference["metrics"])
+
+
+def test_snapshots_after_a_sigkill_and_resume_equal_the_straight_run(tmp_path,
+                                                                      snapshot_reference):
+    flags = ("--snapshot-epochs", "1,2,3", "--quiet")
+    process = _spawn(tmp_path, *flags)
+    _wait_for_epoch(tmp_path, 1, process)
+    time.sleep(0.3)  # somewhere inside epoch 2
+    process.kill()
+    process.wait()
+    assert runstate.read_status(the_run_dir(tmp_path))["status"] == "in_progress"
+    assert main(train_args(tmp_path, EPOCHS, *flags)) == 0
+    assert _same_snapshots(_snapshots(the_run_dir(tmp_path)), snapshot_reference["snapshots"])
+
+
+def test_a_snapshot_written_before_a_kill_in_the_checkpoint_write_is_rewritten_equal(
+        tmp_path, snapshot_reference):
+    """The snapshot of epoch 2 is on disk, its checkpoint not: the resume repeats epoch 2
+    and writes the same snapshot again."""
+    flags = ("--snapshot-epochs", "1,2,3", "--quiet")
+    result = subprocess.run([sys.executable, "-c", _DIE_IN_CHECKPOINT_WRITE,
+                             *train_args(tmp_path, EPOCHS, *flags)], capture_output=True)
+    assert result.returncode == 9
+    directory = the_run_dir(tmp_path)
+    assert torch.load(directory / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    assert sorted(_snapshots(directory)) == [1, 2]
+    assert main(train_args(tmp_path, EPOCHS, *flags)) == 0
+    assert _same_snapshots(_snapshots(directory), snapshot_reference["snapshots"])
+
+
+def test_a_run_past_an_epoch_when_snapshots_are_added_does_not_invent_one(
+        tmp_path, snapshot_reference, monkeypatch):
+    import kdlab.training.epochs as epochs_module
+
+    real_train_epoch = epochs_module.train_epoch
+
+    def stop_before_epoch_2(students, teacher, data, epoch, flag, **kwargs):
+        if epoch == 1:
+            raise epochs_module.Preempted("stopped")
+        return real_train_epoch(students, teacher, data, epoch, flag, **kwargs)
+
+    monkeypatch.setattr(epochs_module, "train_epoch", stop_before_epoch_2)
+    assert train_run(config(tmp_path), quiet=True) == runstate.IN_PROGRESS
+    monkeypatch.undo()
+    # the setting is not part of what a resume must match: the run goes on from epoch 1
+    assert train_run(config(tmp_path, snapshot_epochs=[1, 3]), quiet=True) == \
+        runstate.COMPLETED
+    expected = {3: snapshot_reference["snapshots"][3]}
+    assert _same_snapshots(_snapshots(the_run_dir(tmp_path)), expected)
+    assert json.loads((the_run_dir(tmp_path) / "config.json").read_text())[
+        "snapshot_epochs"] == [1, 3]
+
+
+def test_force_restart_removes_the_old_snapshots(tmp_path, capsys):
+    assert train_run(config(tmp_path, epochs=1, snapshot_epochs=[1]), quiet=True) == \
+        runstate.COMPLETED
+    assert sorted(_snapshots(the_run_dir(tmp_path))) == [1]
+    assert main(train_args(tmp_path, 1, "--force-restart", "--quiet")) == 0
+    assert _snapshots(the_run_dir(tmp_path)) == {}

@@ -59,6 +59,44 @@ def _increasing_epochs(milestones: list[int]) -> str | None:
 
 # A list setting's kind: (list, kind of its items), as the study loader writes list kinds.
 EPOCH_LIST = (list, int)
+# The kind of a setting that is a list of epochs or a rule naming them ("log:6").
+EPOCHS_OR_RULE = "epochs_or_rule"
+
+SNAPSHOT_RULES = "log:N (N >= 1 log-spaced epochs) or every:K (every K-th epoch, K >= 1)"
+
+
+def snapshot_epochs_of(setting: list[int] | str, epochs: int) -> list[int]:
+    """The (1-based, ascending) epochs after which a run of ``epochs`` epochs keeps its
+    weights, from its ``snapshot_epochs`` setting: a list is taken as it is; ``"log:N"`` is
+    ``floor(epochs ** (i / (N - 1)) + 0.5)`` for i = 0 .. N-1 with repeats dropped (1 and
+    ``epochs`` always, fewer than N points when rounding merges early ones; ``log:1`` is
+    ``epochs`` alone); ``"every:K"`` is K, 2K, ... and always ``epochs``. ValueError for a
+    rule of another form."""
+    if isinstance(setting, list):
+        return sorted(set(setting))
+    name, _, count_text = setting.partition(":")
+    if name not in ("log", "every") or not (count_text.isascii() and count_text.isdigit()) or int(count_text) < 1:
+        raise ValueError(setting)
+    count = int(count_text)
+    if name == "every":
+        return sorted({*range(count, epochs + 1, count), epochs})
+    if count == 1:
+        return [epochs]
+    return sorted({math.floor(epochs ** (index / (count - 1)) + 0.5)
+                   for index in range(count)})
+
+
+def _snapshot_setting(value: list[int] | str) -> str | None:
+    if isinstance(value, str):
+        try:
+            snapshot_epochs_of(value, 1)
+        except ValueError:
+            return f"a list of epochs or a rule: {SNAPSHOT_RULES}"
+        return None
+    if all(epoch >= 1 for epoch in value) and all(
+            later > earlier for earlier, later in zip(value, value[1:])):
+        return None
+    return f"strictly increasing epochs >= 1 (e.g. 1,5,25) or a rule: {SNAPSHOT_RULES}"
 
 
 def _installed(package: str) -> bool:
@@ -151,10 +189,21 @@ class TrainConfig:
                              "bf16 or fp16 (through a grad scaler, on CPU too)", str,
                              choices=catalog.PRECISIONS)
     channels_last: bool = setting(False, "NHWC memory layout for models and batches", bool)
+    snapshot_epochs: list[int] | str = setting(
+        [], "epochs after which the run also keeps its weights in snapshots/ (for "
+        "representations over training): a comma list (1,5,25,75,150) or a rule: 'log:N' "
+        "(N log-spaced epochs from 1 to --epochs, rounded half up, repeats dropped, the last "
+        "epoch always) or 'every:K' (every K-th epoch and the last)", EPOCHS_OR_RULE,
+        check=_snapshot_setting, in_identity=False)
 
     def __post_init__(self) -> None:
         if self.dataset is _REQUIRED or self.model is _REQUIRED:
             raise UserError("--dataset and --model are required (or --config FILE)")
+
+    @property
+    def snapshot_epoch_list(self) -> list[int]:
+        """The epochs (1-based, ascending) after which this run keeps its weights."""
+        return snapshot_epochs_of(self.snapshot_epochs, self.epochs)
 
     @property
     def effective_label_smoothing(self) -> float:
@@ -213,13 +262,14 @@ class SettingError(UserError):
 
 # TrainConfig fields in which the runs of one pack may differ: what each run trains (model,
 # method, teacher model, alpha, method options) and how it is optimised (epochs, lr,
-# schedule, momentum, weight decay, label smoothing, temperature). Every other field shapes the
+# schedule, momentum, weight decay, label smoothing, temperature) and which epochs it keeps
+# as snapshots (the weights it saves, not how it trains). Every other field shapes the
 # data pipeline or the shared process (data set, seed, batch size, augmentation,
 # data_root, device, ...), so the members of a pack agree on it.
 PER_RUN_FIELDS = frozenset({"model", "distillation", "teacher_model", "alpha",
                             "method_options", "epochs", "lr", "lr_schedule", "lr_milestones",
                             "lr_decay", "momentum", "weight_decay", "label_smoothing",
-                            "temperature"})
+                            "temperature", "snapshot_epochs"})
 
 
 def pack_shared_fields() -> list[str]:
@@ -242,7 +292,9 @@ def setting_fields(where: str | None = None):
     return [f for f in fields(TrainConfig) if where is None or f.metadata["where"] == where]
 
 
-def kind_ok(value: Any, kind: type | tuple) -> bool:
+def kind_ok(value: Any, kind: type | tuple | str) -> bool:
+    if kind == EPOCHS_OR_RULE:
+        return isinstance(value, str) or kind_ok(value, EPOCH_LIST)
     if isinstance(kind, tuple):
         return isinstance(value, list) and all(kind_ok(item, kind[1]) for item in value)
     if kind is float:
@@ -253,7 +305,8 @@ def kind_ok(value: Any, kind: type | tuple) -> bool:
 
 
 _KIND_TEXT = {str: "a string", int: "an integer", float: "a number", dict: "a table",
-              bool: "true or false", EPOCH_LIST: "a list of integers"}
+              bool: "true or false", EPOCH_LIST: "a list of integers",
+              EPOCHS_OR_RULE: f"a list of integers or a rule ({SNAPSHOT_RULES})"}
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -275,6 +328,10 @@ def validate_config(config: TrainConfig) -> None:
         raise SettingError("lr_milestones", config.lr_milestones,
                            f"one or more epochs below --epochs {config.epochs} for the "
                            "'multistep' schedule")
+    if isinstance(config.snapshot_epochs, list) and config.snapshot_epochs and \
+            config.snapshot_epochs[-1] > config.epochs:
+        raise SettingError("snapshot_epochs", config.snapshot_epochs,
+                           f"epochs up to --epochs {config.epochs}")
     if config.distillation == PURE:
         if config.alpha is not None or config.teacher_model is not None:
             raise UserError("--alpha/--teacher-model were given without --distillation: "
@@ -346,7 +403,11 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 def _flag_value(kind: type | tuple):
     """The argparse converter of a field's kind (``bool("false")`` would be True; a list is
     a comma list: ``--lr-milestones 150,180,210``, also as config.json writes it, with
-    brackets: ``[150, 180, 210]``)."""
+    brackets: ``[150, 180, 210]``; a list-or-rule setting is a rule when it starts with a
+    letter: ``--snapshot-epochs log:6``)."""
+    if kind == EPOCHS_OR_RULE:
+        as_list = _flag_value(EPOCH_LIST)
+        return lambda text: text.strip() if text.strip()[:1].isalpha() else as_list(text)
     if isinstance(kind, tuple):
         def to_list(text: str) -> list:
             inner = text.strip()

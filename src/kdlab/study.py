@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .config import (GRID, PATHS, TRAINING, SettingError, TrainConfig, complete_options,
-                     kind_ok, setting_default, setting_fields, validate_config)
+from .config import (EPOCHS_OR_RULE, GRID, PATHS, SNAPSHOT_RULES, TRAINING, SettingError,
+                     TrainConfig, complete_options, kind_ok, setting_default, setting_fields,
+                     validate_config)
 from .errors import UserError
 from .layout import ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs, run_dir
 
@@ -385,12 +386,16 @@ def _is_kind(value: Any, kind) -> bool:
         return isinstance(value, list) and all(_is_kind(item, kind[1]) for item in value)
     if kind == "optional_str":
         return value is None or isinstance(value, str)
+    if kind == EPOCHS_OR_RULE:
+        return kind_ok(value, kind)
     return isinstance(value, kind)
 
 
 def _kind_name(kind) -> str:
     if isinstance(kind, tuple) and kind[0] is list:
         return f"a list of {_kind_name(kind[1])}s"
+    if kind == EPOCHS_OR_RULE:
+        return f"a list of integers or a rule ({SNAPSHOT_RULES})"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
             dict: "a table"}.get(kind, str(kind))
 

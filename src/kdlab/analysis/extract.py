@@ -7,6 +7,9 @@ evaluated on the test split (no augmentation, eval mode, inference mode); the ou
 every stage of the model is global-average-pooled and saved under the stage's own name
 (the model's facts) with the logits and labels in one ``.npz`` per run (see :mod:`kdlab.analysis.store`). A representation newer than its
 ``best.pth`` is kept; unfinished, failed or corrupt runs are skipped with a one-line reason.
+Each snapshot a finished run kept (``snapshot_epochs``) is extracted the same way into
+:func:`kdlab.layout.representation_path` ``(..., epoch=N)``, with ``epoch`` in its
+provenance, and kept while it is newer than its snapshot file.
 """
 
 from __future__ import annotations
@@ -147,11 +150,41 @@ def _damaged_representation(targets: list[Path]) -> str | None:
     return None
 
 
+@dataclass
+class _Weights:
+    """One weights file of a finished run to extract: its final ``best.pth`` (``epoch``
+    None) or the snapshot after ``epoch``, and the representation files it becomes."""
+
+    spec: RunSpec
+    run_dir: Path
+    path: Path
+    targets: list[Path]
+    epoch: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.spec.name if self.epoch is None else f"{self.spec.name} epoch {self.epoch}"
+
+
+def _weights_of(study: Study, spec: RunSpec, run_dir: Path) -> list[_Weights]:
+    """The final weights and every snapshot of one finished run, with their targets."""
+    roles = _roles(study, spec)
+    weights = [_Weights(spec, run_dir, run_dir / runstate.BEST_FILE,
+                        [layout.representation_path(study.analysis_dir, study.name, spec, role)
+                         for role in roles])]
+    for epoch in layout.snapshot_epochs_present(run_dir):
+        weights.append(_Weights(spec, run_dir, layout.snapshot_path(run_dir, epoch),
+                                [layout.representation_path(study.analysis_dir, study.name,
+                                                            spec, role, epoch=epoch)
+                                 for role in roles], epoch))
+    return weights
+
+
 def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
-                  log: Callable[[str], None]) -> list[tuple[RunSpec, Path, list[Path]]]:
-    """(run, run directory, representation files) of every finished run of the study whose
-    representations are missing or older than its weights; records the others."""
-    work: list[tuple[RunSpec, Path, list[Path]]] = []
+                  log: Callable[[str], None]) -> list[_Weights]:
+    """The weights (final and snapshots) of every finished run of the study whose
+    representations are missing or older than them; records the others."""
+    work: list[_Weights] = []
     for spec, run_dir in study.run_dirs(experiments_dir):
         outside = _outside_study(study, spec)
         if outside is not None:
@@ -162,16 +195,18 @@ def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
             report.skipped.append((spec.name, reason))
             log(f"skip {spec.name}: {reason}")
             continue
-        targets = [layout.representation_path(study.analysis_dir, study.name, spec, role)
-                   for role in _roles(study, spec)]
-        damaged = _damaged_representation(targets)
-        if damaged is not None:  # derived from best.pth: named, then extracted again
-            log(f"{spec.name}: {damaged}")
-        if _is_up_to_date(targets, run_dir / runstate.BEST_FILE,
-                          study.training["augmentation"]):
-            report.up_to_date.extend(targets)
-            continue
-        work.append((spec, run_dir, targets))
+        for weights in _weights_of(study, spec, run_dir):
+            damaged = _damaged_representation(weights.targets)
+            if damaged is not None:  # derived from the weights: named, then extracted again
+                log(f"{weights.label}: {damaged}")
+            try:
+                if _is_up_to_date(weights.targets, weights.path,
+                                  study.training["augmentation"]):
+                    report.up_to_date.extend(weights.targets)
+                    continue
+            except FileNotFoundError:  # a snapshot removed since it was listed
+                continue
+            work.append(weights)
     return work
 
 
@@ -230,8 +265,8 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
     data_of: dict[str, object] = {}  # data set -> DeviceData, or the UserError text
     augmentation = study.training["augmentation"]   # the test view: kdlab's or the earlier one
     # grouped by data set (stable: walk order within one), one data set in memory at a time
-    for index, (spec, run_dir, targets) in enumerate(sorted(work, key=lambda w: w[0].dataset),
-                                                     1):
+    for index, weights in enumerate(sorted(work, key=lambda w: w.spec.dataset), 1):
+        spec, run_dir, targets = weights.spec, weights.run_dir, weights.targets
         if spec.dataset not in data_of:
             data_of.clear()
             try:
@@ -242,27 +277,29 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
                 data_of[spec.dataset] = str(error)
         device_data = data_of[spec.dataset]
         if isinstance(device_data, str):
-            report.skipped.append((spec.name, f"test data unavailable: {device_data}"))
-            log(f"skip {spec.name}: test data unavailable: {device_data}")
+            report.skipped.append((weights.label, f"test data unavailable: {device_data}"))
+            log(f"skip {weights.label}: test data unavailable: {device_data}")
             continue
         model = build_model(spec.model, device_data.info.num_classes)
         try:
-            load_weights_file(model, run_dir / runstate.BEST_FILE, what="best weights")
+            load_weights_file(model, weights.path, what="best weights" if weights.epoch is None
+                              else "snapshot weights")
         except UserError as error:
-            report.skipped.append((spec.name, f"corrupt: {error}"))
-            log(f"skip {spec.name}: corrupt: {error}")
+            report.skipped.append((weights.label, f"corrupt: {error}"))
+            log(f"skip {weights.label}: corrupt: {error}")
             continue
-        if _is_earlier_code(run_dir):
+        if _is_earlier_code(run_dir) and weights.epoch is None:
             report.earlier_code[spec.dataset] += 1
         arrays = representations_of(model.to(torch_device), device_data, batch_size,
                                     catalog.model_facts(spec.model).stage_names)
-        provenance = store.provenance_of(spec.name, run_dir, study.name,
-                                         run_dir / runstate.BEST_FILE)
+        provenance = store.provenance_of(spec.name, run_dir, study.name, weights.path)
+        if weights.epoch is not None:
+            provenance["epoch"] = weights.epoch
         if augmentation != _KDLAB:   # the test view the outputs come from (absent: kdlab's)
             provenance["augmentation"] = augmentation
-        if not _save(spec, targets, arrays, provenance, report, log):
+        if not _save(weights.label, targets, arrays, provenance, report, log):
             continue
-        log(f"[{index}/{len(work)}] extracted {spec.name} -> {targets[0]}"
+        log(f"[{index}/{len(work)}] extracted {weights.label} -> {targets[0]}"
             + (f" (+{len(targets) - 1} more)" if len(targets) > 1 else "")
             + f" ({arrays['labels'].shape[0]} samples)")
     for dataset, count in sorted(report.earlier_code.items()):
@@ -270,7 +307,7 @@ def extract_study(study: Study, device: str = "auto", batch_size: int = DEFAULT_
     return report
 
 
-def _save(spec: RunSpec, targets: list[Path], arrays: dict, provenance: dict,
+def _save(label: str, targets: list[Path], arrays: dict, provenance: dict,
           report: ExtractReport, log: Callable[[str], None]) -> bool:
     """Write the run's representation files; False (the run skipped, with the reason) when
     its arrays are not a valid representation, e.g. a diverged model's NaN features."""
@@ -281,8 +318,8 @@ def _save(spec: RunSpec, targets: list[Path], arrays: dict, provenance: dict,
     except WriteError:
         raise
     except UserError as error:
-        report.skipped.append((spec.name, f"not saved: {error}"))
-        log(f"skip {spec.name}: not saved: {error}")
+        report.skipped.append((label, f"not saved: {error}"))
+        log(f"skip {label}: not saved: {error}")
         return False
     return True
 

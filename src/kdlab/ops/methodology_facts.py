@@ -10,8 +10,11 @@ and the runs' state files; methodology.py places them.
 
 from __future__ import annotations
 
+import functools
+
 from .. import catalog
-from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words
+from ..config import (KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words,
+                      snapshot_epochs_of)
 from ..layout import format_alpha
 from ..status import COMPLETED, RunState
 from ..study import Study
@@ -207,8 +210,48 @@ def objective_blocks(study: Study, states: list[RunState]) -> list[tuple]:
         if text:
             blocks.append(("p", text))
     blocks.append(("p", schedule_text(study)))
+    snapshots = snapshot_text(study)
+    if snapshots:
+        blocks.append(("p", snapshots))
     blocks.append(("p", selection_text(study, states)))
     return blocks
+
+
+@functools.cache
+def snapshot_bytes(model: str, classes: int) -> tuple[int, int]:
+    """(values, bytes) of one snapshot's weights of ``model`` with ``classes`` outputs: its
+    parameters and buffers (float32, the BatchNorm counters int64) as the file stores them,
+    without the few hundred bytes of the file's own framing."""
+    from ..models import build_model
+
+    state = build_model(model, classes).state_dict()
+    return (sum(tensor.numel() for tensor in state.values()),
+            sum(tensor.numel() * tensor.element_size() for tensor in state.values()))
+
+
+def snapshot_text(study: Study) -> str | None:
+    """Which epochs the study's runs keep as snapshots and their disk use (None when they
+    keep none): per model, one snapshot's size from its parameter and buffer count, and the
+    whole grid's."""
+    runs = study.runs()
+    per_model: dict[str, tuple[list[int], int, int]] = {}
+    total = 0
+    for spec in runs:
+        settings = {**study.training, **study.model_training.get(spec.model, {})}
+        epochs = snapshot_epochs_of(settings.get("snapshot_epochs", []), settings["epochs"])
+        classes = catalog.DATASETS[spec.dataset].classes
+        if spec.model not in per_model:
+            per_model[spec.model] = (epochs, *snapshot_bytes(spec.model, classes))
+        total += len(epochs) * snapshot_bytes(spec.model, classes)[1]
+    if not total:
+        return None
+    parts = [f"{model} after epochs {', '.join(map(str, epochs))}: {values:,} parameters and "
+             f"buffers, {size / 1e6:.1f} MB a snapshot"
+             for model, (epochs, values, size) in per_model.items() if epochs]
+    return ("Snapshots: besides its final weights each run keeps its weights (only, written "
+            "atomically like the checkpoint) after chosen epochs, for representations over "
+            f"training: {'; '.join(parts)}. The {len(runs)} runs of the grid keep "
+            f"{total / 1e9:.2f} GB of snapshots.")
 
 
 def earlier_code_blocks(study: Study, states: list[RunState]) -> list[tuple]:

@@ -1,13 +1,14 @@
 """The epoch loop over one student or a pack: levelled, then lock-step; after each epoch a
-student is evaluated, guarded and saved (``best.pth``, ``checkpoint.pth``, ``metrics.json``,
-``status.json``, in that order, each atomically)."""
+student is evaluated, guarded and saved (``best.pth``, its snapshot when the epoch is one of
+``snapshot_epochs``, ``checkpoint.pth``, ``metrics.json``, ``status.json``, in that order,
+each atomically)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from .. import runstate
+from .. import layout, runstate
 from ..config import TrainConfig
 from .guards import Preempted, StopFlag, check_epoch
 from .loop import evaluate, train_epoch
@@ -80,14 +81,18 @@ def finish_epoch(student: Student, train_stats: dict, data, epoch: int, started:
 
 
 def _save_epoch(student: Student, selection_acc: float) -> None:
-    """best.pth (when the accuracy on the selection split improved), checkpoint.pth,
-    metrics.json, status.json — in that order, so that a kill between two writes resumes
-    from a consistent checkpoint."""
+    """best.pth (when the accuracy on the selection split improved), the epoch's snapshot,
+    checkpoint.pth, metrics.json, status.json — in that order, so that a kill between two
+    writes resumes from a consistent checkpoint (a snapshot written before the kill is
+    written again, with the same weights, by the epoch the resume repeats)."""
     ctx, state, status = student.ctx, student.state, student.status
     if selection_acc > state.best_acc:
         state.best_acc = selection_acc
         runstate.atomic_torch_save({"weights": state.model.state_dict()},
                                    ctx.run_dir / runstate.BEST_FILE)
+    if state.epoch in ctx.config.snapshot_epoch_list:
+        runstate.atomic_torch_save({"weights": state.model.state_dict(), "epoch": state.epoch},
+                                   layout.snapshot_path(ctx.run_dir, state.epoch))
     runstate.atomic_torch_save(state.state_dict(), ctx.run_dir / runstate.CHECKPOINT_FILE)
     write_metrics(ctx.run_dir, state.metrics, ctx.config)
     status.update(epoch=state.epoch, **accuracy_summary(state.metrics, ctx.config.selection),

@@ -216,12 +216,15 @@ def restore_state(ctx: RunContext, state: TrainingState, force_restart: bool) ->
 
 def _start_over(ctx: RunContext, state: TrainingState) -> None:
     """``--force-restart``: also remove the method's stage files (factor transfer's
-    paraphraser): starting over means stage 1 too, e.g. after the teacher or the batch size
-    changed."""
+    paraphraser), starting over means stage 1 too, e.g. after the teacher or the batch size
+    changed; and the snapshots of the earlier training, which the new one may not write
+    again."""
     distiller = state.distiller
     stale = [ctx.run_dir / name
              for name in (distiller.frozen_state_files() if distiller else [])
              if (ctx.run_dir / name).exists()]
+    stale += [layout.snapshot_path(ctx.run_dir, epoch)
+              for epoch in layout.snapshot_epochs_present(ctx.run_dir)]
     if stale or (ctx.run_dir / runstate.CHECKPOINT_FILE).exists():
         ctx.say(f"{ctx.spec.name}: --force-restart: starting over")
     for path in stale:
