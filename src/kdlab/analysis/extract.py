@@ -162,8 +162,8 @@ def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
             report.skipped.append((spec.name, reason))
             log(f"skip {spec.name}: {reason}")
             continue
-        targets = [layout.representation_path(study.analysis_dir, study.name, spec, role)
-                   for role in _roles(study, spec)]
+        # a teacher shared by several pairs is one run: extracted once
+        targets = [study.representation_path(spec, role) for role in _roles(study, spec)]
         damaged = _damaged_representation(targets)
         if damaged is not None:  # derived from best.pth: named, then extracted again
             log(f"{spec.name}: {damaged}")
