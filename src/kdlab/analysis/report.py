@@ -108,8 +108,8 @@ def _pairs_text(study) -> str:
     if not study.has_several_pairs:
         return (f"Teacher {html.escape(study.pairs[0].teacher)}, student "
                 f"{html.escape(study.pairs[0].student)}")
-    return ("Pairs (teacher -> student): "
-            + html.escape(", ".join(pair.label for pair in study.pairs)))
+    return html.escape("Pairs (teacher -> student): "
+                       + ", ".join(pair.label for pair in study.pairs))
 
 
 def _tables_and_notes(study, result, root: Path) -> list[str]:
