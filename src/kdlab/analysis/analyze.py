@@ -383,6 +383,7 @@ def _note_ica_failures(frame, result: AnalysisReport) -> None:
         examples = ", ".join(
             f"{row.dataset} {row.method}"
             + ("" if math.isnan(row.alpha) else f" a{layout.format_alpha(row.alpha)}")
+            + (f" ({row.pair})" if frame["pair"].nunique() > 1 else "")
             + f" s{row.seed} {row.layer}" for row in failed.head(5).itertuples())
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         result.notes.append(f"FastICA did not converge for {len(failed)} model-layer fit(s) "
