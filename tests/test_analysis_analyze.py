@@ -450,13 +450,13 @@ def test_noise_floors_compare_networks_without_distillation(analysed):
 def test_missing_floor_notes_name_each_data_set_and_role():
     from types import SimpleNamespace as Entry
 
-    entries = [Entry(dataset="Cifar10", method="teacher", seed=0),
-               Entry(dataset="Cifar10", method="pure", seed=0),
-               Entry(dataset="Cifar10", method="logit", seed=1),
-               Entry(dataset="SVHN", method="teacher", seed=0),
-               Entry(dataset="SVHN", method="teacher", seed=2),
-               Entry(dataset="SVHN", method="pure", seed=0),
-               Entry(dataset="SVHN", method="pure", seed=1)]
+    entries = [Entry(dataset="Cifar10", method="teacher", seed=0, model="ResNet56"),
+               Entry(dataset="Cifar10", method="pure", seed=0, model="ResNet20"),
+               Entry(dataset="Cifar10", method="logit", seed=1, model="ResNet20"),
+               Entry(dataset="SVHN", method="teacher", seed=0, model="ResNet56"),
+               Entry(dataset="SVHN", method="teacher", seed=2, model="ResNet56"),
+               Entry(dataset="SVHN", method="pure", seed=0, model="ResNet20"),
+               Entry(dataset="SVHN", method="pure", seed=1, model="ResNet20")]
     notes = floors.missing_floor_notes(entries)
     assert notes == [
         "Cifar10: no pure student vs pure student (1 seed with a representation) and teacher "

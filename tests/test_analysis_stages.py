@@ -131,3 +131,38 @@ def test_a_file_without_stage_names_reads_as_the_resnet_stages(tmp_path):
     assert stage_names_of(loaded) == catalog.LAYER_NAMES
     for name in catalog.LAYER_NAMES:
         np.testing.assert_allclose(loaded[name], arrays[name].astype(np.float32))
+
+
+def test_noise_floor_bands_pair_the_teachers_stages_by_position_from_the_last():
+    """A pair across families: the teacher-vs-teacher floor lives on the teacher's stage
+    names, the same-layer CKA panel is drawn on the student's. The band of each student
+    stage is the teacher floor at the same position from the last (none where the teacher
+    has no stage there); the pure-vs-pure band is the student's own stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from kdlab.analysis.figures.common import Grid, Values, floor_bands
+
+    grid = Grid("s", "Digits", ("logit",), (0.5,), (0, 1), "TinyTwo", "TinyFour",
+                teacher_stages=STUDENT_STAGES, student_stages=TEACHER_STAGES)
+    rows = [("floor_teacher_vs_teacher", stage, value)
+            for stage, value in zip(STUDENT_STAGES, (0.25, 0.5))]
+    rows += [("floor_pure_vs_pure", stage, value)
+             for stage, value in zip(TEACHER_STAGES, (0.1, 0.2, 0.3, 0.4))]
+    frame = pd.DataFrame([{"dataset": "Digits", "pair": "TinyTwo -> TinyFour",
+                           "method": method, "alpha": float("nan"), "seed": 0,
+                           "layer": layer, "metric": "cka_linear", "value": value}
+                          for method, layer, value in rows])
+    values = Values(frame)
+    expected = {"stem_out": (None, 0.1), "block_a": (None, 0.2), "block_b": (0.25, 0.3),
+                "head": (0.5, 0.4)}
+    for stage, (teacher_floor, pure_floor) in expected.items():
+        figure, ax = plt.subplots()
+        assert floor_bands(ax, grid, values, stage, "cka_linear")
+        drawn = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
+        plt.close(figure)
+        assert drawn["floor: pure vs pure (other seed) (n=1)"] == pure_floor
+        assert drawn.get("floor: teacher vs teacher (other seed) (n=1)") == teacher_floor

@@ -36,6 +36,17 @@ def test_alpha_text_and_representation_names(tmp_path):
     assert representation_path(tmp_path, "demo", kd, "kd").name == "logit_a0.75_s3.npz"
     assert representation_path(tmp_path, "demo", RunSpec("Digits", "ResNet20", 3),
                                "teacher").name == "teacher_s3.npz"
+    # a study of several pairs: the model (or pair) names the file, so a second pair's
+    # teacher, pure student or KD run of the same method does not overwrite the first's
+    names = {representation_path(tmp_path, "demo", spec, role, named_by_model=True).name
+             for spec, role in ((kd, "kd"), (RunSpec("Digits", "ResNet8", 3, "logit",
+                                                     "WRN16_2", 0.75), "kd"),
+                                (RunSpec("Digits", "ResNet20", 3), "teacher"),
+                                (RunSpec("Digits", "WRN16_2", 3), "teacher"),
+                                (RunSpec("Digits", "ResNet8", 3), "pure"))}
+    assert names == {"logit_a0.75_ResNet20_to_ResNet8_s3.npz",
+                     "logit_a0.75_WRN16_2_to_ResNet8_s3.npz", "teacher_ResNet20_s3.npz",
+                     "teacher_WRN16_2_s3.npz", "pure_ResNet8_s3.npz"}
 
 
 def test_pure_spec_rejects_alpha():

@@ -80,13 +80,14 @@ def test_legacy_tree_curves_and_reasons(legacy):
 def test_progress_cells_and_title_count_states(legacy):
     states = study_run_states(legacy)
     cells = plots.progress_cells(legacy, states)
+    pair = legacy.pairs[0]
     assert len(cells) == len(legacy.runs()) == 16
-    assert cells[("Cifar10", "teacher", None, 1)] == "completed"
-    assert cells[("Cifar10", "pure", None, 1)] == "running"
-    assert cells[("Cifar10", "logit", 0.5, 1)] == "failed"
-    assert cells[("SVHN", "logit", 0.5, 0)] == "unreadable"
-    assert cells[("SVHN", "fitnets", 0.5, 1)] == "waiting"
-    assert cells[("Cifar10", "fitnets", 0.5, 1)] == "not_started"
+    assert cells[("Cifar10", pair, "teacher", None, 1)] == "completed"
+    assert cells[("Cifar10", pair, "pure", None, 1)] == "running"
+    assert cells[("Cifar10", pair, "logit", 0.5, 1)] == "failed"
+    assert cells[("SVHN", pair, "logit", 0.5, 0)] == "unreadable"
+    assert cells[("SVHN", pair, "fitnets", 0.5, 1)] == "waiting"
+    assert cells[("Cifar10", pair, "fitnets", 0.5, 1)] == "not_started"
     made = time.mktime((2024, 5, 6, 7, 8, 0, 0, 0, -1))
     title = plots.progress_title(legacy, states, made)
     assert title.startswith("legacy: 6/16 runs completed; 1 running, 1 failed, 2 waiting for "
@@ -293,14 +294,15 @@ def test_collapsed_run_marked_and_left_out_of_the_overview_scale(earlier):
     assert report.collapsed == [collapsed]
     states = study_run_states(study)
     cells = plots.progress_cells(study, states)
-    assert cells[("Cifar100", "rkd", 0.5, 0)] == plots.COLLAPSED
-    assert cells[("Cifar100", "logit", 0.5, 0)] == "completed"
+    pair = study.pairs[0]
+    assert cells[("Cifar100", pair, "rkd", 0.5, 0)] == plots.COLLAPSED
+    assert cells[("Cifar100", pair, "logit", 0.5, 0)] == "completed"
     assert "4/8 runs completed (1 collapsed); " in plots.progress_title(study, states, 0)
 
     groups, left_out = plots.overview_groups(study, states)
     by_key = {(g.method, g.alpha): g for g in groups}
     assert by_key[("rkd", 0.5)].accuracies == [] and left_out == {
-        ("Cifar100", "kd", "rkd", 0.5): [1.25]}
+        ("Cifar100", pair, "kd", "rkd", 0.5): [1.25]}
     assert by_key[("logit", 0.5)].accuracies == [71.0]
     figure = plots.plot_accuracy_overview(study, states, plots.progress_dir(study) / "o.png", 0)
     low, high = figure.axes[0].get_ylim()

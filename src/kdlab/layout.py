@@ -183,7 +183,9 @@ def status_files(experiments_dir: str | Path):
 
 # ---- analysis outputs -------------------------------------------------------------------
 # {analysis_root}/experiment_{study}/
-#     representations/{dataset}/{role}.npz    extracted features (kdlab extract)
+#     representations/{dataset}/{role}.npz    extracted features (kdlab extract); with
+#         several pairs in the study the model (or pair) is in the name, see
+#         representation_path
 #     cache/{dataset}/model_*.npz, pair_*.json per-model / per-pair metric caches
 #     cache/figures.json                       digests of the drawn figure groups
 #     figures/{dataset}/...                    figures (kdlab analyze)
@@ -199,25 +201,30 @@ def representations_dir(analysis_root: str | Path, study_name: str) -> Path:
 
 
 def representation_path(analysis_root: str | Path, study_name: str, spec: RunSpec,
-                        role: str, epoch: int | None = None) -> Path:
+                        role: str, epoch: int | None = None,
+                        named_by_model: bool = False) -> Path:
     """Where the extracted representation of one run is stored.
 
     ``role`` is ``'teacher'`` or ``'pure'`` for pure runs (a model can be both only if the
     study uses it as both) and ``'kd'`` for distilled runs. ``epoch``: the representation of
-    the run's snapshot after that (1-based) epoch instead of its final weights.
+    the run's snapshot after that (1-based) epoch instead of its final weights, in a
+    ``snapshots`` folder beside the final ones. ``named_by_model``: the study has several
+    pairs, so the role alone does not name the run: the model (teacher, pure) or the pair
+    (kd) is in the name ('teacher_ResNet56_s0.npz', 'logit_a0.5_ResNet56_to_ResNet20_s0.npz');
+    a study of one pair keeps the short names.
     """
     base = representations_dir(analysis_root, study_name) / spec.dataset
-    if role == "teacher":
-        path = base / f"teacher_s{spec.seed}.npz"
-    elif role == "pure":
-        path = base / f"pure_s{spec.seed}.npz"
+    if role in ("teacher", "pure"):
+        model = f"_{spec.model}" if named_by_model else ""
+        path = base / f"{role}{model}_s{spec.seed}.npz"
     elif role == "kd":
-        path = base / f"{spec.method}_a{format_alpha(spec.alpha)}_s{spec.seed}.npz"
+        pair = f"_{spec.teacher}_to_{spec.model}" if named_by_model else ""
+        path = base / f"{spec.method}_a{format_alpha(spec.alpha)}{pair}_s{spec.seed}.npz"
     else:
         raise ValueError(f"unknown role {role!r}: expected 'teacher', 'pure' or 'kd'")
     if epoch is None:
         return path
-    return path.parent / "snapshots" / f"{path.stem}_e{epoch:04d}.npz"
+    return path.parent / SNAPSHOTS_DIR / f"{path.stem}_e{epoch:04d}.npz"
 
 
 SNAPSHOTS_DIR = "snapshots"
@@ -261,8 +268,12 @@ def figure_manifest_path(analysis_root: str | Path, study_name: str) -> Path:
     return analysis_cache_dir(analysis_root, study_name) / "figures.json"
 
 
-def figures_dir(analysis_root: str | Path, study_name: str, dataset: str) -> Path:
-    return analysis_dir(analysis_root, study_name) / "figures" / dataset
+def figures_dir(analysis_root: str | Path, study_name: str, dataset: str,
+                pair: tuple[str, str] | None = None) -> Path:
+    """``figures/{dataset}``; ``pair`` (teacher, student): that pair's figures in a study
+    of several pairs, ``figures/{dataset}/{teacher}_to_{student}``."""
+    base = analysis_dir(analysis_root, study_name) / "figures" / dataset
+    return base if pair is None else base / f"{pair[0]}_to_{pair[1]}"
 
 
 def analysis_table_path(analysis_root: str | Path, study_name: str, name: str) -> Path:

@@ -20,7 +20,8 @@ from .config import (EPOCHS_OR_RULE, GRID, PATHS, SNAPSHOT_RULES, TRAINING, Sett
                      TrainConfig, complete_options, kind_ok, setting_default, setting_fields,
                      validate_config)
 from .errors import UserError
-from .layout import ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs, run_dir
+from .layout import (ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs,
+                     representation_path, run_dir)
 
 # Known names come from the torch-free catalog; tests/test_study.py checks that they agree
 # with the real registries.
@@ -160,6 +161,12 @@ class Study:
         return list(dict.fromkeys(pair.student for pair in self.pairs
                                   if pair.student not in teachers))
 
+    @property
+    def has_several_pairs(self) -> bool:
+        """Whether outputs named by role alone would collide: then representation files
+        name their model or pair and each pair's figures have a folder of their own."""
+        return len(self.pairs) > 1
+
     def pair_has_pure_cell(self, pair: Pair) -> bool:
         """Whether ``pair`` shows a pure-student row: not for self-distillation."""
         return not pair.distils_itself
@@ -262,6 +269,13 @@ class Study:
     def run_dir(self, spec: RunSpec) -> Path:
         """The run's directory under this study's experiments directory and layout."""
         return run_dir(self.experiments_dir, spec, self.layout)
+
+    def representation_path(self, spec: RunSpec, role: str, epoch: int | None = None) -> Path:
+        """Where ``spec``'s representation in ``role`` ('teacher', 'pure', 'kd') is
+        extracted, of its snapshot after ``epoch`` or of its final weights (None)
+        (:func:`kdlab.layout.representation_path`)."""
+        return representation_path(self.analysis_dir, self.name, spec, str(role), epoch,
+                                   named_by_model=self.has_several_pairs)
 
     def run_dirs(self, experiments_dir: str | Path | None = None):
         """(RunSpec, path) of every run directory in this study's layout under its

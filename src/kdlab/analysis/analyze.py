@@ -21,19 +21,23 @@ from .. import layout
 from ..errors import UserError
 from ..layout import RunSpec
 from ..runstate import atomic_write_text
-from ..study import Study, load_study
+from ..study import Pair, Role, Study, load_study
 from . import compute, floors, store, workers
 from .workers import resolve_jobs  # noqa: F401  (kdlab.analysis.analyze.resolve_jobs)
 
 TEACHER = "teacher"
 PURE = "pure"
-COLUMNS = ["dataset", "method", "alpha", "seed", "layer", "metric", "value"]
+# pair: the study's pair the row is shown with ('ResNet56 -> ResNet20'); a teacher shared by
+# two pairs has its per-model rows under each
+COLUMNS = ["dataset", "pair", "method", "alpha", "seed", "layer", "metric", "value"]
 
 
 @dataclass(frozen=True)
 class Entry:
     """One expected representation of the study grid. ``method`` is the KD method, or
-    'teacher' / 'pure' (baseline student); ``alpha`` None for those two."""
+    'teacher' / 'pure' (baseline student); ``alpha`` None for those two. ``pairs``: the
+    study's pairs it is shown with (a teacher shared by two pairs: both; a KD run: its
+    own); ``named``: the study has several pairs, so the label names the model or pair."""
 
     dataset: str
     method: str
@@ -41,12 +45,23 @@ class Entry:
     seed: int
     spec: RunSpec
     path: Path
+    pairs: tuple[Pair, ...] = ()
+    named: bool = False
+
+    @property
+    def model(self) -> str:
+        """The model whose representation this is."""
+        return self.spec.model
 
     @property
     def label(self) -> str:
+        who = ""
+        if self.named:
+            who = f" {self.spec.teacher}->{self.model}" if self.spec.teacher else f" {self.model}"
         if self.alpha is None:
-            return f"{self.dataset} {self.method} s{self.seed}"
-        return f"{self.dataset} {self.method} a{layout.format_alpha(self.alpha)} s{self.seed}"
+            return f"{self.dataset} {self.method}{who} s{self.seed}"
+        return (f"{self.dataset} {self.method} a{layout.format_alpha(self.alpha)}{who} "
+                f"s{self.seed}")
 
 
 @dataclass
@@ -93,14 +108,23 @@ class AnalysisReport:
 
 
 def expected_entries(study: Study) -> list[Entry]:
-    """Every representation the study's grid can produce, in grid order."""
+    """Every representation the study's grid can produce, in grid order (teachers, pure
+    students, KD runs), each once with every pair it is shown with."""
+    pairs_of: dict[tuple[Path, str], list[Pair]] = {}
+    specs: dict[tuple[Path, str], RunSpec] = {}
+    for cell in study.cells():
+        for spec in study.cell_runs(cell):
+            key = (study.representation_path(spec, cell.role), str(cell.role))
+            specs.setdefault(key, spec)
+            pairs_of.setdefault(key, [])
+            if cell.pair not in pairs_of[key]:
+                pairs_of[key].append(cell.pair)
+    order = {str(Role.TEACHER): 0, str(Role.PURE): 1, str(Role.KD): 2}
     entries = []
-    for role, specs in ((TEACHER, study.teacher_runs()), (PURE, study.pure_student_runs()),
-                        ("kd", study.kd_runs())):
-        for spec in specs:
-            path = layout.representation_path(study.analysis_dir, study.name, spec, role)
-            method = spec.method if role == "kd" else role
-            entries.append(Entry(spec.dataset, method, spec.alpha, spec.seed, spec, path))
+    for (path, role), spec in sorted(specs.items(), key=lambda item: order[item[0][1]]):
+        method = spec.method if role == "kd" else role
+        entries.append(Entry(spec.dataset, method, spec.alpha, spec.seed, spec, path,
+                             tuple(pairs_of[(path, role)]), study.has_several_pairs))
     return entries
 
 
@@ -168,20 +192,24 @@ def _model_step(run: _Pass) -> dict:
 
 
 def _students_of_teachers(model_results: dict, result: AnalysisReport) -> dict:
-    """Teacher Entry -> its students (same data set and seed); notes seeds without one."""
-    teachers = {(e.dataset, e.seed): e for e in model_results if e.method == TEACHER}
+    """Teacher Entry -> its students (same data set and seed, a pair with that teacher);
+    notes the students without one."""
+    teachers = {(e.dataset, e.seed, e.model): e for e in model_results if e.method == TEACHER}
     students_of: dict[Entry, list[Entry]] = defaultdict(list)
-    without_teacher: dict[tuple[str, int], int] = defaultdict(int)
+    without_teacher: dict[tuple[str, int, str], int] = defaultdict(int)
     for entry in model_results:
         if entry.method == TEACHER:
             continue
-        teacher = teachers.get((entry.dataset, entry.seed))
-        if teacher is None:
-            without_teacher[(entry.dataset, entry.seed)] += 1
-        else:
-            students_of[teacher].append(entry)
-    for (dataset, seed), count in sorted(without_teacher.items()):
-        result.notes.append(f"{dataset} seed {seed}: no teacher representation, so "
+        for pair in entry.pairs:
+            teacher = teachers.get((entry.dataset, entry.seed, pair.teacher))
+            if teacher is None:
+                without_teacher[(entry.dataset, entry.seed, pair.teacher)] += 1
+            else:
+                students_of[teacher].append(entry)
+    several = len({pair.teacher for entry in model_results for pair in entry.pairs}) > 1
+    for (dataset, seed, model), count in sorted(without_teacher.items()):
+        which = f" ({model})" if several else ""
+        result.notes.append(f"{dataset} seed {seed}: no teacher{which} representation, so "
                             f"{count} student run(s) have no teacher-student metrics")
     return students_of
 
@@ -289,14 +317,14 @@ def _steps(run: _Pass, with_floors: bool, log: Callable[[str], None]):
     log(f"  noise floors: {result.floors_computed} computed, {result.floors_cached} from "
         f"cache ({result.step_seconds[step.name]:.1f} s)")
     with _Step(result, "tables"):
-        frame = _metrics_frame(model_results, {other: outcome for (_, other), outcome
-                                               in pair_results.items()})
+        frame = _metrics_frame(model_results, pair_results)
         floor_table = floors.floor_frame(floor_results)
         accuracy = _table_step(run.study, frame, floor_table, result)
     with _Step(result, "figures") as step:
         import pandas as pd
 
-        shown = pd.concat([frame, floors.as_metric_rows(floor_table, COLUMNS)],
+        shown = pd.concat([frame, floors.as_metric_rows(floor_table, COLUMNS,
+                                                        run.study.pairs)],
                           ignore_index=True)
         _figure_step(run, shown, model_results)
     log(f"  figures: {result.figures_drawn} drawn, {result.figures_kept} unchanged "
@@ -327,18 +355,25 @@ def _count(result: AnalysisReport, outcome: dict, kind: str) -> None:
 
 
 def _metrics_frame(model_results: dict, pair_results: dict):
-    """Long table: one row per data set x method x alpha x seed x layer x metric."""
+    """Long table: one row per data set x pair x method x alpha x seed x layer x metric.
+    ``model_results``: Entry -> outcome (its rows under each pair it is shown with);
+    ``pair_results``: (teacher Entry, student Entry) -> outcome (under their pair)."""
     import pandas as pd
 
+    def rows(entry, pair, outcome):
+        alpha = entry.alpha if entry.alpha is not None else math.nan
+        return [(entry.dataset, pair.label, entry.method, alpha, entry.seed, layer, metric,
+                 value) for layer, metric, value in outcome["rows"]]
+
     records = []
-    for results in (model_results, pair_results):
-        for entry, outcome in results.items():
-            alpha = entry.alpha if entry.alpha is not None else math.nan
-            records += [(entry.dataset, entry.method, alpha, entry.seed, layer, metric, value)
-                        for layer, metric, value in outcome["rows"]]
+    for entry, outcome in model_results.items():
+        for pair in entry.pairs:
+            records += rows(entry, pair, outcome)
+    for (teacher, entry), outcome in pair_results.items():
+        records += rows(entry, Pair(teacher.model, entry.model), outcome)
     frame = pd.DataFrame.from_records(records, columns=COLUMNS)
     frame["value"] = frame["value"].astype(float)
-    return frame.sort_values(["dataset", "method", "alpha", "seed", "layer", "metric"],
+    return frame.sort_values(["dataset", "pair", "method", "alpha", "seed", "layer", "metric"],
                              na_position="first", kind="stable").reset_index(drop=True)
 
 
@@ -348,6 +383,7 @@ def _note_ica_failures(frame, result: AnalysisReport) -> None:
         examples = ", ".join(
             f"{row.dataset} {row.method}"
             + ("" if math.isnan(row.alpha) else f" a{layout.format_alpha(row.alpha)}")
+            + (f" ({row.pair})" if frame["pair"].nunique() > 1 else "")
             + f" s{row.seed} {row.layer}" for row in failed.head(5).itertuples())
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         result.notes.append(f"FastICA did not converge for {len(failed)} model-layer fit(s) "

@@ -170,12 +170,10 @@ def _weights_of(study: Study, spec: RunSpec, run_dir: Path) -> list[_Weights]:
     """The final weights and every snapshot of one finished run, with their targets."""
     roles = _roles(study, spec)
     weights = [_Weights(spec, run_dir, run_dir / runstate.BEST_FILE,
-                        [layout.representation_path(study.analysis_dir, study.name, spec, role)
-                         for role in roles])]
+                        [study.representation_path(spec, role) for role in roles])]
     for epoch in layout.snapshot_epochs_present(run_dir):
         weights.append(_Weights(spec, run_dir, layout.snapshot_path(run_dir, epoch),
-                                [layout.representation_path(study.analysis_dir, study.name,
-                                                            spec, role, epoch=epoch)
+                                [study.representation_path(spec, role, epoch)
                                  for role in roles], epoch))
     return weights
 
@@ -195,6 +193,7 @@ def _pending_runs(study: Study, experiments_dir: Path, report: ExtractReport,
             report.skipped.append((spec.name, reason))
             log(f"skip {spec.name}: {reason}")
             continue
+        # a teacher shared by several pairs is one run: extracted once
         for weights in _weights_of(study, spec, run_dir):
             damaged = _damaged_representation(weights.targets)
             if damaged is not None:  # derived from the weights: named, then extracted again

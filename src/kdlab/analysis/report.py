@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import catalog, layout
 from ..runstate import atomic_write_text
 from . import registry
-from .figures import figure_files, sweep_metrics
+from .figures import figure_files, group_prefix, sweep_metrics
 
 
 def metric_descriptions() -> list[tuple[str, str]]:
@@ -59,14 +59,15 @@ def _figure(path: Path, root: Path) -> str:
             f'loading="lazy"></a><figcaption>{caption}</figcaption></figure>')
 
 
-def _accuracy_html(accuracy, dataset: str) -> str:
+def _accuracy_html(accuracy, dataset: str, pair) -> str:
     from .tables import format_mean_std, selection_cells
 
     key = html.escape(str(accuracy["selected_by"].iloc[0])) if len(accuracy) else "max_acc"
     rows = ["<table><tr><th>method</th><th>alpha</th><th>accuracy of the extracted weights "
             f"(%)</th><th>seeds</th><th>{key} (%): mean ± std, 95% CI (n)</th>"
             "<th>final_acc (%)</th></tr>"]
-    for row in accuracy[accuracy["dataset"] == dataset].itertuples():
+    for row in accuracy[(accuracy["dataset"] == dataset)
+                        & (accuracy["pair"] == pair.label)].itertuples():
         alpha = "—" if math.isnan(row.alpha) else layout.format_alpha(row.alpha)
         cell = format_mean_std(row.accuracy_mean, row.accuracy_std, row.n_seeds)
         css = ' class="na"' if row.n_seeds == 0 else ""
@@ -91,7 +92,7 @@ def _header(study, result) -> list[str]:
             f"<title>kdlab analysis: {html.escape(study.name)}</title>"
             f"<style>{_STYLE}</style></head><body>",
             f"<h1>Representation analysis — study {html.escape(study.name)}</h1>",
-            f"<p>Teacher {html.escape(study.teacher)}, student {html.escape(study.student)}; "
+            f"<p>{_pairs_text(study)}; "
             f"data sets {html.escape(', '.join(study.datasets))}; methods "
             f"{html.escape(', '.join(study.methods) or 'none')}; alphas "
             f"{html.escape(', '.join(layout.format_alpha(a) for a in study.alphas) or 'none')}; "
@@ -99,6 +100,16 @@ def _header(study, result) -> list[str]:
             f"Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
             f"{len(result.readable)} of {len(result.available) + len(result.missing)} "
             f"expected representations analysed.</p>"]
+
+
+def _pairs_text(study) -> str:
+    """'Teacher ResNet56, student ResNet20' for a study of one pair; 'Pairs (teacher ->
+    student): ResNet56 -> ResNet20, WRN40_2 -> ShuffleNetV1' for several."""
+    if not study.has_several_pairs:
+        return (f"Teacher {html.escape(study.pairs[0].teacher)}, student "
+                f"{html.escape(study.pairs[0].student)}")
+    return html.escape("Pairs (teacher -> student): "
+                       + ", ".join(pair.label for pair in study.pairs))
 
 
 def _tables_and_notes(study, result, root: Path) -> list[str]:
@@ -122,8 +133,8 @@ def _tables_and_notes(study, result, root: Path) -> list[str]:
     return parts
 
 
-TABLES = [("metrics.csv", "metrics.csv — every metric, one row per data set × method × alpha "
-                          "× seed × layer × metric"),
+TABLES = [("metrics.csv", "metrics.csv — every metric, one row per data set × pair × method "
+                          "× alpha × seed × layer × metric"),
           ("floors.csv", "floors.csv — noise floors: pair metrics of pure students and of "
                          "teachers across seeds (no distillation between them)"),
           ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds; the accuracy "
@@ -132,31 +143,48 @@ TABLES = [("metrics.csv", "metrics.csv — every metric, one row per data set ×
 
 
 def _dataset_section(study, dataset: str, accuracy, groups: dict, root: Path) -> list[str]:
-    parts = [f"<h2>{html.escape(dataset)}</h2>",
-             "<h3>Test accuracy</h3>" + _accuracy_html(accuracy, dataset)]
-    summary = groups.get(f"{dataset}/summary", []) + groups.get(f"{dataset}/umap", [])
-    sweep_groups = [f"{dataset}/sweeps/{metric}" for metric, *_ in sweep_metrics()]
-    sweep_groups.append(f"{dataset}/sweeps/accuracy_vs_alignment")
+    """One data set's section: in a study of several pairs, one sub-section per pair."""
+    if not study.has_several_pairs:
+        return ([f"<h2>{html.escape(dataset)}</h2>"]
+                + _pair_section(study, dataset, study.pairs[0], accuracy, groups, root, "h3"))
+    parts = [f"<h2>{html.escape(dataset)}</h2>"]
+    for pair in study.pairs:
+        parts.append(f"<h3>{html.escape(dataset)} — {html.escape(pair.label)}</h3>")
+        parts += _pair_section(study, dataset, pair, accuracy, groups, root, "h4")
+    return parts
+
+
+def _pair_section(study, dataset: str, pair, accuracy, groups: dict, root: Path,
+                  heading: str) -> list[str]:
+    def title(text: str) -> str:
+        return f"<{heading}>{text}</{heading}>"
+
+    prefix = group_prefix(study, dataset, pair)
+    parts = [title("Test accuracy") + _accuracy_html(accuracy, dataset, pair)]
+    summary = groups.get(f"{prefix}/summary", []) + groups.get(f"{prefix}/umap", [])
+    sweep_groups = [f"{prefix}/sweeps/{metric}" for metric, *_ in sweep_metrics()]
+    sweep_groups.append(f"{prefix}/sweeps/accuracy_vs_alignment")
     sweeps = [path for group_id in sweep_groups for path in groups.get(group_id, [])]
-    if not (summary or sweeps or any(groups.get(f"{dataset}/per_method/{m}")
+    if not (summary or sweeps or any(groups.get(f"{prefix}/per_method/{m}")
                                      for m in study.methods)):
-        return parts + ['<p class="note">no figures for this data set (no representations '
+        what = "data set" if not study.has_several_pairs else "pair"
+        return parts + [f'<p class="note">no figures for this {what} (no representations '
                         'yet)</p>']
-    parts.append("<h3>Summary</h3>" + _gallery(summary, root))
-    parts.append("<h3>Alpha sweeps</h3>"
+    parts.append(title("Summary") + _gallery(summary, root))
+    parts.append(title("Alpha sweeps")
                  + _gallery([p for p in sweeps if p.stem.startswith("sweep_")], root))
-    parts.append("<h3>Method × alpha heatmaps</h3>"
+    parts.append(title("Method × alpha heatmaps")
                  + _gallery([p for p in sweeps if p.stem.startswith("heatmap_")], root))
-    parts.append("<h3>Accuracy against alignment</h3>"
+    parts.append(title("Accuracy against alignment")
                  + _gallery([p for p in sweeps if p.stem.startswith("accuracy_vs")], root))
     for method in study.methods:
-        parts.append(f"<h3>Per method: {html.escape(method)}</h3>"
-                     + _gallery(groups.get(f"{dataset}/per_method/{method}", []), root))
-    parts.append("<h3>Figures of the earlier analysis</h3><p>The ICA correlation heatmap of "
+        parts.append(title(f"Per method: {html.escape(method)}")
+                     + _gallery(groups.get(f"{prefix}/per_method/{method}", []), root))
+    parts.append(title("Figures of the earlier analysis") + "<p>The ICA correlation heatmap of "
                  "one representative run per method (test accuracy nearest the method's "
                  "median), the teacher-vs-itself cross-layer CKA panel, and the last stage's PCA "
                  "scatter in the teacher's basis, as the earlier analysis drew them.</p>"
-                 + _gallery(groups.get(f"{dataset}/earlier", []), root))
+                 + _gallery(groups.get(f"{prefix}/earlier", []), root))
     return parts
 
 

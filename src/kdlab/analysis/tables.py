@@ -20,6 +20,14 @@ def grid_rows(study: Study) -> list[tuple[str, float | None]]:
             + [(method, alpha) for method in study.methods for alpha in study.alphas])
 
 
+def of_pair(frame, pair):
+    """Rows of ``frame`` shown with ``pair`` (:class:`kdlab.study.Pair`); a frame without
+    the pair column (written before pairs) is one pair's."""
+    if "pair" not in frame.columns:
+        return frame
+    return frame[frame["pair"] == pair.label]
+
+
 def select(frame, method: str, alpha: float | None):
     """Rows of ``frame`` of one method and alpha (alpha None: the teacher/pure rows)."""
     rows = frame[frame["method"] == method]
@@ -49,7 +57,8 @@ def mean_std(values) -> tuple[float, float, int]:
 
 
 def accuracy_table(frame, study: Study, states=None):
-    """Per data set x method x alpha (teacher and pure student included), over seeds:
+    """Per data set x pair x method x alpha (teacher and pure student included; ``pair``:
+    its label, 'ResNet56 -> ResNet20'), over seeds:
 
     - ``accuracy_mean``/``accuracy_std``/``n_seeds``: test accuracy (%) of the extracted
       weights (best.pth), from the stored logits;
@@ -71,14 +80,17 @@ def accuracy_table(frame, study: Study, states=None):
     if states is None:
         states = study_run_states(study)
     selected_key, _ = selection_accuracy(study)
-    groups = {(g.dataset, g.method, g.alpha): g for g in accuracy_groups(study, states)}
+    groups = {(g.dataset, g.pair, g.method, g.alpha): g
+              for g in accuracy_groups(study, states)}
     records = []
     for dataset in study.datasets:
-        for method, alpha in grid_rows(study):
-            mean, std, count = mean_std(seed_values(frame, dataset, method, alpha, "test_acc"))
-            group = groups[(dataset, method, alpha)]
+        for pair, method, alpha in ((pair, method, alpha) for pair in study.pairs
+                                    for method, alpha in grid_rows(study)):
+            mean, std, count = mean_std(seed_values(of_pair(frame, pair), dataset, method,
+                                                    alpha, "test_acc"))
+            group = groups[(dataset, pair, method, alpha)]
             chosen, final = group.selected_summary, group.final_summary
-            records.append({"dataset": dataset, "method": method,
+            records.append({"dataset": dataset, "pair": pair.label, "method": method,
                             "alpha": math.nan if alpha is None else alpha,
                             "accuracy_mean": mean, "accuracy_std": std, "n_seeds": count,
                             "seeds_expected": len(study.seeds), "selected_by": selected_key,
@@ -138,10 +150,13 @@ def accuracy_markdown(table, study: Study) -> str:
              "best.pth another split chose, which record no such value).", "",
              selection_sentence(study), ""]
     key = table["selected_by"].iloc[0] if len(table) else "max_acc"
-    for dataset in study.datasets:
-        lines += [f"## {dataset}", "", f"| method | alpha | accuracy (%) | seeds | {key} (%) "
+    for dataset, pair in ((dataset, pair) for dataset in study.datasets
+                          for pair in study.pairs):
+        title = f"{dataset} — {pair.label}" if study.has_several_pairs else dataset
+        lines += [f"## {title}", "", f"| method | alpha | accuracy (%) | seeds | {key} (%) "
                   "| final_acc (%) | best.pth chosen on (runs) |", "|---|---|---|---|---|---|---|"]
-        for row in table[table["dataset"] == dataset].itertuples():
+        for row in table[(table["dataset"] == dataset)
+                         & (table["pair"] == pair.label)].itertuples():
             alpha = "—" if math.isnan(row.alpha) else format_alpha(row.alpha)
             cell = format_mean_std(row.accuracy_mean, row.accuracy_std, row.n_seeds)
             selected, final = selection_cells(row)

@@ -36,7 +36,7 @@ from ..schedulers import backend_of_status
 from ..status import COMPLETED, QUEUED, RUNNING, UNREADABLE, RunState, classify_run, \
     study_run_states
 from ..study import Study, load_study
-from .common import (accuracy_groups, earlier_code_runs, effective_method_options, group_key,
+from .common import (accuracy_groups, earlier_code_runs, effective_method_options, group_keys,
                      interval_text, is_earlier_code, markdown_table, mean_std_text,
                      selection_accuracy, time_text)
 
@@ -320,16 +320,18 @@ def readme_text(study: Study, states: list[RunState], extra_states: list[RunStat
     earlier_cells: dict[tuple, int] = {}
     for state in (earlier.states if earlier is not None else []):
         if state.state == COMPLETED and state.max_acc is not None:
-            earlier_cells[group_key(state)] = earlier_cells.get(group_key(state), 0) + 1
+            for key in group_keys(study, state):
+                earlier_cells[key] = earlier_cells.get(key, 0) + 1
     for group in accuracy_groups(study, states):
         alpha = "—" if group.alpha is None else format_alpha(group.alpha)
         kind = group.label(study) if group.role != "kd" else group.method
+        if study.has_several_pairs:
+            kind = f"{group.pair.label}: {kind}"
         selected, final = group.selected_summary, group.final_summary
         rows.append([group.dataset, kind, alpha, mean_std_text(selected),
                      f"{selected.n}/{group.planned}"])
         if earlier is not None:
-            rows[-1].append(str(earlier_cells.get(
-                (group.dataset, group.role, group.method, group.alpha), 0)))
+            rows[-1].append(str(earlier_cells.get(group.key, 0)))
         rows[-1] += [interval_text(selected),
                      "—" if final.mean is None else f"{final.mean:.2f} (n={final.n})",
                      group.chosen_on_text(selected_key)]

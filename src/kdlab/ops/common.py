@@ -12,8 +12,7 @@ from ..catalog import SELECTIONS, reported_accuracy
 from ..layout import format_alpha
 from ..stats import SeedSummary, summarize
 from ..status import COMPLETED, RunState
-from ..study import Study
-
+from ..study import Pair, Study
 
 
 def selection_accuracy(study: Study) -> tuple[str, str]:
@@ -58,7 +57,8 @@ def summary_text(summary: SeedSummary, digits: int = 2) -> str:
 @dataclass
 class AccuracyGroup:
     """Best test accuracies (percent) of the completed runs of one grid cell: a data set ×
-    (teacher | pure student | method × alpha). ``accuracies`` in seed order."""
+    pair × (teacher | pure student | method × alpha). ``accuracies`` in seed order; a
+    teacher shared by two pairs counts in each pair's group."""
 
     dataset: str
     role: str                 # 'teacher' | 'pure' | 'kd'
@@ -69,6 +69,12 @@ class AccuracyGroup:
     selected: list[float] = field(default_factory=list)   # the accuracy the study selects by
     finals: list[float] = field(default_factory=list)     # final_acc (last epoch)
     chosen_on: list[str] = field(default_factory=list)    # what chose each one's best.pth
+    pair: Pair | None = None
+
+    @property
+    def key(self) -> tuple:
+        """(data set, pair, role, method, alpha), as :func:`group_keys` gives them."""
+        return self.dataset, self.pair, self.role, self.method, self.alpha
 
     def chosen_on_text(self, selected_key: str) -> str:
         """What chose the best.pth of the completed runs, per split ('validation (3)',
@@ -109,10 +115,11 @@ class AccuracyGroup:
         return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else None
 
     def label(self, study: Study) -> str:
+        pair = self.pair or study.pairs[0]
         if self.role == "teacher":
-            return f"teacher ({study.teacher})"
+            return f"teacher ({pair.teacher})"
         if self.role == "pure":
-            return f"pure student ({study.student})"
+            return f"pure student ({pair.student})"
         return f"{self.method} α={format_alpha(self.alpha)}"
 
     def mean_std_text(self) -> str:
@@ -124,37 +131,36 @@ class AccuracyGroup:
 
 
 def accuracy_groups(study: Study, states: list[RunState]) -> list[AccuracyGroup]:
-    """One group per data set × row of the grid, in the study's order (data set, then
-    teacher, pure student, each method × alpha); only completed runs contribute: their
-    ``max_acc`` to ``accuracies``, the accuracy the study selects by
+    """One group per data set × pair × row of the grid, in the study's order (data set,
+    pair, then teacher, pure student, each method × alpha); only completed runs
+    contribute: their ``max_acc`` to ``accuracies``, the accuracy the study selects by
     (:func:`selection_accuracy`) to ``selected``, ``final_acc`` to ``finals``."""
     groups: dict[tuple, AccuracyGroup] = {}
-    order = []
     for dataset in study.datasets:
-        order.append((dataset, "teacher", "teacher", None))
-        order.append((dataset, "pure", "pure", None))
-        for method in study.methods:
-            for alpha in study.alphas:
-                order.append((dataset, "kd", method, alpha))
-    for key in order:
-        groups[key] = AccuracyGroup(key[0], key[1], key[2], key[3], [], 0)
+        for pair in study.pairs:
+            rows = [("teacher", "teacher", None), ("pure", "pure", None)]
+            rows += [("kd", method, alpha) for method in study.methods
+                     for alpha in study.alphas]
+            for role, method, alpha in rows:
+                group = AccuracyGroup(dataset, role, method, alpha, [], 0, pair=pair)
+                groups[group.key] = group
     selected_key, _ = selection_accuracy(study)
     for state in states:
-        key = group_key(state)
-        group = groups.get(key)
-        if group is None:
-            continue
-        group.planned += 1
-        if state.state != COMPLETED:
-            continue
-        if state.max_acc is not None:
-            group.accuracies.append(state.max_acc)
-        group.chosen_on.append(chosen_on(state))
-        for values, name in ((group.selected, selected_key), (group.finals, "final_acc")):
-            value = _recorded(state.status, name)
-            if value is not None:
-                values.append(value)
-    return [groups[key] for key in order]
+        for key in group_keys(study, state):
+            group = groups.get(key)
+            if group is None:
+                continue
+            group.planned += 1
+            if state.state != COMPLETED:
+                continue
+            if state.max_acc is not None:
+                group.accuracies.append(state.max_acc)
+            group.chosen_on.append(chosen_on(state))
+            for values, name in ((group.selected, selected_key), (group.finals, "final_acc")):
+                value = _recorded(state.status, name)
+                if value is not None:
+                    values.append(value)
+    return list(groups.values())
 
 
 def chosen_on(state: RunState) -> str:
@@ -167,11 +173,15 @@ def chosen_on(state: RunState) -> str:
     return found if found in SELECTIONS else f"unknown ({found!r})"
 
 
-def group_key(state: RunState) -> tuple:
-    spec = state.spec
-    if state.role == "kd":
-        return (spec.dataset, "kd", spec.method, spec.alpha)
-    return (spec.dataset, state.role, state.role, None)
+def group_keys(study: Study, state: RunState) -> list[tuple]:
+    """The keys (data set, pair, role, method, alpha) of the accuracy groups that hold the
+    run: one per cell of the grid holding it (:meth:`kdlab.study.Study.cells_of`; a
+    teacher shared by two pairs is in both); none for a run outside the grid."""
+    keys = []
+    for cell in study.cells_of(state.spec):
+        role = str(cell.role)
+        keys.append((cell.dataset, cell.pair, role, cell.row, cell.alpha))
+    return keys
 
 
 def effective_method_options(study: Study, method: str) -> dict:

@@ -26,8 +26,8 @@ from ..layout import analysis_dir, format_alpha
 from ..status import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING, UNREADABLE,
                       WAITING, RunState, study_run_states)
 from ..run_states import outside_grid, outside_grid_summary
-from ..study import Study, load_study
-from .common import accuracy_groups, group_key, time_text
+from ..study import Pair, Study, load_study
+from .common import accuracy_groups, group_keys, time_text
 from .plot_curves import (_STAMP_KEY, CURVES_FILE, Curves, is_collapsed,  # noqa: F401
                           new_figure, num_classes_of, plot_run_curves, save_figure)
 
@@ -143,23 +143,29 @@ def _why_incomplete(state: RunState) -> tuple[str, str]:
 
 # ---- the study overview -------------------------------------------------------------------
 
-def _grid_rows(study: Study) -> list[tuple[str, str, list[float | None]]]:
-    """(row key, label, alphas of the row) for the progress grid."""
-    rows = [("teacher", f"teacher\n{study.teacher}", [None]),
-            ("pure", f"pure student\n{study.student}", [None])]
-    rows += [(method, method, list(study.alphas)) for method in study.methods]
+def _grid_rows(study: Study) -> list[tuple[Pair, str, str, list[float | None]]]:
+    """(pair, row key, label, alphas of the row) for the progress grid: each pair's
+    teacher, pure student and methods (a method's label names the pair in a study of
+    several)."""
+    rows = []
+    for pair in study.pairs:
+        rows += [(pair, "teacher", f"teacher\n{pair.teacher}", [None]),
+                 (pair, "pure", f"pure student\n{pair.student}", [None])]
+        rows += [(pair, method, f"{method}\n{pair.label}" if study.has_several_pairs
+                  else method, list(study.alphas)) for method in study.methods]
     return rows
 
 
 def progress_cells(study: Study, states: list[RunState]) -> dict[tuple, str]:
-    """State of every square of the progress grid, keyed (data set, row, alpha, seed) with
-    row 'teacher', 'pure' or the method name and alpha None for the pure rows; a collapsed
-    completed run is :data:`COLLAPSED`."""
+    """State of every square of the progress grid, keyed (data set, pair, row, alpha,
+    seed) with row 'teacher', 'pure' or the method name and alpha None for the pure rows
+    (a teacher shared by two pairs has a square in each); a collapsed completed run is
+    :data:`COLLAPSED`."""
     cells = {}
     for state in states:
-        row = state.role if state.role in ("teacher", "pure") else state.spec.method
-        cells[(state.spec.dataset, row, state.spec.alpha, state.spec.seed)] = (
-            COLLAPSED if run_is_collapsed(state) else state.state)
+        shown = COLLAPSED if run_is_collapsed(state) else state.state
+        for dataset, pair, _, row, alpha in group_keys(study, state):
+            cells[(dataset, pair, row, alpha, state.spec.seed)] = shown
     return cells
 
 
@@ -185,7 +191,7 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
     rows = _grid_rows(study)
     seeds = list(study.seeds)
     cell_width = len(seeds) + 1.0        # squares + gap
-    row_heights = [len(alphas) + 0.8 for _, _, alphas in rows]
+    row_heights = [len(alphas) + 0.8 for *_, alphas in rows]
     total_height = sum(row_heights)
     x_range = (-7.0, len(study.datasets) * cell_width + 0.2)   # labels on the left
     y_range = (total_height + 2.6, -2.0)        # y grows downwards, like a table
@@ -209,7 +215,7 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
             axes.text(x0 + index + 0.5, -0.15, f"s{seed}", ha="center", va="bottom", fontsize=7,
                       color="#555555")
     y = 0.0
-    for (key, label, alphas), height in zip(rows, row_heights):
+    for (pair, key, label, alphas), height in zip(rows, row_heights):
         axes.text(-6.9, y + len(alphas) / 2, label, ha="left", va="center", fontsize=9)
         for sub_row, alpha in enumerate(alphas):
             if alpha is not None:
@@ -217,7 +223,7 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
                           va="center", fontsize=7, color="#555555")
             for column, dataset in enumerate(study.datasets):
                 for index, seed in enumerate(seeds):
-                    state = state_of.get((dataset, key, alpha, seed), NOT_STARTED)
+                    state = state_of.get((dataset, pair, key, alpha, seed), NOT_STARTED)
                     x = column * cell_width + index
                     axes.add_patch(Rectangle((x + 0.06, y + sub_row + 0.06), 0.88, 0.88,
                                              facecolor=STATE_COLOURS[state],
@@ -241,14 +247,16 @@ def plot_progress_grid(study: Study, states: list[RunState], path: Path, made: f
 
 def overview_groups(study: Study, states: list[RunState]):
     """The accuracy groups of the overview without their collapsed runs, and the collapsed
-    runs' accuracies per group key ((data set, role, method, alpha) as in ``group_key``)."""
+    runs' accuracies per group key ((data set, pair, role, method, alpha) as in
+    ``group_keys``)."""
     collapsed: dict[tuple, list[float]] = {}
     for state in states:
         if run_is_collapsed(state):
-            collapsed.setdefault(group_key(state), []).append(state.max_acc)
+            for key in group_keys(study, state):
+                collapsed.setdefault(key, []).append(state.max_acc)
     groups = accuracy_groups(study, states)
     for group in groups:
-        for value in collapsed.get((group.dataset, group.role, group.method, group.alpha), []):
+        for value in collapsed.get(group.key, []):
             group.accuracies.remove(value)
     return groups, collapsed
 
@@ -265,65 +273,69 @@ def _mark_collapsed(axes, x: float, values: list[float]) -> None:
               color=STATE_COLOURS[COLLAPSED])
 
 
-def _accuracy_panel(axes, study: Study, by_key: dict, collapsed: dict, dataset: str,
+def _accuracy_panel(axes, study: Study, by_key: dict, collapsed: dict,
                     alpha_colour: dict) -> None:
+    """One data set × pair's panel; ``by_key``: (method, alpha) -> its AccuracyGroup."""
     values = [a for g in by_key.values() for a in g.accuracies]
     for key, style, colour in (("teacher", "--", "#333333"), ("pure", ":", "#d32f2f")):
         group = by_key[(key, None)]
         if group.mean is not None:
             axes.axhline(group.mean, linestyle=style, color=colour, linewidth=1.2,
                          label=f"{group.label(study)}: {group.mean_std_text()} (n={group.n})")
-        if collapsed.get((dataset, key, key, None)):
-            _mark_collapsed(axes, -0.5, collapsed[(dataset, key, key, None)])
+        if collapsed.get(group.key):
+            _mark_collapsed(axes, -0.5, collapsed[group.key])
     width = 0.8 / max(1, len(study.alphas))
     for position, method in enumerate(study.methods):
         for index, alpha in enumerate(study.alphas):
             group = by_key[(method, alpha)]
             x = position - 0.4 + width * (index + 0.5)
-            if collapsed.get((dataset, "kd", method, alpha)):
-                _mark_collapsed(axes, x, collapsed[(dataset, "kd", method, alpha)])
+            if collapsed.get(group.key):
+                _mark_collapsed(axes, x, collapsed[group.key])
             if not group.accuracies:
                 continue
             axes.scatter([x] * group.n, group.accuracies, s=10, color=alpha_colour[alpha],
                          alpha=0.5, zorder=2)
             axes.errorbar([x], [group.mean], yerr=[group.std or 0.0], fmt="o",
                           color=alpha_colour[alpha], capsize=3, markersize=6, zorder=3)
+    shown_collapsed = [collapsed[g.key] for g in by_key.values() if collapsed.get(g.key)]
     if not values:   # every completed run collapsed: scale to those
-        values = [a for found in collapsed.values() for a in found]
+        values = [a for found in shown_collapsed for a in found]
     low, high = min(values), max(values)
     margin = max(1.0, 0.1 * (high - low))
     axes.set_ylim(max(0.0, low - margin), min(100.0, high + margin))
-    if any(key[0] == dataset for key in collapsed):
+    if shown_collapsed:
         axes.plot([], [], marker="v", linestyle="", color=STATE_COLOURS[COLLAPSED],
                   label="collapsed run (at chance): left out of the scale and the mean")
 
 
 def plot_accuracy_overview(study: Study, states: list[RunState], path: Path, made: float):
-    """Per data set: mean ± std (dots: each seed) of the best test accuracy of completed KD
-    runs per method, one colour per alpha; teacher and pure student means as lines.
-    Collapsed runs are marked at the bottom edge and left out of the means and the scale.
-    Returns the figure (one axes per data set, in the study's order)."""
+    """Per data set (and pair, in a study of several): mean ± std (dots: each seed) of the
+    best test accuracy of completed KD runs per method, one colour per alpha; teacher and
+    pure student means as lines. Collapsed runs are marked at the bottom edge and left out
+    of the means and the scale. Returns the figure (one axes per data set × pair, in the
+    study's order)."""
     from matplotlib import colormaps
 
     groups, collapsed = overview_groups(study, states)
-    datasets = list(study.datasets)
-    figure = new_figure(max(4.5 * len(datasets), 6.0), 4.8)
-    axes_list = figure.subplots(1, len(datasets), squeeze=False)[0]
+    panels = [(dataset, pair) for dataset in study.datasets for pair in study.pairs]
+    figure = new_figure(max(4.5 * len(panels), 6.0), 4.8)
+    axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
     colours = colormaps["viridis"]
     alpha_colour = {alpha: colours(0.15 + 0.7 * i / max(1, len(study.alphas) - 1))
                     for i, alpha in enumerate(study.alphas)}
     completed = sum(1 for s in states if s.state == COMPLETED)
-    for axes, dataset in zip(axes_list, datasets):
-        by_key = {(g.method, g.alpha): g for g in groups if g.dataset == dataset}
-        axes.set_title(dataset)
+    for axes, (dataset, pair) in zip(axes_list, panels):
+        by_key = {(g.method, g.alpha): g for g in groups
+                  if g.dataset == dataset and g.pair == pair}
+        axes.set_title(f"{dataset}\n{pair.label}" if study.has_several_pairs else dataset)
         if not any(g.accuracies for g in by_key.values()) and not any(
-                key[0] == dataset for key in collapsed):
+                collapsed.get(g.key) for g in by_key.values()):
             axes.text(0.5, 0.5, "no completed runs", ha="center", va="center",
                       transform=axes.transAxes, color="#777777")
             axes.set_xticks([])
             axes.set_yticks([])
             continue
-        _accuracy_panel(axes, study, by_key, collapsed, dataset, alpha_colour)
+        _accuracy_panel(axes, study, by_key, collapsed, alpha_colour)
         axes.set_xlim(-0.7, max(len(study.methods), 1) - 0.4)
         axes.set_xticks(range(len(study.methods)), study.methods, rotation=30, ha="right",
                         fontsize=8)

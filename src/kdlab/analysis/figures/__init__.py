@@ -1,4 +1,5 @@
-"""Figures of the analysis (matplotlib, Agg), per data set under ``figures/{dataset}/``,
+"""Figures of the analysis (matplotlib, Agg), per data set under ``figures/{dataset}/``
+(per pair under ``figures/{dataset}/{teacher}_to_{student}/`` in a study of several pairs),
 one module per kind:
 
 ``per_method``  per_method/{method}/: per-model and teacher-student metrics, one column
@@ -14,9 +15,9 @@ break), an 'n/a' cell or bar label, or a 'no runs' panel; legends and titles giv
 number of runs found against the number expected.
 """
 
-from .cache import FigureOutcome, draw_group, draw_study, figure_files
+from .cache import FigureOutcome, draw_group, draw_study, figure_files, group_prefix
 from .common import Grid, Values
 from .sweeps import sweep_metrics
 
 __all__ = ["FigureOutcome", "Grid", "Values", "draw_group", "draw_study", "figure_files",
-           "sweep_metrics"]
+           "group_prefix", "sweep_metrics"]

@@ -130,35 +130,49 @@ def _summary_payloads(grid: Grid, scatter: dict) -> tuple[dict, dict]:
     return summary, umap
 
 
-def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict) -> list[tuple]:
-    """(group id, kind, frame subset, payload, output folder) of one data set's groups;
+def group_prefix(study, dataset: str, pair) -> str:
+    """The start of the ids of one data set's (and, in a study of several pairs, one
+    pair's) figure groups: 'Digits' or 'Digits/ResNet56_to_ResNet20'."""
+    if not study.has_several_pairs:
+        return dataset
+    return f"{dataset}/{pair.teacher}_to_{pair.student}"
+
+
+def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict,
+                   pair=None) -> list[tuple]:
+    """(group id, kind, frame subset, payload, output folder) of one data set's groups of
+    one pair (default: the study's first); ``data``: that pair's rows of the frame;
     ``settings``: the analysis' metric settings (the earlier group reuses its ICA fits)."""
+    pair = study.pairs[0] if pair is None else pair
     grid = Grid(study.name, dataset, tuple(study.methods), tuple(study.alphas),
-                tuple(study.seeds), study.teacher, study.student,
-                catalog.model_facts(study.teacher).stage_names,
-                catalog.model_facts(study.student).stage_names)
-    base = layout.figures_dir(study.analysis_dir, study.name, dataset)
+                tuple(study.seeds), pair.teacher, pair.student,
+                catalog.model_facts(pair.teacher).stage_names,
+                catalog.model_facts(pair.student).stage_names)
+    prefix = group_prefix(study, dataset, pair)
+    base = layout.figures_dir(study.analysis_dir, study.name, dataset,
+                              (pair.teacher, pair.student) if study.has_several_pairs
+                              else None)
     groups = []
     if study.methods and study.alphas:
         for method in study.methods:
-            shown = [method, TEACHER, PURE] + [floor for floor, *_ in FLOORS]
+            shown = [method, TEACHER, PURE] + [floor[0] for floor in FLOORS]
             subset = data[data["method"].isin(shown)].reset_index(drop=True)
-            groups.append((f"{dataset}/per_method/{method}", "per_method", subset,
+            groups.append((f"{prefix}/per_method/{method}", "per_method", subset,
                            {"method": method}, base / "per_method" / method))
         for metric, *_ in sweep_metrics():
-            groups.append((f"{dataset}/sweeps/{metric}", "sweep",
+            groups.append((f"{prefix}/sweeps/{metric}", "sweep",
                            data[data["metric"] == metric].reset_index(drop=True),
                            {"metric": metric}, base / "sweeps"))
-        groups.append((f"{dataset}/sweeps/accuracy_vs_alignment", "accuracy_vs_alignment",
+        groups.append((f"{prefix}/sweeps/accuracy_vs_alignment", "accuracy_vs_alignment",
                        data[((data["metric"] == "cka_linear") & (data["layer"] == grid.last_stage))
                             | (data["metric"] == "test_acc")].reset_index(drop=True),
                        {}, base / "sweeps"))
     summary, umap = _summary_payloads(grid, scatter)
-    groups.append((f"{dataset}/summary", "summary",
+    groups.append((f"{prefix}/summary", "summary",
                    data[data["metric"] == "test_acc"].reset_index(drop=True), summary,
                    base / "summary"))
     # apart from the summary: the UMAP (slow) is redrawn only when the files it shows change
-    groups.append((f"{dataset}/umap", "umap", data.iloc[0:0], umap, base / "summary"))
+    groups.append((f"{prefix}/umap", "umap", data.iloc[0:0], umap, base / "summary"))
     # the earlier analysis's figures: redrawn only when the representations they show
     # change (the test accuracies choose each method's representative run; the payload
     # names the runs chosen, so a new run that is no method's representative redraws
@@ -166,7 +180,7 @@ def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict) -> 
     def cache_of(entry):
         return str(layout.model_cache_path(study.analysis_dir, study.name, dataset, entry.path))
 
-    groups.append((f"{dataset}/earlier", "earlier", data.iloc[0:0],
+    groups.append((f"{prefix}/earlier", "earlier", data.iloc[0:0],
                    earlier_payload(grid, list(scatter), data, cache_of, settings),
                    base / "earlier"))
     return [(group_id, kind, grid, subset, payload, out)
@@ -206,27 +220,33 @@ def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True,
     outcome = FigureOutcome()
     tasks, new_manifest = [], {}
     for dataset in study.datasets:
-        data = frame[frame["dataset"] == dataset].reset_index(drop=True)
-        if data.empty:
+        if frame[frame["dataset"] == dataset].empty:
             outcome.notes.append(f"{dataset}: no representations yet, no figures")
             continue
         if not (study.methods and study.alphas):
             outcome.notes.append(f"{dataset}: the study has no KD methods / alphas, so no "
                                  "per-method figures and no alpha sweeps")
-        dataset_scatter = {entry: value for entry, value in scatter.items()
-                           if entry.dataset == dataset}
-        for group_id, kind, grid, subset, payload, out in dataset_groups(
-                study, dataset, data, dataset_scatter, settings or SETTINGS):
-            digest = _digest(kind, grid, subset, payload)
-            previous = manifest.get(group_id, {})
-            if (previous.get("digest") == digest
-                    and all((root / f).is_file() for f in previous.get("files", []))):
-                new_manifest[group_id] = previous
-                outcome.notes += previous.get("notes", [])
-                outcome.kept += len(previous.get("files", []))
+        for pair in study.pairs:
+            data = frame[(frame["dataset"] == dataset)
+                         & (frame["pair"] == pair.label)].reset_index(drop=True)
+            if data.empty:
+                outcome.notes.append(f"{dataset}, pair {pair.label}: no representations "
+                                     "yet, no figures")
                 continue
-            tasks.append((group_id, draw_group, kind, grid, subset, payload, str(out)))
-            new_manifest[group_id] = {"digest": digest, "files": [], "notes": []}
+            pair_scatter = {entry: value for entry, value in scatter.items()
+                            if entry.dataset == dataset and pair in entry.pairs}
+            for group_id, kind, grid, subset, payload, out in dataset_groups(
+                    study, dataset, data, pair_scatter, settings or SETTINGS, pair):
+                digest = _digest(kind, grid, subset, payload)
+                previous = manifest.get(group_id, {})
+                if (previous.get("digest") == digest
+                        and all((root / f).is_file() for f in previous.get("files", []))):
+                    new_manifest[group_id] = previous
+                    outcome.notes += previous.get("notes", [])
+                    outcome.kept += len(previous.get("files", []))
+                    continue
+                tasks.append((group_id, draw_group, kind, grid, subset, payload, str(out)))
+                new_manifest[group_id] = {"digest": digest, "files": [], "notes": []}
     # the slowest kinds first, so that no worker starts a long group while the others
     # have run out of work
     tasks.sort(key=lambda task: _SLOW_FIRST.get(task[2], len(_SLOW_FIRST)))

@@ -19,16 +19,17 @@ from ... import layout  # noqa: E402
 from ...runstate import atomic_write_bytes  # noqa: E402
 from ..store import LAYERS  # noqa: E402
 
-FIGURE_VERSION = 3
+FIGURE_VERSION = 4
 DPI = 110
 TEACHER = "teacher"
 PURE = "pure"
 TEACHER_COLOUR = "black"
 PURE_COLOUR = "0.45"
 MISSING_COLOUR = "0.88"
-# Noise floors: pairs of networks that share no distillation (see analysis.floors)
-FLOORS = (("floor_pure_vs_pure", "pure vs pure (other seed)", "tab:olive"),
-          ("floor_teacher_vs_teacher", "teacher vs teacher (other seed)", "tab:brown"))
+# Noise floors: pairs of networks that share no distillation (see analysis.floors); the
+# last field: whether the floor's layers are the teacher's stages (else the student's)
+FLOORS = (("floor_pure_vs_pure", "pure vs pure (other seed)", "tab:olive", False),
+          ("floor_teacher_vs_teacher", "teacher vs teacher (other seed)", "tab:brown", True))
 
 
 @dataclass(frozen=True)
@@ -221,15 +222,24 @@ def alpha_titles(axes_row, grid: Grid, counts=None) -> None:
 
 
 def figure_title(figure, grid: Grid, text: str) -> None:
-    figure.suptitle(f"{grid.dataset} · {text} · {grid.study}", fontsize=11, wrap=True)
+    figure.suptitle(f"{grid.dataset} · {grid.teacher_model} -> {grid.student_model} · {text} "
+                    f"· {grid.study}", fontsize=11, wrap=True)
 
 
-def floor_bands(ax, values: "Values", layer: str, metric: str, span=None) -> bool:
+def floor_bands(ax, grid: Grid, values: "Values", layer: str, metric: str,
+                span=None) -> bool:
     """Noise-floor reference bands (mean ± std over the floor's pairs, n in the label)
-    across the panel, or over ``span`` = (x0, x1) only; True when one was drawn."""
+    across the panel, or over ``span`` = (x0, x1) only; True when one was drawn.
+    ``layer``: a student stage; the teacher's floor is read at the teacher's stage at the
+    same position from the last, as the pair metrics pair them."""
     drawn = False
-    for method, label, colour in FLOORS:
-        mean, std, count = values.stats(method, None, layer, metric)
+    for method, label, colour, of_teacher in FLOORS:
+        # the logits and the like are no stage: both models have them under one name
+        floor_layer = (grid.teacher_stage(layer) if of_teacher and layer in grid.stages
+                       else layer)
+        if floor_layer is None:
+            continue
+        mean, std, count = values.stats(method, None, floor_layer, metric)
         if count == 0:
             continue
         text = f"floor: {label} (n={count})"

@@ -152,7 +152,8 @@ def effective_dimensionality(group: Method) -> Path:
 def cka_same_layer(group: Method) -> Path:
     def seeds_and_limits(ax, metric, alpha):
         for position, layer in enumerate(group.grid.stages):
-            floor_bands(ax, group.values, layer, metric, span=(position - 0.45, position + 0.45))
+            floor_bands(ax, group.grid, group.values, layer, metric,
+                        span=(position - 0.45, position + 0.45))
             seed_points(ax, group.values, group.method, alpha, layer, metric, position + 0.2)
         ax.set_ylim(0, 1.05)
 

@@ -32,7 +32,7 @@ def sweep_axis(ax, grid: Grid, values: Values, layer: str, metric: str, pairwise
     pure_label = "pure vs teacher (floor)" if pairwise else f"pure ({grid.student_model})"
     references = [(PURE, PURE_COLOUR, "--", pure_label)]
     if pairwise:
-        any_drawn |= floor_bands(ax, values, layer, metric)
+        any_drawn |= floor_bands(ax, grid, values, layer, metric)
     else:
         references.insert(0, (TEACHER, TEACHER_COLOUR, "-", f"teacher ({grid.teacher_model})"))
     for who, colour, style, label in references:
