@@ -22,6 +22,7 @@ from ...runstate import atomic_write_json, read_json, StateFileError
 from .. import workers
 from ..registry import SETTINGS
 from .common import FIGURE_VERSION, FLOORS, PURE, TEACHER, Grid, Values, alpha_text
+from .dynamics import draw_dynamics, floor_payload
 from .earlier import PATH_KEYS as _EARLIER_PATH_KEYS, draw_earlier, earlier_payload
 from .per_method import draw_per_method
 from .summary import draw_summary, umap_figure
@@ -52,6 +53,8 @@ def draw_group(kind: str, grid: Grid, frame, payload: dict, out_dir: str) -> dic
         files = draw_accuracy_vs_alignment(grid, values, out)
     elif kind == "summary":
         files, notes = draw_summary(grid, values, payload, out)
+    elif kind == "dynamics":
+        files = draw_dynamics(grid, frame, payload, out)
     elif kind == "earlier":
         files, notes = draw_earlier(grid, payload, out)
     elif kind == "umap":
@@ -130,9 +133,12 @@ def _summary_payloads(grid: Grid, scatter: dict) -> tuple[dict, dict]:
     return summary, umap
 
 
-def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict) -> list[tuple]:
+def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict,
+                   dynamics=None, snapshot_accuracy=()) -> list[tuple]:
     """(group id, kind, frame subset, payload, output folder) of one data set's groups;
-    ``settings``: the analysis' metric settings (the earlier group reuses its ICA fits)."""
+    ``settings``: the analysis' metric settings (the earlier group reuses its ICA fits);
+    ``dynamics``: the data set's dynamics.csv rows (a group when there are any) and
+    ``snapshot_accuracy``: (run, epoch, test_acc %) of the snapshots."""
     grid = Grid(study.name, dataset, tuple(study.methods), tuple(study.alphas),
                 tuple(study.seeds), study.teacher, study.student,
                 catalog.model_facts(study.teacher).stage_names,
@@ -169,6 +175,14 @@ def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict) -> 
     groups.append((f"{dataset}/earlier", "earlier", data.iloc[0:0],
                    earlier_payload(grid, list(scatter), data, cache_of, settings),
                    base / "earlier"))
+    if dynamics is not None and len(dynamics):
+        shown = dynamics[dynamics["metric"].isin(["cka_linear", "effective_dim"])]
+        runs = set(shown["run"])
+        groups.append((f"{dataset}/dynamics", "dynamics", shown.reset_index(drop=True),
+                       {"floors": floor_payload(grid, data),
+                        "accuracy": sorted(item for item in snapshot_accuracy
+                                           if item[0] in runs)},
+                       base / "dynamics"))
     return [(group_id, kind, grid, subset, payload, out)
             for group_id, kind, subset, payload, out in groups]
 
@@ -193,13 +207,15 @@ def _read_manifest(path: Path) -> dict:
 
 
 def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True,
-               settings: dict | None = None) -> FigureOutcome:
+               settings: dict | None = None, dynamics=None,
+               snapshot_accuracy=()) -> FigureOutcome:
     """Draw (or keep, when unchanged) every figure group of every data set of the study.
 
     ``frame``: metrics frame; ``scatter``: Entry -> (coords [m,2], labels [m]); ``pool``:
     where groups are drawn (:mod:`kdlab.analysis.workers`); ``settings``: the metric
-    settings of the analysis (default: the registry's). Returns what was drawn, kept
-    and noticed. The manifest maps each group to its digest and files."""
+    settings of the analysis (default: the registry's); ``dynamics``: the dynamics.csv
+    frame and ``snapshot_accuracy`` (run, epoch, test_acc %) of its snapshots (the figures
+    over training). Returns what was drawn, kept and noticed. The manifest maps each group to its digest and files."""
     root = layout.analysis_dir(study.analysis_dir, study.name)
     manifest_path = layout.figure_manifest_path(study.analysis_dir, study.name)
     manifest = _read_manifest(manifest_path)
@@ -215,8 +231,11 @@ def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True,
                                  "per-method figures and no alpha sweeps")
         dataset_scatter = {entry: value for entry, value in scatter.items()
                            if entry.dataset == dataset}
+        dataset_dynamics = (None if dynamics is None
+                            else dynamics[dynamics["dataset"] == dataset].reset_index(drop=True))
         for group_id, kind, grid, subset, payload, out in dataset_groups(
-                study, dataset, data, dataset_scatter, settings or SETTINGS):
+                study, dataset, data, dataset_scatter, settings or SETTINGS,
+                dataset_dynamics, snapshot_accuracy):
             digest = _digest(kind, grid, subset, payload)
             previous = manifest.get(group_id, {})
             if (previous.get("digest") == digest
