@@ -43,8 +43,11 @@ class FigureOutcome:
 def draw_group(kind: str, grid: Grid, frame, payload: dict, out_dir: str) -> dict:
     """Draw one group of figures (worker entry point). Returns {'files': [str], 'notes'}."""
     out = Path(out_dir)
-    values = Values(frame)
     notes: list[str] = []
+    if kind == "dynamics":   # dynamics.csv rows, not metrics.csv's
+        return {"files": [str(path) for path in draw_dynamics(grid, frame, payload, out)],
+                "notes": notes}
+    values = Values(frame)
     if kind == "per_method":
         files = draw_per_method(grid, values, payload["method"], out)
     elif kind == "sweep":
@@ -53,8 +56,6 @@ def draw_group(kind: str, grid: Grid, frame, payload: dict, out_dir: str) -> dic
         files = draw_accuracy_vs_alignment(grid, values, out)
     elif kind == "summary":
         files, notes = draw_summary(grid, values, payload, out)
-    elif kind == "dynamics":
-        files = draw_dynamics(grid, frame, payload, out)
     elif kind == "earlier":
         files, notes = draw_earlier(grid, payload, out)
     elif kind == "umap":
@@ -176,7 +177,7 @@ def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict,
                    earlier_payload(grid, list(scatter), data, cache_of, settings),
                    base / "earlier"))
     if dynamics is not None and len(dynamics):
-        shown = dynamics[dynamics["metric"].isin(["cka_linear", "effective_dim"])]
+        shown = dynamics[dynamics["metric"].isin(["cka_linear", "effective_dim_90"])]
         runs = set(shown["run"])
         groups.append((f"{dataset}/dynamics", "dynamics", shown.reset_index(drop=True),
                        {"floors": floor_payload(grid, data),

@@ -145,7 +145,7 @@ def draw_dynamics(grid: Grid, frame, payload: dict, out: Path) -> list[Path]:
                        floors, out, "cka_over_training",
                        "linear CKA with the teacher against epoch (mean over seeds; pure "
                        "student ± std; teacher-vs-teacher floor)"),
-        _over_training(grid, frame, "effective_dim", "components for 90% variance", {}, out,
+        _over_training(grid, frame, "effective_dim_90", "components for 90% variance", {}, out,
                        "effective_dim_over_training",
                        "effective dimensionality against epoch (mean over seeds)"),
         _accuracy_paths(grid, frame, payload["accuracy"], out)]
