@@ -445,8 +445,8 @@ def _dynamics_as_metrics(path: Path) -> pd.DataFrame | None:
     when the file is absent."""
     if not path.is_file():
         return None
-    frame = _metrics_file(path, ("dataset", "method", "alpha", "seed", "epoch", "stage", "metric",
-                                 "value", "ci_low", "ci_high"))
+    frame = _metrics_file(path, ("dataset", "method", "alpha", "seed", "epoch", "stage",
+                                 "metric", "value", "ci_low", "ci_high"))
     identity = ["dataset", "method", "alpha", "seed", "epoch", "stage"]
     parts = [frame[identity + ["metric", "value"]]]
     for bound in ("ci_low", "ci_high"):

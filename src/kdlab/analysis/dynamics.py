@@ -104,4 +104,4 @@ def peak_sentence(frame, dataset: str, stage: str, metric: str = "cka_linear") -
         epochs = sorted(of_method["epoch"].unique())
         parts.append(f"{method} peaks at epoch {int(epoch)}{where} ({mean:.3f}, {interval}; "
                      f"snapshots at epochs {', '.join(str(int(e)) for e in epochs)})")
-    return f"{dataset}: {metric} of {stage} with the teacher " + "; ".join(parts) + "."
+    return f"{dataset}: {metric} of {stage} with the teacher — " + "; ".join(parts) + "."

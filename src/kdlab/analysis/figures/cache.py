@@ -216,7 +216,8 @@ def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True,
     where groups are drawn (:mod:`kdlab.analysis.workers`); ``settings``: the metric
     settings of the analysis (default: the registry's); ``dynamics``: the dynamics.csv
     frame and ``snapshot_accuracy`` (run, epoch, test_acc %) of its snapshots (the figures
-    over training). Returns what was drawn, kept and noticed. The manifest maps each group to its digest and files."""
+    over training). Returns what was drawn, kept and noticed. The manifest maps each
+    group to its digest and files."""
     root = layout.analysis_dir(study.analysis_dir, study.name)
     manifest_path = layout.figure_manifest_path(study.analysis_dir, study.name)
     manifest = _read_manifest(manifest_path)
