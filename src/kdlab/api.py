@@ -10,6 +10,7 @@ never imported, so they are quick on a laptop holding a synced copy of the exper
     runs.groupby(["dataset", "method", "alpha"], dropna=False)["max_acc"].agg(["mean", "std"])
     curves = kdlab.curves("studies/charlie.toml")      # long form: one row per run x epoch x metric
     metrics = kdlab.metrics("studies/charlie.toml")    # the analysis' metrics.csv, typed
+    over_training = kdlab.metrics("studies/charlie.toml", snapshots=True)  # + dynamics.csv
 
 Naming follows metrics.csv so the frames join: ``method`` is the KD method, or 'teacher'
 / 'pure' for the two kinds of pure run (``role`` says the same), ``alpha`` is NaN for them
@@ -411,14 +412,55 @@ def _number_of_text(text: str) -> int | float | str:
         return text
 
 
-def metrics(study: Study | str | Path) -> pd.DataFrame:
+def metrics(study: Study | str | Path, snapshots: bool = False) -> pd.DataFrame:
     """The analysis' ``metrics.csv`` (written by ``kdlab analyze``) with typed columns:
     text for dataset, method, layer and metric; alpha and value (and any other column of
-    numbers) as floats, NaN where empty; seed as an integer (Int64). A cell its column
-    cannot hold (a seed '1.5', or beyond Int64; words where alpha or value belongs) is
-    left missing, and the row's ``problem`` (text, NA when none) names it."""
+    numbers) as floats, NaN where empty; seed and epoch as integers (Int64). A cell its
+    column cannot hold (a seed '1.5', or beyond Int64; words where alpha or value belongs)
+    is left missing, and the row's ``problem`` (text, NA when none) names it.
+
+    ``epoch`` says which weights a row measures: NA for the final weights (every row of
+    metrics.csv), the snapshot's epoch for a row over training. By default only the final
+    weights' rows are returned, so a mean over seeds never mixes in half-trained networks;
+    ``snapshots=True`` appends the rows of ``dynamics.csv`` beside metrics.csv, written in
+    metrics.csv's form (its stage as ``layer``; its interval as rows METRIC_ci_low /
+    METRIC_ci_high, as metrics.csv holds them). Select them with ``epoch.notna()``. A
+    study analysed before snapshots existed has no dynamics.csv: no rows are appended."""
     study = _study(study)
-    path = analysis_dir(study.analysis_dir, study.name) / "metrics.csv"
+    folder = analysis_dir(study.analysis_dir, study.name)
+    frame = _metrics_file(folder / "metrics.csv")
+    frame.insert(frame.columns.get_loc("layer") + 1 if "layer" in frame.columns
+                 else len(frame.columns), "epoch", pd.NA)
+    if snapshots:
+        over_training = _dynamics_as_metrics(folder / "dynamics.csv")
+        if over_training is not None:
+            frame = pd.concat([frame, over_training[[c for c in frame.columns
+                                                     if c in over_training.columns]]],
+                              ignore_index=True)
+    return _typed_metrics(frame)
+
+
+def _dynamics_as_metrics(path: Path) -> pd.DataFrame | None:
+    """dynamics.csv's rows as text cells in metrics.csv's form (see :func:`metrics`); None
+    when the file is absent."""
+    if not path.is_file():
+        return None
+    frame = _metrics_file(path, ("dataset", "method", "alpha", "seed", "epoch", "stage",
+                                 "metric", "value", "ci_low", "ci_high"))
+    identity = ["dataset", "method", "alpha", "seed", "epoch", "stage"]
+    parts = [frame[identity + ["metric", "value"]]]
+    for bound in ("ci_low", "ci_high"):
+        has = frame[frame[bound] != ""]
+        parts.append(pd.DataFrame({**{c: has[c] for c in identity},
+                                   "metric": has["metric"] + f"_{bound}",
+                                   "value": has[bound]}))
+    return pd.concat(parts, ignore_index=True).rename(columns={"stage": "layer"})
+
+
+def _metrics_file(path: Path, required=("dataset", "method", "seed", "metric",
+                                        "value")) -> pd.DataFrame:
+    """One of the analysis' CSV tables as text cells ('' where empty); one-line UserError
+    when it is absent, unreadable or lacks a column."""
     try:
         frame = pd.read_csv(path, dtype="string", keep_default_na=False)
     except FileNotFoundError:
@@ -426,15 +468,20 @@ def metrics(study: Study | str | Path) -> pd.DataFrame:
                         "analyze first)") from None
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: unreadable ({error}); expected kdlab analyze's "
-                        "metrics.csv") from None
-    missing = {"dataset", "method", "seed", "metric", "value"} - set(frame.columns)
+                        f"{path.name}") from None
+    missing = set(required) - set(frame.columns)
     if missing:
         raise UserError(f"{path}: no column {', '.join(sorted(missing))}; expected kdlab "
-                        "analyze's metrics.csv")
+                        f"analyze's {path.name}")
+    return frame
+
+
+def _typed_metrics(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`metrics`' columns typed, each refused cell named in its row's problem."""
     problems: list[list[str]] = [[] for _ in range(len(frame))]
     for column in frame.columns:
         values = frame[column].replace("", pd.NA)
-        if column == "seed":
+        if column in ("seed", "epoch"):
             frame[column] = pd.array(_checked_cells(values, column, problems, whole=True),
                                      dtype="Int64")
             continue

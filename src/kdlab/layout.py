@@ -277,9 +277,10 @@ def figures_dir(analysis_root: str | Path, study_name: str, dataset: str,
 
 
 def analysis_table_path(analysis_root: str | Path, study_name: str, name: str) -> Path:
-    """A table of the analysis: ``metrics.csv``, ``floors.csv``, ``accuracy.csv`` or
-    ``accuracy.md``."""
-    if name not in ("metrics.csv", "floors.csv", "accuracy.csv", "accuracy.md"):
+    """A table of the analysis: ``metrics.csv``, ``floors.csv``, ``accuracy.csv``,
+    ``accuracy.md`` or ``dynamics.csv`` (the metrics of the runs' snapshots)."""
+    if name not in ("metrics.csv", "floors.csv", "accuracy.csv", "accuracy.md",
+                    "dynamics.csv"):
         raise ValueError(f"unknown analysis table {name!r}")
     return analysis_dir(analysis_root, study_name) / name
 

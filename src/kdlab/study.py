@@ -270,6 +270,12 @@ class Study:
         """The run's directory under this study's experiments directory and layout."""
         return run_dir(self.experiments_dir, spec, self.layout)
 
+    def run_names_of(self, pair: Pair) -> set[str]:
+        """The names of the runs ``pair``'s cells hold (its teacher's, its student's pure
+        and distilled runs)."""
+        return {spec.name for cell in self.cells() if cell.pair == pair
+                for spec in self.cell_runs(cell)}
+
     def representation_path(self, spec: RunSpec, role: str, epoch: int | None = None) -> Path:
         """Where ``spec``'s representation in ``role`` ('teacher', 'pure', 'kd') is
         extracted, of its snapshot after ``epoch`` or of its final weights (None)

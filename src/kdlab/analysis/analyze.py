@@ -1,4 +1,5 @@
-"""``kdlab analyze STUDY``: representations -> metrics.csv, accuracy tables, figures, report.
+"""``kdlab analyze STUDY``: representations -> metrics.csv, dynamics.csv, accuracy tables,
+figures, report.
 
 The study's grid says which representation files are expected; whichever of them exist are
 analysed and the others are listed as missing (and show as gaps in the figures). Work runs
@@ -6,6 +7,12 @@ in ``--jobs`` worker processes (BLAS limited to one thread each, so N workers us
 not N x cores); per-model and per-pair results and figures are cached
 (:mod:`kdlab.analysis.compute`, :mod:`kdlab.analysis.figures`), so a re-run after one new
 run recomputes only what depends on it.
+
+A run's snapshots (representations of its weights after chosen epochs, in the
+``snapshots/`` folder beside the final ones, :func:`kdlab.layout.representation_path`) are
+analysed as more models with the same registry and cache, each snapshot paired with its
+teacher's *final* representation, into ``dynamics.csv`` (:mod:`kdlab.analysis.dynamics`);
+a new snapshot costs one model and one pair.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from ..errors import UserError
 from ..layout import RunSpec
 from ..runstate import atomic_write_text
 from ..study import Pair, Role, Study, load_study
-from . import compute, floors, store, workers
+from . import compute, dynamics, floors, store, workers
 from .workers import resolve_jobs  # noqa: F401  (kdlab.analysis.analyze.resolve_jobs)
 
 TEACHER = "teacher"
@@ -47,6 +54,7 @@ class Entry:
     path: Path
     pairs: tuple[Pair, ...] = ()
     named: bool = False
+    epoch: int | None = None   # a snapshot's (1-based) epoch; None: the final weights
 
     @property
     def model(self) -> str:
@@ -54,14 +62,19 @@ class Entry:
         return self.spec.model
 
     @property
+    def role(self) -> str:
+        return self.method if self.method in (TEACHER, PURE) else "kd"
+
+    @property
     def label(self) -> str:
         who = ""
         if self.named:
             who = f" {self.spec.teacher}->{self.model}" if self.spec.teacher else f" {self.model}"
+        snapshot = "" if self.epoch is None else f" epoch {self.epoch}"
         if self.alpha is None:
-            return f"{self.dataset} {self.method}{who} s{self.seed}"
+            return f"{self.dataset} {self.method}{who} s{self.seed}{snapshot}"
         return (f"{self.dataset} {self.method} a{layout.format_alpha(self.alpha)}{who} "
-                f"s{self.seed}")
+                f"s{self.seed}{snapshot}")
 
 
 @dataclass
@@ -80,6 +93,12 @@ class AnalysisReport:
     pairs_cached: int = 0
     floors_computed: int = 0
     floors_cached: int = 0
+    snapshots: list[Entry] = field(default_factory=list)    # snapshot representations found
+    snapshot_models_computed: int = 0
+    snapshot_models_cached: int = 0
+    snapshot_pairs_computed: int = 0
+    snapshot_pairs_cached: int = 0
+    dynamics: object = None    # this pass's dynamics.csv frame (dynamics.COLUMNS)
     figures_drawn: int = 0
     figures_kept: int = 0
     metric_seconds: dict[str, float] = field(default_factory=dict)  # summed worker CPU time
@@ -103,8 +122,33 @@ class AnalysisReport:
         return (f"{self.counts()}; models {self.models_computed} computed / {self.models_cached} "
                 f"cached; pairs {self.pairs_computed} computed / {self.pairs_cached} cached; "
                 f"noise floors {self.floors_computed} computed / {self.floors_cached} cached; "
-                f"figures {self.figures_drawn} drawn / {self.figures_kept} unchanged; "
+                + (f"snapshots {len(self.snapshots)}: models {self.snapshot_models_computed} "
+                   f"computed / {self.snapshot_models_cached} cached, pairs "
+                   f"{self.snapshot_pairs_computed} computed / {self.snapshot_pairs_cached} "
+                   "cached; " if self.snapshots else "")
+                + f"figures {self.figures_drawn} drawn / {self.figures_kept} unchanged; "
                 f"report {self.root / 'report.html'}")
+
+
+def snapshot_entries(study: Study, entries: list[Entry]) -> list[Entry]:
+    """The snapshot representations present for ``entries`` (runs of the grid), run by run
+    in grid order, then by epoch; found whether or not the run's final representation
+    exists yet (a run still training)."""
+    found = []
+    for entry in entries:
+        folder = entry.path.parent / layout.SNAPSHOTS_DIR
+        epochs = set()
+        for path in folder.glob(f"{entry.path.stem}_e*.npz"):
+            number = path.stem.removeprefix(f"{entry.path.stem}_e")
+            # only the layout's own name for an epoch counts (not e.g. '_e5' or '_e0000')
+            if number.isdigit() and int(number) >= 1 and path == study.representation_path(
+                    entry.spec, entry.role, int(number)):
+                epochs.add(int(number))
+        found += [Entry(entry.dataset, entry.method, entry.alpha, entry.seed, entry.spec,
+                        study.representation_path(entry.spec, entry.role, epoch),
+                        entry.pairs, entry.named, epoch)
+                  for epoch in sorted(epochs)]
+    return found
 
 
 def expected_entries(study: Study) -> list[Entry]:
@@ -181,14 +225,55 @@ def _inventory(study: Study, result: AnalysisReport) -> None:
                         "after training)")
 
 
-def _model_step(run: _Pass) -> dict:
-    """Per-model metrics of every available representation: Entry -> outcome."""
+def _model_step(run: _Pass, entries: list[Entry] | None = None, kind: str = "models",
+                description: str = "per-model metrics") -> dict:
+    """Per-model metrics of every available representation (or of ``entries``): Entry ->
+    outcome."""
     model_results: dict[Entry, dict] = {}
+    entries = run.result.available if entries is None else entries
     tasks = [(entry, compute.model_task, str(entry.path), run.model_cache(entry), run.settings)
-             for entry in run.result.available]
-    for entry, outcome in run.run(tasks, "per-model metrics"):
-        _collect(run.result, entry, outcome, "models", model_results)
+             for entry in entries]
+    for entry, outcome in run.run(tasks, description):
+        _collect(run.result, entry, outcome, kind, model_results)
     return model_results
+
+
+def _dynamics_step(run: _Pass, model_results: dict):
+    """Per-model metrics of every snapshot, and its pair metrics against its teacher's final
+    representation (same data set and seed), as the dynamics.csv frame; written."""
+    result, study = run.result, run.study
+    result.snapshots = snapshot_entries(study, expected_entries(study))
+    snapshot_results = _model_step(run, result.snapshots, "snapshot_models",
+                                   "per-model metrics of snapshots")
+    teachers = {(e.dataset, e.seed, e.model): e for e in model_results if e.method == TEACHER}
+    partners_of: dict[Entry, list[Entry]] = defaultdict(list)
+    without_teacher = 0
+    for entry in snapshot_results:
+        if entry.method == TEACHER:
+            continue    # the teacher's own snapshots: per-model metrics only
+        teacher_model = entry.spec.teacher or (entry.pairs[0] if entry.pairs
+                                               else study.pairs[0]).teacher
+        teacher = teachers.get((entry.dataset, entry.seed, teacher_model))
+        if teacher is None:
+            without_teacher += 1
+        else:
+            partners_of[teacher].append(entry)
+    if without_teacher:
+        result.notes.append(f"{without_teacher} student snapshot(s) have no teacher "
+                            "representation of their seed, so no teacher-student metrics "
+                            "over training")
+    pair_results = _pair_step(run, partners_of, "snapshot_pairs",
+                              "teacher-student metrics of snapshots")
+    frame = dynamics.dynamics_frame(
+        [(entry.dataset, entry.spec.name, entry.method, entry.alpha, entry.seed, entry.epoch,
+          outcome["rows"]) for results in (snapshot_results, {other: outcome for (_, other),
+                                                              outcome in pair_results.items()})
+         for entry, outcome in results.items()])
+    path = layout.analysis_table_path(study.analysis_dir, study.name, "dynamics.csv")
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+    result.outputs.append(path)
+    result.dynamics = frame
+    return frame
 
 
 def _students_of_teachers(model_results: dict, result: AnalysisReport) -> dict:
@@ -244,13 +329,15 @@ def _table_step(study: Study, frame, floors, result: AnalysisReport):
     return accuracy
 
 
-def _figure_step(run: _Pass, frame, model_results: dict) -> None:
+def _figure_step(run: _Pass, frame, model_results: dict, dynamics_frame=None) -> None:
     from . import figures
 
     scatter = {entry: (outcome["scatter"], outcome["scatter_labels"])
                for entry, outcome in model_results.items()}
+    accuracy = dynamics.snapshot_accuracies(run.study, run.result.snapshots)
     drawn = figures.draw_study(run.study, frame, scatter, run.pool,
-                               show_progress=run.show_progress, settings=run.settings)
+                               show_progress=run.show_progress, settings=run.settings,
+                               dynamics=dynamics_frame, snapshot_accuracy=accuracy)
     run.result.figures_drawn += drawn.drawn
     run.result.figures_kept += drawn.kept
     run.result.notes += drawn.notes
@@ -320,13 +407,20 @@ def _steps(run: _Pass, with_floors: bool, log: Callable[[str], None]):
         frame = _metrics_frame(model_results, pair_results)
         floor_table = floors.floor_frame(floor_results)
         accuracy = _table_step(run.study, frame, floor_table, result)
+    with _Step(result, "snapshots") as step:
+        dynamics_frame = _dynamics_step(run, model_results)
+    if result.snapshots:
+        log(f"  snapshots: {len(result.snapshots)}; models {result.snapshot_models_computed} "
+            f"computed, {result.snapshot_models_cached} from cache; pairs "
+            f"{result.snapshot_pairs_computed} computed, {result.snapshot_pairs_cached} from "
+            f"cache ({result.step_seconds[step.name]:.1f} s)")
     with _Step(result, "figures") as step:
         import pandas as pd
 
         shown = pd.concat([frame, floors.as_metric_rows(floor_table, COLUMNS,
                                                         run.study.pairs)],
                           ignore_index=True)
-        _figure_step(run, shown, model_results)
+        _figure_step(run, shown, model_results, dynamics_frame)
     log(f"  figures: {result.figures_drawn} drawn, {result.figures_kept} unchanged "
         f"({result.step_seconds[step.name]:.1f} s)")
     return accuracy
@@ -338,7 +432,8 @@ def _collect(result: AnalysisReport, entry: Entry, outcome: dict, kind: str,
     its error as a problem."""
     if outcome["error"]:
         what = {"models": "skipped", "pairs": "no pair metrics",
-                "floors": "no noise-floor metrics"}[kind]
+                "floors": "no noise-floor metrics", "snapshot_models": "snapshot skipped",
+                "snapshot_pairs": "no pair metrics of the snapshot"}[kind]
         result.problems.append(f"{entry.label}: {what}: {outcome['error']}")
         return
     into[entry if key is None else key] = outcome

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import catalog, layout
 from ..runstate import atomic_write_text
-from . import registry
+from . import dynamics, registry
 from .figures import figure_files, group_prefix, sweep_metrics
 
 
@@ -139,7 +139,36 @@ TABLES = [("metrics.csv", "metrics.csv — every metric, one row per data set ×
                          "teachers across seeds (no distillation between them)"),
           ("accuracy.csv", "accuracy.csv — test accuracy, mean ± std over seeds; the accuracy "
                            "the study selects by with its 95% interval and n; final_acc"),
-          ("accuracy.md", "accuracy.md — the same as Markdown")]
+          ("accuracy.md", "accuracy.md — the same as Markdown"),
+          ("dynamics.csv", "dynamics.csv — the metrics of every snapshot over training, one "
+                           "row per run × epoch × stage × metric, with its interval")]
+
+
+def _dynamics_section(study, result, groups: dict, root: Path) -> list[str]:
+    """'Representations over training': per data set, the sentence computed from
+    dynamics.csv and the figures; one line when no run has snapshots."""
+    frame = getattr(result, "dynamics", None)
+    parts = ["<h2>Representations over training</h2>"]
+    if frame is None or not len(frame):
+        return parts + ['<p class="note">No snapshot representations: set '
+                        "snapshot_epochs in the study's [training] and run kdlab extract to "
+                        "see the metrics over training.</p>"]
+    parts.append("<p>Each snapshot is one more model: the same per-model metrics, and the "
+                 "teacher-student metrics against the teacher's final weights "
+                 "(dynamics.csv).</p>")
+    for dataset in study.datasets:
+        for pair in study.pairs:
+            of_pair = frame[(frame["dataset"] == dataset)
+                            & frame["run"].isin(study.run_names_of(pair))]
+            if not len(of_pair):
+                continue
+            last_stage = catalog.model_facts(pair.student).stage_names[-1]
+            title = (f"{dataset} — {pair.label}" if study.has_several_pairs else dataset)
+            parts.append(f"<h3>{html.escape(title)}</h3><p>"
+                         + html.escape(dynamics.peak_sentence(of_pair, dataset, last_stage))
+                         + "</p>" + _gallery(groups.get(
+                             f"{group_prefix(study, dataset, pair)}/dynamics", []), root))
+    return parts
 
 
 def _dataset_section(study, dataset: str, accuracy, groups: dict, root: Path) -> list[str]:
@@ -224,6 +253,7 @@ def write_report(study, result, accuracy) -> Path:
     parts.append(setup_differences_html())
     for dataset in study.datasets:
         parts += _dataset_section(study, dataset, accuracy, groups, root)
+    parts += _dynamics_section(study, result, groups, root)
     parts.append("</body></html>")
     path = layout.report_path(study.analysis_dir, study.name)
     atomic_write_text(path, "\n".join(parts) + "\n")

@@ -22,6 +22,7 @@ from ...runstate import atomic_write_json, read_json, StateFileError
 from .. import workers
 from ..registry import SETTINGS
 from .common import FIGURE_VERSION, FLOORS, PURE, TEACHER, Grid, Values, alpha_text
+from .dynamics import draw_dynamics, floor_payload
 from .earlier import PATH_KEYS as _EARLIER_PATH_KEYS, draw_earlier, earlier_payload
 from .per_method import draw_per_method
 from .summary import draw_summary, umap_figure
@@ -42,8 +43,11 @@ class FigureOutcome:
 def draw_group(kind: str, grid: Grid, frame, payload: dict, out_dir: str) -> dict:
     """Draw one group of figures (worker entry point). Returns {'files': [str], 'notes'}."""
     out = Path(out_dir)
-    values = Values(frame)
     notes: list[str] = []
+    if kind == "dynamics":   # dynamics.csv rows, not metrics.csv's
+        return {"files": [str(path) for path in draw_dynamics(grid, frame, payload, out)],
+                "notes": notes}
+    values = Values(frame)
     if kind == "per_method":
         files = draw_per_method(grid, values, payload["method"], out)
     elif kind == "sweep":
@@ -139,10 +143,12 @@ def group_prefix(study, dataset: str, pair) -> str:
 
 
 def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict,
-                   pair=None) -> list[tuple]:
+                   pair=None, dynamics=None, snapshot_accuracy=()) -> list[tuple]:
     """(group id, kind, frame subset, payload, output folder) of one data set's groups of
     one pair (default: the study's first); ``data``: that pair's rows of the frame;
-    ``settings``: the analysis' metric settings (the earlier group reuses its ICA fits)."""
+    ``settings``: the analysis' metric settings (the earlier group reuses its ICA fits);
+    ``dynamics``: the pair's dynamics.csv rows of the data set (a group when there are any)
+    and ``snapshot_accuracy``: (run, epoch, test_acc %) of the snapshots."""
     pair = study.pairs[0] if pair is None else pair
     grid = Grid(study.name, dataset, tuple(study.methods), tuple(study.alphas),
                 tuple(study.seeds), pair.teacher, pair.student,
@@ -183,6 +189,14 @@ def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict,
     groups.append((f"{prefix}/earlier", "earlier", data.iloc[0:0],
                    earlier_payload(grid, list(scatter), data, cache_of, settings),
                    base / "earlier"))
+    if dynamics is not None and len(dynamics):
+        shown = dynamics[dynamics["metric"].isin(["cka_linear", "effective_dim_90"])]
+        runs = set(shown["run"])
+        groups.append((f"{prefix}/dynamics", "dynamics", shown.reset_index(drop=True),
+                       {"floors": floor_payload(grid, data),
+                        "accuracy": sorted(item for item in snapshot_accuracy
+                                           if item[0] in runs)},
+                       base / "dynamics"))
     return [(group_id, kind, grid, subset, payload, out)
             for group_id, kind, subset, payload, out in groups]
 
@@ -207,13 +221,16 @@ def _read_manifest(path: Path) -> dict:
 
 
 def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True,
-               settings: dict | None = None) -> FigureOutcome:
+               settings: dict | None = None, dynamics=None,
+               snapshot_accuracy=()) -> FigureOutcome:
     """Draw (or keep, when unchanged) every figure group of every data set of the study.
 
     ``frame``: metrics frame; ``scatter``: Entry -> (coords [m,2], labels [m]); ``pool``:
     where groups are drawn (:mod:`kdlab.analysis.workers`); ``settings``: the metric
-    settings of the analysis (default: the registry's). Returns what was drawn, kept
-    and noticed. The manifest maps each group to its digest and files."""
+    settings of the analysis (default: the registry's); ``dynamics``: the dynamics.csv
+    frame and ``snapshot_accuracy`` (run, epoch, test_acc %) of its snapshots (the figures
+    over training). Returns what was drawn, kept and noticed. The manifest maps each
+    group to its digest and files."""
     root = layout.analysis_dir(study.analysis_dir, study.name)
     manifest_path = layout.figure_manifest_path(study.analysis_dir, study.name)
     manifest = _read_manifest(manifest_path)
@@ -226,6 +243,8 @@ def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True,
         if not (study.methods and study.alphas):
             outcome.notes.append(f"{dataset}: the study has no KD methods / alphas, so no "
                                  "per-method figures and no alpha sweeps")
+        dataset_dynamics = (None if dynamics is None
+                            else dynamics[dynamics["dataset"] == dataset].reset_index(drop=True))
         for pair in study.pairs:
             data = frame[(frame["dataset"] == dataset)
                          & (frame["pair"] == pair.label)].reset_index(drop=True)
@@ -235,8 +254,13 @@ def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True,
                 continue
             pair_scatter = {entry: value for entry, value in scatter.items()
                             if entry.dataset == dataset and pair in entry.pairs}
+            pair_dynamics = None
+            if dataset_dynamics is not None:
+                pair_dynamics = dataset_dynamics[dataset_dynamics["run"].isin(
+                    study.run_names_of(pair))].reset_index(drop=True)
             for group_id, kind, grid, subset, payload, out in dataset_groups(
-                    study, dataset, data, pair_scatter, settings or SETTINGS, pair):
+                    study, dataset, data, pair_scatter, settings or SETTINGS, pair,
+                    pair_dynamics, snapshot_accuracy):
                 digest = _digest(kind, grid, subset, payload)
                 previous = manifest.get(group_id, {})
                 if (previous.get("digest") == digest
