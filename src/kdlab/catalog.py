@@ -123,6 +123,11 @@ BACKENDS = ("local", "slurm", "pbs")
 AUGMENTATIONS = ("kdlab", "earlier", "benchmark")
 # Learning-rate schedules (TrainConfig.lr_schedule).
 LR_SCHEDULES = ("cosine", "multistep")
+# The loss of a distilled run (TrainConfig.objective): kdlab's (1 - alpha) CE + alpha
+# distillation, or the benchmark's gamma CE + alpha KD + beta L_method (RepDistiller's
+# train_student.py), whose weights are run settings and which has no alpha level.
+KDLAB_OBJECTIVE, BENCHMARK_OBJECTIVE = "kdlab", "benchmark"
+OBJECTIVES = (KDLAB_OBJECTIVE, BENCHMARK_OBJECTIVE)
 # Which split chooses best.pth (TrainConfig.selection).
 SELECTIONS = ("test", "validation")
 # The accuracy a study selects by ([training] selection): the status.json key holding it,
