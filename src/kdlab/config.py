@@ -340,8 +340,9 @@ def complete_options(config: TrainConfig) -> TrainConfig:
                                           config.teacher_model)
     if problem is not None:
         raise SettingError(f"method_options.{problem[0]}", problem[1], problem[2])
-    hint_key = next((key for key in resolved if key.split(".")[-1] == "hint_epochs"),
-                    "hint_epochs")
+    # A stage that trains part of the student alone (FitNets' hints, AB's and FSP's init).
+    hint_key = next((key for key in resolved
+                     if key.split(".")[-1] in ("hint_epochs", "init_epochs")), "hint_epochs")
     if resolved.get(hint_key, 0) >= config.epochs:
         raise SettingError(f"method_options.{hint_key}", resolved[hint_key],
                            f"fewer than --epochs {config.epochs} (stage 1 leaves "
