@@ -21,7 +21,8 @@ from kdlab.schedulers.base import Scheduler, SchedulerError
 # Options that keep a method's Digits test run short: its stage before student training
 # shortened, CRD's negatives fewer than Digits' samples (16,384 would gather 2 x 1 GB of bank
 # rows per batch of 128). A method with a costly default adds its entry here.
-FAST_METHOD_OPTIONS = {"factor_transfer": {"paraphraser_epochs": 1}, "crd": {"negatives": 64}}
+FAST_METHOD_OPTIONS = {"factor_transfer": {"paraphraser_epochs": 1}, "crd": {"negatives": 64},
+                       "ab": {"init_epochs": 1}, "fsp": {"init_epochs": 1}}
 
 
 def fast_method_options(method: str) -> dict:

@@ -123,6 +123,11 @@ BACKENDS = ("local", "slurm", "pbs")
 AUGMENTATIONS = ("kdlab", "earlier", "benchmark")
 # Learning-rate schedules (TrainConfig.lr_schedule).
 LR_SCHEDULES = ("cosine", "multistep")
+# The loss of a distilled run (TrainConfig.objective): kdlab's (1 - alpha) CE + alpha
+# distillation, or the benchmark's gamma CE + alpha KD + beta L_method (RepDistiller's
+# train_student.py), whose weights are run settings and which has no alpha level.
+KDLAB_OBJECTIVE, BENCHMARK_OBJECTIVE = "kdlab", "benchmark"
+OBJECTIVES = (KDLAB_OBJECTIVE, BENCHMARK_OBJECTIVE)
 # Which split chooses best.pth (TrainConfig.selection).
 SELECTIONS = ("test", "validation")
 # The accuracy a study selects by ([training] selection): the status.json key holding it,
@@ -281,6 +286,30 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
                 "L2-normalised); each sample's student embedding must pick out the teacher's "
                 "embedding of the same image among negatives drawn from momentum memory banks "
                 "of the whole training set, by RepDistiller's NCE loss, and symmetrically."),
+    MethodFacts("ab", {
+        "margin": Option(1.0, "RepDistiller ABLoss(margin=1.0)", above=0.0),
+        # RepDistiller's init() sums the stage losses unweighted; its -b for AB never applies
+        # (loss_kd = 0 after the init stage).
+        "weight": Option(1.0, "RepDistiller's init stage: the loss unweighted", minimum=0.0),
+        "init_epochs": Option(30, "RepDistiller's --init_epochs (the stage before training "
+                                  "with the cross-entropy, where AB acts alone)", minimum=0)},
+        summary="AB (Heo et al. 2019): connectors map each student stage's pre-ReLU maps onto "
+                "the teacher's; an alternative squared hinge of margin 1 makes the student's "
+                "neurons switch on and off where the teacher's do, the stages weighted 2^(i-n+1)"
+                ", as RepDistiller's AB.py. As there, it acts only in its init stage (the first "
+                "init_epochs epochs train the stages and connectors on it alone); after it the "
+                "run trains on the labels (beta 0)."),
+    MethodFacts("fsp", {
+        "weight": Option(1.0, "RepDistiller's init stage: the loss unweighted (its -b 50 "
+                              "never applies: loss_kd = 0 after the init stage)", minimum=0.0),
+        "init_epochs": Option(30, "RepDistiller's --init_epochs (the stage before training "
+                                  "with the cross-entropy, where FSP acts alone)", minimum=0)},
+        summary="FSP (Yim et al. 2017): the Gram matrices between consecutive stages' maps "
+                "(the larger map average-pooled to the smaller) of the student should equal "
+                "the teacher's, by mean squared error, as RepDistiller's FSP.py; its pairs "
+                "start at the stem, kdlab's at the first stage. As there, it acts only in its "
+                "init stage (the first init_epochs epochs); after it the run trains on the "
+                "labels (beta 0)."),
     MethodFacts("sp", {
         "weight": Option(3000.0, "RepDistiller's --beta for SP (README)", minimum=0.0)},
         summary="SP (Tung & Mori 2019): the student's batch should have the teacher's "

@@ -150,6 +150,19 @@ class TrainConfig:
     alpha: float | None = setting(None, "KD strength: loss = (1-alpha)*CE + alpha*distill",
                                   float, check=lambda v: None if 0 <= v <= 1
                                   else "a KD strength in [0, 1]", optional=True, where=GRID)
+    objective: str = setting(catalog.KDLAB_OBJECTIVE, "loss of a distilled run: 'kdlab' "
+                             "((1-alpha)*CE + alpha*distill, alpha from the grid) or "
+                             "'benchmark' (ce_weight*CE + kd_weight*KD + the method's terms, "
+                             "each weighted by its own weight option: RepDistiller's gamma, "
+                             "alpha and beta; no alpha level)", str,
+                             choices=catalog.OBJECTIVES)
+    ce_weight: float = setting(1.0, "objective 'benchmark': weight of the cross-entropy "
+                               "(RepDistiller's gamma: 1, or 0.1 for KD alone)", float,
+                               check=_finite(lambda v: v >= 0, "a finite number >= 0"))
+    kd_weight: float = setting(0.0, "objective 'benchmark': weight of the logit KD term "
+                               "T^2*KL(teacher||student) at --temperature (RepDistiller's "
+                               "alpha: 0, 0.9 for KD alone, 1 for CRD+KD)", float,
+                               check=_finite(lambda v: v >= 0, "a finite number >= 0"))
     temperature: float = setting(4.0, "softmax temperature of the logit-based losses", float,
                                  check=_finite(lambda v: v > 0, "a finite number > 0"))
     augmentation: str = setting("kdlab", "training augmentation: 'kdlab' (pad and crop), "
@@ -267,9 +280,18 @@ class SettingError(UserError):
 # data pipeline or the shared process (data set, seed, batch size, augmentation,
 # data_root, device, ...), so the members of a pack agree on it.
 PER_RUN_FIELDS = frozenset({"model", "distillation", "teacher_model", "alpha",
-                            "method_options", "epochs", "lr", "lr_schedule", "lr_milestones",
-                            "lr_decay", "momentum", "weight_decay", "label_smoothing",
-                            "temperature", "snapshot_epochs"})
+                            "objective", "ce_weight", "kd_weight", "method_options", "epochs",
+                            "lr", "lr_schedule", "lr_milestones", "lr_decay", "momentum",
+                            "weight_decay", "label_smoothing", "temperature",
+                            "snapshot_epochs"})
+
+
+# The fields of the objective: they concern distilled runs only (a pure run trains on the
+# cross-entropy alone whatever they say), so a study gives its pure runs the defaults and a
+# teacher shared by studies on different objectives is one run.
+OBJECTIVE_FIELDS = ("objective", "ce_weight", "kd_weight")
+OBJECTIVE_DEFAULTS = {item.name: item.default for item in fields(TrainConfig)
+                      if item.name in OBJECTIVE_FIELDS}
 
 
 def pack_shared_fields() -> list[str]:
@@ -332,6 +354,14 @@ def validate_config(config: TrainConfig) -> None:
             config.snapshot_epochs[-1] > config.epochs:
         raise SettingError("snapshot_epochs", config.snapshot_epochs,
                            f"epochs up to --epochs {config.epochs}")
+    benchmark = config.objective == catalog.BENCHMARK_OBJECTIVE
+    if not benchmark:
+        for name in ("ce_weight", "kd_weight"):
+            if getattr(config, name) != OBJECTIVE_DEFAULTS[name]:
+                raise SettingError(name, getattr(config, name),
+                                   f"the default {OBJECTIVE_DEFAULTS[name]!r} with objective "
+                                   f"'{config.objective}' (it weighs the benchmark objective's "
+                                   "terms; set objective = 'benchmark')")
     if config.distillation == PURE:
         if config.alpha is not None or config.teacher_model is not None:
             raise UserError("--alpha/--teacher-model were given without --distillation: "
@@ -342,7 +372,10 @@ def validate_config(config: TrainConfig) -> None:
         return
     if config.teacher_model is None:
         raise UserError(f"--distillation {config.distillation} needs --teacher-model")
-    if config.alpha is None:
+    if benchmark and config.alpha is not None:
+        raise SettingError("alpha", config.alpha, "no alpha with objective 'benchmark' (its "
+                           "weights are ce_weight, kd_weight and the method's weight option)")
+    if not benchmark and config.alpha is None:
         raise SettingError("alpha", None, "a KD strength in [0, 1]")
     complete_options(config)
 
@@ -365,8 +398,9 @@ def complete_options(config: TrainConfig) -> TrainConfig:
                                           config.teacher_model)
     if problem is not None:
         raise SettingError(f"method_options.{problem[0]}", problem[1], problem[2])
-    hint_key = next((key for key in resolved if key.split(".")[-1] == "hint_epochs"),
-                    "hint_epochs")
+    # A stage that trains part of the student alone (FitNets' hints, AB's and FSP's init).
+    hint_key = next((key for key in resolved
+                     if key.split(".")[-1] in ("hint_epochs", "init_epochs")), "hint_epochs")
     if resolved.get(hint_key, 0) >= config.epochs:
         raise SettingError(f"method_options.{hint_key}", resolved[hint_key],
                            f"fewer than --epochs {config.epochs} (stage 1 leaves "

@@ -5,8 +5,9 @@ the analysis outputs of a study live. Everything else asks it.
 
 Pure runs:        {experiments}/{dataset}/pure/{model}/{seed}/
 Distilled runs:   {experiments}/{dataset}/{method}/alpha_{alpha}/{teacher}_to_{student}/{seed}/
-  with the study's ``layout = "no-alpha"`` (the earlier code's archived beta tree, every KD
-  run at one alpha):  {experiments}/{dataset}/{method}/{teacher}_to_{student}/{seed}/
+  without an alpha level (a KD run on the benchmark's objective, which has no alpha, or a
+  study's ``layout = "no-alpha"``: the earlier code's archived beta tree, every KD run at
+  one alpha):       {experiments}/{dataset}/{method}/{teacher}_to_{student}/{seed}/
 Analysis:         {root}/analysis/experiment_{study}/...
 """
 
@@ -34,6 +35,9 @@ class RunSpec:
 
     ``model`` is the network trained by this run (the student for a KD run);
     ``method`` is ``'none'`` for a pure run, in which case ``teacher`` and ``alpha`` are None.
+    A KD run without ``alpha`` trains on the benchmark's objective (``gamma CE + alpha KD +
+    beta L``: its weights are run settings, not a level of the grid); its directory has no
+    alpha level.
     """
 
     dataset: str
@@ -47,8 +51,8 @@ class RunSpec:
         if self.method == PURE:
             if self.teacher is not None or self.alpha is not None:
                 raise ValueError("a pure run has no teacher and no alpha")
-        elif self.teacher is None or self.alpha is None:
-            raise ValueError(f"a '{self.method}' run needs a teacher and an alpha")
+        elif self.teacher is None:
+            raise ValueError(f"a '{self.method}' run needs a teacher")
 
     @property
     def is_pure(self) -> bool:
@@ -65,17 +69,18 @@ class RunSpec:
         """Short unique name, used for scheduler job names and log lines."""
         if self.is_pure:
             return f"{self.dataset}-pure-{self.model}-s{self.seed}"
-        return (f"{self.dataset}-{self.method}-a{format_alpha(self.alpha)}-"
-                f"{self.teacher}_to_{self.model}-s{self.seed}")
+        alpha = "" if self.alpha is None else f"a{format_alpha(self.alpha)}-"
+        return f"{self.dataset}-{self.method}-{alpha}{self.teacher}_to_{self.model}-s{self.seed}"
 
 
 def run_dir(experiments_dir: str | Path, spec: RunSpec, scheme: str = ALPHA_LAYOUT) -> Path:
-    """Directory of one run under the path ``scheme`` (:data:`LAYOUTS`)."""
+    """Directory of one run under the path ``scheme`` (:data:`LAYOUTS`); a KD run without an
+    alpha (the benchmark's objective) has only the no-alpha directory."""
     root = Path(experiments_dir) / spec.dataset
     if spec.is_pure:
         return root / PURE_DIR / spec.model / str(spec.seed)
     pair = f"{spec.teacher}_to_{spec.model}"
-    if scheme == NO_ALPHA_LAYOUT:
+    if scheme == NO_ALPHA_LAYOUT or spec.alpha is None:
         return root / spec.method / pair / str(spec.seed)
     return root / spec.method / f"alpha_{format_alpha(spec.alpha)}" / pair / str(spec.seed)
 
@@ -110,13 +115,14 @@ def read_run_path(relative: str, scheme: str = ALPHA_LAYOUT,
                   no_alpha_value: float | None = None) -> RunSpec | None:
     """The run a path relative to the experiments directory names under ``scheme``, read
     leniently ('alpha_0.50' and seed '00' read as 0.5 and 0); None when it names none.
-    ``no_alpha_value``: the alpha of KD runs under the no-alpha scheme."""
+    ``no_alpha_value``: the alpha of KD runs under the no-alpha scheme (an archived tree at
+    one alpha); None: they have none (runs on the benchmark's objective)."""
     match = _PURE_RE.match(relative)
     if match:
         return RunSpec(match["dataset"], match["model"], int(match["seed"]))
     if scheme == NO_ALPHA_LAYOUT:
         match = _NO_ALPHA_KD_RE.match(relative)
-        if not match or match["method"] == PURE_DIR or no_alpha_value is None:
+        if not match or match["method"] == PURE_DIR:
             return None
         alpha = no_alpha_value
     else:
@@ -217,6 +223,9 @@ def representation_path(analysis_root: str | Path, study_name: str, spec: RunSpe
     if role in ("teacher", "pure"):
         model = f"_{spec.model}" if named_by_model else ""
         path = base / f"{role}{model}_s{spec.seed}.npz"
+    elif role == "kd" and spec.alpha is None:
+        pair = f"_{spec.teacher}_to_{spec.model}" if named_by_model else ""
+        path = base / f"{spec.method}{pair}_s{spec.seed}.npz"
     elif role == "kd":
         pair = f"_{spec.teacher}_to_{spec.model}" if named_by_model else ""
         path = base / f"{spec.method}_a{format_alpha(spec.alpha)}{pair}_s{spec.seed}.npz"

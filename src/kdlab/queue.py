@@ -372,10 +372,10 @@ def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False
                 say(text)
         say(summary_line(study, decisions, dry_run=True))
         return decisions, 0
-    if study.layout == NO_ALPHA_LAYOUT:
+    if study.layout == NO_ALPHA_LAYOUT and not study.trains_without_alpha:
         raise UserError(f"{study.path}: layout = \"no-alpha\" is for reading an archived tree "
-                        "(status, plot, extract, analyze); expected the default layout to "
-                        "submit runs")
+                        "(status, plot, extract, analyze); expected the default layout (or "
+                        "training.objective = \"benchmark\", which has no alpha) to submit runs")
     problem = scheduler.available()
     if problem is not None:
         raise UserError(f"{study.path}: scheduler.backend '{scheduler.name}' cannot be used "

@@ -315,7 +315,7 @@ def _why_outside(study: Study, relative: str) -> dict:
         return {"reason": "other model"}
     if spec.method not in study.methods:
         return {"reason": "other method"}
-    if spec.alpha not in study.alphas:
+    if spec.alpha not in study.alpha_levels():
         return {"reason": "other alpha", "alpha": spec.alpha}
     return {"reason": "other seed"}
 

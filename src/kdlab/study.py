@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .config import (EPOCHS_OR_RULE, GRID, PATHS, SNAPSHOT_RULES, TRAINING, SettingError,
-                     TrainConfig, complete_options, kind_ok, setting_default, setting_fields,
-                     validate_config)
+from .config import (EPOCHS_OR_RULE, GRID, OBJECTIVE_DEFAULTS, PATHS, SNAPSHOT_RULES,
+                     TRAINING, SettingError, TrainConfig, complete_options, kind_ok,
+                     setting_default, setting_fields, validate_config)
 from .errors import UserError
 from .layout import (ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs,
                      representation_path, run_dir)
@@ -172,6 +172,16 @@ class Study:
         return not pair.distils_itself
 
     # ---- the grid ---------------------------------------------------------------------
+    @property
+    def trains_without_alpha(self) -> bool:
+        """Whether its KD runs are on the benchmark's objective: no alpha, the no-alpha
+        layout, trainable (an archived no-alpha tree read at one alpha is not)."""
+        return self.training.get("objective") == catalog.BENCHMARK_OBJECTIVE
+
+    def alpha_levels(self) -> list[float | None]:
+        """The alphas of the grid's KD cells: ``[None]`` on the benchmark's objective."""
+        return [None] if self.trains_without_alpha else list(self.alphas)
+
     def teacher_runs(self) -> list[RunSpec]:
         """Every teacher's runs once (a teacher shared by several pairs trains once)."""
         return [RunSpec(d, teacher, s) for d in self.datasets for teacher in self.teachers()
@@ -186,7 +196,7 @@ class Study:
     def kd_runs(self) -> list[RunSpec]:
         return [RunSpec(d, pair.student, s, method=m, teacher=pair.teacher, alpha=a)
                 for d in self.datasets for pair in self.pairs for m in self.methods
-                for a in self.alphas for s in self.seeds]
+                for a in self.alpha_levels() for s in self.seeds]
 
     def runs(self) -> list[RunSpec]:
         """Every run of the grid once, in priority order: teachers, pure students, then KD
@@ -212,7 +222,7 @@ class Study:
                 if self.pair_has_pure_cell(pair):
                     cells.append(Cell(dataset, Role.PURE, pair=pair))
                 cells += [Cell(dataset, Role.KD, method, alpha, pair)
-                          for method in self.methods for alpha in self.alphas]
+                          for method in self.methods for alpha in self.alpha_levels()]
         return cells
 
     def cells_of(self, spec: RunSpec) -> list[Cell]:
@@ -224,7 +234,7 @@ class Study:
         if not spec.is_pure:
             pair = Pair(spec.teacher, spec.model)
             if (pair in self.pairs and spec.method in self.methods
-                    and spec.alpha in self.alphas):
+                    and spec.alpha in self.alpha_levels()):
                 return [Cell(spec.dataset, Role.KD, spec.method, spec.alpha, pair)]
             return []
         cells = []
@@ -286,7 +296,7 @@ class Study:
     def run_dirs(self, experiments_dir: str | Path | None = None):
         """(RunSpec, path) of every run directory in this study's layout under its
         experiments directory (or ``experiments_dir``), of its grid or not."""
-        no_alpha = self.alphas[0] if self.layout == NO_ALPHA_LAYOUT else None
+        no_alpha = self.alphas[0] if self.layout == NO_ALPHA_LAYOUT and self.alphas else None
         return iter_run_dirs(self.experiments_dir if experiments_dir is None else experiments_dir,
                              self.layout, no_alpha)
 
@@ -294,6 +304,8 @@ class Study:
         """The run's settings as the study gives them (method options not yet completed)."""
         settings = {item.name: self.training[item.name] for item in setting_fields(TRAINING)}
         settings.update(self.model_training.get(spec.model, {}))
+        if spec.is_pure:  # the objective weighs distillation: a pure run has the defaults
+            settings.update(OBJECTIVE_DEFAULTS)
         return TrainConfig(
             dataset=spec.dataset, model=spec.model, seed=spec.seed,
             distillation=spec.method, teacher_model=spec.teacher, alpha=spec.alpha,
@@ -455,7 +467,13 @@ def load_study(path: str | Path) -> Study:
     for alpha in alphas:
         if not 0.0 <= alpha <= 1.0:
             check.fail("alphas", "numbers in [0, 1]", alpha)
-    if methods and not alphas:
+    training_table = dict(check.get(raw, "training", dict, "", {}))
+    benchmark = training_table.get("objective") == catalog.BENCHMARK_OBJECTIVE
+    if benchmark and alphas:
+        check.fail("alphas", "no alphas with training.objective = \"benchmark\" (its weights "
+                   "are training.ce_weight, training.kd_weight and each method's weight)",
+                   alphas)
+    if methods and not alphas and not benchmark:
         check.fail("alphas", "at least one alpha when methods are given", [])
     seeds = check.get(raw, "seeds", (list, int), "")
     if not seeds or not datasets:
@@ -464,13 +482,15 @@ def load_study(path: str | Path) -> Study:
                         ("seeds", seeds)):
         if len(set(values)) != len(values):
             check.fail(key, "no repeated entries", values)
-    layout = check.get(raw, "layout", str, "", ALPHA_LAYOUT)
+    layout = check.get(raw, "layout", str, "", NO_ALPHA_LAYOUT if benchmark else ALPHA_LAYOUT)
     if layout not in LAYOUTS:
         check.fail("layout", f"one of {', '.join(LAYOUTS)}", layout)
-    if layout == NO_ALPHA_LAYOUT and len(alphas) != 1:
+    if benchmark and layout != NO_ALPHA_LAYOUT:
+        check.fail("layout", "\"no-alpha\" (or no layout key) with training.objective = "
+                   "\"benchmark\": its runs have no alpha level", layout)
+    if layout == NO_ALPHA_LAYOUT and len(alphas) != 1 and not benchmark:
         check.fail("alphas", "exactly one alpha with layout = \"no-alpha\"", alphas)
 
-    training_table = dict(check.get(raw, "training", dict, "", {}))
     model_training = _load_model_training(check, training_table.pop("model", {}))
     training = _load_training(check, training_table)
     reported = check.get(raw, "reported_accuracy", str, "", "best")
@@ -571,7 +591,8 @@ def _load_model_training(check: _Checker, table: Any) -> dict[str, dict[str, Any
             check.fail(where, f"a model from {', '.join(KNOWN_MODELS)}")
         if not isinstance(values, dict):
             check.fail(where, "a table of [training] keys", values)
-        items = {item.name: item for item in setting_fields(TRAINING)}
+        items = {item.name: item for item in setting_fields(TRAINING)
+                 if item.name not in OBJECTIVE_DEFAULTS}  # one objective per study
         check.no_unknown(values, set(items), where)
         typed = {}
         for key in values:
@@ -612,13 +633,14 @@ def _validate_settings(check: _Checker, study: Study, models_key: str | None = N
                for each in study.seeds]
     samples += [RunSpec(dataset, pair.student, seed) for pair in study.pairs]
     samples += [RunSpec(dataset, pair.student, seed, method=method, teacher=pair.teacher,
-                        alpha=study.alphas[0])
+                        alpha=study.alpha_levels()[0])
                 for pair in study.pairs for method in study.methods]
     samples += [RunSpec(dataset, model, seed) for model in study.model_training]
     for method in study.method_options:
         if method not in study.methods:  # options of a method the grid does not use
             samples.append(RunSpec(study.datasets[0], study.student, study.seeds[0],
-                                   method=method, teacher=study.teacher, alpha=0.5))
+                                   method=method, teacher=study.teacher,
+                                   alpha=None if study.trains_without_alpha else 0.5))
     for spec in samples:
         try:
             validate_config(study.train_config(spec))

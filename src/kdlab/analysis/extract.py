@@ -73,8 +73,9 @@ def _outside_study(study: Study, spec: RunSpec) -> str | None:
             return f"pair {spec.teacher}->{spec.model}"
         if spec.method not in study.methods:
             return f"method {spec.method}"
-        if spec.alpha not in study.alphas:
-            return f"alpha {layout.format_alpha(spec.alpha)}"
+        if spec.alpha not in study.alpha_levels():
+            return ("no alpha" if spec.alpha is None
+                    else f"alpha {layout.format_alpha(spec.alpha)}")
     if spec.seed not in study.seeds:
         return f"seed {spec.seed}"
     return None

@@ -30,6 +30,8 @@ _METHOD_MODULES = {
     "dist": "dist",
     "ofd": "ofd",
     "reviewkd": "reviewkd",
+    "ab": "ab",
+    "fsp": "fsp",
 }
 METHOD_NAMES = tuple(_METHOD_MODULES)
 

@@ -27,6 +27,17 @@ def standardize(logits: torch.Tensor) -> torch.Tensor:
     return (logits - mean) / (STANDARDIZE_EPSILON + std)
 
 
+def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """``[B, K]`` logits -> scalar ``T² · KL(softmax(t/T) ‖ softmax(s/T))``, summed over classes,
+    mean over the batch (RepDistiller ``DistillKL``): the KD term of the benchmark's
+    objective, in float32."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float().detach() / temperature, dim=1)
+    return temperature ** 2 * F.kl_div(log_p_student, log_p_teacher, reduction="batchmean",
+                                       log_target=True)
+
+
 @register
 class LogitDistiller(Distiller):
     """``kl = weight · T² · KL(softmax(t/T) ‖ softmax(s/T))``, summed over classes, mean over

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from .. import layout, runstate
 from .device import autocast, epoch_generator
 from .guards import Preempted, StopFlag
+from ..catalog import BENCHMARK_OBJECTIVE
 from ..distill.base import BatchContext
+from ..distill.logit import kd_divergence
 from ..models.features import Features
 from .state import RunContext, Student, TrainingState
 
@@ -64,7 +66,10 @@ def batch_loss(ctx: RunContext, state: TrainingState, teacher_features, images, 
                distill_only: bool = False, batch: BatchContext | None = None):
     """(total loss, named terms, student logits) of one batch; ``distill_only``: the total is
     the method's terms alone (a partial stage), the cross-entropy is only logged; ``batch``:
-    what the method reads about the batch (default: its labels alone)."""
+    what the method reads about the batch (default: its labels alone). The total is kdlab's
+    ``(1 - alpha) ce + alpha distill`` or, with ``objective = "benchmark"``, ``ce_weight ce +
+    kd_weight kd + distill`` (terms logged unweighted except the method's own, which carry
+    their weight, beta)."""
     config, device = ctx.config, ctx.device
     with autocast(device, ctx.amp_dtype):
         student_features = state.model(images)
@@ -77,9 +82,19 @@ def batch_loss(ctx: RunContext, state: TrainingState, teacher_features, images, 
                                         teacher_features,
                                         batch if batch is not None else BatchContext(labels))
     distill_loss = sum(distill_terms.values())
-    total = (distill_loss if distill_only
-             else (1.0 - config.alpha) * ce + config.alpha * distill_loss)
-    return total, {"ce": ce, "distill": distill_loss, **distill_terms}, logits
+    terms = {"ce": ce, "distill": distill_loss, **distill_terms}
+    if distill_only:
+        total = distill_loss
+    elif config.objective == BENCHMARK_OBJECTIVE:
+        # gamma CE + alpha KD + beta L (RepDistiller): beta is already in the method's terms.
+        total = config.ce_weight * ce + distill_loss
+        if config.kd_weight:
+            with torch.autocast(device.type, enabled=False):
+                terms["kd"] = kd_divergence(logits, teacher_features.logits, config.temperature)
+            total = total + config.kd_weight * terms["kd"]
+    else:
+        total = (1.0 - config.alpha) * ce + config.alpha * distill_loss
+    return total, terms, logits
 
 
 def optimizer_step(state: TrainingState, total_loss) -> bool:
