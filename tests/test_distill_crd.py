@@ -18,8 +18,11 @@ NEGATIVES, DIM, TEMPERATURE, MOMENTUM = 12, 6, 0.07, 0.5
 
 
 def crd(**options):
+    """The method with this file's small sizes, its embeddings and banks drawn from a fixed
+    seed (the same distiller whatever ran before)."""
     options = {"negatives": NEGATIVES, "feature_dim": DIM, "nce_temperature": TEMPERATURE,
                "momentum": MOMENTUM, **options}
+    torch.manual_seed(0)
     distiller = build_distiller("crd", SHAPES, SHAPES, options)
     distiller.attach_training_set(TRAIN_LABELS)
     return distiller
@@ -83,7 +86,11 @@ def test_crd_loss_and_gradient_equal_the_nce_formula():
     assert math.isclose(float(value), 0.8 * float(expected), rel_tol=1e-5)
     value.backward()
     (0.8 * expected).backward()
-    assert torch.allclose(pooled.grad.double(), pooled64.grad, rtol=1e-4, atol=1e-9)
+    # float32 against float64: each element within 1e-4 relative, or within 1e-5 of the
+    # gradient's largest element (round-off of sums that cancel to near zero: per element,
+    # an absolute 1e-9 failed for 5 of 30 random initialisations of the embeddings).
+    torch.testing.assert_close(pooled.grad.double(), pooled64.grad, rtol=1e-4,
+                               atol=1e-5 * float(pooled64.grad.abs().max()))
     # Z was set from this first batch and is kept.
     assert torch.allclose(distiller.normalisers.double(), torch.tensor(z, dtype=torch.float64),
                           rtol=1e-5)
