@@ -23,12 +23,16 @@ STUDENT, TEACHER, IMAGE, BATCH = "ResNet8", "ResNet20", 8, 6
 STUDENT_SHAPES = describe_features(STUDENT, 10, IMAGE)
 TEACHER_SHAPES = describe_features(TEACHER, 10, IMAGE)
 TRAIN_LABELS = torch.arange(60) % 10
+# The teacher a method is given before training, as the loop gives it (OFD reads its margins
+# from the batch norms; its weights are those of a fresh model: ones and zeros).
+TEACHER_MODEL = build_model(TEACHER, 10).eval()
 
 
 def built(method, options):
     distiller = build_distiller(method, STUDENT_SHAPES, TEACHER_SHAPES, options,
                                 student_model=STUDENT, teacher_model=TEACHER)
     distiller.attach_training_set(TRAIN_LABELS)
+    distiller.attach_teacher(TEACHER_MODEL)
     if hasattr(distiller, "paraphraser_ready"):
         distiller.paraphraser_ready = True  # stage 1 is tested in test_distill_losses
     return distiller
