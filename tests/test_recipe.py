@@ -295,8 +295,8 @@ def test_multistep_run_trains_at_the_schedule_s_rates_and_resumes_bit_identicall
     real_batches = DeviceData.train_batches
     calls = {"batches": 0}
 
-    def stopping_batches(self, batch_size, generator):
-        for batch in real_batches(self, batch_size, generator):
+    def stopping_batches(self, batch_size, generator, **options):
+        for batch in real_batches(self, batch_size, generator, **options):
             calls["batches"] += 1
             if calls["batches"] == 23 + 5:   # 23 batches of 64 per epoch: inside epoch 2
                 os.kill(os.getpid(), signal.SIGUSR1)

@@ -217,7 +217,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     bad_dataset[bad_dataset.index("Digits")] = "MNIST"
     assert "Cifar10" in _error_line(capsys, bad_dataset)
     bad_model = train_args(tmp_path, 1)
-    bad_model[bad_model.index("ResNet8")] = "VGG16"
+    bad_model[bad_model.index("ResNet8")] = "AlexNet"
     assert "ResNet56" in _error_line(capsys, bad_model)
     assert "--alpha" in _error_line(capsys, train_args(tmp_path, 1, "--alpha", "0.5"))
     assert "positive" in _error_line(capsys, train_args(tmp_path, 0))
