@@ -191,6 +191,9 @@ HAND_READ = [
     (CRD1, "ResNet32x4", "ResNet8x4", "factor_transfer", 72.86),
     (CRD1, "ResNet56", "ResNet20", "fsp", 69.95), (CRD1, "VGG13", "VGG8", "nst", 71.53),
     (CRD1, "ResNet32x4", "ResNet8x4", "crd", 75.51),
+    (CRD1, "ResNet110", "ResNet20", "teacher", 74.31), (CRD1, "ResNet110", "ResNet20", "pure", 69.06),
+    (CRD1, "ResNet110", "ResNet20", "logit", 70.67), (CRD1, "ResNet110", "ResNet20", "fitnets", 68.99),
+    (CRD1, "ResNet110", "ResNet20", "fsp", 70.11), (CRD1, "ResNet110", "ResNet20", "crd", 71.46),
     (CRD2, "VGG13", "MobileNetV2", "teacher", 74.64), (CRD2, "VGG13", "MobileNetV2", "pure", 64.60),
     (CRD2, "ResNet50", "MobileNetV2", "teacher", 79.34), (CRD2, "ResNet50", "VGG8", "pure", 70.36),
     (CRD2, "ResNet32x4", "ShuffleNetV1", "pure", 70.50),
@@ -223,10 +226,10 @@ def test_published_numbers_hold_every_cell_with_valid_fields():
         key = (reference.source, reference.teacher, reference.student, reference.method)
         assert key not in cells
         cells.add(key)
-    assert counts == {CRD1: 6 * 15 - 1, CRD2: 6 * 14, DKD1: 6 * 2, DKD2: 4 * 2}
+    assert counts == {CRD1: 7 * 15 - 1, CRD2: 6 * 14, DKD1: 6 * 2, DKD2: 4 * 2}
     assert {(r.teacher, r.student) for r in references} == {
-        ("ResNet56", "ResNet20"), ("ResNet110", "ResNet32"), ("ResNet32x4", "ResNet8x4"),
-        ("WRN40_2", "WRN16_2"), ("WRN40_2", "WRN40_1"), ("VGG13", "VGG8"),
+        ("ResNet56", "ResNet20"), ("ResNet110", "ResNet20"), ("ResNet110", "ResNet32"),
+        ("ResNet32x4", "ResNet8x4"), ("WRN40_2", "WRN16_2"), ("WRN40_2", "WRN40_1"), ("VGG13", "VGG8"),
         ("VGG13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "VGG8"),
         ("ResNet32x4", "ShuffleNetV1"), ("ResNet32x4", "ShuffleNetV2"),
         ("WRN40_2", "ShuffleNetV1")}

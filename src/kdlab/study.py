@@ -132,6 +132,10 @@ class Study:
     # [training.model.NAME]: [training] values for the runs of one model only (teacher,
     # pure or distilled student), e.g. RepDistiller's lr 0.01 for MobileNetV2.
     model_training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # [training.method.NAME]: the benchmark objective's weights (ce_weight, kd_weight) for
+    # one method's runs, e.g. RepDistiller's KD row (-r 0.1 -a 0.9 -b 0): ce_weight 0.1
+    # with logit's weight 0.9, while its feature methods keep ce_weight 1.
+    method_training: dict[str, dict[str, float]] = field(default_factory=dict)
     # Which epoch's accuracy the tables report: catalog.REPORTED_ACCURACIES.
     reported_accuracy: str = "best"
     # [compare] reference: the CSV of reference numbers `kdlab compare` reads (None: the
@@ -304,6 +308,8 @@ class Study:
         """The run's settings as the study gives them (method options not yet completed)."""
         settings = {item.name: self.training[item.name] for item in setting_fields(TRAINING)}
         settings.update(self.model_training.get(spec.model, {}))
+        if not spec.is_pure:
+            settings.update(self.method_training.get(spec.method, {}))
         if spec.is_pure:  # the objective weighs distillation: a pure run has the defaults
             settings.update(OBJECTIVE_DEFAULTS)
         return TrainConfig(
@@ -492,6 +498,8 @@ def load_study(path: str | Path) -> Study:
         check.fail("alphas", "exactly one alpha with layout = \"no-alpha\"", alphas)
 
     model_training = _load_model_training(check, training_table.pop("model", {}))
+    method_training = _load_method_training(check, training_table.pop("method", {}),
+                                            benchmark, methods)
     training = _load_training(check, training_table)
     reported = check.get(raw, "reported_accuracy", str, "", "best")
     if reported not in catalog.REPORTED_ACCURACIES:
@@ -525,7 +533,8 @@ def load_study(path: str | Path) -> Study:
         training=training, method_options={k: dict(v) for k, v in method_options.items()},
         scheduler=scheduler, cluster=dict(cluster), sync=sync, layout=layout,
         accept_earlier_teachers=check.get(raw, "accept_earlier_teachers", bool, "", False),
-        model_training=model_training, reported_accuracy=reported,
+        model_training=model_training, method_training=method_training,
+        reported_accuracy=reported,
         compare_reference=compare_reference)
     trained = study.teachers() + [pair.student for pair in study.pairs]
     for model in model_training:
@@ -603,6 +612,30 @@ def _load_model_training(check: _Checker, table: Any) -> dict[str, dict[str, Any
     return per_model
 
 
+def _load_method_training(check: _Checker, table: Any, benchmark: bool,
+                          methods: list[str]) -> dict[str, dict[str, float]]:
+    """``[training.method.NAME]`` tables: the benchmark objective's ``ce_weight`` and
+    ``kd_weight`` for the runs of one of the study's methods (only with ``objective =
+    "benchmark"``: kdlab's objective weighs its runs by alpha alone)."""
+    if not isinstance(table, dict):
+        check.fail("training.method", "a table of methods ([training.method.NAME])", table)
+    if table and not benchmark:
+        check.fail("training.method", 'per-method weights only with training.objective = '
+                   '"benchmark" (kdlab\'s objective weighs a run by its alpha)', sorted(table))
+    weights = [name for name in OBJECTIVE_DEFAULTS if name != "objective"]
+    per_method = {}
+    for method, values in table.items():
+        where = f"training.method.{method}"
+        if method not in methods:
+            check.fail(where, f"a method of this study ({', '.join(methods)})")
+        if not isinstance(values, dict):
+            check.fail(where, f"a table of {' and '.join(weights)}", values)
+        check.no_unknown(values, set(weights), where)
+        per_method[method] = {key: float(check.get(values, key, float, where))
+                              for key in values}
+    return per_method
+
+
 def _load_compare(check: _Checker, table: dict) -> Path | None:
     """``[compare] reference``: a CSV of reference numbers, relative to the study file."""
     check.no_unknown(table, {"reference"}, "compare")
@@ -651,6 +684,8 @@ def _validate_settings(check: _Checker, study: Study, models_key: str | None = N
                 key = models_key
             elif error.key in _GRID_KEYS:
                 key = _GRID_KEYS[error.key]
+            elif not spec.is_pure and error.key in study.method_training.get(spec.method, {}):
+                key = f"training.method.{spec.method}.{error.key}"
             elif error.key in study.model_training.get(spec.model, {}):
                 key = f"training.model.{spec.model}.{error.key}"
             elif error.key in study.training:

@@ -332,8 +332,10 @@ def _grid_section(study: Study, earlier: list) -> Section:
         f"Data sets: {', '.join(study.datasets)}. {_pairs_sentence(study)} Each configuration "
         "is trained with "
         f"seeds {', '.join(str(s) for s in study.seeds)}; distillation methods "
-        f"{', '.join(study.methods) or 'none'} at alphas "
-        f"{', '.join(format_alpha(a) for a in study.alphas) or '—'}, giving "
+        f"{', '.join(study.methods) or 'none'} "
+        + ("on the benchmark's objective (no alpha level)" if study.trains_without_alpha else
+           f"at alphas {', '.join(format_alpha(a) for a in study.alphas) or '—'}")
+        + ", giving "
         f"{len(study.runs())} runs ({len(study.teacher_runs())} teacher, "
         f"{len(study.pure_student_runs())} pure student, {len(study.kd_runs())} distilled).")
     smoothing = training.get("label_smoothing")
@@ -351,7 +353,8 @@ def _grid_section(study: Study, earlier: list) -> Section:
                       f"{training['weight_decay']}"],
         ["learning rate", f"{training['lr']}, {schedule_words(training)}"],
         ["label smoothing", smoothing_text],
-        ["distillation loss", "(1 − α)·CE + α·(method loss)"],
+        ["distillation loss", "γ·CE + κ·KD + β·(method loss), the benchmark's"
+         if study.trains_without_alpha else "(1 − α)·CE + α·(method loss)"],
         ["temperature", f"{training['temperature']} (methods that take one, unless set "
                         "in their options)"],
         ["precision", f"{precision}: {_PRECISION_TEXT.get(precision, precision)}"],
@@ -368,8 +371,11 @@ def _methods_section(study: Study, earlier: bool) -> Section:
     methods = Section("Distillation methods")
     methods.paragraph(("For kdlab's runs, e" if earlier else "E") +
                       "ach method's settings are its defaults in kdlab merged with the "
-                      "study's method_options; the student's loss is (1 − α)·CE + α·(sum "
-                      "of the method's weighted terms).")
+                      "study's method_options; the student's loss is " +
+                      ("γ·CE + κ·KD + (sum of the method's weighted terms), the benchmark's "
+                       "objective (weights in the section on the objective)."
+                       if study.trains_without_alpha else
+                       "(1 − α)·CE + α·(sum of the method's weighted terms)."))
     rows = []
     for method in study.methods:
         citation, options = _method_facts(study, method)

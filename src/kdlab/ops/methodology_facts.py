@@ -94,6 +94,24 @@ def weight_table(study: Study) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def benchmark_weight_table(study: Study) -> tuple[list[str], list[list[str]]]:
+    """Rows: method (term) with its β and the γ (ce_weight) and κ (kd_weight) its runs take
+    ([training] with the method's [training.method.NAME] values over it)."""
+    headers = ["method (term)", "β", "γ (CE)", "κ (KD)"]
+    rows = []
+    for method in study.methods:
+        weights = {**study.training, **study.method_training.get(method, {})}
+        gamma, kappa = _number(weights["ce_weight"]), _number(weights["kd_weight"])
+        terms = method_term_weights(study, method)
+        if terms is None:
+            rows.append([method, "—", gamma, kappa])
+            continue
+        for term, weight in terms.items():
+            name = method if term == method else f"{method} ({term})"
+            rows.append([name, _number(weight), gamma, kappa])
+    return headers, rows
+
+
 def rkd_text(study: Study) -> str | None:
     if "rkd" not in study.methods:
         return None
@@ -200,7 +218,14 @@ def selection_text(study: Study, states: list[RunState]) -> str:
 def objective_blocks(study: Study, states: list[RunState]) -> list[tuple]:
     """The section 'Objective, schedule and model selection'."""
     blocks: list[tuple] = [("p", label_smoothing_text(study))]
-    if study.methods:
+    if study.methods and study.trains_without_alpha:
+        headers, rows = benchmark_weight_table(study)
+        blocks.append(("p", "A distilled student minimises the benchmark's objective, "
+                            "γ·CE + κ·KD + Σ β·(term) (RepDistiller's train_student.py: "
+                            "its -r, -a and -b), where KD is the logit divergence at the "
+                            "run's temperature. The table gives each method's weights:"))
+        blocks.append(("table", headers, rows))
+    elif study.methods:
         headers, rows = weight_table(study)
         blocks.append(("p", "A distilled student minimises (1 − α)·CE + α·Σ w·(term). The "
                             "table gives each term's weight w and its weight relative to "

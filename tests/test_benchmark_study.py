@@ -1,0 +1,141 @@
+"""The CIFAR-100 benchmark study (studies/cifar100-benchmark.toml) expands to the CRD/DKD
+grid with RepDistiller's recipe and dry-runs through the queue; [training.method.NAME] gives
+one method's runs their own objective weights (RepDistiller's KD row: gamma 0.1) and is
+refused where it cannot apply; the GPU-hour estimate prices runs by their MACs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_study
+from kdlab.cli import main
+from kdlab.config import validate_config
+from kdlab.errors import UserError
+from kdlab.layout import RunSpec
+from kdlab.study import load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = ROOT / "studies" / "cifar100-benchmark.toml"
+BENCHMARK = 'objective = "benchmark"'
+
+
+@pytest.fixture
+def benchmark_study(tmp_path):
+    path = tmp_path / STUDY.name
+    shutil.copy(STUDY, path)
+    return load_study(path)
+
+
+def test_the_benchmark_study_expands_to_the_published_grid(benchmark_study):
+    study = benchmark_study
+    pairs = {(pair.teacher, pair.student) for pair in study.pairs}
+    assert len(pairs) == 13 and ("ResNet32x4", "ShuffleNetV2") in pairs
+    runs = study.runs()
+    kd = [spec for spec in runs if not spec.is_pure]
+    assert len(kd) == 13 * 14 * 3
+    assert len(study.teacher_runs()) == 6 * 3
+    assert len(runs) == 546 + 18 + 27
+    assert all(spec.alpha is None for spec in kd)   # the no-alpha layout
+
+    def config(spec):
+        value = study.train_config(spec)
+        validate_config(value)
+        return value
+
+    crd = config(RunSpec("Cifar100", "ResNet8x4", 0, "crd", "ResNet32x4"))
+    assert (crd.epochs, crd.batch_size, crd.lr, crd.lr_schedule, crd.lr_milestones) == (
+        240, 64, 0.05, "multistep", [150, 180, 210])
+    assert (crd.objective, crd.ce_weight, crd.kd_weight, crd.augmentation) == (
+        "benchmark", 1.0, 0.0, "benchmark")
+    kd_row = config(RunSpec("Cifar100", "ResNet8x4", 0, "logit", "ResNet32x4"))
+    assert (kd_row.ce_weight, kd_row.method_options["weight"]) == (0.1, 0.9)
+    # lr 0.01 for MobileNetV2 and the ShuffleNets only, as student or pure run.
+    assert config(RunSpec("Cifar100", "MobileNetV2", 1, "dkd", "VGG13")).lr == 0.01
+    assert config(RunSpec("Cifar100", "ShuffleNetV2", 0)).lr == 0.01
+    assert config(RunSpec("Cifar100", "VGG8", 0, "crd", "ResNet50")).lr == 0.05
+    # A teacher is a pure run: the objective's defaults, whatever the methods say.
+    teacher = config(RunSpec("Cifar100", "ResNet50", 0))
+    assert (teacher.objective, teacher.ce_weight, teacher.lr) == ("kdlab", 1.0, 0.05)
+
+
+def test_the_benchmark_study_dry_runs_through_the_queue(benchmark_study, capsys):
+    assert main(["queue", str(benchmark_study.path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "591 runs: 0 completed" in out and "546 waiting for teacher" in out
+    assert "Cifar100-pure-ResNet32x4-s0" in out
+
+
+def test_methodology_states_the_benchmark_weights(benchmark_study, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["methodology", str(benchmark_study.path)]) == 0
+    out = next(tmp_path.rglob("methodology.md")).read_text()
+    assert "on the benchmark's objective (no alpha level)" in out
+    assert "γ·CE + κ·KD + Σ β·(term)" in out
+    assert "(1 − α)·CE" not in out
+    weights = out[out.index("γ·CE + κ·KD + Σ β·(term)"):]
+    weights = weights[:weights.index("\n\n", weights.index("|"))]   # the weight table
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
+            for line in weights.splitlines() if line.startswith("| ")}
+    assert rows["logit"] == ["0.9", "0.1", "0"] and rows["crd"] == ["0.8", "1", "0"]
+
+
+def _study(tmp_path, tables: str, training: str = BENCHMARK):
+    return write_study(tmp_path / "s.toml", methods=("logit", "crd"), alphas=(),
+                       training=f"epochs = 2\n{training}", tables=tables)
+
+
+def test_per_method_weights_apply_to_that_method_only(tmp_path):
+    study = load_study(_study(tmp_path, "[training.method.logit]\nce_weight = 0.1\n"
+                                        "kd_weight = 0.5\n"))
+    logit = study.train_config(RunSpec("Digits", "ResNet8", 0, "logit", "ResNet20"))
+    crd = study.train_config(RunSpec("Digits", "ResNet8", 0, "crd", "ResNet20"))
+    pure = study.train_config(RunSpec("Digits", "ResNet8", 0))
+    assert (logit.ce_weight, logit.kd_weight) == (0.1, 0.5)
+    assert (crd.ce_weight, crd.kd_weight) == (1.0, 0.0)
+    assert (pure.ce_weight, pure.kd_weight) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("tables, training, expected", [
+    ("[training.method.logit]\nce_weight = 0.1\n", "", r"training\.method.*only with "
+     r"training\.objective = \"benchmark\""),
+    ("[training.method.dkd]\nce_weight = 0.1\n", BENCHMARK,
+     r"training\.method\.dkd.*a method of this study \(logit, crd\)"),
+    ("[training.method.logit]\nlr = 0.1\n", BENCHMARK,
+     r"training\.method\.logit\.lr.*(ce_weight, kd_weight|kd_weight)"),
+    ("[training.method.logit]\nce_weight = \"high\"\n", BENCHMARK,
+     r"training\.method\.logit\.ce_weight"),
+    ("[training.method.logit]\nce_weight = -1.0\n", BENCHMARK,
+     r"training\.method\.logit\.ce_weight"),
+])
+def test_per_method_weights_are_refused_in_one_line(tmp_path, tables, training, expected):
+    path = _study(tmp_path, tables, training) if training else write_study(
+        tmp_path / "s.toml", methods=("logit", "crd"), alphas=(0.5,), training="epochs = 2",
+        tables=tables)
+    with pytest.raises(UserError, match=expected) as error:
+        load_study(path)
+    assert "\n" not in str(error.value)
+
+
+def test_the_gpu_hour_estimate_scales_with_multiply_accumulates(tmp_path):
+    """Two one-run studies: a pure ResNet56 at the anchor's size costs the anchor's epoch time
+    times its MAC share; the same study with twice the epochs costs twice as much."""
+    def hours(epochs: int) -> float:
+        path = write_study(tmp_path / f"e{epochs}.toml", datasets=("Cifar100",), methods=(),
+                           alphas=(), teacher="ResNet56", student="ResNet56",
+                           training=f"epochs = {epochs}")
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "estimate_gpu_hours.py"), str(path),
+             "--anchor-seconds", "36", "--anchor-teacher", "", "--anchor-student", "ResNet56"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        total = [line for line in result.stdout.splitlines() if line.startswith("total")][0]
+        return float(total.split("runs")[1].split("GPU-h")[0])
+
+    # 1 run x epochs x 36 s (the anchor's own model and image count) = epochs / 100 hours.
+    assert hours(10) == pytest.approx(0.1, abs=0.05)
+    assert hours(100) == pytest.approx(1.0, abs=0.05)
