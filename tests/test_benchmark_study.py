@@ -139,3 +139,37 @@ def test_the_gpu_hour_estimate_scales_with_multiply_accumulates(tmp_path):
     # 1 run x epochs x 36 s (the anchor's own model and image count) = epochs / 100 hours.
     assert hours(10) == pytest.approx(0.1, abs=0.05)
     assert hours(100) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_benchmark_study_compares_and_tabulates_its_distilled_runs(tmp_path):
+    """On the benchmark's objective the KD cells have no alpha: compare, the accuracy groups
+    and the overview still hold them (they once iterated the empty `alphas`)."""
+    from legacy_tree import write_run
+
+    from kdlab.ops import compare
+    from kdlab.ops.common import accuracy_groups
+    from kdlab.status import study_run_states
+
+    reference = tmp_path / "reference.csv"
+    reference.write_text("dataset,teacher,student,method,top1,source,epoch\n"
+                         "Digits,ResNet20,ResNet8,crd,91.0,a paper,last\n")
+    study = load_study(write_study(tmp_path / "s.toml", methods=("crd",), alphas=(),
+                                   seeds=(0, 1, 2), training=f"epochs = 2\n{BENCHMARK}",
+                                   tables='[compare]\nreference = "reference.csv"\n'))
+    accuracies = {0: 90.0, 1: 92.0, 2: 91.0}
+    for seed, accuracy in accuracies.items():
+        write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", seed),
+                  test_acc=[50.0, 97.0])
+        write_run(study.experiments_dir, RunSpec("Digits", "ResNet8", seed),
+                  test_acc=[50.0, 85.0])
+        spec = RunSpec("Digits", "ResNet8", seed, "crd", "ResNet20")
+        assert study.run_dir(spec).parent.name == "ResNet20_to_ResNet8"   # no alpha level
+        assert write_run(study.experiments_dir, spec, test_acc=[50.0, accuracy]) == \
+            study.run_dir(spec)
+    rows = {row.row: row for row in compare.compare(study)}
+    assert rows["crd"].alpha is None and rows["crd"].summary.n == 3
+    assert rows["crd"].summary.mean == pytest.approx(91.0)
+    assert rows["crd"].inside is True and rows["crd"].difference == pytest.approx(0.0)
+    groups = {(group.method, group.alpha): group
+              for group in accuracy_groups(study, study_run_states(study))}
+    assert groups[("crd", None)].n == 3

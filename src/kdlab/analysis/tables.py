@@ -17,7 +17,7 @@ def grid_rows(study: Study) -> list[tuple[str, float | None]]:
     """(method, alpha) of each row of a per-data-set table: teacher, pure student, then
     every method x alpha of the study in its order."""
     return ([(TEACHER, None), (PURE, None)]
-            + [(method, alpha) for method in study.methods for alpha in study.alphas])
+            + [(method, alpha) for method in study.methods for alpha in study.alpha_levels()])
 
 
 def of_pair(frame, pair):

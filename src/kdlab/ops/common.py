@@ -140,7 +140,7 @@ def accuracy_groups(study: Study, states: list[RunState]) -> list[AccuracyGroup]
         for pair in study.pairs:
             rows = [("teacher", "teacher", None), ("pure", "pure", None)]
             rows += [("kd", method, alpha) for method in study.methods
-                     for alpha in study.alphas]
+                     for alpha in study.alpha_levels()]
             for role, method, alpha in rows:
                 group = AccuracyGroup(dataset, role, method, alpha, [], 0, pair=pair)
                 groups[group.key] = group

@@ -182,7 +182,7 @@ def compare(study: Study, states: list[RunState] | None = None,
         for dataset in study.datasets:
             keys = [(dataset, "teacher", "teacher", None), (dataset, "pure", "pure", None)]
             keys += [(dataset, "kd", method, alpha) for method in study.methods
-                     for alpha in study.alphas]
+                     for alpha in study.alpha_levels()]
             for key in keys:
                 cell_states = cells.get(key, [])
                 values = [_recorded(state.status, accuracy_key) for state in cell_states

@@ -152,7 +152,7 @@ def _grid_rows(study: Study) -> list[tuple[Pair, str, str, list[float | None]]]:
         rows += [(pair, "teacher", f"teacher\n{pair.teacher}", [None]),
                  (pair, "pure", f"pure student\n{pair.student}", [None])]
         rows += [(pair, method, f"{method}\n{pair.label}" if study.has_several_pairs
-                  else method, list(study.alphas)) for method in study.methods]
+                  else method, study.alpha_levels()) for method in study.methods]
     return rows
 
 
@@ -284,9 +284,10 @@ def _accuracy_panel(axes, study: Study, by_key: dict, collapsed: dict,
                          label=f"{group.label(study)}: {group.mean_std_text()} (n={group.n})")
         if collapsed.get(group.key):
             _mark_collapsed(axes, -0.5, collapsed[group.key])
-    width = 0.8 / max(1, len(study.alphas))
+    levels = study.alpha_levels()
+    width = 0.8 / max(1, len(levels))
     for position, method in enumerate(study.methods):
-        for index, alpha in enumerate(study.alphas):
+        for index, alpha in enumerate(levels):
             group = by_key[(method, alpha)]
             x = position - 0.4 + width * (index + 0.5)
             if collapsed.get(group.key):
@@ -321,8 +322,9 @@ def plot_accuracy_overview(study: Study, states: list[RunState], path: Path, mad
     figure = new_figure(max(4.5 * len(panels), 6.0), 4.8)
     axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
     colours = colormaps["viridis"]
-    alpha_colour = {alpha: colours(0.15 + 0.7 * i / max(1, len(study.alphas) - 1))
-                    for i, alpha in enumerate(study.alphas)}
+    levels = study.alpha_levels()
+    alpha_colour = {alpha: colours(0.15 + 0.7 * i / max(1, len(levels) - 1))
+                    for i, alpha in enumerate(levels)}
     completed = sum(1 for s in states if s.state == COMPLETED)
     for axes, (dataset, pair) in zip(axes_list, panels):
         by_key = {(g.method, g.alpha): g for g in groups
