@@ -229,6 +229,15 @@ def test_figures_exist_and_report_links_only_existing_files(analysed):
     else:  # umap-learn installed (the test extra): the real figure is drawn and linked
         assert (digits / "summary" / "umap_teacher_layer3.png").is_file()
         assert "umap_teacher_layer3.png" in html
+    # The report leads with the findings; the glossary and the galleries follow, folded.
+    findings = html.index("<h2>Findings</h2>")
+    assert findings < html.index("Metrics glossary") < html.index("<figure>")
+    assert "<img" not in html[:html.index("<details>")]
+    assert html.count("<details><summary>Figures: ") == len(study.datasets)
+    section = html[findings:html.index("<h2>", findings + 1)]
+    assert "CKA shift (student ↔ teacher stage)" in section
+    assert ("Spearman ρ" in section) != ("a rank correlation needs at least" in section)
+    assert 'accuracy_vs_cka_layer3.png">figure</a>' in section
 
 
 def test_figure_helpers_show_gaps():

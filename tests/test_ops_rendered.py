@@ -90,7 +90,10 @@ console.error = function () {
 };
 window.addEventListener('load', function () {
   var images = Array.prototype.slice.call(document.images);
+  var heading = document.querySelector('h2');
   var result = {images: images.length, errors: window.__kdlabErrors,
+    firstSection: heading ? heading.textContent : null,
+    folded: document.querySelectorAll('details:not([open]) img').length,
     broken: images.filter(function (image) { return !(image.complete && image.naturalWidth > 0); })
                   .map(function (image) { return image.getAttribute('src'); })};
   var out = document.createElement('pre');
@@ -128,6 +131,8 @@ def test_report_loads_in_a_real_browser(tmp_path_factory, tmp_path):
     found = _open_in_chromium(checked, tmp_path)
     assert found["images"] == html.count("<img ") and found["images"] >= 10
     assert found["broken"] == [] and found["errors"] == [] and found["console"] == []
+    # it opens on the findings; the figures wait folded (and still load: none is broken)
+    assert found["firstSection"] == "Findings" and found["folded"] >= 10
 
     # the check itself can fail: one image pointing nowhere, one script error
     broken = html.replace('<img src="', '<img src="missing/', 1).replace(

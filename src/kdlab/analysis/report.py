@@ -56,16 +56,27 @@ def _figure(path: Path, root: Path) -> str:
     relative = html.escape(Path(os.path.relpath(path, root)).as_posix())
     caption = html.escape(path.stem.replace("_", " "))
     return (f'<figure><a href="{relative}"><img src="{relative}" alt="{caption}" '
-            f'loading="lazy"></a><figcaption>{caption}</figcaption></figure>')
+            f'></a><figcaption>{caption}</figcaption></figure>')
 
 
-def _accuracy_html(accuracy, dataset: str, pair) -> str:
+def _published_text(references, dataset: str, pair, method: str) -> str:
+    """'75.61 (CRD (Tian et al. ICLR 2020) Table 1, last)', several joined; '' for none."""
+    return "; ".join(f"{reference.top1:.2f} ({reference.source}, {reference.epoch})"
+                     for reference in references
+                     if (reference.dataset, reference.teacher, reference.student,
+                         reference.method) == (dataset, pair.teacher, pair.student, method))
+
+
+def _accuracy_html(accuracy, dataset: str, pair, references=None) -> str:
+    """The accuracy table of one data set and pair; ``references``: reference numbers
+    (:func:`kdlab.ops.compare.read_references`) for a 'published' column (None: none)."""
     from .tables import format_mean_std, selection_cells
 
     key = html.escape(str(accuracy["selected_by"].iloc[0])) if len(accuracy) else "max_acc"
+    published = "<th>published (%)</th>" if references is not None else ""
     rows = ["<table><tr><th>method</th><th>alpha</th><th>accuracy of the extracted weights "
             f"(%)</th><th>seeds</th><th>{key} (%): mean ± std, 95% CI (n)</th>"
-            "<th>final_acc (%)</th></tr>"]
+            f"<th>final_acc (%)</th>{published}</tr>"]
     for row in accuracy[(accuracy["dataset"] == dataset)
                         & (accuracy["pair"] == pair.label)].itertuples():
         alpha = "—" if math.isnan(row.alpha) else layout.format_alpha(row.alpha)
@@ -75,9 +86,111 @@ def _accuracy_html(accuracy, dataset: str, pair) -> str:
         rows.append(f"<tr><td>{html.escape(row.method)}</td><td>{alpha}</td>"
                     f"<td{css}>{html.escape(cell)}</td>"
                     f"<td>{row.n_seeds}/{row.seeds_expected}</td>"
-                    f"<td>{html.escape(selected)}</td><td>{html.escape(final)}</td></tr>")
+                    f"<td>{html.escape(selected)}</td><td>{html.escape(final)}</td>"
+                    + ("" if references is None else
+                       f"<td>{html.escape(_published_text(references, dataset, pair, row.method) or '—')}</td>")
+                    + "</tr>")
     rows.append("</table>")
     return "\n".join(rows)
+
+
+_FINDINGS_INTRO = (
+    "What the numbers support, per data set and pair, each with its uncertainty. A "
+    "method's CKA shift at a stage is the mean over seeds of its student's linear CKA with "
+    "the teacher minus the pure student's (both against the teacher of the same seed), with "
+    "a Student-t 95 % interval; ↑/↓ mark shifts whose interval excludes 0, i.e. beyond the "
+    "across-seed noise of retraining. The rank correlation of accuracy and alignment uses "
+    "every KD run of the pair (Spearman, Fisher-z interval with Bonett & Wright's variance). "
+    "See kdlab.analysis.findings.")
+
+
+def _figure_link(groups: dict, group_id: str, stem_start: str, text: str, root: Path) -> str:
+    """A link to the first figure of ``group_id`` whose name starts with ``stem_start``
+    ('' when it was not drawn)."""
+    for path in groups.get(group_id, []):
+        if path.stem.startswith(stem_start) and path.is_file():
+            return _link(path, root, text)
+    return ""
+
+
+def _references(study):
+    """The reference numbers the study compares with, or (None, why) when unreadable."""
+    from ..errors import UserError
+    from ..ops.compare import read_references
+
+    try:
+        return read_references(study.compare_reference), None
+    except UserError as error:
+        return None, str(error)
+
+
+def _findings_section(study, accuracy, groups: dict, root: Path) -> list[str]:
+    """'Findings': per data set and pair, the accuracy table beside the reference numbers,
+    the CKA shifts beyond the noise and the accuracy-alignment correlation
+    (:mod:`kdlab.analysis.findings`), each linked to its figure."""
+    from . import findings
+    from .tables import grid_rows, of_pair
+
+    parts = ["<h2>Findings</h2>", f"<p>{html.escape(_FINDINGS_INTRO)}</p>"]
+    references, problem = _references(study)
+    if problem:
+        parts.append(f'<p class="problem">{html.escape(problem)}</p>')
+    metrics_path = layout.analysis_table_path(study.analysis_dir, study.name, "metrics.csv")
+    frame = None
+    if metrics_path.is_file():
+        import pandas as pd
+
+        frame = pd.read_csv(metrics_path)
+    cells = [(method, alpha) for method, alpha in grid_rows(study)
+             if method not in ("teacher", findings.PURE)]
+    for dataset in study.datasets:
+        for pair in study.pairs:
+            title = f"{dataset} — {pair.label}" if study.has_several_pairs else dataset
+            parts.append(f"<h3>Findings: {html.escape(title)}</h3>")
+            known = [reference for reference in references or []
+                     if (reference.dataset, reference.teacher, reference.student)
+                     == (dataset, pair.teacher, pair.student)]
+            parts.append(_accuracy_html(accuracy, dataset, pair, known or None))
+            if frame is None or not cells:
+                parts.append('<p class="note">No representation metrics yet (run kdlab '
+                             'extract, then analyze).</p>' if frame is None else "")
+                continue
+            parts += _pair_findings(study, findings, of_pair(frame[frame["dataset"] == dataset],
+                                                             pair), pair, cells,
+                                    group_prefix(study, dataset, pair), groups, root)
+    return parts
+
+
+def _pair_findings(study, findings, frame, pair, cells, prefix: str, groups: dict,
+                   root: Path) -> list[str]:
+    stages = list(catalog.model_facts(pair.student).stage_names)
+    teacher_stages = list(catalog.model_facts(pair.teacher).stage_names)
+    partners = {stage: teacher_stages[len(teacher_stages) - len(stages) + index]
+                for index, stage in enumerate(stages)
+                if 0 <= len(teacher_stages) - len(stages) + index}
+    shifts = {(method, alpha, stage): findings.cka_shift(frame, method, alpha, stage)
+              for method, alpha in cells for stage in stages}
+    links = [_figure_link(groups, f"{prefix}/sweeps/cka_linear", "sweep_", "CKA sweep", root)]
+    links += [_figure_link(groups, f"{prefix}/per_method/{method}", "cka_same_layer",
+                           f"{method}: same-stage CKA", root) for method in study.methods]
+    links = [link for link in links if link]
+    sentences = findings.shift_sentences(list(shifts.values()), stages[-1])
+    parts = ["<p>" + " ".join(html.escape(sentence) for sentence in sentences)
+             + (f" Figures: {', '.join(links)}." if links else "") + "</p>"]
+    header = "".join(f"<th>{html.escape(stage)} ↔ {html.escape(partners.get(stage, '—'))}</th>"
+                     for stage in stages)
+    rows = [f"<table><tr><th>CKA shift (student ↔ teacher stage)</th>{header}</tr>"]
+    for method, alpha in cells:
+        row = "".join(f"<td>{html.escape(findings.shift_cell(shifts[(method, alpha, stage)]))}"
+                      "</td>" for stage in stages)
+        rows.append(f"<tr><td>{html.escape(findings.cell_name(method, alpha))}</td>{row}</tr>")
+    parts.append("\n".join(rows) + "</table>")
+    correlation = findings.accuracy_alignment(frame, cells, stages[-1])
+    link = _figure_link(groups, f"{prefix}/sweeps/accuracy_vs_alignment", "accuracy_vs",
+                        "figure", root)
+    parts.append(f"<p>{html.escape(findings.correlation_sentence(correlation, stages[-1]))}"
+                 + (f" ({link})" if link else "") + "</p>")
+    return parts
 
 
 def _gallery(paths: list[Path], root: Path) -> str:
@@ -237,12 +350,15 @@ def write_report(study, result, accuracy) -> Path:
     groups = figure_files(study)
     from .tables import selection_sentence
 
-    parts = _header(study, result) + _tables_and_notes(study, result, root)
+    parts = _header(study, result)
     parts.append(f"<p>{html.escape(selection_sentence(study))}</p>")
+    parts += _findings_section(study, accuracy, groups, root)
+    parts += _tables_and_notes(study, result, root)
     stages = "; ".join(f"{model}: {', '.join(catalog.model_facts(model).stage_names)}"
                        for model in dict.fromkeys(model for pair in study.pairs
                                                   for model in (pair.teacher, pair.student)))
-    parts.append("<h2>Metrics</h2><p>Per model and stage (each model's own stages, "
+    parts.append("<h2>Figures and metrics</h2><details><summary>Metrics glossary "
+                 f"({len(metric_descriptions())} entries)</summary><p>Per model and stage (each model's own stages, "
                  f"global-average-pooled: {html.escape(stages)}), and per teacher–student pair "
                  "of the same seed, the teacher's and the student's stages paired by position "
                  "from the last; the cross-layer CKA compares every pair of stages. Subsample sizes and seeds are fixed; see "
@@ -250,9 +366,11 @@ def write_report(study, result, accuracy) -> Path:
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>"
               for name, text in metric_descriptions()]
     parts.append("</dl>")
-    parts.append(setup_differences_html())
+    parts.append(setup_differences_html() + "</details>")
     for dataset in study.datasets:
+        parts.append(f"<details><summary>Figures: {html.escape(dataset)}</summary>")
         parts += _dataset_section(study, dataset, accuracy, groups, root)
+        parts.append("</details>")
     parts += _dynamics_section(study, result, groups, root)
     parts.append("</body></html>")
     path = layout.report_path(study.analysis_dir, study.name)
