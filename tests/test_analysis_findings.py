@@ -179,3 +179,49 @@ def test_the_findings_accuracy_table_shows_the_published_numbers_beside_kdlab_s(
     assert ofd_row.endswith("<td>—</td>")                                   # none published
     assert "published" not in _accuracy_html(accuracy, "Cifar100", pair, None)
     assert isinstance(references[0], Reference)
+
+
+BENCHMARK_STUDY = """name = "bench"
+datasets = ["Digits"]
+teacher = "ResNet56"
+student = "ResNet20"
+methods = ["logit", "rkd"]
+seeds = [0, 1, 2]
+experiments_dir = "experiments"
+analysis_dir = "analysis"
+[training]
+objective = "benchmark"
+"""
+
+
+def test_a_benchmark_study_is_analysed_with_its_findings_and_per_method_figures(tmp_path):
+    """A study on the benchmark's objective (no alpha level), three seeds of synthetic
+    representations: logit's students share more of the teacher's features than the pure
+    student, rkd's less. The findings say so beyond the noise, its per-method figures and the
+    accuracy-alignment figure are drawn, and no alpha sweep is."""
+    from kdlab import layout
+    from kdlab.analysis import analyze
+    from kdlab.analysis.store import save_representation
+    from kdlab.study import load_study
+    from test_analysis_analyze import synthetic_representation
+
+    (tmp_path / "study.toml").write_text(BENCHMARK_STUDY)
+    study = load_study(tmp_path / "study.toml")
+    study.experiments_dir, study.analysis_dir = tmp_path / "experiments", tmp_path / "analysis"
+    closeness = {"teacher": 1.0, "pure": 0.3, "logit": 0.7, "rkd": 0.05}
+    for index, entry in enumerate(analyze.expected_entries(study)):
+        assert entry.alpha is None
+        save_representation(entry.path, synthetic_representation(100 + index,
+                                                                 closeness[entry.method]))
+    analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False,
+                          bootstrap=20)
+    figures = layout.figures_dir(study.analysis_dir, "bench", "Digits")
+    assert (figures / "per_method" / "logit" / "cka_same_layer.png").is_file()
+    assert (figures / "sweeps" / "accuracy_vs_cka_layer3.png").is_file()
+    assert not list((figures / "sweeps").glob("sweep_*.png"))
+    html = layout.report_path(study.analysis_dir, "bench").read_text()
+    start = html.index("<h2>Findings</h2>")
+    section = html[start:html.index("<h2>", start + 1)]
+    assert "At the last stage (layer3), beyond the across-seed noise: logit raises it" in section
+    assert "rkd lowers it" in section and "(n=3)" in section
+    assert "cka_same_layer.png" in section

@@ -150,7 +150,8 @@ def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict,
     ``dynamics``: the pair's dynamics.csv rows of the data set (a group when there are any)
     and ``snapshot_accuracy``: (run, epoch, test_acc %) of the snapshots."""
     pair = study.pairs[0] if pair is None else pair
-    grid = Grid(study.name, dataset, tuple(study.methods), tuple(study.alphas),
+    # alpha_levels: (None,) on the benchmark's objective, whose KD cells have no alpha
+    grid = Grid(study.name, dataset, tuple(study.methods), tuple(study.alpha_levels()),
                 tuple(study.seeds), pair.teacher, pair.student,
                 catalog.model_facts(pair.teacher).stage_names,
                 catalog.model_facts(pair.student).stage_names)
@@ -159,13 +160,14 @@ def dataset_groups(study, dataset: str, data, scatter: dict, settings: dict,
                               (pair.teacher, pair.student) if study.has_several_pairs
                               else None)
     groups = []
-    if study.methods and study.alphas:
+    if study.methods and study.alpha_levels():
         for method in study.methods:
             shown = [method, TEACHER, PURE] + [floor[0] for floor in FLOORS]
             subset = data[data["method"].isin(shown)].reset_index(drop=True)
             groups.append((f"{prefix}/per_method/{method}", "per_method", subset,
                            {"method": method}, base / "per_method" / method))
-        for metric, *_ in sweep_metrics():
+        # alpha sweeps need alphas to sweep (none on the benchmark's objective)
+        for metric, *_ in ([] if study.trains_without_alpha else sweep_metrics()):
             groups.append((f"{prefix}/sweeps/{metric}", "sweep",
                            data[data["metric"] == metric].reset_index(drop=True),
                            {"metric": metric}, base / "sweeps"))
@@ -240,7 +242,7 @@ def draw_study(study, frame, scatter: dict, pool, show_progress: bool = True,
         if frame[frame["dataset"] == dataset].empty:
             outcome.notes.append(f"{dataset}: no representations yet, no figures")
             continue
-        if not (study.methods and study.alphas):
+        if not (study.methods and study.alpha_levels()):
             outcome.notes.append(f"{dataset}: the study has no KD methods / alphas, so no "
                                  "per-method figures and no alpha sweeps")
         dataset_dynamics = (None if dynamics is None

@@ -78,13 +78,15 @@ def pca_scatter(grid: Grid, payload: dict, out: Path) -> Path | None:
 def accuracy_table_figure(grid: Grid, values: Values, out: Path) -> Path:
     """The accuracy table as a figure: rows teacher, pure, methods; columns alphas."""
     row_names = [f"teacher ({grid.teacher_model})", f"pure ({grid.student_model})"] + list(grid.methods)
-    column_names = ["—"] + [f"α = {alpha_text(a)}" for a in grid.alphas]
+    # KD cells without an alpha (the benchmark's objective) share the "—" column
+    levels = [alpha for alpha in grid.alphas if alpha is not None]
+    column_names = ["—"] + [f"α = {alpha_text(a)}" for a in levels]
     text = [["" for _ in column_names] for _ in row_names]
     shade = np.full((len(row_names), len(column_names)), np.nan)
     for row, (who, alphas) in enumerate([(TEACHER, [None]), (PURE, [None])]
                                         + [(m, list(grid.alphas)) for m in grid.methods]):
         for alpha in alphas:
-            column = 0 if alpha is None else 1 + grid.alphas.index(alpha)
+            column = 0 if alpha is None else 1 + levels.index(alpha)
             mean, std, count = values.stats(who, alpha, "logits", "test_acc")
             if count == 0:
                 text[row][column] = "n/a"
