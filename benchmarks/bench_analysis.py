@@ -16,7 +16,13 @@ re-run after adding one run (the cache at work). Goals: a first analysis under 1
 on 2 cores (issue 5); intervals and floors add at most 25 %, the re-run stays under 15 s
 (issue 15).
 
-Usage: python benchmarks/bench_analysis.py [--jobs 2] [--samples 10000]
+Snapshots (issue 25, ``--snapshots K``, default 3): then every student gets K snapshot
+representations (epochs 1..K, closer to the teacher as they go), the analysis is re-run and
+the snapshots' cost printed beside the first analysis' per-model and pair work (goal: about K
+times it); then one more snapshot of one run is added and the re-run must redo only that one
+(1 model, 1 pair). ``--snapshots 0`` skips this part.
+
+Usage: python benchmarks/bench_analysis.py [--jobs 2] [--samples 10000] [--snapshots 3]
                                            [--datasets Cifar10,SVHN] [--keep DIR]
 A quick run: --samples 2000 --datasets Cifar10 (a quarter of the grid, a fifth of the
 samples; the O(n^2) subsamples then cover all 2,000 samples).
@@ -52,6 +58,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--datasets", default=None, help="comma-separated subset of charlie's")
     parser.add_argument("--keep", default=None, help="work in this directory and keep it")
+    parser.add_argument("--snapshots", type=int, default=3,
+                        help="snapshot epochs per student for the dynamics part (0: skip it)")
     return parser.parse_args()
 
 
@@ -121,6 +129,42 @@ def _side_by_side(without, with_both) -> None:
         print(f"    {name:<28} {seconds:8.1f} s")
 
 
+def _snapshot_phase(study, entries, generators, args, first) -> None:
+    """Snapshots of every student after epochs 1..K; their analysis against the first
+    analysis' per-model and pair work, then one more snapshot's incremental re-run."""
+    students = [entry for entry in entries if entry.method not in ("teacher", "pure")]
+    for index, entry in enumerate(students):
+        for epoch in range(1, args.snapshots + 1):
+            closeness = closeness_of(entry) * epoch / (args.snapshots + 1)
+            save_representation(layout.representation_path(
+                study.analysis_dir, study.name, entry.spec, entry.role, epoch=epoch),
+                generators[entry.dataset].representation(10_000 * epoch + index, closeness))
+    count = len(students) * args.snapshots
+    report, seconds = _run(study, args.jobs, f"analysis with {count} snapshots "
+                                             f"({args.snapshots} per student)")
+    per_model = first.step_seconds.get("per-model metrics", 0.0)
+    pairs = first.step_seconds.get("pair metrics", 0.0)
+    snapshot_steps = {step: value for step, value in report.step_seconds.items()
+                      if "snapshot" in step}
+    snapshot_total = sum(snapshot_steps.values())
+    baseline = (per_model + pairs) * count / max(len(entries), 1)
+    print(f"  snapshot steps: {', '.join(f'{k} {v:.1f} s' for k, v in snapshot_steps.items())}"
+          f"; {snapshot_total:.1f} s for {count} snapshots = {snapshot_total / count:.2f} s "
+          f"each, against {(per_model + pairs) / max(len(entries), 1):.2f} s per final "
+          f"representation in the first analysis (per-model + pair steps): "
+          f"{snapshot_total / baseline if baseline else float('nan'):.2f}x its work per model")
+    entry = students[0]
+    save_representation(layout.representation_path(
+        study.analysis_dir, study.name, entry.spec, entry.role, epoch=args.snapshots + 1),
+        generators[entry.dataset].representation(99_999, closeness_of(entry)))
+    again, again_seconds = _run(study, args.jobs, f"re-run after one new snapshot "
+                                                  f"({entry.label} epoch {args.snapshots + 1})")
+    print(f"  one new snapshot: {again_seconds:.1f} s; snapshot models computed "
+          f"{again.snapshot_models_computed}, pairs {again.snapshot_pairs_computed} "
+          f"(goal: 1 and 1), cached {again.snapshot_models_cached} / "
+          f"{again.snapshot_pairs_cached}")
+
+
 def main() -> int:
     args = parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kdlab-bench-"))
@@ -169,6 +213,8 @@ def main() -> int:
               f"(+{100 * (with_both[1] / without[1] - 1):.0f} %); re-run after one new run "
               f"{warm_seconds:.1f} s ({warm.models_computed} model(s), {warm.pairs_computed} "
               f"pair(s) recomputed, {warm.figures_drawn} figures redrawn; goal < 15 s)")
+        if args.snapshots:
+            _snapshot_phase(study, entries, generators, args, with_both[0])
         times = os.times()
         cpu = (times.user + times.system + times.children_user + times.children_system
                - sum(cpu_started[:4]))
