@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.distill import METHOD_NAMES, build_distiller
-from kdlab.distill.rkd import RKDDistiller
 from kdlab.distill.base import BatchContext
 from kdlab.models import build_model, describe_features
 
@@ -83,18 +82,23 @@ class StepRunner:
 
 
 def time_angle(form: str, embeddings: torch.Tensor, teacher: torch.Tensor, repeats: int) -> float:
-    """Median seconds of forward + backward of the RKD angle term alone."""
-    shapes = [(16, 1, 1), (32, 1, 1), (embeddings.shape[1], 1, 1), (10,)]
-    distiller = RKDDistiller(shapes, shapes, {"distance_weight": 0.0, "angle_weight": 1.0,
-                                              "weight": 1.0, "angle": form})
-    student_maps = embeddings[:, :, None, None]
+    """Median seconds of forward + backward of the RKD angle term alone (the last stage
+    given as [B, D, 1, 1] maps, so its pooled embedding is the vector itself)."""
+    from kdlab.models.features import FeatureShapes, Features
+
+    def shapes(width: int) -> FeatureShapes:
+        return FeatureShapes(stages=((width, 1, 1),), pooled=width, classes=10)
+
+    distiller = build_distiller("rkd", shapes(embeddings.shape[1]), shapes(teacher.shape[1]),
+                                {"distance_weight": 0.0, "angle_weight": 1.0, "angle": form})
     teacher_maps = teacher[:, :, None, None]
+    teacher_features = Features([teacher_maps], [teacher_maps], teacher, teacher[:, :10])
     times = []
     for index in range(repeats + 1):
-        leaf = student_maps.detach().clone().requires_grad_(True)
+        leaf = embeddings[:, :, None, None].detach().clone().requires_grad_(True)
         start = time.perf_counter()
-        distiller([None, None, leaf, None], [None, None, teacher_maps, None], None)[
-            "rkd_angle"].backward()
+        student_features = Features([leaf], [leaf], leaf.flatten(1), leaf.flatten(1)[:, :10])
+        distiller(student_features, teacher_features, None)["rkd_angle"].backward()
         if index:  # the first call warms up
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -120,6 +124,7 @@ def main() -> None:
         # CRD's bank over a training set of one batch's size: its step, not CIFAR's memory.
         distiller.attach_training_set(labels.cpu())
         distiller = distiller.to(args.device)
+        distiller.attach_teacher(teacher)   # OFD reads its margins from the teacher, as the loop gives it
         if name == "factor_transfer":
             distiller.paraphraser_ready = True  # stage 1 is a one-off, not part of a step
         runners[name] = StepRunner(args, distiller, teacher, images, labels)
@@ -143,8 +148,9 @@ def main() -> None:
         median = statistics.median(values)
         print(f"{name:<20}{median:>16.3f}{median / pure:>9.2f}x")
 
-    embeddings = torch.randn(args.batch_size, student_shapes[2][0], generator=generator)
-    teacher_embeddings = torch.randn(args.batch_size, teacher_shapes[2][0], generator=generator)
+    embeddings = torch.randn(args.batch_size, student_shapes.stages[-1][0], generator=generator)
+    teacher_embeddings = torch.randn(args.batch_size, teacher_shapes.stages[-1][0],
+                                     generator=generator)
     triplet = time_angle("triplet", embeddings, teacher_embeddings, args.angle_repeats)
     pairwise = time_angle("pairwise_cosine", embeddings, teacher_embeddings, args.angle_repeats)
     print(f"\nRKD angle term alone, B = {args.batch_size} (forward + backward, median of "

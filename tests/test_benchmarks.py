@@ -74,3 +74,17 @@ def test_bench_api_prints_rows_seconds_and_megabytes():
     assert (runs, rows) == (104, 104 * 5 * 8)
     assert int(figures[1][2].replace(",", "")) == 10 * 5 * 8
     assert int(figures[2][2].replace(",", "")) == 104 * 5
+
+
+def test_bench_kd_step_times_every_method_and_the_angle_terms():
+    """It had rotted twice unnoticed (the feature contract, then OFD's attached teacher):
+    every registered method takes a timed step, and the RKD angle part runs."""
+    from kdlab.distill import METHOD_NAMES
+
+    result = _run(str(BENCHMARKS / "bench_kd_step.py"), "--student", "ResNet8", "--teacher",
+                  "ResNet20", "--batch-size", "8", "--rounds", "1", "--angle-repeats", "1",
+                  "--threads", "1", "--num-classes", "10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    timed = dict(re.findall(r"^(\w+) +[\d.]+ +([\d.]+)x$", result.stdout, re.MULTILINE))
+    assert set(timed) == {"pure", *METHOD_NAMES} and timed["pure"] == "1.00"
+    assert re.search(r"triplet/pairwise = \d+x", result.stdout)
