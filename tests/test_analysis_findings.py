@@ -13,16 +13,17 @@ import pytest
 from scipy import stats as scipy_stats
 
 from kdlab.analysis import findings
+from kdlab.analysis.figures.common import Values
 
 STAGES = ("layer1", "layer2", "layer3")
 
 
-def frame_of(values: dict) -> pd.DataFrame:
-    """{(method, alpha, seed, layer, metric): value} -> metrics.csv's columns."""
-    return pd.DataFrame([{"dataset": "Digits", "pair": "ResNet20 -> ResNet8", "method": method,
+def frame_of(values: dict) -> Values:
+    """{(method, alpha, seed, layer, metric): value} -> metrics.csv's columns, looked up."""
+    return Values(pd.DataFrame([{"dataset": "Digits", "pair": "ResNet20 -> ResNet8", "method": method,
                           "alpha": float("nan") if alpha is None else alpha, "seed": seed,
                           "layer": layer, "metric": metric, "value": value}
-                         for (method, alpha, seed, layer, metric), value in values.items()])
+                         for (method, alpha, seed, layer, metric), value in values.items()]))
 
 
 PURE_CKA = {0: 0.70, 1: 0.72, 2: 0.69}
@@ -31,7 +32,8 @@ DOWN = {0: 0.60, 1: 0.58, 2: 0.63}
 NOISY = {0: 0.80, 1: 0.62, 2: 0.71}       # differences +0.10, -0.10, +0.02
 
 
-def three_seed_frame() -> pd.DataFrame:
+def three_seed_frame(leave_out=lambda key: False) -> Values:
+    """``leave_out(key)``: entries not written."""
     values = {}
     for seed in range(3):
         for stage in STAGES:
@@ -40,7 +42,7 @@ def three_seed_frame() -> pd.DataFrame:
             values[("rkd", 0.5, seed, stage, "cka_linear")] = DOWN[seed] if stage == "layer3" \
                 else PURE_CKA[seed] + (0.01, -0.01, 0.0)[seed]
             values[("nst", 0.5, seed, stage, "cka_linear")] = NOISY[seed]
-    return frame_of(values)
+    return frame_of({key: value for key, value in values.items() if not leave_out(key)})
 
 
 def test_the_shift_is_the_paired_mean_difference_with_a_t_interval():
@@ -59,8 +61,7 @@ def test_the_shift_is_the_paired_mean_difference_with_a_t_interval():
 
 
 def test_seeds_are_paired_and_a_missing_partner_is_left_out():
-    frame = three_seed_frame()
-    frame = frame[~((frame["method"] == "pure") & (frame["seed"] == 2))]
+    frame = three_seed_frame(leave_out=lambda key: key[0] == "pure" and key[2] == 2)
     shift = findings.cka_shift(frame, "logit", 0.5, "layer3")
     assert shift.n == 2
     assert shift.mean == pytest.approx(np.mean([UP[s] - PURE_CKA[s] for s in (0, 1)]))

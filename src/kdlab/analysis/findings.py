@@ -73,29 +73,25 @@ class Correlation:
     high: float | None
 
 
-def _alpha_matches(values, alpha: float | None):
-    return values.isna() if alpha is None or (isinstance(alpha, float) and math.isnan(alpha)) \
-        else (values - alpha).abs() < 1e-9
-
-
-def _per_seed(frame, method: str, alpha: float | None, stage: str, metric: str) -> dict:
-    rows = frame[(frame["method"] == method) & _alpha_matches(frame["alpha"], alpha)
-                 & (frame["layer"] == stage) & (frame["metric"] == metric)]
-    return {int(seed): float(value) for seed, value in zip(rows["seed"], rows["value"])
+def _per_seed(values, method: str, alpha: float | None, stage: str, metric: str) -> dict:
+    """{seed: value} of one cell's metric, NaN left out (``values``: the data set and pair's
+    :class:`kdlab.analysis.figures.common.Values`)."""
+    return {seed: value for seed, value in values.seeds(method, alpha, stage, metric).items()
             if value == value}
 
 
-def cka_shift(frame, method: str, alpha: float | None, stage: str) -> Shift:
-    """The shift of ``stage``'s CKA with the teacher by ``method`` at ``alpha`` in ``frame``
-    (one data set and pair of metrics.csv), paired by seed with the pure student."""
-    distilled = _per_seed(frame, method, alpha, stage, CKA)
-    pure = _per_seed(frame, PURE, None, stage, CKA)
+def cka_shift(values, method: str, alpha: float | None, stage: str) -> Shift:
+    """The shift of ``stage``'s CKA with the teacher by ``method`` at ``alpha`` in ``values``
+    (one data set and pair of metrics.csv, as
+    :class:`~kdlab.analysis.figures.common.Values`), paired by seed with the pure student."""
+    distilled = _per_seed(values, method, alpha, stage, CKA)
+    pure = _per_seed(values, PURE, None, stage, CKA)
     seeds = sorted(set(distilled) & set(pure))
     summary = summarize([distilled[seed] - pure[seed] for seed in seeds])
     separated = None
     if len(seeds) == 1:
         seed = seeds[0]
-        bounds = [_per_seed(frame, who, level, stage, f"{CKA}_ci_{end}").get(seed)
+        bounds = [_per_seed(values, who, level, stage, f"{CKA}_ci_{end}").get(seed)
                   for who, level in ((method, alpha), (PURE, None)) for end in ("low", "high")]
         if None not in bounds:
             kd_low, kd_high, pure_low, pure_high = bounds
@@ -122,13 +118,13 @@ def spearman_interval(x, y) -> Correlation:
     return Correlation(n, rho, math.tanh(centre - half), math.tanh(centre + half))
 
 
-def accuracy_alignment(frame, cells: list[tuple[str, float | None]], stage: str) -> Correlation:
+def accuracy_alignment(values, cells: list[tuple[str, float | None]], stage: str) -> Correlation:
     """Spearman's ρ between ``stage``'s CKA with the teacher and the test accuracy over every
-    KD run (method × alpha × seed of ``cells``) of ``frame``."""
+    KD run (method × alpha × seed of ``cells``) of ``values``."""
     xs, ys = [], []
     for method, alpha in cells:
-        cka = _per_seed(frame, method, alpha, stage, CKA)
-        accuracy = _per_seed(frame, method, alpha, "logits", ACCURACY)
+        cka = _per_seed(values, method, alpha, stage, CKA)
+        accuracy = _per_seed(values, method, alpha, "logits", ACCURACY)
         for seed in sorted(set(cka) & set(accuracy)):
             xs.append(cka[seed])
             ys.append(accuracy[seed])

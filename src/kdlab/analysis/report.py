@@ -129,6 +129,7 @@ def _findings_section(study, accuracy, groups: dict, root: Path) -> list[str]:
     the CKA shifts beyond the noise and the accuracy-alignment correlation
     (:mod:`kdlab.analysis.findings`), each linked to its figure."""
     from . import findings
+    from .figures.common import Values
     from .tables import grid_rows, of_pair
 
     parts = ["<h2>Findings</h2>", f"<p>{html.escape(_FINDINGS_INTRO)}</p>"]
@@ -155,20 +156,20 @@ def _findings_section(study, accuracy, groups: dict, root: Path) -> list[str]:
                 parts.append('<p class="note">No representation metrics yet (run kdlab '
                              'extract, then analyze).</p>' if frame is None else "")
                 continue
-            parts += _pair_findings(study, findings, of_pair(frame[frame["dataset"] == dataset],
-                                                             pair), pair, cells,
+            values = Values(of_pair(frame[frame["dataset"] == dataset], pair))
+            parts += _pair_findings(study, findings, values, pair, cells,
                                     group_prefix(study, dataset, pair), groups, root)
     return parts
 
 
-def _pair_findings(study, findings, frame, pair, cells, prefix: str, groups: dict,
+def _pair_findings(study, findings, values, pair, cells, prefix: str, groups: dict,
                    root: Path) -> list[str]:
     stages = list(catalog.model_facts(pair.student).stage_names)
     teacher_stages = list(catalog.model_facts(pair.teacher).stage_names)
     partners = {stage: teacher_stages[len(teacher_stages) - len(stages) + index]
                 for index, stage in enumerate(stages)
                 if 0 <= len(teacher_stages) - len(stages) + index}
-    shifts = {(method, alpha, stage): findings.cka_shift(frame, method, alpha, stage)
+    shifts = {(method, alpha, stage): findings.cka_shift(values, method, alpha, stage)
               for method, alpha in cells for stage in stages}
     links = [_figure_link(groups, f"{prefix}/sweeps/cka_linear", "sweep_", "CKA sweep", root)]
     links += [_figure_link(groups, f"{prefix}/per_method/{method}", "cka_same_layer",
@@ -185,7 +186,7 @@ def _pair_findings(study, findings, frame, pair, cells, prefix: str, groups: dic
                       "</td>" for stage in stages)
         rows.append(f"<tr><td>{html.escape(findings.cell_name(method, alpha))}</td>{row}</tr>")
     parts.append("\n".join(rows) + "</table>")
-    correlation = findings.accuracy_alignment(frame, cells, stages[-1])
+    correlation = findings.accuracy_alignment(values, cells, stages[-1])
     link = _figure_link(groups, f"{prefix}/sweeps/accuracy_vs_alignment", "accuracy_vs",
                         "figure", root)
     parts.append(f"<p>{html.escape(findings.correlation_sentence(correlation, stages[-1]))}"
