@@ -588,28 +588,40 @@ def _load_training(check: _Checker, table: dict) -> dict[str, Any]:
     return training
 
 
-def _load_model_training(check: _Checker, table: Any) -> dict[str, dict[str, Any]]:
-    """``[training.model.NAME]`` tables: [training] keys for one model's runs, typed as
-    [training] types them."""
+def _load_training_tables(check: _Checker, table: Any, where: str, names: str, known,
+                          known_text: str, keys: list[str],
+                          keys_text: str) -> dict[str, dict[str, Any]]:
+    """``[training.WHERE.NAME]`` tables (``where``: "model" or "method", ``names`` their
+    plural): for each NAME in ``known`` (``known_text`` says which), values of the [training]
+    ``keys`` it may set (``keys_text`` names them in errors), typed as [training] types them."""
+    place = f"training.{where}"
     if not isinstance(table, dict):
-        check.fail("training.model", "a table of models ([training.model.NAME])", table)
-    per_model = {}
-    for model, values in table.items():
-        where = f"training.model.{model}"
-        if model not in KNOWN_MODELS:
-            check.fail(where, f"a model from {', '.join(KNOWN_MODELS)}")
+        check.fail(place, f"a table of {names} ([{place}.NAME])", table)
+    items = {item.name: item for item in setting_fields(TRAINING) if item.name in keys}
+    per_name = {}
+    for name, values in table.items():
+        here = f"{place}.{name}"
+        if name not in known:
+            check.fail(here, known_text)
         if not isinstance(values, dict):
-            check.fail(where, "a table of [training] keys", values)
-        items = {item.name: item for item in setting_fields(TRAINING)
-                 if item.name not in OBJECTIVE_DEFAULTS}  # one objective per study
-        check.no_unknown(values, set(items), where)
+            check.fail(here, f"a table of {keys_text}", values)
+        check.no_unknown(values, set(items), here)
         typed = {}
         for key in values:
             kind = items[key].metadata["kind"]
-            value = check.get(values, key, kind, where)
+            value = check.get(values, key, kind, here)
             typed[key] = float(value) if kind is float else value
-        per_model[model] = typed
-    return per_model
+        per_name[name] = typed
+    return per_name
+
+
+def _load_model_training(check: _Checker, table: Any) -> dict[str, dict[str, Any]]:
+    """``[training.model.NAME]`` tables: [training] keys for one model's runs (all but the
+    objective's: one objective per study)."""
+    keys = [item.name for item in setting_fields(TRAINING) if item.name not in OBJECTIVE_DEFAULTS]
+    return _load_training_tables(check, table, "model", "models", KNOWN_MODELS,
+                                 f"a model from {', '.join(KNOWN_MODELS)}", keys,
+                                 "[training] keys")
 
 
 def _load_method_training(check: _Checker, table: Any, benchmark: bool,
@@ -617,23 +629,13 @@ def _load_method_training(check: _Checker, table: Any, benchmark: bool,
     """``[training.method.NAME]`` tables: the benchmark objective's ``ce_weight`` and
     ``kd_weight`` for the runs of one of the study's methods (only with ``objective =
     "benchmark"``: kdlab's objective weighs its runs by alpha alone)."""
-    if not isinstance(table, dict):
-        check.fail("training.method", "a table of methods ([training.method.NAME])", table)
-    if table and not benchmark:
+    if isinstance(table, dict) and table and not benchmark:
         check.fail("training.method", 'per-method weights only with training.objective = '
                    '"benchmark" (kdlab\'s objective weighs a run by its alpha)', sorted(table))
     weights = [name for name in OBJECTIVE_DEFAULTS if name != "objective"]
-    per_method = {}
-    for method, values in table.items():
-        where = f"training.method.{method}"
-        if method not in methods:
-            check.fail(where, f"a method of this study ({', '.join(methods)})")
-        if not isinstance(values, dict):
-            check.fail(where, f"a table of {' and '.join(weights)}", values)
-        check.no_unknown(values, set(weights), where)
-        per_method[method] = {key: float(check.get(values, key, float, where))
-                              for key in values}
-    return per_method
+    return _load_training_tables(check, table, "method", "methods", methods,
+                                 f"a method of this study ({', '.join(methods)})", weights,
+                                 " and ".join(weights))
 
 
 def _load_compare(check: _Checker, table: dict) -> Path | None:

@@ -87,8 +87,8 @@ def _accuracy_html(accuracy, dataset: str, pair, references=None) -> str:
                     f"<td{css}>{html.escape(cell)}</td>"
                     f"<td>{row.n_seeds}/{row.seeds_expected}</td>"
                     f"<td>{html.escape(selected)}</td><td>{html.escape(final)}</td>"
-                    + ("" if references is None else
-                       f"<td>{html.escape(_published_text(references, dataset, pair, row.method) or '—')}</td>")
+                    + ("" if references is None else "<td>" + html.escape(
+                        _published_text(references, dataset, pair, row.method) or "—") + "</td>")
                     + "</tr>")
     rows.append("</table>")
     return "\n".join(rows)
@@ -358,14 +358,16 @@ def write_report(study, result, accuracy) -> Path:
     stages = "; ".join(f"{model}: {', '.join(catalog.model_facts(model).stage_names)}"
                        for model in dict.fromkeys(model for pair in study.pairs
                                                   for model in (pair.teacher, pair.student)))
+    glossary = metric_descriptions()
     parts.append("<h2>Figures and metrics</h2><details><summary>Metrics glossary "
-                 f"({len(metric_descriptions())} entries)</summary><p>Per model and stage (each model's own stages, "
+                 f"({len(glossary)} entries)</summary><p>Per model and stage (each model's "
+                 "own stages, "
                  f"global-average-pooled: {html.escape(stages)}), and per teacher–student pair "
                  "of the same seed, the teacher's and the student's stages paired by position "
                  "from the last; the cross-layer CKA compares every pair of stages. Subsample sizes and seeds are fixed; see "
                  "<code>kdlab.analysis.compute</code>.</p><dl>")
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>"
-              for name, text in metric_descriptions()]
+              for name, text in glossary]
     parts.append("</dl>")
     parts.append(setup_differences_html() + "</details>")
     for dataset in study.datasets:
