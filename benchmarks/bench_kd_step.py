@@ -6,7 +6,14 @@ training loop does), the method's loss terms in float32 and the backward through
 modules. Steps of all variants are interleaved round by round, so that a change in machine
 load hits every variant alike; the figure per variant is the median over rounds.
 
-Second figure: the RKD angle term alone (forward + backward) at the batch size, the paper's
+Then, per method, what it adds beside the student: trainable parameters (counted as
+mdistiller's ``get_extra_parameters`` counts them: the method's own modules, CRD's banks
+listed apart) and buffers, in floats and MiB. CRD's training set has CIFAR-100's size (50,000
+labels, 500 per class; the batch is 64 of its indices), so its banks, its negatives' draw and
+its memory update cost what they cost on the benchmark; the draw and the update are also
+timed alone, as shares of CRD's step.
+
+Last figure: the RKD angle term alone (forward + backward) at the batch size, the paper's
 O(B³) triplet form against the earlier round's O(B²) pairwise-cosine form.
 
 Usage: python benchmarks/bench_kd_step.py [--batch-size 128] [--rounds 5] [--threads N]
@@ -39,20 +46,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--methods", default=",".join(METHOD_NAMES))
     parser.add_argument("--device", default="cpu", help="cpu or cuda (steps are synchronised)")
+    parser.add_argument("--train-size", type=int, default=50_000,
+                        help="training-set size for CRD's banks (CIFAR-100: 50,000)")
     return parser.parse_args()
 
 
 class StepRunner:
     """One training step of the student, pure (``distiller=None``) or with a method."""
 
-    def __init__(self, args, distiller, teacher, images, labels) -> None:
+    def __init__(self, args, distiller, teacher, images, labels, indices) -> None:
         torch.manual_seed(0)
         self.device = torch.device(args.device)
         self.student = build_model(args.student, args.num_classes).to(self.device).train()
         self.distiller = distiller
         self.teacher = teacher
         self.images, self.labels = images, labels
-        self.indices = torch.arange(len(labels), device=labels.device)
+        self.indices = indices
         parameters = list(self.student.parameters())
         if distiller is not None:
             distiller.train()
@@ -104,6 +113,44 @@ def time_angle(form: str, embeddings: torch.Tensor, teacher: torch.Tensor, repea
     return statistics.median(times)
 
 
+def print_extras(runners, times, pure) -> None:
+    """Per method: extra trainable parameters and buffers beside the student, and the step
+    against logit KD's."""
+    logit = statistics.median(times["logit"]) if "logit" in times else None
+    print(f"\n{'method':<20}{'trainable params':>17}{'buffers (floats)':>18}{'buffers MiB':>12}"
+          f"{'step vs logit':>15}")
+    for name, runner in runners.items():
+        if runner.distiller is None:
+            continue
+        params = sum(p.numel() for p in runner.distiller.parameters() if p.requires_grad)
+        floats = sum(b.numel() for b in runner.distiller.buffers() if b.is_floating_point())
+        mib = sum(b.numel() * b.element_size() for b in runner.distiller.buffers()) / 2 ** 20
+        versus = (f"{statistics.median(times[name]) / logit:>14.2f}x" if logit else f"{'':>15}")
+        print(f"{name:<20}{params:>17,}{floats:>18,}{mib:>12.1f}{versus}")
+    print("(mdistiller's get_extra_parameters counts the trainable parameters, and for CRD "
+          "its banks too: the sum of both columns)")
+
+
+def print_crd_parts(distiller, indices, step: float, rounds: int) -> None:
+    """CRD's draw of negatives and its memory update alone, as shares of its whole step."""
+    vectors = torch.randn(2, len(indices), distiller.feature_dim, device=indices.device)
+    vectors = torch.nn.functional.normalize(vectors, dim=2)
+    draws, updates = [], []
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        distiller.draw_contrast_indices(indices)
+        draws.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        distiller.update_banks(indices, vectors[0], vectors[1])
+        if indices.device.type == "cuda":
+            torch.cuda.synchronize()
+        updates.append(time.perf_counter() - start)
+    draw, update = statistics.median(draws[1:]), statistics.median(updates[1:])
+    print(f"CRD parts: drawing {distiller.negatives:,} negatives per sample {1e3 * draw:.1f} ms "
+          f"({100 * draw / step:.1f}% of its step), the memory update {1e3 * update:.2f} ms "
+          f"({100 * update / step:.2f}%; goal <= 5%)")
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -111,23 +158,26 @@ def main() -> None:
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
-    labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator)
-    images, labels = images.to(args.device), labels.to(args.device)
+    # A training set of the benchmark's size, `train_size // classes` per class; the batch is
+    # a random draw of its indices.
+    train_labels = torch.arange(args.train_size) % args.num_classes
+    indices = torch.randperm(args.train_size, generator=generator)[:args.batch_size]
+    labels = train_labels[indices]
+    images, labels, indices = images.to(args.device), labels.to(args.device), indices.to(args.device)
     teacher = build_model(args.teacher, args.num_classes).to(args.device).eval()
     teacher.requires_grad_(False)
     student_shapes = describe_features(args.student, args.num_classes, args.image_size)
     teacher_shapes = describe_features(args.teacher, args.num_classes, args.image_size)
 
-    runners = {"pure": StepRunner(args, None, teacher, images, labels)}
+    runners = {"pure": StepRunner(args, None, teacher, images, labels, indices)}
     for name in methods:
         distiller = build_distiller(name, student_shapes, teacher_shapes, {})
-        # CRD's bank over a training set of one batch's size: its step, not CIFAR's memory.
-        distiller.attach_training_set(labels.cpu())
+        distiller.attach_training_set(train_labels)
         distiller = distiller.to(args.device)
         distiller.attach_teacher(teacher)   # OFD reads its margins from the teacher, as the loop gives it
         if name == "factor_transfer":
             distiller.paraphraser_ready = True  # stage 1 is a one-off, not part of a step
-        runners[name] = StepRunner(args, distiller, teacher, images, labels)
+        runners[name] = StepRunner(args, distiller, teacher, images, labels, indices)
 
     print(f"{args.student} student, {args.teacher} teacher, batch {args.batch_size} x 3 x "
           f"{args.image_size} x {args.image_size}, {torch.get_num_threads()} threads, "
@@ -147,6 +197,11 @@ def main() -> None:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<20}{median:>16.3f}{median / pure:>9.2f}x")
+
+    print_extras(runners, times, pure)
+    if "crd" in runners:
+        print_crd_parts(runners["crd"].distiller, indices, statistics.median(times["crd"]),
+                        args.rounds)
 
     embeddings = torch.randn(args.batch_size, student_shapes.stages[-1][0], generator=generator)
     teacher_embeddings = torch.randn(args.batch_size, teacher_shapes.stages[-1][0],

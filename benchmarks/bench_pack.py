@@ -9,8 +9,15 @@ Also: the charlie grid's compute for one epoch of one data set and seed (a ResNe
 the pure student and 18 KD students), separate against packed (teacher alone, then the pure
 student and the 18 KD students as one pack), as the ratio of summed measured step costs.
 
+Per method (``--per-method``): every method solo (the teacher's forward and one student) and
+in a pack of 6 students of that method, the cost per student of each and what packing saves
+per student beside what it should save, 5/6 of the teacher's forward (the one forward the six
+share). CRD gets a training set of CIFAR-100's size (50,000 labels, 500 per class) and the
+batch's indices in it; OFD the teacher.
+
 Usage: python benchmarks/bench_pack.py [--sizes 1,6,18] [--rounds 5] [--threads N]
        python benchmarks/bench_pack.py --quick   (ResNet8 students, ResNet20 teacher, B=32)
+       python benchmarks/bench_pack.py --per-method [--quick] [--methods crd,dkd]
 """
 
 from __future__ import annotations
@@ -42,14 +49,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true",
                         help="ResNet8 students, ResNet20 teacher, batch 32, sizes 1,6")
+    parser.add_argument("--per-method", action="store_true",
+                        help="every method solo and in a pack of 6 of that method")
+    parser.add_argument("--methods", default=",".join(METHOD_NAMES),
+                        help="methods of --per-method")
     args = parser.parse_args()
     if args.quick:
         args.student, args.teacher, args.batch_size, args.sizes = "ResNet8", "ResNet20", 32, "1,6"
     return args
 
 
-def student(args, device, method: str | None):
-    """(context, state) of a student as the training code builds it."""
+CIFAR100_TRAIN_LABELS = torch.arange(50_000) % 100  # 500 per class, as CIFAR-100's training set
+
+
+def student(args, device, method: str | None, teacher=None):
+    """(context, state) of a student as the training code builds it; ``teacher``: the loaded
+    teacher and a CIFAR-100-sized training set for the methods that need them."""
     kd = method is not None
     config = TrainConfig(dataset="Cifar100", model=args.student, batch_size=args.batch_size,
                          distillation=method or "none", alpha=0.5 if kd else None,
@@ -57,7 +72,8 @@ def student(args, device, method: str | None):
     if kd:
         config = complete_options(config)
     ctx = RunContext(config, RunSpec("Cifar100", args.student, 0), None, device, True, None)
-    state = build_state(ctx, args.num_classes, 32)
+    state = build_state(ctx, args.num_classes, 32,
+                        CIFAR100_TRAIN_LABELS if teacher is not None else None, teacher)
     if state.distiller is not None and hasattr(state.distiller, "paraphraser_ready"):
         state.distiller.paraphraser_ready = True  # stage 1 is not part of a step
     return ctx, state
@@ -68,7 +84,7 @@ def synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def pack_step(members, teacher, images, labels, device) -> float:
+def pack_step(members, teacher, images, labels, device, batch=None) -> float:
     """Seconds for one batch of a pack: one teacher forward, then every student's step."""
     synchronize(device)
     start = time.perf_counter()
@@ -76,10 +92,51 @@ def pack_step(members, teacher, images, labels, device) -> float:
     if any(state.distiller is not None for _, state in members):
         teacher_outputs = teacher_forward(members[0][0], teacher, images)
     for ctx, state in members:
-        total, _, _ = batch_loss(ctx, state, teacher_outputs, images, labels)
+        total, _, _ = batch_loss(ctx, state, teacher_outputs, images, labels, batch=batch)
         optimizer_step(state, total)
     synchronize(device)
     return time.perf_counter() - start
+
+
+def per_method(args, device, teacher, images) -> None:
+    """Every method solo and in a pack of 6 of itself, interleaved round by round."""
+    from kdlab.distill import BatchContext
+
+    indices = torch.randperm(len(CIFAR100_TRAIN_LABELS))[:args.batch_size]
+    labels = CIFAR100_TRAIN_LABELS[indices].to(device)
+    batch = BatchContext(labels, indices.to(device), epoch=1000, step=0)  # past any warm-up
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    variants = {("teacher forward", 0): None}
+    for name in methods:
+        variants[(name, 1)] = [student(args, device, name, teacher)]
+        variants[(name, 6)] = [student(args, device, name, teacher) for _ in range(6)]
+    ctx = variants[(methods[0], 1)][0][0]
+    times = {key: [] for key in variants}
+    for round_index in range(args.rounds + 1):
+        for key, members in variants.items():
+            if members is None:
+                synchronize(device)
+                start = time.perf_counter()
+                teacher_forward(ctx, teacher, images)
+                synchronize(device)
+                seconds = time.perf_counter() - start
+            else:
+                seconds = pack_step(members, teacher, images, labels, device, batch)
+            if round_index:
+                times[key].append(seconds)
+        print(f"round {round_index}/{args.rounds} done", flush=True)
+    median = {key: statistics.median(values) for key, values in times.items()}
+    forward = median[("teacher forward", 0)]
+    print(f"device {device}, threads {torch.get_num_threads()}, students {args.student}, "
+          f"teacher {args.teacher}, batch {args.batch_size}, {args.rounds} rounds (medians); "
+          f"teacher forward {forward * 1000:.1f} ms: a pack of 6 should save 5/6 of it, "
+          f"{forward * 5 / 6 * 1000:.1f} ms per student")
+    print(f"{'method':<18}{'solo (ms)':>10}{'pack of 6 (ms/student)':>24}{'saved (ms)':>12}"
+          f"{'saved / expected':>18}")
+    for name in methods:
+        solo, packed = median[(name, 1)], median[(name, 6)] / 6
+        print(f"{name:<18}{solo * 1000:>10.1f}{packed * 1000:>24.1f}"
+              f"{(solo - packed) * 1000:>12.1f}{(solo - packed) / (forward * 5 / 6):>17.2f}x")
 
 
 def main() -> None:
@@ -93,6 +150,9 @@ def main() -> None:
     images = torch.randn(args.batch_size, 3, 32, 32, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     teacher = build_model(args.teacher, args.num_classes).to(device).eval().requires_grad_(False)
+    if args.per_method:
+        per_method(args, device, teacher, images)
+        return
     sizes = [int(size) for size in args.sizes.split(",")]
     variants = {"pure": [student(args, device, None)]}
     for size in sizes:

@@ -83,8 +83,27 @@ def test_bench_kd_step_times_every_method_and_the_angle_terms():
 
     result = _run(str(BENCHMARKS / "bench_kd_step.py"), "--student", "ResNet8", "--teacher",
                   "ResNet20", "--batch-size", "8", "--rounds", "1", "--angle-repeats", "1",
-                  "--threads", "1", "--num-classes", "10")
+                  "--threads", "1", "--num-classes", "10", "--train-size", "1000")
     assert result.returncode == 0, result.stderr[-2000:]
     timed = dict(re.findall(r"^(\w+) +[\d.]+ +([\d.]+)x$", result.stdout, re.MULTILINE))
     assert set(timed) == {"pure", *METHOD_NAMES} and timed["pure"] == "1.00"
     assert re.search(r"triplet/pairwise = \d+x", result.stdout)
+    # The extras table: CRD's two embeddings (ResNet8 and ResNet20 pool 64 -> 128) and its
+    # two banks over the 1,000-sample training set (plus its two normalisers); logit adds none.
+    extras = {name: (int(params.replace(",", "")), int(floats.replace(",", "")))
+              for name, params, floats in re.findall(r"^(\w+) +([\d,]+) +([\d,]+) +[\d.]+ +"
+                                                     r"[\d.]+x$", result.stdout, re.MULTILINE)}
+    assert set(extras) == set(METHOD_NAMES)
+    assert extras["crd"] == (2 * (64 * 128 + 128), 2 * 1000 * 128 + 2)
+    assert extras["logit"] == (0, 0)
+    assert re.search(r"CRD parts: drawing 16,384 negatives per sample [\d.]+ ms .* the memory "
+                     r"update [\d.]+ ms", result.stdout)
+
+
+def test_bench_pack_per_method_prints_each_methods_saving():
+    result = _run(str(BENCHMARKS / "bench_pack.py"), "--per-method", "--quick", "--rounds", "1",
+                  "--threads", "1", "--methods", "logit,crd,ofd")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(r"^(\w+) +[\d.]+ +[\d.]+ +-?[\d.]+ +-?[\d.]+x$", result.stdout,
+                      re.MULTILINE)
+    assert rows == ["logit", "crd", "ofd"]

@@ -70,7 +70,12 @@ def reference_loss(student_pooled, teacher_pooled, distiller, student_bank, teac
     return total, student, teacher, normalisers
 
 
-def test_crd_loss_and_gradient_equal_the_nce_formula():
+@pytest.mark.parametrize("dense_limit", [16, 0], ids=["dense-product", "gathered-rows"])
+def test_crd_loss_and_gradient_equal_the_nce_formula(dense_limit, monkeypatch):
+    # Both ways of scoring (one product with the whole bank, or the gathered rows) give the
+    # formula's values; the training set here (40) is within 16x the contrast width (13).
+    from kdlab.distill import crd as crd_module
+    monkeypatch.setattr(crd_module, "DENSE_SCORES_LIMIT", dense_limit)
     distiller = crd(weight=0.8)
     student, teacher = features(1), features(2)
     indices = [3, 17, 22, 8, 39]
