@@ -22,7 +22,7 @@ from kdlab.data import load_arrays, normalize
 from kdlab.layout import RunSpec
 from kdlab.models import build_model
 from kdlab.study import load_study
-from kdlab.train import train_run
+from kdlab.training.run import train_run
 
 STUDY = """
 name = "ext"

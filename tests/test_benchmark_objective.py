@@ -20,7 +20,7 @@ from kdlab.errors import UserError
 from kdlab.layout import RunSpec, run_dir
 from kdlab.models import build_model, describe_features
 from kdlab.study import load_study
-from kdlab.train import train_run
+from kdlab.training.run import train_run
 from kdlab.training.loop import batch_loss
 
 BENCHMARK = 'objective = "benchmark"'

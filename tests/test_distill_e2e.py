@@ -38,7 +38,7 @@ from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRA
                                           FactorTransferDistiller, Paraphraser)
 from kdlab.layout import RunSpec, run_dir
 from kdlab.models import build_model
-from kdlab.train import train_run
+from kdlab.training.run import train_run
 
 TEACHER, STUDENT, SEED = "ResNet20", "ResNet8", 0
 TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 4

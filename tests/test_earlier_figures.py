@@ -228,7 +228,7 @@ def test_earlier_figures_on_a_trained_digits_study(tmp_path):
     from kdlab.analysis.store import load_representation
     from kdlab.layout import RunSpec, representation_path
     from kdlab.study import load_study
-    from kdlab.train import train_run
+    from kdlab.training.run import train_run
     from legacy_tree import write_study
 
     study = load_study(write_study(tmp_path / "study.toml", name="earlier", methods=["logit"],

@@ -256,7 +256,7 @@ SLOW_CASES = ([(target, how, command) for target in TARGETS
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    from kdlab.train import train_run
+    from kdlab.training.run import train_run
 
     root = tmp_path_factory.mktemp("fuzz-pristine")
     previous = Path.cwd()

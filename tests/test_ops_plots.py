@@ -114,7 +114,7 @@ def test_curves_redrawn_only_when_metrics_change(tmp_path):
     metrics_path.write_text(json.dumps(metrics))
     assert plots.plot_run_curves(directory, "t") == "written"
     with Image.open(png) as image:
-        stamp = image.info[plots._STAMP_KEY]
+        stamp = image.info[plots.STAMP_KEY]
     assert stamp == hashlib.sha256(metrics_path.read_bytes()).hexdigest()
 
 
@@ -346,7 +346,7 @@ def test_in_progress_earlier_run_gets_curves_from_its_checkpoint(earlier, tmp_pa
     assert "Cifar100-pure-ResNet112-s1" in report.written
     assert not (teacher_dir / "metrics.json").exists()
     with Image.open(teacher_dir / plots.CURVES_FILE) as image:
-        assert image.info[plots._STAMP_KEY] == hashlib.sha256(
+        assert image.info[plots.STAMP_KEY] == hashlib.sha256(
             (teacher_dir / "checkpoint.pth").read_bytes()).hexdigest()
     curves = plot_curves.read_curves(teacher_dir)
     assert curves.series["test_acc"] == [10.0, 15.0, 18.0, 22.0, 25.0, 27.01]

@@ -42,7 +42,7 @@ args = build_parser().parse_args(sys.argv[1:])
 modes = json.loads(os.environ.get("FAKE_MODES", "{}"))
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-# kdlab.train would import torch: too slow for a stand-in
+# kdlab.training would import torch: too slow for a stand-in
 for config in configs_from_args(args):
     spec = config.run_spec()
     directory = run_dir(config.experiments_dir, spec)

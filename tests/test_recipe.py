@@ -23,7 +23,7 @@ from kdlab.errors import UserError
 from kdlab.layout import RunSpec, run_dir
 from kdlab.packs import pack_key
 from kdlab.study import load_study
-from kdlab.train import train_run
+from kdlab.training.run import train_run
 from kdlab.training.state import lr_scheduler
 
 # RepDistiller's CIFAR-100 recipe (train_student.py defaults).

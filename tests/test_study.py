@@ -293,7 +293,7 @@ def test_train_flags_round_trip_through_the_cli(study_file):
     into the same run."""
     from kdlab.config import config_flags
     from kdlab.distill import resolve_options
-    from kdlab.train import config_from_args
+    from kdlab.config import config_from_args
 
     study = load_study(study_file)
     runs = study.runs()

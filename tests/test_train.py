@@ -18,7 +18,8 @@ from kdlab.cli import main
 from kdlab.config import TrainConfig
 from kdlab.errors import EXIT_PREEMPTED, UserError
 from kdlab.layout import RunSpec, run_dir
-from kdlab.train import _guard, train_run
+from kdlab.training.guards import check_epoch as _guard
+from kdlab.training.run import train_run
 
 EPOCHS = 3
 

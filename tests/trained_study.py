@@ -28,7 +28,7 @@ def _study_at(root: Path) -> Study:
 
 
 def _train(root: Path) -> None:
-    from kdlab.train import train_run
+    from kdlab.training.run import train_run
 
     study = _study_at(root)
     for spec in study.runs():   # teacher first: the KD run needs its best.pth

@@ -191,9 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# command name -> module that defines ``command(args)``
+def train_command(args) -> int:
+    """``kdlab train``: one run (flags or one config.json) or a pack (several); exit 0 when
+    every run completed, 75 when one stopped and resumes (signal, full disk), else 1."""
+    from . import runstate
+    from .config import prepare_configs
+    from .errors import EXIT_PREEMPTED
+    from .training.pack import train_pack
+
+    configs = prepare_configs(args)
+    results = train_pack(configs, force_restart=args.force_restart, download=args.download,
+                         quiet=args.quiet)
+    finals = set(results.values())
+    if finals == {runstate.COMPLETED}:
+        return 0
+    return EXIT_PREEMPTED if runstate.IN_PROGRESS in finals else 1
+
+
+# command name -> module that defines ``command(args)`` (imported only when the command runs,
+# so that `kdlab status` does not load torch); `kdlab train` is defined above.
 _COMMAND_MODULES = {
-    "train": "kdlab.train",
     "queue": "kdlab.queue",
     "status": "kdlab.status",
     "import-teacher": "kdlab.ops.import_teacher",
@@ -214,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     stdout = sys.stdout
     sys.stdout = _StdoutUntilClosed(stdout)
     try:
+        if args.command == "train":
+            return int(train_command(args))
         module = importlib.import_module(_COMMAND_MODULES[args.command])
         return int(module.command(args) or 0)
     except UserError as error:

@@ -408,7 +408,6 @@ def complete_options(config: TrainConfig) -> TrainConfig:
     return replace(config, method_options=resolved)
 
 
-_with_complete_options = complete_options  # the name train.py uses
 
 
 # ---- the command line and config files ------------------------------------------------------

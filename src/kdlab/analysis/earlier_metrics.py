@@ -30,7 +30,7 @@ import numpy as np
 from scipy.linalg import subspace_angles
 from sklearn.decomposition import PCA
 
-from .metrics import _as_features, effective_dimensionality
+from .metrics import as_features, effective_dimensionality
 
 # The earlier code sized the channel-space subspaces at this share of variance.
 CHANNEL_ANGLE_VARIANCE = 0.95
@@ -50,7 +50,7 @@ def channel_pca(features) -> tuple[np.ndarray, np.ndarray]:
 
     Returns (directions [d, m], variances [m]) with m = min(n, d): column j is the j-th
     eigenvector of the channel covariance (ddof=1), largest variance first."""
-    array = _as_features(features, "features")
+    array = as_features(features, "features")
     with np.errstate(divide="ignore", invalid="ignore"):   # a constant input: 0 / 0 shares
         model = PCA(svd_solver="full").fit(array)
     return model.components_.T, np.clip(model.explained_variance_, 0.0, None)
@@ -66,8 +66,8 @@ def principal_angles_channel(features_a, features_b,
     representations need the same channel count d; their samples need not be paired,
     since only each one's own covariance enters. A constant representation has no
     principal directions: ValueError."""
-    a = _as_features(features_a, "features_a")
-    b = _as_features(features_b, "features_b")
+    a = as_features(features_a, "features_a")
+    b = as_features(features_b, "features_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"channel-space angles need the same channel count: {a.shape[1]} "
                          f"against {b.shape[1]}")

@@ -23,7 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 
-def _as_features(features, name: str = "features") -> np.ndarray:
+def as_features(features, name: str = "features") -> np.ndarray:
     array = np.asarray(features, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
         raise ValueError(f"{name}: expected a 2-D array [n_samples >= 2, n_features >= 1], "
@@ -34,8 +34,8 @@ def _as_features(features, name: str = "features") -> np.ndarray:
 
 
 def _paired(features_a, features_b) -> tuple[np.ndarray, np.ndarray]:
-    a = _as_features(features_a, "features_a")
-    b = _as_features(features_b, "features_b")
+    a = as_features(features_a, "features_a")
+    b = as_features(features_b, "features_b")
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"paired representations need the same samples: {a.shape[0]} rows "
                          f"against {b.shape[0]}")
@@ -70,7 +70,7 @@ def _pca(array: np.ndarray, n_components: int | None = None) -> PCA:
 def pca_spectrum(features) -> np.ndarray:
     """Variances [min(n_samples, n_features)] of the principal components, largest first
     (eigenvalues of the sample covariance, ddof=1). Pearson 1901 / Hotelling 1933."""
-    array = _as_features(features)
+    array = as_features(features)
     spectrum = _pca(array).fit(array).explained_variance_
     return np.clip(spectrum, 0.0, None)  # round-off can make a zero variance slightly negative
 
@@ -187,7 +187,7 @@ def gram_cka(gram_a, gram_b) -> float:
 def rbf_gram(features, sigma_fraction: float = 0.8) -> np.ndarray:
     """RBF kernel exp(-||x_i - x_j||^2 / (2 sigma^2)) [n, n] with sigma = ``sigma_fraction``
     times the median pairwise distance, the bandwidth rule of Kornblith et al. 2019."""
-    array = _as_features(features)
+    array = as_features(features)
     squared = np.sum(array ** 2, axis=1)
     distances_sq = np.maximum(squared[:, None] + squared[None, :] - 2.0 * array @ array.T, 0.0)
     upper = distances_sq[np.triu_indices_from(distances_sq, k=1)]
@@ -294,7 +294,7 @@ def fit_ica(features, n_components: int, random_state: int = 0, max_iter: int = 
     """FastICA (Hyvärinen & Oja 2000; sklearn, logcosh contrast, unit-variance whitening)
     of ``features`` [n, d] into ``n_components`` <= numerical rank sources, with a fixed
     ``random_state``. Convergence failure is returned in the result, never hidden."""
-    array = _as_features(features)
+    array = as_features(features)
     if not 1 <= n_components <= min(array.shape):
         raise ValueError(f"n_components: expected 1..{min(array.shape)}, found {n_components}")
     solver = "eigh" if _tall(array) else "svd"  # whitening through the covariance
@@ -335,7 +335,7 @@ def fisher_criterion(features, labels) -> float:
     between-class scatter sum_c n_c ||mu_c - mu||^2 over within-class scatter
     sum_i ||x_i - mu_{c(i)}||^2 (Fisher 1936; the trace-ratio form, Fukunaga 1990).
     Larger = classes more separated. inf when every class is a single point."""
-    array = _as_features(features)
+    array = as_features(features)
     labels = np.asarray(labels)
     if labels.shape != (array.shape[0],):
         raise ValueError(f"labels: expected shape ({array.shape[0]},), found {labels.shape}")
@@ -358,7 +358,7 @@ def knn_probe_accuracy(features, labels, k: int = 5, train_fraction: float = 0.5
     """Accuracy in percent of a k-nearest-neighbour classifier (Euclidean, majority vote;
     Cover & Hart 1967) fitted on a fixed random ``train_fraction`` of ``features`` [n, d]
     / ``labels`` [n] and scored on the rest; ``max_train`` / ``max_test`` cap both parts."""
-    array = _as_features(features)
+    array = as_features(features)
     labels = np.asarray(labels)
     order = np.random.default_rng(seed).permutation(array.shape[0])
     n_train = int(round(train_fraction * array.shape[0]))
@@ -394,7 +394,7 @@ def twonn_dimension(features, discard_fraction: float = 0.1) -> float:
     line through the origin fitted on the empirical F, after discarding the largest
     ``discard_fraction`` of mu (the paper's guard against outliers). Duplicate points
     (r1 = 0) are dropped first. NaN when fewer than 3 distinct points remain."""
-    array = _as_features(features)
+    array = as_features(features)
     array = np.unique(array, axis=0)
     if array.shape[0] < 3:
         return float("nan")
@@ -418,7 +418,7 @@ def distance_ranks(features, metric: str = "euclidean") -> np.ndarray | None:
     averaged, as Spearman's rho does), centred and scaled to unit norm, so that the
     Spearman correlation of two such vectors is their dot product. None when all distances
     are equal. Lets a teacher's ranks be computed once for all its students."""
-    distances = pdist(_as_features(features), metric=metric)
+    distances = pdist(as_features(features), metric=metric)
     ranks = rankdata(distances)
     ranks -= ranks.mean()
     norm = np.linalg.norm(ranks)
@@ -446,7 +446,7 @@ def pca_projection(features, n_components: int = 2) -> np.ndarray:
     """Scores [n, n_components] of ``features`` [n, d] on its top principal components,
     each column's sign fixed so that its largest-magnitude entry is positive (so reruns
     and similar models draw the same orientation)."""
-    array = _as_features(features)
+    array = as_features(features)
     scores = _pca(array, n_components).fit_transform(array)
     signs = np.sign(scores[np.argmax(np.abs(scores), axis=0), np.arange(scores.shape[1])])
     signs[signs == 0] = 1.0

@@ -27,7 +27,7 @@ from ..run_states import COLLAPSE_MARGIN_POINTS, is_collapsed  # noqa: F401
 
 CURVES_FILE = "curves.png"
 # PNG text-chunk keys: the SHA-256 of the file the curves were drawn from, and the options.
-_STAMP_KEY = "kdlab-metrics-sha256"
+STAMP_KEY = "kdlab-metrics-sha256"
 _OPTIONS_KEY = "kdlab-curves-options"
 
 SERIES_KEYS = ("train_loss", "test_loss", "train_acc", "test_acc", "train_ce", "train_distill")
@@ -166,7 +166,7 @@ def _stamps_of(png_path: Path) -> tuple[str | None, str | None]:
 
     try:
         with Image.open(png_path) as image:
-            return image.info.get(_STAMP_KEY), image.info.get(_OPTIONS_KEY)
+            return image.info.get(STAMP_KEY), image.info.get(_OPTIONS_KEY)
     except (OSError, SyntaxError, ValueError):
         return None, None
 
@@ -238,5 +238,5 @@ def plot_run_curves(run_directory: str | Path, title: str | Callable[[Curves], s
         axes.xaxis.get_major_locator().set_params(integer=True)
     figure.suptitle(title_text, fontsize=11)
     figure.tight_layout()
-    save_figure(figure, png_path, {_STAMP_KEY: curves.digest, _OPTIONS_KEY: options})
+    save_figure(figure, png_path, {STAMP_KEY: curves.digest, _OPTIONS_KEY: options})
     return "written"

@@ -28,7 +28,7 @@ from ..status import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNIN
 from ..run_states import outside_grid, outside_grid_summary
 from ..study import Pair, Study, load_study
 from .common import accuracy_groups, group_keys, time_text
-from .plot_curves import (_STAMP_KEY, CURVES_FILE, Curves, is_collapsed,  # noqa: F401
+from .plot_curves import (STAMP_KEY, CURVES_FILE, Curves, is_collapsed,  # noqa: F401
                           new_figure, num_classes_of, plot_run_curves, save_figure)
 
 PROGRESS_GRID_FILE = "progress_grid.png"

@@ -18,17 +18,16 @@ import time
 from dataclasses import dataclass
 
 from .. import layout, runstate
-from ..config import (TrainConfig, _with_complete_options, pack_shared_fields,
-                      prepare_configs, validate_config)
-from ..errors import EXIT_PREEMPTED, UserError, WriteError
+from ..config import TrainConfig, complete_options, pack_shared_fields, validate_config
+from ..errors import UserError, WriteError
 from ..layout import PURE
 from . import device as device_module
 from .epochs import mark_stopped, run_epochs, write_status
 from .guards import Preempted, StopFlag, stop_signals
 from .lock import RunLock
 from .loop import pretrain
-from .run import (_check_writable, _read_own_status, _record_crash,
-                  _record_environment_failure, load_data, load_teacher, restore_state,
+from .run import (check_writable, read_own_status, record_crash,
+                  record_environment_failure, load_data, load_teacher, restore_state,
                   start_student, train_run)
 from .state import RunContext, Student, build_state
 from .threads import thread_limits
@@ -82,7 +81,7 @@ def train_pack(configs: list[TrainConfig], *, force_restart: bool = False,
                                                       download=download, quiet=quiet)}
     for config in configs:
         validate_config(config)
-    configs = [_with_complete_options(config) if config.distillation != PURE else config
+    configs = [complete_options(config) if config.distillation != PURE else config
                for config in configs]
     check_pack(configs)
     device = device_module.resolve_device(configs[0].device)
@@ -95,14 +94,14 @@ def train_pack(configs: list[TrainConfig], *, force_restart: bool = False,
         for config in configs:
             spec = config.run_spec()
             run_dir = layout.run_dir(config.experiments_dir, spec)
-            _check_writable(run_dir)
+            check_writable(run_dir)
             ctx = RunContext(config, spec, run_dir, device, quiet, amp_dtype)
             ctx.threads = threads
             lock = stack.enter_context(RunLock(run_dir))
             if run_dir.exists():
                 lock.acquire()
             try:
-                status = _read_own_status(run_dir, force_restart)
+                status = read_own_status(run_dir, force_restart)
             except UserError as error:
                 # Its status.json is damaged: it is kept for the user (writing 'failed'
                 # would replace it), and the member stays out of the pack so the others
@@ -163,7 +162,7 @@ def _unfinished(members: list[_Member], students: list[Student], error: Exceptio
     """Record ``error`` for every member that has no result yet; the results by run name."""
     for member in members:
         if not member.left and not any(student.ctx is member.ctx and student.result for student in students):
-            (_record_environment_failure if environment else _record_crash)(member.ctx, error)
+            (record_environment_failure if environment else record_crash)(member.ctx, error)
     unfinished = runstate.IN_PROGRESS if environment else runstate.FAILED
     return {member.ctx.spec.name: runstate.FAILED if member.left else
             next((student.result for student in students
@@ -209,15 +208,3 @@ def _setup(members: list[_Member], students: list[Student], force_restart: bool,
             student.status["pack"] = names
         write_status(student.ctx.run_dir, student.status)
     return teacher, data
-
-
-def command(args) -> int:
-    """``kdlab train``: one run (flags or one config.json) or a pack (several); exit 0 when
-    every run completed, 75 when one stopped and resumes (signal, full disk), else 1."""
-    configs = prepare_configs(args)
-    results = train_pack(configs, force_restart=args.force_restart, download=args.download,
-                         quiet=args.quiet)
-    finals = set(results.values())
-    if finals == {runstate.COMPLETED}:
-        return 0
-    return EXIT_PREEMPTED if runstate.IN_PROGRESS in finals else 1

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import layout, runstate
-from ..config import (TrainConfig, _with_complete_options, check_config_file, validate_config,
+from ..config import (TrainConfig, complete_options, check_config_file, validate_config,
                       write_config_file)
 from ..errors import EXIT_PREEMPTED, UserError, WriteError
 from ..layout import PURE
@@ -47,10 +47,10 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
     failure such as a full disk)."""
     validate_config(config)
     if config.distillation != PURE:
-        config = _with_complete_options(config)
+        config = complete_options(config)
     spec = config.run_spec()
     run_dir = layout.run_dir(config.experiments_dir, spec)
-    _check_writable(run_dir)
+    check_writable(run_dir)
     flag = StopFlag()
     device = device_module.resolve_device(config.device)
     ctx = RunContext(config, spec, run_dir, device, quiet,
@@ -60,7 +60,7 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
         ctx.threads = threads
         if run_dir.exists():  # refuse early when another process trains it
             lock.acquire()
-        status = _read_own_status(run_dir, force_restart)
+        status = read_own_status(run_dir, force_restart)
         if status and status["status"] == runstate.COMPLETED and not force_restart:
             ctx.say(f"{spec.name}: already completed (best test accuracy "
                     f"{status.get('max_acc', float('nan')):.2f}%); --force-restart to retrain")
@@ -68,16 +68,16 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
         try:
             return _train(ctx, status, force_restart, download, flag, lock)
         except WriteError as error:  # the writer's one-line form of a full disk, a lost mount
-            return _record_environment_failure(ctx, error)
+            return record_environment_failure(ctx, error)
         except (UserError, KeyboardInterrupt):
             raise
         except OSError as error:
-            return _record_environment_failure(ctx, error)
+            return record_environment_failure(ctx, error)
         except Exception as error:
-            return _record_crash(ctx, error)
+            return record_crash(ctx, error)
 
 
-def _read_own_status(run_dir: Path, force_restart: bool) -> dict | None:
+def read_own_status(run_dir: Path, force_restart: bool) -> dict | None:
     try:
         return runstate.read_status(run_dir)
     except runstate.StateFileError as error:
@@ -86,7 +86,7 @@ def _read_own_status(run_dir: Path, force_restart: bool) -> dict | None:
         return None
 
 
-def _record_crash(ctx: RunContext, error: Exception) -> str:
+def record_crash(ctx: RunContext, error: Exception) -> str:
     """A crash must not leave the run 'in_progress' (a re-queue would resubmit it for ever):
     record it as failed with the reason, keep the traceback in the log."""
     import traceback
@@ -102,7 +102,7 @@ def _record_crash(ctx: RunContext, error: Exception) -> str:
     return runstate.FAILED
 
 
-def _record_environment_failure(ctx: RunContext, error: OSError) -> str:
+def record_environment_failure(ctx: RunContext, error: OSError) -> str:
     """A full disk, a lost mount, an I/O error: not the run's fault. The last checkpoint is
     kept (writes are atomic), the run stays resumable ('in_progress' with the reason), and
     ``environment_failures`` counts such ends since the last finished epoch, so that the queue
@@ -120,7 +120,7 @@ def _record_environment_failure(ctx: RunContext, error: OSError) -> str:
     return runstate.IN_PROGRESS
 
 
-def _check_writable(run_dir: Path) -> None:
+def check_writable(run_dir: Path) -> None:
     """Refuse an unwritable experiments directory without creating anything: probe the run
     directory, or its nearest existing ancestor when it does not exist yet."""
     target = run_dir

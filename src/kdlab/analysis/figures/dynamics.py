@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.colors import to_rgb
+from matplotlib.ticker import MaxNLocator
 
 from .common import (FLOORS, PURE, PURE_COLOUR, TEACHER, TEACHER_COLOUR, Grid, alpha_text,
                      figure_legend, figure_title, no_data, save_figure, subplots)
@@ -41,10 +42,16 @@ def _curve(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
             int(rows["seed"].nunique()))
 
 
+def _seeds(count: int) -> str:
+    return f"{count} seed" + ("" if count == 1 else "s")
+
+
 def _epoch_axis(ax, frame) -> None:
     epochs = frame["epoch"].to_numpy(dtype=float)
     if epochs.size and epochs.min() >= 1 and epochs.max() / epochs.min() >= 20:
         ax.set_xscale("log")   # snapshot epochs are often spaced logarithmically
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.5
     ax.set_xlabel("epoch", fontsize=8)
     ax.grid(alpha=0.3)
 
@@ -65,7 +72,7 @@ def _over_training(grid: Grid, frame, metric: str, ylabel: str, floors: dict, ou
                     continue
                 epochs, mean, _, seeds = _curve(series)
                 ax.plot(epochs, mean, "-o", ms=3, lw=1.3, color=_shade(grid, method, alpha),
-                        label=f"{method} α={alpha_text(alpha)} ({seeds} seeds)")
+                        label=f"{method} α={alpha_text(alpha)} ({_seeds(seeds)})")
                 drawn = True
         for who, colour, label in ((PURE, PURE_COLOUR, f"pure ({grid.student_model})"),
                                    (TEACHER, TEACHER_COLOUR, f"teacher ({grid.teacher_model})")):
@@ -73,7 +80,7 @@ def _over_training(grid: Grid, frame, metric: str, ylabel: str, floors: dict, ou
             if series.empty:
                 continue
             epochs, mean, std, seeds = _curve(series)
-            ax.plot(epochs, mean, "--", lw=1.2, color=colour, label=f"{label} ({seeds} seeds)")
+            ax.plot(epochs, mean, "--", lw=1.2, color=colour, label=f"{label} ({_seeds(seeds)})")
             ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
             drawn = True
         floor = floors.get(stage)
