@@ -781,3 +781,26 @@ def test_qsub_without_an_id_never_leaves_held_jobs_over_three_cycles(tmp_path, f
     assert {job: info["state"] for job, info in jobs.items()} == {
         "99.sched01": "H", "4101301.sched01": "F", "4101302.sched01": "F",
         "4101303.sched01": "F"}
+
+
+def test_every_backend_is_one_table_line_whose_facts_the_rest_of_kdlab_reads():
+    """Issue 21: a backend is its module plus a line of catalog.BACKEND_FACTS; its name, its
+    class, its batch flag, its CPU variable and its earlier job-id key are read from there."""
+    from kdlab import catalog, runstate
+    from kdlab.schedulers import backend_of_status, fields, get_scheduler
+    from kdlab.training.threads import default_threads
+
+    assert catalog.BACKENDS == ("local", "slurm", "pbs")
+    for name, facts in catalog.BACKEND_FACTS.items():
+        assert get_scheduler(name).name == name
+        assert (name in fields.BATCH_BACKENDS) == facts.batch
+        if facts.cpu_variable:
+            assert default_threads({facts.cpu_variable: "3"}) == (3, facts.cpu_variable)
+        if facts.legacy_job_id_key:
+            status = {facts.legacy_job_id_key: "77.server"}
+            assert runstate.job_id_of(status) == "77.server"
+            assert backend_of_status(status, "local") == name
+    assert default_threads({"OMP_NUM_THREADS": "5"}) == (5, "OMP_NUM_THREADS")
+    with pytest.raises(UserError, match="unknown scheduler backend 'lsf': expected one of "
+                                        "local, slurm, pbs"):
+        get_scheduler("lsf")

@@ -119,7 +119,30 @@ REPDISTILLER_NORMALIZATION: dict[str, tuple[tuple[float, float, float],
 }
 
 
-BACKENDS = ("local", "slurm", "pbs")
+@dataclass(frozen=True)
+class BackendFacts:
+    """What the rest of kdlab knows of a scheduler backend, so that a new backend is its
+    module plus one line of :data:`BACKEND_FACTS`. ``scheduler``: ``"module:Class"`` of its
+    :class:`~kdlab.schedulers.base.Scheduler` (imported only when used); ``batch``: it writes
+    job scripts whose directives carry paths (kept to path-safe characters);
+    ``cpu_variable``: the environment variable in which it tells a job its cores (training
+    sizes its threads from it); ``legacy_job_id_key``: the status.json key under which the
+    earlier research code recorded this backend's job id (kdlab writes ``job_id``)."""
+
+    scheduler: str
+    batch: bool = False
+    cpu_variable: str | None = None
+    legacy_job_id_key: str | None = None
+
+
+BACKEND_FACTS: dict[str, BackendFacts] = {
+    "local": BackendFacts("kdlab.schedulers.local:LocalScheduler"),
+    "slurm": BackendFacts("kdlab.schedulers.slurm:SlurmScheduler", batch=True,
+                          cpu_variable="SLURM_CPUS_PER_TASK", legacy_job_id_key="slurm_job_id"),
+    "pbs": BackendFacts("kdlab.schedulers.pbs:PbsScheduler", batch=True,
+                        cpu_variable="NCPUS", legacy_job_id_key="pbs_job_id"),
+}
+BACKENDS = tuple(BACKEND_FACTS)
 AUGMENTATIONS = ("kdlab", "earlier", "benchmark")
 # Learning-rate schedules (TrainConfig.lr_schedule).
 LR_SCHEDULES = ("cosine", "multistep")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, catalog
 from .errors import WriteError
 
 STATUS_FILE = "status.json"
@@ -37,8 +37,10 @@ FAILED = "failed"
 STATES = (QUEUED, IN_PROGRESS, COMPLETED, FAILED)
 CONFIG_FILE = "config.json"
 
-# Key of the scheduler job id; the earlier research code wrote "pbs_job_id".
-JOB_ID_KEYS = ("job_id", "pbs_job_id", "slurm_job_id")
+# Key of the scheduler job id; the earlier research code wrote a key per backend
+# ("pbs_job_id", "slurm_job_id": kdlab.catalog.BACKEND_FACTS).
+JOB_ID_KEYS = ("job_id", *(facts.legacy_job_id_key for facts in catalog.BACKEND_FACTS.values()
+                           if facts.legacy_job_id_key))
 
 
 class StateFileError(Exception):

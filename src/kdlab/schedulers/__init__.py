@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from .. import catalog
 from ..errors import UserError
 from .base import TEMPLATE_FIELDS, Scheduler, SchedulerError
@@ -10,17 +12,13 @@ BACKEND_NAMES = catalog.BACKENDS
 
 
 def get_scheduler(name: str) -> Scheduler:
-    """The backend called ``name`` ('local', 'slurm' or 'pbs')."""
-    if name == "local":
-        from .local import LocalScheduler
-        return LocalScheduler()
-    if name == "slurm":
-        from .slurm import SlurmScheduler
-        return SlurmScheduler()
-    if name == "pbs":
-        from .pbs import PbsScheduler
-        return PbsScheduler()
-    raise UserError(f"unknown scheduler backend {name!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    """The backend called ``name`` (one of :data:`kdlab.catalog.BACKEND_FACTS`)."""
+    facts = catalog.BACKEND_FACTS.get(name)
+    if facts is None:
+        raise UserError(f"unknown scheduler backend {name!r}: expected one of "
+                        f"{', '.join(BACKEND_NAMES)}")
+    module, _, class_name = facts.scheduler.partition(":")
+    return getattr(importlib.import_module(module), class_name)()
 
 
 def backend_of_status(status: dict | None, default: str) -> str:
@@ -31,10 +29,9 @@ def backend_of_status(status: dict | None, default: str) -> str:
     if isinstance(recorded, str) and recorded in BACKEND_NAMES:
         return recorded
     if status.get("job_id") in (None, ""):
-        if status.get("pbs_job_id") not in (None, ""):
-            return "pbs"
-        if status.get("slurm_job_id") not in (None, ""):
-            return "slurm"
+        for name, facts in catalog.BACKEND_FACTS.items():
+            if facts.legacy_job_id_key and status.get(facts.legacy_job_id_key) not in (None, ""):
+                return name
     return default
 
 

@@ -39,6 +39,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from .. import catalog
 from ..errors import UserError
 
 # C0 and C1 control characters, DEL, and the Unicode line and paragraph separators.
@@ -52,7 +53,7 @@ _DIRECTIVE_PATH = re.compile(r"[A-Za-z0-9_./+,=@~:-]+")
 _JOB_NAME = re.compile(r"[A-Za-z0-9_.+=,-]+")
 
 DIRECTIVE_PATH_CHARACTERS = "letters, digits and _ . / - + , = @ ~ :"
-BATCH_BACKENDS = ("slurm", "pbs")
+BATCH_BACKENDS = tuple(name for name, facts in catalog.BACKEND_FACTS.items() if facts.batch)
 
 
 def _single_line(value: str, allow_tab: bool = False) -> str | None:

@@ -17,9 +17,12 @@ from typing import Iterator
 
 import torch
 
+from .. import catalog
+
 # Environment variables that name the cores the job was given, in order of trust: the
-# schedulers' own first, then the user's OpenMP setting.
-SCHEDULER_CPU_VARIABLES = ("SLURM_CPUS_PER_TASK", "NCPUS", "OMP_NUM_THREADS")
+# scheduler backends' own (kdlab.catalog.BACKEND_FACTS), then the user's OpenMP setting.
+SCHEDULER_CPU_VARIABLES = (*(facts.cpu_variable for facts in catalog.BACKEND_FACTS.values()
+                             if facts.cpu_variable), "OMP_NUM_THREADS")
 
 
 def default_threads(environ: dict | None = None) -> tuple[int, str]:
