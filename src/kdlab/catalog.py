@@ -640,12 +640,18 @@ def stage_options(name: str) -> tuple[str, ...]:
 _KIND_NAMES = {int: "int (an integer)", float: "float (a number)"}
 
 
+def bool_of_text(text: str) -> bool | None:
+    """``true``/``yes``/``1``/``on`` -> True, ``false``/``no``/``0``/``off`` -> False (any
+    case, spaces around ignored), anything else None: the one reading of a boolean typed as
+    text (``kdlab train`` flags, ``--option`` values)."""
+    return {"1": True, "true": True, "yes": True, "on": True,
+            "0": False, "false": False, "no": False, "off": False}.get(str(text).strip().lower())
+
+
 def _to_bool(method: str, key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise OptionError(method, key, value, "true or false")
+    result = bool_of_text(value)
+    if result is None:
+        raise OptionError(method, key, value, "true or false")
+    return result

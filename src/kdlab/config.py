@@ -10,6 +10,7 @@ study never imports it.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -37,8 +38,8 @@ def setting(default: Any, help: str, kind: type, *, check: Callable[[Any], str |
     value must match for a checkpoint to be resumed (paths and device may move)."""
     metadata = {"help": help, "kind": kind, "check": check, "choices": choices,
                 "optional": optional, "where": where, "in_identity": in_identity}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=type(default), metadata=metadata)
+    if isinstance(default, (dict, list)):  # a fresh copy for every instance
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -456,12 +457,10 @@ def _flag_value(kind: type | tuple):
         return kind
 
     def to_bool(text: str) -> bool:
-        lowered = text.strip().lower()
-        if lowered in ("true", "yes", "1", "on"):
-            return True
-        if lowered in ("false", "no", "0", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+        result = catalog.bool_of_text(text)
+        if result is None:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+        return result
     return to_bool
 
 

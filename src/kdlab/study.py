@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from . import catalog
 from .config import (EPOCHS_OR_RULE, GRID, OBJECTIVE_DEFAULTS, PATHS, SNAPSHOT_RULES,
-                     TRAINING, SettingError, TrainConfig, complete_options, kind_ok,
+                     TRAINING, SettingError, TrainConfig, complete_options, kind_ok, setting,
                      setting_default, setting_fields, validate_config)
 from .errors import UserError
 from .layout import (ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs,
@@ -33,23 +33,65 @@ BACKENDS = catalog.BACKENDS
 _MISSING = object()
 
 
+def _walltime_problem(text: str) -> str | None:
+    try:
+        parts = [int(part) for part in text.split(":")]
+    except ValueError:
+        return "HH:MM:SS"
+    return None if 1 <= len(parts) <= 3 and all(part >= 0 for part in parts) else "HH:MM:SS"
+
+
+def _memory_problem(text: str) -> str | None:
+    try:
+        memory_megabytes(text)
+    except ValueError:
+        return "a memory size such as '24GB' or '512MB'"
+    return None
+
+
+def _minimum(value: int, expected: str):
+    return lambda number: None if number >= value else expected
+
+
+_POSITIVE = _minimum(1, "a positive integer")
+_NOT_NEGATIVE = _minimum(0, "an integer >= 0")
+
+
+def _study_setting(default: Any, help: str, kind, **meta):
+    """A [scheduler] or [sync] key, declared as run settings are (kdlab.config.setting):
+    default, kind, help, and the check that names what was expected."""
+    return setting(default, help, kind, where="study", **meta)
+
+
 @dataclass
 class SchedulerSettings:
-    backend: str = "local"
-    max_live_jobs: int = 2
-    walltime: str = "02:00:00"          # HH:MM:SS
-    cpus: int = 1
-    memory: str = "4GB"
-    gpus: int = 0
-    queue: str | None = None            # PBS queue / Slurm partition
-    account: str | None = None          # PBS project / Slurm account
-    extra_directives: list[str] = field(default_factory=list)  # raw '#PBS ...'/'#SBATCH ...' bodies
-    setup: list[str] = field(default_factory=list)             # shell lines: module load, venv
-    template: str | None = None         # user job-script template file (str.format fields)
-    signal_seconds: int = 300           # warn the job this long before the walltime kill
-    kdlab_command: str = "kdlab"        # how the job invokes kdlab (e.g. 'python -m kdlab')
-    pack_size: int = 1                  # runs trained together by one job (see kdlab.queue)
-    requeue: bool = False               # Slurm: the job requeues itself at the pre-timeout signal
+    """The study's ``[scheduler]`` table: how its jobs are submitted. Each key's kind, check
+    and help are declared here and validated by one loader (:func:`_load_settings`)."""
+
+    backend: str = _study_setting("local", "scheduler backend", str, choices=BACKENDS)
+    max_live_jobs: int = _study_setting(2, "jobs live at once", int, check=_POSITIVE)
+    walltime: str = _study_setting("02:00:00", "a job's walltime, HH:MM:SS", str,
+                                   check=_walltime_problem)
+    cpus: int = _study_setting(1, "cores per job", int, check=_POSITIVE)
+    memory: str = _study_setting("4GB", "memory per job ('24GB', '512MB')", str,
+                                 check=_memory_problem)
+    gpus: int = _study_setting(0, "GPUs per job", int, check=_NOT_NEGATIVE)
+    queue: str | None = _study_setting(None, "PBS queue / Slurm partition", str, optional=True)
+    account: str | None = _study_setting(None, "PBS project / Slurm account", str, optional=True)
+    extra_directives: list[str] = _study_setting(
+        [], "raw '#PBS ...' / '#SBATCH ...' directive bodies", (list, str))
+    setup: list[str] = _study_setting([], "shell lines a job runs first (module load, venv)",
+                                      (list, str))
+    template: str | None = _study_setting(None, "a job-script template file (str.format "
+                                          "fields)", str, optional=True)
+    signal_seconds: int = _study_setting(300, "warn the job this long before the walltime "
+                                         "kill", int, check=_NOT_NEGATIVE)
+    kdlab_command: str = _study_setting("kdlab", "how a job invokes kdlab (e.g. 'python -m "
+                                        "kdlab')", str)
+    pack_size: int = _study_setting(1, "runs trained together by one job (see kdlab.queue)",
+                                    int, check=_POSITIVE)
+    requeue: bool = _study_setting(False, "Slurm: the job requeues itself at the pre-timeout "
+                                   "signal", bool)
 
     def walltime_seconds(self) -> int:
         parts = [int(part) for part in self.walltime.split(":")]
@@ -80,15 +122,22 @@ def memory_megabytes(text: str) -> int:
 
 @dataclass
 class SyncSettings:
-    host: str | None = None             # ssh host (None: the "remote" is this machine)
-    user: str | None = None
-    remote_dir: str | None = None       # project directory on the remote
-    local_dir: str = "."                # project directory here
-    remote_setup: list[str] = field(default_factory=list)  # lines run before remote kdlab
-    ssh_options: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=lambda: [
-        "data/", "experiments/", "analysis/", ".venv/", "venv/", "__pycache__/", ".git/"])
-    log_file: str = "sync.log"
+    """The study's ``[sync]`` table (``kdlab sync``), declared and validated as
+    :class:`SchedulerSettings` is."""
+
+    host: str | None = _study_setting(None, "ssh host (none: the remote is this machine)", str,
+                                      optional=True)
+    user: str | None = _study_setting(None, "ssh user", str, optional=True)
+    remote_dir: str | None = _study_setting(None, "project directory on the remote", str,
+                                            optional=True)
+    local_dir: str = _study_setting(".", "project directory here", str)
+    remote_setup: list[str] = _study_setting([], "lines run before the remote kdlab",
+                                             (list, str))
+    ssh_options: list[str] = _study_setting([], "ssh -o options", (list, str))
+    exclude: list[str] = _study_setting(
+        ["data/", "experiments/", "analysis/", ".venv/", "venv/", "__pycache__/", ".git/"],
+        "paths rsync leaves out", (list, str))
+    log_file: str = _study_setting("sync.log", "where sync logs", str)
 
 
 @dataclass(frozen=True, order=True)
@@ -697,46 +746,28 @@ def _validate_settings(check: _Checker, study: Study, models_key: str | None = N
             check.fail(key, error.expected, error.value)
 
 
+def _load_settings(check: _Checker, table: dict, cls, section: str):
+    """A study table of declared settings (:class:`SchedulerSettings`, :class:`SyncSettings`):
+    unknown keys, kinds, choices and checks, each a one-line error naming the key."""
+    check.no_unknown(table, {item.name for item in fields(cls)}, section)
+    values = {}
+    for item in fields(cls):
+        meta = item.metadata
+        default = setting_default(item)
+        value = check.get(table, item.name, meta["kind"], section, default)
+        if value is not None:
+            if meta["choices"] is not None and value not in meta["choices"]:
+                check.fail(f"{section}.{item.name}", f"one of {', '.join(meta['choices'])}",
+                           value)
+            problem = meta["check"](value) if meta["check"] else None
+            if problem:
+                check.fail(f"{section}.{item.name}", problem, value)
+        values[item.name] = value
+    return cls(**values)
+
+
 def _load_scheduler(check: _Checker, table: dict) -> SchedulerSettings:
-    defaults = SchedulerSettings()
-    allowed = set(SchedulerSettings.__dataclass_fields__)
-    check.no_unknown(table, allowed, "scheduler")
-    settings = SchedulerSettings(
-        backend=check.get(table, "backend", str, "scheduler", defaults.backend),
-        max_live_jobs=check.get(table, "max_live_jobs", int, "scheduler", defaults.max_live_jobs),
-        walltime=check.get(table, "walltime", str, "scheduler", defaults.walltime),
-        cpus=check.get(table, "cpus", int, "scheduler", defaults.cpus),
-        memory=check.get(table, "memory", str, "scheduler", defaults.memory),
-        gpus=check.get(table, "gpus", int, "scheduler", defaults.gpus),
-        queue=check.get(table, "queue", str, "scheduler", None),
-        account=check.get(table, "account", str, "scheduler", None),
-        extra_directives=check.get(table, "extra_directives", (list, str), "scheduler", []),
-        setup=check.get(table, "setup", (list, str), "scheduler", []),
-        template=check.get(table, "template", str, "scheduler", None),
-        signal_seconds=check.get(table, "signal_seconds", int, "scheduler",
-                                 defaults.signal_seconds),
-        kdlab_command=check.get(table, "kdlab_command", str, "scheduler",
-                                defaults.kdlab_command),
-        pack_size=check.get(table, "pack_size", int, "scheduler", defaults.pack_size),
-        requeue=check.get(table, "requeue", bool, "scheduler", defaults.requeue),
-    )
-    if settings.backend not in BACKENDS:
-        check.fail("scheduler.backend", f"one of {', '.join(BACKENDS)}", settings.backend)
-    for key, minimum in (("max_live_jobs", 1), ("cpus", 1), ("gpus", 0), ("signal_seconds", 0),
-                         ("pack_size", 1)):
-        if getattr(settings, key) < minimum:
-            check.fail(f"scheduler.{key}", "a positive integer" if minimum else
-                       "an integer >= 0", getattr(settings, key))
-    try:
-        parts = [int(part) for part in settings.walltime.split(":")]
-        if not 1 <= len(parts) <= 3 or any(part < 0 for part in parts):
-            raise ValueError
-    except ValueError:
-        check.fail("scheduler.walltime", "HH:MM:SS", settings.walltime)
-    try:
-        settings.memory_megabytes()
-    except ValueError:
-        check.fail("scheduler.memory", "a memory size such as '24GB' or '512MB'", settings.memory)
+    settings = _load_settings(check, table, SchedulerSettings, "scheduler")
     if settings.template is not None:
         template_path = Path(settings.template)
         if not template_path.is_absolute():
@@ -749,15 +780,4 @@ def _load_scheduler(check: _Checker, table: dict) -> SchedulerSettings:
 
 
 def _load_sync(check: _Checker, table: dict) -> SyncSettings:
-    defaults = SyncSettings()
-    check.no_unknown(table, set(SyncSettings.__dataclass_fields__), "sync")
-    return SyncSettings(
-        host=check.get(table, "host", str, "sync", None),
-        user=check.get(table, "user", str, "sync", None),
-        remote_dir=check.get(table, "remote_dir", str, "sync", None),
-        local_dir=check.get(table, "local_dir", str, "sync", defaults.local_dir),
-        remote_setup=check.get(table, "remote_setup", (list, str), "sync", []),
-        ssh_options=check.get(table, "ssh_options", (list, str), "sync", []),
-        exclude=check.get(table, "exclude", (list, str), "sync", defaults.exclude),
-        log_file=check.get(table, "log_file", str, "sync", defaults.log_file),
-    )
+    return _load_settings(check, table, SyncSettings, "sync")
