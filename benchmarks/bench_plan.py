@@ -33,7 +33,8 @@ from pathlib import Path
 from kdlab import runstate
 from kdlab.queue import plan_queue
 from kdlab.schedulers.base import Scheduler
-from kdlab.status import check_liveness, status_report, study_run_states
+from kdlab.status import status_report
+from kdlab.study_progress import check_liveness, study_run_states
 from kdlab.study import load_study
 
 CHARLIE = Path(__file__).resolve().parent.parent / "studies" / "charlie.toml"

@@ -100,7 +100,7 @@ def test_methodology_contains_the_setup_paragraph(analysed):
 
 
 def test_report_states_the_selection_rule_and_the_selected_accuracy(analysed):
-    from kdlab.status import study_run_states
+    from kdlab.study_progress import study_run_states
 
     report = layout.report_path(analysed.analysis_dir, analysed.name).read_text()
     assert "Selection rule: [training] selection = &quot;test&quot;" in report

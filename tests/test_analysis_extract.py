@@ -230,7 +230,7 @@ def test_snapshots_of_a_queued_study_are_extracted_incrementally(tmp_path):
 
     import conftest
     from kdlab.analysis.store import read_provenance
-    from kdlab.status import study_run_states
+    from kdlab.study_progress import study_run_states
 
     study_path = conftest.write_study(
         tmp_path / "study.toml", name="snap", methods=(), alphas=(), student="ResNet8",

@@ -20,7 +20,8 @@ import kdlab
 from kdlab import runstate
 from kdlab.errors import UserError
 from kdlab.layout import RunSpec, analysis_dir, run_dir
-from kdlab.status import status_report, study_run_states
+from kdlab.status import status_report
+from kdlab.study_progress import study_run_states
 from kdlab.study import load_study
 from legacy_tree import write_run, write_study
 from trained_study import analysed_copy

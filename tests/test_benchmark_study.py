@@ -24,6 +24,31 @@ STUDY = ROOT / "studies" / "cifar100-benchmark.toml"
 BENCHMARK = 'objective = "benchmark"'
 
 
+def test_the_digits_study_has_every_registered_method_with_its_stages_scaled(tmp_path):
+    """studies/digits-methods.toml, the all-methods grid a new user runs on CPU: every
+    method kdlab registers (a new method must join it), the benchmark objective with
+    RepDistiller's KD row, snapshots every epoch, the init stages and warm-ups one epoch."""
+    from kdlab.distill import METHOD_NAMES
+
+    path = tmp_path / "digits-methods.toml"
+    shutil.copy(ROOT / "studies" / "digits-methods.toml", path)
+    study = load_study(path)
+    assert sorted(study.methods) == sorted(METHOD_NAMES)
+    runs = study.runs()
+    assert len(runs) == len(METHOD_NAMES) + 2
+    configs = {spec.method: study.train_config(spec) for spec in runs if not spec.is_pure}
+    for config in configs.values():
+        validate_config(config)
+        assert (config.objective, config.snapshot_epoch_list) == ("benchmark",
+                                                                  [1, 2, 3, 4, 5, 6])
+    assert (configs["logit"].ce_weight, configs["logit"].method_options["weight"]) == (0.1, 0.9)
+    assert configs["crd"].ce_weight == 1.0 and configs["crd"].kd_weight == 0.0
+    for method, option in (("ab", "init_epochs"), ("fsp", "init_epochs"),
+                           ("factor_transfer", "paraphraser_epochs"),
+                           ("dkd", "warmup_epochs"), ("reviewkd", "warmup_epochs")):
+        assert configs[method].method_options[option] == 1, method
+
+
 @pytest.fixture
 def benchmark_study(tmp_path):
     path = tmp_path / STUDY.name
@@ -148,7 +173,7 @@ def test_a_benchmark_study_compares_and_tabulates_its_distilled_runs(tmp_path):
 
     from kdlab.ops import compare
     from kdlab.ops.common import accuracy_groups
-    from kdlab.status import study_run_states
+    from kdlab.study_progress import study_run_states
 
     reference = tmp_path / "reference.csv"
     reference.write_text("dataset,teacher,student,method,top1,source,epoch\n"

@@ -10,7 +10,7 @@ import pytest
 from kdlab import cli
 from kdlab.errors import UserError
 from kdlab.ops import demo
-from kdlab.status import COMPLETED, study_run_states
+from kdlab.study_progress import COMPLETED, study_run_states
 
 REPO = Path(__file__).resolve().parents[1]
 

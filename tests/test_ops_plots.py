@@ -16,7 +16,7 @@ from PIL import Image
 from kdlab import cli
 from kdlab.layout import RunSpec, run_dir
 from kdlab.ops import plot_curves, plots
-from kdlab.status import study_run_states
+from kdlab.study_progress import study_run_states
 from kdlab.study import load_study
 from legacy_tree import copy_legacy_tree, write_run, write_study
 
@@ -490,14 +490,14 @@ def test_plot_prints_the_outside_grid_line_that_status_prints(tmp_path, capsys):
 
 
 def test_plot_and_status_share_one_collapse_rule(tmp_path):
-    from kdlab import run_states
+    from kdlab import study_progress
     from kdlab.study import Role
 
-    assert plots.is_collapsed is run_states.is_collapsed is plot_curves.is_collapsed
+    assert plots.is_collapsed is study_progress.is_collapsed is plot_curves.is_collapsed
     spec = RunSpec("Cifar10", "ResNet8", 0)
     for accuracy, expected in ((12.0, True), (12.01, False), (0.0, True), (None, False)):
         for state_name in ("completed", "running"):
-            state = run_states.RunState(spec, tmp_path, Role.PURE, state_name,
+            state = study_progress.RunState(spec, tmp_path, Role.PURE, state_name,
                                         {"status": "completed", "max_acc": accuracy}, "")
             assert state.collapsed is (expected and state_name == "completed")
             assert plots.run_is_collapsed(state) is state.collapsed

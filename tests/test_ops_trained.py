@@ -14,7 +14,7 @@ from kdlab import cli
 from kdlab.layout import analysis_dir
 from kdlab.ops import plots
 from kdlab.ops.methodology import duration_text
-from kdlab.status import COMPLETED, study_run_states
+from kdlab.study_progress import COMPLETED, study_run_states
 from trained_study import trained_copy
 
 pytestmark = pytest.mark.slow

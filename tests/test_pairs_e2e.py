@@ -21,7 +21,7 @@ from kdlab import catalog, layout
 from kdlab.analysis import metrics as analysis_metrics
 from kdlab.analysis.store import load_representation
 from kdlab.layout import RunSpec
-from kdlab.status import study_run_states
+from kdlab.study_progress import study_run_states
 from kdlab.study import Pair, load_study
 import conftest
 

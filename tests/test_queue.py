@@ -22,7 +22,7 @@ from kdlab.layout import run_dir
 from kdlab.queue import (DONE, ERROR, FAILED_ACTION, LATER, LIVE, MAX_MISSED_STARTS, SUBMIT,
                          UNKNOWN, WAIT, plan_queue, queue_lock, run_queue)
 from kdlab.schedulers.local import LocalScheduler, _boot_id, process_start_ticks
-from kdlab.status import study_run_states
+from kdlab.study_progress import study_run_states
 from kdlab.study import load_study
 
 # Stand-in for `kdlab train`: parses the same arguments and, for each run it is given (one

@@ -19,7 +19,7 @@ import pytest
 
 from kdlab import runstate
 from kdlab.schedulers.local import LocalScheduler, parse_job_id
-from kdlab.status import study_run_states
+from kdlab.study_progress import study_run_states
 from kdlab.study import load_study
 import conftest
 

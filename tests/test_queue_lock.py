@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 from conftest import write_study
-from kdlab.status import study_run_states
+from kdlab.study_progress import study_run_states
 from kdlab.study import load_study
 
 FAKE_HEAD = f"#!{sys.executable}\n" + textwrap.dedent("""\

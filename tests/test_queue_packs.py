@@ -18,9 +18,10 @@ from kdlab import runstate
 from kdlab.errors import UserError
 from kdlab.queue import (DONE, FAILED_ACTION, LATER, LIVE, SUBMIT, Decision, make_packs,
                          plan_queue, run_queue, submit_pack)
-from kdlab.run_states import MAX_ENVIRONMENT_RESUBMISSIONS, NOT_STARTED, RunState
+from kdlab.study_progress import MAX_ENVIRONMENT_RESUBMISSIONS, NOT_STARTED, RunState
 from kdlab.schedulers.local import LocalScheduler
-from kdlab.status import format_report, status_report, study_run_states
+from kdlab.status import format_report, status_report
+from kdlab.study_progress import study_run_states
 from kdlab.study import Role, load_study
 from test_queue import by_name, dead_local_job_id, starts, wait_for_jobs
 from test_queue import write_study as write_queue_study

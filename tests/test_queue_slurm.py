@@ -26,7 +26,8 @@ import pytest
 
 from kdlab import runstate
 from kdlab.cli import main
-from kdlab.status import format_report, status_report, study_run_states
+from kdlab.status import format_report, status_report
+from kdlab.study_progress import study_run_states
 from kdlab.study import load_study
 import conftest
 

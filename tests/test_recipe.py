@@ -328,7 +328,8 @@ def test_reported_accuracy_last_makes_the_tables_report_final_acc(tmp_path):
     from legacy_tree import write_run
 
     from kdlab.ops.common import accuracy_groups, selection_accuracy
-    from kdlab.status import format_report, status_report, study_run_states
+    from kdlab.status import format_report, status_report
+    from kdlab.study_progress import study_run_states
 
     path = write_study(tmp_path / "s.toml", seeds=(0, 1, 2), top='reported_accuracy = "last"\n')
     study = load_study(path)

@@ -19,9 +19,9 @@ from kdlab.errors import UserError
 from kdlab.layout import run_dir
 from conftest import (EARLIER_OUTSIDE, FakeScheduler, build_earlier_tree, snapshot,
                       write_earlier_study, write_study)
-from kdlab.status import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
-                          UNREADABLE, WAITING, check_liveness, format_report, status_report,
-                          study_run_states)
+from kdlab.status import format_report, status_report
+from kdlab.study_progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
+                                  UNREADABLE, WAITING, check_liveness, study_run_states)
 from kdlab.study import load_study
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
@@ -336,7 +336,7 @@ def test_study_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
 
 
 def test_states_by_cell_follow_the_study_order(legacy):
-    from kdlab.run_states import states_by_cell
+    from kdlab.study_progress import states_by_cell
 
     states = study_run_states(legacy)
     cells = states_by_cell(legacy, states)

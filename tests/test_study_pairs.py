@@ -14,7 +14,8 @@ from kdlab.cli import main
 from kdlab.errors import UserError
 from kdlab.layout import RunSpec
 from kdlab.queue import SUBMIT, WAIT, plan_queue, run_queue
-from kdlab.status import format_report, status_report, study_run_states
+from kdlab.status import format_report, status_report
+from kdlab.study_progress import study_run_states
 from kdlab.study import Cell, Pair, Role, load_study
 
 # Two pairs sharing the teacher ResNet56.

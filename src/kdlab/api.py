@@ -31,7 +31,7 @@ from . import runstate
 from .errors import UserError
 from .layout import analysis_dir
 from .ops.common import made_by_of
-from .status import RunState, classify_run, study_run_states
+from .study_progress import RunState, classify_run, study_run_states
 from .study import Study, load_study
 
 RUN_COLUMNS = ["dataset", "role", "method", "alpha", "seed", "model", "teacher", "state",

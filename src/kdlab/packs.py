@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import PER_RUN_FIELDS, pack_shared_fields  # noqa: F401 (queue re-exports it)
+from .config import pack_shared_fields
 from .study import Role, Study
 
 Decision = Any  # a kdlab.queue.Decision (not imported: queue imports this module)

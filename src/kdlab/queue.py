@@ -8,7 +8,7 @@ For every run of the grid, in priority order (teachers, pure students, then KD r
   checkpoint); a run whose jobs ended :data:`MAX_MISSED_STARTS` times before training
   even began is reported instead and resubmitted only with ``--retry-failed``; so are a
   run whose training stopped on an environment failure (full disk) more often than
-  :data:`~kdlab.run_states.MAX_ENVIRONMENT_RESUBMISSIONS` times and an earlier-code run in
+  :data:`~kdlab.study_progress.MAX_ENVIRONMENT_RESUBMISSIONS` times and an earlier-code run in
   progress (kdlab cannot resume the earlier code's checkpoint: ``--retry-failed``
   restarts it under kdlab, with ``kdlab train --force-restart``)
 - ``in_progress``/``queued``, liveness unknown    -> left alone, counted as live
@@ -59,9 +59,9 @@ from . import runstate
 from .config import complete_options, write_config_file
 from .errors import UserError
 from .layout import NO_ALPHA_LAYOUT
-from .packs import PER_RUN_FIELDS, Pack, make_packs, pack_key  # noqa: F401 (re-exported)
+from .packs import Pack, make_packs
 from .schedulers import Scheduler, SchedulerError, backend_of_status, ending, get_scheduler
-from .run_states import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
+from .study_progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
                    RunState, check_liveness, resume_blocker, study_run_states)
 from .study import Study, load_study
 

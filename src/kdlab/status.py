@@ -1,6 +1,5 @@
 """``kdlab status STUDY``: where every run of a study stands. Formatting only: the runs are
-classified by :mod:`kdlab.run_states` (re-exported here for the commands that import them from
-this module), grouped by the study's cells and summarised over seeds by :mod:`kdlab.stats`.
+classified by :mod:`kdlab.study_progress`, grouped by the study's cells and summarised over seeds by :mod:`kdlab.stats`.
 """
 
 from __future__ import annotations
@@ -11,11 +10,12 @@ from typing import Any
 
 from .catalog import reported_accuracy
 from .layout import format_alpha
-from .run_states import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,  # noqa: F401
-                   UNREADABLE, WAITING, RunState, check_liveness, classify_run, outside_grid,
-                   outside_grid_summary, planned_epochs, resume_blocker, study_run_states)
 from .stats import summarize
-from .study import ROLES, Study, load_study  # noqa: F401
+from .study import Study, load_study
+from .study_progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
+                             UNREADABLE, WAITING, RunState, check_liveness, outside_grid,
+                             outside_grid_summary, planned_epochs, resume_blocker,
+                             study_run_states)
 
 # ---- the status report -------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .config import (EPOCHS_OR_RULE, GRID, OBJECTIVE_DEFAULTS, PATHS, SNAPSHOT_RULES,
-                     TRAINING, SettingError, TrainConfig, complete_options, kind_ok, setting,
-                     setting_default, setting_fields, validate_config)
+from .config import (EPOCHS_OR_RULE, OBJECTIVE_DEFAULTS, SNAPSHOT_RULES, TRAINING, SettingError,
+                     TrainConfig, kind_ok, setting, setting_default, setting_fields,
+                     validate_config)
 from .errors import UserError
 from .layout import (ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs,
                      representation_path, run_dir)

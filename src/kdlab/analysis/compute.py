@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import UserError
 from ..runstate import atomic_write_bytes, atomic_write_json, read_json, StateFileError
 from . import bootstrap, metrics, registry
-from .registry import MATCH_THRESHOLD, METRIC_VERSION, SETTINGS  # noqa: F401  (re-exported)
+from .registry import METRIC_VERSION, SETTINGS
 from .store import load_representation
 from .views import ModelView, PairView
 

@@ -23,7 +23,7 @@ bootstrap intervals (:mod:`kdlab.analysis.bootstrap`) are written as ``{name}_ci
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np

@@ -75,7 +75,7 @@ def accuracy_table(frame, study: Study, states=None):
     import pandas as pd
 
     from ..ops.common import accuracy_groups, selection_accuracy
-    from ..status import study_run_states
+    from ..study_progress import study_run_states
 
     if states is None:
         states = study_run_states(study)

@@ -33,8 +33,8 @@ from .. import runstate
 from ..errors import UserError
 from ..layout import analysis_dir, format_alpha
 from ..schedulers import backend_of_status
-from ..status import COMPLETED, QUEUED, RUNNING, UNREADABLE, RunState, classify_run, \
-    study_run_states
+from ..study_progress import (COMPLETED, QUEUED, RUNNING, UNREADABLE, RunState, classify_run,
+                              study_run_states)
 from ..study import Study, load_study
 from .common import (accuracy_groups, earlier_code_runs, effective_method_options, group_keys,
                      interval_text, is_earlier_code, markdown_table, mean_std_text,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ..catalog import SELECTIONS, reported_accuracy
 from ..layout import format_alpha
 from ..stats import SeedSummary, summarize
-from ..status import COMPLETED, RunState
+from ..study_progress import COMPLETED, RunState
 from ..study import Pair, Study
 
 

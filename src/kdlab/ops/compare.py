@@ -27,7 +27,7 @@ from .. import catalog, runstate
 from ..errors import UserError
 from ..layout import analysis_dir, format_alpha
 from ..stats import SeedSummary, summarize
-from ..status import COMPLETED, RunState, study_run_states
+from ..study_progress import COMPLETED, RunState, study_run_states
 from ..study import Study, load_study
 from .common import markdown_table, selection_accuracy
 

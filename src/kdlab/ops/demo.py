@@ -23,7 +23,7 @@ from typing import Callable
 from .. import runstate
 from ..errors import UserError
 from ..layout import analysis_dir
-from ..status import COMPLETED, FAILED, QUEUED, RUNNING, study_run_states
+from ..study_progress import COMPLETED, FAILED, QUEUED, RUNNING, study_run_states
 from ..study import Study, load_study
 
 DEMO_STUDY_FILE = "demo.toml"

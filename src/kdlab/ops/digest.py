@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import runstate
 from ..errors import UserError
 from ..layout import format_alpha
-from ..status import COMPLETED, FAILED, RunState, study_run_states
+from ..study_progress import COMPLETED, FAILED, RunState, study_run_states
 from ..study import Study, load_study
 from .common import markdown_table, time_text
 

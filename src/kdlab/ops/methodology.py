@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import catalog, runstate
 from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words
 from ..layout import analysis_dir, analysis_table_path, format_alpha
-from ..status import COMPLETED, RunState, study_run_states
+from ..study_progress import COMPLETED, RunState, study_run_states
 from ..study import Study, load_study
 from .common import effective_method_options, is_earlier_code
 from .methodology_facts import earlier_code_blocks, objective_blocks, selection_settings

@@ -16,7 +16,7 @@ from .. import catalog
 from ..config import (KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words,
                       snapshot_epochs_of)
 from ..layout import format_alpha
-from ..status import COMPLETED, RunState
+from ..study_progress import COMPLETED, RunState
 from ..study import Study
 from .common import earlier_code_runs, effective_method_options, is_earlier_code
 

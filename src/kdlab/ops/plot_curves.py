@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import runstate
-# the collapse rule: one for status and plot, kept in run_states (re-exported here)
-from ..run_states import COLLAPSE_MARGIN_POINTS, is_collapsed  # noqa: F401
+# the collapse rule: one for status and plot, kept in study_progress (re-exported here)
+from ..study_progress import COLLAPSE_MARGIN_POINTS, is_collapsed  # noqa: F401
 
 CURVES_FILE = "curves.png"
 # PNG text-chunk keys: the SHA-256 of the file the curves were drawn from, and the options.

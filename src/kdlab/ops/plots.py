@@ -23,9 +23,9 @@ from pathlib import Path
 from .. import runstate
 from ..errors import UserError
 from ..layout import analysis_dir, format_alpha
-from ..status import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING, UNREADABLE,
-                      WAITING, RunState, study_run_states)
-from ..run_states import outside_grid, outside_grid_summary
+from ..study_progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
+                              UNREADABLE, WAITING, RunState, study_run_states)
+from ..study_progress import outside_grid, outside_grid_summary
 from ..study import Pair, Study, load_study
 from .common import accuracy_groups, group_keys, time_text
 from .plot_curves import (STAMP_KEY, CURVES_FILE, Curves, is_collapsed,  # noqa: F401

@@ -27,7 +27,7 @@ import torch
 from .. import layout, runstate
 from ..config import (TrainConfig, complete_options, check_config_file, validate_config,
                       write_config_file)
-from ..errors import EXIT_PREEMPTED, UserError, WriteError
+from ..errors import UserError, WriteError
 from ..layout import PURE
 from . import device as device_module
 from .epochs import mark_stopped, run_epochs, write_status
