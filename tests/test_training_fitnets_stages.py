@@ -14,7 +14,7 @@ from kdlab.errors import UserError
 from kdlab.models import build_model
 from kdlab.training.guards import StopFlag
 from kdlab.training.loop import train_epoch
-from kdlab.config import _with_complete_options
+from kdlab.config import complete_options
 from kdlab.training.state import RunContext, Student, build_state, read_checkpoint
 
 STUDENT_UP_TO_LAYER1 = ("conv1.", "bn1.", "layer1.")
@@ -42,7 +42,7 @@ def changed(before: dict, after: dict, prefixes: tuple[str, ...]) -> dict[str, b
 
 
 def test_hint_stage_trains_only_the_student_up_to_the_guided_layer_and_the_regressor(tmp_path):
-    config = _with_complete_options(fitnets_config(tmp_path, hint_epochs=1))
+    config = complete_options(fitnets_config(tmp_path, hint_epochs=1))
     assert config.method_options["hint_epochs"] == 1
     ctx = RunContext(config, config.run_spec(), tmp_path, torch.device("cpu"), quiet=True)
     torch.manual_seed(0)
@@ -74,7 +74,7 @@ def test_hint_stage_trains_only_the_student_up_to_the_guided_layer_and_the_regre
 
 
 def test_without_hint_epochs_the_first_epoch_is_joint(tmp_path):
-    config = _with_complete_options(fitnets_config(tmp_path))
+    config = complete_options(fitnets_config(tmp_path))
     assert config.method_options["hint_epochs"] == 0
     ctx = RunContext(config, config.run_spec(), tmp_path, torch.device("cpu"), quiet=True)
     torch.manual_seed(0)
@@ -93,21 +93,21 @@ def test_impossible_hint_epochs_are_one_line(tmp_path, hint_epochs, expected):
     from kdlab.distill import build_distiller
 
     with pytest.raises(UserError) as error:
-        config = _with_complete_options(fitnets_config(tmp_path, hint_epochs=hint_epochs))
+        config = complete_options(fitnets_config(tmp_path, hint_epochs=hint_epochs))
         shapes = describe_features("ResNet8", 10, dataset_info("Digits").image_size)
         build_distiller("fitnets", shapes, shapes, config.method_options)
     assert "\n" not in str(error.value) and expected in str(error.value)
 
 
 def test_fitnets_checkpoint_from_before_hint_epochs_resumes(tmp_path):
-    config = _with_complete_options(fitnets_config(tmp_path))
+    config = complete_options(fitnets_config(tmp_path))
     older = copy.deepcopy(config.identity())
     del older["method_options"]["hint_epochs"]
     path = tmp_path / "checkpoint.pth"
     torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "metrics": {}, "best_acc": 1.0,
                 "epoch": 1, "rng": {}, "config": older}, path)
     assert read_checkpoint(path, config)["epoch"] == 1
-    two_stage = _with_complete_options(fitnets_config(tmp_path, hint_epochs=1))
+    two_stage = complete_options(fitnets_config(tmp_path, hint_epochs=1))
     with pytest.raises(UserError) as error:
         read_checkpoint(path, two_stage)
     assert "method_options" in str(error.value)

@@ -12,28 +12,10 @@ from .base import BatchContext, Distiller, PretrainContext, Preempted
 
 METHODS: dict[str, type[Distiller]] = {}
 
-# Module of each method; imported on first use so that one broken method cannot hide others.
-# The one place that maps a method's name to its module.
-_METHOD_MODULES = {
-    "logit": "logit",
-    "fitnets": "fitnets",
-    "attention_transfer": "attention",
-    "factor_transfer": "factor_transfer",
-    "nst": "nst",
-    "rkd": "rkd",
-    "crd": "crd",
-    "sp": "sp",
-    "cc": "cc",
-    "vid": "vid",
-    "pkt": "pkt",
-    "dkd": "dkd",
-    "dist": "dist",
-    "ofd": "ofd",
-    "reviewkd": "reviewkd",
-    "ab": "ab",
-    "fsp": "fsp",
-}
-METHOD_NAMES = tuple(_METHOD_MODULES)
+# A method is its module here, named as the method (imported on first use, so that one broken
+# method cannot hide the others), plus its facts in kdlab.catalog.METHODS (options, checks,
+# the methodology's text): the catalog's names are the registry's.
+METHOD_NAMES = tuple(catalog.METHODS)
 
 
 def register(cls: type[Distiller]) -> type[Distiller]:
@@ -43,11 +25,11 @@ def register(cls: type[Distiller]) -> type[Distiller]:
 
 
 def method_class(name: str) -> type[Distiller]:
-    if name not in _METHOD_MODULES:
+    if name not in catalog.METHODS:
         raise UserError(f"unknown distillation method {name!r}: expected one of "
                         f"none, {', '.join(METHOD_NAMES)}")
     if name not in METHODS:
-        importlib.import_module(f"{__name__}.{_METHOD_MODULES[name]}")
+        importlib.import_module(f"{__name__}.{name}")
     return METHODS[name]
 
 

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..layout import shared_paraphraser_path
 from ..models import describe_mismatch
 from . import register
-from .attention import match_spatial_size
+from .attention_transfer import match_spatial_size
 from .base import Distiller, Preempted, PretrainContext, autocast_off
 
 PARAPHRASER_FILE = "paraphraser.pth"

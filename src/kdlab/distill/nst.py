@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .. import catalog
 from . import register
-from .attention import match_spatial_size, parse_layers
+from .attention_transfer import match_spatial_size, parse_layers
 from .base import Distiller, autocast_off
 
 
