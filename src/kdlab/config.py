@@ -43,7 +43,7 @@ def setting(default: Any, help: str, kind: type, *, check: Callable[[Any], str |
     return field(default=default, metadata=metadata)
 
 
-def _at_least(minimum: int, expected: str | None = None):
+def at_least(minimum: int, expected: str | None = None):
     return lambda value: None if value >= minimum else (expected or f"an integer >= {minimum}")
 
 
@@ -119,10 +119,10 @@ class TrainConfig:
     model: str = setting(_REQUIRED, "model trained by this run: "
                          + ", ".join(catalog.MODEL_NAMES), str,
                          choices=catalog.MODEL_NAMES, where=GRID)
-    seed: int = setting(0, "random seed (>= 0)", int, check=_at_least(0, "an integer >= 0"),
+    seed: int = setting(0, "random seed (>= 0)", int, check=at_least(0, "an integer >= 0"),
                         where=GRID)
-    epochs: int = setting(150, "training epochs", int, check=_at_least(1, "a positive integer"))
-    batch_size: int = setting(128, "training batch size", int, check=_at_least(
+    epochs: int = setting(150, "training epochs", int, check=at_least(1, "a positive integer"))
+    batch_size: int = setting(128, "training batch size", int, check=at_least(
         2, "an integer >= 2 (BatchNorm needs at least 2 samples per batch)"))
     lr: float = setting(0.1, "SGD learning rate (at the start of the schedule)", float,
                         check=_finite(lambda v: v > 0, "a finite number > 0"))
@@ -179,7 +179,7 @@ class TrainConfig:
     device: str = setting("auto", "auto, cpu or cuda", str, choices=("auto", "cpu", "cuda"),
                           in_identity=False)
     eval_batch_size: int = setting(1000, "batch size of evaluation", int,
-                                   check=_at_least(1, "a positive integer"), in_identity=False)
+                                   check=at_least(1, "a positive integer"), in_identity=False)
     selection: str = setting("test", "the split that chooses best.pth: 'test' (as the "
                              "completed runs did) or 'validation' (a stratified hold-out of "
                              "the training split, never trained on)", str,
@@ -191,7 +191,7 @@ class TrainConfig:
     threads: int | None = setting(None, "CPU threads for torch, OpenMP and BLAS (default: the "
                                   "cores the job was given: $SLURM_CPUS_PER_TASK, $NCPUS, "
                                   "else the CPU affinity)", int,
-                                  check=_at_least(1, "a positive integer"), optional=True,
+                                  check=at_least(1, "a positive integer"), optional=True,
                                   in_identity=False)
     tensorboard: bool = setting(False, "also write TensorBoard event files of the per-epoch "
                                 "metrics into the run directory", bool, in_identity=False,

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import catalog
 from .config import (EPOCHS_OR_RULE, OBJECTIVE_DEFAULTS, SNAPSHOT_RULES, TRAINING, SettingError,
-                     TrainConfig, kind_ok, setting, setting_default, setting_fields,
+                     TrainConfig, at_least, kind_ok, setting, setting_default, setting_fields,
                      validate_config)
 from .errors import UserError
 from .layout import (ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs,
@@ -49,12 +49,8 @@ def _memory_problem(text: str) -> str | None:
     return None
 
 
-def _minimum(value: int, expected: str):
-    return lambda number: None if number >= value else expected
-
-
-_POSITIVE = _minimum(1, "a positive integer")
-_NOT_NEGATIVE = _minimum(0, "an integer >= 0")
+_POSITIVE = at_least(1, "a positive integer")
+_NOT_NEGATIVE = at_least(0, "an integer >= 0")
 
 
 def _study_setting(default: Any, help: str, kind, **meta):
