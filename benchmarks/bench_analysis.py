@@ -41,11 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kdlab import layout
+from kdlab.run import layout
 from kdlab.analysis import analyze, figures
 from kdlab.analysis.registry import SETTINGS
 from kdlab.analysis.store import save_representation
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 
 CLASSES = {"Cifar10": 10, "Cifar100": 100, "SVHN": 10, "TinyImageNet": 200}
 WIDTHS = {"layer1": 16, "layer2": 32, "layer3": 64}

@@ -35,7 +35,7 @@ METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", 
 
 def write_tree(root: Path, seeds: int, epochs: int) -> Path:
     """The study file of a synthetic tree under ``root`` (charlie's grid, ``seeds`` seeds)."""
-    from kdlab.study import load_study
+    from kdlab.study.study_file import load_study
 
     text = CHARLIE.read_text()
     text = text.replace("seeds = [0, 1, 2]", f"seeds = {list(range(seeds))}")
@@ -67,7 +67,7 @@ def measure(study_path: str, case: str) -> dict:
     """One call of curves() in this interpreter: rows, seconds, frame MB, peak RSS MB."""
     import kdlab
     import kdlab.api  # noqa: F401  (pandas and the API loaded before the baseline)
-    from kdlab.study import load_study
+    from kdlab.study.study_file import load_study
 
     study = load_study(study_path)
     names = [spec.name for spec in study.runs()]

@@ -28,12 +28,12 @@ import time
 
 import torch
 
-from kdlab.config import TrainConfig
+from kdlab.run.config import TrainConfig
 from kdlab.distill import METHOD_NAMES
-from kdlab.layout import RunSpec
+from kdlab.run.layout import RunSpec
 from kdlab.training.device import resolve_device
 from kdlab.training.loop import batch_loss, optimizer_step, teacher_forward
-from kdlab.config import complete_options
+from kdlab.run.config import complete_options
 from kdlab.training.state import RunContext, build_state
 
 

@@ -30,12 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdlab import runstate
-from kdlab.queue import plan_queue
+from kdlab.run import state_files
+from kdlab.study.queue import plan_queue
 from kdlab.schedulers.base import Scheduler
-from kdlab.status import status_report
-from kdlab.study_progress import check_liveness, study_run_states
-from kdlab.study import load_study
+from kdlab.study.status import status_report
+from kdlab.study.progress import check_liveness, study_run_states
+from kdlab.study.study_file import load_study
 
 CHARLIE = Path(__file__).resolve().parent.parent / "studies" / "charlie.toml"
 THIS_SRC = Path(__file__).resolve().parent.parent / "src"
@@ -106,8 +106,8 @@ def populate(study, seed: int = 0) -> set[str]:
                       "config": config, "job_id": job_id, "scheduler": "pbs"}
         else:
             continue  # not started
-        runstate.write_status(directory, status)
-        runstate.atomic_write_json(directory / "metrics.json",
+        state_files.write_status(directory, status)
+        state_files.atomic_write_json(directory / "metrics.json",
                                    {"train_loss": [1.0] * status.get("epoch", 0)})
     return live
 

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_models import multiply_accumulates  # noqa: E402
 
-from kdlab import catalog  # noqa: E402
+from kdlab.run import catalog  # noqa: E402
 from kdlab.models import build_model  # noqa: E402
-from kdlab.study import load_study  # noqa: E402
+from kdlab.study.study_file import load_study  # noqa: E402
 
 # Training images per data set (the standard splits kdlab reads).
 TRAIN_IMAGES = {"Cifar10": 50_000, "Cifar100": 50_000, "SVHN": 73_257,

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from conftest import write_study as shared_write_study
-from kdlab import runstate
-from kdlab.config import TrainConfig
-from kdlab.layout import run_dir
+from kdlab.run import state_files
+from kdlab.run.config import TrainConfig
+from kdlab.run.layout import run_dir
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy"
 
@@ -63,8 +63,8 @@ def write_run(experiments: Path, spec, *, status: str = "completed", epochs: int
         body["job_id"] = job_id
         body["scheduler"] = scheduler or "local"
     body["updated_at"] = body.get("completed_at", now)
-    runstate.atomic_write_json(directory / runstate.METRICS_FILE, metrics)
-    runstate.atomic_write_json(directory / runstate.STATUS_FILE, body)
+    state_files.atomic_write_json(directory / state_files.METRICS_FILE, metrics)
+    state_files.atomic_write_json(directory / state_files.STATUS_FILE, body)
     return directory
 
 

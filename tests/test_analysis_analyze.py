@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlab import layout
-from kdlab.analysis import analyze, compute, figures, floors, metrics
+from kdlab.run import layout
+from kdlab.analysis import analyze, compute, figures, floors, metrics, workers
 from kdlab.analysis.figures import cache as figure_cache, common as figure_common, summary as figure_summary
 from kdlab.analysis.store import LAYERS, load_representation, save_representation
 from kdlab.cli import main
-from kdlab.errors import UserError
-from kdlab.study import load_study
+from kdlab.run.errors import UserError
+from kdlab.study.study_file import load_study
 
 N_SAMPLES = 300
 CLASSES = 10
@@ -405,7 +405,7 @@ def test_no_representations_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="kdlab extract"):
         analyze.analyze_study(study, jobs=1, log=lambda line: None, show_progress=False)
     with pytest.raises(UserError, match="--jobs"):
-        analyze.resolve_jobs(-1)
+        workers.resolve_jobs(-1)
 
 
 def test_cli_analyze_reports_and_exits_zero(analysed, tmp_path, monkeypatch, capsys):

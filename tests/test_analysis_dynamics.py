@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 import kdlab
-from kdlab import layout
+from kdlab.run import layout
 from kdlab.analysis import analyze, dynamics
 from kdlab.analysis.figures import cache as figure_cache
 from kdlab.analysis.store import LAYERS, save_representation
-from kdlab.runstate import atomic_write_json
-from kdlab.study import load_study
+from kdlab.run.state_files import atomic_write_json
+from kdlab.study.study_file import load_study
 from test_analysis_analyze import synthetic_representation
 
 STUDY_TEXT = """

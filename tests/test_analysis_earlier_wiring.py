@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from kdlab import cli, layout
+from kdlab import cli
+from kdlab.run import layout
 from kdlab.analysis import earlier_figures, earlier_metrics, registry
 from kdlab.analysis.store import load_representation
 from kdlab.analysis.analyze import expected_entries
@@ -100,7 +101,7 @@ def test_methodology_contains_the_setup_paragraph(analysed):
 
 
 def test_report_states_the_selection_rule_and_the_selected_accuracy(analysed):
-    from kdlab.study_progress import study_run_states
+    from kdlab.study.progress import study_run_states
 
     report = layout.report_path(analysed.analysis_dir, analysed.name).read_text()
     assert "Selection rule: [training] selection = &quot;test&quot;" in report

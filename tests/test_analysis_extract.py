@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from kdlab import layout, runstate
+from kdlab.run import layout, state_files
 from kdlab.analysis import extract, metrics
 from kdlab.analysis.store import load_representation
 from kdlab.cli import main
-from kdlab.config import TrainConfig
+from kdlab.run.config import TrainConfig
 from kdlab.data import load_arrays, normalize
-from kdlab.layout import RunSpec
+from kdlab.run.layout import RunSpec
 from kdlab.models import build_model
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from kdlab.training.run import train_run
 
 STUDY = """
@@ -43,8 +43,8 @@ def _fake_finished_run(experiments: Path, spec: RunSpec, seed: int, **status) ->
     torch.manual_seed(seed)
     model = build_model(spec.model, 10)
     run_dir = layout.run_dir(experiments, spec)
-    runstate.atomic_torch_save({"weights": model.state_dict()}, run_dir / runstate.BEST_FILE)
-    runstate.write_status(run_dir, {"status": "completed", "epoch": 1, "epochs": 1,
+    state_files.atomic_torch_save({"weights": model.state_dict()}, run_dir / state_files.BEST_FILE)
+    state_files.write_status(run_dir, {"status": "completed", "epoch": 1, "epochs": 1,
                                     "max_acc": 10.0, **status})
     return run_dir
 
@@ -59,15 +59,15 @@ def tree(tmp_path_factory):
     _fake_finished_run(experiments, RunSpec("Digits", "ResNet8", 0, "logit", "ResNet20", 0.5), 2)
     # runs that cannot be extracted, each for its own reason
     unfinished = _fake_finished_run(experiments, RunSpec("Digits", "ResNet8", 1), 3)
-    runstate.write_status(unfinished, {"status": "in_progress", "epoch": 3, "epochs": 150})
+    state_files.write_status(unfinished, {"status": "in_progress", "epoch": 3, "epochs": 150})
     failed = _fake_finished_run(experiments, RunSpec("Digits", "ResNet8", 2), 4)
-    runstate.write_status(failed, {"status": "failed", "reason": "loss became NaN at epoch 2"})
+    state_files.write_status(failed, {"status": "failed", "reason": "loss became NaN at epoch 2"})
     corrupt = _fake_finished_run(experiments, RunSpec("Digits", "ResNet20", 1), 5)
-    (corrupt / runstate.BEST_FILE).write_bytes(b"\x00" * 100)
+    (corrupt / state_files.BEST_FILE).write_bytes(b"\x00" * 100)
     no_weights = _fake_finished_run(experiments, RunSpec("Digits", "ResNet20", 2), 6)
-    (no_weights / runstate.BEST_FILE).unlink()
+    (no_weights / state_files.BEST_FILE).unlink()
     broken_status = _fake_finished_run(experiments, RunSpec("Digits", "ResNet20", 3), 7)
-    (broken_status / runstate.STATUS_FILE).write_text("{not json")
+    (broken_status / state_files.STATUS_FILE).write_text("{not json")
     # runs of another study sharing the tree
     _fake_finished_run(experiments, RunSpec("Digits", "ResNet56", 0), 8)
     _fake_finished_run(experiments, RunSpec("Digits", "ResNet8", 0, "logit", "ResNet20", 0.7), 9)
@@ -101,7 +101,7 @@ def _check_forward_pass(run_dir: Path, stored: dict, weights: Path | None = None
     """The stored rows are the spatial means of an independent forward pass (of the run's
     best.pth, or of ``weights``)."""
     model = build_model("ResNet8", 10)
-    model.load_state_dict(torch.load(weights or run_dir / runstate.BEST_FILE,
+    model.load_state_dict(torch.load(weights or run_dir / state_files.BEST_FILE,
                                      weights_only=True)["weights"])
     model.eval()
     arrays = load_arrays("Digits")
@@ -140,7 +140,7 @@ def test_extracts_a_run_trained_here(tmp_path):
     _check_forward_pass(run_dir, stored)
     # the stored logits reproduce the best test accuracy the training loop recorded
     assert metrics.accuracy_from_logits(stored["logits"], stored["labels"]) == pytest.approx(
-        runstate.read_status(run_dir)["max_acc"], abs=1e-6)
+        state_files.read_status(run_dir)["max_acc"], abs=1e-6)
 
 
 def test_unfinished_failed_and_corrupt_runs_are_skipped_with_one_line_reasons(tree):
@@ -204,7 +204,7 @@ def test_representations_record_their_provenance(tree):
                                                             "kd"))
     assert provenance == {
         "run": spec.name, "run_dir": str(run_dir), "study": "ext",
-        "weights_sha256": hashlib.sha256((run_dir / runstate.BEST_FILE).read_bytes()).hexdigest(),
+        "weights_sha256": hashlib.sha256((run_dir / state_files.BEST_FILE).read_bytes()).hexdigest(),
         "kdlab_version": kdlab.__version__}
 
 
@@ -230,7 +230,7 @@ def test_snapshots_of_a_queued_study_are_extracted_incrementally(tmp_path):
 
     import conftest
     from kdlab.analysis.store import read_provenance
-    from kdlab.study_progress import study_run_states
+    from kdlab.study.progress import study_run_states
 
     study_path = conftest.write_study(
         tmp_path / "study.toml", name="snap", methods=(), alphas=(), student="ResNet8",
@@ -265,7 +265,7 @@ def test_snapshots_of_a_queued_study_are_extracted_incrementally(tmp_path):
         layout.representation_path(study.analysis_dir, "snap", pure, "pure"))
     # best.pth is the snapshot of the epoch with the best test accuracy (the first of equals):
     # the two representations hold the same arrays
-    test_acc = json.loads((run_dir / runstate.METRICS_FILE).read_text())["test_acc"]
+    test_acc = json.loads((run_dir / state_files.METRICS_FILE).read_text())["test_acc"]
     best_epoch = test_acc.index(max(test_acc)) + 1
     final = load_representation(layout.representation_path(study.analysis_dir, "snap", pure,
                                                             "pure"))

@@ -159,7 +159,7 @@ def test_accuracy_alignment_pairs_each_run_s_cka_with_its_accuracy():
 def test_the_findings_accuracy_table_shows_the_published_numbers_beside_kdlab_s():
     from kdlab.analysis.report import _accuracy_html
     from kdlab.ops.compare import Reference, read_references
-    from kdlab.study import Pair
+    from kdlab.study.study_file import Pair
 
     pair = Pair("ResNet32x4", "ResNet8x4")
     accuracy = pd.DataFrame([
@@ -200,10 +200,10 @@ def test_a_benchmark_study_is_analysed_with_its_findings_and_per_method_figures(
     representations: logit's students share more of the teacher's features than the pure
     student, rkd's less. The findings say so beyond the noise, its per-method figures and the
     accuracy-alignment figure are drawn, and no alpha sweep is."""
-    from kdlab import layout
+    from kdlab.run import layout
     from kdlab.analysis import analyze
     from kdlab.analysis.store import save_representation
-    from kdlab.study import load_study
+    from kdlab.study.study_file import load_study
     from test_analysis_analyze import synthetic_representation
 
     (tmp_path / "study.toml").write_text(BENCHMARK_STUDY)

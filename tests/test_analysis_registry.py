@@ -180,7 +180,7 @@ def test_figures_and_report_do_not_import_the_analyze_pass():
 
 
 def test_the_analysis_folder_layout_lives_in_layout(tmp_path):
-    from kdlab import layout
+    from kdlab.run import layout
 
     root = layout.analysis_dir(tmp_path, "s")
     representation = layout.representations_dir(tmp_path, "s") / "Digits" / "pure_s0.npz"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdlab import catalog
+from kdlab.run import catalog
 from kdlab.analysis import compute, registry
 from kdlab.analysis.store import load_representation, save_representation, stage_names_of
 

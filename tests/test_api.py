@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 
 import kdlab
-from kdlab import runstate
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec, analysis_dir, run_dir
-from kdlab.status import status_report
-from kdlab.study_progress import study_run_states
-from kdlab.study import load_study
+from kdlab.run import state_files
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec, analysis_dir, run_dir
+from kdlab.study.status import status_report
+from kdlab.study.progress import study_run_states
+from kdlab.study.study_file import load_study
 from legacy_tree import write_run, write_study
 from trained_study import analysed_copy
 
@@ -144,7 +144,7 @@ def test_missing_or_damaged_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="metrics.csv: no such file.*kdlab analyze"):
         kdlab.metrics(study)
     csv_path = analysis_dir(study.analysis_dir, study.name) / "metrics.csv"
-    runstate.atomic_write_text(csv_path, "a,b\n1,2\n")
+    state_files.atomic_write_text(csv_path, "a,b\n1,2\n")
     with pytest.raises(UserError, match="no column dataset"):
         kdlab.metrics(study)
     with pytest.raises(UserError, match="metrics.json: no such file"):
@@ -155,7 +155,7 @@ def test_the_api_reads_files_without_importing_torch(tmp_path):
     study = write_study(tmp_path / "study.toml")
     write_run(study.parent / "experiments", RunSpec("Digits", "ResNet20", 0))
     csv_path = analysis_dir(study.parent / "analysis", "tiny") / "metrics.csv"
-    runstate.atomic_write_text(csv_path, "dataset,method,alpha,seed,layer,metric,value\n"
+    state_files.atomic_write_text(csv_path, "dataset,method,alpha,seed,layer,metric,value\n"
                                          "Digits,teacher,,0,layer1,effective_dim,3.5\n")
     code = f"""
 import sys
@@ -188,7 +188,7 @@ def test_api_names_survive_every_kdlab_module_being_imported():
     code = ("import pkgutil, importlib, kdlab\n"
             "names = [m.name for m in pkgutil.walk_packages(kdlab.__path__, 'kdlab.')]\n"
             "assert not {'kdlab.runs', 'kdlab.curves', 'kdlab.metrics'} & set(names), names\n"
-            "import kdlab.status, kdlab.queue, kdlab.api\n"
+            "import kdlab.study.status, kdlab.study.queue, kdlab.api\n"
             "assert callable(kdlab.runs) and callable(kdlab.curves) and callable(kdlab.metrics)\n"
             "print('ok')")
     env = dict(os.environ, PYTHONPATH=str(SRC))
@@ -271,7 +271,7 @@ def test_metrics_reads_a_seed_it_cannot_hold_as_missing_and_says_why(tmp_path):
     """seed '1.5' read as 1, and a 23-digit seed as INT64_MIN."""
     study = load_study(write_study(tmp_path / "study.toml"))
     csv_path = analysis_dir(study.analysis_dir, study.name) / "metrics.csv"
-    runstate.atomic_write_text(csv_path, "dataset,method,alpha,seed,layer,metric,value\n"
+    state_files.atomic_write_text(csv_path, "dataset,method,alpha,seed,layer,metric,value\n"
                                          "Digits,teacher,,1.5,layer1,effective_dim,3.5\n"
                                          "Digits,teacher,,12345678901234567890123,layer1,"
                                          "effective_dim,4.5\n"

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import write_study
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.cli import main
-from kdlab.config import TrainConfig, validate_config
+from kdlab.run.config import TrainConfig, validate_config
 from kdlab.distill import BatchContext, build_distiller
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec, run_dir
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec, run_dir
 from kdlab.models import build_model, describe_features
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from kdlab.training.run import train_run
 from kdlab.training.loop import batch_loss
 
@@ -155,19 +155,19 @@ def test_a_benchmark_run_trains_and_resumes_bit_identically(tmp_path, monkeypatc
     teacher = TrainConfig(dataset="Digits", model="ResNet8", seed=0, epochs=1, batch_size=256,
                           experiments_dir=str(tmp_path / "experiments"),
                           data_root=str(tmp_path / "data"), device="cpu")
-    assert train_run(teacher, quiet=True) == runstate.COMPLETED
+    assert train_run(teacher, quiet=True) == state_files.COMPLETED
     reference_root = tmp_path / "reference"
     (reference_root / "experiments").mkdir(parents=True)
     import shutil
 
     shutil.copytree(tmp_path / "experiments" / "Digits", reference_root / "experiments" / "Digits")
-    assert train_run(_config(reference_root), quiet=True) == runstate.COMPLETED
+    assert train_run(_config(reference_root), quiet=True) == state_files.COMPLETED
     spec = _config(reference_root).run_spec()
     assert spec.alpha is None
     reference_dir = run_dir(reference_root / "experiments", spec)
     assert reference_dir.relative_to(reference_root / "experiments").parts == (
         "Digits", "logit", "ResNet8_to_ResNet8", "0")
-    reference = runstate.read_metrics(reference_dir)
+    reference = state_files.read_metrics(reference_dir)
     # Every term logged apart: the loss is 0.1 CE + 0.9 KD + the method's weighted term.
     for epoch in range(2):
         mixed = (0.1 * reference["train_ce"][epoch] + 0.9 * reference["train_kd"][epoch]
@@ -190,9 +190,9 @@ def test_a_benchmark_run_trains_and_resumes_bit_identically(tmp_path, monkeypatc
             yield batch
 
     monkeypatch.setattr(DeviceData, "train_batches", stopping_batches)
-    assert train_run(_config(tmp_path), quiet=True) == runstate.IN_PROGRESS
+    assert train_run(_config(tmp_path), quiet=True) == state_files.IN_PROGRESS
     directory = run_dir(tmp_path / "experiments", spec)
-    assert runstate.read_status(directory)["epoch"] == 1
+    assert state_files.read_status(directory)["epoch"] == 1
     monkeypatch.setattr(DeviceData, "train_batches", real_batches)
-    assert train_run(_config(tmp_path), quiet=True) == runstate.COMPLETED
-    assert _comparable(runstate.read_metrics(directory)) == _comparable(reference)
+    assert train_run(_config(tmp_path), quiet=True) == state_files.COMPLETED
+    assert _comparable(state_files.read_metrics(directory)) == _comparable(reference)

@@ -14,10 +14,10 @@ import pytest
 
 from conftest import write_study
 from kdlab.cli import main
-from kdlab.config import validate_config
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec
-from kdlab.study import load_study
+from kdlab.run.config import validate_config
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec
+from kdlab.study.study_file import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "studies" / "cifar100-benchmark.toml"
@@ -173,7 +173,7 @@ def test_a_benchmark_study_compares_and_tabulates_its_distilled_runs(tmp_path):
 
     from kdlab.ops import compare
     from kdlab.ops.common import accuracy_groups
-    from kdlab.study_progress import study_run_states
+    from kdlab.study.progress import study_run_states
 
     reference = tmp_path / "reference.csv"
     reference.write_text("dataset,teacher,student,method,top1,source,epoch\n"

@@ -13,10 +13,10 @@ from scipy import stats as scipy_stats
 
 from conftest import write_study
 from kdlab import cli
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec
 from kdlab.ops import compare
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from legacy_tree import write_run
 
 TEACHER = {0: 95.0, 1: 96.5, 2: 97.0}

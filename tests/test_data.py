@@ -18,8 +18,9 @@ from PIL import Image
 from kdlab import data
 from kdlab.data import cifar
 from kdlab.data import (DATASET_NAMES, DATASETS, DatasetArrays, DatasetInfo, DeviceData,
-                        augment, dataset_info, default_data_root, load_arrays, normalize)
-from kdlab.errors import UserError
+                        augment, dataset_info, load_arrays, normalize)
+from kdlab.run.errors import UserError
+from kdlab.run.layout import default_data_root
 
 RNG = np.random.default_rng(1234)
 

@@ -18,7 +18,7 @@ from torchvision.transforms import functional as TF
 from kdlab.data import EARLIER_NORMALIZATION, DatasetArrays, DatasetInfo, DeviceData, normalize
 from kdlab.data.earlier import (crop_resize, earlier_test_view, earlier_train_augment,
                                 resized_crop_boxes)
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 
 RNG = np.random.default_rng(99)
 
@@ -208,9 +208,9 @@ def test_unknown_augmentation_is_one_line():
 
 
 def test_kdlab_train_with_augmentation_earlier_trains_and_records_it(tmp_path):
-    from kdlab import runstate
+    from kdlab.run import state_files
     from kdlab.cli import main
-    from kdlab.layout import RunSpec, run_dir
+    from kdlab.run.layout import RunSpec, run_dir
 
     results = {}
     for augmentation in ("earlier", "kdlab"):
@@ -219,10 +219,10 @@ def test_kdlab_train_with_augmentation_earlier_trains_and_records_it(tmp_path):
                      "--experiments-dir", str(experiments), "--device", "cpu", "--quiet",
                      "--augmentation", augmentation]) == 0
         directory = run_dir(experiments, RunSpec("Digits", "ResNet8", 0))
-        status = runstate.read_status(directory)
+        status = state_files.read_status(directory)
         assert status["status"] == "completed"
         assert status["config"]["augmentation"] == augmentation
-        results[augmentation] = runstate.read_metrics(directory)
+        results[augmentation] = state_files.read_metrics(directory)
     # Same seed, same weights at the start: only the preprocessing differs between the two.
     assert results["earlier"]["train_loss"] != results["kdlab"]["train_loss"]
     assert results["earlier"]["test_loss"] != results["kdlab"]["test_loss"]

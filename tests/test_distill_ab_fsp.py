@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab.config import TrainConfig, complete_options
+from kdlab.run.config import TrainConfig, complete_options
 from kdlab.distill import BatchContext, build_distiller
 from kdlab.distill.ab import alternative_l2
 from kdlab.distill.fsp import fsp_matrices
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 from kdlab.models import Features, FeatureShapes, describe_features
 
 SHAPES = FeatureShapes(((4, 8, 8), (6, 4, 4), (8, 2, 2)), 8, 10)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab import catalog
+from kdlab.run import catalog
 from kdlab.distill import BatchContext, build
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 from kdlab.models import FeatureShapes, build_model
 
 

@@ -4,11 +4,11 @@ its own name and equal to the method alone, and a run trained into its own direc
 import pytest
 import torch
 
-from kdlab import catalog, runstate
-from kdlab.config import TrainConfig, complete_options, validate_config
+from kdlab.run import catalog, state_files
+from kdlab.run.config import TrainConfig, complete_options, validate_config
 from kdlab.distill import BatchContext, build_distiller, resolve_options
-from kdlab.errors import UserError
-from kdlab.layout import run_dir
+from kdlab.run.errors import UserError
+from kdlab.run.layout import run_dir
 from kdlab.models import Features, describe_features
 from kdlab.training.run import train_run
 
@@ -64,7 +64,7 @@ def test_a_combination_trains_into_its_own_run_directory(tmp_path):
     assert train_run(config, quiet=True) == "completed"
     directory = run_dir(config.experiments_dir, config.run_spec())
     assert "crd+logit" in directory.parts
-    metrics = runstate.read_metrics(directory)
+    metrics = state_files.read_metrics(directory)
     assert metrics["train_crd"][0] > 0 and metrics["train_logit_kl"][0] > 0
     assert metrics["train_distill"][0] == pytest.approx(
         metrics["train_crd"][0] + metrics["train_logit_kl"][0], rel=1e-6)

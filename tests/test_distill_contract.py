@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import fast_method_options
-from kdlab import catalog, runstate
-from kdlab.config import TrainConfig
+from kdlab.run import catalog, state_files
+from kdlab.run.config import TrainConfig
 from kdlab.distill import METHOD_NAMES, BatchContext, build_distiller
-from kdlab.errors import UserError
-from kdlab.layout import run_dir
+from kdlab.run.errors import UserError
+from kdlab.run.layout import run_dir
 from kdlab.models import build_model, describe_features
 from kdlab.training.pack import train_pack
 from kdlab.training.run import train_run
@@ -126,7 +126,7 @@ def run_config(root, method) -> TrainConfig:
 
 def outcome(config: TrainConfig) -> dict:
     directory = run_dir(config.experiments_dir, config.run_spec())
-    metrics = runstate.read_metrics(directory)
+    metrics = state_files.read_metrics(directory)
     checkpoint = torch.load(directory / "checkpoint.pth", weights_only=True)
     return {"metrics": {key: value for key, value in metrics.items()
                         if key not in ("epoch_seconds", "config")},

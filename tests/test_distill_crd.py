@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kdlab.distill import BatchContext, build_distiller
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 from kdlab.models import Features, describe_features
 
 SHAPES = describe_features("ResNet8", 10, 8)

@@ -29,14 +29,14 @@ import signal
 import pytest
 import torch
 
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.cli import main
-from kdlab.config import TrainConfig
+from kdlab.run.config import TrainConfig
 from kdlab.distill import METHOD_NAMES
 from kdlab.distill.logit import LogitDistiller
 from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRASER_FILE,
                                           FactorTransferDistiller, Paraphraser)
-from kdlab.layout import RunSpec, run_dir
+from kdlab.run.layout import RunSpec, run_dir
 from kdlab.models import build_model
 from kdlab.training.run import train_run
 
@@ -125,9 +125,9 @@ def trained(tmp_path_factory):
     for epochs in sorted({STUDENT_EPOCHS, LONG_EPOCHS}):
         pure = train_config(root / f"pure_{epochs}", epochs=epochs)
         assert train_run(pure, quiet=True) == "completed"
-        pure_acc[epochs] = runstate.read_metrics(directory_of(pure))["test_acc"][-1]
+        pure_acc[epochs] = state_files.read_metrics(directory_of(pure))["test_acc"][-1]
     return {"root": root, "pure_acc": pure_acc,
-            "teacher_acc": runstate.read_metrics(teacher_dir(root))["test_acc"][-1], "kd": {}}
+            "teacher_acc": state_files.read_metrics(teacher_dir(root))["test_acc"][-1], "kd": {}}
 
 
 def kd_metrics(trained, method, alpha) -> dict:
@@ -136,7 +136,7 @@ def kd_metrics(trained, method, alpha) -> dict:
     if key not in trained["kd"]:
         config = kd_config(trained["root"], method, alpha, epochs=student_epochs(alpha))
         assert train_run(config, quiet=True) == "completed"
-        trained["kd"][key] = runstate.read_metrics(directory_of(config))
+        trained["kd"][key] = state_files.read_metrics(directory_of(config))
     return trained["kd"][key]
 
 
@@ -248,7 +248,7 @@ COLLAPSE_EPOCHS = 2      # of the runs that show collapses rejected
 def judged(config: TrainConfig, reference_acc: float) -> list:
     """Train ``config`` and return :func:`collapse_reasons` of the outcome."""
     status = train_run(config, quiet=True)
-    metrics = runstate.read_metrics(directory_of(config)) or {}
+    metrics = state_files.read_metrics(directory_of(config)) or {}
     return collapse_reasons(status, metrics, config.epochs, reference_acc)
 
 
@@ -258,7 +258,7 @@ def test_criterion_rejects_collapsed_runs(tmp_path, monkeypatch):
     against a pure student trained as long. Cheap: a teacher of random weights, 2 epochs."""
     pure = train_config(tmp_path / "pure", epochs=COLLAPSE_EPOCHS)
     assert train_run(pure, quiet=True) == "completed"
-    reference_acc = runstate.read_metrics(directory_of(pure))["test_acc"][-1]
+    reference_acc = state_files.read_metrics(directory_of(pure))["test_acc"][-1]
 
     def distilled(name, **changes):
         fake_teacher(tmp_path / name)
@@ -311,18 +311,18 @@ def test_factor_transfer_resumes_mid_stage(trained, tmp_path, monkeypatch, stage
     else:
         _signal_on_call(monkeypatch, FactorTransferDistiller, STEPS_PER_EPOCH + 5)
     assert train_run(config, quiet=True) == "in_progress"
-    assert runstate.read_status(directory)["status"] == "in_progress"
+    assert state_files.read_status(directory)["status"] == "in_progress"
     if stage == 1:
         assert torch.load(directory / PARAPHRASER_CHECKPOINT_FILE)["epoch"] == 1
         assert not (directory / PARAPHRASER_FILE).exists()
-        assert not (directory / runstate.CHECKPOINT_FILE).exists()
+        assert not (directory / state_files.CHECKPOINT_FILE).exists()
     else:
         assert (directory / PARAPHRASER_FILE).exists()
-        assert torch.load(directory / runstate.CHECKPOINT_FILE, weights_only=False)["epoch"] == 1
+        assert torch.load(directory / state_files.CHECKPOINT_FILE, weights_only=False)["epoch"] == 1
     monkeypatch.undo()
 
     assert train_run(config, quiet=True) == "completed"
-    assert comparable(runstate.read_metrics(directory)) == comparable(reference)
+    assert comparable(state_files.read_metrics(directory)) == comparable(reference)
 
 
 @pytest.mark.slow
@@ -337,8 +337,8 @@ def test_force_restart_redoes_factor_transfer_stage_1(trained, tmp_path):
     zeroed = {"settings": trained_weights["settings"],
               "weights": {key: torch.zeros_like(value)
                           for key, value in trained_weights["weights"].items()}}
-    runstate.atomic_torch_save(zeroed, directory / PARAPHRASER_FILE)
-    runstate.atomic_torch_save({"epoch": 1, "settings": {}},
+    state_files.atomic_torch_save(zeroed, directory / PARAPHRASER_FILE)
+    state_files.atomic_torch_save({"epoch": 1, "settings": {}},
                                directory / PARAPHRASER_CHECKPOINT_FILE)
 
     assert train_run(config, force_restart=True, quiet=True) == "completed"
@@ -366,9 +366,9 @@ def one_error_line(capsys) -> str:
 
 def fake_teacher(root, status="completed", model=TEACHER, num_classes=10):
     directory = teacher_dir(root)
-    runstate.write_status(directory, {"status": status, "epoch": 1})
-    runstate.atomic_torch_save({"weights": build_model(model, num_classes).state_dict()},
-                               directory / runstate.BEST_FILE)
+    state_files.write_status(directory, {"status": status, "epoch": 1})
+    state_files.atomic_torch_save({"weights": build_model(model, num_classes).state_dict()},
+                               directory / state_files.BEST_FILE)
 
 
 def test_unknown_method(tmp_path, capsys):

@@ -15,9 +15,9 @@ from kdlab.distill import (METHOD_NAMES, BatchContext, Preempted, PretrainContex
 from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRASER_FILE,
                                           settings_key)
 from kdlab.distill.fitnets import regressor_conv
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 from kdlab.models import Features, build_model, describe_features
-from kdlab.runstate import atomic_torch_save
+from kdlab.run.state_files import atomic_torch_save
 
 RELATIVE = 1e-5
 BATCH = 6

@@ -13,7 +13,7 @@ import torch
 
 from kdlab.distill import build_distiller, method_class, resolve_options
 from kdlab.distill.base import BatchContext
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 from kdlab.models.features import Features, FeatureShapes
 
 RELATIVE = 1e-5

@@ -226,8 +226,8 @@ def test_earlier_figures_on_a_trained_digits_study(tmp_path):
     epoch each), extracted, then every earlier figure and the channel-space angle."""
     from kdlab.analysis.extract import extract_study
     from kdlab.analysis.store import load_representation
-    from kdlab.layout import RunSpec, representation_path
-    from kdlab.study import load_study
+    from kdlab.run.layout import RunSpec, representation_path
+    from kdlab.study.study_file import load_study
     from kdlab.training.run import train_run
     from legacy_tree import write_study
 

@@ -11,11 +11,12 @@ import shutil
 import numpy as np
 import pytest
 
-from kdlab import cli, layout, runstate
+from kdlab import cli
+from kdlab.run import layout, state_files
 from kdlab.analysis.extract import representations_of
 from kdlab.analysis.store import load_representation, read_provenance
 from kdlab.ops.plot_curves import CURVES_FILE
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from trained_study import trained_copy
 
 pytestmark = pytest.mark.slow
@@ -63,14 +64,14 @@ def test_no_alpha_tree_works_with_extract_analyze_and_plot(tmp_path_factory, cap
 def _make_earlier_code(run_dir):
     """Rewrite a kdlab status.json as the earlier code wrote it (no made_by, no run, its
     own config keys)."""
-    status = runstate.read_status(run_dir)
+    status = state_files.read_status(run_dir)
     earlier = {"status": "completed", "epoch": status["epoch"], "max_acc": status["max_acc"],
                "config": {"model": "ResNet8", "dataset": "Digits", "seed": 0,
                           "distillation": "logit", "teacher_model": "ResNet20",
                           "teacher_weights": "x/best.pth", "alpha": 0.5, "temperature": 4,
                           "force_restart": False}}
-    (run_dir / runstate.STATUS_FILE).write_text(json.dumps(earlier))
-    assert runstate.is_earlier_code(runstate.read_status(run_dir))
+    (run_dir / state_files.STATUS_FILE).write_text(json.dumps(earlier))
+    assert state_files.is_earlier_code(state_files.read_status(run_dir))
 
 
 def test_extract_says_which_preprocessing_earlier_code_weights_get(tmp_path_factory, capsys):
@@ -99,7 +100,7 @@ def test_extract_says_which_preprocessing_earlier_code_weights_get(tmp_path_fact
 
     # the stored outputs are the model's on the earlier test view, not on kdlab's
     model = build_model(spec.model, 10)
-    load_weights_file(model, study.run_dir(spec) / runstate.BEST_FILE, what="best weights")
+    load_weights_file(model, study.run_dir(spec) / state_files.BEST_FILE, what="best weights")
     arrays = kdata.load_arrays("Digits", study.data_root)
     expected = representations_of(model, kdata.DeviceData(arrays, "cpu",
                                                           augmentation="earlier"))

@@ -43,9 +43,10 @@ import pytest
 import torch
 
 from conftest import write_study, snapshot
-from kdlab import cli, layout, runstate
-from kdlab.layout import RunSpec
-from kdlab.study import load_study
+from kdlab import cli
+from kdlab.run import layout, state_files
+from kdlab.run.layout import RunSpec
+from kdlab.study.study_file import load_study
 
 STUDY = "study.toml"
 FT = RunSpec("Digits", "ResNet8", 0, "factor_transfer", "ResNet20", 0.5)
@@ -334,9 +335,9 @@ def _prepare(tree: Path, command: str, pristine: Path) -> list[str]:
     if command in TRAIN:
         # Killed between the last checkpoint and the final status: train resumes the run,
         # reading its checkpoint, paraphraser and teacher.
-        status = runstate.read_status(FT_DIR)
-        status["status"] = runstate.IN_PROGRESS
-        runstate.write_status(FT_DIR, status)
+        status = state_files.read_status(FT_DIR)
+        status["status"] = state_files.IN_PROGRESS
+        state_files.write_status(FT_DIR, status)
     if command == "extract":
         for spec in OTHERS:   # extract must write these again
             _npz(spec).unlink()

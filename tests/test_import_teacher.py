@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from conftest import snapshot, write_study
-from kdlab import catalog
+from kdlab.run import catalog
 from kdlab.cli import main
-from kdlab.config import complete_options, write_config_file
+from kdlab.run.config import complete_options, write_config_file
 from kdlab.data import load_arrays
-from kdlab.layout import RunSpec
+from kdlab.run.layout import RunSpec
 from kdlab.models import build_model
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from kdlab.training.lock import RunLock
 
 TEACHER, STUDENT = "ResNet14", "ResNet8"

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 import conftest
-from kdlab import runstate
-from kdlab.layout import run_dir
-from kdlab.queue import FAILED_ACTION, SUBMIT, plan_queue, run_queue
+from kdlab.run import state_files
+from kdlab.run.layout import run_dir
+from kdlab.study.queue import FAILED_ACTION, SUBMIT, plan_queue, run_queue
 from kdlab.schedulers.ending import end_text, out_of_memory_count
 from kdlab.schedulers.pbs import PbsScheduler
 from kdlab.schedulers.slurm import SlurmScheduler, parse_sacct, parse_scontrol_job
-from kdlab.status import format_report, status_report
-from kdlab.study import load_study
+from kdlab.study.status import format_report, status_report
+from kdlab.study.study_file import load_study
 from test_schedulers import fake_bin  # noqa: F401  (a fixture: PATH starts with a temp bin)
 from test_schedulers import calls, install_fake as install
 
@@ -174,11 +174,11 @@ def test_queue_records_why_a_job_ended_and_stops_after_three_out_of_memory(tmp_p
     teacher, pure = study.runs()
     teacher_dir = run_dir(study.experiments_dir, teacher)
     pure_dir = run_dir(study.experiments_dir, pure)
-    runstate.write_status(teacher_dir, {"status": "in_progress", "epoch": 3, "job_id": "101",
+    state_files.write_status(teacher_dir, {"status": "in_progress", "epoch": 3, "job_id": "101",
                                         "scheduler": "slurm"})
     earlier = [{"job_id": job, "state": "OUT_OF_MEMORY", "exit_code": 0, "signal": 125,
                 "elapsed": "00:10:00", "source": "sacct"} for job in ("98", "99")]
-    runstate.write_status(pure_dir, {"status": "in_progress", "epoch": 2, "job_id": "101",
+    state_files.write_status(pure_dir, {"status": "in_progress", "epoch": 2, "job_id": "101",
                                      "scheduler": "slurm", "job_ends": earlier})
     # status shows why the job ended, and writes nothing.
     before = {path: path.read_bytes() for path in (teacher_dir / "status.json",
@@ -199,11 +199,11 @@ def test_queue_records_why_a_job_ended_and_stops_after_three_out_of_memory(tmp_p
     assert by_run[pure.name].action == FAILED_ACTION
     assert "ran out of memory 3 times" in by_run[pure.name].reason
     assert "--retry-failed" in by_run[pure.name].reason
-    teacher_status = runstate.read_status(teacher_dir)
+    teacher_status = state_files.read_status(teacher_dir)
     assert teacher_status["last_job_end"]["state"] == "OUT_OF_MEMORY"
     assert [end["job_id"] for end in teacher_status["job_ends"]] == ["101"]
     assert teacher_status["job_id"] == "700" and teacher_status["job_history"] == ["101"]
-    pure_status = runstate.read_status(pure_dir)   # recorded though not resubmitted
+    pure_status = state_files.read_status(pure_dir)   # recorded though not resubmitted
     assert [end["job_id"] for end in pure_status["job_ends"]] == ["98", "99", "101"]
     assert pure_status["job_id"] == "101" and out_of_memory_count(pure_status) == 3
 
@@ -212,7 +212,7 @@ def test_queue_records_why_a_job_ended_and_stops_after_three_out_of_memory(tmp_p
     assert {d.run.spec.name: d.action for d in decisions}[pure.name] == FAILED_ACTION
     decisions, code = run_queue(study, say=lines.append, retry_failed=True)
     assert {d.run.spec.name: d.action for d in decisions}[pure.name] == SUBMIT
-    pure_status = runstate.read_status(pure_dir)
+    pure_status = state_files.read_status(pure_dir)
     assert [end["job_id"] for end in pure_status["job_ends"]] == ["98", "99", "101"]
     assert pure_status["job_id"] == "700"
 
@@ -245,7 +245,7 @@ def test_slurm_job_states_in_one_call_and_shown_by_status(tmp_path, fake_bin):
     earlier = {"job_id": "150", "state": "TIMEOUT", "exit_code": 0, "signal": 0,
                "elapsed": "02:00:17", "source": "sacct"}
     for spec, job in ((teacher, "201"), (pure, "202")):
-        runstate.write_status(run_dir(study.experiments_dir, spec),
+        state_files.write_status(run_dir(study.experiments_dir, spec),
                               {"status": "in_progress" if job == "201" else "queued",
                                "job_id": job, "scheduler": "slurm",
                                **({"last_job_end": earlier} if job == "202" else {})})
@@ -271,7 +271,7 @@ def test_pbs_job_states_from_qstat(fake_bin, monkeypatch, flavour):
 
 def test_local_job_states_give_the_time_since_the_process_started(tmp_path):
     from kdlab.schedulers.local import LocalScheduler
-    from kdlab.study import SchedulerSettings
+    from kdlab.run.study_settings import SchedulerSettings
 
     scheduler = LocalScheduler()
     job_id = scheduler.submit("run-l", [sys.executable, "-c", "import time; time.sleep(30)"],

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from kdlab import runstate
-from kdlab.layout import (RunSpec, format_alpha, iter_run_dirs, parse_run_dir,
+from kdlab.run import state_files
+from kdlab.run.layout import (RunSpec, format_alpha, iter_run_dirs, parse_run_dir,
                           representation_path, run_dir)
 
 
@@ -55,11 +55,11 @@ def test_pure_spec_rejects_alpha():
 
 
 def test_status_round_trip_and_merge(tmp_path):
-    runstate.write_status(tmp_path, {"status": "queued", "job_id": "12"})
-    runstate.update_status(tmp_path, status="in_progress", epoch=3)
-    status = runstate.read_status(tmp_path)
+    state_files.write_status(tmp_path, {"status": "queued", "job_id": "12"})
+    state_files.update_status(tmp_path, status="in_progress", epoch=3)
+    status = state_files.read_status(tmp_path)
     assert status["status"] == "in_progress" and status["job_id"] == "12" and status["epoch"] == 3
-    assert runstate.job_id_of({"pbs_job_id": 77}) == "77"
+    assert state_files.job_id_of({"pbs_job_id": 77}) == "77"
 
 
 @pytest.mark.parametrize("text,match", [
@@ -81,8 +81,8 @@ def test_status_round_trip_and_merge(tmp_path):
 def test_malformed_status_names_the_file(tmp_path, text, match):
     path = tmp_path / "status.json"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    with pytest.raises(runstate.StateFileError, match=match) as info:
-        runstate.read_status(tmp_path)
+    with pytest.raises(state_files.StateFileError, match=match) as info:
+        state_files.read_status(tmp_path)
     assert str(tmp_path / "status.json") in str(info.value)
 
 
@@ -91,7 +91,7 @@ def _writer(path, stop_at):
     index = 0
     while time.time() < stop_at:
         big["index"] = index
-        runstate.atomic_write_json(path, big)
+        state_files.atomic_write_json(path, big)
         index += 1
 
 
@@ -99,7 +99,7 @@ def test_atomic_write_survives_kill_mid_write(tmp_path):
     """Kill a process that rewrites a large state file in a loop, many times: the file on disk
     is always a complete, parseable version, and no temp file is mistaken for it."""
     path = tmp_path / "status.json"
-    runstate.atomic_write_json(path, {"payload": "", "index": -1})
+    state_files.atomic_write_json(path, {"payload": "", "index": -1})
     context = multiprocessing.get_context("fork")
     for delay in (0.05, 0.11, 0.17, 0.23):
         process = context.Process(target=_writer, args=(path, time.time() + 5))
@@ -125,7 +125,7 @@ def test_aliases_and_negative_seeds_are_no_run_directories(tmp_path):
 
 
 def test_no_alpha_layout_round_trip(tmp_path):
-    from kdlab.layout import NO_ALPHA_LAYOUT
+    from kdlab.run.layout import NO_ALPHA_LAYOUT
 
     kd = RunSpec("SVHN", "ResNet56", 2, "nst", "ResNet112", 0.5)
     path = run_dir(tmp_path, kd, NO_ALPHA_LAYOUT)
@@ -144,38 +144,38 @@ def test_job_id_only_status_reads_as_queued_and_is_not_rewritten(tmp_path):
         path = tmp_path / "status.json"
         path.write_text(json.dumps({key: "7000521.sched01"}))
         before = path.read_bytes()
-        status = runstate.read_status(tmp_path)
-        assert status["status"] == "queued" and runstate.job_id_of(status) == "7000521.sched01"
+        status = state_files.read_status(tmp_path)
+        assert status["status"] == "queued" and state_files.job_id_of(status) == "7000521.sched01"
         assert path.read_bytes() == before
 
 
 def test_written_status_carries_made_by_and_earlier_code_is_told_apart(tmp_path):
     from kdlab import __version__
 
-    written = runstate.write_status(tmp_path, {"status": "queued", "job_id": "1"})
+    written = state_files.write_status(tmp_path, {"status": "queued", "job_id": "1"})
     assert written["made_by"] == f"kdlab {__version__}"
-    assert runstate.read_status(tmp_path)["made_by"] == f"kdlab {__version__}"
-    assert runstate.update_status(tmp_path, epoch=1)["made_by"] == f"kdlab {__version__}"
-    assert not runstate.is_earlier_code(runstate.read_status(tmp_path))
+    assert state_files.read_status(tmp_path)["made_by"] == f"kdlab {__version__}"
+    assert state_files.update_status(tmp_path, epoch=1)["made_by"] == f"kdlab {__version__}"
+    assert not state_files.is_earlier_code(state_files.read_status(tmp_path))
     earlier = {"status": "completed", "epoch": 150, "max_acc": 90.0, "pbs_job_id": "1",
                "config": {"model": "ResNet56", "dataset": "Cifar10", "seed": 0,
                           "distillation": "none", "teacher_model": None,
                           "teacher_weights": None, "alpha": None, "temperature": 4.0,
                           "force_restart": False}}
-    assert runstate.is_earlier_code(earlier)
-    assert runstate.is_earlier_code({"pbs_job_id": "1"})
-    assert not runstate.is_earlier_code({**earlier, "run": "Cifar10-pure-ResNet56-s0"})
+    assert state_files.is_earlier_code(earlier)
+    assert state_files.is_earlier_code({"pbs_job_id": "1"})
+    assert not state_files.is_earlier_code({**earlier, "run": "Cifar10-pure-ResNet56-s0"})
     # kdlab's own runs from before the mark: their config is a kdlab run config.
-    assert not runstate.is_earlier_code({**earlier, "config": {"method_options": {}}})
+    assert not state_files.is_earlier_code({**earlier, "config": {"method_options": {}}})
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
-        runstate.atomic_write_json(tmp_path / "status.json", {"status": "queued"})
-        runstate.atomic_write_bytes(tmp_path / "best.pth", b"weights")
-        assert runstate.current_umask() == umask
+        state_files.atomic_write_json(tmp_path / "status.json", {"status": "queued"})
+        state_files.atomic_write_bytes(tmp_path / "best.pth", b"weights")
+        assert state_files.current_umask() == umask
     finally:
         os.umask(previous)
     for name in ("status.json", "best.pth"):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdlab import catalog
-from kdlab.errors import UserError
+from kdlab.run import catalog
+from kdlab.run.errors import UserError
 from kdlab.models import MODEL_NAMES, build_model
 
 # Families whose preact is the BN's output itself (no shortcut added after it): WRN's BN is

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 from kdlab.models import BLOCKS_PER_STAGE, build_model, describe_features, load_weights_file
 
 
@@ -96,7 +96,7 @@ def test_unknown_model_lists_valid_names():
 
 # --- The contract every registered model honours (issue 22) ---------------------------------
 
-from kdlab import catalog  # noqa: E402
+from kdlab.run import catalog  # noqa: E402
 from kdlab.models import MODEL_NAMES, describe_features, modules_after  # noqa: E402
 
 # Parameters for 100 classes, counted by hand from the reference definitions (RepDistiller's

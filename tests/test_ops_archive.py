@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from kdlab import cli
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec, analysis_dir, run_dir
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec, analysis_dir, run_dir
 from kdlab.ops import archive
 from kdlab.schedulers.local import make_job_id
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from legacy_tree import copy_legacy_tree, write_run, write_study
 from conftest import snapshot
 

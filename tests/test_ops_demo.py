@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from kdlab import cli
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 from kdlab.ops import demo
-from kdlab.study_progress import COMPLETED, study_run_states
+from kdlab.study.progress import COMPLETED, study_run_states
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_prepare_workdir_anchors_paths_and_overrides_epochs(tmp_path):
     assert study.datasets == ["Digits"]
     assert len(study.methods) == 6
     # the copy in the work directory is a valid study with the override
-    from kdlab.study import load_study
+    from kdlab.study.study_file import load_study
     assert load_study(work / "demo.toml").training["epochs"] == 1
     with pytest.raises(UserError, match="--epochs 0"):
         demo.prepare_workdir(tmp_path / "other", epochs=0)
@@ -83,8 +83,8 @@ def test_run_whose_jobs_keep_dying_is_given_up(tmp_path, monkeypatch):
     """A job that ends at start-up over and over (a bug in training) must not keep the demo
     looping nor hold a job slot: after a few fruitless submissions the run is marked failed
     with the last line of its train.log, and the loop ends."""
-    import kdlab.queue as queue
-    from kdlab import runstate
+    import kdlab.study.queue as queue
+    from kdlab.run import state_files
 
     study = demo.prepare_workdir(tmp_path / "work", epochs=1)
     first = study.runs()[0]
@@ -117,7 +117,7 @@ def test_run_whose_jobs_keep_dying_is_given_up(tmp_path, monkeypatch):
     lines = []
     counts = demo.train_grid(study, poll_seconds=0.0, log=lines.append)
     assert submissions == [first.name] * demo.MAX_FRUITLESS_SUBMISSIONS
-    status = runstate.read_status(study_run_states(study)[0].run_dir)
+    status = state_files.read_status(study_run_states(study)[0].run_dir)
     assert status["status"] == "failed"
     assert status["reason"] == (f"kdlab demo gave up: its jobs ended "
                                 f"{demo.MAX_FRUITLESS_SUBMISSIONS} times without finishing an "

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from kdlab import cli
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec
 from kdlab.ops.digest import area_of, digest_text, read_commits
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from legacy_tree import copy_legacy_tree, write_run, write_study
 
 DAY = 86400

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 from kdlab import cli
 from kdlab.distill import method_class, method_defaults
-from kdlab.layout import RunSpec, analysis_dir
+from kdlab.run.layout import RunSpec, analysis_dir
 from kdlab.ops.methodology import duration_text, latex_escape, write_methodology
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from legacy_tree import copy_legacy_tree, write_run, write_study
 
 CLUSTER = """
@@ -248,7 +248,7 @@ def test_methodology_describes_crd_and_a_combination(tmp_path):
 def test_methodology_says_what_each_method_distils(tmp_path):
     """Each method's summary from the catalog, and an option's note only where the study sets
     it away from its default (standardize for dkd, not for logit)."""
-    from kdlab import catalog
+    from kdlab.run import catalog
 
     methods = ["logit", "sp", "pkt", "cc", "vid", "dkd", "dist", "ofd", "reviewkd"]
     path = write_study(tmp_path / "study.toml", methods=methods, alphas=[0.5], seeds=[0],

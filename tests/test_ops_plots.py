@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from kdlab import cli
-from kdlab.layout import RunSpec, run_dir
+from kdlab.run.layout import RunSpec, run_dir
 from kdlab.ops import plot_curves, plots
-from kdlab.study_progress import study_run_states
-from kdlab.study import load_study
+from kdlab.study.progress import is_collapsed, study_run_states
+from kdlab.study.study_file import load_study
 from legacy_tree import copy_legacy_tree, write_run, write_study
 
 T, S = "ResNet112", "ResNet56"
@@ -114,7 +114,7 @@ def test_curves_redrawn_only_when_metrics_change(tmp_path):
     metrics_path.write_text(json.dumps(metrics))
     assert plots.plot_run_curves(directory, "t") == "written"
     with Image.open(png) as image:
-        stamp = image.info[plots.STAMP_KEY]
+        stamp = image.info[plot_curves.STAMP_KEY]
     assert stamp == hashlib.sha256(metrics_path.read_bytes()).hexdigest()
 
 
@@ -271,11 +271,11 @@ def _curves_options(path):
 
 
 def test_is_collapsed_is_within_two_points_of_chance_or_below():
-    assert plots.is_collapsed(12.0, 10) and plots.is_collapsed(3.0, 100)
-    assert plots.is_collapsed(1.25, 100) and plots.is_collapsed(0.0, 200)
-    assert not plots.is_collapsed(12.01, 10) and not plots.is_collapsed(3.01, 100)
-    assert not plots.is_collapsed(None, 10) and not plots.is_collapsed(1.0, None)
-    assert not plots.is_collapsed(float("nan"), 10)
+    assert is_collapsed(12.0, 10) and is_collapsed(3.0, 100)
+    assert is_collapsed(1.25, 100) and is_collapsed(0.0, 200)
+    assert not is_collapsed(12.01, 10) and not is_collapsed(3.01, 100)
+    assert not is_collapsed(None, 10) and not is_collapsed(1.0, None)
+    assert not is_collapsed(float("nan"), 10)
 
 
 def test_earlier_tree_plot_changes_no_state_file(earlier, tmp_path):
@@ -418,14 +418,14 @@ def test_figure_write_failure_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     study = load_study(study_path)
     write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))
     out = plots.progress_dir(study)
-    real_write = plot_curves.runstate.atomic_write_bytes
+    real_write = plot_curves.state_files.atomic_write_bytes
 
     def write(path, data):   # the disk fills up while the overview is being written
         if Path(path).parent == out:
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(plot_curves.runstate, "atomic_write_bytes", write)
+    monkeypatch.setattr(plot_curves.state_files, "atomic_write_bytes", write)
     assert cli.main(["plot", str(study_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == (f"kdlab plot: error: cannot write {out / plots.PROGRESS_GRID_FILE}: "
@@ -490,10 +490,10 @@ def test_plot_prints_the_outside_grid_line_that_status_prints(tmp_path, capsys):
 
 
 def test_plot_and_status_share_one_collapse_rule(tmp_path):
-    from kdlab import study_progress
-    from kdlab.study import Role
+    from kdlab.study import progress as study_progress
+    from kdlab.study.study_file import Role
 
-    assert plots.is_collapsed is study_progress.is_collapsed is plot_curves.is_collapsed
+    assert is_collapsed is study_progress.is_collapsed is plot_curves.is_collapsed
     spec = RunSpec("Cifar10", "ResNet8", 0)
     for accuracy, expected in ((12.0, True), (12.01, False), (0.0, True), (None, False)):
         for state_name in ("completed", "running"):

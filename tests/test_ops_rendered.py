@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from kdlab import cli
-from kdlab.layout import analysis_dir
+from kdlab.run.layout import analysis_dir
 from trained_study import analysed_copy, trained_copy
 
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from kdlab import cli
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec, run_dir
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec, run_dir
 from kdlab.ops import sync
 from kdlab.ops.plots import CURVES_FILE
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from legacy_tree import write_run
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None,

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from kdlab import cli
-from kdlab.layout import run_dir
+from kdlab.run.layout import run_dir
 from kdlab.ops.plots import CURVES_FILE
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from test_ops_sync import fake_crontab, make_project  # noqa: F401  (fixture re-used)
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)

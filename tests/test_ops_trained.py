@@ -11,10 +11,10 @@ import subprocess
 import pytest
 
 from kdlab import cli
-from kdlab.layout import analysis_dir
+from kdlab.run.layout import analysis_dir
 from kdlab.ops import plots
 from kdlab.ops.methodology import duration_text
-from kdlab.study_progress import COMPLETED, study_run_states
+from kdlab.study.progress import COMPLETED, study_run_states
 from trained_study import trained_copy
 
 pytestmark = pytest.mark.slow

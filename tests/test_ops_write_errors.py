@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kdlab import cli, runstate
-from kdlab.errors import UserError, WriteError
-from kdlab.layout import RunSpec
+from kdlab import cli
+from kdlab.run import state_files
+from kdlab.run.errors import UserError, WriteError
+from kdlab.run.layout import RunSpec
 from legacy_tree import write_run, write_study
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -40,13 +41,13 @@ def test_writer_error_is_a_user_error_and_keeps_errno(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     with pytest.raises(WriteError) as caught:
-        runstate.atomic_write_text(blocker / "sub" / "out.md", "x")
+        state_files.atomic_write_text(blocker / "sub" / "out.md", "x")
     assert isinstance(caught.value, UserError) and isinstance(caught.value, OSError)
     assert caught.value.errno in (errno.EEXIST, errno.ENOTDIR)
     assert str(caught.value).startswith(f"cannot write {blocker / 'sub' / 'out.md'} (")
     assert str(blocker) in str(caught.value)
     with pytest.raises(WriteError) as caught:
-        runstate.atomic_write_text(tmp_path, "x")        # a directory in the file's place
+        state_files.atomic_write_text(tmp_path, "x")        # a directory in the file's place
     assert caught.value.errno == errno.EISDIR
     assert [p.name for p in tmp_path.iterdir()] == ["blocker"]   # no temporary file left
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import fast_method_options
-from kdlab import runstate
-from kdlab.config import TrainConfig
+from kdlab.run import state_files
+from kdlab.run.config import TrainConfig
 from kdlab.distill import METHOD_NAMES
-from kdlab.errors import UserError
-from kdlab.layout import run_dir
+from kdlab.run.errors import UserError
+from kdlab.run.layout import run_dir
 from kdlab.training.pack import train_pack
 from kdlab.training.run import train_run
 
@@ -39,11 +39,11 @@ def configs(root, epochs=EPOCHS) -> list[TrainConfig]:
 
 def outcome(config: TrainConfig) -> dict:
     directory = run_dir(config.experiments_dir, config.run_spec())
-    metrics = runstate.read_metrics(directory)
+    metrics = state_files.read_metrics(directory)
     return {"metrics": {key: value for key, value in metrics.items()
                         if key not in ("epoch_seconds", "config")},
             "weights": torch.load(directory / "checkpoint.pth", weights_only=True)["model"],
-            "status": runstate.read_status(directory)["status"]}
+            "status": state_files.read_status(directory)["status"]}
 
 
 def same(left: dict, right: dict) -> bool:
@@ -119,7 +119,7 @@ def test_runs_at_different_epochs_are_levelled_first(solo, tmp_path, monkeypatch
     for config in configs(tmp_path):
         name = config.run_spec().name
         assert same(outcome(config), solo["outcomes"][name]), name
-        assert runstate.read_status(run_dir(config.experiments_dir, config.run_spec()))[
+        assert state_files.read_status(run_dir(config.experiments_dir, config.run_spec()))[
             "pack"] == sorted(c.run_spec().name for c in configs(tmp_path))
 
 
@@ -138,7 +138,7 @@ def test_one_students_failure_is_its_own(solo, tmp_path, monkeypatch):
     for config in configs(tmp_path):
         name = config.run_spec().name
         if name in failed:
-            status = runstate.read_status(run_dir(config.experiments_dir, config.run_spec()))
+            status = state_files.read_status(run_dir(config.experiments_dir, config.run_spec()))
             assert status["reason"] == "crashed: RuntimeError: nst exploded"
         else:
             assert same(outcome(config), solo["outcomes"][name]), name
@@ -156,7 +156,7 @@ def test_a_pack_must_share_its_settings(tmp_path):
 
 _PACK_JOB = """
 import sys
-from kdlab.config import TrainConfig
+from kdlab.run.config import TrainConfig
 from kdlab.training.pack import train_pack
 sys.path.insert(0, {tests!r})
 from test_pack import configs
@@ -177,9 +177,9 @@ def test_a_pack_resumes_after_sigkill_and_stops_on_sigterm(solo, tmp_path):
         deadline = time.time() + 600
         while time.time() < deadline and process.poll() is None:
             try:
-                if (runstate.read_status(pure_dir) or {}).get("epoch", 0) >= 1:
+                if (state_files.read_status(pure_dir) or {}).get("epoch", 0) >= 1:
                     return process
-            except runstate.StateFileError:
+            except state_files.StateFileError:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"no progress (exit {process.poll()})")
@@ -187,7 +187,7 @@ def test_a_pack_resumes_after_sigkill_and_stops_on_sigterm(solo, tmp_path):
     process = start_and_wait_for_epoch_1()
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=600) == 75
-    assert runstate.read_status(pure_dir)["stopped_by"] == "SIGTERM"
+    assert state_files.read_status(pure_dir)["stopped_by"] == "SIGTERM"
     process = start_and_wait_for_epoch_1()
     time.sleep(0.5)
     process.kill()
@@ -203,7 +203,7 @@ def test_cli_trains_a_pack_from_config_files(solo, tmp_path, capsys):
     paths = []
     for config in configs(solo["root"])[:3]:
         path = tmp_path / f"{config.run_spec().name}.json"
-        runstate.atomic_write_json(path, config.to_dict())
+        state_files.atomic_write_json(path, config.to_dict())
         paths += ["--config", str(path)]
     assert main(["train", *paths]) == 0  # every member is done: nothing trains again
     assert capsys.readouterr().out.count("already completed") == 3
@@ -269,7 +269,7 @@ def test_a_member_that_cannot_resume_leaves_the_pack(solo, tmp_path, monkeypatch
     results = train_pack(runs, quiet=True)
     assert results == {runs[0].run_spec().name: "completed",
                        runs[1].run_spec().name: "failed", runs[2].run_spec().name: "completed"}
-    status = runstate.read_status(damaged)
+    status = state_files.read_status(damaged)
     assert status["status"] == "failed" and str(checkpoint) in status["reason"]
     assert "corrupt" in status["reason"] and "--force-restart" in status["reason"]
     assert str(checkpoint) in capsys.readouterr().err
@@ -277,7 +277,7 @@ def test_a_member_that_cannot_resume_leaves_the_pack(solo, tmp_path, monkeypatch
     for config in (runs[0], runs[2]):
         name = config.run_spec().name
         assert same(outcome(config), solo["outcomes"][name]), name
-        assert runstate.read_status(run_dir(config.experiments_dir, config.run_spec()))[
+        assert state_files.read_status(run_dir(config.experiments_dir, config.run_spec()))[
             "pack"] == sorted([runs[0].run_spec().name, runs[2].run_spec().name])
     # --force-restart clears it: the run trains from the start, alone, to its solo end.
     assert train_run(runs[1], force_restart=True, quiet=True) == "completed"
@@ -310,19 +310,19 @@ def test_a_pack_refused_for_a_differing_setting_writes_nothing(tmp_path, capsys)
     """Issue 20.2 for packs: a member given with another batch size is refused before any
     member's config.json is written."""
     from kdlab.cli import main
-    from kdlab.config import write_config_file
+    from kdlab.run.config import write_config_file
 
     first, second = configs(tmp_path)[:2]
     paths = []
     for config in (first, second):
         directory = run_dir(config.experiments_dir, config.run_spec())
         write_config_file(directory, config)
-        runstate.write_status(directory, {"status": "in_progress", "epoch": 1,
+        state_files.write_status(directory, {"status": "in_progress", "epoch": 1,
                                           "run": config.run_spec().name})
         paths.append(directory / "config.json")
     before = [path.read_bytes() for path in paths]
     template = tmp_path / "other-batch-size.json"
-    runstate.atomic_write_json(template, {**second.to_dict(), "batch_size": 64})
+    state_files.atomic_write_json(template, {**second.to_dict(), "batch_size": 64})
     assert main(["train", "--config", str(paths[0]), "--config", str(template)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "differ in batch_size" in err
@@ -336,7 +336,7 @@ def test_a_pack_holding_its_own_teacher_is_refused(solo, tmp_path, capsys):
 
     from conftest import snapshot
     from kdlab.cli import main
-    from kdlab.config import read_config_file, write_config_file
+    from kdlab.run.config import read_config_file, write_config_file
 
     with_teacher(solo, tmp_path)
     teacher_dir = run_dir(tmp_path / "experiments", TrainConfig(
@@ -346,7 +346,7 @@ def test_a_pack_holding_its_own_teacher_is_refused(solo, tmp_path, capsys):
     before = snapshot(teacher_dir)
     student = configs(tmp_path)[1]
     template = tmp_path / "student.json"
-    runstate.atomic_write_json(template, student.to_dict())
+    state_files.atomic_write_json(template, student.to_dict())
     for order in ([teacher_dir / "config.json", template],
                   [template, teacher_dir / "config.json"]):
         arguments = [item for path in order for item in ("--config", str(path))]
@@ -362,7 +362,7 @@ def test_a_pack_holding_its_own_teacher_is_refused(solo, tmp_path, capsys):
 def test_a_pack_member_s_snapshots_equal_the_solo_run_s(solo, tmp_path, monkeypatch):
     """Snapshots after every epoch of a pure and a distilled student: alone, and in a pack
     preempted after epoch 1 and resumed, the files hold the same tensors."""
-    from kdlab.layout import snapshot_epochs_present, snapshot_path
+    from kdlab.run.layout import snapshot_epochs_present, snapshot_path
 
     def snapshot_configs(root):
         base = dict(dataset="Digits", model=STUDENT, seed=SEED, batch_size=128, epochs=2,

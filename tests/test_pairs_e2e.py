@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlab import catalog, layout
+from kdlab.run import catalog, layout
 from kdlab.analysis import metrics as analysis_metrics
 from kdlab.analysis.store import load_representation
-from kdlab.layout import RunSpec
-from kdlab.study_progress import study_run_states
-from kdlab.study import Pair, load_study
+from kdlab.run.layout import RunSpec
+from kdlab.study.progress import study_run_states
+from kdlab.study.study_file import Pair, load_study
 import conftest
 
 pytestmark = pytest.mark.slow

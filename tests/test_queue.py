@@ -16,14 +16,14 @@ import pytest
 
 from conftest import build_earlier_tree, snapshot, wait_until, write_earlier_study
 from conftest import write_study as shared_write_study
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.cli import main
-from kdlab.layout import run_dir
-from kdlab.queue import (DONE, ERROR, FAILED_ACTION, LATER, LIVE, MAX_MISSED_STARTS, SUBMIT,
+from kdlab.run.layout import run_dir
+from kdlab.study.queue import (DONE, ERROR, FAILED_ACTION, LATER, LIVE, MAX_MISSED_STARTS, SUBMIT,
                          UNKNOWN, WAIT, plan_queue, queue_lock, run_queue)
 from kdlab.schedulers.local import LocalScheduler, _boot_id, process_start_ticks
-from kdlab.study_progress import study_run_states
-from kdlab.study import load_study
+from kdlab.study.progress import study_run_states
+from kdlab.study.study_file import load_study
 
 # Stand-in for `kdlab train`: parses the same arguments and, for each run it is given (one
 # per --config: a pack's members in order, as `kdlab train` does), records (pid, argv, the
@@ -34,9 +34,9 @@ from kdlab.study import load_study
 FAKE_TRAIN = """\
 import json, os, signal, sys, time
 from kdlab.cli import build_parser
-from kdlab.config import configs_from_args
-from kdlab import runstate
-from kdlab.layout import run_dir
+from kdlab.run.config import configs_from_args
+from kdlab import state_files
+from kdlab.run.layout import run_dir
 
 args = build_parser().parse_args(sys.argv[1:])
 modes = json.loads(os.environ.get("FAKE_MODES", "{}"))
@@ -46,13 +46,13 @@ signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 for config in configs_from_args(args):
     spec = config.run_spec()
     directory = run_dir(config.experiments_dir, spec)
-    seen = runstate.read_status(directory)
+    seen = state_files.read_status(directory)
     with open(directory / "starts.jsonl", "a") as log:
         log.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "seen": seen}) + "\\n")
     mode = modes.get(spec.name, "complete")
     if mode == "die":
         sys.exit(2)
-    runstate.update_status(directory, status="in_progress", epoch=0, epochs=config.epochs,
+    state_files.update_status(directory, status="in_progress", epoch=0, epochs=config.epochs,
                            max_acc=0.0, config=config.to_dict())
     deadline = time.time() + float(os.environ.get("FAKE_SECONDS", "0"))
     while mode == "hang" or time.time() < deadline:
@@ -60,9 +60,9 @@ for config in configs_from_args(args):
             sys.exit(75)
         time.sleep(0.05)
     if mode == "fail":
-        runstate.update_status(directory, status="failed", reason="loss is NaN at epoch 1")
+        state_files.update_status(directory, status="failed", reason="loss is NaN at epoch 1")
         sys.exit(1)
-    runstate.update_status(directory, status="completed", epoch=config.epochs, max_acc=91.5)
+    state_files.update_status(directory, status="completed", epoch=config.epochs, max_acc=91.5)
 """
 
 
@@ -135,7 +135,7 @@ def test_whole_study_runs_to_completion_teachers_first(tmp_path):
     # The job id was in status.json before the job itself looked at it.
     for decision in decisions:
         if decision.action == SUBMIT:
-            status = runstate.read_status(decision.run.run_dir)
+            status = state_files.read_status(decision.run.run_dir)
             assert status["job_id"] == decision.job_id and status["scheduler"] == "local"
             assert isinstance(status["submitted_at"], float)
     wait_for_jobs(study)
@@ -144,7 +144,7 @@ def test_whole_study_runs_to_completion_teachers_first(tmp_path):
             (start,) = starts(decision.run.run_dir)
             assert start["seen"]["status"] == "queued"
             assert start["seen"]["job_id"] == decision.job_id
-            assert runstate.read_status(decision.run.run_dir)["job_id"] == decision.job_id
+            assert state_files.read_status(decision.run.run_dir)["job_id"] == decision.job_id
     decisions, _, _ = quiet_queue(study)
     assert all(d.action == DONE for d in decisions if d.run.role != "kd")
     assert all(d.action == SUBMIT for d in decisions if d.run.role == "kd")
@@ -182,7 +182,7 @@ def test_live_jobs_are_left_alone_and_the_limit_holds(tmp_path, monkeypatch):
         again = [d for d in decisions if d.action == SUBMIT]
         assert [d.run.spec for d in again] == [first.run.spec]
         assert "is gone" in again[0].reason
-        status = runstate.read_status(first.run.run_dir)
+        status = state_files.read_status(first.run.run_dir)
         assert status["job_history"] == [first.job_id] and status["job_id"] == again[0].job_id
         assert status["submissions"] == 2
     finally:
@@ -197,13 +197,13 @@ def test_gone_in_progress_run_is_resubmitted_and_keeps_its_state(tmp_path):
     teacher = study.teacher_runs()[0]
     directory = run_dir(study.experiments_dir, teacher)
     old_job = dead_local_job_id()
-    runstate.write_status(directory, {"status": "in_progress", "epoch": 1, "epochs": 2,
+    state_files.write_status(directory, {"status": "in_progress", "epoch": 1, "epochs": 2,
                                       "max_acc": 40.0, "job_id": old_job, "scheduler": "local"})
     decisions, _, lines = quiet_queue(study)
     decision = by_name(decisions)[teacher.name]
     assert decision.action == SUBMIT
     assert f"job {old_job} is gone" in decision.reason and "resumes" in decision.reason
-    status = runstate.read_status(directory)
+    status = state_files.read_status(directory)
     assert status["status"] == "queued" and status["epoch"] == 1 and status["max_acc"] == 40.0
     assert status["job_history"] == [old_job]
     wait_for_jobs(study)
@@ -213,7 +213,7 @@ def test_failed_runs_are_reported_and_only_retried_when_asked(tmp_path):
     study = load_study(write_study(tmp_path, methods=(), alphas=()))
     teacher = study.teacher_runs()[0]
     directory = run_dir(study.experiments_dir, teacher)
-    runstate.write_status(directory, {"status": "failed", "epoch": 1, "epochs": 2,
+    state_files.write_status(directory, {"status": "failed", "epoch": 1, "epochs": 2,
                                       "reason": "loss is NaN at epoch 2", "job_id": "7-7-x"})
     before = (directory / "status.json").read_bytes()
     decisions, _, lines = quiet_queue(study)
@@ -224,7 +224,7 @@ def test_failed_runs_are_reported_and_only_retried_when_asked(tmp_path):
     assert (directory / "status.json").read_bytes() == before
     decisions, _, _ = quiet_queue(study, retry_failed=True)
     assert by_name(decisions)[teacher.name].action == SUBMIT
-    status = runstate.read_status(directory)
+    status = state_files.read_status(directory)
     assert status["status"] == "queued" and "reason" not in status
     assert status["previous_reason"] == "loss is NaN at epoch 2"
     wait_for_jobs(study)
@@ -233,16 +233,16 @@ def test_failed_runs_are_reported_and_only_retried_when_asked(tmp_path):
 def test_kd_runs_wait_for_a_completed_teacher(tmp_path):
     study = load_study(write_study(tmp_path, methods=("logit",), seeds=(0, 1, 2)))
     teachers = study.teacher_runs()
-    runstate.write_status(run_dir(study.experiments_dir, teachers[0]),
+    state_files.write_status(run_dir(study.experiments_dir, teachers[0]),
                           {"status": "completed", "epoch": 2, "max_acc": 90.0})
-    runstate.write_status(run_dir(study.experiments_dir, teachers[1]),
+    state_files.write_status(run_dir(study.experiments_dir, teachers[1]),
                           {"status": "failed", "reason": "diverged"})
-    runstate.write_status(run_dir(study.experiments_dir, teachers[2]),
+    state_files.write_status(run_dir(study.experiments_dir, teachers[2]),
                           {"status": "in_progress", "epoch": 1, "job_id": dead_local_job_id(),
                            "scheduler": "local"})
     # A KD run that was running but whose teacher is being retrained: wait, not resubmit.
     kd = study.kd_runs()
-    runstate.write_status(run_dir(study.experiments_dir, kd[2]),
+    state_files.write_status(run_dir(study.experiments_dir, kd[2]),
                           {"status": "in_progress", "epoch": 1, "job_id": dead_local_job_id(),
                            "scheduler": "local"})
     plan = by_name(plan_queue(study, liveness={
@@ -289,10 +289,10 @@ def test_liveness_unknown_is_left_alone_and_counts_as_live(tmp_path, monkeypatch
     study = load_study(write_study(tmp_path, methods=(), alphas=(), seeds=(0, 1),
                                    max_live_jobs=3))
     t0, t1 = study.teacher_runs()
-    runstate.write_status(run_dir(study.experiments_dir, t0),
+    state_files.write_status(run_dir(study.experiments_dir, t0),
                           {"status": "in_progress", "epoch": 1, "job_id": "4242",
                            "scheduler": "slurm"})
-    runstate.write_status(run_dir(study.experiments_dir, t1),
+    state_files.write_status(run_dir(study.experiments_dir, t1),
                           {"status": "queued", "pbs_job_id": "4101237.sched01"})
     decisions, _, _ = quiet_queue(study)
     plan = by_name(decisions)
@@ -325,7 +325,7 @@ def test_in_progress_without_job_id_is_not_touched(tmp_path):
     study = load_study(write_study(tmp_path, methods=(), alphas=()))
     teacher = study.teacher_runs()[0]
     directory = run_dir(study.experiments_dir, teacher)
-    runstate.write_status(directory, {"status": "in_progress", "epoch": 1})
+    state_files.write_status(directory, {"status": "in_progress", "epoch": 1})
     plan = by_name(plan_queue(study))
     assert plan[teacher.name].action == UNKNOWN and "no job id" in plan[teacher.name].reason
 
@@ -336,14 +336,14 @@ def test_lock_waits_for_the_holder_and_times_out(tmp_path):
     messages = []
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
         import pathlib, sys
-        from kdlab.queue import queue_lock
+        from kdlab.study.queue import queue_lock
         with queue_lock({str(experiments)!r}):
             print("held", flush=True)
             sys.stdin.readline()
             pathlib.Path({str(finished)!r}).write_text("done")
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    from kdlab.errors import UserError
+    from kdlab.run.errors import UserError
     with pytest.raises(UserError, match="another kdlab queue"):
         with queue_lock(experiments, timeout=0.2, say=messages.append):
             pass
@@ -371,13 +371,13 @@ def test_cli_queue_and_bad_study(tmp_path, capsys):
 
 def test_queue_writes_config_json_and_hand_typed_train_writes_the_same(tmp_path, monkeypatch):
     from kdlab.cli import build_parser
-    from kdlab.config import prepare_configs, write_config_file
+    from kdlab.run.config import prepare_configs, write_config_file
 
     study = load_study(write_study(tmp_path, methods=("fitnets",), alphas=(0.75,)))
     # The job ends before training (a completed run's config.json is never rewritten).
     monkeypatch.setenv("FAKE_MODES", json.dumps({spec.name: "die" for spec in study.runs()}))
     teacher = study.teacher_runs()[0]
-    runstate.write_status(study.run_dir(teacher), {"status": "completed", "max_acc": 90.0})
+    state_files.write_status(study.run_dir(teacher), {"status": "completed", "max_acc": 90.0})
     decisions, code, _ = quiet_queue(study)
     wait_for_jobs(study)
     kd = next(d for d in decisions if d.run.role == "kd")
@@ -457,7 +457,7 @@ def test_job_id_only_status_counts_towards_max_live_jobs(tmp_path):
 ])
 def test_earlier_code_teacher_is_refused_unless_the_study_accepts_it(tmp_path, setting,
                                                                      refused):
-    from kdlab.queue import REFUSED
+    from kdlab.study.queue import REFUSED
 
     build_earlier_tree(tmp_path)
     if setting.startswith("[training]"):

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.schedulers.local import LocalScheduler, parse_job_id
-from kdlab.study_progress import study_run_states
-from kdlab.study import load_study
+from kdlab.study.progress import study_run_states
+from kdlab.study.study_file import load_study
 import conftest
 
 pytestmark = pytest.mark.slow
@@ -48,20 +48,20 @@ def test_local_study_completes_and_a_killed_job_resumes(tmp_path):
     lines = queue(study_path)
     assert [line.split()[0] for line in lines[:-1]] == ["submit", "submit"]
     pure_dir = next(s.run_dir for s in study_run_states(study) if s.spec == pure)
-    first_job = runstate.read_status(pure_dir)["job_id"]
+    first_job = state_files.read_status(pure_dir)["job_id"]
 
     def after_first_epoch():
-        status = runstate.read_status(pure_dir) or {}
+        status = state_files.read_status(pure_dir) or {}
         return status.get("status") == "in_progress" and status.get("epoch", 0) >= 1 and status
     status = wait_until(after_first_epoch, "the first epoch of the pure student", every=0.1)
     assert status["job_id"] == first_job
     pid = parse_job_id(first_job)[0]
     os.kill(pid, signal.SIGKILL)  # no chance to save anything
     wait_until(lambda: not LocalScheduler().is_alive(first_job), "the killed job to end")
-    stopped = runstate.read_status(pure_dir)
+    stopped = state_files.read_status(pure_dir)
     assert stopped["status"] == "in_progress", stopped
     epochs_before = stopped["epoch"]
-    metrics_before = runstate.read_metrics(pure_dir)
+    metrics_before = state_files.read_metrics(pure_dir)
 
     def all_completed():
         lines = queue(study_path)
@@ -69,9 +69,9 @@ def test_local_study_completes_and_a_killed_job_resumes(tmp_path):
     lines = wait_until(all_completed, "the study to complete", every=2.0)
     assert "2 completed" in lines[-1]
 
-    final = runstate.read_status(pure_dir)
+    final = state_files.read_status(pure_dir)
     assert final["job_history"] == [first_job] and final["submissions"] == 2
-    metrics = runstate.read_metrics(pure_dir)
+    metrics = state_files.read_metrics(pure_dir)
     assert len(metrics["train_loss"]) == 2
     assert metrics["train_loss"][:epochs_before] == metrics_before["train_loss"][:epochs_before]
     resumed_at = re.search(r"resuming after epoch (\d+)/2", (pure_dir / "train.log").read_text())

@@ -12,8 +12,8 @@ import sys
 import textwrap
 
 from conftest import write_study
-from kdlab.study_progress import study_run_states
-from kdlab.study import load_study
+from kdlab.study.progress import study_run_states
+from kdlab.study.study_file import load_study
 
 FAKE_HEAD = f"#!{sys.executable}\n" + textwrap.dedent("""\
     import fcntl, json, os, sys, time

@@ -14,15 +14,15 @@ from dataclasses import replace
 import pytest
 
 from conftest import FakeScheduler, build_earlier_tree, wait_until, write_earlier_study
-from kdlab import runstate
-from kdlab.errors import UserError
-from kdlab.queue import (DONE, FAILED_ACTION, LATER, LIVE, SUBMIT, Decision, make_packs,
+from kdlab.run import state_files
+from kdlab.run.errors import UserError
+from kdlab.study.queue import (DONE, FAILED_ACTION, LATER, LIVE, SUBMIT, Decision, make_packs,
                          plan_queue, run_queue, submit_pack)
-from kdlab.study_progress import MAX_ENVIRONMENT_RESUBMISSIONS, NOT_STARTED, RunState
+from kdlab.study.progress import MAX_ENVIRONMENT_RESUBMISSIONS, NOT_STARTED, RunState
 from kdlab.schedulers.local import LocalScheduler
-from kdlab.status import format_report, status_report
-from kdlab.study_progress import study_run_states
-from kdlab.study import Role, load_study
+from kdlab.study.status import format_report, status_report
+from kdlab.study.progress import study_run_states
+from kdlab.study.study_file import Role, load_study
 from test_queue import by_name, dead_local_job_id, starts, wait_for_jobs
 from test_queue import write_study as write_queue_study
 from test_queue_slurm import slurm_cluster  # noqa: F401 (the fixture)
@@ -54,7 +54,7 @@ def make_study(tmp_path, *, pack_size=4, seeds=(0, 1), methods=("logit", "nst"),
                                          extra=f"pack_size = {pack_size}\n"))
     if teachers_done:
         for spec in study.teacher_runs():
-            runstate.write_status(study.run_dir(spec), {"status": "completed", "epoch": 2,
+            state_files.write_status(study.run_dir(spec), {"status": "completed", "epoch": 2,
                                                         "max_acc": 95.0, "run": spec.name})
     return study
 
@@ -117,7 +117,7 @@ def test_teachers_are_never_packed_with_their_students(tmp_path):
         elif decision.run.role is Role.KD:
             assert decision.pack is None  # waiting for the teacher
     # Teacher s0 done, teacher s1 not: the s1 pure student goes alone, s0's with its KD runs.
-    runstate.write_status(study.run_dir(study.teacher_runs()[0]),
+    state_files.write_status(study.run_dir(study.teacher_runs()[0]),
                           {"status": "completed", "max_acc": 95.0, "run": "t"})
     plan = by_name(plan_queue(study, liveness={}))
     assert len(plan["Digits-pure-ResNet8-s0"].pack.members) == 5
@@ -177,7 +177,7 @@ def test_one_job_per_pack_counted_once_and_recorded_in_every_member(tmp_path):
         assert job["run_dir"] == members[0].run.run_dir
         assert job["name"] == f"{names[0]}-pack{len(names)}"
         for member in members:
-            status = runstate.read_status(member.run.run_dir)
+            status = state_files.read_status(member.run.run_dir)
             assert status["job_id"] == job["job_id"] and status["pack"] == names
             assert status["status"] == "queued"
             assert json.loads((member.run.run_dir / "config.json").read_text())["seed"] == \
@@ -200,8 +200,8 @@ def test_dead_pack_job_resubmits_its_unfinished_members_as_a_pack(tmp_path):
     pure, kd1, kd2 = [study.run_dir(spec) for spec in
                       study.pure_student_runs() + study.kd_runs()[:2]]
     # The job trained the pure run to the end, kd1 to epoch 1, and died before kd2 began.
-    runstate.update_status(pure, status="completed", epoch=2, max_acc=90.0, run="p")
-    runstate.update_status(kd1, status="in_progress", epoch=1, run="k1")
+    state_files.update_status(pure, status="completed", epoch=2, max_acc=90.0, run="p")
+    state_files.update_status(kd1, status="in_progress", epoch=1, run="k1")
     states = study_run_states(study)
     gone = {state.run_dir: state.job_id != first["job_id"] for state in states if state.job_id}
     plan = plan_queue(study, states, liveness=gone)
@@ -213,11 +213,11 @@ def test_dead_pack_job_resubmits_its_unfinished_members_as_a_pack(tmp_path):
     # Submit that plan: one new job for both; kd2 did not miss a start (its job began).
     job_id = submit_pack(study, by_dir[kd1].pack, scheduler)
     for directory in (kd1, kd2):
-        status = runstate.read_status(directory)
+        status = state_files.read_status(directory)
         assert status["job_id"] == job_id and status["job_history"] == [first["job_id"]]
         assert status["pack"] == [d.run.spec.name for d in by_dir[kd1].pack.members]
         assert "missed_starts" not in status
-    assert runstate.read_status(pure)["job_id"] == first["job_id"]
+    assert state_files.read_status(pure)["job_id"] == first["job_id"]
 
 
 def test_real_local_pack_job_dies_and_only_unfinished_members_go_again(tmp_path, monkeypatch):
@@ -231,9 +231,9 @@ def test_real_local_pack_job_dies_and_only_unfinished_members_go_again(tmp_path,
     assert code == 0 and job and plan[kd1.name].job_id == job == plan[kd2.name].job_id
     assert plan[kd3.name].action == plan[kd4.name].action == LATER
     try:
-        wait_until(lambda: runstate.read_status(study.run_dir(kd1))["status"] == "in_progress",
+        wait_until(lambda: state_files.read_status(study.run_dir(kd1))["status"] == "in_progress",
                    "the pack's second run to start")
-        assert runstate.read_status(study.run_dir(pure))["status"] == "completed"
+        assert state_files.read_status(study.run_dir(pure))["status"] == "completed"
         # The pack's job is alive: its runs are live, one job of one: nothing more goes.
         decisions, _ = run_queue(study, say=lambda line: None)
         plan = by_name(decisions)
@@ -260,7 +260,7 @@ def test_real_local_pack_job_dies_and_only_unfinished_members_go_again(tmp_path,
     assert len(starts(study.run_dir(pure))) == 1
     assert len(starts(study.run_dir(kd1))) == 2   # resumed by the second job
     assert len(starts(study.run_dir(kd2))) == 1   # never began under the first
-    assert all(runstate.read_status(study.run_dir(spec))["status"] == "completed"
+    assert all(state_files.read_status(study.run_dir(spec))["status"] == "completed"
                for spec in (pure, kd1, kd2, kd3, kd4))
 
 
@@ -311,7 +311,7 @@ def test_environment_failures_are_resubmitted_a_bounded_number_of_times(tmp_path
     study = make_study(tmp_path, methods=(), alphas=(), seeds=(0,), teachers_done=False)
     (teacher,) = study.teacher_runs()
     directory = study.run_dir(teacher)
-    runstate.write_status(directory, {
+    state_files.write_status(directory, {
         "status": "in_progress", "epoch": 1, "epochs": 2, "run": teacher.name,
         "reason": ENOSPC, "environment_failures": failures, "job_id": dead_local_job_id(),
         "scheduler": "local"})
@@ -329,7 +329,7 @@ def test_environment_failures_are_resubmitted_a_bounded_number_of_times(tmp_path
     plan = by_name(plan_queue(study, liveness={directory: False}, retry_failed=True))
     assert plan[teacher.name].action == SUBMIT
     submit_pack(study, plan[teacher.name].pack, RecordingScheduler())
-    status = runstate.read_status(directory)
+    status = state_files.read_status(directory)
     assert status["status"] == "queued" and "environment_failures" not in status
     assert status["previous_reason"] == ENOSPC and "reason" not in status
     assert status["epoch"] == 1
@@ -360,7 +360,7 @@ def test_earlier_code_run_in_progress_with_its_job_gone_is_not_resubmitted(tmp_p
     (job,) = scheduler.submitted
     assert job["argv"][-4:] == ["train", "--force-restart", "--config",
                                 str(state.run_dir / "config.json")]
-    assert runstate.read_status(state.run_dir)["status"] == "queued"
+    assert state_files.read_status(state.run_dir)["status"] == "queued"
 
 
 # ---- the real Slurm test cluster -------------------------------------------------------------
@@ -383,12 +383,12 @@ def test_slurm_pack_is_one_job_and_its_unfinished_runs_go_again_as_one(slurm_clu
     assert code == 0 and job.isdigit()
     assert {by_name(decisions)[spec.name].job_id for spec in (kd1, kd2, kd3)} == {job}
     names = [spec.name for spec in (pure, kd1, kd2, kd3)]
-    assert all(runstate.read_status(study.run_dir(spec))["pack"] == names
+    assert all(state_files.read_status(study.run_dir(spec))["pack"] == names
                for spec in (pure, kd1, kd2, kd3))
     jobs = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i %j"], capture_output=True,
                           text=True)
     assert jobs.stdout.split() == [job, f"{pure.name}-pack4"]
-    wait_until(lambda: runstate.read_status(study.run_dir(kd2))["status"] == "in_progress",
+    wait_until(lambda: state_files.read_status(study.run_dir(kd2))["status"] == "in_progress",
                "the pack's third run to start", timeout=300)
     decisions, _ = run_queue(study, say=lambda line: None)   # squeue says: live, one job
     assert [by_name(decisions)[spec.name].action for spec in (pure, kd1, kd2, kd3)] == \
@@ -405,7 +405,7 @@ def test_slurm_pack_is_one_job_and_its_unfinished_runs_go_again_as_one(slurm_clu
     assert again and again != job and plan[kd3.name].job_id == again
     wait_until(lambda: all(state.state == "completed" for state in study_run_states(study)),
                "the second pack job to finish its two runs", timeout=300)
-    assert runstate.read_status(study.run_dir(kd3))["pack"] == [kd2.name, kd3.name]
+    assert state_files.read_status(study.run_dir(kd3))["pack"] == [kd2.name, kd3.name]
     assert len(starts(study.run_dir(kd1))) == 1 and len(starts(study.run_dir(kd2))) == 2
 
 
@@ -418,7 +418,7 @@ def test_wrong_typed_pack_fields_make_the_status_unreadable_and_left_alone(tmp_p
                                                                           named):
     study = make_study(tmp_path, seeds=(0,))
     (pure,) = study.pure_student_runs()
-    runstate.write_status(study.run_dir(pure), {"status": "queued", "job_id": "1-2-x",
+    state_files.write_status(study.run_dir(pure), {"status": "queued", "job_id": "1-2-x",
                                                 "run": pure.name, **fields})
     before = (study.run_dir(pure) / "status.json").read_bytes()
     decision = by_name(plan_queue(study, liveness={}))[pure.name]
@@ -448,7 +448,7 @@ def test_a_damaged_checkpoint_leaves_its_pack_and_the_others_train_on(tmp_path, 
     import conftest
     import kdlab.training.epochs as epochs_module
     from kdlab.cli import main
-    from kdlab.config import complete_options
+    from kdlab.run.config import complete_options
     from kdlab.training.run import train_run
 
     study = load_study(conftest.write_study(
@@ -472,7 +472,7 @@ def test_a_damaged_checkpoint_leaves_its_pack_and_the_others_train_on(tmp_path, 
     assert main(job["argv"][job["argv"].index("train"):] + ["--quiet"]) == 75
     monkeypatch.undo()
     members = {spec.name: study.run_dir(spec) for spec in (pure, logit, nst)}
-    assert all(runstate.read_status(directory)["epoch"] == 1 for directory in members.values())
+    assert all(state_files.read_status(directory)["epoch"] == 1 for directory in members.values())
     damaged = members[logit.name] / "checkpoint.pth"
     damaged.write_bytes(damaged.read_bytes()[:2000])
     kept = damaged.read_bytes()
@@ -483,9 +483,9 @@ def test_a_damaged_checkpoint_leaves_its_pack_and_the_others_train_on(tmp_path, 
     assert plan[pure.name].job_id == plan[logit.name].job_id == plan[nst.name].job_id
     wait_for_jobs(study)
     for name in (pure.name, nst.name):
-        status = runstate.read_status(members[name])
+        status = state_files.read_status(members[name])
         assert status["status"] == "completed" and status["epoch"] == 2, (name, status)
-    status = runstate.read_status(members[logit.name])
+    status = state_files.read_status(members[logit.name])
     assert status["status"] == "failed" and str(damaged) in status["reason"]
     assert damaged.read_bytes() == kept
     report = status_report(study)

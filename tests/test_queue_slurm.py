@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.cli import main
-from kdlab.status import format_report, status_report
-from kdlab.study_progress import study_run_states
-from kdlab.study import load_study
+from kdlab.study.status import format_report, status_report
+from kdlab.study.progress import study_run_states
+from kdlab.study.study_file import load_study
 import conftest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -140,7 +140,7 @@ def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp
 
     # Cancel the pure student's job once it has finished its first epoch.
     def after_first_epoch():
-        status = runstate.read_status(pure_dir) or {}
+        status = state_files.read_status(pure_dir) or {}
         return status.get("status") == "in_progress" and status.get("epoch", 0) >= 1 and status
     status = wait_until(after_first_epoch, "the first epoch of the pure student", every=0.1)
     assert status["job_id"] == first_job  # training kept the job id the queue recorded
@@ -150,12 +150,12 @@ def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp
     # SIGTERM makes it save and stop, or KillWait's SIGKILL ends it. Either way the run
     # stays in progress (not failed) with a checkpoint to resume from.
     wait_until(lambda: not Path(f"/proc/{status['pid']}").exists(), "the training process to end")
-    stopped = runstate.read_status(pure_dir)
+    stopped = state_files.read_status(pure_dir)
     assert stopped["status"] == "in_progress", stopped
     epochs_before = stopped["epoch"]
     assert epochs_before >= 1
-    metrics_before = runstate.read_metrics(pure_dir)
-    assert (pure_dir / runstate.CHECKPOINT_FILE).exists()
+    metrics_before = state_files.read_metrics(pure_dir)
+    assert (pure_dir / state_files.CHECKPOINT_FILE).exists()
 
     lines = queue(study_path, capsys)
     resubmitted = [line for line in lines if pure.name in line]
@@ -168,10 +168,10 @@ def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp
         return all(state.state == "completed" for state in study_run_states(study))
     wait_until(all_completed, "the study to complete", every=2.0)
 
-    final = runstate.read_status(pure_dir)
+    final = state_files.read_status(pure_dir)
     assert final["job_history"] == [first_job] and final["submissions"] == 2
     assert final["job_id"] != first_job
-    metrics = runstate.read_metrics(pure_dir)
+    metrics = state_files.read_metrics(pure_dir)
     assert len(metrics["train_loss"]) == study.training["epochs"]
     # Resumed, not restarted: the epochs trained before the cancel are kept as they were.
     assert metrics["train_loss"][:epochs_before] == metrics_before["train_loss"][:epochs_before]
@@ -179,8 +179,8 @@ def test_real_slurm_jobs_complete_and_a_cancelled_one_resumes(slurm_cluster, tmp
     resumed_at = re.search(r"resuming after epoch (\d+)/", second_log)
     assert resumed_at and int(resumed_at[1]) >= epochs_before, second_log
     # The KD run was submitted only after its teacher had completed.
-    teacher_status = runstate.read_status(states[teacher].run_dir)
-    kd_status = runstate.read_status(states[kd].run_dir)
+    teacher_status = state_files.read_status(states[teacher].run_dir)
+    kd_status = state_files.read_status(states[kd].run_dir)
     assert kd_status["submitted_at"] > teacher_status["completed_at"]
     assert kd_status["submissions"] == 1 and teacher_status["submissions"] == 1
     # Each submission kept its own script; outputs landed in the run directories.
@@ -265,7 +265,7 @@ def test_real_slurm_says_why_jobs_ended(slurm_cluster, tmp_path, capsys):
     assert "; resubmitting" in timeout_line
     try:
         for name, job_id in jobs.items():
-            status = runstate.read_status(next(state.run_dir for state in study_run_states(study)
+            status = state_files.read_status(next(state.run_dir for state in study_run_states(study)
                                                if state.spec.name == name))
             assert status["last_job_end"]["job_id"] == job_id, status
             assert status["last_job_end"] == ends[name] and status["job_history"] == [job_id]
@@ -281,10 +281,10 @@ def test_real_slurm_says_why_jobs_ended(slurm_cluster, tmp_path, capsys):
 # the next.
 REQUEUED_TRAIN = """\
 import os, signal, sys, time
-from kdlab import runstate
+from kdlab import state_files
 from kdlab.cli import build_parser
-from kdlab.config import read_config_file
-from kdlab.layout import run_dir
+from kdlab.run.config import read_config_file
+from kdlab.run.layout import run_dir
 
 args = build_parser().parse_args(sys.argv[1:])
 config = read_config_file(args.config[0])   # the job's one argument: its config.json
@@ -295,12 +295,12 @@ with open(directory / "starts.log", "a") as log:
 stop = []
 signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-runstate.update_status(directory, status="in_progress", epoch=restarts, epochs=2)
+state_files.update_status(directory, status="in_progress", epoch=restarts, epochs=2)
 if restarts == 0:
     while not stop:
         time.sleep(0.1)
     sys.exit(75)
-runstate.update_status(directory, status="completed", epoch=2, max_acc=50.0)
+state_files.update_status(directory, status="completed", epoch=2, max_acc=50.0)
 """
 
 
@@ -327,7 +327,7 @@ def test_real_slurm_job_requeues_itself_under_its_id(slurm_cluster, tmp_path, ca
     assert lines[0].startswith("submit") and teacher.name in lines[0], lines
     teacher_dir = next(state.run_dir for state in study_run_states(study)
                        if state.spec == teacher)
-    job_id = runstate.read_status(teacher_dir)["job_id"]
+    job_id = state_files.read_status(teacher_dir)["job_id"]
     starts = teacher_dir / "starts.log"
     wait_until(lambda: starts.exists() and starts.read_text().strip(), "the first start",
                timeout=120)
@@ -342,10 +342,10 @@ def test_real_slurm_job_requeues_itself_under_its_id(slurm_cluster, tmp_path, ca
     lines = queue(study_path, capsys)
     assert lines[0].startswith("live") and teacher.name in lines[0], (state_seen, lines)
 
-    wait_until(lambda: (runstate.read_status(teacher_dir) or {}).get("status") == "completed",
+    wait_until(lambda: (state_files.read_status(teacher_dir) or {}).get("status") == "completed",
                "the requeued job to complete", timeout=180)
     assert starts.read_text().split("\n")[:2] == [f"{job_id} 0", f"{job_id} 1"]
-    status = runstate.read_status(teacher_dir)
+    status = state_files.read_status(teacher_dir)
     assert status["job_id"] == job_id and status["submissions"] == 1
     assert "job_history" not in status
     script = (teacher_dir / "slurm-job-1.sh").read_text()

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from conftest import write_study
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.cli import main
-from kdlab.config import (SettingError, TrainConfig, config_flags, config_json,
+from kdlab.run.config import (SettingError, TrainConfig, config_flags, config_json,
                           configs_from_args, read_config_file, schedule_words,
                           validate_config)
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec, run_dir
-from kdlab.packs import pack_key
-from kdlab.study import load_study
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec, run_dir
+from kdlab.study.packs import pack_key
+from kdlab.study.study_file import load_study
 from kdlab.training.run import train_run
 from kdlab.training.state import lr_scheduler
 
@@ -179,13 +179,13 @@ def test_bad_per_model_values_are_one_line_naming_the_key(tmp_path, tables, mess
 def test_queue_writes_the_per_model_values_into_each_run_s_config(tmp_path):
     from test_queue_packs import RecordingScheduler
 
-    from kdlab.queue import run_queue
+    from kdlab.study.queue import run_queue
 
     path = write_study(tmp_path / "s.toml", training="epochs = 4\nlr = 0.1", tables=PER_MODEL,
                        top=f'data_root = "{tmp_path / "data"}"\n')
     study = load_study(path)
     for spec in study.teacher_runs():  # the students wait for a completed teacher
-        runstate.write_status(study.run_dir(spec), {"status": "completed", "epoch": 4,
+        state_files.write_status(study.run_dir(spec), {"status": "completed", "epoch": 4,
                                                     "max_acc": 95.0, "run": spec.name})
     scheduler = RecordingScheduler()
     _, code = run_queue(study, say=lambda line: None, scheduler=scheduler)
@@ -282,11 +282,11 @@ def _comparable(metrics):
 def test_multistep_run_trains_at_the_schedule_s_rates_and_resumes_bit_identically(
         tmp_path, monkeypatch):
     reference_root = tmp_path / "reference"
-    assert train_run(_recipe_config(reference_root), quiet=True) == runstate.COMPLETED
+    assert train_run(_recipe_config(reference_root), quiet=True) == state_files.COMPLETED
     spec = RunSpec("Digits", "ResNet8", 1)
-    reference = runstate.read_metrics(run_dir(reference_root / "experiments", spec))
+    reference = state_files.read_metrics(run_dir(reference_root / "experiments", spec))
     assert reference["lr"] == pytest.approx([0.05, 0.005, 0.0005], rel=1e-12)
-    recorded = runstate.read_status(run_dir(reference_root / "experiments", spec))["config"]
+    recorded = state_files.read_status(run_dir(reference_root / "experiments", spec))["config"]
     assert (recorded["augmentation"], recorded["lr_milestones"]) == ("benchmark", [1, 2])
 
     # Stopped (SIGUSR1, as a scheduler warns) inside epoch 2, then resumed.
@@ -303,12 +303,12 @@ def test_multistep_run_trains_at_the_schedule_s_rates_and_resumes_bit_identicall
             yield batch
 
     monkeypatch.setattr(DeviceData, "train_batches", stopping_batches)
-    assert train_run(_recipe_config(tmp_path), quiet=True) == runstate.IN_PROGRESS
+    assert train_run(_recipe_config(tmp_path), quiet=True) == state_files.IN_PROGRESS
     directory = run_dir(tmp_path / "experiments", spec)
-    assert runstate.read_status(directory)["epoch"] == 1
+    assert state_files.read_status(directory)["epoch"] == 1
     monkeypatch.setattr(DeviceData, "train_batches", real_batches)
-    assert train_run(_recipe_config(tmp_path), quiet=True) == runstate.COMPLETED
-    assert _comparable(runstate.read_metrics(directory)) == _comparable(reference)
+    assert train_run(_recipe_config(tmp_path), quiet=True) == state_files.COMPLETED
+    assert _comparable(state_files.read_metrics(directory)) == _comparable(reference)
     best = torch.load(directory / "best.pth", weights_only=True)["weights"]
     reference_best = torch.load(run_dir(reference_root / "experiments", spec) / "best.pth",
                                 weights_only=True)["weights"]
@@ -318,7 +318,7 @@ def test_multistep_run_trains_at_the_schedule_s_rates_and_resumes_bit_identicall
     with pytest.raises(UserError, match=r"other settings \(lr_milestones\)"):
         from kdlab.training.state import read_checkpoint
 
-        read_checkpoint(directory / runstate.CHECKPOINT_FILE,
+        read_checkpoint(directory / state_files.CHECKPOINT_FILE,
                         _recipe_config(tmp_path, lr_milestones=[2]))
 
 
@@ -328,8 +328,8 @@ def test_reported_accuracy_last_makes_the_tables_report_final_acc(tmp_path):
     from legacy_tree import write_run
 
     from kdlab.ops.common import accuracy_groups, selection_accuracy
-    from kdlab.status import format_report, status_report
-    from kdlab.study_progress import study_run_states
+    from kdlab.study.status import format_report, status_report
+    from kdlab.study.progress import study_run_states
 
     path = write_study(tmp_path / "s.toml", seeds=(0, 1, 2), top='reported_accuracy = "last"\n')
     study = load_study(path)
@@ -338,9 +338,9 @@ def test_reported_accuracy_last_makes_the_tables_report_final_acc(tmp_path):
         directory = write_run(study.experiments_dir,
                               RunSpec("Digits", "ResNet8", seed, "logit", "ResNet20", 0.5),
                               test_acc=[60.0, 80.0, finals[seed]])
-        status = json.loads((directory / runstate.STATUS_FILE).read_text())
+        status = json.loads((directory / state_files.STATUS_FILE).read_text())
         status["final_acc"] = finals[seed]
-        (directory / runstate.STATUS_FILE).write_text(json.dumps(status))
+        (directory / state_files.STATUS_FILE).write_text(json.dumps(status))
     key, words = selection_accuracy(study)
     assert key == "final_acc" and words.startswith("last-epoch test accuracy")
     logit = [group for group in accuracy_groups(study, study_run_states(study))

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 import conftest
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.cli import main
-from kdlab.layout import run_dir
+from kdlab.run.layout import run_dir
 from kdlab.schedulers import base
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from test_schedulers import calls, fake_bin, install_fake  # noqa: F401 (fake_bin: a fixture)
 
 LIVE_JOB = {"slurm": "4101", "pbs": "4101.sched01"}
@@ -73,7 +73,7 @@ def study_with_live_runs(tmp_path: Path, backend: str):
         tables=f'[scheduler]\nbackend = "{backend}"\nkdlab_command = "true"\n')
     study = load_study(path)
     for spec in study.runs():
-        runstate.write_status(run_dir(study.experiments_dir, spec),
+        state_files.write_status(run_dir(study.experiments_dir, spec),
                               {"status": "in_progress", "epoch": 3, "job_id": LIVE_JOB[backend],
                                "scheduler": backend})
     return path, study
@@ -97,7 +97,7 @@ def test_status_and_queue_survive_every_reply_and_resubmit_nothing(
         monkeypatch.setenv("FAKE_HANG", "1")
         monkeypatch.setattr(base, "COMMAND_TIMEOUT_SECONDS", 1)
     path, study = study_with_live_runs(tmp_path, backend)
-    before = {spec.name: runstate.read_status(run_dir(study.experiments_dir, spec))
+    before = {spec.name: state_files.read_status(run_dir(study.experiments_dir, spec))
               for spec in study.runs()}
 
     assert main(["status", str(path)]) == 0
@@ -112,7 +112,7 @@ def test_status_and_queue_survive_every_reply_and_resubmit_nothing(
 
     assert not any(call[0] in ("sbatch", "qsub") for call in calls(fake_bin))
     for spec in study.runs():
-        assert runstate.read_status(run_dir(study.experiments_dir, spec)) == before[spec.name]
+        assert state_files.read_status(run_dir(study.experiments_dir, spec)) == before[spec.name]
     unknown = [line for line in queued.out.splitlines() if line.startswith("unknown")]
     assert len(unknown) == 2 and all("liveness unknown (" in line for line in unknown)
     for output in (text.out, text.err, report_text.out, report_text.err, queued.out, queued.err):
@@ -178,7 +178,7 @@ def test_sbatch_warnings_never_leave_held_jobs_over_three_cycles(tmp_path, fake_
     if not garbage:
         # Two runs, two jobs, recorded and released once; later cycles see them live.
         assert len(sbatch_calls) == 2 and sorted(jobs) == ["701", "702"]
-        assert {runstate.read_status(run_dir(study.experiments_dir, spec))["job_id"]
+        assert {state_files.read_status(run_dir(study.experiments_dir, spec))["job_id"]
                 for spec in study.runs()} == {"701", "702"}
         assert all(info["state"] == "RUNNING" for info in jobs.values())
         return

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 from kdlab.schedulers import SchedulerError, backend_of_status, get_scheduler
 from kdlab.schedulers.base import TEMPLATE_FIELDS
 from kdlab.schedulers.local import LocalScheduler, _boot_id, parse_job_id, process_start_ticks
 from kdlab.schedulers.pbs import PbsScheduler, parse_qstat_full, parse_qstat_json, parse_qsub_output
 from kdlab.schedulers.slurm import SlurmScheduler, parse_sbatch_output, parse_squeue_states
-from kdlab.study import SchedulerSettings
+from kdlab.run.study_settings import SchedulerSettings
 
 
 def settings(**changes) -> SchedulerSettings:
@@ -786,7 +786,7 @@ def test_qsub_without_an_id_never_leaves_held_jobs_over_three_cycles(tmp_path, f
 def test_every_backend_is_one_table_line_whose_facts_the_rest_of_kdlab_reads():
     """Issue 21: a backend is its module plus a line of catalog.BACKEND_FACTS; its name, its
     class, its batch flag, its CPU variable and its earlier job-id key are read from there."""
-    from kdlab import catalog, runstate
+    from kdlab.run import catalog, state_files
     from kdlab.schedulers import backend_of_status, fields, get_scheduler
     from kdlab.training.threads import default_threads
 
@@ -798,7 +798,7 @@ def test_every_backend_is_one_table_line_whose_facts_the_rest_of_kdlab_reads():
             assert default_threads({facts.cpu_variable: "3"}) == (3, facts.cpu_variable)
         if facts.legacy_job_id_key:
             status = {facts.legacy_job_id_key: "77.server"}
-            assert runstate.job_id_of(status) == "77.server"
+            assert state_files.job_id_of(status) == "77.server"
             assert backend_of_status(status, "local") == name
     assert default_threads({"OMP_NUM_THREADS": "5"}) == (5, "OMP_NUM_THREADS")
     with pytest.raises(UserError, match="unknown scheduler backend 'lsf': expected one of "

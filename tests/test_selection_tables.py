@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from kdlab import cli, runstate
+from kdlab import cli
+from kdlab.run import state_files
 from kdlab.analysis import tables
 from kdlab.analysis.analyze import COLUMNS
-from kdlab.layout import RunSpec, analysis_dir
+from kdlab.run.layout import RunSpec, analysis_dir
 from kdlab.ops import archive
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 from legacy_tree import write_run, write_study
 
 SEEDS = (0, 1, 2)
@@ -40,9 +41,9 @@ def _study(tmp_path, selection: str | None):
         directory = write_run(study.experiments_dir,
                               RunSpec("Digits", "ResNet8", seed, "logit", "ResNet20", 0.5),
                               test_acc=[60.0, MAX[seed]])
-        status = json.loads((directory / runstate.STATUS_FILE).read_text())
+        status = json.loads((directory / state_files.STATUS_FILE).read_text())
         status.update(final_acc=FINAL[seed], selected_acc=SELECTED[seed])
-        (directory / runstate.STATUS_FILE).write_text(json.dumps(status))
+        (directory / state_files.STATUS_FILE).write_text(json.dumps(status))
     return study
 
 
@@ -101,14 +102,14 @@ def test_archive_readme_reports_the_selected_accuracy_with_interval(tmp_path, ca
 def test_each_row_says_what_chose_its_best_pth(tmp_path, capsys):
     """Issue 20, wording: a validation-selecting study whose teachers the test set chose
     said "the test set chose nothing", and the teachers' n/a read as "no finished run"."""
-    from kdlab.status import format_report, status_report
+    from kdlab.study.status import format_report, status_report
 
     study = _study(tmp_path, "validation")
     for seed in SEEDS:  # the students chose on the validation hold-out, as they record
         directory = study.run_dir(RunSpec("Digits", "ResNet8", seed, "logit", "ResNet20", 0.5))
-        status = json.loads((directory / runstate.STATUS_FILE).read_text())
+        status = json.loads((directory / state_files.STATUS_FILE).read_text())
         status["selection"] = "validation"
-        (directory / runstate.STATUS_FILE).write_text(json.dumps(status))
+        (directory / state_files.STATUS_FILE).write_text(json.dumps(status))
     table = tables.accuracy_table(pd.DataFrame(columns=COLUMNS), study)
     markdown = tables.accuracy_markdown(table, study)
     assert cli.main(["archive", str(study.path)]) == 0

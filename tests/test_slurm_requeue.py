@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 import conftest
-from kdlab.errors import EXIT_PREEMPTED, UserError
+from kdlab.run.errors import EXIT_PREEMPTED, UserError
 from kdlab.schedulers.slurm import job_script
-from kdlab.study import SchedulerSettings, load_study
+from kdlab.run.study_settings import SchedulerSettings
+from kdlab.study.study_file import load_study
 from test_schedulers import calls, fake_bin, install_fake  # noqa: F401  (fake_bin: a fixture)
 
 # Stand-in training: says it is ready, then checkpoints and exits 75 on USR1 or TERM, or

@@ -11,11 +11,11 @@ import pytest
 
 from conftest import write_study
 from kdlab.cli import build_parser, main
-from kdlab.config import (SettingError, TrainConfig, config_flags, config_json,
+from kdlab.run.config import (SettingError, TrainConfig, config_flags, config_json,
                           configs_from_args, read_config_file, validate_config)
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec
-from kdlab.study import load_study
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec
+from kdlab.study.study_file import load_study
 
 
 def log_rule(count: int, epochs: int) -> list[int]:

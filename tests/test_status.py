@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.cli import main
-from kdlab.errors import UserError
-from kdlab.layout import run_dir
+from kdlab.run.errors import UserError
+from kdlab.run.layout import run_dir
 from conftest import (EARLIER_OUTSIDE, FakeScheduler, build_earlier_tree, snapshot,
                       write_earlier_study, write_study)
-from kdlab.status import format_report, status_report
-from kdlab.study_progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
+from kdlab.study.status import format_report, status_report
+from kdlab.study.progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
                                   UNREADABLE, WAITING, check_liveness, study_run_states)
-from kdlab.study import load_study
+from kdlab.study.study_file import load_study
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 
@@ -184,9 +184,9 @@ def test_new_style_states_and_no_job_id(tmp_path):
         """))
     study = load_study(study_path)
     teacher, pure, kd = study.runs()
-    runstate.write_status(run_dir(study.experiments_dir, teacher),
+    state_files.write_status(run_dir(study.experiments_dir, teacher),
                           {"status": "queued", "job_id": "17", "scheduler": "fake"})
-    runstate.write_status(run_dir(study.experiments_dir, pure),
+    state_files.write_status(run_dir(study.experiments_dir, pure),
                           {"status": "in_progress", "epoch": 2, "epochs": 4})
     states = study_run_states(study)
     assert [state.state for state in states] == [QUEUED, RUNNING, WAITING]
@@ -293,7 +293,7 @@ def test_groups_report_mean_std_ci_and_count(tmp_path):
 
 
 def test_seed_summary_conventions():
-    from kdlab.stats import summarize
+    from kdlab.study.stats import summarize
 
     assert summarize([]).mean is None and summarize([]).n == 0
     one = summarize([71.5])
@@ -336,7 +336,7 @@ def test_study_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
 
 
 def test_states_by_cell_follow_the_study_order(legacy):
-    from kdlab.study_progress import states_by_cell
+    from kdlab.study.progress import states_by_cell
 
     states = study_run_states(legacy)
     cells = states_by_cell(legacy, states)
@@ -357,7 +357,7 @@ def test_status_summarises_the_accuracy_the_study_selects_by(tmp_path, capsys):
     selected = {0: 90.0, 1: 94.0}
     for spec in study.runs():
         if spec.model == study.student:
-            runstate.write_status(study.run_dir(spec), {
+            state_files.write_status(study.run_dir(spec), {
                 "status": "completed", "epoch": 4, "max_acc": 99.0, "final_acc": 95.0,
                 "selected_acc": selected[spec.seed], "run": spec.name})
     report = status_report(study, check_jobs=False)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from kdlab import study as study_module
+from kdlab.study import study_file as study_module
+from kdlab.run.study_settings import memory_megabytes
 from kdlab.cli import build_parser, main
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec
-from kdlab.study import load_study
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec
+from kdlab.study.study_file import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARLIE = ROOT / "studies" / "charlie.toml"
@@ -86,7 +87,7 @@ def test_known_names_agree_with_the_registries():
 
 
 def test_catalog_facts_agree_with_the_torch_side():
-    from kdlab import catalog
+    from kdlab.run import catalog
     from kdlab.data import DATASETS
     from kdlab.distill import method_class
     from kdlab.models import BLOCKS_PER_STAGE, LAYER_NAMES
@@ -104,7 +105,7 @@ def test_planning_charlie_imports_no_torch(tmp_path):
     cron path); run in a fresh interpreter so nothing was imported before."""
     script = textwrap.dedent(f"""\
         import sys
-        from kdlab.study import load_study
+        from kdlab.study.study_file import load_study
         study = load_study({str(CHARLIE)!r})
         assert len(study.runs()) == 312
         assert "torch" not in sys.modules, "loading the study imported torch"
@@ -120,7 +121,7 @@ def test_planning_charlie_imports_no_torch(tmp_path):
 
 
 def test_cells_are_named_once_in_report_order():
-    from kdlab.study import Cell, Pair, Role
+    from kdlab.study.study_file import Cell, Pair, Role
 
     study = load_study(CHARLIE)
     cells = study.cells()
@@ -291,9 +292,9 @@ def test_bad_study_through_the_cli_is_exit_2_and_one_line(tmp_path, capsys):
 def test_train_flags_round_trip_through_the_cli(study_file):
     """The hand-typed flag form of every run (derived from TrainConfig's fields) reads back
     into the same run."""
-    from kdlab.config import config_flags
+    from kdlab.run.config import config_flags
     from kdlab.distill import resolve_options
-    from kdlab.config import config_from_args
+    from kdlab.run.config import config_from_args
 
     study = load_study(study_file)
     runs = study.runs()
@@ -327,10 +328,10 @@ def test_role_of_and_teacher_run():
                                              ("1.5G", 1536), ("4096", 4096), ("2gb", 2048),
                                              ("1TiB", 1024 * 1024)])
 def test_memory_sizes(text, megabytes):
-    assert study_module.memory_megabytes(text) == megabytes
+    assert memory_megabytes(text) == megabytes
 
 
 @pytest.mark.parametrize("text", ["lots", "", "24 GBs", "10KB", "-1G"])
 def test_bad_memory_sizes(text):
     with pytest.raises(ValueError):
-        study_module.memory_megabytes(text)
+        memory_megabytes(text)

@@ -9,14 +9,14 @@ import textwrap
 
 import pytest
 
-from kdlab import catalog, runstate
+from kdlab.run import catalog, state_files
 from kdlab.cli import main
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec
-from kdlab.queue import SUBMIT, WAIT, plan_queue, run_queue
-from kdlab.status import format_report, status_report
-from kdlab.study_progress import study_run_states
-from kdlab.study import Cell, Pair, Role, load_study
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec
+from kdlab.study.queue import SUBMIT, WAIT, plan_queue, run_queue
+from kdlab.study.status import format_report, status_report
+from kdlab.study.progress import study_run_states
+from kdlab.study.study_file import Cell, Pair, Role, load_study
 
 # Two pairs sharing the teacher ResNet56.
 SHARED_TEACHER = '[["ResNet56", "ResNet20"], ["ResNet56", "ResNet8"]]'
@@ -48,7 +48,7 @@ def pairs_study(tmp_path, pairs=SHARED_TEACHER, *, pack_size=4, seeds=(0, 1),
 
 
 def complete(study, spec, accuracy=90.0):
-    runstate.write_status(study.run_dir(spec), {"status": "completed", "epoch": 2, "epochs": 2,
+    state_files.write_status(study.run_dir(spec), {"status": "completed", "epoch": 2, "epochs": 2,
                                                 "max_acc": accuracy, "run": spec.name})
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.cli import main
-from kdlab.config import TrainConfig
-from kdlab.errors import EXIT_PREEMPTED, UserError
-from kdlab.layout import RunSpec, run_dir
+from kdlab.run.config import TrainConfig
+from kdlab.run.errors import EXIT_PREEMPTED, UserError
+from kdlab.run.layout import RunSpec, run_dir
 from kdlab.training.guards import check_epoch as _guard
 from kdlab.training.run import train_run
 
@@ -51,11 +51,11 @@ def comparable(metrics: dict) -> dict:
 def reference(tmp_path_factory):
     """An uninterrupted run: metrics and best weights."""
     root = tmp_path_factory.mktemp("reference")
-    assert train_run(config(root), quiet=True) == runstate.COMPLETED
+    assert train_run(config(root), quiet=True) == state_files.COMPLETED
     directory = the_run_dir(root)
-    return {"metrics": runstate.read_metrics(directory),
+    return {"metrics": state_files.read_metrics(directory),
             "best": torch.load(directory / "best.pth")["weights"],
-            "status": runstate.read_status(directory)}
+            "status": state_files.read_status(directory)}
 
 
 def test_run_writes_state_files(reference):
@@ -70,7 +70,7 @@ def test_run_writes_state_files(reference):
 
 def test_same_seed_is_bit_identical(tmp_path, reference):
     train_run(config(tmp_path), quiet=True)
-    assert comparable(runstate.read_metrics(the_run_dir(tmp_path))) == comparable(
+    assert comparable(state_files.read_metrics(the_run_dir(tmp_path))) == comparable(
         reference["metrics"])
 
 
@@ -92,8 +92,8 @@ def _wait_for_epoch(tmp_path, epoch, process, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            status = runstate.read_status(the_run_dir(tmp_path))
-        except runstate.StateFileError:
+            status = state_files.read_status(the_run_dir(tmp_path))
+        except state_files.StateFileError:
             status = None
         if status and status.get("epoch", 0) >= epoch:
             return
@@ -108,18 +108,18 @@ def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path, reference
     time.sleep(0.3)  # somewhere inside epoch 2
     process.kill()
     process.wait()
-    status = runstate.read_status(the_run_dir(tmp_path))
+    status = state_files.read_status(the_run_dir(tmp_path))
     assert status["status"] == "in_progress"
     assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
     directory = the_run_dir(tmp_path)
-    assert comparable(runstate.read_metrics(directory)) == comparable(reference["metrics"])
+    assert comparable(state_files.read_metrics(directory)) == comparable(reference["metrics"])
     best = torch.load(directory / "best.pth")["weights"]
     assert all(torch.equal(best[key], value) for key, value in reference["best"].items())
 
 
 _DIE_IN_CHECKPOINT_WRITE = """
 import os, sys
-from kdlab import runstate
+from kdlab import state_files
 real_fsync = os.fsync
 calls = {"n": 0}
 def dying_fsync(fd):
@@ -129,7 +129,7 @@ def dying_fsync(fd):
         if calls["n"] == 2:   # the second epoch's checkpoint: bytes written, not yet renamed
             os._exit(9)
     real_fsync(fd)
-runstate.os.fsync = dying_fsync
+state_files.os.fsync = dying_fsync
 from kdlab.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -145,7 +145,7 @@ def test_resume_after_kill_inside_checkpoint_write(tmp_path, reference):
     checkpoint = torch.load(directory / "checkpoint.pth", weights_only=False)
     assert checkpoint["epoch"] == 1  # the previous, complete checkpoint is intact
     assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
-    assert comparable(runstate.read_metrics(directory)) == comparable(reference["metrics"])
+    assert comparable(state_files.read_metrics(directory)) == comparable(reference["metrics"])
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
@@ -155,20 +155,20 @@ def test_stop_signal_saves_and_exits_distinctly(tmp_path, reference, signum):
     process.send_signal(signum)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == EXIT_PREEMPTED, output
-    status = runstate.read_status(the_run_dir(tmp_path))
+    status = state_files.read_status(the_run_dir(tmp_path))
     assert status["status"] == "in_progress"
     assert status["stopped_by"] == signal.Signals(signum).name
     assert "resumes from there" in output
     assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
-    assert comparable(runstate.read_metrics(the_run_dir(tmp_path))) == comparable(
+    assert comparable(state_files.read_metrics(the_run_dir(tmp_path))) == comparable(
         reference["metrics"])
 
 
 def test_scheduler_fields_survive_training(tmp_path):
     directory = the_run_dir(tmp_path)
-    runstate.write_status(directory, {"status": "queued", "job_id": "4242", "scheduler": "slurm"})
+    state_files.write_status(directory, {"status": "queued", "job_id": "4242", "scheduler": "slurm"})
     train_run(config(tmp_path, epochs=1), quiet=True)
-    status = runstate.read_status(directory)
+    status = state_files.read_status(directory)
     assert status["status"] == "completed" and status["job_id"] == "4242"
     assert status["scheduler"] == "slurm"
 
@@ -185,11 +185,11 @@ def test_non_finite_loss_fails_the_run_with_a_reason(tmp_path, monkeypatch):
         return outputs
 
     monkeypatch.setattr(models.CifarResNet, "forward", exploding_forward)
-    assert train_run(config(tmp_path), quiet=True) == runstate.FAILED
-    status = runstate.read_status(the_run_dir(tmp_path))
+    assert train_run(config(tmp_path), quiet=True) == state_files.FAILED
+    status = state_files.read_status(the_run_dir(tmp_path))
     assert status["status"] == "failed" and status["failed_epoch"] == 1
     assert "non-finite loss in 12 of 12 steps of epoch 1" in status["reason"]
-    assert len(runstate.read_metrics(the_run_dir(tmp_path))["train_loss"]) == 1
+    assert len(state_files.read_metrics(the_run_dir(tmp_path))["train_loss"]) == 1
 
 
 def test_guard_stops_an_epoch_whose_steps_were_skipped():
@@ -203,7 +203,7 @@ def test_failed_run_exit_code(tmp_path, monkeypatch):
 
     monkeypatch.setattr(epochs_module, "check_epoch", lambda stats, epoch: "forced failure")
     assert main(train_args(tmp_path, 1, "--quiet")) == 1
-    assert runstate.read_status(the_run_dir(tmp_path))["reason"] == "forced failure"
+    assert state_files.read_status(the_run_dir(tmp_path))["reason"] == "forced failure"
 
 
 def _error_line(capsys, args) -> str:
@@ -244,15 +244,15 @@ def test_corrupt_checkpoint_is_kept_until_force_restart(tmp_path, capsys):
     assert "corrupt" in line and "--force-restart" in line
     assert (directory / "checkpoint.pth").read_bytes() == b"\x00garbage"
     assert main(train_args(tmp_path, 1, "--quiet", "--force-restart")) == 0
-    assert runstate.read_status(directory)["status"] == "completed"
+    assert state_files.read_status(directory)["status"] == "completed"
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     train_run(config(tmp_path, epochs=2), quiet=True)
     directory = the_run_dir(tmp_path)
-    status = runstate.read_status(directory)
+    status = state_files.read_status(directory)
     status["status"] = "in_progress"
-    runstate.write_status(directory, status)
+    state_files.write_status(directory, status)
     line = _error_line(capsys, train_args(tmp_path, 1, "--lr", "0.05"))
     assert "other settings" in line and "lr" in line
 
@@ -272,7 +272,7 @@ def test_a_crash_marks_the_run_failed_with_its_reason(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(epochs_module, "evaluate", crash)
     assert main(train_args(tmp_path, 1, "--quiet")) == 1
-    status = runstate.read_status(the_run_dir(tmp_path))
+    status = state_files.read_status(the_run_dir(tmp_path))
     assert status["status"] == "failed"
     assert status["reason"] == ("crashed: FloatingPointError: non-finite reconstruction loss "
                                 "in epoch 1")
@@ -305,10 +305,10 @@ def _fake_teacher(tmp_path, best=None) -> None:
     from kdlab.models import build_model
 
     directory = _teacher_run_dir(tmp_path)
-    runstate.write_status(directory, {"status": "completed", "epoch": 1})
-    runstate.atomic_torch_save(best if best is not None else
+    state_files.write_status(directory, {"status": "completed", "epoch": 1})
+    state_files.atomic_torch_save(best if best is not None else
                                {"weights": build_model("ResNet8", 10).state_dict()},
-                               directory / runstate.BEST_FILE)
+                               directory / state_files.BEST_FILE)
 
 
 @pytest.mark.parametrize("target", ["checkpoint", "best", "paraphraser",
@@ -317,7 +317,7 @@ def test_a_pickle_payload_is_refused_and_runs_nothing(tmp_path, capsys, target):
     marker = tmp_path / "payload-ran"
     payload = {"weights": _Payload(marker), "model": _Payload(marker)}
     probe = tmp_path / "probe.pth"
-    runstate.atomic_torch_save(payload, probe)
+    state_files.atomic_torch_save(payload, probe)
     torch.load(probe, weights_only=False)  # the payload is live: an unsafe load runs it
     assert marker.exists()
     marker.unlink()
@@ -333,7 +333,7 @@ def test_a_pickle_payload_is_refused_and_runs_nothing(tmp_path, capsys, target):
         path = (_teacher_run_dir(tmp_path) / "best.pth" if target == "best"
                 else kd_dir / f"{target}.pth")
     if target != "best":
-        runstate.atomic_torch_save(payload, path)
+        state_files.atomic_torch_save(payload, path)
     line = _error_line(capsys, args)
     assert str(path) in line, line
     assert not marker.exists()
@@ -345,11 +345,11 @@ def test_a_second_train_of_one_run_is_refused_until_the_holder_dies(tmp_path, ca
     _wait_for_epoch(tmp_path, 1, holder)
     line = _error_line(capsys, train_args(tmp_path, EPOCHS, "--quiet"))
     assert f"pid {holder.pid} on host {os.uname().nodename}" in line, line
-    assert runstate.read_status(the_run_dir(tmp_path))["pid"] == holder.pid
+    assert state_files.read_status(the_run_dir(tmp_path))["pid"] == holder.pid
     holder.kill()  # SIGKILL: the kernel releases the lock
     holder.wait()
     assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
-    assert comparable(runstate.read_metrics(the_run_dir(tmp_path))) == comparable(
+    assert comparable(state_files.read_metrics(the_run_dir(tmp_path))) == comparable(
         reference["metrics"])
 
 
@@ -358,7 +358,7 @@ def test_a_full_disk_keeps_the_run_resumable(tmp_path, monkeypatch, capsys, refe
                                              as_raised_by):
     import errno
 
-    real_write = runstate.atomic_write_bytes
+    real_write = state_files.atomic_write_bytes
     calls = {"checkpoint": 0}
 
     def full_disk_on_second_checkpoint(path, data):
@@ -367,23 +367,23 @@ def test_a_full_disk_keeps_the_run_resumable(tmp_path, monkeypatch, capsys, refe
             if calls["checkpoint"] == 2:
                 error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
                 # The atomic writer turns it into its one-line WriteError (a UserError too).
-                raise runstate._write_error(Path(path), error) if as_raised_by == "atomic_writer" \
+                raise state_files._write_error(Path(path), error) if as_raised_by == "atomic_writer" \
                     else error
         real_write(path, data)
 
-    monkeypatch.setattr(runstate, "atomic_write_bytes", full_disk_on_second_checkpoint)
+    monkeypatch.setattr(state_files, "atomic_write_bytes", full_disk_on_second_checkpoint)
     assert main(train_args(tmp_path, EPOCHS, "--quiet")) == EXIT_PREEMPTED
     assert "No space left on device" in capsys.readouterr().err
     directory = the_run_dir(tmp_path)
-    status = runstate.read_status(directory)
+    status = state_files.read_status(directory)
     assert status["status"] == "in_progress" and status["environment_failures"] == 1
     assert "environment failure" in status["reason"] and "No space left" in status["reason"]
     assert torch.load(directory / "checkpoint.pth", weights_only=True)["epoch"] == 1
     monkeypatch.undo()
     assert main(train_args(tmp_path, EPOCHS, "--quiet")) == 0
-    status = runstate.read_status(directory)
+    status = state_files.read_status(directory)
     assert status["status"] == "completed" and "environment_failures" not in status
-    assert comparable(runstate.read_metrics(directory)) == comparable(reference["metrics"])
+    assert comparable(state_files.read_metrics(directory)) == comparable(reference["metrics"])
 
 
 def test_a_refused_train_leaves_no_run_directory(tmp_path, capsys):
@@ -394,7 +394,7 @@ def test_a_refused_train_leaves_no_run_directory(tmp_path, capsys):
 
 
 def test_a_new_hand_typed_run_leaves_its_config_json(tmp_path):
-    from kdlab.config import config_json, read_config_file
+    from kdlab.run.config import config_json, read_config_file
 
     assert main(train_args(tmp_path, 1, "--quiet")) == 0
     path = the_run_dir(tmp_path) / "config.json"
@@ -471,7 +471,7 @@ def test_fp16_on_cpu_steps_through_the_grad_scaler_and_resumes_its_state(tmp_pat
     tiny_fp16["overflow"] = {2, 3, 5}  # three steps of epoch 1 (12 steps an epoch) overflow
     reference_root = tmp_path / "reference"
     assert train_run(config(reference_root, epochs=2, precision="fp16"), quiet=True) == "completed"
-    reference = runstate.read_metrics(the_run_dir(reference_root))
+    reference = state_files.read_metrics(the_run_dir(reference_root))
     assert reference["skipped_steps"] == [3, 0]
     scaler_state = _fp16_checkpoint(reference_root)["scaler"]
     assert scaler_state["scale"] == 65536.0 / 2 ** 3  # halved once per skipped step
@@ -491,7 +491,7 @@ def test_fp16_on_cpu_steps_through_the_grad_scaler_and_resumes_its_state(tmp_pat
     assert after_epoch_1["_growth_tracker"] == 12 - 5  # good steps since the last skip
     monkeypatch.setattr(_TinyNet, "forward", real_forward)
     assert train_run(config(tmp_path, epochs=2, precision="fp16"), quiet=True) == "completed"
-    assert comparable(runstate.read_metrics(the_run_dir(tmp_path))) == comparable(reference)
+    assert comparable(state_files.read_metrics(the_run_dir(tmp_path))) == comparable(reference)
     # Restored, not restarted: a fresh scaler would have written its initial scale.
     assert _fp16_checkpoint(tmp_path)["scaler"] == scaler_state
 
@@ -499,7 +499,7 @@ def test_fp16_on_cpu_steps_through_the_grad_scaler_and_resumes_its_state(tmp_pat
 def test_an_fp16_overflow_in_every_step_fails_the_run_with_the_reason(tmp_path, tiny_fp16):
     tiny_fp16["overflow"] = set(range(1, 100))
     assert train_run(config(tmp_path, epochs=2, precision="fp16"), quiet=True) == "failed"
-    status = runstate.read_status(the_run_dir(tmp_path))
+    status = state_files.read_status(the_run_dir(tmp_path))
     assert status["failed_epoch"] == 1
     assert status["reason"] == ("the optimizer skipped 12 of 12 steps in epoch 1 (grad scaler "
                                 "found inf/NaN gradients): the model is not training")
@@ -518,7 +518,7 @@ def test_precision_choices(tmp_path, capsys):
     checkpoint = torch.load(the_run_dir(tmp_path) / "checkpoint.pth", weights_only=True)
     assert checkpoint["scaler"] is None
     assert checkpoint["config"]["precision"] == "bf16" and checkpoint["config"]["channels_last"]
-    metrics = runstate.read_metrics(the_run_dir(tmp_path))
+    metrics = state_files.read_metrics(the_run_dir(tmp_path))
     assert metrics["skipped_steps"] == [0]
     assert all(math.isfinite(value) for value in metrics["train_loss"] + metrics["test_loss"])
 
@@ -575,10 +575,10 @@ def test_a_copied_experiments_tree_trains_where_it_lies(tmp_path):
     written = json.loads((copy / "config.json").read_text())
     assert written["lr"] == 0.05
     assert written["experiments_dir"] == str(tmp_path / "elsewhere" / "experiments")
-    status = runstate.read_status(copy)
+    status = state_files.read_status(copy)
     assert status["status"] == "completed" and status["config"]["lr"] == 0.05
-    assert (runstate.read_metrics(copy)["train_loss"]
-            != runstate.read_metrics(original)["train_loss"])
+    assert (state_files.read_metrics(copy)["train_loss"]
+            != state_files.read_metrics(original)["train_loss"])
 
 
 def test_a_refused_resume_leaves_config_json_as_it_was(tmp_path, capsys):
@@ -586,16 +586,16 @@ def test_a_refused_resume_leaves_config_json_as_it_was(tmp_path, capsys):
     and nothing (config.json above all) is written: its own job resumes it afterwards."""
     train_run(config(tmp_path, epochs=2), quiet=True)
     directory = the_run_dir(tmp_path)
-    status = runstate.read_status(directory)
+    status = state_files.read_status(directory)
     status["status"] = "in_progress"
-    runstate.write_status(directory, status)
+    state_files.write_status(directory, status)
     before = _state_bytes(directory)
     line = _error_line(capsys, train_args(tmp_path, 2, "--batch-size", "64"))
     assert "other settings" in line and "batch_size" in line
     assert _state_bytes(directory) == before
     assert json.loads(before["config.json"])["batch_size"] == 128
     assert main(["train", "--config", str(directory / "config.json"), "--quiet"]) == 0
-    assert runstate.read_status(directory)["status"] == "completed"
+    assert state_files.read_status(directory)["status"] == "completed"
 
 
 # ---- snapshots (issue 25): the weights after chosen epochs, equal however the run got there --
@@ -604,7 +604,7 @@ SNAPSHOTS = [1, 2, 3]
 
 
 def _snapshots(directory: Path) -> dict[int, dict]:
-    from kdlab.layout import snapshot_epochs_present, snapshot_path
+    from kdlab.run.layout import snapshot_epochs_present, snapshot_path
 
     return {epoch: torch.load(snapshot_path(directory, epoch), weights_only=True)
             for epoch in snapshot_epochs_present(directory)}
@@ -623,9 +623,9 @@ def _same_snapshots(found: dict[int, dict], expected: dict[int, dict]) -> bool:
 def snapshot_reference(tmp_path_factory):
     """A run with snapshots after every epoch, trained straight through."""
     root = tmp_path_factory.mktemp("snapshot_reference")
-    assert train_run(config(root, snapshot_epochs=SNAPSHOTS), quiet=True) == runstate.COMPLETED
+    assert train_run(config(root, snapshot_epochs=SNAPSHOTS), quiet=True) == state_files.COMPLETED
     directory = the_run_dir(root)
-    return {"snapshots": _snapshots(directory), "metrics": runstate.read_metrics(directory),
+    return {"snapshots": _snapshots(directory), "metrics": state_files.read_metrics(directory),
             "last": torch.load(directory / "checkpoint.pth", weights_only=True)["model"]}
 
 
@@ -649,7 +649,7 @@ def test_snapshots_after_a_sigkill_and_resume_equal_the_straight_run(tmp_path,
     time.sleep(0.3)  # somewhere inside epoch 2
     process.kill()
     process.wait()
-    assert runstate.read_status(the_run_dir(tmp_path))["status"] == "in_progress"
+    assert state_files.read_status(the_run_dir(tmp_path))["status"] == "in_progress"
     assert main(train_args(tmp_path, EPOCHS, *flags)) == 0
     assert _same_snapshots(_snapshots(the_run_dir(tmp_path)), snapshot_reference["snapshots"])
 
@@ -681,11 +681,11 @@ def test_a_run_past_an_epoch_when_snapshots_are_added_does_not_invent_one(
         return real_train_epoch(students, teacher, data, epoch, flag, **kwargs)
 
     monkeypatch.setattr(epochs_module, "train_epoch", stop_before_epoch_2)
-    assert train_run(config(tmp_path), quiet=True) == runstate.IN_PROGRESS
+    assert train_run(config(tmp_path), quiet=True) == state_files.IN_PROGRESS
     monkeypatch.undo()
     # the setting is not part of what a resume must match: the run goes on from epoch 1
     assert train_run(config(tmp_path, snapshot_epochs=[1, 3]), quiet=True) == \
-        runstate.COMPLETED
+        state_files.COMPLETED
     expected = {3: snapshot_reference["snapshots"][3]}
     assert _same_snapshots(_snapshots(the_run_dir(tmp_path)), expected)
     assert json.loads((the_run_dir(tmp_path) / "config.json").read_text())[
@@ -694,7 +694,7 @@ def test_a_run_past_an_epoch_when_snapshots_are_added_does_not_invent_one(
 
 def test_force_restart_removes_the_old_snapshots(tmp_path, capsys):
     assert train_run(config(tmp_path, epochs=1, snapshot_epochs=[1]), quiet=True) == \
-        runstate.COMPLETED
+        state_files.COMPLETED
     assert sorted(_snapshots(the_run_dir(tmp_path))) == [1]
     assert main(train_args(tmp_path, 1, "--force-restart", "--quiet")) == 0
     assert _snapshots(the_run_dir(tmp_path)) == {}

@@ -8,13 +8,13 @@ import copy
 import pytest
 import torch
 
-from kdlab.config import TrainConfig
+from kdlab.run.config import TrainConfig
 from kdlab.data import DatasetArrays, DeviceData, load_arrays
-from kdlab.errors import UserError
+from kdlab.run.errors import UserError
 from kdlab.models import build_model
 from kdlab.training.guards import StopFlag
 from kdlab.training.loop import train_epoch
-from kdlab.config import complete_options
+from kdlab.run.config import complete_options
 from kdlab.training.state import RunContext, Student, build_state, read_checkpoint
 
 STUDENT_UP_TO_LAYER1 = ("conv1.", "bn1.", "layer1.")

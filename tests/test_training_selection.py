@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdlab import runstate
-from kdlab.config import TrainConfig
+from kdlab.run import state_files
+from kdlab.run.config import TrainConfig
 from kdlab.data import DeviceData, load_arrays
 from kdlab.data.validation import hold_out_validation, validation_split_indices
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec, run_dir
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec, run_dir
 from kdlab.models import build_model
 from kdlab.training.loop import evaluate
 from kdlab.training.run import train_run
@@ -95,10 +95,10 @@ def test_validation_selection_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DeviceData, "__init__", recording_init)
     assert train_run(config(tmp_path, selection="validation", epochs=3),
-                     quiet=True) == runstate.COMPLETED
+                     quiet=True) == state_files.COMPLETED
     directory = the_run_dir(tmp_path)
-    status = runstate.read_status(directory)
-    metrics = runstate.read_metrics(directory)
+    status = state_files.read_status(directory)
+    metrics = state_files.read_metrics(directory)
 
     # The held-out images are never trained on: the run's data holds them apart.
     arrays = load_arrays("Digits")
@@ -126,16 +126,16 @@ def test_validation_selection_run(tmp_path, monkeypatch):
 
 
 def test_test_selection_records_final_acc_and_the_rate_each_epoch_trained_with(tmp_path):
-    assert train_run(config(tmp_path, epochs=1), quiet=True) == runstate.COMPLETED
+    assert train_run(config(tmp_path, epochs=1), quiet=True) == state_files.COMPLETED
     directory = the_run_dir(tmp_path)
-    metrics, status = runstate.read_metrics(directory), runstate.read_status(directory)
+    metrics, status = state_files.read_metrics(directory), state_files.read_status(directory)
     assert metrics["lr"] == [0.1]  # not the next epoch's 0.0
     assert "validation_acc" not in metrics and "selected_acc" not in status
     assert status["selection"] == "test" and "validation_split" not in status
     assert status["final_acc"] == metrics["test_acc"][-1] == status["max_acc"]
 
-    assert train_run(config(tmp_path, epochs=2, seed=4), quiet=True) == runstate.COMPLETED
-    metrics = runstate.read_metrics(the_run_dir(tmp_path, seed=4))
+    assert train_run(config(tmp_path, epochs=2, seed=4), quiet=True) == state_files.COMPLETED
+    metrics = state_files.read_metrics(the_run_dir(tmp_path, seed=4))
     # Cosine over 2 epochs: 0.1, then 0.1 (1 + cos(pi/2)) / 2.
     assert metrics["lr"] == pytest.approx([0.1, 0.05])
 

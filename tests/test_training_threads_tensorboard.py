@@ -7,13 +7,13 @@ import os
 import pytest
 import torch
 
-from kdlab import runstate
+from kdlab.run import state_files
 from kdlab.cli import build_parser
-from kdlab.config import TrainConfig
-from kdlab.errors import UserError
-from kdlab.layout import RunSpec, run_dir
+from kdlab.run.config import TrainConfig
+from kdlab.run.errors import UserError
+from kdlab.run.layout import RunSpec, run_dir
 from kdlab.training.run import train_run
-from kdlab.config import config_from_args, validate_config
+from kdlab.run.config import config_from_args, validate_config
 from kdlab.training.tensorboard import tag_of
 from kdlab.training.threads import default_threads, thread_limits
 
@@ -70,8 +70,8 @@ def test_threads_flag_and_its_validation(tmp_path):
 def test_a_run_records_its_threads(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     previous = torch.get_num_threads()
-    assert train_run(config(tmp_path, epochs=1), quiet=True) == runstate.COMPLETED
-    status = runstate.read_status(the_run_dir(tmp_path))
+    assert train_run(config(tmp_path, epochs=1), quiet=True) == state_files.COMPLETED
+    status = state_files.read_status(the_run_dir(tmp_path))
     assert status["threads"] == 1
     assert status["thread_settings"]["source"] == "SLURM_CPUS_PER_TASK"
     assert status["thread_settings"]["torch"] == 1
@@ -93,10 +93,10 @@ def test_tensorboard_event_files_hold_every_epoch(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert train_run(config(tmp_path, tensorboard=True, threads=1),
-                     quiet=True) == runstate.COMPLETED
+                     quiet=True) == state_files.COMPLETED
     directory = the_run_dir(tmp_path)
     assert any(path.name.startswith("events.out.tfevents") for path in directory.iterdir())
-    metrics = runstate.read_metrics(directory)
+    metrics = state_files.read_metrics(directory)
     events = EventAccumulator(str(directory))
     events.Reload()
     for key in ("test_acc", "train_loss", "lr", "train_ce"):
@@ -106,5 +106,5 @@ def test_tensorboard_event_files_hold_every_epoch(tmp_path):
 
 
 def test_without_tensorboard_no_event_files(tmp_path):
-    assert train_run(config(tmp_path, epochs=1, threads=1), quiet=True) == runstate.COMPLETED
+    assert train_run(config(tmp_path, epochs=1, threads=1), quiet=True) == state_files.COMPLETED
     assert not any(path.name.startswith("events.") for path in the_run_dir(tmp_path).iterdir())

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from kdlab import cli
-from kdlab.study import Study, load_study
+from kdlab.study.study_file import Study, load_study
 from legacy_tree import write_study
 
 STUDY_SETTINGS = dict(name="trained", methods=["logit"], alphas=[0.5], seeds=[0], epochs=1)

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import runstate
-from .errors import UserError
-from .layout import analysis_dir
+from .run import state_files
+from .run.errors import UserError
+from .run.layout import analysis_dir
 from .ops.common import made_by_of
-from .study_progress import RunState, classify_run, study_run_states
-from .study import Study, load_study
+from .study.progress import RunState, classify_run, study_run_states
+from .study.study_file import Study, load_study
 
 RUN_COLUMNS = ["dataset", "role", "method", "alpha", "seed", "model", "teacher", "state",
                "detail", "problem", "epoch", "epochs", "max_acc", "final_acc", "selected_acc",
@@ -153,8 +153,8 @@ def _numbers(values: Any) -> list[float] | None:
 def _read_metrics(run_dir: Path) -> dict:
     """metrics.json, or {} when absent or unreadable (the run's state already says so)."""
     try:
-        return runstate.read_metrics(run_dir) or {}
-    except runstate.StateFileError:
+        return state_files.read_metrics(run_dir) or {}
+    except state_files.StateFileError:
         return {}
 
 
@@ -372,10 +372,10 @@ def curves(study_or_run: Study | str | Path, runs: Any = None,
             raise UserError("curves(runs=...): a selection of runs needs a study; given the "
                             f"run directory {study_or_run}")
         run_dir = Path(study_or_run)
-        path = run_dir / runstate.METRICS_FILE
+        path = run_dir / state_files.METRICS_FILE
         try:
-            metrics_of_run = runstate.read_metrics(run_dir)
-        except runstate.StateFileError as error:
+            metrics_of_run = state_files.read_metrics(run_dir)
+        except state_files.StateFileError as error:
             raise UserError(f"{error}; expected the run's per-epoch metrics") from None
         if metrics_of_run is None:
             raise UserError(f"{path}: no such file; expected a run directory with metrics")

@@ -1,7 +1,7 @@
 """The ``kdlab`` command. Thin: parse arguments, call one function, print, exit.
 
 Each sub-command's work lives in its own module as ``command(args) -> exit code``; a
-:class:`~kdlab.errors.UserError` anywhere becomes one line on stderr and exit code 2.
+:class:`~kdlab.run.errors.UserError` anywhere becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 import sys
 
 from . import __version__
-from .config import add_setting_flags
-from .errors import EXIT_USER_ERROR, UserError
+from .run.config import add_setting_flags
+from .run.errors import EXIT_USER_ERROR, UserError
 
 
 def _add_study(parser: argparse.ArgumentParser) -> None:
@@ -194,25 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
 def train_command(args) -> int:
     """``kdlab train``: one run (flags or one config.json) or a pack (several); exit 0 when
     every run completed, 75 when one stopped and resumes (signal, full disk), else 1."""
-    from . import runstate
-    from .config import prepare_configs
-    from .errors import EXIT_PREEMPTED
+    from .run import state_files
+    from .run.config import prepare_configs
+    from .run.errors import EXIT_PREEMPTED
     from .training.pack import train_pack
 
     configs = prepare_configs(args)
     results = train_pack(configs, force_restart=args.force_restart, download=args.download,
                          quiet=args.quiet)
     finals = set(results.values())
-    if finals == {runstate.COMPLETED}:
+    if finals == {state_files.COMPLETED}:
         return 0
-    return EXIT_PREEMPTED if runstate.IN_PROGRESS in finals else 1
+    return EXIT_PREEMPTED if state_files.IN_PROGRESS in finals else 1
 
 
 # command name -> module that defines ``command(args)`` (imported only when the command runs,
 # so that `kdlab status` does not load torch); `kdlab train` is defined above.
 _COMMAND_MODULES = {
-    "queue": "kdlab.queue",
-    "status": "kdlab.status",
+    "queue": "kdlab.study.queue",
+    "status": "kdlab.study.status",
     "import-teacher": "kdlab.ops.import_teacher",
     "extract": "kdlab.analysis.extract",
     "analyze": "kdlab.analysis.analyze",

@@ -9,5 +9,5 @@
 ``figures``   matplotlib figures per data set, one module per kind (figures/)
 ``report``    report.html linking every table and figure
 ``analyze``   the ``kdlab analyze`` pass tying them together
-Paths of the analysis folder come from :mod:`kdlab.layout`.
+Paths of the analysis folder come from :mod:`kdlab.run.layout`.
 """

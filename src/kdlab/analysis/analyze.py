@@ -9,7 +9,7 @@ not N x cores); per-model and per-pair results and figures are cached
 run recomputes only what depends on it.
 
 A run's snapshots (representations of its weights after chosen epochs, in the
-``snapshots/`` folder beside the final ones, :func:`kdlab.layout.representation_path`) are
+``snapshots/`` folder beside the final ones, :func:`kdlab.run.layout.representation_path`) are
 analysed as more models with the same registry and cache, each snapshot paired with its
 teacher's *final* representation, into ``dynamics.csv`` (:mod:`kdlab.analysis.dynamics`);
 a new snapshot costs one model and one pair.
@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import layout
-from ..errors import UserError
-from ..layout import RunSpec
-from ..runstate import atomic_write_text
-from ..study import Pair, Role, Study, load_study
+from ..run import layout
+from ..run.errors import UserError
+from ..run.layout import RunSpec
+from ..run.state_files import atomic_write_text
+from ..study.study_file import Pair, Role, Study, load_study
 from . import compute, dynamics, floors, store, workers
-from .workers import resolve_jobs  # noqa: F401  (kdlab.analysis.analyze.resolve_jobs)
 
 TEACHER = "teacher"
 PURE = "pure"

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..runstate import atomic_write_bytes, atomic_write_json, read_json, StateFileError
+from ..run.errors import UserError
+from ..run.state_files import atomic_write_bytes, atomic_write_json, read_json, StateFileError
 from . import bootstrap, metrics, registry
 from .registry import METRIC_VERSION, SETTINGS
 from .store import load_representation

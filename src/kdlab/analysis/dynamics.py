@@ -8,14 +8,14 @@ significant digits, and per-model metrics sit beside the teacher-student metrics
 snapshot against its teacher's *final* representation, stages paired from the last).
 Unlike metrics.csv, a pair metric's bootstrap interval is in the ``ci_low`` / ``ci_high``
 columns of its own row (empty where the metric has none), ``stage`` names the layer and
-``run`` names the run (:attr:`kdlab.layout.RunSpec.name`).
+``run`` names the run (:attr:`kdlab.run.layout.RunSpec.name`).
 """
 
 from __future__ import annotations
 
 import math
 
-from .. import layout, runstate
+from ..run import layout, state_files
 
 COLUMNS = ["dataset", "run", "method", "alpha", "seed", "epoch", "stage", "metric", "value",
            "ci_low", "ci_high"]
@@ -59,8 +59,8 @@ def snapshot_accuracies(study, snapshots) -> list[tuple[str, int, float]]:
         name = entry.spec.name
         if name not in series_of:
             try:
-                recorded = runstate.read_metrics(study.run_dir(entry.spec)) or {}
-            except runstate.StateFileError:
+                recorded = state_files.read_metrics(study.run_dir(entry.spec)) or {}
+            except state_files.StateFileError:
                 recorded = {}
             test_acc = recorded.get("test_acc")
             series_of[name] = test_acc if isinstance(test_acc, list) else None
@@ -79,7 +79,7 @@ def peak_sentence(frame, dataset: str, stage: str, metric: str = "cka_linear") -
     at which ``metric`` of ``stage`` with the teacher peaks (the mean over seeds of the
     alpha and epoch with the largest mean), with a 95% interval — the Student-t interval
     over seeds when there are several, else the run's bootstrap interval."""
-    from ..stats import summarize
+    from ..study.stats import summarize
 
     rows = frame[(frame["dataset"] == dataset) & (frame["stage"] == stage)
                  & (frame["metric"] == metric)]

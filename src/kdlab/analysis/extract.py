@@ -1,14 +1,14 @@
 """``kdlab extract STUDY``: save the representations of every finished run of a study.
 
 Runs are discovered by walking the experiments tree in the study's layout
-(:meth:`kdlab.study.Study.run_dirs`), not from a list of models: a run is finished when its status is ``completed`` and it has a
+(:meth:`kdlab.study.study_file.Study.run_dirs`), not from a list of models: a run is finished when its status is ``completed`` and it has a
 ``best.pth``. Each finished run of the study's teacher/student on one of its data sets is
 evaluated on the test split (no augmentation, eval mode, inference mode); the output of
 every stage of the model is global-average-pooled and saved under the stage's own name
 (the model's facts) with the logits and labels in one ``.npz`` per run (see :mod:`kdlab.analysis.store`). A representation newer than its
 ``best.pth`` is kept; unfinished, failed or corrupt runs are skipped with a one-line reason.
 Each snapshot a finished run kept (``snapshot_epochs``) is extracted the same way into
-:func:`kdlab.layout.representation_path` ``(..., epoch=N)``, with ``epoch`` in its
+:func:`kdlab.run.layout.representation_path` ``(..., epoch=N)``, with ``epoch`` in its
 provenance, and kept while it is newer than its snapshot file.
 """
 
@@ -21,10 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from .. import catalog, layout, runstate
-from ..errors import UserError, WriteError
-from ..layout import RunSpec
-from ..study import Pair, Study, load_study
+from ..run import catalog, layout, state_files
+from ..run.errors import UserError, WriteError
+from ..run.layout import RunSpec
+from ..study.study_file import Pair, Study, load_study
 from . import store
 
 DEFAULT_BATCH_SIZE = 500
@@ -83,8 +83,8 @@ def _outside_study(study: Study, spec: RunSpec) -> str | None:
 
 def _is_earlier_code(run_dir: Path) -> bool:
     try:
-        return runstate.is_earlier_code(runstate.read_status(run_dir))
-    except runstate.StateFileError:
+        return state_files.is_earlier_code(state_files.read_status(run_dir))
+    except state_files.StateFileError:
         return False
 
 
@@ -105,21 +105,21 @@ def earlier_code_note(dataset: str, count: int, augmentation: str) -> str:
 def _unfinished_reason(run_dir: Path) -> str | None:
     """Why the run in ``run_dir`` cannot be extracted yet (None when it can)."""
     try:
-        status = runstate.read_status(run_dir)
-    except runstate.StateFileError as error:
+        status = state_files.read_status(run_dir)
+    except state_files.StateFileError as error:
         return f"corrupt status.json ({error})"
     if status is None:
         return "no status.json (never started)"
     state = status["status"]
-    if state == runstate.FAILED:
+    if state == state_files.FAILED:
         return f"failed: {status.get('reason') or 'no reason recorded'}"
-    if state != runstate.COMPLETED:
+    if state != state_files.COMPLETED:
         progress = ""
         if status.get("epoch") is not None and status.get("epochs") is not None:
             progress = f" (epoch {status['epoch']}/{status['epochs']})"
         return f"not finished: {state}{progress}"
-    if not (run_dir / runstate.BEST_FILE).is_file():
-        return f"completed but {runstate.BEST_FILE} is missing"
+    if not (run_dir / state_files.BEST_FILE).is_file():
+        return f"completed but {state_files.BEST_FILE} is missing"
     return None
 
 
@@ -170,7 +170,7 @@ class _Weights:
 def _weights_of(study: Study, spec: RunSpec, run_dir: Path) -> list[_Weights]:
     """The final weights and every snapshot of one finished run, with their targets."""
     roles = _roles(study, spec)
-    weights = [_Weights(spec, run_dir, run_dir / runstate.BEST_FILE,
+    weights = [_Weights(spec, run_dir, run_dir / state_files.BEST_FILE,
                         [study.representation_path(spec, role) for role in roles])]
     for epoch in layout.snapshot_epochs_present(run_dir):
         weights.append(_Weights(spec, run_dir, layout.snapshot_path(run_dir, epoch),

@@ -7,7 +7,7 @@ Per data set and teacher–student pair:
   stage against the teacher's stage at the same position from the last). The baseline is the
   pure student against the same teacher seed (the 'pure' rows), so each seed gives one paired
   difference ``d_s = CKA_KD(s) − CKA_pure(s)``; their mean with a Student-t 95 % interval
-  (:func:`kdlab.stats.summarize`) is the shift. A shift is *beyond the noise* when that
+  (:func:`kdlab.study.stats.summarize`) is the shift. A shift is *beyond the noise* when that
   interval excludes 0 — the across-seed noise of retraining both students, which is what a
   claim about a method must survive. With one seed there is no such interval: the finding
   then says so, and reports only whether the two networks' intervals over test samples
@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..stats import summarize
+from ..study.stats import summarize
 
 CKA = "cka_linear"
 ACCURACY = "test_acc"
@@ -147,7 +147,7 @@ def shift_cell(shift: Shift) -> str:
 
 
 def cell_name(method: str, alpha: float | None) -> str:
-    from ..layout import format_alpha
+    from ..run.layout import format_alpha
 
     return method if alpha is None else f"{method} α{format_alpha(alpha)}"
 

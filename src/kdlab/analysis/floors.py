@@ -82,7 +82,7 @@ def floor_frame(results: dict):
 
 def as_metric_rows(frame, columns: list[str], pairs):
     """The floors in the metrics frame's columns for the figures, under each of ``pairs``
-    (:class:`kdlab.study.Pair`): its teacher's teacher-vs-teacher floor and its student's
+    (:class:`kdlab.study.study_file.Pair`): its teacher's teacher-vs-teacher floor and its student's
     pure-vs-pure floor; method = the floor's name, no alpha, seed = the seed pair's index
     within its floor (so mean, std and n over pairs come out of the same lookup as over
     seeds). Layers stay each model's own stage names (the figures pair the teacher's with

@@ -12,8 +12,8 @@ import os
 import time
 from pathlib import Path
 
-from .. import catalog, layout
-from ..runstate import atomic_write_text
+from ..run import catalog, layout
+from ..run.state_files import atomic_write_text
 from . import dynamics, registry
 from .figures import figure_files, group_prefix, sweep_metrics
 
@@ -115,7 +115,7 @@ def _figure_link(groups: dict, group_id: str, stem_start: str, text: str, root: 
 
 def _references(study):
     """The reference numbers the study compares with, or (None, why) when unreadable."""
-    from ..errors import UserError
+    from ..run.errors import UserError
     from ..ops.compare import read_references
 
     try:

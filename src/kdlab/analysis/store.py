@@ -6,7 +6,7 @@ Keys: one per stage of the model, under the stage's own name (``catalog.ModelFac
 and ``stage_names`` (the stage keys, first to last; left out for the ResNets' stages). Files without ``stage_names`` (the
 earlier research code's and kdlab's before it named stages) hold the CIFAR ResNets'
 :data:`UNNAMED_STAGES`. Where a file lives is decided by
-:func:`kdlab.layout.representation_path`.
+:func:`kdlab.run.layout.representation_path`.
 
 Provenance (optional key ``provenance``, a JSON string): the run (its name and directory),
 the study, the SHA-256 of the weights file the features came from and kdlab's version.
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import catalog, runstate
-from ..errors import UserError
-from ..runstate import atomic_write_bytes
+from ..run import catalog, state_files
+from ..run.errors import UserError
+from ..run.state_files import atomic_write_bytes
 
 # The stages of a file that does not name them: every model that wrote such files was a
 # CIFAR ResNet, whose stages the ResNet facts name.
@@ -175,7 +175,7 @@ def unreadable_reason(path: str | Path) -> str | None:
 def ensure_writable_dir(folder: str | Path, what: str) -> None:
     """Create ``folder`` if needed and check a file can be written in it; the writer's one
     line naming it (e.g. a file in the way, or read-only) otherwise, before any work."""
-    runstate.ensure_directory(folder)
+    state_files.ensure_directory(folder)
 
 
 def write_failure(error: OSError) -> UserError:

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ..layout import format_alpha
-from ..study import Study
+from ..run.layout import format_alpha
+from ..study.study_file import Study
 
 TEACHER = "teacher"
 PURE = "pure"
@@ -21,7 +21,7 @@ def grid_rows(study: Study) -> list[tuple[str, float | None]]:
 
 
 def of_pair(frame, pair):
-    """Rows of ``frame`` shown with ``pair`` (:class:`kdlab.study.Pair`); a frame without
+    """Rows of ``frame`` shown with ``pair`` (:class:`kdlab.study.study_file.Pair`); a frame without
     the pair column (written before pairs) is one pair's."""
     if "pair" not in frame.columns:
         return frame
@@ -65,7 +65,7 @@ def accuracy_table(frame, study: Study, states=None):
     - ``selected_by`` and ``selected_mean``/``_std``/``_ci95_low``/``_ci95_high``/``_n``: the
       accuracy the study selects by, as the runs recorded it (``max_acc`` with selection
       'test', ``selected_acc`` with 'validation'; :func:`kdlab.ops.common.selection_accuracy`),
-      summarised by :func:`kdlab.stats.summarize` (Student-t 95 % interval of the mean);
+      summarised by :func:`kdlab.study.stats.summarize` (Student-t 95 % interval of the mean);
     - ``final_acc_mean``/``final_acc_n``: the last epoch's test accuracy;
     - ``chosen_on``: the split that chose the best.pth of the cell's completed runs, and
       why some record no selected accuracy (:meth:`kdlab.ops.common.AccuracyGroup.chosen_on_text`).
@@ -75,7 +75,7 @@ def accuracy_table(frame, study: Study, states=None):
     import pandas as pd
 
     from ..ops.common import accuracy_groups, selection_accuracy
-    from ..study_progress import study_run_states
+    from ..study.progress import study_run_states
 
     if states is None:
         states = study_run_states(study)
@@ -112,7 +112,7 @@ def selection_cells(row) -> tuple[str, str]:
     """(selected accuracy 'mean ± std [low, high] (n=3)', final_acc 'mean (n=3)') of one
     row of :func:`accuracy_table`, for the Markdown and HTML tables."""
     from ..ops.common import summary_text
-    from ..stats import SeedSummary
+    from ..study.stats import SeedSummary
 
     n = int(row.selected_n)
     summary = SeedSummary(n, *(None if math.isnan(v) else float(v) for v in (

@@ -11,7 +11,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from ..errors import UserError
+from ..run.errors import UserError
 
 
 def resolve_jobs(jobs: int) -> int:

@@ -22,15 +22,13 @@ from __future__ import annotations
 from .augmentation import augment, normalize
 from .cache import CACHE_DIR_NAME, CACHE_FORMAT_VERSION
 from .device import DeviceData
-from .info import (AUGMENTATIONS, DATA_ROOT_ENV, DATASET_NAMES, DATASETS,
-                   EARLIER_NORMALIZATION, DatasetArrays, DatasetInfo, dataset_info,
-                   default_data_root)
+from .info import (AUGMENTATIONS, DATASET_NAMES, DATASETS, EARLIER_NORMALIZATION,
+                   DatasetArrays, DatasetInfo, dataset_info)
 from .load import load_arrays
 from .tiny_imagenet import TINY_IMAGENET_URL
 
 __all__ = [
     "AUGMENTATIONS", "CACHE_DIR_NAME", "CACHE_FORMAT_VERSION", "DATASETS", "DATASET_NAMES",
-    "DATA_ROOT_ENV", "EARLIER_NORMALIZATION", "DatasetArrays", "DatasetInfo", "DeviceData",
-    "TINY_IMAGENET_URL", "augment", "dataset_info", "default_data_root", "load_arrays",
-    "normalize",
+    "EARLIER_NORMALIZATION", "DatasetArrays", "DatasetInfo", "DeviceData",
+    "TINY_IMAGENET_URL", "augment", "dataset_info", "load_arrays", "normalize",
 ]

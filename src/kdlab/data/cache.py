@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..runstate import atomic_write_bytes
+from ..run.state_files import atomic_write_bytes
 from .info import DatasetArrays, DatasetInfo
 
 CACHE_DIR_NAME = ".kdlab-cache"

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from ..errors import UserError
+from ..run.errors import UserError
 from .augmentation import augment, normalization
 from .earlier import earlier_test_view, earlier_train_augment
 from .info import (AUGMENTATIONS, BENCHMARK, BENCHMARK_NORMALIZATION, EARLIER,

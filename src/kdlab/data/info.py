@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .. import catalog
-from ..errors import UserError
+from ..run import catalog
+from ..run.errors import UserError
 
-DATA_ROOT_ENV = "KDLAB_DATA_ROOT"
 
 
 @dataclass(frozen=True)
@@ -80,11 +77,6 @@ EARLIER_NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, 
     "SVHN": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "TinyImageNet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-
-
-def default_data_root() -> Path:
-    """``$KDLAB_DATA_ROOT`` when set (and not empty), else ``./data``."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or "data")
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ..run.errors import UserError
 from . import cache
 from .cifar import CIFAR10, CIFAR100
 from .digits import load_digits
-from .info import DatasetArrays, dataset_info, default_data_root
+from ..run.layout import default_data_root
+from .info import DatasetArrays, dataset_info
 from .reader import MissingFiles, Reader
 from .svhn import SVHN
 from .tiny_imagenet import TINY_IMAGENET

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import UserError
+from ..run.errors import UserError
 from .info import DatasetArrays, DatasetInfo
 
 

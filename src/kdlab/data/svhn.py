@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .info import DATA_ROOT_ENV, DatasetArrays, DatasetInfo
+from ..run.errors import UserError
+from ..run.layout import DATA_ROOT_ENV
+from .info import DatasetArrays, DatasetInfo
 from .reader import MissingFiles, Reader, check_labels, describe, torchvision_download
 
 _SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..run.errors import UserError
 from .info import DATASETS, DatasetArrays, DatasetInfo
 from .reader import MissingFiles, Reader, describe
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import UserError
+from ..run.errors import UserError
 from .info import DatasetArrays
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .. import catalog
-from ..errors import UserError
+from ..run import catalog
+from ..run.errors import UserError
 from .base import BatchContext, Distiller, PretrainContext, Preempted
 
 METHODS: dict[str, type[Distiller]] = {}
 
 # A method is its module here, named as the method (imported on first use, so that one broken
-# method cannot hide the others), plus its facts in kdlab.catalog.METHODS (options, checks,
+# method cannot hide the others), plus its facts in kdlab.run.catalog.METHODS (options, checks,
 # the methodology's text): the catalog's names are the registry's.
 METHOD_NAMES = tuple(catalog.METHODS)
 
@@ -34,14 +34,14 @@ def method_class(name: str) -> type[Distiller]:
 
 
 def method_defaults(name: str) -> dict[str, Any]:
-    """Every option of a method with its default value (declared in :mod:`kdlab.catalog`)."""
+    """Every option of a method with its default value (declared in :mod:`kdlab.run.catalog`)."""
     for part in catalog.combination_parts(name) or (name,):
         method_class(part)
     return catalog.method_defaults(name)
 
 
 def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Defaults overridden by ``options``, typed and checked by :mod:`kdlab.catalog`; a
+    """Defaults overridden by ``options``, typed and checked by :mod:`kdlab.run.catalog`; a
     combination's (``"crd+logit"``) keyed ``"method.option"``."""
     for part in catalog.combination_parts(name) or (name,):
         method_class(part)
@@ -90,7 +90,7 @@ def build(name: str, student="ResNet8x4", teacher="ResNet32x4", *, num_classes: 
     ``student``/``teacher``: model names (shapes from ``models.describe_features`` for
     ``num_classes`` classes and ``image_size``-pixel square images), built models (shapes from
     a dry forward of an ``image_size`` input) or :class:`FeatureShapes`; ``options``: the
-    method's options (defaults from :mod:`kdlab.catalog`); ``train_labels`` [N] int64: the
+    method's options (defaults from :mod:`kdlab.run.catalog`); ``train_labels`` [N] int64: the
     training set's labels, for methods with state over it (CRD). The module's
     ``forward(student_features, teacher_features, batch)`` returns the named, weighted loss
     terms; put its ``parameters()`` into the optimizer beside the student's. A method that

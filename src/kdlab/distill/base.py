@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..run.errors import UserError
 from ..models.features import Features, FeatureShapes
 
 
@@ -69,7 +69,7 @@ class BatchContext:
 
 class Distiller(nn.Module):
     """Base class. Subclasses set ``name``, ``defaults`` (option -> default, every option the
-    method accepts, each default's source documented in :mod:`kdlab.catalog`) and implement
+    method accepts, each default's source documented in :mod:`kdlab.run.catalog`) and implement
     ``forward``."""
 
     name: ClassVar[str] = ""

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from .. import catalog
+from ..run import catalog
 from . import register
 from .base import BatchContext, Distiller
 

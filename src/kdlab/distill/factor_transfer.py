@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import catalog
-from ..errors import UserError
-from ..layout import shared_paraphraser_path
+from ..run import catalog
+from ..run.errors import UserError
+from ..run.layout import shared_paraphraser_path
 from ..models import describe_mismatch
 from . import register
 from .attention_transfer import match_spatial_size

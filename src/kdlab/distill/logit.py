@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import catalog
-from ..errors import UserError
+from ..run import catalog
+from ..run.errors import UserError
 from . import register
 from .base import Distiller, autocast_off
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import catalog
+from ..run import catalog
 from . import register
 from .attention_transfer import match_spatial_size, parse_layers
 from .base import Distiller, autocast_off

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import catalog
+from ..run import catalog
 from . import register
 from .base import BatchContext, Distiller
 from .dkd import warmup_factor

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import catalog
+from ..run import catalog
 from . import register
 from .base import BatchContext, Distiller
 

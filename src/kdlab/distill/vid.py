@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import catalog
+from ..run import catalog
 from . import register
 from .base import BatchContext, Distiller
 

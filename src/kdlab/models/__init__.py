@@ -7,7 +7,7 @@ A family module declares ``BUILDERS`` (kdlab name -> ``build(name, num_classes)`
 (a RepDistiller state-dict key -> kdlab's); its models answer ``modules_after(stage_index)``
 and ``preact_batchnorms()`` (per stage, the BN before its last ReLU, or a UserError saying why
 the family has none).
-Its facts (stage names, channels, strides) are in :data:`kdlab.catalog.MODEL_FACTS`, which
+Its facts (stage names, channels, strides) are in :data:`kdlab.run.catalog.MODEL_FACTS`, which
 must stay importable without torch; tests/test_models.py checks every model against them.
 """
 
@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..run.errors import UserError
 from . import mobilenetv2, resnet, resnet50, shufflenetv1, shufflenetv2, vgg, wrn
 from .features import Features, FeatureShapes
 from .resnet import BLOCKS_PER_STAGE, LAYER_NAMES, STAGE_CHANNELS, CifarResNet

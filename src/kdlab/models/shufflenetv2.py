@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ..run.errors import UserError
 from .features import Features
 from .shufflenetv1 import channel_shuffle
 

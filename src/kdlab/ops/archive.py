@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import runstate
-from ..errors import UserError
-from ..layout import analysis_dir, format_alpha
+from ..run import state_files
+from ..run.errors import UserError
+from ..run.layout import analysis_dir, format_alpha
 from ..schedulers import backend_of_status
-from ..study_progress import (COMPLETED, QUEUED, RUNNING, UNREADABLE, RunState, classify_run,
-                              study_run_states)
-from ..study import Study, load_study
+from ..study.progress import (COMPLETED, QUEUED, RUNNING, UNREADABLE, RunState, classify_run,
+    study_run_states)
+from ..study.study_file import Study, load_study
 from .common import (accuracy_groups, earlier_code_runs, effective_method_options, group_keys,
                      interval_text, is_earlier_code, markdown_table, mean_std_text,
                      selection_accuracy, time_text)
@@ -242,9 +242,9 @@ def copy_verify_remove(source: Path, destination: Path, journal: Path,
 
 
 def _write_journal(journal: Path, **changes) -> None:
-    current = runstate.read_json(journal) or {}
+    current = state_files.read_json(journal) or {}
     current.update(changes, updated_at=time.time())
-    runstate.atomic_write_json(journal, current)
+    state_files.atomic_write_json(journal, current)
 
 
 # ---- the README ---------------------------------------------------------------------------------
@@ -392,7 +392,7 @@ def archive_study(study: Study, *, assume_stopped: bool = False,
     destination = root / ARCHIVED_EXPERIMENTS
     journal = root / JOURNAL_FILE
     readme = root / README_FILE
-    journal_state = runstate.read_json(journal) if journal.exists() else None
+    journal_state = state_files.read_json(journal) if journal.exists() else None
     resumed = journal_state is not None
 
     if source.exists() and not source.is_dir():
@@ -422,7 +422,7 @@ def archive_study(study: Study, *, assume_stopped: bool = False,
         root.mkdir(parents=True, exist_ok=True)
         _write_journal(journal, phase="moving", source=str(source.resolve()),
                        destination=str(destination.resolve()), started_at=time.time())
-        journal_state = runstate.read_json(journal)
+        journal_state = state_files.read_json(journal)
     else:
         recorded = journal_state.get("source")
         if recorded and Path(recorded) != source.resolve():
@@ -453,7 +453,7 @@ def archive_study(study: Study, *, assume_stopped: bool = False,
     extra = [classify_run(archived, spec) for spec, _ in archived.run_dirs()
              if spec not in known]
     started = (journal_state or {}).get("started_at", time.time())
-    runstate.atomic_write_text(readme, readme_text(study, states, extra, source, started))
+    state_files.atomic_write_text(readme, readme_text(study, states, extra, source, started))
     log(f"wrote {readme}")
     os.unlink(journal)
     return ArchiveResult(destination, readme, method, resumed)

@@ -8,11 +8,11 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from ..catalog import SELECTIONS, reported_accuracy
-from ..layout import format_alpha
-from ..stats import SeedSummary, summarize
-from ..study_progress import COMPLETED, RunState
-from ..study import Pair, Study
+from ..run.catalog import SELECTIONS, reported_accuracy
+from ..run.layout import format_alpha
+from ..study.stats import SeedSummary, summarize
+from ..study.progress import COMPLETED, RunState
+from ..study.study_file import Pair, Study
 
 
 def selection_accuracy(study: Study) -> tuple[str, str]:
@@ -94,7 +94,7 @@ class AccuracyGroup:
 
     @property
     def selected_summary(self) -> SeedSummary:
-        """Mean, std, 95 % t-interval and n of :attr:`selected` (kdlab.stats.summarize)."""
+        """Mean, std, 95 % t-interval and n of :attr:`selected` (kdlab.study.stats.summarize)."""
         return summarize(self.selected)
 
     @property
@@ -175,7 +175,7 @@ def chosen_on(state: RunState) -> str:
 
 def group_keys(study: Study, state: RunState) -> list[tuple]:
     """The keys (data set, pair, role, method, alpha) of the accuracy groups that hold the
-    run: one per cell of the grid holding it (:meth:`kdlab.study.Study.cells_of`; a
+    run: one per cell of the grid holding it (:meth:`kdlab.study.study_file.Study.cells_of`; a
     teacher shared by two pairs is in both); none for a run outside the grid."""
     keys = []
     for cell in study.cells_of(state.spec):

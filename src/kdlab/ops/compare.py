@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .. import catalog, runstate
-from ..errors import UserError
-from ..layout import analysis_dir, format_alpha
-from ..stats import SeedSummary, summarize
-from ..study_progress import COMPLETED, RunState, study_run_states
-from ..study import Study, load_study
+from ..run import catalog, state_files
+from ..run.errors import UserError
+from ..run.layout import analysis_dir, format_alpha
+from ..study.stats import SeedSummary, summarize
+from ..study.progress import COMPLETED, RunState, study_run_states
+from ..study.study_file import Study, load_study
 from .common import markdown_table, selection_accuracy
 
 REFERENCE_COLUMNS = ("dataset", "teacher", "student", "method", "top1", "source", "epoch")
@@ -350,9 +350,9 @@ def write_comparison(study: Study, output_dir: str | Path | None = None,
               else analysis_dir(study.analysis_dir, study.name) / "compare")
     markdown = comparison_markdown(study, rows, reference_name)
     paths = [output / "compare.md", output / "compare.csv", output / "compare.png"]
-    runstate.atomic_write_text(paths[0], markdown + "\n")
-    runstate.atomic_write_text(paths[1], comparison_csv(rows))
-    runstate.atomic_write_bytes(paths[2], comparison_figure(study, rows))
+    state_files.atomic_write_text(paths[0], markdown + "\n")
+    state_files.atomic_write_text(paths[1], comparison_csv(rows))
+    state_files.atomic_write_bytes(paths[2], comparison_figure(study, rows))
     return markdown, paths
 
 

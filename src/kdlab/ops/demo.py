@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import runstate
-from ..errors import UserError
-from ..layout import analysis_dir
-from ..study_progress import COMPLETED, FAILED, QUEUED, RUNNING, study_run_states
-from ..study import Study, load_study
+from ..run import state_files
+from ..run.errors import UserError
+from ..run.layout import analysis_dir
+from ..study.progress import COMPLETED, FAILED, QUEUED, RUNNING, study_run_states
+from ..study.study_file import Study, load_study
 
 DEMO_STUDY_FILE = "demo.toml"
 POLL_SECONDS = 2.0
@@ -73,7 +73,7 @@ def prepare_workdir(workdir: str | Path, epochs: int | None = None,
     if pack_size is not None:
         text = _override(text, "scheduler", "pack_size", pack_size)
     study_path = workdir / DEMO_STUDY_FILE
-    runstate.atomic_write_text(study_path, text)
+    state_files.atomic_write_text(study_path, text)
     study = load_study(study_path)
     anchored = {key: getattr(study, key) if getattr(study, key).is_absolute()
                 else workdir / getattr(study, key)
@@ -103,7 +103,7 @@ def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
     epoch (a crash at start-up) is marked failed, with the last line of its train.log as
     the reason, before the queue would submit it again: otherwise the queue resubmits it
     forever and it holds one of the few job slots."""
-    from ..queue import LATER, LIVE, SUBMIT, UNKNOWN, plan_queue, run_queue
+    from ..study.queue import LATER, LIVE, SUBMIT, UNKNOWN, plan_queue, run_queue
     from ..schedulers import get_scheduler
 
     scheduler = get_scheduler(study.scheduler.backend)
@@ -124,7 +124,7 @@ def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
                         and count >= MAX_FRUITLESS_SUBMISSIONS):
                     reason = (f"kdlab demo gave up: its jobs ended {count} times without "
                               f"finishing an epoch (train.log: {_log_tail(decision.run.run_dir)})")
-                    runstate.update_status(decision.run.run_dir, status=runstate.FAILED,
+                    state_files.update_status(decision.run.run_dir, status=state_files.FAILED,
                                            reason=reason)
                     given_up += 1   # the state change below shows the reason
             decisions, _ = run_queue(study, say=lambda line: None, scheduler=scheduler)

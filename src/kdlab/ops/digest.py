@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import runstate
-from ..errors import UserError
-from ..layout import format_alpha
-from ..study_progress import COMPLETED, FAILED, RunState, study_run_states
-from ..study import Study, load_study
+from ..run import state_files
+from ..run.errors import UserError
+from ..run.layout import format_alpha
+from ..study.progress import COMPLETED, FAILED, RunState, study_run_states
+from ..study.study_file import Study, load_study
 from .common import markdown_table, time_text
 
 # (path prefix, area). First match wins, so specific prefixes come first.
@@ -163,7 +163,7 @@ def _recorded_time(state: RunState, keys: tuple[str, ...],
         value = status.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    return committed.get((state.run_dir / runstate.STATUS_FILE).resolve())
+    return committed.get((state.run_dir / state_files.STATUS_FILE).resolve())
 
 
 def completion_time(state: RunState, committed: dict[Path, float] | None = None) -> float | None:
@@ -276,7 +276,7 @@ def command(args) -> int:
     study = load_study(args.study) if args.study else None
     text = digest_text(args.repo, args.since, study)
     if args.output:
-        runstate.atomic_write_text(args.output, text)
+        state_files.atomic_write_text(args.output, text)
         print(f"wrote {args.output}")
     else:
         print(text, end="")

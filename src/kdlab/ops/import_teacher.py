@@ -5,7 +5,7 @@ of that data set and seed, so that its students distil from it like from any tea
 
 The file's state dict is mapped onto kdlab's model (:func:`kdlab.models.fitting_state_dict`)
 and loaded strictly; the model is evaluated on the test set with the normalisation the file
-was trained with (RepDistiller's for CIFAR-100, see :data:`kdlab.catalog.
+was trained with (RepDistiller's for CIFAR-100, see :data:`kdlab.run.catalog.
 REPDISTILLER_NORMALIZATION`) and, where the study prepares images otherwise, also as the
 study does (what its students will distil under). The run directory then holds ``best.pth``
 (kdlab's ``{'weights': state_dict}``), ``config.json`` (the study's teacher config) and
@@ -29,11 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import catalog, runstate
-from ..config import write_config_file
-from ..errors import UserError
-from ..layout import REPLACED_PREFIX, RunSpec
-from ..study import Study, load_study
+from ..run import catalog, state_files
+from ..run.config import write_config_file
+from ..run.errors import UserError
+from ..run.layout import REPLACED_PREFIX, RunSpec
+from ..study.study_file import Study, load_study
 
 # A measured accuracy this many points under the published one earns a warning line.
 WARN_BELOW_PUBLISHED_POINTS = 1.0
@@ -112,8 +112,8 @@ def existing_run(run_dir: Path) -> str | None:
     """What the run directory holds already, in words ('completed (best 71.20%)'), or None
     when it holds no run."""
     try:
-        status = runstate.read_status(run_dir)
-    except runstate.StateFileError as error:
+        status = state_files.read_status(run_dir)
+    except state_files.StateFileError as error:
         return f"an unreadable status.json ({error})"
     if status is None:
         return None
@@ -274,7 +274,7 @@ def import_teacher(study: Study, source: str | Path, model_name: str, dataset: s
     }
     # No epoch/epochs: kdlab trained none (the file's own epoch is in imported.file), and the
     # study's epoch progress counts a completed run as its planned epochs.
-    status = {"status": runstate.COMPLETED, "config": config.to_dict(), "max_acc": accuracy,
+    status = {"status": state_files.COMPLETED, "config": config.to_dict(), "max_acc": accuracy,
               "final_acc": accuracy, "run": spec.name, "started_at": now, "completed_at": now,
               "imported": imported}
 
@@ -284,11 +284,11 @@ def import_teacher(study: Study, source: str | Path, model_name: str, dataset: s
         lock.acquire()  # no kdlab train may start this run while it is written
         refuse_existing(run_dir, force)  # nothing appeared while the file was evaluated
         replaced = move_aside(run_dir, lock.path.name)
-        runstate.atomic_torch_save({"weights": model.cpu().state_dict()},
-                                   run_dir / runstate.BEST_FILE)
+        state_files.atomic_torch_save({"weights": model.cpu().state_dict()},
+                                   run_dir / state_files.BEST_FILE)
         write_config_file(run_dir, config, force=True)
         # status.json last: the run reads as completed only once best.pth is in place
-        runstate.write_status(run_dir, status, provenance=f"import-teacher from "
+        state_files.write_status(run_dir, status, provenance=f"import-teacher from "
                               f"{imported['source']} (sha256 {digest})")
     return Imported(spec, run_dir, source, digest, accuracy, study_accuracy, normalization,
                     published, replaced)

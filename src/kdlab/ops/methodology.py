@@ -20,11 +20,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import catalog, runstate
-from ..config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words
-from ..layout import analysis_dir, analysis_table_path, format_alpha
-from ..study_progress import COMPLETED, RunState, study_run_states
-from ..study import Study, load_study
+from ..run import catalog, state_files
+from ..run.config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words
+from ..run.layout import analysis_dir, analysis_table_path, format_alpha
+from ..study.progress import COMPLETED, RunState, study_run_states
+from ..study.study_file import Study, load_study
 from .common import effective_method_options, is_earlier_code
 from .methodology_facts import earlier_code_blocks, objective_blocks, selection_settings
 
@@ -217,8 +217,8 @@ def training_times(study: Study, states: list[RunState]) -> list[TimingRow]:
         if state.state == "unreadable":
             continue
         try:
-            metrics = runstate.read_metrics(state.run_dir)
-        except runstate.StateFileError:
+            metrics = state_files.read_metrics(state.run_dir)
+        except state_files.StateFileError:
             continue
         seconds = (metrics or {}).get("epoch_seconds")
         if not isinstance(seconds, list):
@@ -483,7 +483,7 @@ def _method_facts(study: Study, method: str) -> tuple[str, dict]:
         from ..distill import method_class
     except ImportError:
         return "—", options
-    from .. import catalog
+    from ..run import catalog
 
     parts = catalog.combination_parts(method) or (method,)
     return "; ".join(method_class(part).citation or "—" for part in parts), options
@@ -497,8 +497,8 @@ def write_methodology(study: Study, output_dir: str | Path | None = None) -> tup
     sections = methodology_sections(study, states)
     title = "Methodology"
     markdown_path, latex_path = output / "methodology.md", output / "methodology.tex"
-    runstate.atomic_write_text(markdown_path, render_markdown(title, sections))
-    runstate.atomic_write_text(latex_path, render_latex(title, sections))
+    state_files.atomic_write_text(markdown_path, render_markdown(title, sections))
+    state_files.atomic_write_text(latex_path, render_latex(title, sections))
     return markdown_path, latex_path
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import functools
 
-from .. import catalog
-from ..config import (KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words,
-                      snapshot_epochs_of)
-from ..layout import format_alpha
-from ..study_progress import COMPLETED, RunState
-from ..study import Study
+from ..run import catalog
+from ..run.config import (KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_words,
+    snapshot_epochs_of)
+from ..run.layout import format_alpha
+from ..study.progress import COMPLETED, RunState
+from ..study.study_file import Study
 from .common import earlier_code_runs, effective_method_options, is_earlier_code
 
 MULLER_2019 = ("Müller, Kornblith & Hinton (2019), When Does Label Smoothing Help?, "

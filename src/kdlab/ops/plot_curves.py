@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import runstate
-# the collapse rule: one for status and plot, kept in study_progress (re-exported here)
-from ..study_progress import COLLAPSE_MARGIN_POINTS, is_collapsed  # noqa: F401
+from ..run import state_files
 
 CURVES_FILE = "curves.png"
 # PNG text-chunk keys: the SHA-256 of the file the curves were drawn from, and the options.
@@ -64,7 +62,7 @@ def _metric_series(metrics: dict, key: str, path: Path) -> list[float]:
     values = metrics.get(key, [])
     if not isinstance(values, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in values):
-        raise runstate.StateFileError(f"{path}: '{key}' is not a list of numbers")
+        raise state_files.StateFileError(f"{path}: '{key}' is not a list of numbers")
     return [math.nan if v is None else float(v) for v in values]
 
 
@@ -80,7 +78,7 @@ def _read_bytes(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise runstate.StateFileError(f"{path}: cannot read ({error.strerror or error})") from None
+        raise state_files.StateFileError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 def _refusal_text(error: Exception) -> str:
@@ -104,13 +102,13 @@ def _load_checkpoint(path: Path, raw: bytes) -> dict:
     try:
         checkpoint = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise runstate.StateFileError(f"{path}: refused by the safe loader "
+        raise state_files.StateFileError(f"{path}: refused by the safe loader "
                                       f"({_refusal_text(error)})") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError) as error:
-        raise runstate.StateFileError(f"{path}: not a readable checkpoint "
+        raise state_files.StateFileError(f"{path}: not a readable checkpoint "
                                       f"({_refusal_text(error)})") from None
     if not isinstance(checkpoint, dict):
-        raise runstate.StateFileError(f"{path}: expected a dict, found "
+        raise state_files.StateFileError(f"{path}: expected a dict, found "
                                       f"{type(checkpoint).__name__}")
     return checkpoint
 
@@ -120,17 +118,17 @@ def read_curves(run_directory: str | Path) -> Curves | None:
     runs in progress). None when neither exists or they hold no epoch; StateFileError
     (naming the file) when the file is unreadable."""
     run_directory = Path(run_directory)
-    path = run_directory / runstate.METRICS_FILE
+    path = run_directory / state_files.METRICS_FILE
     raw = _read_bytes(path)
     if raw is not None:
         try:
             metrics = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise runstate.StateFileError(f"{path}: not valid JSON ({error})") from None
+            raise state_files.StateFileError(f"{path}: not valid JSON ({error})") from None
         if not isinstance(metrics, dict):
-            raise runstate.StateFileError(f"{path}: expected a JSON object")
+            raise state_files.StateFileError(f"{path}: expected a JSON object")
     else:
-        path = run_directory / runstate.CHECKPOINT_FILE
+        path = run_directory / state_files.CHECKPOINT_FILE
         raw = _read_bytes(path)
         if raw is None:
             return None
@@ -157,7 +155,7 @@ def save_figure(figure, path: Path, metadata: dict[str, str] | None = None) -> N
     """Render to PNG in memory and write atomically (a reader never sees half a PNG)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata=metadata or {})
-    runstate.atomic_write_bytes(path, buffer.getvalue())
+    state_files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def _stamps_of(png_path: Path) -> tuple[str | None, str | None]:

@@ -20,16 +20,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import runstate
-from ..errors import UserError
-from ..layout import analysis_dir, format_alpha
-from ..study_progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
-                              UNREADABLE, WAITING, RunState, study_run_states)
-from ..study_progress import outside_grid, outside_grid_summary
-from ..study import Pair, Study, load_study
+from ..run import state_files
+from ..run.errors import UserError
+from ..run.layout import analysis_dir, format_alpha
+from ..study.progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
+    UNREADABLE, WAITING, RunState, study_run_states)
+from ..study.progress import outside_grid, outside_grid_summary
+from ..study.study_file import Pair, Study, load_study
 from .common import accuracy_groups, group_keys, time_text
-from .plot_curves import (STAMP_KEY, CURVES_FILE, Curves, is_collapsed,  # noqa: F401
-                          new_figure, num_classes_of, plot_run_curves, save_figure)
+from .plot_curves import (CURVES_FILE, Curves, new_figure, num_classes_of, plot_run_curves,
+                          save_figure)
 
 PROGRESS_GRID_FILE = "progress_grid.png"
 ACCURACY_OVERVIEW_FILE = "accuracy_overview.png"
@@ -113,8 +113,8 @@ def run_title(state: RunState, curves: Curves) -> str:
         text += f", best {state.max_acc:.2f}%"
     if run_is_collapsed(state):
         text += " — COLLAPSED (at chance)"
-    if curves.source.name == runstate.CHECKPOINT_FILE:
-        text += f" (from {runstate.CHECKPOINT_FILE})"
+    if curves.source.name == state_files.CHECKPOINT_FILE:
+        text += f" (from {state_files.CHECKPOINT_FILE})"
     return text
 
 
@@ -364,7 +364,7 @@ def plot_accuracy_overview(study: Study, states: list[RunState], path: Path, mad
 def ensure_output_dir(path: Path) -> None:
     """Create ``path`` for figures, or the writer's one line naming it (a file in the way, a
     read-only directory) before anything is drawn."""
-    runstate.ensure_directory(path)
+    state_files.ensure_directory(path)
 
 
 def _plot_run(state: RunState, report: PlotReport, full_scale: bool, progress) -> None:
@@ -380,7 +380,7 @@ def _plot_run(state: RunState, report: PlotReport, full_scale: bool, progress) -
             outcome = plot_run_curves(state.run_dir, lambda curves: run_title(state, curves),
                                       full_scale=full_scale or collapsed,
                                       chance=100.0 / classes if classes else None)
-        except runstate.StateFileError as error:
+        except state_files.StateFileError as error:
             report.add_incomplete(name, "unreadable file", f"unreadable file {error}", False)
             return
         except OSError as error:

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
-from ..study import Study, load_study
+from ..run.errors import UserError
+from ..study.study_file import Study, load_study
 
 STEP_TIMEOUT_SECONDS = 3 * 3600
 CONNECT_TIMEOUT = 30     # seconds ssh waits for the host (unless ssh_options say otherwise)

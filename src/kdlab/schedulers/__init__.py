@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-from .. import catalog
-from ..errors import UserError
+from ..run import catalog
+from ..run.errors import UserError
 from .base import TEMPLATE_FIELDS, Scheduler, SchedulerError
 
 BACKEND_NAMES = catalog.BACKENDS
 
 
 def get_scheduler(name: str) -> Scheduler:
-    """The backend called ``name`` (one of :data:`kdlab.catalog.BACKEND_FACTS`)."""
+    """The backend called ``name`` (one of :data:`kdlab.run.catalog.BACKEND_FACTS`)."""
     facts = catalog.BACKEND_FACTS.get(name)
     if facts is None:
         raise UserError(f"unknown scheduler backend {name!r}: expected one of "

@@ -43,8 +43,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..errors import UserError
-from ..study import SchedulerSettings
+from ..run.errors import UserError
+from ..run.study_settings import SchedulerSettings
 
 TEMPLATE_FIELDS = ("job_name", "run_dir", "workdir", "output_file", "error_file", "walltime",
                    "walltime_seconds", "cpus", "gpus", "memory", "memory_mb", "queue", "account",

@@ -3,7 +3,7 @@
 A job script is a shell script whose first lines (``#SBATCH``/``#PBS``) the scheduler
 reads as options. A line break in a value that lands in such a line would end the block
 and turn the rest into a shell command, so every study value that reaches a job script is
-checked here when the study is loaded (one :class:`~kdlab.errors.UserError` line naming
+checked here when the study is loaded (one :class:`~kdlab.run.errors.UserError` line naming
 the key), and the run directories once more when a script is rendered (they include the
 directory ``kdlab queue`` runs in).
 
@@ -39,8 +39,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .. import catalog
-from ..errors import UserError
+from ..run import catalog
+from ..run.errors import UserError
 
 # C0 and C1 control characters, DEL, and the Unicode line and paragraph separators.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..study import SchedulerSettings
+from ..run.study_settings import SchedulerSettings
 from .base import Scheduler, SchedulerError, training_argv
 
 LOG_FILE = "train.log"

@@ -34,8 +34,8 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..runstate import atomic_write_text
-from ..study import SchedulerSettings
+from ..run.state_files import atomic_write_text
+from ..run.study_settings import SchedulerSettings
 from .base import (Scheduler, SchedulerError, command_failure, liveness_of, next_script_path,
                    render_script, reply_quote, run_command, scheduler_json, script_body,
                    script_fields)

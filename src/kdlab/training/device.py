@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..catalog import PRECISIONS
-from ..errors import UserError
+from ..run.catalog import PRECISIONS
+from ..run.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import layout, runstate
-from ..config import TrainConfig
+from ..run import layout, state_files
+from ..run.config import TrainConfig
 from .guards import Preempted, StopFlag, check_epoch
 from .loop import evaluate, train_epoch
 from .selection import VALIDATION, accuracy_summary
@@ -88,12 +88,12 @@ def _save_epoch(student: Student, selection_acc: float) -> None:
     ctx, state, status = student.ctx, student.state, student.status
     if selection_acc > state.best_acc:
         state.best_acc = selection_acc
-        runstate.atomic_torch_save({"weights": state.model.state_dict()},
-                                   ctx.run_dir / runstate.BEST_FILE)
+        state_files.atomic_torch_save({"weights": state.model.state_dict()},
+                                   ctx.run_dir / state_files.BEST_FILE)
     if state.epoch in ctx.config.snapshot_epoch_list:
-        runstate.atomic_torch_save({"weights": state.model.state_dict(), "epoch": state.epoch},
+        state_files.atomic_torch_save({"weights": state.model.state_dict(), "epoch": state.epoch},
                                    layout.snapshot_path(ctx.run_dir, state.epoch))
-    runstate.atomic_torch_save(state.state_dict(), ctx.run_dir / runstate.CHECKPOINT_FILE)
+    state_files.atomic_torch_save(state.state_dict(), ctx.run_dir / state_files.CHECKPOINT_FILE)
     write_metrics(ctx.run_dir, state.metrics, ctx.config)
     status.update(epoch=state.epoch, **accuracy_summary(state.metrics, ctx.config.selection),
                   duration_seconds=sum(state.metrics["epoch_seconds"]))
@@ -104,11 +104,11 @@ def _save_epoch(student: Student, selection_acc: float) -> None:
 def _fail(student: Student, reason: str, epoch: int) -> None:
     ctx = student.ctx
     write_metrics(ctx.run_dir, student.state.metrics, ctx.config)
-    student.status.update(status=runstate.FAILED, reason=reason, failed_epoch=epoch,
+    student.status.update(status=state_files.FAILED, reason=reason, failed_epoch=epoch,
                           failed_at=time.time())
     write_status(ctx.run_dir, student.status)
     ctx.say(f"{ctx.spec.name}: FAILED at epoch {epoch}: {reason}", always=True)
-    student.result = runstate.FAILED
+    student.result = state_files.FAILED
 
 
 def mark_stopped(student: Student, signal_name: str | None) -> None:
@@ -116,11 +116,11 @@ def mark_stopped(student: Student, signal_name: str | None) -> None:
     write_status(student.ctx.run_dir, student.status)
     student.ctx.say(f"{student.ctx.spec.name}: stopped by {signal_name}; checkpoint of epoch "
                     f"{student.status['epoch']} kept, resumes from there", always=True)
-    student.result = runstate.IN_PROGRESS
+    student.result = state_files.IN_PROGRESS
 
 
 def _completed(student: Student) -> None:
-    student.status.update(status=runstate.COMPLETED, completed_at=time.time())
+    student.status.update(status=state_files.COMPLETED, completed_at=time.time())
     student.status.pop("stopped_by", None)
     student.status.pop("stopped_at", None)
     write_status(student.ctx.run_dir, student.status)
@@ -130,22 +130,22 @@ def _completed(student: Student) -> None:
     student.ctx.say(f"{student.ctx.spec.name}: completed, test accuracy {chosen:.2f}% at the "
                     f"epoch chosen on the {config.selection} split (epoch "
                     f"{summary.get('selected_epoch', '-')})")
-    student.result = runstate.COMPLETED
+    student.result = state_files.COMPLETED
 
 
 def write_status(run_dir: Path, status: dict) -> None:
     # Merge with what is on disk so that a job id written by the queue after we started
     # (e.g. a re-submission that found this process alive) is never lost.
     try:
-        on_disk = runstate.read_status(run_dir) or {}
-    except runstate.StateFileError:
+        on_disk = state_files.read_status(run_dir) or {}
+    except state_files.StateFileError:
         on_disk = {}
     for key in ("job_id", "scheduler", "submitted_at", "pack"):
         if key in on_disk and key not in status:
             status[key] = on_disk[key]
-    runstate.write_status(run_dir, status)
+    state_files.write_status(run_dir, status)
 
 
 def write_metrics(run_dir: Path, metrics: dict, config: TrainConfig) -> None:
-    runstate.atomic_write_json(run_dir / runstate.METRICS_FILE,
+    state_files.atomic_write_json(run_dir / state_files.METRICS_FILE,
                                {**metrics, "config": config.to_dict(), "epochs": config.epochs})

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..run.errors import UserError
 
 LOCK_FILE = "train.lock"
 

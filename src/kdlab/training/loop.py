@@ -11,10 +11,10 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from .. import layout, runstate
+from ..run import layout, state_files
 from .device import autocast, epoch_generator
 from .guards import Preempted, StopFlag
-from ..catalog import BENCHMARK_OBJECTIVE
+from ..run.catalog import BENCHMARK_OBJECTIVE
 from ..distill.base import BatchContext
 from ..distill.logit import kd_divergence
 from ..models.features import Features
@@ -240,7 +240,7 @@ def pretrain(ctx: RunContext, distiller, teacher, data, flag: StopFlag,
             config.batch_size, epoch_generator(config.seed + PRETRAIN_SEED_OFFSET, epoch)),
         device=ctx.device, run_dir=ctx.run_dir, seed=config.seed,
         should_stop=lambda: bool(flag), log=ctx.say,
-        save=lambda path, obj: runstate.atomic_torch_save(obj, path),
+        save=lambda path, obj: state_files.atomic_torch_save(obj, path),
         batch_size=config.batch_size,
         teacher_dir=layout.run_dir(config.experiments_dir, config.run_spec().teacher_run()),
         fresh=fresh)

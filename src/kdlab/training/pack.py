@@ -17,10 +17,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .. import layout, runstate
-from ..config import TrainConfig, complete_options, pack_shared_fields, validate_config
-from ..errors import UserError, WriteError
-from ..layout import PURE
+from ..run import layout, state_files
+from ..run.config import TrainConfig, complete_options, pack_shared_fields, validate_config
+from ..run.errors import UserError, WriteError
+from ..run.layout import PURE
 from . import device as device_module
 from .epochs import mark_stopped, run_epochs, write_status
 from .guards import Preempted, StopFlag, stop_signals
@@ -33,7 +33,7 @@ from .state import RunContext, Student, build_state
 from .threads import thread_limits
 
 # What the members of a pack share (and the teacher model, for its KD members): every
-# setting but the per-run ones (kdlab.config.PER_RUN_FIELDS), as the queue groups them.
+# setting but the per-run ones (kdlab.run.config.PER_RUN_FIELDS), as the queue groups them.
 PACK_KEYS = tuple(pack_shared_fields())
 
 
@@ -108,11 +108,11 @@ def train_pack(configs: list[TrainConfig], *, force_restart: bool = False,
                 # train on instead of stalling in every job the queue submits.
                 print(f"{spec.name}: FAILED, left its pack: {error}", file=sys.stderr,
                       flush=True)
-                results[spec.name] = runstate.FAILED
+                results[spec.name] = state_files.FAILED
                 continue
-            if status and status["status"] == runstate.COMPLETED and not force_restart:
+            if status and status["status"] == state_files.COMPLETED and not force_restart:
                 ctx.say(f"{spec.name}: already completed; --force-restart to retrain")
-                results[spec.name] = runstate.COMPLETED
+                results[spec.name] = state_files.COMPLETED
                 continue
             members.append(_Member(ctx, status, lock))
         if members:
@@ -140,7 +140,7 @@ def _train_members(members: list[_Member], force_restart: bool, download: bool,
                 mark_stopped(student, flag.signal_name)
     except Exception as error:  # outside any one student's step: every unfinished one
         return _unfinished(members, students, error, environment=isinstance(error, OSError))
-    return {**{member.ctx.spec.name: runstate.FAILED for member in members if member.left},
+    return {**{member.ctx.spec.name: state_files.FAILED for member in members if member.left},
             **{student.ctx.spec.name: student.result for student in students}}
 
 
@@ -149,9 +149,9 @@ def _leave_pack(member: _Member, reason: str) -> None:
     --retry-failed`` or ``kdlab train --force-restart``); its other files are kept."""
     member.left = True
     try:
-        runstate.update_status(member.ctx.run_dir, status=runstate.FAILED, reason=reason,
+        state_files.update_status(member.ctx.run_dir, status=state_files.FAILED, reason=reason,
                                failed_at=time.time())
-    except (OSError, runstate.StateFileError):
+    except (OSError, state_files.StateFileError):
         pass  # the line below still names it
     print(f"{member.ctx.spec.name}: FAILED, left its pack: {reason}", file=sys.stderr,
           flush=True)
@@ -163,8 +163,8 @@ def _unfinished(members: list[_Member], students: list[Student], error: Exceptio
     for member in members:
         if not member.left and not any(student.ctx is member.ctx and student.result for student in students):
             (record_environment_failure if environment else record_crash)(member.ctx, error)
-    unfinished = runstate.IN_PROGRESS if environment else runstate.FAILED
-    return {member.ctx.spec.name: runstate.FAILED if member.left else
+    unfinished = state_files.IN_PROGRESS if environment else state_files.FAILED
+    return {member.ctx.spec.name: state_files.FAILED if member.left else
             next((student.result for student in students
                   if student.ctx is member.ctx and student.result), unfinished)
             for member in members}

@@ -1,7 +1,7 @@
 """One run: validate, skip when done, train or resume, record a crash as a failure.
 
 One call of :func:`train_run` trains (or resumes, or skips) the run that a
-:class:`~kdlab.config.TrainConfig` describes. After every epoch it writes, each atomically:
+:class:`~kdlab.run.config.TrainConfig` describes. After every epoch it writes, each atomically:
 ``best.pth`` (when the accuracy on the selection split improved: test, or the validation
 hold-out, see :mod:`kdlab.training.selection`), ``checkpoint.pth`` (everything needed to
 resume), ``metrics.json`` and ``status.json``. Killed at any instant, the run resumes from
@@ -12,7 +12,7 @@ the checkpoint restores every other piece of state.
 A stop request (SIGTERM or SIGUSR1, what schedulers send ahead of the walltime kill) ends the
 run at the next batch boundary: the partial epoch is dropped (the checkpoint of the last
 finished epoch is already on disk), the status stays ``in_progress`` and the process exits
-with :data:`~kdlab.errors.EXIT_PREEMPTED` so that a re-queue resumes it.
+with :data:`~kdlab.run.errors.EXIT_PREEMPTED` so that a re-queue resumes it.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from .. import layout, runstate
-from ..config import (TrainConfig, complete_options, check_config_file, validate_config,
-                      write_config_file)
-from ..errors import UserError, WriteError
-from ..layout import PURE
+from ..run import layout, state_files
+from ..run.config import (TrainConfig, complete_options, check_config_file, validate_config,
+    write_config_file)
+from ..run.errors import UserError, WriteError
+from ..run.layout import PURE
 from . import device as device_module
 from .epochs import mark_stopped, run_epochs, write_status
 from .guards import Preempted, StopFlag, stop_signals
@@ -61,10 +61,10 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
         if run_dir.exists():  # refuse early when another process trains it
             lock.acquire()
         status = read_own_status(run_dir, force_restart)
-        if status and status["status"] == runstate.COMPLETED and not force_restart:
+        if status and status["status"] == state_files.COMPLETED and not force_restart:
             ctx.say(f"{spec.name}: already completed (best test accuracy "
                     f"{status.get('max_acc', float('nan')):.2f}%); --force-restart to retrain")
-            return runstate.COMPLETED
+            return state_files.COMPLETED
         try:
             return _train(ctx, status, force_restart, download, flag, lock)
         except WriteError as error:  # the writer's one-line form of a full disk, a lost mount
@@ -79,8 +79,8 @@ def train_run(config: TrainConfig, *, force_restart: bool = False, download: boo
 
 def read_own_status(run_dir: Path, force_restart: bool) -> dict | None:
     try:
-        return runstate.read_status(run_dir)
-    except runstate.StateFileError as error:
+        return state_files.read_status(run_dir)
+    except state_files.StateFileError as error:
         if not force_restart:
             raise UserError(f"{error}; kept it: fix it or pass --force-restart") from None
         return None
@@ -94,12 +94,12 @@ def record_crash(ctx: RunContext, error: Exception) -> str:
     traceback.print_exc()
     reason = crash_reason(error)
     try:
-        runstate.update_status(ctx.run_dir, status=runstate.FAILED, reason=reason,
+        state_files.update_status(ctx.run_dir, status=state_files.FAILED, reason=reason,
                                failed_at=time.time())
-    except (OSError, runstate.StateFileError):
+    except (OSError, state_files.StateFileError):
         pass
     print(f"{ctx.spec.name}: FAILED: {reason}", file=sys.stderr, flush=True)
-    return runstate.FAILED
+    return state_files.FAILED
 
 
 def record_environment_failure(ctx: RunContext, error: OSError) -> str:
@@ -109,15 +109,15 @@ def record_environment_failure(ctx: RunContext, error: OSError) -> str:
     resubmits it a bounded number of times."""
     reason = f"environment failure: {type(error).__name__}: {error}"
     try:
-        previous = runstate.read_status(ctx.run_dir) or {}
+        previous = state_files.read_status(ctx.run_dir) or {}
         failures = int(previous.get("environment_failures") or 0) + 1
-        runstate.update_status(ctx.run_dir, status=runstate.IN_PROGRESS, reason=reason,
+        state_files.update_status(ctx.run_dir, status=state_files.IN_PROGRESS, reason=reason,
                                environment_failures=failures, environment_failed_at=time.time())
-    except (OSError, ValueError, TypeError, runstate.StateFileError):
+    except (OSError, ValueError, TypeError, state_files.StateFileError):
         pass  # e.g. the disk is still full: the status stays 'in_progress' all the same
     print(f"{ctx.spec.name}: stopped by an {reason}; the checkpoint of the last finished "
           "epoch is kept and the run resumes from there", file=sys.stderr, flush=True)
-    return runstate.IN_PROGRESS
+    return state_files.IN_PROGRESS
 
 
 def check_writable(run_dir: Path) -> None:
@@ -145,19 +145,19 @@ def load_teacher(config: TrainConfig, num_classes: int, device: torch.device):
     teacher_spec = config.run_spec().teacher_run()
     teacher_dir = layout.run_dir(config.experiments_dir, teacher_spec)
     try:
-        status = runstate.read_status(teacher_dir)
-    except runstate.StateFileError as error:
+        status = state_files.read_status(teacher_dir)
+    except state_files.StateFileError as error:
         raise UserError(f"teacher run status unreadable: {error}") from None
     if status is None:
         raise UserError(f"teacher run {teacher_dir} has no status.json: train the teacher "
                         f"{teacher_spec.model} on {teacher_spec.dataset} (seed "
                         f"{teacher_spec.seed}) first")
-    if status["status"] != runstate.COMPLETED:
+    if status["status"] != state_files.COMPLETED:
         raise UserError(f"teacher run {teacher_dir} is '{status['status']}' (epoch "
                         f"{status.get('epoch', '?')}): a student is only distilled from a "
                         "completed teacher")
     teacher = build_model(config.teacher_model, num_classes)
-    load_weights_file(teacher, teacher_dir / runstate.BEST_FILE, what="teacher checkpoint")
+    load_weights_file(teacher, teacher_dir / state_files.BEST_FILE, what="teacher checkpoint")
     teacher.to(device).eval()
     if config.channels_last:
         teacher.to(memory_format=torch.channels_last)
@@ -208,7 +208,7 @@ def restore_state(ctx: RunContext, state: TrainingState, force_restart: bool) ->
     checking that the run's config.json may be replaced; writes nothing, so that a refusal
     (a UserError naming the file) leaves the run as it was."""
     check_config_file(ctx.run_dir, ctx.config, force_restart)
-    checkpoint_path = ctx.run_dir / runstate.CHECKPOINT_FILE
+    checkpoint_path = ctx.run_dir / state_files.CHECKPOINT_FILE
     if checkpoint_path.exists() and not force_restart:
         state.load_state_dict(read_checkpoint(checkpoint_path, ctx.config))
         ctx.say(f"{ctx.spec.name}: resuming after epoch {state.epoch}/{ctx.config.epochs}")
@@ -225,7 +225,7 @@ def _start_over(ctx: RunContext, state: TrainingState) -> None:
              if (ctx.run_dir / name).exists()]
     stale += [layout.snapshot_path(ctx.run_dir, epoch)
               for epoch in layout.snapshot_epochs_present(ctx.run_dir)]
-    if stale or (ctx.run_dir / runstate.CHECKPOINT_FILE).exists():
+    if stale or (ctx.run_dir / state_files.CHECKPOINT_FILE).exists():
         ctx.say(f"{ctx.spec.name}: --force-restart: starting over")
     for path in stale:
         path.unlink()
@@ -242,7 +242,7 @@ def start_student(ctx: RunContext, state: TrainingState, status: dict | None,
     base_status = {key: value for key, value in (status or {}).items() if key != "reason"}
     if force_restart:
         base_status.pop("started_at", None)
-    base_status.update(status=runstate.IN_PROGRESS, epoch=state.epoch, epochs=ctx.config.epochs,
+    base_status.update(status=state_files.IN_PROGRESS, epoch=state.epoch, epochs=ctx.config.epochs,
                        config=ctx.config.to_dict(), selection=ctx.config.selection,
                        **accuracy_summary(state.metrics, ctx.config.selection),
                        run=ctx.spec.name, host=os.uname().nodename, pid=os.getpid())

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import layout
-from ..config import TrainConfig
-from ..errors import UserError
+from ..run import layout
+from ..run.config import TrainConfig
+from ..run.errors import UserError
 from . import device as device_module
 
 _NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy >= 2 names it _core
@@ -187,7 +187,7 @@ def _with_new_defaults(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[st
     behaved as its default does, so it resumes as long as the run keeps that default."""
     from dataclasses import MISSING, fields
 
-    from ..config import setting_default
+    from ..run.config import setting_default
 
     defaults = {item.name: setting_default(item) for item in fields(TrainConfig)
                 if setting_default(item) is not MISSING and item.name in wanted}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ..run.errors import UserError
 
 _SPLITS = ("train", "test", "validation")
 

@@ -17,10 +17,10 @@ from typing import Iterator
 
 import torch
 
-from .. import catalog
+from ..run import catalog
 
 # Environment variables that name the cores the job was given, in order of trust: the
-# scheduler backends' own (kdlab.catalog.BACKEND_FACTS), then the user's OpenMP setting.
+# scheduler backends' own (kdlab.run.catalog.BACKEND_FACTS), then the user's OpenMP setting.
 SCHEDULER_CPU_VARIABLES = (*(facts.cpu_variable for facts in catalog.BACKEND_FACTS.values()
                              if facts.cpu_variable), "OMP_NUM_THREADS")
 

@@ -3,7 +3,7 @@ drawing only the groups whose data changed since the last analysis.
 
 Figures are drawn in groups (one per data set x method, one per sweep metric, one for the
 summary); a group is redrawn only when the data it shows changed (digest in the manifest
-:func:`kdlab.layout.figure_manifest_path`), so a re-run after one new run redraws only
+:func:`kdlab.run.layout.figure_manifest_path`), so a re-run after one new run redraws only
 what it touches. Files a redrawn group no longer produces are removed.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ... import catalog, layout
-from ...runstate import atomic_write_json, read_json, StateFileError
+from ...run import catalog, layout
+from ...run.state_files import atomic_write_json, read_json, StateFileError
 from .. import workers
 from ..registry import SETTINGS
 from .common import FIGURE_VERSION, FLOORS, PURE, TEACHER, Grid, Values, alpha_text

@@ -15,8 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ... import layout  # noqa: E402
-from ...runstate import atomic_write_bytes  # noqa: E402
+from ...run import layout  # noqa: E402
+from ...run.state_files import atomic_write_bytes  # noqa: E402
 from ..store import LAYERS  # noqa: E402
 
 FIGURE_VERSION = 4

@@ -13,9 +13,19 @@ Analysis:         {root}/analysis/experiment_{study}/...
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+# Where data sets are read from when neither --data-root nor a study's data_root says.
+DATA_ROOT_ENV = "KDLAB_DATA_ROOT"
+
+
+def default_data_root() -> Path:
+    """``$KDLAB_DATA_ROOT`` when set (and not empty), else ``./data``."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or "data")
+
 
 PURE = "none"  # the distillation "method" of a pure (teacher or baseline student) run
 PURE_DIR = "pure"

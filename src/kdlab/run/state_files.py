@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, catalog
+from .. import __version__
+from . import catalog
 from .errors import WriteError
 
 STATUS_FILE = "status.json"
@@ -38,7 +39,7 @@ STATES = (QUEUED, IN_PROGRESS, COMPLETED, FAILED)
 CONFIG_FILE = "config.json"
 
 # Key of the scheduler job id; the earlier research code wrote a key per backend
-# ("pbs_job_id", "slurm_job_id": kdlab.catalog.BACKEND_FACTS).
+# ("pbs_job_id", "slurm_job_id": kdlab.run.catalog.BACKEND_FACTS).
 JOB_ID_KEYS = ("job_id", *(facts.legacy_job_id_key for facts in catalog.BACKEND_FACTS.values()
                            if facts.legacy_job_id_key))
 

@@ -8,7 +8,7 @@ For every run of the grid, in priority order (teachers, pure students, then KD r
   checkpoint); a run whose jobs ended :data:`MAX_MISSED_STARTS` times before training
   even began is reported instead and resubmitted only with ``--retry-failed``; so are a
   run whose training stopped on an environment failure (full disk) more often than
-  :data:`~kdlab.study_progress.MAX_ENVIRONMENT_RESUBMISSIONS` times and an earlier-code run in
+  :data:`~kdlab.study.progress.MAX_ENVIRONMENT_RESUBMISSIONS` times and an earlier-code run in
   progress (kdlab cannot resume the earlier code's checkpoint: ``--retry-failed``
   restarts it under kdlab, with ``kdlab train --force-restart``)
 - ``in_progress``/``queued``, liveness unknown    -> left alone, counted as live
@@ -55,15 +55,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import runstate
-from .config import complete_options, write_config_file
-from .errors import UserError
-from .layout import NO_ALPHA_LAYOUT
+from ..run import state_files
+from ..run.config import complete_options, write_config_file
+from ..run.errors import UserError
+from ..run.layout import NO_ALPHA_LAYOUT
 from .packs import Pack, make_packs
-from .schedulers import Scheduler, SchedulerError, backend_of_status, ending, get_scheduler
-from .study_progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
-                   RunState, check_liveness, resume_blocker, study_run_states)
-from .study import Study, load_study
+from ..schedulers import Scheduler, SchedulerError, backend_of_status, ending, get_scheduler
+from .progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
+    RunState, check_liveness, resume_blocker, study_run_states)
+from .study_file import Study, load_study
 
 LOCK_FILE = ".kdlab-queue.lock"
 LOCK_TIMEOUT_SECONDS = 600.0
@@ -112,10 +112,10 @@ def plan_queue(study: Study, states: list[RunState] | None = None, *,
                liveness: dict[Path, bool | str] | None = None,
                retry_failed: bool = False) -> list[Decision]:
     """One :class:`Decision` per run of ``study`` in priority order; submits nothing. The
-    runs to submit are grouped into packs (:func:`~kdlab.packs.make_packs`, each
+    runs to submit are grouped into packs (:func:`~kdlab.study.packs.make_packs`, each
     decision's ``pack``); the ``max_live_jobs`` limit counts jobs, a pack's job once.
 
-    ``states`` defaults to :func:`~kdlab.status.study_run_states`; ``liveness`` (run dir ->
+    ``states`` defaults to :func:`~kdlab.study.status.study_run_states`; ``liveness`` (run dir ->
     True alive / False gone / str why unknown) to asking the schedulers of the live runs."""
     if states is None:
         states = study_run_states(study)
@@ -296,7 +296,7 @@ def submit_pack(study: Study, pack: Pack, scheduler: Scheduler) -> str:
 
     def record(job_id: str) -> None:
         for decision, change in zip(pack.members, changes):
-            runstate.update_status(decision.run.run_dir, job_id=job_id, **change)
+            state_files.update_status(decision.run.run_dir, job_id=job_id, **change)
 
     return scheduler.submit(_job_name(pack), argv, pack.members[0].run.run_dir,
                             study.scheduler, record)
@@ -333,11 +333,11 @@ def _submission_changes(scheduler: Scheduler, decision: Decision, names: list[st
     """What a submission writes into a member's status.json (besides the job id)."""
     state = decision.run
     previous = state.status or {}
-    changes: dict = {"status": runstate.QUEUED, "scheduler": scheduler.name,
+    changes: dict = {"status": state_files.QUEUED, "scheduler": scheduler.name,
                      "submitted_at": time.time(),
                      "submissions": int(previous.get("submissions") or 0) + 1,
                      "pack": names if len(names) > 1 else None}
-    old_job = runstate.job_id_of(previous)
+    old_job = state_files.job_id_of(previous)
     if old_job is not None:
         changes["job_history"] = list(previous.get("job_history") or []) + [old_job]
     if decision.missed_start and old_job is not None:
@@ -389,8 +389,8 @@ def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False
             changes = ending.status_changes(decision.run.status, decision.job_end or {})
             if changes:  # why its job ended is kept in status.json, whatever happens next
                 try:
-                    runstate.update_status(decision.run.run_dir, **changes)
-                except (OSError, runstate.StateFileError) as error:
+                    state_files.update_status(decision.run.run_dir, **changes)
+                except (OSError, state_files.StateFileError) as error:
                     decision.reason += f"; not recorded why its job ended: {error}"
             pack = decision.pack
             if decision.action == SUBMIT and not pack.tried:
@@ -403,7 +403,7 @@ def run_queue(study: Study, *, dry_run: bool = False, retry_failed: bool = False
                         for member in pack.members:
                             member.job_id = pack.job_id
                         _mark(pack, SUBMIT, f" -> job {pack.job_id}")
-                    except (SchedulerError, OSError, runstate.StateFileError,
+                    except (SchedulerError, OSError, state_files.StateFileError,
                             UserError) as error:
                         submission_error = str(error)
                         _mark(pack, ERROR, f"; submission failed: {error}")

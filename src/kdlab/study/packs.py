@@ -5,7 +5,7 @@ runs of a pack in one process: each batch is loaded and augmented once and the t
 runs once for all the students. So the members must see the same batches and share the
 teacher: they agree on every TrainConfig field that is not one of :data:`PER_RUN_FIELDS`,
 and KD runs share a pack only with KD runs of the same teacher run. See
-:mod:`kdlab.queue` for how packs are submitted and tracked.
+:mod:`kdlab.study.queue` for how packs are submitted and tracked.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import pack_shared_fields
-from .study import Role, Study
+from ..run.config import pack_shared_fields
+from .study_file import Role, Study
 
-Decision = Any  # a kdlab.queue.Decision (not imported: queue imports this module)
+Decision = Any  # a kdlab.study.queue.Decision (not imported: queue imports this module)
 
 
 

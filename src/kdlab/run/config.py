@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from . import catalog, runstate
+from . import catalog, state_files
 from .errors import UserError
-from .layout import PURE, RunSpec, experiments_dir_of, run_dir
-from .runstate import CONFIG_FILE
+from .layout import PURE, RunSpec, default_data_root, experiments_dir_of, run_dir
+from .state_files import CONFIG_FILE
 
 PURE_LABEL_SMOOTHING = 0.1   # pure runs
 KD_LABEL_SMOOTHING = 0.0     # the teacher's soft targets are the smoothing
@@ -112,7 +112,7 @@ _REQUIRED = object()
 @dataclass
 class TrainConfig:
     """Everything that defines one run. ``method_options`` holds the distillation method's
-    own settings (weights, layers, ...), declared in :mod:`kdlab.catalog`."""
+    own settings (weights, layers, ...), declared in :mod:`kdlab.run.catalog`."""
 
     dataset: str = setting(_REQUIRED, "data set: " + ", ".join(catalog.DATASET_NAMES), str,
                            choices=catalog.DATASET_NAMES, where=GRID)
@@ -490,8 +490,6 @@ def configs_from_args(args) -> list[TrainConfig]:
     if given.get("method_options") and given.get("distillation", PURE) == PURE:
         raise UserError(f"--option {args.option[0]!r} given without --distillation")
     if "data_root" not in given:
-        from .data import default_data_root
-
         given["data_root"] = str(default_data_root())
     return [TrainConfig(**given)]
 
@@ -507,8 +505,8 @@ def read_config_file(path: str | Path) -> TrainConfig:
     """A run's ``config.json``; every problem (unreadable, not JSON, unknown key) is one
     UserError naming the file."""
     try:
-        data = runstate.read_json(path)
-    except runstate.StateFileError as error:
+        data = state_files.read_json(path)
+    except state_files.StateFileError as error:
         raise UserError(str(error)) from None
     if data is None:
         raise UserError(f"config file {path} does not exist")
@@ -533,8 +531,8 @@ def read_config_file(path: str | Path) -> TrainConfig:
 
 # The files a run directory holds besides config.json: a --config file lying beside one of
 # them is that run's own config, whatever name it has.
-_RUN_STATE_FILES = (runstate.STATUS_FILE, runstate.CHECKPOINT_FILE, runstate.METRICS_FILE,
-                    runstate.BEST_FILE)
+_RUN_STATE_FILES = (state_files.STATUS_FILE, state_files.CHECKPOINT_FILE, state_files.METRICS_FILE,
+                    state_files.BEST_FILE)
 
 
 def run_config_at(path: str | Path) -> TrainConfig:
@@ -629,10 +627,10 @@ def prepare_configs(args) -> list[TrainConfig]:
         config = complete_options(config)
         directory = run_dir(config.experiments_dir, config.run_spec())
         try:
-            status = runstate.read_status(directory)
-        except runstate.StateFileError:
+            status = state_files.read_status(directory)
+        except state_files.StateFileError:
             status = None  # training reports it
-        completed = bool(status) and status.get("status") == runstate.COMPLETED
+        completed = bool(status) and status.get("status") == state_files.COMPLETED
         force = getattr(args, "force_restart", False)
         if directory.is_dir() and (not completed or force):
             check_config_file(directory, config, force=force)
@@ -650,7 +648,7 @@ def write_config_file(directory: Path, config: TrainConfig, force: bool = False)
         if path.is_file() and path.read_bytes() == text.encode("utf-8"):
             return path
         check_config_file(directory, config, force)
-        runstate.atomic_write_text(path, text)
+        state_files.atomic_write_text(path, text)
     except OSError as error:
         raise UserError(f"cannot write the run directory {directory} "
                         f"({error.strerror or error}): expected a writable experiments "

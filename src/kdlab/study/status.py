@@ -1,5 +1,5 @@
 """``kdlab status STUDY``: where every run of a study stands. Formatting only: the runs are
-classified by :mod:`kdlab.study_progress`, grouped by the study's cells and summarised over seeds by :mod:`kdlab.stats`.
+classified by :mod:`kdlab.study.progress`, grouped by the study's cells and summarised over seeds by :mod:`kdlab.study.stats`.
 """
 
 from __future__ import annotations
@@ -8,14 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .catalog import reported_accuracy
-from .layout import format_alpha
+from ..run.catalog import reported_accuracy
+from ..run.layout import format_alpha
 from .stats import summarize
-from .study import Study, load_study
-from .study_progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
-                             UNREADABLE, WAITING, RunState, check_liveness, outside_grid,
-                             outside_grid_summary, planned_epochs, resume_blocker,
-                             study_run_states)
+from .study_file import Study, load_study
+from .progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
+    UNREADABLE, WAITING, RunState, check_liveness, outside_grid, outside_grid_summary,
+    planned_epochs, resume_blocker, study_run_states)
 
 # ---- the status report -------------------------------------------------------------------------
 
@@ -33,7 +32,7 @@ def status_report(study: Study, states: list[RunState] | None = None,
         states = study_run_states(study)
     if liveness is None:
         liveness = check_liveness(states, study.scheduler.backend) if check_jobs else {}
-    from .schedulers import ending  # lazy: the schedulers import the study module
+    from ..schedulers import ending  # lazy: the schedulers import the study module
     ends = ending.gone_job_ends(states, liveness, study.scheduler.backend) if check_jobs else {}
     job_states = ending.live_job_states(states, liveness, study.scheduler.backend)
     total = len(states)
@@ -278,7 +277,7 @@ def _imported_text(entry: dict[str, Any]) -> str:
 
 def _ended(entry: dict[str, Any]) -> str:
     """'; job 123 ended OUT_OF_MEMORY after 00:14:02' for a run's previous job, or ''."""
-    from .schedulers.ending import end_text
+    from ..schedulers.ending import end_text
     end = entry.get("last_job_end")
     if not isinstance(end, dict) or end.get("job_id") == entry.get("job_id"):
         return ""

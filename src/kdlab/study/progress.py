@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import catalog, runstate
-from .layout import LAYOUTS, RunSpec, format_alpha, read_run_path, run_dir, status_files
-from .study import Cell, Pair, Role, Study
+from ..run import catalog, state_files
+from ..run.layout import LAYOUTS, RunSpec, format_alpha, read_run_path, run_dir, status_files
+from .study_file import Cell, Pair, Role, Study
 
 # The states a run of a study can be in (what the status table counts).
 COMPLETED = "completed"
@@ -50,15 +50,15 @@ def is_collapsed(accuracy: float | None, num_classes: int | None) -> bool:
 
 
 # status.json 'status' -> state of the run
-_STATE_OF_STATUS = {runstate.COMPLETED: COMPLETED, runstate.IN_PROGRESS: RUNNING,
-                    runstate.QUEUED: QUEUED, runstate.FAILED: FAILED}
+_STATE_OF_STATUS = {state_files.COMPLETED: COMPLETED, state_files.IN_PROGRESS: RUNNING,
+                    state_files.QUEUED: QUEUED, state_files.FAILED: FAILED}
 
 
 @dataclass
 class RunState:
     """One run of a study and what its state files say.
 
-    ``role``: a :class:`~kdlab.study.Role`; ``state``: one of :data:`RUN_STATES`;
+    ``role``: a :class:`~kdlab.study.study_file.Role`; ``state``: one of :data:`RUN_STATES`;
     ``status``: the parsed status.json (None when absent or unreadable);
     ``detail``: one human-readable line (progress, failure reason, parse error, ...).
     """
@@ -72,7 +72,7 @@ class RunState:
 
     @property
     def job_id(self) -> str | None:
-        return runstate.job_id_of(self.status)
+        return state_files.job_id_of(self.status)
 
     @property
     def max_acc(self) -> float | None:
@@ -88,13 +88,13 @@ class RunState:
         (kdlab from before the mark), or None without a readable status.json."""
         if not self.status:
             return None
-        if runstate.is_earlier_code(self.status):
+        if state_files.is_earlier_code(self.status):
             return "earlier code"
         return self.status.get("made_by") or "kdlab"
 
     @property
     def earlier_code(self) -> bool:
-        return runstate.is_earlier_code(self.status)
+        return state_files.is_earlier_code(self.status)
 
     @property
     def pack(self) -> list[str] | None:
@@ -126,8 +126,8 @@ def classify_run(study: Study, spec: RunSpec, teacher_state: RunState | None = N
     role = study.role_of(spec)
     directory = study.run_dir(spec)
     try:
-        status = runstate.read_status(directory)
-    except runstate.StateFileError as error:
+        status = state_files.read_status(directory)
+    except state_files.StateFileError as error:
         return RunState(spec, directory, role, UNREADABLE, None, f"unreadable: {error}")
     if status is None:
         if role is Role.KD:
@@ -185,7 +185,7 @@ def _detail(state: str, status: dict) -> str:
     # The earlier code's config has no epoch count: a completed run ran all of its epochs.
     epochs = planned_epochs(status, 0) or (epoch if state == COMPLETED and epoch else "?")
     progress = f"epoch {epoch if epoch is not None else 0}/{epochs}"
-    job_id = runstate.job_id_of(status)
+    job_id = state_files.job_id_of(status)
     job = f", job {job_id}" if job_id else ""
     max_acc = status.get("max_acc")
     accuracy = (f", best {max_acc:.2f}%" if isinstance(max_acc, (int, float))
@@ -244,7 +244,7 @@ def check_liveness(states: list[RunState], default_backend: str,
             if state.state in (RUNNING, QUEUED) and state.job_id is not None]
     if not live:
         return {}
-    from .schedulers import SchedulerError, backend_of_status, get_scheduler
+    from ..schedulers import SchedulerError, backend_of_status, get_scheduler
 
     factory = scheduler_factory or get_scheduler
     by_backend: dict[str, list[RunState]] = {}
