@@ -14,7 +14,8 @@ import pytest
 import conftest
 from kdlab.run import state_files
 from kdlab.run.layout import run_dir
-from kdlab.study.queue import FAILED_ACTION, SUBMIT, plan_queue, run_queue
+from kdlab.study.decisions import FAILED_ACTION, SUBMIT
+from kdlab.study.queue import plan_queue, run_queue
 from kdlab.schedulers.ending import end_text, out_of_memory_count
 from kdlab.schedulers.pbs import PbsScheduler
 from kdlab.schedulers.slurm import SlurmScheduler, parse_sacct, parse_scontrol_job

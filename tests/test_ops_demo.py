@@ -84,6 +84,7 @@ def test_run_whose_jobs_keep_dying_is_given_up(tmp_path, monkeypatch):
     looping nor hold a job slot: after a few fruitless submissions the run is marked failed
     with the last line of its train.log, and the loop ends."""
     import kdlab.study.queue as queue
+    from kdlab.study import decisions as queue_decisions
     from kdlab.run import state_files
 
     study = demo.prepare_workdir(tmp_path / "work", epochs=1)
@@ -94,17 +95,17 @@ def test_run_whose_jobs_keep_dying_is_given_up(tmp_path, monkeypatch):
         decisions = []
         for state in states:
             if state.spec != first:
-                decisions.append(queue.Decision(state, queue.DONE, "test"))
+                decisions.append(queue_decisions.Decision(state, queue_decisions.DONE, "test"))
             elif state.state == "failed":
-                decisions.append(queue.Decision(state, queue.FAILED_ACTION, state.detail))
+                decisions.append(queue_decisions.Decision(state, queue_decisions.FAILED_ACTION, state.detail))
             else:
-                decisions.append(queue.Decision(state, queue.SUBMIT, "test"))
+                decisions.append(queue_decisions.Decision(state, queue_decisions.SUBMIT, "test"))
         return decisions
 
     def fake_run_queue(study, say, scheduler):
         decisions = decide(study_run_states(study))
         for decision in decisions:
-            if decision.action == queue.SUBMIT:   # a job that dies at once, log and all
+            if decision.action == queue_decisions.SUBMIT:   # a job that dies at once, log and all
                 submissions.append(decision.run.spec.name)
                 decision.job_id = f"job{len(submissions)}"
                 decision.run.run_dir.mkdir(parents=True, exist_ok=True)

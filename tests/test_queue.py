@@ -19,8 +19,9 @@ from conftest import write_study as shared_write_study
 from kdlab.run import state_files
 from kdlab.cli import main
 from kdlab.run.layout import run_dir
-from kdlab.study.queue import (DONE, ERROR, FAILED_ACTION, LATER, LIVE, MAX_MISSED_STARTS, SUBMIT,
-                         UNKNOWN, WAIT, plan_queue, queue_lock, run_queue)
+from kdlab.study.decisions import (DONE, ERROR, FAILED_ACTION, LATER, LIVE, SUBMIT, UNKNOWN,
+                                   WAIT)
+from kdlab.study.queue import MAX_MISSED_STARTS, plan_queue, queue_lock, run_queue
 from kdlab.schedulers.local import LocalScheduler, _boot_id, process_start_ticks
 from kdlab.study.progress import study_run_states
 from kdlab.study.study_file import load_study
@@ -35,7 +36,7 @@ FAKE_TRAIN = """\
 import json, os, signal, sys, time
 from kdlab.cli import build_parser
 from kdlab.run.config import configs_from_args
-from kdlab import state_files
+from kdlab.run import state_files
 from kdlab.run.layout import run_dir
 
 args = build_parser().parse_args(sys.argv[1:])
@@ -457,7 +458,7 @@ def test_job_id_only_status_counts_towards_max_live_jobs(tmp_path):
 ])
 def test_earlier_code_teacher_is_refused_unless_the_study_accepts_it(tmp_path, setting,
                                                                      refused):
-    from kdlab.study.queue import REFUSED
+    from kdlab.study.decisions import REFUSED
 
     build_earlier_tree(tmp_path)
     if setting.startswith("[training]"):

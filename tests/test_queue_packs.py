@@ -16,8 +16,9 @@ import pytest
 from conftest import FakeScheduler, build_earlier_tree, wait_until, write_earlier_study
 from kdlab.run import state_files
 from kdlab.run.errors import UserError
-from kdlab.study.queue import (DONE, FAILED_ACTION, LATER, LIVE, SUBMIT, Decision, make_packs,
-                         plan_queue, run_queue, submit_pack)
+from kdlab.study.decisions import DONE, FAILED_ACTION, LATER, LIVE, SUBMIT, Decision
+from kdlab.study.packs import make_packs
+from kdlab.study.queue import plan_queue, run_queue, submit_pack
 from kdlab.study.progress import MAX_ENVIRONMENT_RESUBMISSIONS, NOT_STARTED, RunState
 from kdlab.schedulers.local import LocalScheduler
 from kdlab.study.status import format_report, status_report

@@ -281,7 +281,7 @@ def test_real_slurm_says_why_jobs_ended(slurm_cluster, tmp_path, capsys):
 # the next.
 REQUEUED_TRAIN = """\
 import os, signal, sys, time
-from kdlab import state_files
+from kdlab.run import state_files
 from kdlab.cli import build_parser
 from kdlab.run.config import read_config_file
 from kdlab.run.layout import run_dir

@@ -13,7 +13,8 @@ from kdlab.run import catalog, state_files
 from kdlab.cli import main
 from kdlab.run.errors import UserError
 from kdlab.run.layout import RunSpec
-from kdlab.study.queue import SUBMIT, WAIT, plan_queue, run_queue
+from kdlab.study.decisions import SUBMIT, WAIT
+from kdlab.study.queue import plan_queue, run_queue
 from kdlab.study.status import format_report, status_report
 from kdlab.study.progress import study_run_states
 from kdlab.study.study_file import Cell, Pair, Role, load_study

@@ -119,7 +119,7 @@ def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path, reference
 
 _DIE_IN_CHECKPOINT_WRITE = """
 import os, sys
-from kdlab import state_files
+from kdlab.run import state_files
 real_fsync = os.fsync
 calls = {"n": 0}
 def dying_fsync(fd):

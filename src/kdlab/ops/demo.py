@@ -103,7 +103,8 @@ def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
     epoch (a crash at start-up) is marked failed, with the last line of its train.log as
     the reason, before the queue would submit it again: otherwise the queue resubmits it
     forever and it holds one of the few job slots."""
-    from ..study.queue import LATER, LIVE, SUBMIT, UNKNOWN, plan_queue, run_queue
+    from ..study.decisions import LATER, LIVE, SUBMIT, UNKNOWN
+    from ..study.queue import plan_queue, run_queue
     from ..schedulers import get_scheduler
 
     scheduler = get_scheduler(study.scheduler.backend)

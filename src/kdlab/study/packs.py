@@ -10,34 +10,9 @@ and KD runs share a pack only with KD runs of the same teacher run. See
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from ..run.config import pack_shared_fields
+from .decisions import Decision, Pack
 from .study_file import Role, Study
-
-Decision = Any  # a kdlab.study.queue.Decision (not imported: queue imports this module)
-
-
-
-@dataclass(eq=False)
-class Pack:
-    """Runs submitted as one job (``number``: 1, 2, ... in submission order)."""
-
-    members: list[Decision]
-    number: int = 0
-    job_id: str | None = None
-    tried: bool = False
-
-    @property
-    def names(self) -> list[str]:
-        return [decision.run.spec.name for decision in self.members]
-
-    def line(self, dry_run: bool = False) -> str:
-        action = self.members[0].action
-        where = (f"job {self.job_id}" if self.job_id else "held back" if action == "later"
-                 else "one job" if dry_run else "not submitted")
-        return f"pack {self.number} ({len(self.members)} runs, {where}): {', '.join(self.names)}"
 
 
 def pack_key(study: Study, decision: Decision) -> tuple:

@@ -51,7 +51,6 @@ import fcntl
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -59,7 +58,9 @@ from ..run import state_files
 from ..run.config import complete_options, write_config_file
 from ..run.errors import UserError
 from ..run.layout import NO_ALPHA_LAYOUT
-from .packs import Pack, make_packs
+from .decisions import (ACTIONS, DONE, ERROR, FAILED_ACTION, LATER, LIVE, REFUSED, SUBMIT,
+    UNKNOWN, WAIT, Decision, Pack)
+from .packs import make_packs
 from ..schedulers import Scheduler, SchedulerError, backend_of_status, ending, get_scheduler
 from .progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUNNING, UNREADABLE, WAITING,
     RunState, check_liveness, resume_blocker, study_run_states)
@@ -70,41 +71,6 @@ LOCK_TIMEOUT_SECONDS = 600.0
 # A run whose jobs ended this many times before its training began is not resubmitted
 # without --retry-failed: something (data, environment) keeps the job from starting.
 MAX_MISSED_STARTS = 3
-
-# Actions of a decision, as printed (one word each).
-DONE = "done"          # completed
-LIVE = "live"          # its job is pending or running
-SUBMIT = "submit"      # submitted now (or would be, with --dry-run)
-LATER = "later"        # would be submitted, but the study is at its live-job limit
-WAIT = "wait"          # KD run whose teacher run is not completed
-FAILED_ACTION = "failed"   # failed (or never started); left alone without --retry-failed
-UNKNOWN = "unknown"    # liveness of its job cannot be told; left alone
-ERROR = "error"        # status.json unreadable; left alone
-REFUSED = "refused"    # KD run whose teacher is an earlier-code run the study does not accept
-ACTIONS = (DONE, LIVE, SUBMIT, LATER, WAIT, FAILED_ACTION, UNKNOWN, ERROR, REFUSED)
-
-
-@dataclass
-class Decision:
-    """What ``kdlab queue`` does with one run and why (``reason``: one line)."""
-
-    run: RunState
-    action: str
-    reason: str
-    counts_as_live: bool = False   # a live (or possibly live) job of the study
-    job_id: str | None = None      # the new job, once submitted
-    pack: Pack | None = None       # the pack it is submitted in (SUBMIT and LATER)
-    missed_start: bool = False     # its last job ended before any member began training
-    retried: bool = False          # submitted only because of --retry-failed
-    restart: bool = False          # the job starts it over (--force-restart)
-    job_end: dict | None = None    # why the run's previous job ended (schedulers.ending)
-
-    def line(self, dry_run: bool = False) -> str:
-        action = self.action
-        if dry_run and action == SUBMIT:
-            action = "would-submit"
-        return f"{action:<12} {self.run.spec.name}: {self.reason}"
-
 
 # ---- deciding ----------------------------------------------------------------------------------
 
