@@ -20,6 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from . import backend_of_status, get_scheduler
+
 OUT_OF_MEMORY = "OUT_OF_MEMORY"
 MAX_OUT_OF_MEMORY = 3
 
@@ -95,8 +97,6 @@ def _ask_backends(runs: Iterable[Any], liveness: dict[Path, Any], alive: bool,
                   ask: Callable) -> dict[Path, Any]:
     """``ask(scheduler, job ids)`` of each backend once, for the runs whose liveness is
     ``alive``; answers keyed by run directory. A backend that cannot be used is skipped."""
-    from . import backend_of_status, get_scheduler
-
     factory = scheduler_factory or get_scheduler
     by_backend: dict[str, list[Any]] = {}
     for run in runs:

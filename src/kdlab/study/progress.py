@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..run import catalog, state_files
 from ..run.layout import LAYOUTS, RunSpec, format_alpha, read_run_path, run_dir, status_files
+from ..schedulers import SchedulerError, backend_of_status, get_scheduler
 from .study_file import Cell, Pair, Role, Study
 
 # The states a run of a study can be in (what the status table counts).
@@ -244,8 +245,6 @@ def check_liveness(states: list[RunState], default_backend: str,
             if state.state in (RUNNING, QUEUED) and state.job_id is not None]
     if not live:
         return {}
-    from ..schedulers import SchedulerError, backend_of_status, get_scheduler
-
     factory = scheduler_factory or get_scheduler
     by_backend: dict[str, list[RunState]] = {}
     for state in live:

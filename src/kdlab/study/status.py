@@ -10,6 +10,8 @@ from typing import Any
 
 from ..run.catalog import reported_accuracy
 from ..run.layout import format_alpha
+from ..schedulers import ending
+from ..schedulers.ending import end_text
 from .stats import summarize
 from .study_file import Study, load_study
 from .progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES, RUNNING,
@@ -32,7 +34,6 @@ def status_report(study: Study, states: list[RunState] | None = None,
         states = study_run_states(study)
     if liveness is None:
         liveness = check_liveness(states, study.scheduler.backend) if check_jobs else {}
-    from ..schedulers import ending  # lazy: the schedulers import the study module
     ends = ending.gone_job_ends(states, liveness, study.scheduler.backend) if check_jobs else {}
     job_states = ending.live_job_states(states, liveness, study.scheduler.backend)
     total = len(states)
@@ -277,7 +278,6 @@ def _imported_text(entry: dict[str, Any]) -> str:
 
 def _ended(entry: dict[str, Any]) -> str:
     """'; job 123 ended OUT_OF_MEMORY after 00:14:02' for a run's previous job, or ''."""
-    from ..schedulers.ending import end_text
     end = entry.get("last_job_end")
     if not isinstance(end, dict) or end.get("job_id") == entry.get("job_id"):
         return ""

@@ -19,7 +19,9 @@ from ..run.config import (EPOCHS_OR_RULE, OBJECTIVE_DEFAULTS, SNAPSHOT_RULES, TR
     SettingError, TrainConfig, kind_ok, setting_default, setting_fields,
     validate_config)
 from ..run.errors import UserError
+from ..run.state_files import CONFIG_FILE
 from ..run.study_settings import SchedulerSettings, SyncSettings
+from ..schedulers.fields import job_value_problem
 from ..run.layout import (ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs,
     representation_path, run_dir)
 
@@ -261,8 +263,6 @@ class Study:
             **settings)
 
     def config_path(self, spec: RunSpec) -> Path:
-        from ..run.state_files import CONFIG_FILE
-
         return self.run_dir(spec) / CONFIG_FILE
 
     def train_command(self, spec: RunSpec) -> list[str]:
@@ -462,7 +462,6 @@ def load_study(path: str | Path) -> Study:
     sync = _load_sync(check, check.get(raw, "sync", dict, "", {}))
     experiments_dir = check.get(raw, "experiments_dir", str, "", "experiments")
     data_root = check.get(raw, "data_root", str, "", "data")
-    from ..schedulers.fields import (job_value_problem)  # lazy: the schedulers import this module
     problem = job_value_problem(scheduler, experiments_dir, data_root)
     if problem is not None:
         check.fail(*problem)
