@@ -16,7 +16,7 @@ from kdlab.distill import METHOD_NAMES, BatchContext, build_distiller
 from kdlab.run.errors import UserError
 from kdlab.run.layout import run_dir
 from kdlab.models import build_model, describe_features
-from kdlab.training.pack import train_pack
+from kdlab.training.run import train_pack
 from kdlab.training.run import train_run
 
 STUDENT, TEACHER, IMAGE, BATCH = "ResNet8", "ResNet20", 8, 6

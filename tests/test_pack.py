@@ -17,7 +17,7 @@ from kdlab.run.config import TrainConfig
 from kdlab.distill import METHOD_NAMES
 from kdlab.run.errors import UserError
 from kdlab.run.layout import run_dir
-from kdlab.training.pack import train_pack
+from kdlab.training.run import train_pack
 from kdlab.training.run import train_run
 
 TEACHER, STUDENT, SEED, EPOCHS = "ResNet20", "ResNet8", 2, 2
@@ -157,7 +157,7 @@ def test_a_pack_must_share_its_settings(tmp_path):
 _PACK_JOB = """
 import sys
 from kdlab.run.config import TrainConfig
-from kdlab.training.pack import train_pack
+from kdlab.training.run import train_pack
 sys.path.insert(0, {tests!r})
 from test_pack import configs
 from pathlib import Path

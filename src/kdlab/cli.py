@@ -197,7 +197,7 @@ def train_command(args) -> int:
     from .run import state_files
     from .run.config import prepare_configs
     from .run.errors import EXIT_PREEMPTED
-    from .training.pack import train_pack
+    from .training.run import train_pack
 
     configs = prepare_configs(args)
     results = train_pack(configs, force_restart=args.force_restart, download=args.download,
