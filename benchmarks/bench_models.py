@@ -27,7 +27,7 @@ from torch import nn
 from kdlab.models import MODEL_NAMES, build_model
 
 # The sizes (millions of parameters, 100 classes) quoted for the benchmark's models since
-# CRD (Tian et al. ICLR 2020); tests/test_models.py checks the exact counts round to them.
+# CRD (Tian et al. ICLR 2020); tests/models/test_models.py checks the exact counts round to them.
 PUBLISHED_MILLIONS = {
     "ResNet20": 0.28, "ResNet32": 0.47, "ResNet56": 0.86, "ResNet110": 1.74,
     "ResNet8x4": 1.23, "ResNet32x4": 7.43, "WRN16_2": 0.70, "WRN40_1": 0.57, "WRN40_2": 2.26,

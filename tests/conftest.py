@@ -1,210 +1,65 @@
-"""Shared test helpers: study writers, experiment-tree builders in the earlier research
-code's formats, a scheduler stand-in, file snapshots and polling.
-
-Plain functions are imported by the test modules (``from conftest import ...``); fixtures
-are found by pytest.
-"""
+"""Fixtures every test directory shares (the builders are plain functions in builders.py):
+a temporary bin directory first on PATH, a fake crontab, and a running Slurm cluster."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import textwrap
-import time
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
-from kdlab.schedulers.base import Scheduler, SchedulerError
+import pytest
 
-# ---- studies ------------------------------------------------------------------------------
-
-
-# Options that keep a method's Digits test run short: its stage before student training
-# shortened, CRD's negatives fewer than Digits' samples (16,384 would gather 2 x 1 GB of bank
-# rows per batch of 128). A method with a costly default adds its entry here.
-FAST_METHOD_OPTIONS = {"factor_transfer": {"paraphraser_epochs": 1}, "crd": {"negatives": 64},
-                       "ab": {"init_epochs": 1}, "fsp": {"init_epochs": 1}}
+from builders import FAKE_CRONTAB, SLURM_CLUSTER_SCRIPT, SLURM_DIR, read_slurm_env
 
 
-def fast_method_options(method: str) -> dict:
-    return dict(FAST_METHOD_OPTIONS.get(method, {}))
+@pytest.fixture
+def fake_bin(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
 
 
-def write_study(path: Path, *, name: str = "s", datasets=("Digits",), teacher: str = "ResNet20",
-                student: str = "ResNet8", methods=("logit",), alphas=(0.5,), seeds=(0,),
-                experiments_dir: Path | str | None = None, training: str = "epochs = 4",
-                top: str = "", tables: str = "") -> Path:
-    """A study file at ``path``; ``experiments_dir`` defaults to ``experiments`` beside it;
-    ``top``: more top-level keys; ``training``: the body of [training]; ``tables``: more
-    tables after it."""
-    path = Path(path)
-    experiments = Path(experiments_dir) if experiments_dir else path.parent / "experiments"
-    path.write_text(textwrap.dedent(f"""\
-        name = "{name}"
-        datasets = {json.dumps(list(datasets))}
-        teacher = "{teacher}"
-        student = "{student}"
-        methods = {json.dumps(list(methods))}
-        alphas = {json.dumps(list(alphas))}
-        seeds = {json.dumps(list(seeds))}
-        experiments_dir = "{experiments}"
-        """) + top + f"\n[training]\n{training}\n" + tables)
-    return path
+@pytest.fixture
+def fake_crontab(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "crontab").write_text(FAKE_CRONTAB)
+    (bin_dir / "crontab").chmod(0o755)
+    table = tmp_path / "crontab.txt"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_CRONTAB_FILE", str(table))
+    return table
 
 
-# ---- experiment trees in the earlier research code's formats ------------------------------
-
-EARLIER_CONFIG_KEYS = ("model", "dataset", "seed", "distillation", "teacher_model",
-                       "teacher_weights", "alpha", "temperature", "force_restart")
-
-
-def earlier_config(dataset: str, model: str, seed: int, method: str = "none",
-                   teacher: str | None = None, alpha: float | None = None) -> dict:
-    """The ``config`` the earlier code recorded (no ``epochs`` key)."""
-    return {"model": model, "dataset": dataset, "seed": seed, "distillation": method,
-            "teacher_model": teacher,
-            "teacher_weights": f"experiments/{dataset}/pure/{teacher}/{seed}/best.pth"
-            if teacher else None, "alpha": alpha, "temperature": 4.0, "force_restart": False}
-
-
-def write_earlier_run(directory: Path, *, status: dict, metrics_epochs: int | None = None,
-                      final_acc: float = 70.0) -> Path:
-    """One run directory as the earlier code left it: ``status.json`` exactly as given,
-    ``metrics.json`` with ``metrics_epochs`` entries per curve (none when None), and the
-    side files (Accuracy.png, Loss.png, logs, errors)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "status.json").write_text(json.dumps(status, indent=4))
-    if metrics_epochs:
-        step = final_acc / metrics_epochs
-        metrics = {"train_loss": [2.0 / (i + 1) for i in range(metrics_epochs)],
-                   "train_acc": [step * (i + 1) + 1 for i in range(metrics_epochs)],
-                   "test_loss": [2.2 / (i + 1) for i in range(metrics_epochs)],
-                   "test_acc": [step * (i + 1) for i in range(metrics_epochs)],
-                   "config": status.get("config", {})}
-        (directory / "metrics.json").write_text(json.dumps(metrics))
-    for name in ("Accuracy.png", "Loss.png"):
-        (directory / name).write_bytes(b"\x89PNG\r\n\x1a\n")
-    (directory / "logs").write_text("epoch 1 ...\n")
-    (directory / "errors").write_text("")
-    return directory
-
-
-def completed_earlier(dataset, model, seed, acc, method="none", teacher=None, alpha=None,
-                      job="4101234.sched01") -> dict:
-    return {"status": "completed", "epoch": 150, "max_acc": acc,
-            "config": earlier_config(dataset, model, seed, method, teacher, alpha),
-            "pbs_job_id": job}
-
-
-# What build_earlier_tree writes outside the grid of EARLIER_STUDY, with the reason kdlab
-# must give for each.
-EARLIER_OUTSIDE = {
-    "Cifar10/logit/alpha_0.95/ResNet112_to_ResNet56/0": "other alpha",
-    "Cifar10/fitnets/ResNet112_to_ResNet56/0": "other layout",
-    "Cifar10/logit/alpha_0.50/ResNet112_to_ResNet56/1":
-        "alias of Cifar10/logit/alpha_0.5/ResNet112_to_ResNet56/1",
-    "Cifar10/pure/ResNet56/01": "alias of Cifar10/pure/ResNet56/1",
-    "Cifar10/pure/ResNet20/0": "other model",
-    "Cifar10/scratch/notes": "unparseable path",
-}
-
-
-def build_earlier_tree(root: Path) -> Path:
-    """An experiments tree in the earlier code's formats (Cifar10, teacher ResNet112,
-    student ResNet56, methods logit and fitnets, alpha 0.5, seeds 0 and 1):
-
-    - teacher s0 completed (150-entry metrics, config without epochs);
-    - teacher s1 submitted only: ``{"pbs_job_id": "7000521.sched01"}``;
-    - pure student s0 in progress at epoch 25 (27.01 %), no metrics.json;
-    - pure student s1 submitted only, under the key ``job_id``;
-    - logit alpha 0.5 s0 completed at 10.5 % (collapsed: Cifar10's chance is 10 %);
-    - fitnets alpha 0.5 s0 never started;
-    - every directory of :data:`EARLIER_OUTSIDE` (each with a status.json).
-    Returns the experiments directory."""
-    experiments = Path(root) / "experiments"
-    kd = "ResNet112_to_ResNet56"
-    write_earlier_run(experiments / "Cifar10/pure/ResNet112/0", metrics_epochs=150,
-                      status=completed_earlier("Cifar10", "ResNet112", 0, 93.4), final_acc=93.4)
-    write_earlier_run(experiments / "Cifar10/pure/ResNet112/1",
-                      status={"pbs_job_id": "7000521.sched01"})
-    write_earlier_run(experiments / "Cifar10/pure/ResNet56/0", status={
-        "status": "in_progress", "epoch": 25, "max_acc": 27.01,
-        "config": earlier_config("Cifar10", "ResNet56", 0), "pbs_job_id": "7000520.sched01"})
-    write_earlier_run(experiments / "Cifar10/pure/ResNet56/1",
-                      status={"job_id": "7000522.sched01"})
-    write_earlier_run(experiments / f"Cifar10/logit/alpha_0.5/{kd}/0", metrics_epochs=150,
-                      final_acc=10.5, status=completed_earlier(
-                          "Cifar10", "ResNet56", 0, 10.5, "logit", "ResNet112", 0.5))
-    write_earlier_run(experiments / f"Cifar10/logit/alpha_0.95/{kd}/0", metrics_epochs=150,
-                      status=completed_earlier("Cifar10", "ResNet56", 0, 71.0, "logit",
-                                               "ResNet112", 0.95))
-    write_earlier_run(experiments / f"Cifar10/fitnets/{kd}/0", metrics_epochs=150,
-                      status=completed_earlier("Cifar10", "ResNet56", 0, 72.5, "fitnets",
-                                               "ResNet112", 0.5))
-    write_earlier_run(experiments / f"Cifar10/logit/alpha_0.50/{kd}/1",
-                      status=completed_earlier("Cifar10", "ResNet56", 1, 70.0, "logit",
-                                               "ResNet112", 0.5))
-    write_earlier_run(experiments / "Cifar10/pure/ResNet56/01",
-                      status=completed_earlier("Cifar10", "ResNet56", 1, 70.0))
-    write_earlier_run(experiments / "Cifar10/pure/ResNet20/0",
-                      status=completed_earlier("Cifar10", "ResNet20", 0, 80.0))
-    write_earlier_run(experiments / "Cifar10/scratch/notes",
-                      status={"status": "completed"})
-    return experiments
-
-
-def write_earlier_study(root: Path, *, layout: str | None = None, top_extra: str = "",
-                        training: str = "epochs = 150", max_live_jobs: int = 10) -> Path:
-    """The study the earlier tree belongs to (PBS backend, absolute paths)."""
-    top = (f'layout = "{layout}"\n' if layout else "") + top_extra
-    return write_study(Path(root) / "study.toml", name="earlier", datasets=("Cifar10",),
-                       teacher="ResNet112", student="ResNet56", methods=("logit", "fitnets"),
-                       alphas=(0.5,), seeds=(0, 1), training=training, top=top,
-                       tables=f'[scheduler]\nbackend = "pbs"\nmax_live_jobs = {max_live_jobs}\n')
-
-
-# ---- observing files and processes --------------------------------------------------------
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file under ``root`` (to prove nothing changed)."""
-    root = Path(root)
-    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}
-
-
-def wait_until(predicate, what: str, timeout: float = 300.0, every: float = 0.1):
-    """Poll ``predicate`` until it returns a true value (returned); AssertionError naming
-    ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class FakeScheduler(Scheduler):
-    """Answers liveness from a dict: job id -> True / False / an error message; records
-    what it was asked; never submits or cancels."""
-
-    name = "fake"
-
-    def __init__(self, answers=None, problem=None):
-        self.answers, self.problem, self.asked = dict(answers or {}), problem, []
-
-    def available(self):
-        return self.problem
-
-    def submit(self, *args, **kwargs):
-        raise AssertionError("this test never submits")
-
-    def is_alive(self, job_id):
-        self.asked.append(job_id)
-        answer = self.answers.get(job_id, False)
-        if isinstance(answer, str):
-            raise SchedulerError(answer)
-        return answer
-
-    def cancel(self, job_id):
-        raise AssertionError("this test never cancels")
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """SLURM_CONF of a running cluster, in os.environ for the module (skip without Slurm)."""
+    if shutil.which("sbatch") is None or not (shutil.which("slurmctld")
+                                              or Path("/usr/sbin/slurmctld").exists()):
+        pytest.skip("Slurm is not installed (apt-get install slurmctld slurmd slurm-client "
+                    "munge; .ci/run does this)")
+    started_here = False
+    status = subprocess.run(["bash", str(SLURM_CLUSTER_SCRIPT), "status"], capture_output=True, text=True)
+    if status.returncode != 0:
+        start = subprocess.run(["bash", str(SLURM_CLUSTER_SCRIPT), "start"], capture_output=True, text=True,
+                               timeout=120)
+        if start.returncode != 0:
+            pytest.skip(f"Slurm is installed but the test cluster did not start: "
+                        f"{start.stderr.strip().splitlines()[-1:]}")
+        started_here = True
+    env = read_slurm_env()
+    if "SLURM_CONF" not in env:
+        pytest.skip(f"no SLURM_CONF in {SLURM_DIR / 'env'}")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    try:
+        yield env["SLURM_CONF"]
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        if started_here:
+            subprocess.run(["bash", str(SLURM_CLUSTER_SCRIPT), "stop"], capture_output=True, timeout=120)

@@ -1,6 +1,6 @@
 """kdlab's notebook API: ``kdlab.runs``, ``kdlab.curves``, ``kdlab.metrics`` as pandas
 DataFrames, checked against the files they read: a small study trained here for real
-(tests/trained_study.py), and a hand-written tree with every run state and an
+(tests/builders.py), and a hand-written tree with every run state and an
 earlier-code run. They read files only and never import torch."""
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from kdlab.run.layout import RunSpec, analysis_dir, run_dir
 from kdlab.study.status import status_report
 from kdlab.study.progress import study_run_states
 from kdlab.study.study_file import load_study
-from legacy_tree import write_run, write_study
-from trained_study import analysed_copy
+from builders import analysed_copy, write_local_study, write_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -94,7 +93,7 @@ def test_metrics_csv_typed_and_joinable_with_runs(analysed):
 
 
 def test_runs_of_a_tree_in_every_state(tmp_path):
-    study = load_study(write_study(tmp_path / "study.toml", methods=["logit", "rkd"],
+    study = load_study(write_local_study(tmp_path / "study.toml", methods=["logit", "rkd"],
                                    alphas=[0.5], seeds=[0, 1]))
     experiments = study.experiments_dir
     write_run(experiments, RunSpec("Digits", "ResNet20", 0), test_acc=[40.0, 70.0, 65.0])
@@ -140,7 +139,7 @@ def test_runs_of_a_tree_in_every_state(tmp_path):
 
 
 def test_missing_or_damaged_inputs_are_one_line_errors(tmp_path):
-    study = load_study(write_study(tmp_path / "study.toml"))
+    study = load_study(write_local_study(tmp_path / "study.toml"))
     with pytest.raises(UserError, match="metrics.csv: no such file.*kdlab analyze"):
         kdlab.metrics(study)
     csv_path = analysis_dir(study.analysis_dir, study.name) / "metrics.csv"
@@ -152,7 +151,7 @@ def test_missing_or_damaged_inputs_are_one_line_errors(tmp_path):
 
 
 def test_the_api_reads_files_without_importing_torch(tmp_path):
-    study = write_study(tmp_path / "study.toml")
+    study = write_local_study(tmp_path / "study.toml")
     write_run(study.parent / "experiments", RunSpec("Digits", "ResNet20", 0))
     csv_path = analysis_dir(study.parent / "analysis", "tiny") / "metrics.csv"
     state_files.atomic_write_text(csv_path, "dataset,method,alpha,seed,layer,metric,value\n"
@@ -200,7 +199,7 @@ def test_api_names_survive_every_kdlab_module_being_imported():
 def _damaged_runs(tmp_path):
     """A teacher run per seed, each status.json carrying one value as a hostile tester wrote
     it; seed 3 is left intact."""
-    study = load_study(write_study(tmp_path / "study.toml", seeds=[0, 1, 2, 3]))
+    study = load_study(write_local_study(tmp_path / "study.toml", seeds=[0, 1, 2, 3]))
     changes = {0: lambda status: status.update(started_at=status["started_at"] * 1000),
                1: lambda status: status.update(epoch=10 ** 30),
                2: lambda status: (status.pop("epochs"), status["config"].update(epochs=2.5))}
@@ -253,7 +252,7 @@ def test_runs_reads_out_of_range_values_as_missing_and_says_why(tmp_path):
 def test_a_number_beyond_float_range_makes_status_unreadable_not_a_traceback(tmp_path):
     """A 400-digit integer is valid JSON; float() of it raised OverflowError in kdlab status
     and in runs()."""
-    study = load_study(write_study(tmp_path / "study.toml"))
+    study = load_study(write_local_study(tmp_path / "study.toml"))
     directory = write_run(study.experiments_dir, RunSpec("Digits", "ResNet20", 0))
     text = (directory / "status.json").read_text()
     status = json.loads(text)
@@ -269,7 +268,7 @@ def test_a_number_beyond_float_range_makes_status_unreadable_not_a_traceback(tmp
 
 def test_metrics_reads_a_seed_it_cannot_hold_as_missing_and_says_why(tmp_path):
     """seed '1.5' read as 1, and a 23-digit seed as INT64_MIN."""
-    study = load_study(write_study(tmp_path / "study.toml"))
+    study = load_study(write_local_study(tmp_path / "study.toml"))
     csv_path = analysis_dir(study.analysis_dir, study.name) / "metrics.csv"
     state_files.atomic_write_text(csv_path, "dataset,method,alpha,seed,layer,metric,value\n"
                                          "Digits,teacher,,1.5,layer1,effective_dim,3.5\n"
@@ -294,7 +293,7 @@ def test_metrics_reads_a_seed_it_cannot_hold_as_missing_and_says_why(tmp_path):
 def _tree_for_curves(tmp_path):
     """Every kind of run of a two-method, two-seed grid, with curves of their own values;
     one run not started (no rows), one with an extra per-epoch metric."""
-    study = load_study(write_study(tmp_path / "study.toml", methods=["logit", "rkd"],
+    study = load_study(write_local_study(tmp_path / "study.toml", methods=["logit", "rkd"],
                                    alphas=[0.5, 0.9], seeds=[0, 1]))
     for index, spec in enumerate(study.runs()):
         if spec.seed == 1 and spec.method == "rkd" and spec.alpha == 0.9:

@@ -55,7 +55,7 @@ def test_bench_models_prints_every_asked_model_with_its_size():
     assert result.returncode == 0, result.stderr[-2000:]
     rows = re.findall(r"^(ResNet8|WRN16_1) +([\d,]+) +(\S+) +([\d.]+) +([\d.]+) +([\d.]+)$",
                       result.stdout, re.MULTILINE)
-    # 100 classes: the exact counts of tests/test_models.py's reference table.
+    # 100 classes: the exact counts of tests/models/test_models.py's reference table.
     assert [(name, int(count.replace(",", ""))) for name, count, *_ in rows] == [
         ("ResNet8", 83_892), ("WRN16_1", 180_916)]
     for _, _, _, macs, milliseconds, memory in rows:

@@ -48,7 +48,7 @@ DATASETS: dict[str, DatasetInfo] = {
         # Computed from this package's Digits train split (1,437 images) after the conversion
         # in digits.load_digits: mean and population std of all pixel values / 255 (the three
         # channels are copies of one grey channel; 4x replication changes neither statistic).
-        # tests/test_data.py recomputes them.
+        # tests/data/test_data.py recomputes them.
         _info("Digits", (0.3054, 0.3054, 0.3054), (0.3760, 0.3760, 0.3760), flip=False),
     )
 }

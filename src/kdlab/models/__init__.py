@@ -8,7 +8,7 @@ A family module declares ``BUILDERS`` (kdlab name -> ``build(name, num_classes)`
 and ``preact_batchnorms()`` (per stage, the BN before its last ReLU, or a UserError saying why
 the family has none).
 Its facts (stage names, channels, strides) are in :data:`kdlab.run.catalog.MODEL_FACTS`, which
-must stay importable without torch; tests/test_models.py checks every model against them.
+must stay importable without torch; tests/models/test_models.py checks every model against them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Data sets, models, distillation methods (with every option's default, type, allo
 and the source of the default) and scheduler backends. Validating a study, planning the
 queue and printing the status read only this module, so the cron path never imports torch.
 The torch-side registries (``data.DATASETS``, ``models.BLOCKS_PER_STAGE``, the ``distill``
-registry) must agree with it; ``tests/test_study.py`` checks that they do.
+registry) must agree with it; ``tests/study/test_study.py`` checks that they do.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ModelFacts:
 # Every model a study, a flag or a notebook can name -> its facts, one group per family module
 # of kdlab/models/ (which builds the model). They live here, not in those modules, because
 # the cron path (study validation, queue, status) must read them without importing torch,
-# and a module defining torch networks cannot be imported without it; tests/test_models.py
+# and a module defining torch networks cannot be imported without it; tests/models/test_models.py
 # checks every entry against the real model at 32x32 and 64x64, so the two cannot drift.
 MODEL_FACTS: dict[str, ModelFacts] = {facts.name: facts for facts in (
     *(ModelFacts(name, "resnet", LAYER_NAMES, (16, 32, 64), (1, 2, 4), 64) for name in MODELS),

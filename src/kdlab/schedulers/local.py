@@ -32,7 +32,7 @@ _GATE_SCRIPT = 'read -r _gate && exec "$@" </dev/null'
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-def _boot_id() -> str:
+def boot_id() -> str:
     try:
         return _BOOT_ID_FILE.read_text().strip().replace("-", "")[:8]
     except OSError:
@@ -62,7 +62,7 @@ def make_job_id(pid: int) -> str:
     info = process_start_ticks(pid)
     if info is None:
         raise SchedulerError(f"local: process {pid} ended before its start time was read")
-    return f"{pid}-{info[0]}-{_boot_id()}"
+    return f"{pid}-{info[0]}-{boot_id()}"
 
 
 def parse_job_id(job_id: str) -> tuple[int, int, str]:
@@ -160,7 +160,7 @@ class LocalScheduler(Scheduler):
         if child is not None and child.poll() is not None:
             del _CHILDREN[pid]
             return False
-        if boot != _boot_id():
+        if boot != boot_id():
             return False
         info = process_start_ticks(pid)
         if info is None or info[0] != start_ticks:
