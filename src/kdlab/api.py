@@ -30,7 +30,7 @@ import pandas as pd
 from .run import state_files
 from .run.errors import UserError
 from .run.layout import analysis_dir
-from .ops.common import made_by_of
+from .study.summaries import made_by_of
 from .study.progress import RunState, classify_run, study_run_states
 from .study.study_file import Study, load_study
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 from ..run import layout, state_files
+from ..study.stats import summarize
 
 COLUMNS = ["dataset", "run", "method", "alpha", "seed", "epoch", "stage", "metric", "value",
            "ci_low", "ci_high"]
@@ -79,8 +80,6 @@ def peak_sentence(frame, dataset: str, stage: str, metric: str = "cka_linear") -
     at which ``metric`` of ``stage`` with the teacher peaks (the mean over seeds of the
     alpha and epoch with the largest mean), with a 95% interval — the Student-t interval
     over seeds when there are several, else the run's bootstrap interval."""
-    from ..study.stats import summarize
-
     rows = frame[(frame["dataset"] == dataset) & (frame["stage"] == stage)
                  & (frame["metric"] == metric)]
     if rows.empty:

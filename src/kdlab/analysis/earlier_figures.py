@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..ops.plot_curves import new_figure, save_figure
+from .figure_files import new_figure, save_figure
 from .metrics import cross_layer_linear_cka
 
 ICA_CORRELATION_FILE = "ica_correlation.png"

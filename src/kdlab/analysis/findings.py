@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 from ..study.stats import summarize
+from ..run.layout import format_alpha
 
 CKA = "cka_linear"
 ACCURACY = "test_acc"
@@ -147,8 +148,6 @@ def shift_cell(shift: Shift) -> str:
 
 
 def cell_name(method: str, alpha: float | None) -> str:
-    from ..run.layout import format_alpha
-
     return method if alpha is None else f"{method} α{format_alpha(alpha)}"
 
 

@@ -14,8 +14,11 @@ from pathlib import Path
 
 from ..run import catalog, layout
 from ..run.state_files import atomic_write_text
-from . import dynamics, registry
+from . import dynamics, findings, registry
 from .figures import figure_files, group_prefix, sweep_metrics
+from .tables import format_mean_std, grid_rows, of_pair, selection_cells, selection_sentence
+from ..run.errors import UserError
+from ..study.references import read_references
 
 
 def metric_descriptions() -> list[tuple[str, str]]:
@@ -69,9 +72,7 @@ def _published_text(references, dataset: str, pair, method: str) -> str:
 
 def _accuracy_html(accuracy, dataset: str, pair, references=None) -> str:
     """The accuracy table of one data set and pair; ``references``: reference numbers
-    (:func:`kdlab.ops.compare.read_references`) for a 'published' column (None: none)."""
-    from .tables import format_mean_std, selection_cells
-
+    (:func:`kdlab.study.references.read_references`) for a 'published' column (None: none)."""
     key = html.escape(str(accuracy["selected_by"].iloc[0])) if len(accuracy) else "max_acc"
     published = "<th>published (%)</th>" if references is not None else ""
     rows = ["<table><tr><th>method</th><th>alpha</th><th>accuracy of the extracted weights "
@@ -115,9 +116,6 @@ def _figure_link(groups: dict, group_id: str, stem_start: str, text: str, root: 
 
 def _references(study):
     """The reference numbers the study compares with, or (None, why) when unreadable."""
-    from ..run.errors import UserError
-    from ..ops.compare import read_references
-
     try:
         return read_references(study.compare_reference), None
     except UserError as error:
@@ -128,9 +126,7 @@ def _findings_section(study, accuracy, groups: dict, root: Path) -> list[str]:
     """'Findings': per data set and pair, the accuracy table beside the reference numbers,
     the CKA shifts beyond the noise and the accuracy-alignment correlation
     (:mod:`kdlab.analysis.findings`), each linked to its figure."""
-    from . import findings
     from .figures.common import Values
-    from .tables import grid_rows, of_pair
 
     parts = ["<h2>Findings</h2>", f"<p>{html.escape(_FINDINGS_INTRO)}</p>"]
     references, problem = _references(study)
@@ -349,7 +345,6 @@ def write_report(study, result, accuracy) -> Path:
     ``accuracy``: the accuracy table (:func:`kdlab.analysis.tables.accuracy_table`)."""
     root = layout.analysis_dir(study.analysis_dir, study.name)
     groups = figure_files(study)
-    from .tables import selection_sentence
 
     parts = _header(study, result)
     parts.append(f"<p>{html.escape(selection_sentence(study))}</p>")

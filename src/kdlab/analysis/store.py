@@ -27,6 +27,7 @@ import numpy as np
 from ..run import catalog, state_files
 from ..run.errors import UserError
 from ..run.state_files import atomic_write_bytes
+from .. import __version__
 
 # The stages of a file that does not name them: every model that wrote such files was a
 # CIFAR ResNet, whose stages the ResNet facts name.
@@ -121,8 +122,6 @@ def weights_digest(path: str | Path) -> str:
 
 def provenance_of(run_name: str, run_dir: str | Path, study_name: str,
                   weights_path: str | Path) -> dict:
-    from .. import __version__
-
     return {"run": run_name, "run_dir": str(run_dir), "study": study_name,
             "weights_sha256": weights_digest(weights_path), "kdlab_version": __version__}
 

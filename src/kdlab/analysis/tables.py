@@ -8,6 +8,9 @@ import numpy as np
 
 from ..run.layout import format_alpha
 from ..study.study_file import Study
+from ..study.summaries import accuracy_groups, selection_accuracy, summary_text
+from ..study.progress import study_run_states
+from ..study.stats import SeedSummary
 
 TEACHER = "teacher"
 PURE = "pure"
@@ -64,18 +67,16 @@ def accuracy_table(frame, study: Study, states=None):
       weights (best.pth), from the stored logits;
     - ``selected_by`` and ``selected_mean``/``_std``/``_ci95_low``/``_ci95_high``/``_n``: the
       accuracy the study selects by, as the runs recorded it (``max_acc`` with selection
-      'test', ``selected_acc`` with 'validation'; :func:`kdlab.ops.common.selection_accuracy`),
+      'test', ``selected_acc`` with 'validation'; :func:`kdlab.study.summaries.selection_accuracy`),
       summarised by :func:`kdlab.study.stats.summarize` (Student-t 95 % interval of the mean);
     - ``final_acc_mean``/``final_acc_n``: the last epoch's test accuracy;
     - ``chosen_on``: the split that chose the best.pth of the cell's completed runs, and
-      why some record no selected accuracy (:meth:`kdlab.ops.common.AccuracyGroup.chosen_on_text`).
+      why some record no selected accuracy (:meth:`kdlab.study.summaries.AccuracyGroup.chosen_on_text`).
 
     Grid cells without any run have n 0 and NaN values. ``states``: the study's run states
     (read here when not given)."""
     import pandas as pd
 
-    from ..ops.common import accuracy_groups, selection_accuracy
-    from ..study.progress import study_run_states
 
     if states is None:
         states = study_run_states(study)
@@ -111,9 +112,6 @@ def _nan(value: float | None) -> float:
 def selection_cells(row) -> tuple[str, str]:
     """(selected accuracy 'mean ± std [low, high] (n=3)', final_acc 'mean (n=3)') of one
     row of :func:`accuracy_table`, for the Markdown and HTML tables."""
-    from ..ops.common import summary_text
-    from ..study.stats import SeedSummary
-
     n = int(row.selected_n)
     summary = SeedSummary(n, *(None if math.isnan(v) else float(v) for v in (
         row.selected_mean, row.selected_std, row.selected_ci95_low, row.selected_ci95_high)))
@@ -124,8 +122,6 @@ def selection_cells(row) -> tuple[str, str]:
 
 def selection_sentence(study: Study) -> str:
     """What the selected-accuracy column is and how best.pth was chosen."""
-    from ..ops.common import selection_accuracy
-
     key, words = selection_accuracy(study)
     return (f"Selection rule: [training] selection = \"{study.training.get('selection', 'test')}"
             f"\"; the '{key}' column is the {words}, mean ± sample std, Student-t 95 % "

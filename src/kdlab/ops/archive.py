@@ -32,11 +32,11 @@ from typing import Callable
 from ..run import state_files
 from ..run.errors import UserError
 from ..run.layout import analysis_dir, format_alpha
-from ..schedulers import backend_of_status
+from ..schedulers import backend_of_status, get_scheduler
 from ..study.progress import (COMPLETED, QUEUED, RUNNING, UNREADABLE, RunState, classify_run,
     study_run_states)
 from ..study.study_file import Study, load_study
-from .common import (accuracy_groups, earlier_code_runs, effective_method_options, group_keys,
+from ..study.summaries import (accuracy_groups, earlier_code_runs, effective_method_options, group_keys,
                      interval_text, is_earlier_code, markdown_table, mean_std_text,
                      selection_accuracy, time_text)
 
@@ -57,8 +57,6 @@ class LiveRun:
 
 def _scheduler_named(name: str):
     """The scheduler backend called ``name`` (None when kdlab has no such backend)."""
-    from ..schedulers import get_scheduler
-
     try:
         return get_scheduler(name)
     except UserError:

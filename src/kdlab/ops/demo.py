@@ -25,6 +25,9 @@ from ..run.errors import UserError
 from ..run.layout import analysis_dir
 from ..study.progress import COMPLETED, FAILED, QUEUED, RUNNING, study_run_states
 from ..study.study_file import Study, load_study
+from ..study.decisions import LATER, LIVE, SUBMIT, UNKNOWN
+from ..study.queue import plan_queue, run_queue
+from ..schedulers import get_scheduler
 
 DEMO_STUDY_FILE = "demo.toml"
 POLL_SECONDS = 2.0
@@ -103,10 +106,6 @@ def train_grid(study: Study, *, poll_seconds: float = POLL_SECONDS,
     epoch (a crash at start-up) is marked failed, with the last line of its train.log as
     the reason, before the queue would submit it again: otherwise the queue resubmits it
     forever and it holds one of the few job slots."""
-    from ..study.decisions import LATER, LIVE, SUBMIT, UNKNOWN
-    from ..study.queue import plan_queue, run_queue
-    from ..schedulers import get_scheduler
-
     scheduler = get_scheduler(study.scheduler.backend)
     started = time.monotonic()
     seen: dict[str, tuple[str, str]] = {}        # run -> (state, detail) last shown

@@ -24,7 +24,7 @@ from ..run.errors import UserError
 from ..run.layout import format_alpha
 from ..study.progress import COMPLETED, FAILED, RunState, study_run_states
 from ..study.study_file import Study, load_study
-from .common import markdown_table, time_text
+from ..study.summaries import markdown_table, time_text
 
 # (path prefix, area). First match wins, so specific prefixes come first.
 AREA_RULES = (

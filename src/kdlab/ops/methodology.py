@@ -25,7 +25,7 @@ from ..run.config import KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_word
 from ..run.layout import analysis_dir, analysis_table_path, format_alpha
 from ..study.progress import COMPLETED, RunState, study_run_states
 from ..study.study_file import Study, load_study
-from .common import effective_method_options, is_earlier_code
+from ..study.summaries import effective_method_options, is_earlier_code
 from .methodology_facts import earlier_code_blocks, objective_blocks, selection_settings
 
 SOFTWARE = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotlib", "pandas",

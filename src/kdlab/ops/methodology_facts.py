@@ -18,7 +18,7 @@ from ..run.config import (KD_LABEL_SMOOTHING, PURE_LABEL_SMOOTHING, schedule_wor
 from ..run.layout import format_alpha
 from ..study.progress import COMPLETED, RunState
 from ..study.study_file import Study
-from .common import earlier_code_runs, effective_method_options, is_earlier_code
+from ..study.summaries import earlier_code_runs, effective_method_options, is_earlier_code
 
 MULLER_2019 = ("Müller, Kornblith & Hinton (2019), When Does Label Smoothing Help?, "
                "NeurIPS 2019")

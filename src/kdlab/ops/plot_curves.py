@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..analysis.figure_files import new_figure, save_figure
 from ..run import state_files
 
 CURVES_FILE = "curves.png"
@@ -140,23 +141,6 @@ def read_curves(run_directory: str | Path) -> Curves | None:
 
 
 # ---- drawing ---------------------------------------------------------------------------------
-
-def new_figure(width: float, height: float):
-    """A Figure on the Agg canvas, without pyplot's global state (safe in any process)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def save_figure(figure, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Render to PNG in memory and write atomically (a reader never sees half a PNG)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata=metadata or {})
-    state_files.atomic_write_bytes(path, buffer.getvalue())
-
 
 def _stamps_of(png_path: Path) -> tuple[str | None, str | None]:
     """(source hash, options) recorded in an existing curves PNG (None if absent/unreadable)."""

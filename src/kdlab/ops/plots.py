@@ -27,9 +27,9 @@ from ..study.progress import (COMPLETED, FAILED, NOT_STARTED, QUEUED, RUN_STATES
     UNREADABLE, WAITING, RunState, study_run_states)
 from ..study.progress import outside_grid, outside_grid_summary
 from ..study.study_file import Pair, Study, load_study
-from .common import accuracy_groups, group_keys, time_text
-from .plot_curves import (CURVES_FILE, Curves, new_figure, num_classes_of, plot_run_curves,
-                          save_figure)
+from ..study.summaries import accuracy_groups, group_keys, time_text
+from ..analysis.figure_files import new_figure, save_figure
+from .plot_curves import CURVES_FILE, Curves, num_classes_of, plot_run_curves
 
 PROGRESS_GRID_FILE = "progress_grid.png"
 ACCURACY_OVERVIEW_FILE = "accuracy_overview.png"

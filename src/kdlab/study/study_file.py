@@ -25,7 +25,7 @@ from ..schedulers.fields import job_value_problem
 from ..run.layout import (ALPHA_LAYOUT, LAYOUTS, NO_ALPHA_LAYOUT, RunSpec, iter_run_dirs,
     representation_path, run_dir)
 
-# Known names come from the torch-free catalog; tests/test_study.py checks that they agree
+# Known names come from the torch-free catalog; tests/study/test_study.py checks that they agree
 # with the real registries.
 KNOWN_DATASETS = catalog.DATASET_NAMES
 KNOWN_MODELS = catalog.MODEL_NAMES   # the models of the catalog at import; pairs read MODEL_FACTS

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 from ..run.catalog import SELECTIONS, reported_accuracy
 from ..run.layout import format_alpha
-from ..study.stats import SeedSummary, summarize
-from ..study.progress import COMPLETED, RunState
-from ..study.study_file import Pair, Study
+from .stats import SeedSummary, summarize
+from .progress import COMPLETED, RunState
+from .study_file import Pair, Study
 
 
 def selection_accuracy(study: Study) -> tuple[str, str]:

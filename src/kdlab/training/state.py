@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..run import layout
-from ..run.config import TrainConfig
+from ..run.config import TrainConfig, setting_default
 from ..run.errors import UserError
 from . import device as device_module
 
@@ -187,7 +187,6 @@ def _with_new_defaults(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[st
     behaved as its default does, so it resumes as long as the run keeps that default."""
     from dataclasses import MISSING, fields
 
-    from ..run.config import setting_default
 
     defaults = {item.name: setting_default(item) for item in fields(TrainConfig)
                 if setting_default(item) is not MISSING and item.name in wanted}

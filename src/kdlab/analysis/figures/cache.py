@@ -27,6 +27,7 @@ from .earlier import PATH_KEYS as _EARLIER_PATH_KEYS, draw_earlier, earlier_payl
 from .per_method import draw_per_method
 from .summary import draw_summary, umap_figure
 from .sweeps import draw_accuracy_vs_alignment, draw_sweep, sweep_metrics
+from ..compute import file_key
 
 
 
@@ -121,8 +122,6 @@ def _scatter_panels(grid: Grid, entries_scatter: dict):
 def _summary_payloads(grid: Grid, scatter: dict) -> tuple[dict, dict]:
     """What the summary and UMAP groups show besides the frame: the scatter panels, and
     the UMAP's input files (identified by name, size and time)."""
-    from ..compute import file_key
-
     panels, chosen = _scatter_panels(grid, scatter)
     label_sets = [labels for _, _, labels in panels if labels is not None]
     summary = {"scatter_panels": panels,

@@ -10,6 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import PURE, TEACHER, Grid, alpha_text
+from ..compute import cached_ica_fits, file_key, model_settings, stage_pairs
+from ..earlier_figures import representative_run
+from ..store import load_representation, stage_names_of
+from ..views import ModelView
+from .. import earlier_figures as ef
 
 # payload keys holding paths (left out of the group's digest; the files enter it by name,
 # size and time in 'earlier_files')
@@ -27,9 +32,6 @@ def earlier_payload(grid: Grid, entries, data, cache_of, settings: dict) -> dict
     and for the scatter the teacher, the pure student and those representatives.
     ``cache_of(entry)``: the entry's per-model cache, whose ICA fits the heatmap reuses
     (made with ``settings``, the analysis' metric settings)."""
-    from ..compute import file_key, model_settings
-    from ..earlier_figures import representative_run
-
     teachers = {e.seed: e for e in sorted(entries, key=lambda e: e.seed) if e.method == TEACHER}
     accuracy = {(row.method, row.alpha, row.seed): row.value for row in
                 data[data["metric"] == "test_acc"].itertuples()}
@@ -66,19 +68,11 @@ def _ica_sources(view, fits: dict, layer: str):
 
 
 def _ica_view(path: str, cache: str, settings: dict):
-    from ..compute import cached_ica_fits
-    from ..store import load_representation
-    from ..views import ModelView
-
     return ModelView(load_representation(path), settings), cached_ica_fits(path, cache, settings)
 
 
 def draw_earlier(grid: Grid, payload: dict, out: Path) -> tuple[list[Path], list[str]]:
     """Draw the group's figures under ``out``; returns (files, notes on what was skipped)."""
-    from .. import earlier_figures as ef
-    from ..compute import stage_pairs
-    from ..store import load_representation, stage_names_of
-
     if not payload["earlier_teachers"]:
         return [], [f"{grid.dataset}: figures of the earlier analysis skipped: no teacher "
                     "representation"]

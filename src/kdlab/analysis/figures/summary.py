@@ -12,6 +12,8 @@ import numpy as np
 
 from .common import (PURE, TEACHER, Grid, Values, alpha_text, figure_title, no_data, plt,
                      save_figure, subplots)
+from ..metrics import subsample_indices
+from ..store import load_representation, stage_names_of
 
 def draw_summary(grid: Grid, values: Values, payload: dict, out: Path
                  ) -> tuple[list[Path], list[str]]:
@@ -155,8 +157,6 @@ def umap_figure(grid: Grid, payload: dict, out: Path):
     except ImportError:
         return (f"{grid.dataset}: UMAP projection skipped: umap-learn is not installed "
                 "(optional extra: pip install 'kdlab[umap]')")
-    from ..metrics import subsample_indices
-    from ..store import load_representation, stage_names_of
 
     teacher_path = payload.get("umap_teacher")
     if teacher_path is None:
