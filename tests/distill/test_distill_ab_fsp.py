@@ -140,3 +140,26 @@ def test_option_and_pair_errors_are_one_line():
 def test_resnet_pair_uses_every_stage():
     student, teacher = describe_features("ResNet8", 10, 8), describe_features("ResNet20", 10, 8)
     assert len(build_distiller("ab", student, teacher, {}).connectors) == len(student.stages)
+
+
+@pytest.mark.parametrize("method, key", [("ab", "init_epochs"), ("fsp", "init_epochs"),
+                                         ("fitnets", "hint_epochs"),
+                                         ("fitnets+logit", "fitnets.hint_epochs"),
+                                         ("logit+ab", "ab.init_epochs")])
+def test_a_student_stage_as_long_as_the_run_is_refused_in_one_line(tmp_path, method, key):
+    """The catalog names each method's student-alone stage (MethodFacts.student_stage_option);
+    a stage that fills the run leaves the classifier untrained, alone or in a combination."""
+    from kdlab.run import catalog
+    from kdlab.run.config import TrainConfig, complete_options
+
+    config = TrainConfig(dataset="Digits", model="ResNet8", seed=0, epochs=3, batch_size=64,
+                         distillation=method, teacher_model="ResNet20", alpha=0.5,
+                         method_options={key: 3}, experiments_dir=str(tmp_path), device="cpu")
+    with pytest.raises(UserError) as error:
+        complete_options(config)
+    assert str(error.value).splitlines() == [str(error.value)]
+    assert f"--option {key} 3: expected fewer than --epochs 3" in str(error.value)
+    complete_options(TrainConfig(**{**config.__dict__, "method_options": {key: 2}}))
+    stages = {name: facts.student_stage_option for name, facts in catalog.METHODS.items()
+              if facts.student_stage_option}
+    assert stages == {"fitnets": "hint_epochs", "ab": "init_epochs", "fsp": "init_epochs"}

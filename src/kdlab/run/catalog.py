@@ -213,6 +213,9 @@ class MethodFacts:
     name: str
     options: dict[str, Option] = field(default_factory=dict)
     summary: str = ""
+    # The option that counts the epochs of a stage training part of the student alone
+    # (FitNets' hints, AB's and FSP's initialisation): it must stay below the run's epochs.
+    student_stage_option: str | None = None
 
     def defaults(self) -> dict[str, Any]:
         return {key: option.default for key, option in self.options.items()}
@@ -278,7 +281,8 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         "hint_epochs": Option(0, "RepDistiller's joint form; the paper's stage 1 when > 0",
                               minimum=0)},
         summary="FitNets (Romero et al. 2015): a convolutional regressor maps the student's "
-                "guided stage onto the teacher's hint stage, matched by mean squared error."),
+                "guided stage onto the teacher's hint stage, matched by mean squared error.",
+        student_stage_option="hint_epochs"),
     MethodFacts("rkd", {
         # The paper (and RepDistiller) use 25 / 50; the earlier round's collapse came from
         # the grad scaler skipping every step, not these weights.
@@ -321,7 +325,8 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
                 "neurons switch on and off where the teacher's do, the stages weighted 2^(i-n+1)"
                 ", as RepDistiller's AB.py. As there, it acts only in its init stage (the first "
                 "init_epochs epochs train the stages and connectors on it alone); after it the "
-                "run trains on the labels (beta 0)."),
+                "run trains on the labels (beta 0).",
+        student_stage_option="init_epochs"),
     MethodFacts("fsp", {
         "weight": Option(1.0, "RepDistiller's init stage: the loss unweighted (its -b 50 "
                               "never applies: loss_kd = 0 after the init stage)", minimum=0.0),
@@ -332,7 +337,8 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
                 "the teacher's, by mean squared error, as RepDistiller's FSP.py; its pairs "
                 "start at the stem, kdlab's at the first stage. As there, it acts only in its "
                 "init stage (the first init_epochs epochs); after it the run trains on the "
-                "labels (beta 0)."),
+                "labels (beta 0).",
+        student_stage_option="init_epochs"),
     MethodFacts("sp", {
         "weight": Option(3000.0, "RepDistiller's --beta for SP (README)", minimum=0.0)},
         summary="SP (Tung & Mori 2019): the student's batch should have the teacher's "

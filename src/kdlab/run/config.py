@@ -399,13 +399,14 @@ def complete_options(config: TrainConfig) -> TrainConfig:
                                           config.teacher_model)
     if problem is not None:
         raise SettingError(f"method_options.{problem[0]}", problem[1], problem[2])
-    # A stage that trains part of the student alone (FitNets' hints, AB's and FSP's init).
-    hint_key = next((key for key in resolved
-                     if key.split(".")[-1] in ("hint_epochs", "init_epochs")), "hint_epochs")
-    if resolved.get(hint_key, 0) >= config.epochs:
-        raise SettingError(f"method_options.{hint_key}", resolved[hint_key],
-                           f"fewer than --epochs {config.epochs} (stage 1 leaves "
-                           "the classifier untrained)")
+    parts = catalog.combination_parts(config.distillation) or (config.distillation,)
+    for part in parts:  # a stage training part of the student alone ends before the run does
+        option = catalog.METHODS[part].student_stage_option
+        key = option if len(parts) == 1 else f"{part}.{option}"
+        if option is not None and resolved.get(key, 0) >= config.epochs:
+            raise SettingError(f"method_options.{key}", resolved[key],
+                               f"fewer than --epochs {config.epochs} (stage 1 leaves "
+                               "the classifier untrained)")
     return replace(config, method_options=resolved)
 
 
