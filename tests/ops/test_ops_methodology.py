@@ -269,3 +269,24 @@ def test_methodology_says_what_each_method_distils(tmp_path):
     assert "(student_preact = true)" in section
     assert "mdistiller's OFD.py" in section and "evaluation mode" in section
     assert "hierarchical context loss" in section and "4×4, 2×2 and 1×1" in section
+
+
+def test_each_method_s_own_paragraph_follows_the_options_its_runs_use(tmp_path):
+    """CRD's and RKD's paragraphs come from their catalog entries (MethodFacts.methodology),
+    once each, for a combination's part too, with the study's option values."""
+    path = write_local_study(tmp_path / "study.toml", methods=["crd+logit", "rkd", "logit"],
+                             extra='[method_options."crd+logit"]\n"crd.negatives" = 64\n'
+                                   '"crd.feature_dim" = 32\n[method_options.rkd]\n'
+                                   'distance_weight = 25.0\nangle_weight = 50.0\n')
+    study = load_study(path)
+    text = _objective(write_methodology(study, tmp_path / "out")[0].read_text())
+    assert text.count("CRD embeds both networks' pooled vectors linearly into 32 dimensions") == 1
+    assert "(2 × N × 32 floats)" in text and "and 64 entries of images of other classes" in text
+    assert "temperature 0.07" in text and "momentum 0.5" in text      # RepDistiller's defaults
+    assert text.count("RKD weighs its distance term 25 and its angle term 50, as the paper "
+                      "and RepDistiller do.") == 1
+    assert text.index("CRD embeds") < text.index("RKD weighs")       # the study's order
+    (tmp_path / "plain").mkdir()
+    plain = load_study(write_local_study(tmp_path / "plain" / "study.toml", methods=["logit"]))
+    plain_text = _objective(write_methodology(plain, tmp_path / "plain" / "out")[0].read_text())
+    assert "CRD embeds" not in plain_text and "RKD weighs" not in plain_text

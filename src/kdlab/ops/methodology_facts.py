@@ -25,7 +25,6 @@ MULLER_2019 = ("Müller, Kornblith & Hinton (2019), When Does Label Smoothing He
 # RepDistiller's CIFAR-100 recipe (Tian, Krishnan & Isola 2020, train_student.py)
 REPDISTILLER_SCHEDULE = ("240 epochs, SGD with learning rate 0.05 (0.01 for ShuffleNet and "
                          "MobileNet students), divided by 10 at epochs 150, 180 and 210")
-PAPER_RKD_WEIGHTS = {"distance_weight": 25.0, "angle_weight": 50.0}
 DEFAULT_VALIDATION_FRACTION = 0.1
 
 
@@ -112,54 +111,27 @@ def benchmark_weight_table(study: Study) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def rkd_text(study: Study) -> str | None:
-    if "rkd" not in study.methods:
-        return None
-    options = effective_method_options(study, "rkd")
-    try:
-        distance = float(options["distance_weight"]) * float(options.get("weight", 1.0))
-        angle = float(options["angle_weight"]) * float(options.get("weight", 1.0))
-    except (KeyError, TypeError, ValueError):
-        return None
-    paper = (PAPER_RKD_WEIGHTS["distance_weight"], PAPER_RKD_WEIGHTS["angle_weight"])
-    if (distance, angle) == paper:
-        return (f"RKD weighs its distance term {_number(distance)} and its angle term "
-                f"{_number(angle)}, as the paper and RepDistiller do.")
-    return (f"RKD weighs its distance term {_number(distance)} and its angle term "
-            f"{_number(angle)}, not the paper's {_number(paper[0])} and {_number(paper[1])} "
-            "(also RepDistiller's). These are the earlier round's weights, kept so that new runs "
-            "continue it; that round's collapsed RKD runs were traced to the mixed-precision "
-            "gradient scaler skipping every step, not to these weights. At the paper's "
-            f"weights both relational terms would weigh {_number(paper[0] / distance)} and "
-            f"{_number(paper[1] / angle)} times as much.")
-
-
-def crd_text(study: Study) -> str | None:
-    """How CRD was run (RepDistiller's crd/), for every study method that uses it."""
-    runs = [method for method in study.methods
-            if "crd" in (catalog.combination_parts(method) or (method,))]
-    if not runs:
-        return None
-    prefix = "" if runs[0] == "crd" else "crd."
-    options = effective_method_options(study, runs[0])
-    try:
-        dim, negatives = int(options[prefix + "feature_dim"]), int(options[prefix + "negatives"])
-        temperature = float(options[prefix + "nce_temperature"])
-        momentum = float(options[prefix + "momentum"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return (f"CRD embeds both networks' pooled vectors linearly into {dim} dimensions and "
-            "L2-normalises them; a memory bank per network holds one embedding per training "
-            f"image (2 × N × {dim} floats). Each image is contrasted with its own bank entry "
-            f"and {_number(negatives)} entries of images of other classes, drawn afresh at "
-            "every step (without replacement where the class has that many others), in the "
-            "other network's bank, at temperature "
-            f"{_number(temperature)}; the NCE loss uses the noise prior K/N and a "
-            "normalisation constant Z estimated once, on the first batch, as RepDistiller "
-            f"does. After each step the batch's bank entries move to momentum {_number(momentum)} "
-            "towards the new embeddings and are renormalised. The banks and the generator of "
-            "the negatives are saved with every checkpoint, so a resumed run draws the same "
-            "negatives.")
+def method_detail_texts(study: Study) -> list[str]:
+    """The paragraph each method of the study adds to the methodology
+    (:attr:`~kdlab.run.catalog.MethodFacts.methodology`, from the options its runs use),
+    once per method, a combination's parts included, in the study's order."""
+    texts, seen = [], set()
+    for method in study.methods:
+        parts = catalog.combination_parts(method) or (method,)
+        for part in parts:
+            facts = catalog.METHODS.get(part)
+            if part in seen or facts is None or facts.methodology is None:
+                continue
+            seen.add(part)
+            options = effective_method_options(study, method)
+            if len(parts) > 1:
+                options = {key[len(part) + 1:]: value for key, value in options.items()
+                           if key.startswith(part + ".")}
+            try:
+                texts.append(facts.methodology(options))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return texts
 
 
 def schedule_text(study: Study) -> str:
@@ -231,9 +203,8 @@ def objective_blocks(study: Study, states: list[RunState]) -> list[tuple]:
                             "table gives each term's weight w and its weight relative to "
                             "cross-entropy, α·w / (1 − α), at each alpha of the study:"))
         blocks.append(("table", headers, rows))
-    for text in (rkd_text(study), crd_text(study)):
-        if text:
-            blocks.append(("p", text))
+    for text in method_detail_texts(study):
+        blocks.append(("p", text))
     blocks.append(("p", schedule_text(study)))
     snapshots = snapshot_text(study)
     if snapshots:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .errors import UserError
 
@@ -216,6 +216,9 @@ class MethodFacts:
     # The option that counts the epochs of a stage training part of the student alone
     # (FitNets' hints, AB's and FSP's initialisation): it must stay below the run's epochs.
     student_stage_option: str | None = None
+    # A paragraph for ``kdlab methodology`` from the options a study's runs use (the
+    # method's own keys), where the summary cannot say it all (CRD's banks, RKD's weights).
+    methodology: Callable[[dict[str, Any]], str] | None = None
 
     def defaults(self) -> dict[str, Any]:
         return {key: option.default for key, option in self.options.items()}
@@ -225,6 +228,47 @@ class MethodFacts:
         notes = [option.note for key, option in self.options.items()
                  if option.note and key in options and options[key] != option.default]
         return " ".join(part for part in (self.summary, *notes) if part)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+PAPER_RKD_WEIGHTS = {"distance_weight": 25.0, "angle_weight": 50.0}
+
+
+def _rkd_methodology(options: dict[str, Any]) -> str:
+    distance = float(options["distance_weight"]) * float(options.get("weight", 1.0))
+    angle = float(options["angle_weight"]) * float(options.get("weight", 1.0))
+    paper = (PAPER_RKD_WEIGHTS["distance_weight"], PAPER_RKD_WEIGHTS["angle_weight"])
+    if (distance, angle) == paper:
+        return (f"RKD weighs its distance term {_number(distance)} and its angle term "
+                f"{_number(angle)}, as the paper and RepDistiller do.")
+    return (f"RKD weighs its distance term {_number(distance)} and its angle term "
+            f"{_number(angle)}, not the paper's {_number(paper[0])} and {_number(paper[1])} "
+            "(also RepDistiller's). These are the earlier round's weights, kept so that new runs "
+            "continue it; that round's collapsed RKD runs were traced to the mixed-precision "
+            "gradient scaler skipping every step, not to these weights. At the paper's "
+            f"weights both relational terms would weigh {_number(paper[0] / distance)} and "
+            f"{_number(paper[1] / angle)} times as much.")
+
+
+def _crd_methodology(options: dict[str, Any]) -> str:
+    """How CRD was run (RepDistiller's crd/)."""
+    dim, negatives = int(options["feature_dim"]), int(options["negatives"])
+    temperature, momentum = float(options["nce_temperature"]), float(options["momentum"])
+    return (f"CRD embeds both networks' pooled vectors linearly into {dim} dimensions and "
+            "L2-normalises them; a memory bank per network holds one embedding per training "
+            f"image (2 × N × {dim} floats). Each image is contrasted with its own bank entry "
+            f"and {_number(negatives)} entries of images of other classes, drawn afresh at "
+            "every step (without replacement where the class has that many others), in the "
+            "other network's bank, at temperature "
+            f"{_number(temperature)}; the NCE loss uses the noise prior K/N and a "
+            "normalisation constant Z estimated once, on the first batch, as RepDistiller "
+            f"does. After each step the batch's bank entries move to momentum {_number(momentum)} "
+            "towards the new embeddings and are renormalised. The banks and the generator of "
+            "the negatives are saved with every checkpoint, so a resumed run draws the same "
+            "negatives.")
 
 
 _ALL_LAYERS = ",".join(LAYER_NAMES)
@@ -293,7 +337,8 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
                                    "round's", choices=("triplet", "pairwise_cosine"))},
         summary="RKD (Park et al. 2019): the student's batch of pooled vectors should have the "
                 "teacher's pairwise distances (normalised by their mean) and angles, each "
-                "matched by the Huber loss and weighted separately."),
+                "matched by the Huber loss and weighted separately.",
+        methodology=_rkd_methodology),
     MethodFacts("nst", {
         "weight": Option(50.0, "RepDistiller's --beta for NST", minimum=0.0),
         "layers": Option(_ALL_LAYERS, "RepDistiller: every group of the CIFAR ResNets",
@@ -312,7 +357,8 @@ METHODS: dict[str, MethodFacts] = {facts.name: facts for facts in (
         summary="CRD (Tian et al. 2020): both pooled vectors are embedded (linear, "
                 "L2-normalised); each sample's student embedding must pick out the teacher's "
                 "embedding of the same image among negatives drawn from momentum memory banks "
-                "of the whole training set, by RepDistiller's NCE loss, and symmetrically."),
+                "of the whole training set, by RepDistiller's NCE loss, and symmetrically.",
+        methodology=_crd_methodology),
     MethodFacts("ab", {
         "margin": Option(1.0, "RepDistiller ABLoss(margin=1.0)", above=0.0),
         # RepDistiller's init() sums the stage losses unweighted; its -b for AB never applies
