@@ -38,7 +38,7 @@ from kdlab.distill.factor_transfer import (PARAPHRASER_CHECKPOINT_FILE, PARAPHRA
                                           FactorTransferDistiller, Paraphraser)
 from kdlab.run.layout import RunSpec, run_dir
 from kdlab.models import build_model
-from kdlab.training.run import train_run
+from kdlab.training.run import train_pack, train_run
 
 TEACHER, STUDENT, SEED = "ResNet20", "ResNet8", 0
 TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 4
@@ -131,13 +131,21 @@ def trained(tmp_path_factory):
 
 
 def kd_metrics(trained, method, alpha) -> dict:
-    """Metrics of the distilled run (trained once per module, shared by the tests)."""
-    key = (method, alpha)
-    if key not in trained["kd"]:
-        config = kd_config(trained["root"], method, alpha, epochs=student_epochs(alpha))
-        assert train_run(config, quiet=True) == "completed"
-        trained["kd"][key] = state_files.read_metrics(directory_of(config))
-    return trained["kd"][key]
+    """Metrics of the distilled run of a collapse case. All the cases train once per module,
+    as one pack: each batch is drawn and the teacher runs on it once for every student, and
+    a packed run ends with the metrics and weights it gets alone (kdlab's guarantee, tested
+    by tests/training/test_pack.py and the contract tests), so each case is judged on
+    exactly its solo run, at about half the time of training them one by one."""
+    if not trained["kd"]:
+        configs = {key: kd_config(trained["root"], *key, epochs=student_epochs(key[1]))
+                   for key in COLLAPSE_CASES}
+        results = train_pack(list(configs.values()), quiet=True)
+        for key, config in configs.items():
+            trained["kd"][key] = (results[config.run_spec().name],
+                                  state_files.read_metrics(directory_of(config)))
+    status, metrics = trained["kd"][(method, alpha)]
+    assert status == "completed", (method, alpha, status)
+    return metrics
 
 
 def loss_terms(metrics: dict) -> list[str]:
