@@ -83,7 +83,6 @@ def test_run_whose_jobs_keep_dying_is_given_up(tmp_path, monkeypatch):
     """A job that ends at start-up over and over (a bug in training) must not keep the demo
     looping nor hold a job slot: after a few fruitless submissions the run is marked failed
     with the last line of its train.log, and the loop ends."""
-    import kdlab.study.queue as queue
     from kdlab.study import decisions as queue_decisions
     from kdlab.run import state_files
 
@@ -113,8 +112,8 @@ def test_run_whose_jobs_keep_dying_is_given_up(tmp_path, monkeypatch):
                     log.write(f"Traceback\nRuntimeError: crash {len(submissions)}\n")
         return decisions, 0
 
-    monkeypatch.setattr(queue, "plan_queue", lambda study: decide(study_run_states(study)))
-    monkeypatch.setattr(queue, "run_queue", fake_run_queue)
+    monkeypatch.setattr(demo, "plan_queue", lambda study: decide(study_run_states(study)))
+    monkeypatch.setattr(demo, "run_queue", fake_run_queue)
     lines = []
     counts = demo.train_grid(study, poll_seconds=0.0, log=lines.append)
     assert submissions == [first.name] * demo.MAX_FRUITLESS_SUBMISSIONS
