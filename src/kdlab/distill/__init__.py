@@ -61,9 +61,7 @@ def build_distiller(name: str, student_shapes, teacher_shapes, options: dict[str
 
         options = resolve_options(name, options)
         built = {part: build_distiller(part, student_shapes, teacher_shapes,
-                                       {key.partition(".")[2]: value
-                                        for key, value in options.items()
-                                        if key.partition(".")[0] == part},
+                                       catalog.part_options(options, part),
                                        student_model=student_model, teacher_model=teacher_model)
                  for part in parts}
         return Combination(student_shapes, teacher_shapes, options, built)

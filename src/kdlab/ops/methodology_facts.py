@@ -125,8 +125,7 @@ def method_detail_texts(study: Study) -> list[str]:
             seen.add(part)
             options = effective_method_options(study, method)
             if len(parts) > 1:
-                options = {key[len(part) + 1:]: value for key, value in options.items()
-                           if key.startswith(part + ".")}
+                options = catalog.part_options(options, part)
             try:
                 texts.append(facts.methodology(options))
             except (KeyError, TypeError, ValueError):

@@ -563,6 +563,12 @@ def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def part_options(options: dict[str, Any], part: str) -> dict[str, Any]:
+    """The options of ``part`` among a combination's ``"method.option"`` keys, unprefixed."""
+    return {key.partition(".")[2]: value for key, value in options.items()
+            if key.partition(".")[0] == part}
+
+
 def _resolve_combination(name: str, parts: tuple[str, ...],
                          options: dict[str, Any]) -> dict[str, Any]:
     """Options ``"method.option"`` of a combination, each part's resolved on its own."""
